@@ -1,0 +1,58 @@
+//! Benchmark of the plaintext weighted aggregation: n = 100 participants x d = 1M parameters
+//! added into the running sum, reported next to a memory-streaming floor measured in the same run
+//! (reading the same bytes and summing them in the simplest loop), as a ratio.
+//!
+//! Run with `cargo bench -p cairn-coordinator --bench aggregation`.
+
+use cairn_coordinator::strategy::{FedAvg, Strategy, Update, UpdateSum};
+use std::hint::black_box;
+use std::time::Instant;
+
+const N_PARTICIPANTS: usize = 100;
+const N_VALUES: usize = 1_000_000;
+const REPEATS: usize = 3;
+
+fn best_of(mut run: impl FnMut()) -> f64 {
+    (0..REPEATS)
+        .map(|_| {
+            let started = Instant::now();
+            run();
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let updates: Vec<Update> = (0..N_PARTICIPANTS)
+        .map(|p| Update {
+            weighted_delta: (0..N_VALUES).map(|i| ((i + p) % 17) as f32 * 0.01).collect(),
+            weight: 100 + p as u64,
+            weighted_train_loss: 1.0,
+        })
+        .collect();
+    let global = vec![0.0f32; N_VALUES];
+
+    // Floor: stream every input byte once and add it into one f64 accumulator vector, the least
+    // work any aggregation of these inputs must do.
+    let floor = best_of(|| {
+        let mut accumulator = vec![0.0f64; N_VALUES];
+        for update in &updates {
+            for (sum, value) in accumulator.iter_mut().zip(&update.weighted_delta) {
+                *sum += f64::from(*value);
+            }
+        }
+        black_box(&accumulator);
+    });
+    let aggregate = best_of(|| {
+        let mut sum = UpdateSum::new(N_VALUES);
+        for update in &updates {
+            sum.add(update).expect("updates have the right size");
+        }
+        black_box(FedAvg::default().aggregate(&global, &sum).expect("non-empty sum"));
+    });
+    let bytes = (N_PARTICIPANTS * N_VALUES * 4) as f64;
+    println!("plain weighted aggregation, n = {N_PARTICIPANTS}, d = {N_VALUES} (best of {REPEATS})");
+    println!("  floor (stream + add):   {:>8.1} ms  {:>6.2} GB/s", floor * 1e3, bytes / floor / 1e9);
+    println!("  UpdateSum + FedAvg:     {:>8.1} ms  {:>6.2} GB/s", aggregate * 1e3, bytes / aggregate / 1e9);
+    println!("  ratio to floor:         {:>8.2}x", aggregate / floor);
+}

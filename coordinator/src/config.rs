@@ -1,0 +1,272 @@
+//! The job file (YAML): what to train, on which data, for how many rounds, with whom. Every field
+//! is validated, and an error names the field, the value and what is allowed. The same type is
+//! the spec of the `FederatedJob` Kubernetes resource.
+
+use crate::Error;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+/// A federated training job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct JobSpec {
+    /// Job name: lowercase letters, digits and `-`, at most 63 characters.
+    pub name: String,
+    /// Network to train: `mlp` (McMahan et al. 2017's 2NN, two hidden layers of 200) or `cnn`.
+    pub model: ModelKind,
+    /// Dataset every participant holds a share of; fixes the input size.
+    pub dataset: DatasetKind,
+    /// Rounds to run.
+    pub rounds: u64,
+    /// Fewest participants a round needs to start and to complete.
+    pub min_participants: usize,
+    /// Fraction of connected participants selected per round, in `(0, 1]` (at least
+    /// `min_participants` are selected).
+    #[serde(default = "default_fraction")]
+    pub fraction: f64,
+    /// Passes over local data per round.
+    #[serde(default = "default_local_epochs")]
+    pub local_epochs: u32,
+    /// Local mini-batch size.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// Local SGD learning rate.
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    /// Seconds a participant has for each phase (training, evaluation) before it is dropped from
+    /// the round.
+    #[serde(default = "default_phase_deadline_s")]
+    pub phase_deadline_s: u64,
+    /// Attempts of one round (a round fails when too few participants finish it) before the job
+    /// gives up.
+    #[serde(default = "default_max_round_attempts")]
+    pub max_round_attempts: u32,
+    /// Participant ids allowed to join (each the identity in a participant's certificate).
+    pub participants: Vec<String>,
+    /// Seed of the initial model and of participant selection.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// Networks a job can train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Two hidden layers of 200 units (McMahan et al. 2017's "2NN").
+    Mlp,
+    /// Two 5x5 convolutions (32, 64 channels) with 2x2 max pooling, 512 fully connected units.
+    Cnn,
+}
+
+impl ModelKind {
+    /// The name used on the wire and in job files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Mlp => "mlp",
+            ModelKind::Cnn => "cnn",
+        }
+    }
+}
+
+/// Datasets a job can name; each fixes the image size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    /// MNIST, 28x28.
+    Mnist,
+    /// scikit-learn's 8x8 digits.
+    Digits,
+}
+
+impl DatasetKind {
+    /// Image height and width.
+    pub fn image_size(self) -> (usize, usize) {
+        match self {
+            DatasetKind::Mnist => (28, 28),
+            DatasetKind::Digits => (8, 8),
+        }
+    }
+}
+
+fn default_fraction() -> f64 {
+    1.0
+}
+fn default_local_epochs() -> u32 {
+    1
+}
+fn default_batch_size() -> u32 {
+    32
+}
+fn default_learning_rate() -> f64 {
+    0.05
+}
+fn default_phase_deadline_s() -> u64 {
+    300
+}
+fn default_max_round_attempts() -> u32 {
+    5
+}
+
+/// Whether `id` is a valid participant or job name: a DNS label (lowercase letters, digits, `-`,
+/// starting and ending with a letter or digit, at most 63 characters), so that it can name a
+/// certificate, a Helm release and a Kubernetes object alike.
+pub fn is_valid_name(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+impl JobSpec {
+    /// Reads and validates a job file.
+    pub fn load(path: &Path) -> Result<JobSpec, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: format!("reading job file {}", path.display()),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::Job(reason) => Error::Job(format!("{}: {reason}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses and validates a job from YAML text.
+    pub fn parse(text: &str) -> Result<JobSpec, Error> {
+        let job: JobSpec = serde_saphyr::from_str(text).map_err(|e| Error::Job(e.to_string()))?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// Per-phase deadline.
+    pub fn phase_deadline(&self) -> Duration {
+        Duration::from_secs(self.phase_deadline_s)
+    }
+
+    /// Checks every field; the error names the field, its value and what is allowed.
+    pub fn validate(&self) -> Result<(), Error> {
+        fn invalid(field: &str, value: impl std::fmt::Display, allowed: &str) -> Result<(), Error> {
+            Err(Error::Job(format!("field `{field}` is {value}; {allowed}")))
+        }
+        if !is_valid_name(&self.name) {
+            return invalid(
+                "name",
+                format!("{:?}", self.name),
+                "expected 1-63 lowercase letters, digits or '-', not starting or ending with '-'",
+            );
+        }
+        if !(1..=1_000_000).contains(&self.rounds) {
+            return invalid("rounds", self.rounds, "expected 1..=1000000");
+        }
+        if self.participants.is_empty() {
+            return invalid("participants", "empty", "expected at least one participant id");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for id in &self.participants {
+            if !is_valid_name(id) {
+                return invalid(
+                    "participants",
+                    format!("{id:?}"),
+                    "each id must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'",
+                );
+            }
+            if !seen.insert(id) {
+                return invalid("participants", format!("{id:?} listed twice"), "each id must be listed once");
+            }
+        }
+        if self.min_participants == 0 || self.min_participants > self.participants.len() {
+            return invalid(
+                "min_participants",
+                self.min_participants,
+                &format!("expected 1..={} (the number of participants listed)", self.participants.len()),
+            );
+        }
+        if !(self.fraction > 0.0 && self.fraction <= 1.0) {
+            return invalid("fraction", self.fraction, "expected a number in (0, 1]");
+        }
+        if !(1..=1000).contains(&self.local_epochs) {
+            return invalid("local_epochs", self.local_epochs, "expected 1..=1000");
+        }
+        if !(1..=65_536).contains(&self.batch_size) {
+            return invalid("batch_size", self.batch_size, "expected 1..=65536");
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate <= 10.0) {
+            return invalid("learning_rate", self.learning_rate, "expected a number in (0, 10]");
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.phase_deadline_s) {
+            return invalid("phase_deadline_s", self.phase_deadline_s, "expected 1..=604800 seconds");
+        }
+        if !(1..=1000).contains(&self.max_round_attempts) {
+            return invalid("max_round_attempts", self.max_round_attempts, "expected 1..=1000");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "
+name: digits-demo
+model: mlp
+dataset: digits
+rounds: 3
+min_participants: 2
+participants: [alpha, beta, gamma]
+";
+
+    fn error_of(yaml: &str) -> String {
+        JobSpec::parse(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_minimal_job_gets_defaults() {
+        let job = JobSpec::parse(VALID).unwrap();
+        assert_eq!(job.fraction, 1.0);
+        assert_eq!(job.batch_size, 32);
+        assert_eq!(job.phase_deadline(), Duration::from_secs(300));
+        assert_eq!(job.dataset.image_size(), (8, 8));
+    }
+
+    #[test]
+    fn every_invalid_field_is_named_with_its_value_and_what_is_allowed() {
+        let cases = [
+            ("name: digits-demo", "name: Digits_Demo", "field `name` is \"Digits_Demo\""),
+            ("rounds: 3", "rounds: 0", "field `rounds` is 0; expected 1..=1000000"),
+            ("min_participants: 2", "min_participants: 4", "field `min_participants` is 4; expected 1..=3"),
+            ("min_participants: 2", "min_participants: 0", "field `min_participants` is 0"),
+            ("participants: [alpha, beta, gamma]", "participants: [alpha, alpha, beta]", "\"alpha\" listed twice"),
+            ("participants: [alpha, beta, gamma]", "participants: [alpha, Beta, gamma]", "field `participants` is \"Beta\""),
+            ("participants: [alpha, beta, gamma]", "participants: []", "field `participants` is empty"),
+            ("rounds: 3", "rounds: 3\nfraction: 1.5", "field `fraction` is 1.5; expected a number in (0, 1]"),
+            ("rounds: 3", "rounds: 3\nfraction: 0", "field `fraction` is 0"),
+            ("rounds: 3", "rounds: 3\nlocal_epochs: 0", "field `local_epochs` is 0"),
+            ("rounds: 3", "rounds: 3\nbatch_size: 0", "field `batch_size` is 0"),
+            ("rounds: 3", "rounds: 3\nlearning_rate: -0.1", "field `learning_rate` is -0.1"),
+            ("rounds: 3", "rounds: 3\nphase_deadline_s: 0", "field `phase_deadline_s` is 0"),
+            ("rounds: 3", "rounds: 3\nmax_round_attempts: 0", "field `max_round_attempts` is 0"),
+        ];
+        for (from, to, expected) in cases {
+            let yaml = VALID.replace(from, to);
+            let err = error_of(&yaml);
+            assert!(err.contains(expected), "{to:?} gave {err:?}, expected it to mention {expected:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_models_fields_and_types_are_refused_by_name() {
+        let err = error_of(&VALID.replace("model: mlp", "model: resnet"));
+        assert!(err.contains("resnet") && err.contains("mlp") && err.contains("cnn"), "{err}");
+        let err = error_of(&VALID.replace("dataset: digits", "dataset: cifar"));
+        assert!(err.contains("cifar"), "{err}");
+        let err = error_of(&format!("{VALID}epochs: 3\n"));
+        assert!(err.contains("epochs"), "{err}");
+        let err = error_of(&VALID.replace("rounds: 3", "rounds: three"));
+        assert!(err.contains("rounds") || err.contains("three"), "{err}");
+        let err = error_of(&VALID.replace("rounds: 3\n", ""));
+        assert!(err.contains("rounds"), "{err}");
+    }
+}

@@ -1,0 +1,209 @@
+//! The round driver: one task that owns the round machine, feeds it events from the sessions and
+//! deadline timers, and carries out its commands. Sending a model to many participants happens in
+//! one task per recipient, so a slow reader never stalls the driver.
+
+use super::{Connection, Shared};
+use crate::Error;
+use crate::model::{initialize, save_safetensors};
+use crate::round::{Command, Event, RoundMachine, RoundSettings};
+use crate::store::{RoundRecord, Store};
+use crate::strategy::FedAvg;
+use cairn_proto::v1::coordinator_message::Body;
+use cairn_proto::v1::{CoordinatorMessage, EvaluateInstruction, JobFinished, TrainInstruction, TrainingConfig};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// When the running round started and the byte counters at that moment.
+struct RoundClock {
+    round: u64,
+    started: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    store: Store,
+    mut events: mpsc::UnboundedReceiver<Event>,
+) -> Result<super::JobReport, Error> {
+    let job = &shared.job;
+    let settings = RoundSettings {
+        rounds: job.rounds,
+        min_participants: job.min_participants,
+        fraction: job.fraction,
+        phase_deadline: job.phase_deadline(),
+        max_round_attempts: job.max_round_attempts,
+        seed: job.seed,
+    };
+    let global = initialize(&shared.layout, job.seed);
+    let mut machine = RoundMachine::new(settings, Box::new(FedAvg::default()), global, 1);
+    let mut clock: Option<RoundClock> = None;
+    let mut rounds = Vec::new();
+    while let Some(event) = events.recv().await {
+        for command in machine.handle(event) {
+            match command {
+                Command::SendTrain { round, to, model } => {
+                    if clock.as_ref().is_none_or(|c| c.round != round) {
+                        clock = Some(RoundClock {
+                            round,
+                            started: Instant::now(),
+                            bytes_in: shared.bytes_in.load(Ordering::Relaxed),
+                            bytes_out: shared.bytes_out.load(Ordering::Relaxed),
+                        });
+                    }
+                    tracing::info!(round, participants = ?to, "round {round}: training on {} participants", to.len());
+                    let config = TrainingConfig {
+                        model: job.model.name().to_string(),
+                        local_epochs: job.local_epochs,
+                        batch_size: job.batch_size,
+                        learning_rate: job.learning_rate,
+                        seed: job.seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    };
+                    send_model(&shared, &to, round, &model, |header| {
+                        Body::Train(TrainInstruction {
+                            config: Some(config.clone()),
+                            model: Some(header),
+                            deadline_ms: job.phase_deadline().as_millis() as u64,
+                        })
+                    });
+                }
+                Command::SendEvaluate { round, to, model } => {
+                    send_model(&shared, &to, round, &model, |header| {
+                        Body::Evaluate(EvaluateInstruction {
+                            model_name: job.model.name().to_string(),
+                            model: Some(header),
+                            deadline_ms: job.phase_deadline().as_millis() as u64,
+                        })
+                    });
+                }
+                Command::StartDeadline { round, attempt, phase, after } => {
+                    let events = shared.events.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = events.send(Event::DeadlineExpired { round, attempt, phase });
+                    });
+                }
+                Command::Commit { outcome, model } => {
+                    let (duration_s, bytes_in, bytes_out) = match &clock {
+                        Some(c) => (
+                            c.started.elapsed().as_secs_f64(),
+                            shared.bytes_in.load(Ordering::Relaxed) - c.bytes_in,
+                            shared.bytes_out.load(Ordering::Relaxed) - c.bytes_out,
+                        ),
+                        None => (0.0, 0, 0),
+                    };
+                    let record = RoundRecord {
+                        outcome,
+                        duration_s,
+                        bytes_in,
+                        bytes_out,
+                        committed_at: now_rfc3339(),
+                    };
+                    store.commit(&record, &shared.layout, &model)?;
+                    log_round(&record, job.rounds);
+                    rounds.push(record);
+                }
+                Command::RoundFailed { round, attempt, reason } => {
+                    tracing::warn!(round, attempt, "round {round} attempt {attempt} failed: {reason}; global model unchanged, retrying");
+                }
+                Command::Ignored { id, reason } => {
+                    tracing::warn!(participant = %id, "ignored a message from {id}: {reason}");
+                }
+                Command::Finish { rounds_completed, succeeded, reason } => {
+                    shared.finished.store(true, Ordering::SeqCst);
+                    let model_path = store.final_model_path();
+                    save_safetensors(&model_path, &shared.layout, machine.global())?;
+                    let connections: Vec<Connection> = {
+                        let mut map = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+                        map.drain().map(|(_, c)| c).collect()
+                    };
+                    for connection in connections {
+                        let message = CoordinatorMessage {
+                            body: Some(Body::Finished(JobFinished { rounds_completed, reason: reason.clone() })),
+                        };
+                        tokio::spawn(async move {
+                            let _ = connection.outbox.send(Ok(message)).await;
+                        });
+                    }
+                    if succeeded {
+                        tracing::info!("job {} finished: {reason}; final model at {}", job.name, model_path.display());
+                    } else {
+                        tracing::error!("job {} stopped: {reason}", job.name);
+                    }
+                    return Ok(super::JobReport { rounds, succeeded, reason, model_path });
+                }
+            }
+        }
+    }
+    Err(Error::Server("event channel closed before the job finished".into()))
+}
+
+/// Sends `model` to each of `to`: the instruction `make` builds around the transfer header,
+/// then the chunks. Recipients without a live session are skipped; their disconnection event
+/// is already on its way to the machine.
+fn send_model(
+    shared: &Arc<Shared>,
+    to: &[String],
+    round: u64,
+    model: &[f32],
+    make: impl Fn(cairn_proto::v1::TransferHeader) -> Body,
+) {
+    let (header, chunks) = cairn_proto::transfer::split(round, &shared.wire_layout, model);
+    let chunks = Arc::new(chunks);
+    let connections = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+    for id in to {
+        let Some(connection) = connections.get(id).cloned() else { continue };
+        let instruction = CoordinatorMessage { body: Some(make(header.clone())) };
+        let chunks = chunks.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if connection.outbox.send(Ok(instruction)).await.is_err() {
+                return;
+            }
+            for chunk in chunks.iter() {
+                let size = chunk.data.len() as u64;
+                let message = CoordinatorMessage { body: Some(Body::Chunk(chunk.clone())) };
+                if connection.outbox.send(Ok(message)).await.is_err() {
+                    return;
+                }
+                shared.bytes_out.fetch_add(size, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+fn log_round(record: &RoundRecord, rounds: u64) {
+    let o = &record.outcome;
+    let accuracy = o.eval_accuracy.map_or("-".to_string(), |a| format!("{a:.4}"));
+    tracing::info!(
+        round = o.round,
+        "round {:>3}/{rounds} | participants {}/{} | train loss {:.4} | eval accuracy {accuracy} | {:.2} s | in {} out {}",
+        o.round,
+        o.contributors.len(),
+        o.selected.len(),
+        o.train_loss,
+        record.duration_s,
+        human_bytes(record.bytes_in),
+        human_bytes(record.bytes_out),
+    );
+}
+
+/// `1.2 MB`-style byte counts for logs.
+pub fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

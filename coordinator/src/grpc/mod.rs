@@ -1,0 +1,206 @@
+//! The gRPC layer: the only module that touches wire types. It serves `cairn.v1.Federation` over
+//! mutual TLS only (there is no plaintext mode), turns what each participant's session does into
+//! [`round::Event`](crate::round::Event)s, and carries out the round machine's commands
+//! (send models in chunks, start deadline timers, commit rounds).
+//!
+//! - `session`: one task per connected participant: identity from its verified certificate,
+//!   the `Hello` handshake, heartbeats, reassembling and checking updates.
+//! - `driver`: one task that owns the round machine and executes its commands.
+
+mod driver;
+mod session;
+
+use crate::Error;
+use crate::config::JobSpec;
+use crate::model::{self, TensorShape};
+use crate::store::{RoundRecord, Store};
+use cairn_proto::v1::federation_server::FederationServer;
+use cairn_proto::v1::{CoordinatorMessage, TensorSpec};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::Status;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// The coordinator's TLS material: its certificate and key, and the federation CA that every
+/// client certificate must chain to.
+#[derive(Clone)]
+pub struct ServerTls {
+    cert_pem: String,
+    key_pem: String,
+    ca_pem: String,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerTls { .. }")
+    }
+}
+
+impl ServerTls {
+    /// Reads `cert.pem`, `key.pem` and `ca.pem` from a directory written by `provision`
+    /// (`<out>/coordinator`).
+    pub fn from_dir(dir: &Path) -> Result<ServerTls, Error> {
+        let read = |name: &str, marker: &str| -> Result<String, Error> {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| Error::Io { what: format!("reading {}", path.display()), source })?;
+            if !text.contains(marker) {
+                return Err(Error::Tls(format!("{} holds no PEM block with {marker:?}", path.display())));
+            }
+            Ok(text)
+        };
+        Ok(ServerTls {
+            cert_pem: read("cert.pem", "BEGIN CERTIFICATE")?,
+            key_pem: read("key.pem", "PRIVATE KEY")?,
+            ca_pem: read("ca.pem", "BEGIN CERTIFICATE")?,
+        })
+    }
+}
+
+/// How to serve one job.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The job.
+    pub job: JobSpec,
+    /// TLS material.
+    pub tls: ServerTls,
+    /// Durable state directory.
+    pub state_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Interval at which both sides send heartbeats; a session silent for three intervals is
+    /// considered gone.
+    pub heartbeat_interval: Duration,
+    /// Checkpoints to keep.
+    pub keep_checkpoints: usize,
+}
+
+/// What a finished job leaves behind.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// Every committed round, in order.
+    pub rounds: Vec<RoundRecord>,
+    /// Whether every round of the job completed.
+    pub succeeded: bool,
+    /// Why the job ended.
+    pub reason: String,
+    /// Where the final global model was written.
+    pub model_path: PathBuf,
+}
+
+/// State shared by the sessions and the driver.
+struct Shared {
+    job: JobSpec,
+    layout: Vec<TensorShape>,
+    wire_layout: Vec<TensorSpec>,
+    heartbeat_interval: Duration,
+    events: mpsc::UnboundedSender<crate::round::Event>,
+    connections: Mutex<HashMap<String, Connection>>,
+    next_serial: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    finished: AtomicBool,
+}
+
+/// A live session's way back to its participant.
+#[derive(Clone)]
+struct Connection {
+    serial: u64,
+    outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    local_addr: SocketAddr,
+    driver: tokio::task::JoinHandle<Result<JobReport, Error>>,
+}
+
+impl Coordinator {
+    /// Binds the listen address, starts the mTLS gRPC server and the round driver.
+    pub async fn start(options: ServeOptions) -> Result<Coordinator, Error> {
+        // tonic builds its rustls configs with the process-wide provider; install ring's
+        // explicitly so that nothing depends on which providers happen to be compiled in.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        options.job.validate()?;
+        let layout = model::layout(options.job.model, options.job.dataset);
+        let wire_layout = layout
+            .iter()
+            .map(|t| TensorSpec { name: t.name.clone(), shape: t.shape.iter().map(|&d| d as u64).collect() })
+            .collect();
+        let store = Store::open(&options.state_dir, &options.job, options.keep_checkpoints)?;
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            job: options.job.clone(),
+            layout,
+            wire_layout,
+            heartbeat_interval: options.heartbeat_interval,
+            events,
+            connections: Mutex::new(HashMap::new()),
+            next_serial: AtomicU64::new(1),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+        });
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&options.tls.cert_pem, &options.tls.key_pem))
+            .client_ca_root(Certificate::from_pem(&options.tls.ca_pem));
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| Error::Io { what: format!("binding {}", options.listen), source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| Error::Io { what: "reading the bound address".into(), source })?;
+        let service = FederationServer::new(session::FederationService { shared: shared.clone() })
+            .max_decoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES)
+            .max_encoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES);
+        let router = Server::builder()
+            .tls_config(tls)
+            .map_err(|e| Error::Tls(format!("server certificate or key unusable: {e}")))?
+            .http2_keepalive_interval(Some(options.heartbeat_interval))
+            .tcp_nodelay(true)
+            .add_service(service);
+        let (stop_server, stop_signal) = tokio::sync::oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_signal.await;
+                })
+                .await
+        });
+        tracing::info!(
+            job = %options.job.name,
+            address = %local_addr,
+            rounds = options.job.rounds,
+            participants = options.job.participants.len(),
+            "coordinator listening (mTLS only); waiting for {} participants",
+            options.job.min_participants
+        );
+        let driver = tokio::spawn(async move {
+            let report = driver::run(shared.clone(), store, events_rx).await;
+            // Give participants a moment to read `JobFinished` and hang up, then stop serving.
+            let _ = stop_server.send(());
+            let grace = tokio::time::timeout(Duration::from_secs(5), server);
+            if let Ok(Ok(Err(e))) = grace.await {
+                tracing::warn!("server ended with an error: {e}");
+            }
+            report
+        });
+        Ok(Coordinator { local_addr, driver })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits for the job to end.
+    pub async fn wait(self) -> Result<JobReport, Error> {
+        self.driver.await.map_err(|e| Error::Server(format!("round driver stopped: {e}")))?
+    }
+}

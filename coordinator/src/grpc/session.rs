@@ -1,0 +1,340 @@
+//! One participant's session: who it is (from its verified client certificate, never from a
+//! message), the `Hello`/`Welcome` handshake, then every message it sends, checked before it
+//! becomes a round event. A participant that breaks the protocol is refused with a clear status
+//! and dropped; nobody else's round is affected.
+
+use super::{Connection, Shared};
+use crate::pki::{PARTICIPANT_UNIT, identity_of};
+use crate::round::Event;
+use crate::strategy::Update;
+use cairn_proto::transfer::Assembler;
+use cairn_proto::v1::federation_server::Federation;
+use cairn_proto::v1::participant_message::Body as Inbound;
+use cairn_proto::v1::{
+    CoordinatorMessage, EvaluationReport, JobFinished, ParticipantMessage, UpdateHeader, Welcome,
+    coordinator_message::Body as Outbound,
+};
+use prost::Message;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// How long a new session has to send `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Messages queued towards one participant before senders wait.
+const OUTBOX_CAPACITY: usize = 16;
+
+/// Why a session was refused or cut; becomes a `tonic::Status` in [`Refusal::into_status`] only.
+#[derive(Debug)]
+enum Refusal {
+    /// No usable client certificate.
+    Unauthenticated(String),
+    /// A valid certificate whose identity may not take part.
+    PermissionDenied(String),
+    /// A malformed or inconsistent message.
+    InvalidArgument(String),
+    /// A message that is well formed but not allowed at this point.
+    FailedPrecondition(String),
+}
+
+impl Refusal {
+    fn into_status(self) -> Status {
+        match self {
+            Refusal::Unauthenticated(m) => Status::unauthenticated(m),
+            Refusal::PermissionDenied(m) => Status::permission_denied(m),
+            Refusal::InvalidArgument(m) => Status::invalid_argument(m),
+            Refusal::FailedPrecondition(m) => Status::failed_precondition(m),
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Refusal::Unauthenticated(m)
+            | Refusal::PermissionDenied(m)
+            | Refusal::InvalidArgument(m)
+            | Refusal::FailedPrecondition(m) => m,
+        }
+    }
+}
+
+/// How a session ended when nobody was refused.
+enum Ended {
+    Refused(Refusal),
+    Gone(String),
+}
+
+pub(super) struct FederationService {
+    pub(super) shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl Federation for FederationService {
+    type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<ParticipantMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let id = self.identify(&request).map_err(Refusal::into_status)?;
+        let inbound = request.into_inner();
+        let (outbox, receiver) = mpsc::channel(OUTBOX_CAPACITY);
+        tokio::spawn(run(self.shared.clone(), id, inbound, outbox));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+impl FederationService {
+    /// The participant id in the verified client certificate, if the job allows it.
+    fn identify<T>(&self, request: &Request<T>) -> Result<String, Refusal> {
+        let certificates = request
+            .peer_certs()
+            .ok_or_else(|| Refusal::Unauthenticated("no client certificate; Cairn requires mutual TLS".into()))?;
+        let leaf = certificates
+            .first()
+            .ok_or_else(|| Refusal::Unauthenticated("empty client certificate chain".into()))?;
+        let identity = identity_of(leaf).map_err(|e| Refusal::Unauthenticated(e.to_string()))?;
+        if identity.unit != PARTICIPANT_UNIT {
+            return Err(Refusal::PermissionDenied(format!(
+                "certificate of {:?} is not a participant certificate (organisational unit {:?}, expected {PARTICIPANT_UNIT:?})",
+                identity.id, identity.unit
+            )));
+        }
+        if !self.shared.job.participants.contains(&identity.id) {
+            return Err(Refusal::PermissionDenied(format!(
+                "participant {:?} is not in job {:?}; the job allows {}",
+                identity.id,
+                self.shared.job.name,
+                self.shared.job.participants.join(", ")
+            )));
+        }
+        Ok(identity.id)
+    }
+}
+
+fn message(body: Outbound) -> Result<CoordinatorMessage, Status> {
+    Ok(CoordinatorMessage { body: Some(body) })
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    id: String,
+    mut inbound: Streaming<ParticipantMessage>,
+    outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+) {
+    if let Err(refusal) = handshake(&shared, &id, &mut inbound, &outbox).await {
+        tracing::warn!(participant = %id, "refused {id}: {}", refusal.message());
+        let _ = outbox.send(Err(refusal.into_status())).await;
+        return;
+    }
+    if shared.finished.load(Ordering::SeqCst) {
+        let finished = JobFinished { rounds_completed: shared.job.rounds, reason: "the job is over".into() };
+        let _ = outbox.send(message(Outbound::Finished(finished))).await;
+        return;
+    }
+    let serial = shared.next_serial.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut connections = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = connections.insert(id.clone(), Connection { serial, outbox: outbox.clone() });
+        // Events are sent under the lock so that the machine sees them in connection order.
+        if previous.is_some() {
+            let _ = shared
+                .events
+                .send(Event::Disconnected { id: id.clone(), reason: "replaced by a new session".into() });
+        }
+        let _ = shared.events.send(Event::Connected { id: id.clone() });
+    }
+    tracing::info!(participant = %id, "{id} connected");
+
+    let heartbeats = tokio::spawn(send_heartbeats(outbox.clone(), shared.heartbeat_interval));
+    let ended = read(&shared, &id, &mut inbound).await;
+    heartbeats.abort();
+    let reason = match ended {
+        Ended::Refused(refusal) => {
+            tracing::warn!(participant = %id, "dropped {id}: {}", refusal.message());
+            let reason = format!("refused: {}", refusal.message());
+            let _ = outbox.send(Err(refusal.into_status())).await;
+            reason
+        }
+        Ended::Gone(reason) => {
+            tracing::info!(participant = %id, "{id} left: {reason}");
+            reason
+        }
+    };
+    let mut connections = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+    if connections.get(&id).is_some_and(|c| c.serial == serial) {
+        connections.remove(&id);
+        let _ = shared.events.send(Event::Disconnected { id, reason });
+    }
+}
+
+async fn handshake(
+    shared: &Shared,
+    id: &str,
+    inbound: &mut Streaming<ParticipantMessage>,
+    outbox: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
+) -> Result<(), Refusal> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
+    let hello = match first {
+        Ok(Ok(Some(ParticipantMessage { body: Some(Inbound::Hello(hello)) }))) => hello,
+        Ok(Ok(Some(_))) => {
+            return Err(Refusal::FailedPrecondition("the first message of a session must be Hello".into()));
+        }
+        Ok(Ok(None)) | Ok(Err(_)) => return Err(Refusal::FailedPrecondition("session closed before Hello".into())),
+        Err(_) => return Err(Refusal::FailedPrecondition(format!("no Hello within {} s", HELLO_TIMEOUT.as_secs()))),
+    };
+    if hello.protocol_version != cairn_proto::PROTOCOL_VERSION {
+        return Err(Refusal::FailedPrecondition(format!(
+            "protocol version {} is not supported; this coordinator speaks version {}",
+            hello.protocol_version,
+            cairn_proto::PROTOCOL_VERSION
+        )));
+    }
+    tracing::debug!(participant = %id, client_version = %hello.client_version, "hello");
+    let welcome = Welcome {
+        protocol_version: cairn_proto::PROTOCOL_VERSION,
+        job_name: shared.job.name.clone(),
+        participant_id: id.to_string(),
+        heartbeat_interval_s: shared.heartbeat_interval.as_secs().max(1) as u32,
+    };
+    outbox
+        .send(message(Outbound::Welcome(welcome)))
+        .await
+        .map_err(|_| Refusal::FailedPrecondition("session closed during the handshake".into()))
+}
+
+async fn send_heartbeats(outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let heartbeat = cairn_proto::v1::Heartbeat { sent_at_unix_ms: unix_ms() };
+        if outbox.send(message(Outbound::Heartbeat(heartbeat))).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An update being received: its header and the chunks so far.
+struct PendingUpdate {
+    round: u64,
+    weight: u64,
+    weighted_train_loss: f64,
+    assembler: Assembler,
+}
+
+async fn read(shared: &Shared, id: &str, inbound: &mut Streaming<ParticipantMessage>) -> Ended {
+    let silence = shared.heartbeat_interval * 3;
+    let mut pending: Option<PendingUpdate> = None;
+    loop {
+        let next = match tokio::time::timeout(silence, inbound.message()).await {
+            Err(_) => return Ended::Gone(format!("silent for {} s (no heartbeat)", silence.as_secs())),
+            Ok(Err(status)) => return Ended::Gone(format!("connection lost: {}", status.message())),
+            Ok(Ok(None)) => return Ended::Gone("closed the session".into()),
+            Ok(Ok(Some(message))) => message,
+        };
+        shared.bytes_in.fetch_add(next.encoded_len() as u64, Ordering::Relaxed);
+        let result = match next.body {
+            None => Err(Refusal::InvalidArgument("message has no body".into())),
+            Some(Inbound::Heartbeat(_)) => Ok(()),
+            Some(Inbound::Hello(_)) => Err(Refusal::FailedPrecondition("Hello sent twice; it is only the first message".into())),
+            Some(Inbound::Update(header)) => start_update(shared, &mut pending, header).map(|p| pending = Some(p)),
+            Some(Inbound::Chunk(chunk)) => match pending.as_mut() {
+                None => Err(Refusal::FailedPrecondition(format!(
+                    "chunk {} of round {} arrived without an update header",
+                    chunk.index, chunk.round
+                ))),
+                Some(update) => match update.assembler.push(chunk) {
+                    Err(e) => Err(Refusal::InvalidArgument(format!("update for round {}: {e}", update.round))),
+                    Ok(None) => Ok(()),
+                    Ok(Some(weighted_delta)) => {
+                        let update = pending.take().expect("pending is Some in this arm");
+                        let _ = shared.events.send(Event::UpdateReceived {
+                            id: id.to_string(),
+                            round: update.round,
+                            update: Update {
+                                weighted_delta,
+                                weight: update.weight,
+                                weighted_train_loss: update.weighted_train_loss,
+                            },
+                        });
+                        Ok(())
+                    }
+                },
+            },
+            Some(Inbound::Evaluation(report)) => check_evaluation(&report).map(|()| {
+                let _ = shared.events.send(Event::EvaluationReceived {
+                    id: id.to_string(),
+                    round: report.round,
+                    n_examples: report.n_examples,
+                    loss: report.loss,
+                    accuracy: report.accuracy,
+                });
+            }),
+        };
+        if let Err(refusal) = result {
+            return Ended::Refused(refusal);
+        }
+    }
+}
+
+fn start_update(
+    shared: &Shared,
+    pending: &mut Option<PendingUpdate>,
+    header: UpdateHeader,
+) -> Result<PendingUpdate, Refusal> {
+    if let Some(previous) = pending {
+        return Err(Refusal::FailedPrecondition(format!(
+            "a new update header arrived before the update for round {} was complete",
+            previous.round
+        )));
+    }
+    let transfer = header
+        .transfer
+        .ok_or_else(|| Refusal::InvalidArgument("update header has no transfer header".into()))?;
+    let round = transfer.round;
+    let expected = shared.layout.iter().map(|t| t.len() as u64).sum();
+    let what = format!("model update for round {round}");
+    let tensors = transfer.tensors.clone();
+    let assembler =
+        Assembler::new(transfer, what, Some(expected)).map_err(|e| Refusal::InvalidArgument(e.to_string()))?;
+    if tensors != shared.wire_layout {
+        let describe = |t: &[cairn_proto::v1::TensorSpec]| {
+            t.iter().map(|s| format!("{} {:?}", s.name, s.shape)).collect::<Vec<_>>().join(", ")
+        };
+        return Err(Refusal::InvalidArgument(format!(
+            "update tensors [{}] differ from the model's [{}]",
+            describe(&tensors),
+            describe(&shared.wire_layout)
+        )));
+    }
+    if header.weight == 0 {
+        return Err(Refusal::InvalidArgument("update weight is 0; expected the number of training examples".into()));
+    }
+    if !header.weighted_train_loss.is_finite() || header.weighted_train_loss < 0.0 {
+        return Err(Refusal::InvalidArgument(format!(
+            "weighted training loss is {}; expected a finite number >= 0",
+            header.weighted_train_loss
+        )));
+    }
+    Ok(PendingUpdate { round, weight: header.weight, weighted_train_loss: header.weighted_train_loss, assembler })
+}
+
+fn check_evaluation(report: &EvaluationReport) -> Result<(), Refusal> {
+    if report.n_examples == 0 {
+        return Err(Refusal::InvalidArgument("evaluation of 0 examples; expected at least 1".into()));
+    }
+    if !report.loss.is_finite() || report.loss < 0.0 {
+        return Err(Refusal::InvalidArgument(format!("evaluation loss is {}; expected a finite number >= 0", report.loss)));
+    }
+    if !(0.0..=1.0).contains(&report.accuracy) {
+        return Err(Refusal::InvalidArgument(format!("evaluation accuracy is {}; expected a number in [0, 1]", report.accuracy)));
+    }
+    Ok(())
+}

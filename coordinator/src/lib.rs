@@ -1,0 +1,52 @@
+//! `cairn-coordinator`: the hosting organisation's side of a Cairn federation. It provisions the
+//! federation's identities ([`pki`]), reads the job ([`config`]), runs rounds through a pure state
+//! machine ([`round`]) driven by the gRPC layer ([`grpc`]), turns the sum of updates into the
+//! next global model ([`strategy`]), and makes every completed round durable ([`store`]).
+
+pub mod config;
+pub mod grpc;
+pub mod model;
+pub mod pki;
+pub mod round;
+pub mod store;
+pub mod strategy;
+
+pub use grpc::{Coordinator, JobReport, ServeOptions, ServerTls};
+
+/// Everything that can go wrong in the coordinator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The job file is invalid; the message names the field, the value and what is allowed.
+    #[error("job: {0}")]
+    Job(String),
+    /// A participant's update cannot be used.
+    #[error("invalid update: {0}")]
+    InvalidUpdate(String),
+    /// Certificates could not be created.
+    #[error("provision: {0}")]
+    Provision(String),
+    /// A certificate or key given to the server is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A peer's certificate does not carry a usable identity.
+    #[error("identity: {0}")]
+    Identity(String),
+    /// A checkpoint cannot be written or read.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// The state directory cannot be used.
+    #[error("state dir: {0}")]
+    StateDir(String),
+    /// The gRPC server failed.
+    #[error("server: {0}")]
+    Server(String),
+    /// A file system operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}

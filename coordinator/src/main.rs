@@ -1,0 +1,117 @@
+//! `cairn-coordinator`: the command line of the coordinator. `provision` creates the federation's
+//! certificates; `serve` runs a job from a job file over mutual-TLS gRPC.
+
+use anyhow::Context;
+use cairn_coordinator::config::JobSpec;
+use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
+use cairn_coordinator::{Coordinator, ServeOptions, ServerTls};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Cairn coordinator: schedules federated training rounds and aggregates the participants'
+/// updates. Participants dial in over mutual TLS with certificates from `provision`.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the federation CA, the coordinator's server certificate and one kit per
+    /// participant. Re-running on the same directory reuses the CA and only adds missing kits.
+    Provision {
+        /// Directory to write into (ca/, coordinator/, participants/<id>/).
+        #[arg(long, default_value = "federation")]
+        out: PathBuf,
+        /// Name of the federation, shown in the CA's name.
+        #[arg(long, default_value = "cairn")]
+        federation: String,
+        /// DNS name or IP address participants use to reach the coordinator; repeat for several.
+        #[arg(long = "server-name", required = true)]
+        server_names: Vec<String>,
+        /// A participant to create a kit for, as `id` or `id=Organisation`; repeat for several.
+        #[arg(long = "participant", required = true)]
+        participants: Vec<String>,
+        /// Validity of the new certificates, in days.
+        #[arg(long, default_value_t = 365)]
+        validity_days: u32,
+    },
+    /// Run a job: wait for participants, run its rounds, write the final model.
+    Serve {
+        /// Job file (YAML); see examples/jobs/ for annotated examples.
+        #[arg(long)]
+        job: PathBuf,
+        /// Directory for checkpoints, round records and the final model; must not hold a
+        /// previous run's rounds.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The coordinator's TLS directory from `provision` (cert.pem, key.pem, ca.pem).
+        #[arg(long)]
+        tls: PathBuf,
+        /// Address to listen on for participants.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        listen: SocketAddr,
+        /// Seconds between heartbeats; a participant silent for three intervals is dropped.
+        #[arg(long, default_value_t = 10)]
+        heartbeat_s: u64,
+        /// Checkpoints of the global model to keep (one per committed round).
+        #[arg(long, default_value_t = 3)]
+        keep_checkpoints: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+    match Cli::parse().command {
+        Command::Provision { out, federation, server_names, participants, validity_days } => {
+            let participants = participants
+                .iter()
+                .map(|p| ParticipantSpec::parse(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let request = ProvisionRequest { out_dir: out.clone(), federation, server_names, participants, validity_days };
+            let report = pki::provision(&request)?;
+            println!(
+                "{} CA in {}",
+                if report.created_ca { "created" } else { "reused" },
+                out.join("ca").display()
+            );
+            if report.created_server {
+                println!("coordinator certificate in {}", out.join("coordinator").display());
+            }
+            for kit in &report.created_kits {
+                println!("participant kit in {}", kit.display());
+            }
+            for kit in &report.kept_kits {
+                println!("kept existing kit {}", kit.display());
+            }
+            println!("keep {} secret: it can mint identities", out.join("ca/ca-key.pem").display());
+        }
+        Command::Serve { job, state_dir, tls, listen, heartbeat_s, keep_checkpoints } => {
+            anyhow::ensure!(heartbeat_s >= 1, "--heartbeat-s is 0; expected at least 1 second");
+            let job = JobSpec::load(&job)?;
+            let tls = ServerTls::from_dir(&tls).context("loading the coordinator's TLS directory")?;
+            let options = ServeOptions {
+                job,
+                tls,
+                state_dir,
+                listen,
+                heartbeat_interval: Duration::from_secs(heartbeat_s),
+                keep_checkpoints,
+            };
+            let coordinator = Coordinator::start(options).await?;
+            let report = coordinator.wait().await?;
+            anyhow::ensure!(report.succeeded, "job did not complete: {}", report.reason);
+        }
+    }
+    Ok(())
+}

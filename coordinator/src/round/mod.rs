@@ -1,0 +1,518 @@
+//! The round state machine: events in, commands out, no I/O and no clock. The gRPC layer feeds it
+//! what participants do ([`Event`]) and carries out what it asks ([`Command`]): send the global
+//! model, start a deadline timer, commit a round. Time reaches it only as
+//! [`Event::DeadlineExpired`], which it asked for with [`Command::StartDeadline`]; tests drive it
+//! by hand.
+//!
+//! A round: select participants (a `fraction` of those connected, at least `min_participants`),
+//! send them the global model, add each answer to the running [`UpdateSum`], and once every
+//! selected participant answered or the deadline passed, let the strategy make the next global
+//! model if at least `min_participants` contributed; otherwise the round is retried with the same
+//! global model. Then every connected participant evaluates the new model on its local test data,
+//! and the round is committed.
+
+use crate::strategy::{EvaluationSum, Strategy, Update, UpdateSum};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha20Rng;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A participant's identity: the name in its verified client certificate.
+pub type ParticipantId = String;
+
+/// The phases of a round in which a participant can be waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Local training; the participant answers with its update.
+    Train,
+    /// Federated evaluation of the new global model.
+    Evaluate,
+}
+
+/// What the round machine needs to know about the job.
+#[derive(Debug, Clone)]
+pub struct RoundSettings {
+    /// Rounds to run.
+    pub rounds: u64,
+    /// Fewest participants a round starts and completes with.
+    pub min_participants: usize,
+    /// Fraction of connected participants selected per round.
+    pub fraction: f64,
+    /// Time each participant has per phase.
+    pub phase_deadline: Duration,
+    /// Attempts of one round before the job gives up.
+    pub max_round_attempts: u32,
+    /// Seed of participant selection.
+    pub seed: u64,
+}
+
+/// Something that happened, fed to the machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A participant opened a session (or re-opened one).
+    Connected {
+        /// Who.
+        id: ParticipantId,
+    },
+    /// A participant's session ended.
+    Disconnected {
+        /// Who.
+        id: ParticipantId,
+        /// Why, for the round record.
+        reason: String,
+    },
+    /// A participant's update arrived complete and well formed.
+    UpdateReceived {
+        /// Who.
+        id: ParticipantId,
+        /// Round it is for.
+        round: u64,
+        /// The update; the machine adds it to the sum and drops it.
+        update: Update,
+    },
+    /// A participant's evaluation of the new global model.
+    EvaluationReceived {
+        /// Who.
+        id: ParticipantId,
+        /// Round it is for.
+        round: u64,
+        /// Test examples evaluated.
+        n_examples: u64,
+        /// Mean loss.
+        loss: f64,
+        /// Accuracy.
+        accuracy: f64,
+    },
+    /// A deadline the machine asked for has passed.
+    DeadlineExpired {
+        /// Round the deadline was for.
+        round: u64,
+        /// Attempt of that round.
+        attempt: u32,
+        /// Phase the deadline was for.
+        phase: Phase,
+    },
+}
+
+/// A participant that left a round before answering, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Dropout {
+    /// Who.
+    pub id: ParticipantId,
+    /// In which phase.
+    pub phase: Phase,
+    /// Why ("missed the 60 s deadline", "disconnected: ...").
+    pub reason: String,
+}
+
+/// What the round logic knows about a completed round.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RoundOutcome {
+    /// 1-based round number.
+    pub round: u64,
+    /// Attempt that completed (1 unless earlier attempts failed).
+    pub attempt: u32,
+    /// Participants selected for training.
+    pub selected: Vec<ParticipantId>,
+    /// Participants whose update is in the aggregate.
+    pub contributors: Vec<ParticipantId>,
+    /// Participants that dropped out, and in which phase.
+    pub dropouts: Vec<Dropout>,
+    /// Sum of the contributors' training examples.
+    pub train_examples: u64,
+    /// Training loss, mean over contributors weighted by examples.
+    pub train_loss: f64,
+    /// Participants that reported an evaluation.
+    pub evaluators: usize,
+    /// Test examples in the evaluation.
+    pub eval_examples: u64,
+    /// Evaluation loss of the new model, weighted by examples (`None` when nobody reported).
+    pub eval_loss: Option<f64>,
+    /// Evaluation accuracy of the new model, weighted by examples.
+    pub eval_accuracy: Option<f64>,
+}
+
+/// What the machine asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Send the global model to `to` for training in `round`.
+    SendTrain {
+        /// Round number.
+        round: u64,
+        /// Selected participants.
+        to: Vec<ParticipantId>,
+        /// The global model.
+        model: Arc<Vec<f32>>,
+    },
+    /// Send the new global model to `to` for evaluation.
+    SendEvaluate {
+        /// Round number.
+        round: u64,
+        /// Participants to evaluate.
+        to: Vec<ParticipantId>,
+        /// The new global model.
+        model: Arc<Vec<f32>>,
+    },
+    /// Feed back [`Event::DeadlineExpired`] with these values after `after`.
+    StartDeadline {
+        /// Round.
+        round: u64,
+        /// Attempt.
+        attempt: u32,
+        /// Phase.
+        phase: Phase,
+        /// Delay.
+        after: Duration,
+    },
+    /// Persist the round and its model; the machine moves on without waiting.
+    Commit {
+        /// The round's record.
+        outcome: RoundOutcome,
+        /// The new global model.
+        model: Arc<Vec<f32>>,
+    },
+    /// An attempt of a round failed; it is retried with the global model unchanged.
+    RoundFailed {
+        /// Round.
+        round: u64,
+        /// Attempt that failed.
+        attempt: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A message was ignored (late, duplicate, from a participant not selected).
+    Ignored {
+        /// From whom.
+        id: ParticipantId,
+        /// Why.
+        reason: String,
+    },
+    /// The job is over.
+    Finish {
+        /// Rounds committed.
+        rounds_completed: u64,
+        /// Whether all rounds completed.
+        succeeded: bool,
+        /// Why it ended.
+        reason: String,
+    },
+}
+
+/// Where the machine is.
+#[derive(Debug)]
+enum State {
+    /// Fewer than `min_participants` connected; the next round starts when enough are.
+    AwaitingParticipants,
+    /// Selected participants are training.
+    AwaitingUpdates(Training),
+    /// Participants are evaluating the new model.
+    AwaitingEvaluations(Evaluating),
+    /// All rounds done, or the job gave up.
+    Finished,
+}
+
+#[derive(Debug)]
+struct Training {
+    selected: Vec<ParticipantId>,
+    pending: BTreeSet<ParticipantId>,
+    contributors: Vec<ParticipantId>,
+    dropouts: Vec<Dropout>,
+    sum: UpdateSum,
+}
+
+#[derive(Debug)]
+struct Evaluating {
+    outcome: RoundOutcome,
+    model: Arc<Vec<f32>>,
+    pending: BTreeSet<ParticipantId>,
+    sum: EvaluationSum,
+}
+
+/// The round state machine of one job.
+#[derive(Debug)]
+pub struct RoundMachine {
+    settings: RoundSettings,
+    strategy: Box<dyn Strategy>,
+    global: Arc<Vec<f32>>,
+    connected: BTreeSet<ParticipantId>,
+    /// Round being run (1-based); rounds before it are committed.
+    round: u64,
+    attempt: u32,
+    state: State,
+}
+
+impl RoundMachine {
+    /// A machine that starts at round `first_round` from `global`.
+    pub fn new(
+        settings: RoundSettings,
+        strategy: Box<dyn Strategy>,
+        global: Vec<f32>,
+        first_round: u64,
+    ) -> RoundMachine {
+        let state = if first_round > settings.rounds { State::Finished } else { State::AwaitingParticipants };
+        RoundMachine {
+            settings,
+            strategy,
+            global: Arc::new(global),
+            connected: BTreeSet::new(),
+            round: first_round,
+            attempt: 1,
+            state,
+        }
+    }
+
+    /// Round currently running (or next to run).
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// The phase being waited for, if a round is running.
+    pub fn phase(&self) -> Option<Phase> {
+        match self.state {
+            State::AwaitingUpdates(_) => Some(Phase::Train),
+            State::AwaitingEvaluations(_) => Some(Phase::Evaluate),
+            _ => None,
+        }
+    }
+
+    /// Whether the job is over.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Finished)
+    }
+
+    /// The current global model.
+    pub fn global(&self) -> &Arc<Vec<f32>> {
+        &self.global
+    }
+
+    /// Feeds one event and returns what to do about it, in order.
+    pub fn handle(&mut self, event: Event) -> Vec<Command> {
+        let mut commands = Vec::new();
+        match event {
+            Event::Connected { id } => {
+                self.connected.insert(id);
+            }
+            Event::Disconnected { id, reason } => {
+                self.connected.remove(&id);
+                self.drop_pending(&id, format!("disconnected: {reason}"));
+            }
+            Event::UpdateReceived { id, round, update } => self.on_update(id, round, update, &mut commands),
+            Event::EvaluationReceived { id, round, n_examples, loss, accuracy } => {
+                match &mut self.state {
+                    State::AwaitingEvaluations(eval) if round == self.round && eval.pending.remove(&id) => {
+                        eval.sum.add(n_examples, loss, accuracy);
+                    }
+                    _ => commands.push(Command::Ignored {
+                        id,
+                        reason: format!("evaluation for round {round} was not asked for or came twice"),
+                    }),
+                }
+            }
+            Event::DeadlineExpired { round, attempt, phase } => {
+                if round == self.round && attempt == self.attempt && self.phase() == Some(phase) {
+                    let seconds = self.settings.phase_deadline.as_secs_f64();
+                    let pending = match &mut self.state {
+                        State::AwaitingUpdates(t) => std::mem::take(&mut t.pending),
+                        State::AwaitingEvaluations(e) => std::mem::take(&mut e.pending),
+                        _ => BTreeSet::new(),
+                    };
+                    for id in pending {
+                        self.record_dropout(id, phase, format!("missed the {seconds} s deadline"));
+                    }
+                }
+            }
+        }
+        self.advance(&mut commands);
+        commands
+    }
+
+    fn on_update(&mut self, id: ParticipantId, round: u64, update: Update, commands: &mut Vec<Command>) {
+        let State::AwaitingUpdates(training) = &mut self.state else {
+            commands.push(Command::Ignored { id, reason: format!("update for round {round} arrived outside training") });
+            return;
+        };
+        if round != self.round || !training.pending.contains(&id) {
+            let reason = if round != self.round {
+                format!("update is for round {round}, the current round is {}", self.round)
+            } else if training.contributors.contains(&id) {
+                format!("second update for round {round}")
+            } else {
+                format!("not selected for round {round}, or dropped from it")
+            };
+            commands.push(Command::Ignored { id, reason });
+            return;
+        }
+        match training.sum.add(&update) {
+            Ok(()) => {
+                training.pending.remove(&id);
+                training.contributors.push(id);
+            }
+            Err(e) => {
+                training.pending.remove(&id);
+                training.dropouts.push(Dropout { id: id.clone(), phase: Phase::Train, reason: e.to_string() });
+                commands.push(Command::Ignored { id, reason: e.to_string() });
+            }
+        }
+    }
+
+    fn drop_pending(&mut self, id: &ParticipantId, reason: String) {
+        let phase = match &mut self.state {
+            State::AwaitingUpdates(t) if t.pending.remove(id) => Phase::Train,
+            State::AwaitingEvaluations(e) if e.pending.remove(id) => Phase::Evaluate,
+            _ => return,
+        };
+        self.record_dropout(id.clone(), phase, reason);
+    }
+
+    fn record_dropout(&mut self, id: ParticipantId, phase: Phase, reason: String) {
+        let dropout = Dropout { id, phase, reason };
+        match &mut self.state {
+            State::AwaitingUpdates(t) => t.dropouts.push(dropout),
+            State::AwaitingEvaluations(e) => e.outcome.dropouts.push(dropout),
+            _ => {}
+        }
+    }
+
+    /// Moves to the next state as long as the current one is complete.
+    fn advance(&mut self, commands: &mut Vec<Command>) {
+        loop {
+            let progressed = match &self.state {
+                State::Finished => false,
+                State::AwaitingParticipants => self.try_start_round(commands),
+                State::AwaitingUpdates(t) if t.pending.is_empty() => {
+                    self.finish_training(commands);
+                    true
+                }
+                State::AwaitingEvaluations(e) if e.pending.is_empty() => {
+                    self.commit(commands);
+                    true
+                }
+                _ => false,
+            };
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn try_start_round(&mut self, commands: &mut Vec<Command>) -> bool {
+        if self.connected.len() < self.settings.min_participants {
+            return false;
+        }
+        let mut candidates: Vec<ParticipantId> = self.connected.iter().cloned().collect();
+        let wanted = ((self.settings.fraction * candidates.len() as f64).ceil() as usize)
+            .max(self.settings.min_participants)
+            .min(candidates.len());
+        let mut rng = ChaCha20Rng::seed_from_u64(
+            self.settings.seed ^ self.round.rotate_left(32) ^ u64::from(self.attempt),
+        );
+        candidates.shuffle(&mut rng);
+        candidates.truncate(wanted);
+        candidates.sort();
+        commands.push(Command::SendTrain { round: self.round, to: candidates.clone(), model: self.global.clone() });
+        commands.push(self.deadline(Phase::Train));
+        self.state = State::AwaitingUpdates(Training {
+            pending: candidates.iter().cloned().collect(),
+            selected: candidates,
+            contributors: Vec::new(),
+            dropouts: Vec::new(),
+            sum: UpdateSum::new(self.global.len()),
+        });
+        true
+    }
+
+    fn deadline(&self, phase: Phase) -> Command {
+        Command::StartDeadline { round: self.round, attempt: self.attempt, phase, after: self.settings.phase_deadline }
+    }
+
+    fn finish_training(&mut self, commands: &mut Vec<Command>) {
+        let State::AwaitingUpdates(training) = std::mem::replace(&mut self.state, State::AwaitingParticipants) else {
+            return;
+        };
+        let n = training.contributors.len();
+        if n < self.settings.min_participants {
+            let reason = format!(
+                "only {n} of {} selected participants sent an update, the job needs {}",
+                training.selected.len(),
+                self.settings.min_participants
+            );
+            return self.fail_attempt(reason, commands);
+        }
+        let next = match self.strategy.aggregate(&self.global, &training.sum) {
+            Ok(next) => Arc::new(next),
+            Err(e) => return self.fail_attempt(format!("aggregation failed: {e}"), commands),
+        };
+        let outcome = RoundOutcome {
+            round: self.round,
+            attempt: self.attempt,
+            selected: training.selected,
+            contributors: training.contributors,
+            dropouts: training.dropouts,
+            train_examples: training.sum.weight(),
+            train_loss: training.sum.mean_train_loss(),
+            evaluators: 0,
+            eval_examples: 0,
+            eval_loss: None,
+            eval_accuracy: None,
+        };
+        let evaluators: Vec<ParticipantId> = self.connected.iter().cloned().collect();
+        commands.push(Command::SendEvaluate { round: self.round, to: evaluators.clone(), model: next.clone() });
+        commands.push(self.deadline(Phase::Evaluate));
+        self.state = State::AwaitingEvaluations(Evaluating {
+            outcome,
+            model: next,
+            pending: evaluators.into_iter().collect(),
+            sum: EvaluationSum::default(),
+        });
+    }
+
+    fn fail_attempt(&mut self, reason: String, commands: &mut Vec<Command>) {
+        commands.push(Command::RoundFailed { round: self.round, attempt: self.attempt, reason: reason.clone() });
+        if self.attempt >= self.settings.max_round_attempts {
+            self.state = State::Finished;
+            commands.push(Command::Finish {
+                rounds_completed: self.round - 1,
+                succeeded: false,
+                reason: format!(
+                    "round {} failed {} times (last: {reason}); giving up",
+                    self.round, self.attempt
+                ),
+            });
+            return;
+        }
+        self.attempt += 1;
+        self.state = State::AwaitingParticipants;
+    }
+
+    fn commit(&mut self, commands: &mut Vec<Command>) {
+        let State::AwaitingEvaluations(mut eval) = std::mem::replace(&mut self.state, State::AwaitingParticipants)
+        else {
+            return;
+        };
+        eval.outcome.evaluators = eval.sum.n_reports();
+        if let Some((n, loss, accuracy)) = eval.sum.mean() {
+            eval.outcome.eval_examples = n;
+            eval.outcome.eval_loss = Some(loss);
+            eval.outcome.eval_accuracy = Some(accuracy);
+        }
+        self.global = eval.model.clone();
+        commands.push(Command::Commit { outcome: eval.outcome, model: eval.model });
+        if self.round == self.settings.rounds {
+            self.state = State::Finished;
+            commands.push(Command::Finish {
+                rounds_completed: self.round,
+                succeeded: true,
+                reason: format!("all {} rounds completed", self.settings.rounds),
+            });
+        } else {
+            self.round += 1;
+            self.attempt = 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+//! Aggregation strategies over flat parameter vectors (ndarray). The coordinator only ever sees
+//! the *sum* of the participants' weighted updates and the sum of their weights ([`UpdateSum`]);
+//! a strategy turns that sum into the next global model. Secure aggregation replaces how the sum
+//! is obtained, not what a strategy does with it.
+
+use crate::Error;
+use ndarray::{Array1, ArrayView1, Zip};
+
+/// One participant's contribution, before it is added to the sum: its model delta already
+/// multiplied by its weight, the weight (example count), and its weight times its mean training
+/// loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    /// `weight * (local model - global model)`.
+    pub weighted_delta: Vec<f32>,
+    /// Local training examples.
+    pub weight: u64,
+    /// `weight * mean training loss`.
+    pub weighted_train_loss: f64,
+}
+
+/// The running sum of the updates of one round. It keeps no individual update: each is added
+/// and dropped.
+#[derive(Debug, Clone)]
+pub struct UpdateSum {
+    /// Element-wise sum of the weighted deltas. Summed in f64 so that the result does not depend
+    /// on the order in which participants answered beyond the last f32 rounding.
+    weighted_delta: Array1<f64>,
+    weight: u64,
+    weighted_train_loss: f64,
+    n_contributors: usize,
+}
+
+impl UpdateSum {
+    /// An empty sum for a model of `n_values` parameters.
+    pub fn new(n_values: usize) -> UpdateSum {
+        UpdateSum { weighted_delta: Array1::zeros(n_values), weight: 0, weighted_train_loss: 0.0, n_contributors: 0 }
+    }
+
+    /// Adds one update, which is then dropped by the caller.
+    pub fn add(&mut self, update: &Update) -> Result<(), Error> {
+        if update.weighted_delta.len() != self.weighted_delta.len() {
+            return Err(Error::InvalidUpdate(format!(
+                "model update has {} values, job expects {}",
+                update.weighted_delta.len(),
+                self.weighted_delta.len()
+            )));
+        }
+        if update.weight == 0 {
+            return Err(Error::InvalidUpdate("model update has weight 0; expected at least 1 example".into()));
+        }
+        if !update.weighted_train_loss.is_finite() || update.weighted_train_loss < 0.0 {
+            return Err(Error::InvalidUpdate(format!(
+                "weighted training loss is {}; expected a finite number >= 0",
+                update.weighted_train_loss
+            )));
+        }
+        Zip::from(&mut self.weighted_delta)
+            .and(ArrayView1::from(update.weighted_delta.as_slice()))
+            .for_each(|sum, &value| *sum += f64::from(value));
+        self.weight += update.weight;
+        self.weighted_train_loss += update.weighted_train_loss;
+        self.n_contributors += 1;
+        Ok(())
+    }
+
+    /// Sum of the weights (examples) of all contributors.
+    pub fn weight(&self) -> u64 {
+        self.weight
+    }
+
+    /// Number of updates added.
+    pub fn n_contributors(&self) -> usize {
+        self.n_contributors
+    }
+
+    /// Mean training loss weighted by examples.
+    pub fn mean_train_loss(&self) -> f64 {
+        self.weighted_train_loss / self.weight.max(1) as f64
+    }
+}
+
+/// Turns the sum of a round's updates into the next global model.
+pub trait Strategy: Send + std::fmt::Debug {
+    /// The next global model, given the current one and the round's sum.
+    fn aggregate(&self, global: &[f32], sum: &UpdateSum) -> Result<Vec<f32>, Error>;
+}
+
+/// Federated averaging (McMahan et al. 2017, Algorithm 1), with a server learning rate
+/// (Reddi et al. 2021's FedOpt form; 1.0 is plain FedAvg): `global + lr * sum / total weight`.
+#[derive(Debug, Clone)]
+pub struct FedAvg {
+    /// Step size applied to the averaged delta.
+    pub server_learning_rate: f64,
+}
+
+impl Default for FedAvg {
+    fn default() -> Self {
+        FedAvg { server_learning_rate: 1.0 }
+    }
+}
+
+impl Strategy for FedAvg {
+    fn aggregate(&self, global: &[f32], sum: &UpdateSum) -> Result<Vec<f32>, Error> {
+        if sum.weight == 0 {
+            return Err(Error::InvalidUpdate("cannot average zero updates".into()));
+        }
+        if global.len() != sum.weighted_delta.len() {
+            return Err(Error::InvalidUpdate(format!(
+                "sum has {} values, the global model {}",
+                sum.weighted_delta.len(),
+                global.len()
+            )));
+        }
+        let scale = self.server_learning_rate / sum.weight as f64;
+        let mut next = Array1::from(global.to_vec());
+        Zip::from(&mut next)
+            .and(&sum.weighted_delta)
+            .for_each(|value, &delta| *value = (f64::from(*value) + scale * delta) as f32);
+        Ok(next.into_raw_vec_and_offset().0)
+    }
+}
+
+/// Weighted average of evaluation reports (each weighted by its example count).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EvaluationSum {
+    n_examples: u64,
+    loss_sum: f64,
+    correct_sum: f64,
+    n_reports: usize,
+}
+
+impl EvaluationSum {
+    /// Adds one participant's report.
+    pub fn add(&mut self, n_examples: u64, loss: f64, accuracy: f64) {
+        self.n_examples += n_examples;
+        self.loss_sum += loss * n_examples as f64;
+        self.correct_sum += accuracy * n_examples as f64;
+        self.n_reports += 1;
+    }
+
+    /// `(examples, mean loss, accuracy)`, or `None` when nobody reported.
+    pub fn mean(&self) -> Option<(u64, f64, f64)> {
+        (self.n_examples > 0).then(|| {
+            let n = self.n_examples as f64;
+            (self.n_examples, self.loss_sum / n, self.correct_sum / n)
+        })
+    }
+
+    /// Number of reports added.
+    pub fn n_reports(&self) -> usize {
+        self.n_reports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn update(delta: Vec<f32>, weight: u64) -> Update {
+        let weighted_delta = delta.iter().map(|d| d * weight as f32).collect();
+        Update { weighted_delta, weight, weighted_train_loss: weight as f64 * 0.5 }
+    }
+
+    #[test]
+    fn fedavg_weights_by_examples() {
+        let mut sum = UpdateSum::new(2);
+        sum.add(&update(vec![1.0, 0.0], 1)).unwrap();
+        sum.add(&update(vec![4.0, 3.0], 3)).unwrap();
+        let next = FedAvg::default().aggregate(&[10.0, 10.0], &sum).unwrap();
+        assert_eq!(next, vec![10.0 + 13.0 / 4.0, 10.0 + 9.0 / 4.0]);
+        assert_eq!(sum.mean_train_loss(), 0.5);
+        assert_eq!(sum.n_contributors(), 2);
+    }
+
+    #[test]
+    fn bad_updates_are_refused_and_leave_the_sum_alone() {
+        let mut sum = UpdateSum::new(3);
+        let err = sum.add(&update(vec![1.0; 2], 1)).unwrap_err();
+        assert_eq!(err.to_string(), "invalid update: model update has 2 values, job expects 3");
+        assert!(sum.add(&update(vec![1.0; 3], 0)).is_err());
+        assert_eq!(sum.n_contributors(), 0);
+        assert!(FedAvg::default().aggregate(&[0.0; 3], &sum).is_err());
+    }
+
+    #[test]
+    fn evaluation_is_weighted_by_examples() {
+        let mut eval = EvaluationSum::default();
+        assert_eq!(eval.mean(), None);
+        eval.add(100, 1.0, 0.5);
+        eval.add(300, 2.0, 0.9);
+        let (n, loss, accuracy) = eval.mean().unwrap();
+        assert_eq!(n, 400);
+        assert!((loss - 1.75).abs() < 1e-12 && (accuracy - 0.8).abs() < 1e-12);
+    }
+
+    proptest! {
+        #[test]
+        fn fedavg_of_equal_updates_is_that_update(delta in proptest::collection::vec(-10.0f32..10.0, 1..50), weights in proptest::collection::vec(1u64..1000, 1..8)) {
+            let global = vec![0.5f32; delta.len()];
+            let mut sum = UpdateSum::new(delta.len());
+            for &w in &weights {
+                sum.add(&Update { weighted_delta: delta.iter().map(|d| d * w as f32).collect(), weight: w, weighted_train_loss: 0.0 }).unwrap();
+            }
+            let next = FedAvg::default().aggregate(&global, &sum).unwrap();
+            for (n, d) in next.iter().zip(&delta) {
+                prop_assert!((n - (0.5 + d)).abs() <= 1e-4 * (1.0 + d.abs()), "{n} vs {}", 0.5 + d);
+            }
+        }
+
+        #[test]
+        fn the_result_does_not_depend_on_participant_order(updates in proptest::collection::vec((proptest::collection::vec(-1.0f32..1.0, 8), 1u64..100), 1..10)) {
+            let run = |order: &[(Vec<f32>, u64)]| {
+                let mut sum = UpdateSum::new(8);
+                for (delta, w) in order {
+                    sum.add(&update(delta.clone(), *w)).unwrap();
+                }
+                FedAvg::default().aggregate(&[0.0; 8], &sum).unwrap()
+            };
+            let forward = run(&updates);
+            let mut reversed = updates.clone();
+            reversed.reverse();
+            let backward = run(&reversed);
+            for (a, b) in forward.iter().zip(&backward) {
+                prop_assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Partitioners: split one dataset among `count` participants, deterministically by seed, so that
+//! several participants on one machine (or `simulate`) each get their own disjoint share.
+//!
+//! - IID: a seeded shuffle cut into `count` nearly equal parts.
+//! - Dirichlet(α) label skew (Hsu et al. 2019): for each label, the examples are shuffled and
+//!   divided among participants in proportions drawn from Dirichlet(α, …, α). Small α gives each
+//!   participant few labels; large α approaches IID.
+
+use crate::Error;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha20Rng;
+use rand_distr::{Distribution, Gamma};
+
+/// How a dataset is divided.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scheme {
+    /// Keep the whole dataset.
+    Whole,
+    /// Independent, identically distributed shares.
+    Iid,
+    /// Label skew drawn from a symmetric Dirichlet distribution with this concentration.
+    Dirichlet {
+        /// Concentration α > 0.
+        alpha: f64,
+    },
+}
+
+/// This participant's share of a dataset: share `index` of `count`, under `scheme`, with `seed`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Partition {
+    /// How the dataset is divided.
+    pub scheme: Scheme,
+    /// Which share this participant keeps, `0..count`.
+    pub index: usize,
+    /// Into how many shares the dataset is divided.
+    pub count: usize,
+    /// Seed; every participant of a federation must use the same one to get disjoint shares.
+    pub seed: u64,
+}
+
+impl Partition {
+    /// The whole dataset, undivided.
+    pub fn whole() -> Partition {
+        Partition { scheme: Scheme::Whole, index: 0, count: 1, seed: 0 }
+    }
+
+    /// Parses a scheme from the command line: `iid`, `dirichlet:ALPHA` or `none`.
+    pub fn parse_scheme(text: &str) -> Result<Scheme, String> {
+        match text.split_once(':') {
+            None if text == "iid" => Ok(Scheme::Iid),
+            None if text == "none" => Ok(Scheme::Whole),
+            Some(("dirichlet", alpha)) => match alpha.parse::<f64>() {
+                Ok(alpha) if alpha > 0.0 && alpha.is_finite() => Ok(Scheme::Dirichlet { alpha }),
+                _ => Err(format!("Dirichlet concentration {alpha:?} must be a positive number, as in dirichlet:0.5")),
+            },
+            _ => Err(format!("partition scheme {text:?} is unknown; expected iid, dirichlet:ALPHA or none")),
+        }
+    }
+
+    /// Indices of this participant's examples, given every example's label. `split` (0 for
+    /// training, 1 for test) varies the seed so the two splits are cut independently.
+    pub fn indices(&self, labels: &[u8], split: u64) -> Result<Vec<usize>, Error> {
+        if self.count == 0 || self.index >= self.count {
+            return Err(Error::Partition(format!(
+                "partition index {} is out of range for {} partitions (expected 0..{})",
+                self.index, self.count, self.count
+            )));
+        }
+        let mut rng = ChaCha20Rng::seed_from_u64(self.seed ^ split.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let indices = match self.scheme {
+            Scheme::Whole => (0..labels.len()).collect(),
+            Scheme::Iid => {
+                let mut all: Vec<usize> = (0..labels.len()).collect();
+                all.shuffle(&mut rng);
+                let (start, end) = bounds(all.len(), self.count, self.index);
+                all[start..end].to_vec()
+            }
+            Scheme::Dirichlet { alpha } => {
+                let gamma = Gamma::new(alpha, 1.0).map_err(|e| {
+                    Error::Partition(format!("Dirichlet concentration {alpha} is invalid: {e}"))
+                })?;
+                let mut mine = Vec::new();
+                for label in 0..=u8::MAX {
+                    let mut of_label: Vec<usize> =
+                        (0..labels.len()).filter(|&i| labels[i] == label).collect();
+                    if of_label.is_empty() {
+                        continue;
+                    }
+                    of_label.shuffle(&mut rng);
+                    let weights: Vec<f64> = (0..self.count).map(|_| gamma.sample(&mut rng)).collect();
+                    let total: f64 = weights.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+                    // Cumulative cut points, so that the shares are disjoint and cover every example.
+                    let mut cumulative = 0.0;
+                    let cuts: Vec<usize> = weights
+                        .iter()
+                        .map(|w| {
+                            cumulative += w / total;
+                            ((cumulative * of_label.len() as f64).round() as usize).min(of_label.len())
+                        })
+                        .collect();
+                    let start = if self.index == 0 { 0 } else { cuts[self.index - 1] };
+                    let end = if self.index + 1 == self.count { of_label.len() } else { cuts[self.index] };
+                    mine.extend_from_slice(&of_label[start..end.max(start)]);
+                }
+                mine.sort_unstable();
+                mine
+            }
+        };
+        if indices.is_empty() {
+            return Err(Error::Partition(format!(
+                "partition {} of {} ({:?}) holds no example of {} (use fewer partitions or a larger α)",
+                self.index,
+                self.count,
+                self.scheme,
+                labels.len()
+            )));
+        }
+        Ok(indices)
+    }
+}
+
+/// Start and end of share `index` when `len` items are cut into `count` nearly equal parts.
+fn bounds(len: usize, count: usize, index: usize) -> (usize, usize) {
+    (len * index / count, len * (index + 1) / count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn labels(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 10) as u8).collect()
+    }
+
+    fn all_shares(scheme: Scheme, count: usize, seed: u64, labels: &[u8]) -> Vec<Vec<usize>> {
+        (0..count)
+            .map(|index| Partition { scheme, index, count, seed }.indices(labels, 0).unwrap())
+            .collect()
+    }
+
+    fn assert_disjoint_cover(shares: &[Vec<usize>], n: usize) {
+        let mut seen: Vec<usize> = shares.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..n).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn iid_shares_are_disjoint_equal_and_deterministic() {
+        let labels = labels(1000);
+        let shares = all_shares(Scheme::Iid, 4, 9, &labels);
+        assert_disjoint_cover(&shares, 1000);
+        assert!(shares.iter().all(|s| s.len() == 250));
+        assert_eq!(shares, all_shares(Scheme::Iid, 4, 9, &labels));
+        assert_ne!(shares, all_shares(Scheme::Iid, 4, 10, &labels));
+    }
+
+    #[test]
+    fn small_alpha_skews_labels() {
+        let labels = labels(5000);
+        let shares = all_shares(Scheme::Dirichlet { alpha: 0.1 }, 5, 3, &labels);
+        assert_disjoint_cover(&shares, 5000);
+        // With α = 0.1 a participant sees few labels in strength: its most common label takes a
+        // far larger share than the 10% an IID split gives.
+        let top_share = |share: &Vec<usize>| {
+            let mut counts = [0usize; 10];
+            share.iter().for_each(|&i| counts[labels[i] as usize] += 1);
+            *counts.iter().max().unwrap() as f64 / share.len() as f64
+        };
+        let mean_top: f64 = shares.iter().map(top_share).sum::<f64>() / 5.0;
+        assert!(mean_top > 0.3, "mean top-label share {mean_top}");
+        let iid = all_shares(Scheme::Iid, 5, 3, &labels);
+        let iid_top: f64 = iid.iter().map(top_share).sum::<f64>() / 5.0;
+        assert!(iid_top < 0.15, "IID top-label share {iid_top}");
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_what_is_allowed() {
+        assert_eq!(Partition::parse_scheme("dirichlet:0.5"), Ok(Scheme::Dirichlet { alpha: 0.5 }));
+        assert!(Partition::parse_scheme("dirichlet:-1").unwrap_err().contains("positive"));
+        assert!(Partition::parse_scheme("zipf").unwrap_err().contains("iid, dirichlet:ALPHA"));
+        let err = Partition { scheme: Scheme::Iid, index: 4, count: 4, seed: 0 }
+            .indices(&labels(10), 0)
+            .unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+        let err = Partition { scheme: Scheme::Iid, index: 0, count: 20, seed: 0 }
+            .indices(&labels(10), 0)
+            .unwrap_err();
+        assert!(err.to_string().contains("holds no example"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn dirichlet_shares_always_cover_the_dataset(n in 50usize..400, count in 1usize..6, seed in 0u64..1000, alpha in 0.05f64..10.0) {
+            let labels = labels(n);
+            let shares: Vec<Vec<usize>> = (0..count)
+                .map(|index| Partition { scheme: Scheme::Dirichlet { alpha }, index, count, seed }
+                    .indices(&labels, 0).unwrap_or_default())
+                .collect();
+            assert_disjoint_cover(&shares, n);
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! `cairn-participant`: the command line of a participant. `join` runs one organisation's
+//! participant; `simulate` runs many virtual participants in one process, each with its own
+//! certificate, connection and data partition, through the same code as `join`.
+
+use anyhow::Context;
+use cairn_participant::client::{self, ClientOptions, Kit};
+use cairn_participant::data::{LocalData, Partition};
+use cairn_participant::task::{Backend, BurnTask, Task};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Cairn participant: trains the federation's model on this organisation's private data and
+/// sends only model updates to the coordinator, over mutual TLS. It only dials out.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Join a federation as one participant.
+    Join {
+        /// This participant's kit directory from `cairn-coordinator provision`
+        /// (cert.pem, key.pem, ca.pem).
+        #[arg(long)]
+        kit: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// Which partition of the data this participant keeps, 0-based (with --partitions).
+        #[arg(long, default_value_t = 0)]
+        partition_index: usize,
+        /// Into how many partitions the data is split (1: use it all).
+        #[arg(long, default_value_t = 1)]
+        partitions: usize,
+    },
+    /// Run N participants in one process, each with its own kit, mTLS connection and data
+    /// partition (for development and scale tests).
+    Simulate {
+        /// Number of participants.
+        #[arg(long)]
+        participants: usize,
+        /// Directory holding one kit per participant (`<dir>/<id>/`), as `provision` writes
+        /// under `participants/`; the first N ids in name order are used.
+        #[arg(long)]
+        kits: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Coordinator URL.
+    #[arg(long, default_value = "https://localhost:7443")]
+    coordinator: String,
+    /// Name to check the coordinator's certificate against (default: the URL's host).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Directory with gzip IDX files: train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,
+    /// t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz.
+    #[arg(long)]
+    data: PathBuf,
+    /// Network the job trains: mlp or cnn.
+    #[arg(long, default_value = "mlp")]
+    model: String,
+    /// How partitions are cut: iid, dirichlet:ALPHA (label skew) or none.
+    #[arg(long, default_value = "iid", value_parser = Partition::parse_scheme)]
+    partition: cairn_participant::data::partition::Scheme,
+    /// Seed of the partitioning; every participant of a federation must use the same.
+    #[arg(long, default_value_t = 0)]
+    partition_seed: u64,
+    /// Compute backend: cpu, wgpu or cuda (the last two need the matching build feature).
+    #[arg(long, default_value = "cpu", value_parser = Backend::parse)]
+    backend: Backend,
+    /// Give up after this many failed connection attempts in a row (default: retry forever).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+}
+
+fn options(common: &Common, kit_dir: &std::path::Path, label: String) -> anyhow::Result<ClientOptions> {
+    let kit = Kit::load(kit_dir)?;
+    let mut options = ClientOptions::new(common.coordinator.clone(), kit, label);
+    options.server_name = common.server_name.clone();
+    options.max_attempts = common.max_attempts;
+    Ok(options)
+}
+
+fn task(common: &Common, data: &LocalData, index: usize, count: usize) -> anyhow::Result<Box<dyn Task>> {
+    let partition = Partition { scheme: common.partition, index, count, seed: common.partition_seed };
+    let local = if count == 1 { data.clone() } else { data.partition(&partition)? };
+    tracing::info!(
+        "partition {index}/{count}: {} training and {} test examples",
+        local.train.len(),
+        local.test.len()
+    );
+    Ok(Box::new(BurnTask::new(&common.model, local, common.backend)?))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+    match Cli::parse().command {
+        Command::Join { kit, common, partition_index, partitions } => {
+            let data = LocalData::load(&common.data)?;
+            let label = kit.file_name().map_or("participant".into(), |n| n.to_string_lossy().into_owned());
+            let task = task(&common, &data, partition_index, partitions)?;
+            let summary = client::run(options(&common, &kit, label)?, task).await?;
+            print_summary(&summary);
+        }
+        Command::Simulate { participants, kits, common } => {
+            anyhow::ensure!(participants >= 1, "--participants is 0; expected at least 1");
+            let mut ids: Vec<String> = std::fs::read_dir(&kits)
+                .with_context(|| format!("reading kits directory {}", kits.display()))?
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| entry.path().join("cert.pem").exists())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect();
+            ids.sort();
+            anyhow::ensure!(
+                ids.len() >= participants,
+                "{} holds {} kits, --participants asks for {participants}",
+                kits.display(),
+                ids.len()
+            );
+            let data = LocalData::load(&common.data)?;
+            let mut clients = Vec::with_capacity(participants);
+            for (index, id) in ids.iter().take(participants).enumerate() {
+                clients.push((options(&common, &kits.join(id), id.clone())?, task(&common, &data, index, participants)?));
+            }
+            let results = client::run_many(clients).await;
+            let mut failures = 0;
+            for (id, result) in ids.iter().zip(results) {
+                match result {
+                    Ok(summary) => println!("{id}: trained {} rounds, {} evaluations", summary.rounds_trained, summary.evaluations),
+                    Err(e) => {
+                        failures += 1;
+                        eprintln!("{id}: {e}");
+                    }
+                }
+            }
+            anyhow::ensure!(failures == 0, "{failures} of {participants} participants failed");
+        }
+    }
+    Ok(())
+}
+
+fn print_summary(summary: &client::RunSummary) {
+    println!("trained in {} rounds, {} evaluations; {}", summary.rounds_trained, summary.evaluations, summary.finish_reason);
+    if let Some(evaluation) = &summary.last_evaluation {
+        println!(
+            "last global model on local test data: accuracy {:.4}, loss {:.4} ({} examples)",
+            evaluation.accuracy, evaluation.loss, evaluation.n_examples
+        );
+    }
+}

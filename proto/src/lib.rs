@@ -1,0 +1,18 @@
+//! `cairn-proto`: the `cairn.v1` gRPC schema, the tonic/prost code generated from it, and the
+//! chunked tensor transfer that is part of that wire format. Only the coordinator's `grpc/`
+//! module and the participant's `client/` module use these types; everything else works on the
+//! crates' own domain types.
+
+pub mod transfer;
+
+/// Version 1 of the wire protocol (generated code).
+#[allow(missing_docs)] // Generated code; the .proto file documents every message.
+pub mod v1 {
+    tonic::include_proto!("cairn.v1");
+}
+
+/// The wire protocol version this build speaks; sent in `Hello` and `Welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest chunk payload in bytes (1 MiB).
+pub const MAX_CHUNK_BYTES: usize = 1 << 20;

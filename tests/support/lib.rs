@@ -1,0 +1,90 @@
+//! Shared helpers of the end-to-end tests: a federation provisioned by the project's own `pki`
+//! code in a temporary directory, a real coordinator on `127.0.0.1:0`, and real participants
+//! training on the digits data committed under `examples/data/digits`.
+
+use cairn_coordinator::config::JobSpec;
+use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
+use cairn_coordinator::{Coordinator, ServeOptions, ServerTls};
+use cairn_participant::client::{ClientOptions, Kit};
+use cairn_participant::data::partition::Scheme;
+use cairn_participant::data::{LocalData, Partition};
+use cairn_participant::task::{Backend, BurnTask, Task};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The digits dataset committed with the examples.
+pub fn digits_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/digits")
+}
+
+/// A provisioned federation in a temporary directory.
+pub struct Federation {
+    /// Holds every file; removed on drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl Federation {
+    /// Provisions a CA, a server certificate for `localhost`/`127.0.0.1`, and kits for `ids`.
+    pub fn provision(ids: &[&str]) -> Federation {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let request = ProvisionRequest {
+            out_dir: dir.path().to_path_buf(),
+            federation: "test".into(),
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            participants: ids.iter().map(|id| ParticipantSpec::parse(id).expect("valid id")).collect(),
+            validity_days: 2,
+        };
+        pki::provision(&request).expect("provisioning");
+        Federation { dir }
+    }
+
+    /// The kit directory of `id`.
+    pub fn kit_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join("participants").join(id)
+    }
+
+    /// Starts a coordinator for `job` on an ephemeral loopback port.
+    pub async fn start(&self, job: JobSpec) -> Coordinator {
+        let options = ServeOptions {
+            job,
+            tls: ServerTls::from_dir(&self.dir.path().join("coordinator")).expect("server TLS"),
+            state_dir: self.dir.path().join("state"),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            heartbeat_interval: Duration::from_secs(2),
+            keep_checkpoints: 3,
+        };
+        Coordinator::start(options).await.expect("coordinator starts")
+    }
+
+    /// Client options for `id` against `coordinator`.
+    pub fn client(&self, coordinator: &Coordinator, id: &str) -> ClientOptions {
+        let kit = Kit::load(&self.kit_dir(id)).expect("kit");
+        let mut options = ClientOptions::new(url(coordinator), kit, id);
+        options.server_name = Some("localhost".into());
+        options.initial_backoff = Duration::from_millis(100);
+        options.max_attempts = Some(20);
+        options
+    }
+}
+
+/// `https://127.0.0.1:PORT` of a running coordinator.
+pub fn url(coordinator: &Coordinator) -> String {
+    format!("https://127.0.0.1:{}", coordinator.local_addr().port())
+}
+
+/// A digits job for `ids`.
+pub fn digits_job(ids: &[&str], rounds: u64, min_participants: usize) -> JobSpec {
+    let yaml = format!(
+        "name: test-job\nmodel: mlp\ndataset: digits\nrounds: {rounds}\nmin_participants: {min_participants}\n\
+         local_epochs: 2\nbatch_size: 16\nlearning_rate: 0.1\nphase_deadline_s: 60\nseed: 1\nparticipants: [{}]\n",
+        ids.join(", ")
+    );
+    JobSpec::parse(&yaml).expect("valid job")
+}
+
+/// A burn MLP task on partition `index` of `count` of the digits data.
+pub fn digits_task(index: usize, count: usize) -> Box<dyn Task> {
+    let data = LocalData::load(&digits_dir()).expect("digits data");
+    let partition = Partition { scheme: Scheme::Iid, index, count, seed: 5 };
+    Box::new(BurnTask::new("mlp", data.partition(&partition).expect("partition"), Backend::Cpu).expect("task"))
+}
