@@ -14,10 +14,15 @@ async fn three_participants_train_digits_and_accuracy_improves() {
     let clients = ids
         .iter()
         .enumerate()
-        .map(|(index, id)| (federation.client(&coordinator, id), digits_task(index, ids.len())))
+        .map(|(index, id)| {
+            (
+                federation.client(&coordinator, id),
+                digits_task(index, ids.len()),
+            )
+        })
         .collect();
     let results = run_many(clients).await;
-    let report = coordinator.wait().await.expect("job report");
+    let report = cairn_tests::finish(coordinator).await.expect("job report");
 
     for result in &results {
         let summary = result.as_ref().expect("participant finished");
@@ -25,18 +30,37 @@ async fn three_participants_train_digits_and_accuracy_improves() {
         assert_eq!(summary.evaluations, 3);
     }
     assert!(report.succeeded, "{}", report.reason);
-    assert_eq!(report.rounds.iter().map(|r| r.outcome.round).collect::<Vec<_>>(), vec![1, 2, 3]);
-    let accuracies: Vec<f64> = report.rounds.iter().map(|r| r.outcome.eval_accuracy.expect("evaluated")).collect();
-    assert!(accuracies[2] > accuracies[0], "accuracy did not improve: {accuracies:?}");
+    assert_eq!(
+        report
+            .rounds
+            .iter()
+            .map(|r| r.outcome.round)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let accuracies: Vec<f64> = report
+        .rounds
+        .iter()
+        .map(|r| r.outcome.eval_accuracy.expect("evaluated"))
+        .collect();
+    assert!(
+        accuracies[2] > accuracies[0],
+        "accuracy did not improve: {accuracies:?}"
+    );
     assert!(accuracies[2] > 0.85, "final accuracy {accuracies:?}");
     for record in &report.rounds {
         assert_eq!(record.outcome.contributors, ids);
-        assert!(record.outcome.dropouts.is_empty(), "{:?}", record.outcome.dropouts);
+        assert!(
+            record.outcome.dropouts.is_empty(),
+            "{:?}",
+            record.outcome.dropouts
+        );
         // Every participant evaluated on its share of the 359 test images.
         assert_eq!(record.outcome.eval_examples, 359);
         assert!(record.bytes_out > 0 && record.bytes_in > 0);
     }
     // The final model is a safetensors file with the job's layout.
-    let model = load_safetensors(&report.model_path, &layout(job.model, job.dataset)).expect("final model loads");
+    let model = load_safetensors(&report.model_path, &layout(job.model, job.dataset))
+        .expect("final model loads");
     assert!(model.iter().all(|v| v.is_finite()));
 }

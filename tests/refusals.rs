@@ -22,12 +22,20 @@ async fn honest_job_completes(federation: &Federation, coordinator: Coordinator)
     let clients = HONEST
         .iter()
         .enumerate()
-        .map(|(index, id)| (federation.client(&coordinator, id), digits_task(index, HONEST.len())))
+        .map(|(index, id)| {
+            (
+                federation.client(&coordinator, id),
+                digits_task(index, HONEST.len()),
+            )
+        })
         .collect();
     for result in run_many(clients).await {
-        assert_eq!(result.expect("honest participant finishes").rounds_trained, 1);
+        assert_eq!(
+            result.expect("honest participant finishes").rounds_trained,
+            1
+        );
     }
-    let report = coordinator.wait().await.expect("report");
+    let report = cairn_tests::finish(coordinator).await.expect("report");
     assert!(report.succeeded, "{}", report.reason);
     assert_eq!(report.rounds.len(), 1);
     assert_eq!(report.rounds[0].outcome.contributors, HONEST);
@@ -38,14 +46,33 @@ async fn raw_session(
     federation: &Federation,
     coordinator: &Coordinator,
     id: &str,
-) -> Result<(mpsc::Sender<ParticipantMessage>, Streaming<CoordinatorMessage>), Status> {
+) -> Result<
+    (
+        mpsc::Sender<ParticipantMessage>,
+        Streaming<CoordinatorMessage>,
+    ),
+    Status,
+> {
     let options = federation.client(coordinator, id);
-    let channel = client::connect(&options).await.map_err(Status::unavailable)?;
+    let channel = client::connect(&options)
+        .await
+        .map_err(Status::unavailable)?;
     let mut grpc = FederationClient::new(channel);
     let (outbox, receiver) = mpsc::channel(64);
-    let hello = Hello { protocol_version: cairn_proto::PROTOCOL_VERSION, client_version: "test".into() };
-    outbox.send(ParticipantMessage { body: Some(Body::Hello(hello)) }).await.expect("queue hello");
-    let mut inbound = grpc.session(ReceiverStream::new(receiver)).await?.into_inner();
+    let hello = Hello {
+        protocol_version: cairn_proto::PROTOCOL_VERSION,
+        client_version: "test".into(),
+    };
+    outbox
+        .send(ParticipantMessage {
+            body: Some(Body::Hello(hello)),
+        })
+        .await
+        .expect("queue hello");
+    let mut inbound = grpc
+        .session(ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
     match inbound.message().await?.and_then(|m| m.body) {
         Some(coordinator_message::Body::Welcome(welcome)) => assert_eq!(welcome.participant_id, id),
         other => panic!("expected Welcome, got {other:?}"),
@@ -70,12 +97,18 @@ fn model_layout() -> Vec<TensorSpec> {
         cairn_coordinator::config::DatasetKind::Digits,
     )
     .into_iter()
-    .map(|t| TensorSpec { name: t.name, shape: t.shape.into_iter().map(|d| d as u64).collect() })
+    .map(|t| TensorSpec {
+        name: t.name,
+        shape: t.shape.into_iter().map(|d| d as u64).collect(),
+    })
     .collect()
 }
 
 fn n_values(specs: &[TensorSpec]) -> usize {
-    specs.iter().map(|t| t.shape.iter().product::<u64>() as usize).sum()
+    specs
+        .iter()
+        .map(|t| t.shape.iter().product::<u64>() as usize)
+        .sum()
 }
 
 /// Sends an update as `mallory` after `tamper` had its way with it, and returns the status that
@@ -88,13 +121,27 @@ async fn refused_update(
     let ids = ["alpha", "bravo", "mallory"];
     let federation = Federation::provision(&ids);
     let coordinator = federation.start(digits_job(&ids, 1, 2)).await;
-    let (outbox, mut inbound) = raw_session(&federation, &coordinator, "mallory").await.expect("session");
+    let (outbox, mut inbound) = raw_session(&federation, &coordinator, "mallory")
+        .await
+        .expect("session");
     let (transfer, mut chunks) = split(1, &specs, &values);
-    let mut header = UpdateHeader { transfer: Some(transfer), weight: 10, weighted_train_loss: 1.0 };
+    let mut header = UpdateHeader {
+        transfer: Some(transfer),
+        weight: 10,
+        weighted_train_loss: 1.0,
+    };
     tamper(&mut header, &mut chunks);
-    let _ = outbox.send(ParticipantMessage { body: Some(Body::Update(header)) }).await;
+    let _ = outbox
+        .send(ParticipantMessage {
+            body: Some(Body::Update(header)),
+        })
+        .await;
     for chunk in chunks {
-        let _ = outbox.send(ParticipantMessage { body: Some(Body::Chunk(chunk)) }).await;
+        let _ = outbox
+            .send(ParticipantMessage {
+                body: Some(Body::Chunk(chunk)),
+            })
+            .await;
     }
     let status = final_status(&mut inbound).await;
     honest_job_completes(&federation, coordinator).await;
@@ -103,11 +150,17 @@ async fn refused_update(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_with_the_wrong_number_of_values_is_refused() {
-    let specs = vec![TensorSpec { name: "fc1.weight".into(), shape: vec![7850] }];
+    let specs = vec![TensorSpec {
+        name: "fc1.weight".into(),
+        shape: vec![7850],
+    }];
     let status = refused_update(|_, _| {}, specs, vec![0.0; 7850]).await;
     assert_eq!(status.code(), Code::InvalidArgument);
     let expected = n_values(&model_layout());
-    assert_eq!(status.message(), format!("model update for round 1 has 7850 values, expected {expected}"));
+    assert_eq!(
+        status.message(),
+        format!("model update for round 1 has 7850 values, expected {expected}")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,10 +170,20 @@ async fn an_update_containing_nan_or_infinity_is_refused() {
     values[123] = f32::NAN;
     let status = refused_update(|_, _| {}, specs.clone(), values.clone()).await;
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("non-finite value (NaN) at position 123"), "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("non-finite value (NaN) at position 123"),
+        "{}",
+        status.message()
+    );
     values[123] = f32::INFINITY;
     let status = refused_update(|_, _| {}, specs, values).await;
-    assert!(status.message().contains("non-finite value (inf)"), "{}", status.message());
+    assert!(
+        status.message().contains("non-finite value (inf)"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +201,13 @@ async fn a_chunk_whose_hash_does_not_match_is_refused() {
     )
     .await;
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("chunk 0's data does not match its sha256"), "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("chunk 0's data does not match its sha256"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,11 +215,22 @@ async fn a_participant_not_in_the_job_is_permission_denied() {
     let ids = ["alpha", "bravo", "eve"];
     let federation = Federation::provision(&ids);
     let coordinator = federation.start(digits_job(&HONEST, 1, 2)).await;
-    let status = raw_session(&federation, &coordinator, "eve").await.map(|_| ()).expect_err("eve is refused");
+    let status = raw_session(&federation, &coordinator, "eve")
+        .await
+        .map(|_| ())
+        .expect_err("eve is refused");
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("participant \"eve\" is not in job \"test-job\""), "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("participant \"eve\" is not in job \"test-job\""),
+        "{}",
+        status.message()
+    );
     // The participant client gives up at once on a refusal instead of retrying.
-    let err = client::run(federation.client(&coordinator, "eve"), digits_task(0, 2)).await.expect_err("refused");
+    let err = client::run(federation.client(&coordinator, "eve"), digits_task(0, 2))
+        .await
+        .expect_err("refused");
     assert!(err.to_string().contains("not in job"), "{err}");
     honest_job_completes(&federation, coordinator).await;
 }
@@ -160,16 +240,30 @@ async fn a_client_without_a_certificate_cannot_connect() {
     let federation = Federation::provision(&HONEST);
     let coordinator = federation.start(digits_job(&HONEST, 1, 2)).await;
     let ca = std::fs::read_to_string(federation.kit_dir("alpha").join("ca.pem")).expect("ca");
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
-    let endpoint = Endpoint::from_shared(url(&coordinator)).expect("url").tls_config(tls).expect("tls");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    let endpoint = Endpoint::from_shared(url(&coordinator))
+        .expect("url")
+        .tls_config(tls)
+        .expect("tls");
     let outcome = async {
-        let channel = endpoint.connect().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let (_outbox, receiver) = mpsc::channel::<ParticipantMessage>(1);
-        let mut inbound = FederationClient::new(channel).session(ReceiverStream::new(receiver)).await?.into_inner();
+        let mut inbound = FederationClient::new(channel)
+            .session(ReceiverStream::new(receiver))
+            .await?
+            .into_inner();
         inbound.message().await.map(|_| ())
     }
     .await;
-    assert!(outcome.is_err(), "a client without a certificate got a session");
+    assert!(
+        outcome.is_err(),
+        "a client without a certificate got a session"
+    );
     honest_job_completes(&federation, coordinator).await;
 }
 
@@ -187,21 +281,47 @@ async fn a_certificate_from_another_ca_cannot_connect() {
         .ca_certificate(Certificate::from_pem(ca))
         .identity(tonic::transport::Identity::from_pem(cert, key))
         .domain_name("localhost");
-    let endpoint = Endpoint::from_shared(url(&coordinator)).expect("url").tls_config(tls).expect("tls");
+    let endpoint = Endpoint::from_shared(url(&coordinator))
+        .expect("url")
+        .tls_config(tls)
+        .expect("tls");
     let outcome = async {
-        let channel = endpoint.connect().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let (outbox, receiver) = mpsc::channel::<ParticipantMessage>(1);
-        let hello = Hello { protocol_version: cairn_proto::PROTOCOL_VERSION, client_version: "x".into() };
-        let _ = outbox.send(ParticipantMessage { body: Some(Body::Hello(hello)) }).await;
-        let mut inbound = FederationClient::new(channel).session(ReceiverStream::new(receiver)).await?.into_inner();
+        let hello = Hello {
+            protocol_version: cairn_proto::PROTOCOL_VERSION,
+            client_version: "x".into(),
+        };
+        let _ = outbox
+            .send(ParticipantMessage {
+                body: Some(Body::Hello(hello)),
+            })
+            .await;
+        let mut inbound = FederationClient::new(channel)
+            .session(ReceiverStream::new(receiver))
+            .await?
+            .into_inner();
         inbound.message().await.map(|_| ())
     }
     .await;
-    assert!(outcome.is_err(), "a certificate from another CA got a session");
+    assert!(
+        outcome.is_err(),
+        "a certificate from another CA got a session"
+    );
     // And a participant that trusts another CA refuses the coordinator's certificate.
-    let mut wrong_trust = ClientOptions::new(url(&coordinator), Kit::load(&other.kit_dir("alpha")).expect("kit"), "x");
+    let mut wrong_trust = ClientOptions::new(
+        url(&coordinator),
+        Kit::load(&other.kit_dir("alpha")).expect("kit"),
+        "x",
+    );
     wrong_trust.server_name = Some("localhost".into());
-    let err = client::connect(&wrong_trust).await.map(|_| ()).expect_err("server certificate not trusted");
+    let err = client::connect(&wrong_trust)
+        .await
+        .map(|_| ())
+        .expect_err("server certificate not trusted");
     assert!(err.contains("cannot connect"), "{err}");
     honest_job_completes(&federation, coordinator).await;
 }
@@ -212,18 +332,28 @@ async fn a_wrong_protocol_version_and_a_session_without_hello_are_refused() {
     let coordinator = federation.start(digits_job(&HONEST, 1, 2)).await;
     let options = federation.client(&coordinator, "alpha");
     for first in [
-        Body::Hello(Hello { protocol_version: 99, client_version: "future".into() }),
+        Body::Hello(Hello {
+            protocol_version: 99,
+            client_version: "future".into(),
+        }),
         Body::Heartbeat(cairn_proto::v1::Heartbeat { sent_at_unix_ms: 0 }),
     ] {
         let channel = client::connect(&options).await.expect("connect");
         let (outbox, receiver) = mpsc::channel(4);
-        outbox.send(ParticipantMessage { body: Some(first) }).await.expect("queue");
-        let mut inbound =
-            FederationClient::new(channel).session(ReceiverStream::new(receiver)).await.expect("rpc").into_inner();
+        outbox
+            .send(ParticipantMessage { body: Some(first) })
+            .await
+            .expect("queue");
+        let mut inbound = FederationClient::new(channel)
+            .session(ReceiverStream::new(receiver))
+            .await
+            .expect("rpc")
+            .into_inner();
         let status = final_status(&mut inbound).await;
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert!(
-            status.message().contains("protocol version 99") || status.message().contains("must be Hello"),
+            status.message().contains("protocol version 99")
+                || status.message().contains("must be Hello"),
             "{}",
             status.message()
         );

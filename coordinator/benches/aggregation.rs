@@ -25,7 +25,9 @@ fn best_of(mut run: impl FnMut()) -> f64 {
 fn main() {
     let updates: Vec<Update> = (0..N_PARTICIPANTS)
         .map(|p| Update {
-            weighted_delta: (0..N_VALUES).map(|i| ((i + p) % 17) as f32 * 0.01).collect(),
+            weighted_delta: (0..N_VALUES)
+                .map(|i| ((i + p) % 17) as f32 * 0.01)
+                .collect(),
             weight: 100 + p as u64,
             weighted_train_loss: 1.0,
         })
@@ -48,11 +50,25 @@ fn main() {
         for update in &updates {
             sum.add(update).expect("updates have the right size");
         }
-        black_box(FedAvg::default().aggregate(&global, &sum).expect("non-empty sum"));
+        black_box(
+            FedAvg::default()
+                .aggregate(&global, &sum)
+                .expect("non-empty sum"),
+        );
     });
     let bytes = (N_PARTICIPANTS * N_VALUES * 4) as f64;
-    println!("plain weighted aggregation, n = {N_PARTICIPANTS}, d = {N_VALUES} (best of {REPEATS})");
-    println!("  floor (stream + add):   {:>8.1} ms  {:>6.2} GB/s", floor * 1e3, bytes / floor / 1e9);
-    println!("  UpdateSum + FedAvg:     {:>8.1} ms  {:>6.2} GB/s", aggregate * 1e3, bytes / aggregate / 1e9);
+    println!(
+        "plain weighted aggregation, n = {N_PARTICIPANTS}, d = {N_VALUES} (best of {REPEATS})"
+    );
+    println!(
+        "  floor (stream + add):   {:>8.1} ms  {:>6.2} GB/s",
+        floor * 1e3,
+        bytes / floor / 1e9
+    );
+    println!(
+        "  UpdateSum + FedAvg:     {:>8.1} ms  {:>6.2} GB/s",
+        aggregate * 1e3,
+        bytes / aggregate / 1e9
+    );
     println!("  ratio to floor:         {:>8.2}x", aggregate / floor);
 }

@@ -115,7 +115,9 @@ pub fn is_valid_name(id: &str) -> bool {
     let bytes = id.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
 }
@@ -161,7 +163,11 @@ impl JobSpec {
             return invalid("rounds", self.rounds, "expected 1..=1000000");
         }
         if self.participants.is_empty() {
-            return invalid("participants", "empty", "expected at least one participant id");
+            return invalid(
+                "participants",
+                "empty",
+                "expected at least one participant id",
+            );
         }
         let mut seen = std::collections::BTreeSet::new();
         for id in &self.participants {
@@ -173,14 +179,21 @@ impl JobSpec {
                 );
             }
             if !seen.insert(id) {
-                return invalid("participants", format!("{id:?} listed twice"), "each id must be listed once");
+                return invalid(
+                    "participants",
+                    format!("{id:?} listed twice"),
+                    "each id must be listed once",
+                );
             }
         }
         if self.min_participants == 0 || self.min_participants > self.participants.len() {
             return invalid(
                 "min_participants",
                 self.min_participants,
-                &format!("expected 1..={} (the number of participants listed)", self.participants.len()),
+                &format!(
+                    "expected 1..={} (the number of participants listed)",
+                    self.participants.len()
+                ),
             );
         }
         if !(self.fraction > 0.0 && self.fraction <= 1.0) {
@@ -193,13 +206,25 @@ impl JobSpec {
             return invalid("batch_size", self.batch_size, "expected 1..=65536");
         }
         if !(self.learning_rate > 0.0 && self.learning_rate <= 10.0) {
-            return invalid("learning_rate", self.learning_rate, "expected a number in (0, 10]");
+            return invalid(
+                "learning_rate",
+                self.learning_rate,
+                "expected a number in (0, 10]",
+            );
         }
         if !(1..=7 * 24 * 3600).contains(&self.phase_deadline_s) {
-            return invalid("phase_deadline_s", self.phase_deadline_s, "expected 1..=604800 seconds");
+            return invalid(
+                "phase_deadline_s",
+                self.phase_deadline_s,
+                "expected 1..=604800 seconds",
+            );
         }
         if !(1..=1000).contains(&self.max_round_attempts) {
-            return invalid("max_round_attempts", self.max_round_attempts, "expected 1..=1000");
+            return invalid(
+                "max_round_attempts",
+                self.max_round_attempts,
+                "expected 1..=1000",
+            );
         }
         Ok(())
     }
@@ -234,32 +259,94 @@ participants: [alpha, beta, gamma]
     #[test]
     fn every_invalid_field_is_named_with_its_value_and_what_is_allowed() {
         let cases = [
-            ("name: digits-demo", "name: Digits_Demo", "field `name` is \"Digits_Demo\""),
-            ("rounds: 3", "rounds: 0", "field `rounds` is 0; expected 1..=1000000"),
-            ("min_participants: 2", "min_participants: 4", "field `min_participants` is 4; expected 1..=3"),
-            ("min_participants: 2", "min_participants: 0", "field `min_participants` is 0"),
-            ("participants: [alpha, beta, gamma]", "participants: [alpha, alpha, beta]", "\"alpha\" listed twice"),
-            ("participants: [alpha, beta, gamma]", "participants: [alpha, Beta, gamma]", "field `participants` is \"Beta\""),
-            ("participants: [alpha, beta, gamma]", "participants: []", "field `participants` is empty"),
-            ("rounds: 3", "rounds: 3\nfraction: 1.5", "field `fraction` is 1.5; expected a number in (0, 1]"),
-            ("rounds: 3", "rounds: 3\nfraction: 0", "field `fraction` is 0"),
-            ("rounds: 3", "rounds: 3\nlocal_epochs: 0", "field `local_epochs` is 0"),
-            ("rounds: 3", "rounds: 3\nbatch_size: 0", "field `batch_size` is 0"),
-            ("rounds: 3", "rounds: 3\nlearning_rate: -0.1", "field `learning_rate` is -0.1"),
-            ("rounds: 3", "rounds: 3\nphase_deadline_s: 0", "field `phase_deadline_s` is 0"),
-            ("rounds: 3", "rounds: 3\nmax_round_attempts: 0", "field `max_round_attempts` is 0"),
+            (
+                "name: digits-demo",
+                "name: Digits_Demo",
+                "field `name` is \"Digits_Demo\"",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 0",
+                "field `rounds` is 0; expected 1..=1000000",
+            ),
+            (
+                "min_participants: 2",
+                "min_participants: 4",
+                "field `min_participants` is 4; expected 1..=3",
+            ),
+            (
+                "min_participants: 2",
+                "min_participants: 0",
+                "field `min_participants` is 0",
+            ),
+            (
+                "participants: [alpha, beta, gamma]",
+                "participants: [alpha, alpha, beta]",
+                "\"alpha\" listed twice",
+            ),
+            (
+                "participants: [alpha, beta, gamma]",
+                "participants: [alpha, Beta, gamma]",
+                "field `participants` is \"Beta\"",
+            ),
+            (
+                "participants: [alpha, beta, gamma]",
+                "participants: []",
+                "field `participants` is empty",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nfraction: 1.5",
+                "field `fraction` is 1.5; expected a number in (0, 1]",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nfraction: 0",
+                "field `fraction` is 0",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nlocal_epochs: 0",
+                "field `local_epochs` is 0",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nbatch_size: 0",
+                "field `batch_size` is 0",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nlearning_rate: -0.1",
+                "field `learning_rate` is -0.1",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nphase_deadline_s: 0",
+                "field `phase_deadline_s` is 0",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nmax_round_attempts: 0",
+                "field `max_round_attempts` is 0",
+            ),
         ];
         for (from, to, expected) in cases {
             let yaml = VALID.replace(from, to);
             let err = error_of(&yaml);
-            assert!(err.contains(expected), "{to:?} gave {err:?}, expected it to mention {expected:?}");
+            assert!(
+                err.contains(expected),
+                "{to:?} gave {err:?}, expected it to mention {expected:?}"
+            );
         }
     }
 
     #[test]
     fn unknown_models_fields_and_types_are_refused_by_name() {
         let err = error_of(&VALID.replace("model: mlp", "model: resnet"));
-        assert!(err.contains("resnet") && err.contains("mlp") && err.contains("cnn"), "{err}");
+        assert!(
+            err.contains("resnet") && err.contains("mlp") && err.contains("cnn"),
+            "{err}"
+        );
         let err = error_of(&VALID.replace("dataset: digits", "dataset: cifar"));
         assert!(err.contains("cifar"), "{err}");
         let err = error_of(&format!("{VALID}epochs: 3\n"));

@@ -73,20 +73,39 @@ async fn main() -> anyhow::Result<()> {
         .with_target(false)
         .init();
     match Cli::parse().command {
-        Command::Provision { out, federation, server_names, participants, validity_days } => {
+        Command::Provision {
+            out,
+            federation,
+            server_names,
+            participants,
+            validity_days,
+        } => {
             let participants = participants
                 .iter()
                 .map(|p| ParticipantSpec::parse(p))
                 .collect::<Result<Vec<_>, _>>()?;
-            let request = ProvisionRequest { out_dir: out.clone(), federation, server_names, participants, validity_days };
+            let request = ProvisionRequest {
+                out_dir: out.clone(),
+                federation,
+                server_names,
+                participants,
+                validity_days,
+            };
             let report = pki::provision(&request)?;
             println!(
                 "{} CA in {}",
-                if report.created_ca { "created" } else { "reused" },
+                if report.created_ca {
+                    "created"
+                } else {
+                    "reused"
+                },
                 out.join("ca").display()
             );
             if report.created_server {
-                println!("coordinator certificate in {}", out.join("coordinator").display());
+                println!(
+                    "coordinator certificate in {}",
+                    out.join("coordinator").display()
+                );
             }
             for kit in &report.created_kits {
                 println!("participant kit in {}", kit.display());
@@ -94,12 +113,26 @@ async fn main() -> anyhow::Result<()> {
             for kit in &report.kept_kits {
                 println!("kept existing kit {}", kit.display());
             }
-            println!("keep {} secret: it can mint identities", out.join("ca/ca-key.pem").display());
+            println!(
+                "keep {} secret: it can mint identities",
+                out.join("ca/ca-key.pem").display()
+            );
         }
-        Command::Serve { job, state_dir, tls, listen, heartbeat_s, keep_checkpoints } => {
-            anyhow::ensure!(heartbeat_s >= 1, "--heartbeat-s is 0; expected at least 1 second");
+        Command::Serve {
+            job,
+            state_dir,
+            tls,
+            listen,
+            heartbeat_s,
+            keep_checkpoints,
+        } => {
+            anyhow::ensure!(
+                heartbeat_s >= 1,
+                "--heartbeat-s is 0; expected at least 1 second"
+            );
             let job = JobSpec::load(&job)?;
-            let tls = ServerTls::from_dir(&tls).context("loading the coordinator's TLS directory")?;
+            let tls =
+                ServerTls::from_dir(&tls).context("loading the coordinator's TLS directory")?;
             let options = ServeOptions {
                 job,
                 tls,

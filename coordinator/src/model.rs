@@ -25,7 +25,10 @@ pub struct TensorShape {
 
 impl TensorShape {
     fn new(name: &str, shape: &[usize]) -> TensorShape {
-        TensorShape { name: name.to_string(), shape: shape.to_vec() }
+        TensorShape {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+        }
     }
 
     /// Number of values.
@@ -117,9 +120,14 @@ pub fn load_safetensors(path: &Path, layout: &[TensorShape]) -> Result<Vec<f32>,
         source,
     })?;
     let fail = |reason: String| Error::Checkpoint(format!("{}: {reason}", path.display()));
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| fail(format!("not a safetensors file: {e}")))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| fail(format!("not a safetensors file: {e}")))?;
     if file.len() != layout.len() {
-        return Err(fail(format!("holds {} tensors, the model has {}", file.len(), layout.len())));
+        return Err(fail(format!(
+            "holds {} tensors, the model has {}",
+            file.len(),
+            layout.len()
+        )));
     }
     let mut values = Vec::with_capacity(n_values(layout));
     for tensor in layout {
@@ -135,7 +143,11 @@ pub fn load_safetensors(path: &Path, layout: &[TensorShape]) -> Result<Vec<f32>,
                 tensor.shape
             )));
         }
-        values.extend(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        values.extend(
+            view.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
     }
     Ok(values)
 }
@@ -147,10 +159,19 @@ mod tests {
     #[test]
     fn layouts_have_the_published_sizes() {
         // McMahan et al. 2017: the 2NN has 199,210 parameters on MNIST.
-        assert_eq!(n_values(&layout(ModelKind::Mlp, DatasetKind::Mnist)), 199_210);
+        assert_eq!(
+            n_values(&layout(ModelKind::Mlp, DatasetKind::Mnist)),
+            199_210
+        );
         // Their CNN has 1,663,370 parameters on MNIST.
-        assert_eq!(n_values(&layout(ModelKind::Cnn, DatasetKind::Mnist)), 1_663_370);
-        assert_eq!(layout(ModelKind::Mlp, DatasetKind::Digits)[0].shape, vec![200, 64]);
+        assert_eq!(
+            n_values(&layout(ModelKind::Cnn, DatasetKind::Mnist)),
+            1_663_370
+        );
+        assert_eq!(
+            layout(ModelKind::Mlp, DatasetKind::Digits)[0].shape,
+            vec![200, 64]
+        );
     }
 
     #[test]
@@ -175,6 +196,11 @@ mod tests {
         let err = load_safetensors(&path, &layout(ModelKind::Mlp, DatasetKind::Mnist)).unwrap_err();
         assert!(err.to_string().contains("fc1.weight"), "{err}");
         std::fs::write(&path, b"garbage").unwrap();
-        assert!(load_safetensors(&path, &mlp).unwrap_err().to_string().contains("not a safetensors file"));
+        assert!(
+            load_safetensors(&path, &mlp)
+                .unwrap_err()
+                .to_string()
+                .contains("not a safetensors file")
+        );
     }
 }

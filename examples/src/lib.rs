@@ -15,19 +15,32 @@ use std::time::Duration;
 
 /// Runs `job` as a local federation: certificates under `run_dir`, coordinator on loopback over
 /// mTLS, one simulated participant per job participant, each on its own IID share of `data`.
-pub async fn run_local_federation(job: JobSpec, data_dir: &Path, run_dir: &Path) -> anyhow::Result<JobReport> {
+pub async fn run_local_federation(
+    job: JobSpec,
+    data_dir: &Path,
+    run_dir: &Path,
+) -> anyhow::Result<JobReport> {
     if run_dir.exists() {
-        std::fs::remove_dir_all(run_dir).with_context(|| format!("clearing {}", run_dir.display()))?;
+        std::fs::remove_dir_all(run_dir)
+            .with_context(|| format!("clearing {}", run_dir.display()))?;
     }
     let request = ProvisionRequest {
         out_dir: run_dir.join("federation"),
         federation: job.name.clone(),
         server_names: vec!["localhost".into(), "127.0.0.1".into()],
-        participants: job.participants.iter().map(|id| ParticipantSpec::parse(id)).collect::<Result<_, _>>()?,
+        participants: job
+            .participants
+            .iter()
+            .map(|id| ParticipantSpec::parse(id))
+            .collect::<Result<_, _>>()?,
         validity_days: 30,
     };
     pki::provision(&request)?;
-    println!("provisioned a federation CA and {} participant kits in {}", job.participants.len(), request.out_dir.display());
+    println!(
+        "provisioned a federation CA and {} participant kits in {}",
+        job.participants.len(),
+        request.out_dir.display()
+    );
 
     let options = ServeOptions {
         job: job.clone(),
@@ -44,7 +57,12 @@ pub async fn run_local_federation(job: JobSpec, data_dir: &Path, run_dir: &Path)
     let n = job.participants.len();
     let mut clients: Vec<(ClientOptions, Box<dyn Task>)> = Vec::with_capacity(n);
     for (index, id) in job.participants.iter().enumerate() {
-        let partition = Partition { scheme: Scheme::Iid, index, count: n, seed: job.seed };
+        let partition = Partition {
+            scheme: Scheme::Iid,
+            index,
+            count: n,
+            seed: job.seed,
+        };
         let task = BurnTask::new(job.model.name(), data.partition(&partition)?, Backend::Cpu)?;
         let kit = Kit::load(&request.out_dir.join("participants").join(id))?;
         let mut options = ClientOptions::new(url.clone(), kit, id.clone());
@@ -79,7 +97,9 @@ pub fn print_round_table(rounds: &[RoundRecord]) {
 /// Installs a log subscriber at `level` unless `RUST_LOG` says otherwise.
 pub fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
+        )
         .with_target(false)
         .try_init();
 }

@@ -49,7 +49,11 @@ async fn main() -> anyhow::Result<()> {
             cli.target * 100.0,
             r.outcome.round
         ),
-        None => println!("\ndid not reach {:.2}% in {} rounds ({elapsed:.1} s)", cli.target * 100.0, report.rounds.len()),
+        None => println!(
+            "\ndid not reach {:.2}% in {} rounds ({elapsed:.1} s)",
+            cli.target * 100.0,
+            report.rounds.len()
+        ),
     }
     Ok(())
 }

@@ -29,11 +29,22 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log);
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let job = JobSpec::load(&cli.job.unwrap_or_else(|| examples.join("jobs/quickstart.yaml")))?;
+    let job = JobSpec::load(
+        &cli.job
+            .unwrap_or_else(|| examples.join("jobs/quickstart.yaml")),
+    )?;
     let report = run_local_federation(job, &examples.join("data/digits"), &cli.dir).await?;
     print_round_table(&report.rounds);
-    anyhow::ensure!(report.succeeded, "the job did not complete: {}", report.reason);
-    let accuracy = report.rounds.last().and_then(|r| r.outcome.eval_accuracy).unwrap_or(f64::NAN);
+    anyhow::ensure!(
+        report.succeeded,
+        "the job did not complete: {}",
+        report.reason
+    );
+    let accuracy = report
+        .rounds
+        .last()
+        .and_then(|r| r.outcome.eval_accuracy)
+        .unwrap_or(f64::NAN);
     println!("\nfinal model: {}", report.model_path.display());
     println!("test accuracy: {accuracy:.4}");
     Ok(())

@@ -79,7 +79,11 @@ struct Common {
     max_attempts: Option<u32>,
 }
 
-fn options(common: &Common, kit_dir: &std::path::Path, label: String) -> anyhow::Result<ClientOptions> {
+fn options(
+    common: &Common,
+    kit_dir: &std::path::Path,
+    label: String,
+) -> anyhow::Result<ClientOptions> {
     let kit = Kit::load(kit_dir)?;
     let mut options = ClientOptions::new(common.coordinator.clone(), kit, label);
     options.server_name = common.server_name.clone();
@@ -87,15 +91,33 @@ fn options(common: &Common, kit_dir: &std::path::Path, label: String) -> anyhow:
     Ok(options)
 }
 
-fn task(common: &Common, data: &LocalData, index: usize, count: usize) -> anyhow::Result<Box<dyn Task>> {
-    let partition = Partition { scheme: common.partition, index, count, seed: common.partition_seed };
-    let local = if count == 1 { data.clone() } else { data.partition(&partition)? };
+fn task(
+    common: &Common,
+    data: &LocalData,
+    index: usize,
+    count: usize,
+) -> anyhow::Result<Box<dyn Task>> {
+    let partition = Partition {
+        scheme: common.partition,
+        index,
+        count,
+        seed: common.partition_seed,
+    };
+    let local = if count == 1 {
+        data.clone()
+    } else {
+        data.partition(&partition)?
+    };
     tracing::info!(
         "partition {index}/{count}: {} training and {} test examples",
         local.train.len(),
         local.test.len()
     );
-    Ok(Box::new(BurnTask::new(&common.model, local, common.backend)?))
+    Ok(Box::new(BurnTask::new(
+        &common.model,
+        local,
+        common.backend,
+    )?))
 }
 
 #[tokio::main]
@@ -107,15 +129,29 @@ async fn main() -> anyhow::Result<()> {
         .with_target(false)
         .init();
     match Cli::parse().command {
-        Command::Join { kit, common, partition_index, partitions } => {
+        Command::Join {
+            kit,
+            common,
+            partition_index,
+            partitions,
+        } => {
             let data = LocalData::load(&common.data)?;
-            let label = kit.file_name().map_or("participant".into(), |n| n.to_string_lossy().into_owned());
+            let label = kit
+                .file_name()
+                .map_or("participant".into(), |n| n.to_string_lossy().into_owned());
             let task = task(&common, &data, partition_index, partitions)?;
             let summary = client::run(options(&common, &kit, label)?, task).await?;
             print_summary(&summary);
         }
-        Command::Simulate { participants, kits, common } => {
-            anyhow::ensure!(participants >= 1, "--participants is 0; expected at least 1");
+        Command::Simulate {
+            participants,
+            kits,
+            common,
+        } => {
+            anyhow::ensure!(
+                participants >= 1,
+                "--participants is 0; expected at least 1"
+            );
             let mut ids: Vec<String> = std::fs::read_dir(&kits)
                 .with_context(|| format!("reading kits directory {}", kits.display()))?
                 .filter_map(|entry| entry.ok())
@@ -132,27 +168,39 @@ async fn main() -> anyhow::Result<()> {
             let data = LocalData::load(&common.data)?;
             let mut clients = Vec::with_capacity(participants);
             for (index, id) in ids.iter().take(participants).enumerate() {
-                clients.push((options(&common, &kits.join(id), id.clone())?, task(&common, &data, index, participants)?));
+                clients.push((
+                    options(&common, &kits.join(id), id.clone())?,
+                    task(&common, &data, index, participants)?,
+                ));
             }
             let results = client::run_many(clients).await;
             let mut failures = 0;
             for (id, result) in ids.iter().zip(results) {
                 match result {
-                    Ok(summary) => println!("{id}: trained {} rounds, {} evaluations", summary.rounds_trained, summary.evaluations),
+                    Ok(summary) => println!(
+                        "{id}: trained {} rounds, {} evaluations",
+                        summary.rounds_trained, summary.evaluations
+                    ),
                     Err(e) => {
                         failures += 1;
                         eprintln!("{id}: {e}");
                     }
                 }
             }
-            anyhow::ensure!(failures == 0, "{failures} of {participants} participants failed");
+            anyhow::ensure!(
+                failures == 0,
+                "{failures} of {participants} participants failed"
+            );
         }
     }
     Ok(())
 }
 
 fn print_summary(summary: &client::RunSummary) {
-    println!("trained in {} rounds, {} evaluations; {}", summary.rounds_trained, summary.evaluations, summary.finish_reason);
+    println!(
+        "trained in {} rounds, {} evaluations; {}",
+        summary.rounds_trained, summary.evaluations, summary.finish_reason
+    );
     if let Some(evaluation) = &summary.last_evaluation {
         println!(
             "last global model on local test data: accuracy {:.4}, loss {:.4} ({} examples)",

@@ -12,11 +12,13 @@ use crate::v1::{Chunk, TensorSpec, TransferHeader};
 use ring::digest::{Context, SHA256, digest};
 
 /// Something wrong with a transfer; the message names the value and what was expected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransferError {
     /// The header's tensor list does not describe the payload size it announces.
-    #[error("transfer header announces {announced} bytes, but its tensors hold {from_tensors} bytes")]
+    #[error(
+        "transfer header announces {announced} bytes, but its tensors hold {from_tensors} bytes"
+    )]
     SizeMismatch {
         /// `total_bytes` from the header.
         announced: u64,
@@ -118,8 +120,15 @@ pub fn spec_len(spec: &TensorSpec) -> u64 {
 /// from the same model, so a mismatch is a bug, not bad input.
 pub fn split(round: u64, specs: &[TensorSpec], values: &[f32]) -> (TransferHeader, Vec<Chunk>) {
     let n_values: u64 = specs.iter().map(spec_len).sum();
-    assert_eq!(n_values, values.len() as u64, "tensor specs and values disagree");
-    let payload: Vec<u8> = values.iter().flat_map(|value| value.to_le_bytes()).collect();
+    assert_eq!(
+        n_values,
+        values.len() as u64,
+        "tensor specs and values disagree"
+    );
+    let payload: Vec<u8> = values
+        .iter()
+        .flat_map(|value| value.to_le_bytes())
+        .collect();
     let chunks: Vec<Chunk> = payload
         .chunks(MAX_CHUNK_BYTES)
         .enumerate()
@@ -141,13 +150,22 @@ pub fn split(round: u64, specs: &[TensorSpec], values: &[f32]) -> (TransferHeade
 }
 
 /// Reassembles one transfer from its header and chunks, verifying everything on the way.
-#[derive(Debug)]
 pub struct Assembler {
     header: TransferHeader,
     what: String,
     payload: Vec<u8>,
     next_index: u32,
     hash: Context,
+}
+
+impl std::fmt::Debug for Assembler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assembler")
+            .field("what", &self.what)
+            .field("next_index", &self.next_index)
+            .field("n_chunks", &self.header.n_chunks)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Assembler {
@@ -171,24 +189,38 @@ impl Assembler {
                 None
             };
             if let Some(reason) = reason {
-                return Err(TransferError::MalformedTensor { index, name: spec.name.clone(), reason });
+                return Err(TransferError::MalformedTensor {
+                    index,
+                    name: spec.name.clone(),
+                    reason,
+                });
             }
         }
         let n_values = header
             .tensors
             .iter()
             .try_fold(0u64, |sum, spec| {
-                spec.shape.iter().try_fold(1u64, |p, &d| p.checked_mul(d)).and_then(|n| sum.checked_add(n))
+                spec.shape
+                    .iter()
+                    .try_fold(1u64, |p, &d| p.checked_mul(d))
+                    .and_then(|n| sum.checked_add(n))
             })
             .unwrap_or(u64::MAX);
         if let Some(expected) = expected_values
             && n_values != expected
         {
-            return Err(TransferError::WrongLength { what, actual: n_values, expected });
+            return Err(TransferError::WrongLength {
+                what,
+                actual: n_values,
+                expected,
+            });
         }
         let from_tensors = n_values.saturating_mul(4);
         if header.total_bytes != from_tensors {
-            return Err(TransferError::SizeMismatch { announced: header.total_bytes, from_tensors });
+            return Err(TransferError::SizeMismatch {
+                announced: header.total_bytes,
+                from_tensors,
+            });
         }
         let expected_chunks = header.total_bytes.div_ceil(MAX_CHUNK_BYTES as u64);
         if u64::from(header.n_chunks) != expected_chunks {
@@ -202,7 +234,13 @@ impl Assembler {
             return Err(TransferError::MalformedHash(header.sha256.len()));
         }
         // Reserve lazily: a hostile header must not make us allocate its announced size up front.
-        Ok(Self { header, what, payload: Vec::new(), next_index: 0, hash: Context::new(&SHA256) })
+        Ok(Self {
+            header,
+            what,
+            payload: Vec::new(),
+            next_index: 0,
+            hash: Context::new(&SHA256),
+        })
     }
 
     /// The header this transfer started from.
@@ -220,7 +258,10 @@ impl Assembler {
             });
         }
         if chunk.index != self.next_index {
-            return Err(TransferError::OutOfOrder { actual: chunk.index, expected: self.next_index });
+            return Err(TransferError::OutOfOrder {
+                actual: chunk.index,
+                expected: self.next_index,
+            });
         }
         let remaining = self.header.total_bytes as usize - self.payload.len();
         let expected_size = remaining.min(MAX_CHUNK_BYTES);
@@ -250,7 +291,11 @@ impl Assembler {
             .map(|bytes| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
             .collect();
         if let Some((position, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(TransferError::NonFinite { what: self.what.clone(), position, value });
+            return Err(TransferError::NonFinite {
+                what: self.what.clone(),
+                position,
+                value,
+            });
         }
         self.payload = Vec::new();
         Ok(Some(values))
@@ -266,7 +311,10 @@ mod tests {
         lengths
             .iter()
             .enumerate()
-            .map(|(i, &n)| TensorSpec { name: format!("t{i}"), shape: vec![n] })
+            .map(|(i, &n)| TensorSpec {
+                name: format!("t{i}"),
+                shape: vec![n],
+            })
             .collect()
     }
 
@@ -295,7 +343,10 @@ mod tests {
         let mut data = chunks[0].data.to_vec();
         data[5] ^= 1;
         chunks[0].data = data.into();
-        assert_eq!(receive(header, chunks), Err(TransferError::ChunkHashMismatch { index: 0 }));
+        assert_eq!(
+            receive(header, chunks),
+            Err(TransferError::ChunkHashMismatch { index: 0 })
+        );
     }
 
     #[test]
@@ -306,27 +357,40 @@ mod tests {
         data[5] ^= 1;
         chunks[0].sha256 = digest(&SHA256, &data).as_ref().to_vec();
         chunks[0].data = data.into();
-        assert_eq!(receive(header, chunks), Err(TransferError::PayloadHashMismatch));
+        assert_eq!(
+            receive(header, chunks),
+            Err(TransferError::PayloadHashMismatch)
+        );
     }
 
     #[test]
     fn wrong_length_reordered_and_stale_chunks_are_refused() {
         let values = vec![0.25f32; 600_000];
         let (header, chunks) = split(3, &specs(&[600_000]), &values);
-        let err = Assembler::new(header.clone(), "model update for round 3", Some(7850)).unwrap_err();
-        assert_eq!(err.to_string(), "model update for round 3 has 600000 values, expected 7850");
+        let err =
+            Assembler::new(header.clone(), "model update for round 3", Some(7850)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "model update for round 3 has 600000 values, expected 7850"
+        );
 
         let mut assembler = Assembler::new(header.clone(), "x", None).unwrap();
         assert_eq!(
             assembler.push(chunks[1].clone()),
-            Err(TransferError::OutOfOrder { actual: 1, expected: 0 })
+            Err(TransferError::OutOfOrder {
+                actual: 1,
+                expected: 0
+            })
         );
         let mut stale = chunks[0].clone();
         stale.round = 2;
         let mut assembler = Assembler::new(header, "x", None).unwrap();
         assert_eq!(
             assembler.push(stale),
-            Err(TransferError::WrongRound { chunk_round: 2, header_round: 3 })
+            Err(TransferError::WrongRound {
+                chunk_round: 2,
+                header_round: 3
+            })
         );
     }
 
@@ -336,20 +400,32 @@ mod tests {
         values[4] = f32::NAN;
         let (header, chunks) = split(1, &specs(&[10]), &values);
         let err = receive(header, chunks).unwrap_err();
-        assert!(matches!(err, TransferError::NonFinite { position: 4, .. }), "{err}");
+        assert!(
+            matches!(err, TransferError::NonFinite { position: 4, .. }),
+            "{err}"
+        );
         values[4] = f32::INFINITY;
         let (header, chunks) = split(1, &specs(&[10]), &values);
-        assert!(matches!(receive(header, chunks), Err(TransferError::NonFinite { position: 4, .. })));
+        assert!(matches!(
+            receive(header, chunks),
+            Err(TransferError::NonFinite { position: 4, .. })
+        ));
     }
 
     #[test]
     fn inconsistent_headers_are_refused() {
         let (mut header, _) = split(1, &specs(&[10]), &[0.0; 10]);
         header.total_bytes = 44;
-        assert!(matches!(Assembler::new(header, "x", None), Err(TransferError::SizeMismatch { .. })));
+        assert!(matches!(
+            Assembler::new(header, "x", None),
+            Err(TransferError::SizeMismatch { .. })
+        ));
         let (mut header, _) = split(1, &specs(&[10]), &[0.0; 10]);
         header.n_chunks = 3;
-        assert!(matches!(Assembler::new(header, "x", None), Err(TransferError::WrongChunkCount { .. })));
+        assert!(matches!(
+            Assembler::new(header, "x", None),
+            Err(TransferError::WrongChunkCount { .. })
+        ));
         let (mut header, _) = split(1, &specs(&[10]), &[0.0; 10]);
         header.tensors[0].shape = vec![u64::MAX, u64::MAX];
         assert!(Assembler::new(header, "x", None).is_err());

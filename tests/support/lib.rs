@@ -4,7 +4,7 @@
 
 use cairn_coordinator::config::JobSpec;
 use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
-use cairn_coordinator::{Coordinator, ServeOptions, ServerTls};
+use cairn_coordinator::{Coordinator, JobReport, ServeOptions, ServerTls};
 use cairn_participant::client::{ClientOptions, Kit};
 use cairn_participant::data::partition::Scheme;
 use cairn_participant::data::{LocalData, Partition};
@@ -31,7 +31,10 @@ impl Federation {
             out_dir: dir.path().to_path_buf(),
             federation: "test".into(),
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
-            participants: ids.iter().map(|id| ParticipantSpec::parse(id).expect("valid id")).collect(),
+            participants: ids
+                .iter()
+                .map(|id| ParticipantSpec::parse(id).expect("valid id"))
+                .collect(),
             validity_days: 2,
         };
         pki::provision(&request).expect("provisioning");
@@ -53,7 +56,9 @@ impl Federation {
             heartbeat_interval: Duration::from_secs(2),
             keep_checkpoints: 3,
         };
-        Coordinator::start(options).await.expect("coordinator starts")
+        Coordinator::start(options)
+            .await
+            .expect("coordinator starts")
     }
 
     /// Client options for `id` against `coordinator`.
@@ -85,6 +90,27 @@ pub fn digits_job(ids: &[&str], rounds: u64, min_participants: usize) -> JobSpec
 /// A burn MLP task on partition `index` of `count` of the digits data.
 pub fn digits_task(index: usize, count: usize) -> Box<dyn Task> {
     let data = LocalData::load(&digits_dir()).expect("digits data");
-    let partition = Partition { scheme: Scheme::Iid, index, count, seed: 5 };
-    Box::new(BurnTask::new("mlp", data.partition(&partition).expect("partition"), Backend::Cpu).expect("task"))
+    let partition = Partition {
+        scheme: Scheme::Iid,
+        index,
+        count,
+        seed: 5,
+    };
+    Box::new(
+        BurnTask::new(
+            "mlp",
+            data.partition(&partition).expect("partition"),
+            Backend::Cpu,
+        )
+        .expect("task"),
+    )
+}
+
+/// Waits for the coordinator's job to end, failing the test instead of hanging if it does not end
+/// within two minutes.
+pub async fn finish(coordinator: Coordinator) -> Result<JobReport, String> {
+    match tokio::time::timeout(Duration::from_secs(120), coordinator.wait()).await {
+        Ok(report) => report.map_err(|e| e.to_string()),
+        Err(_) => Err("the job did not finish within 120 s".into()),
+    }
 }

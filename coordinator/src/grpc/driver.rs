@@ -9,7 +9,9 @@ use crate::round::{Command, Event, RoundMachine, RoundSettings};
 use crate::store::{RoundRecord, Store};
 use crate::strategy::FedAvg;
 use cairn_proto::v1::coordinator_message::Body;
-use cairn_proto::v1::{CoordinatorMessage, EvaluateInstruction, JobFinished, TrainInstruction, TrainingConfig};
+use cairn_proto::v1::{
+    CoordinatorMessage, EvaluateInstruction, JobFinished, TrainInstruction, TrainingConfig,
+};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -78,11 +80,20 @@ pub(super) async fn run(
                         })
                     });
                 }
-                Command::StartDeadline { round, attempt, phase, after } => {
+                Command::StartDeadline {
+                    round,
+                    attempt,
+                    phase,
+                    after,
+                } => {
                     let events = shared.events.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(after).await;
-                        let _ = events.send(Event::DeadlineExpired { round, attempt, phase });
+                        let _ = events.send(Event::DeadlineExpired {
+                            round,
+                            attempt,
+                            phase,
+                        });
                     });
                 }
                 Command::Commit { outcome, model } => {
@@ -105,13 +116,25 @@ pub(super) async fn run(
                     log_round(&record, job.rounds);
                     rounds.push(record);
                 }
-                Command::RoundFailed { round, attempt, reason } => {
-                    tracing::warn!(round, attempt, "round {round} attempt {attempt} failed: {reason}; global model unchanged, retrying");
+                Command::RoundFailed {
+                    round,
+                    attempt,
+                    reason,
+                } => {
+                    tracing::warn!(
+                        round,
+                        attempt,
+                        "round {round} attempt {attempt} failed: {reason}; global model unchanged, retrying"
+                    );
                 }
                 Command::Ignored { id, reason } => {
                     tracing::warn!(participant = %id, "ignored a message from {id}: {reason}");
                 }
-                Command::Finish { rounds_completed, succeeded, reason } => {
+                Command::Finish {
+                    rounds_completed,
+                    succeeded,
+                    reason,
+                } => {
                     shared.finished.store(true, Ordering::SeqCst);
                     let model_path = store.final_model_path();
                     save_safetensors(&model_path, &shared.layout, machine.global())?;
@@ -121,23 +144,37 @@ pub(super) async fn run(
                     };
                     for connection in connections {
                         let message = CoordinatorMessage {
-                            body: Some(Body::Finished(JobFinished { rounds_completed, reason: reason.clone() })),
+                            body: Some(Body::Finished(JobFinished {
+                                rounds_completed,
+                                reason: reason.clone(),
+                            })),
                         };
                         tokio::spawn(async move {
                             let _ = connection.outbox.send(Ok(message)).await;
                         });
                     }
                     if succeeded {
-                        tracing::info!("job {} finished: {reason}; final model at {}", job.name, model_path.display());
+                        tracing::info!(
+                            "job {} finished: {reason}; final model at {}",
+                            job.name,
+                            model_path.display()
+                        );
                     } else {
                         tracing::error!("job {} stopped: {reason}", job.name);
                     }
-                    return Ok(super::JobReport { rounds, succeeded, reason, model_path });
+                    return Ok(super::JobReport {
+                        rounds,
+                        succeeded,
+                        reason,
+                        model_path,
+                    });
                 }
             }
         }
     }
-    Err(Error::Server("event channel closed before the job finished".into()))
+    Err(Error::Server(
+        "event channel closed before the job finished".into(),
+    ))
 }
 
 /// Sends `model` to each of `to`: the instruction `make` builds around the transfer header,
@@ -154,8 +191,12 @@ fn send_model(
     let chunks = Arc::new(chunks);
     let connections = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
     for id in to {
-        let Some(connection) = connections.get(id).cloned() else { continue };
-        let instruction = CoordinatorMessage { body: Some(make(header.clone())) };
+        let Some(connection) = connections.get(id).cloned() else {
+            continue;
+        };
+        let instruction = CoordinatorMessage {
+            body: Some(make(header.clone())),
+        };
         let chunks = chunks.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -164,7 +205,9 @@ fn send_model(
             }
             for chunk in chunks.iter() {
                 let size = chunk.data.len() as u64;
-                let message = CoordinatorMessage { body: Some(Body::Chunk(chunk.clone())) };
+                let message = CoordinatorMessage {
+                    body: Some(Body::Chunk(chunk.clone())),
+                };
                 if connection.outbox.send(Ok(message)).await.is_err() {
                     return;
                 }
@@ -176,7 +219,9 @@ fn send_model(
 
 fn log_round(record: &RoundRecord, rounds: u64) {
     let o = &record.outcome;
-    let accuracy = o.eval_accuracy.map_or("-".to_string(), |a| format!("{a:.4}"));
+    let accuracy = o
+        .eval_accuracy
+        .map_or("-".to_string(), |a| format!("{a:.4}"));
     tracing::info!(
         round = o.round,
         "round {:>3}/{rounds} | participants {}/{} | train loss {:.4} | eval accuracy {accuracy} | {:.2} s | in {} out {}",
@@ -199,7 +244,11 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1000.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
 }
 
 fn now_rfc3339() -> String {

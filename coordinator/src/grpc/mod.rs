@@ -47,10 +47,15 @@ impl ServerTls {
     pub fn from_dir(dir: &Path) -> Result<ServerTls, Error> {
         let read = |name: &str, marker: &str| -> Result<String, Error> {
             let path = dir.join(name);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| Error::Io { what: format!("reading {}", path.display()), source })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            })?;
             if !text.contains(marker) {
-                return Err(Error::Tls(format!("{} holds no PEM block with {marker:?}", path.display())));
+                return Err(Error::Tls(format!(
+                    "{} holds no PEM block with {marker:?}",
+                    path.display()
+                )));
             }
             Ok(text)
         };
@@ -130,7 +135,10 @@ impl Coordinator {
         let layout = model::layout(options.job.model, options.job.dataset);
         let wire_layout = layout
             .iter()
-            .map(|t| TensorSpec { name: t.name.clone(), shape: t.shape.iter().map(|&d| d as u64).collect() })
+            .map(|t| TensorSpec {
+                name: t.name.clone(),
+                shape: t.shape.iter().map(|&d| d as u64).collect(),
+            })
             .collect();
         let store = Store::open(&options.state_dir, &options.job, options.keep_checkpoints)?;
         let (events, events_rx) = mpsc::unbounded_channel();
@@ -147,17 +155,26 @@ impl Coordinator {
             finished: AtomicBool::new(false),
         });
         let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&options.tls.cert_pem, &options.tls.key_pem))
+            .identity(Identity::from_pem(
+                &options.tls.cert_pem,
+                &options.tls.key_pem,
+            ))
             .client_ca_root(Certificate::from_pem(&options.tls.ca_pem));
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
-            .map_err(|source| Error::Io { what: format!("binding {}", options.listen), source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| Error::Io { what: "reading the bound address".into(), source })?;
-        let service = FederationServer::new(session::FederationService { shared: shared.clone() })
-            .max_decoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES)
-            .max_encoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES);
+            .map_err(|source| Error::Io {
+                what: format!("binding {}", options.listen),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Io {
+            what: "reading the bound address".into(),
+            source,
+        })?;
+        let service = FederationServer::new(session::FederationService {
+            shared: shared.clone(),
+        })
+        .max_decoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES)
+        .max_encoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES);
         let router = Server::builder()
             .tls_config(tls)
             .map_err(|e| Error::Tls(format!("server certificate or key unusable: {e}")))?
@@ -201,6 +218,8 @@ impl Coordinator {
 
     /// Waits for the job to end.
     pub async fn wait(self) -> Result<JobReport, Error> {
-        self.driver.await.map_err(|e| Error::Server(format!("round driver stopped: {e}")))?
+        self.driver
+            .await
+            .map_err(|e| Error::Server(format!("round driver stopped: {e}")))?
     }
 }

@@ -89,9 +89,9 @@ impl Federation for FederationService {
 impl FederationService {
     /// The participant id in the verified client certificate, if the job allows it.
     fn identify<T>(&self, request: &Request<T>) -> Result<String, Refusal> {
-        let certificates = request
-            .peer_certs()
-            .ok_or_else(|| Refusal::Unauthenticated("no client certificate; Cairn requires mutual TLS".into()))?;
+        let certificates = request.peer_certs().ok_or_else(|| {
+            Refusal::Unauthenticated("no client certificate; Cairn requires mutual TLS".into())
+        })?;
         let leaf = certificates
             .first()
             .ok_or_else(|| Refusal::Unauthenticated("empty client certificate chain".into()))?;
@@ -130,19 +130,29 @@ async fn run(
         return;
     }
     if shared.finished.load(Ordering::SeqCst) {
-        let finished = JobFinished { rounds_completed: shared.job.rounds, reason: "the job is over".into() };
+        let finished = JobFinished {
+            rounds_completed: shared.job.rounds,
+            reason: "the job is over".into(),
+        };
         let _ = outbox.send(message(Outbound::Finished(finished))).await;
         return;
     }
     let serial = shared.next_serial.fetch_add(1, Ordering::Relaxed);
     {
         let mut connections = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = connections.insert(id.clone(), Connection { serial, outbox: outbox.clone() });
+        let previous = connections.insert(
+            id.clone(),
+            Connection {
+                serial,
+                outbox: outbox.clone(),
+            },
+        );
         // Events are sent under the lock so that the machine sees them in connection order.
         if previous.is_some() {
-            let _ = shared
-                .events
-                .send(Event::Disconnected { id: id.clone(), reason: "replaced by a new session".into() });
+            let _ = shared.events.send(Event::Disconnected {
+                id: id.clone(),
+                reason: "replaced by a new session".into(),
+            });
         }
         let _ = shared.events.send(Event::Connected { id: id.clone() });
     }
@@ -178,12 +188,25 @@ async fn handshake(
 ) -> Result<(), Refusal> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
     let hello = match first {
-        Ok(Ok(Some(ParticipantMessage { body: Some(Inbound::Hello(hello)) }))) => hello,
+        Ok(Ok(Some(ParticipantMessage {
+            body: Some(Inbound::Hello(hello)),
+        }))) => hello,
         Ok(Ok(Some(_))) => {
-            return Err(Refusal::FailedPrecondition("the first message of a session must be Hello".into()));
+            return Err(Refusal::FailedPrecondition(
+                "the first message of a session must be Hello".into(),
+            ));
         }
-        Ok(Ok(None)) | Ok(Err(_)) => return Err(Refusal::FailedPrecondition("session closed before Hello".into())),
-        Err(_) => return Err(Refusal::FailedPrecondition(format!("no Hello within {} s", HELLO_TIMEOUT.as_secs()))),
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            return Err(Refusal::FailedPrecondition(
+                "session closed before Hello".into(),
+            ));
+        }
+        Err(_) => {
+            return Err(Refusal::FailedPrecondition(format!(
+                "no Hello within {} s",
+                HELLO_TIMEOUT.as_secs()
+            )));
+        }
     };
     if hello.protocol_version != cairn_proto::PROTOCOL_VERSION {
         return Err(Refusal::FailedPrecondition(format!(
@@ -205,20 +228,31 @@ async fn handshake(
         .map_err(|_| Refusal::FailedPrecondition("session closed during the handshake".into()))
 }
 
-async fn send_heartbeats(outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>, interval: Duration) {
+async fn send_heartbeats(
+    outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    interval: Duration,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        let heartbeat = cairn_proto::v1::Heartbeat { sent_at_unix_ms: unix_ms() };
-        if outbox.send(message(Outbound::Heartbeat(heartbeat))).await.is_err() {
+        let heartbeat = cairn_proto::v1::Heartbeat {
+            sent_at_unix_ms: unix_ms(),
+        };
+        if outbox
+            .send(message(Outbound::Heartbeat(heartbeat)))
+            .await
+            .is_err()
+        {
             return;
         }
     }
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// An update being received: its header and the chunks so far.
@@ -234,24 +268,37 @@ async fn read(shared: &Shared, id: &str, inbound: &mut Streaming<ParticipantMess
     let mut pending: Option<PendingUpdate> = None;
     loop {
         let next = match tokio::time::timeout(silence, inbound.message()).await {
-            Err(_) => return Ended::Gone(format!("silent for {} s (no heartbeat)", silence.as_secs())),
-            Ok(Err(status)) => return Ended::Gone(format!("connection lost: {}", status.message())),
+            Err(_) => {
+                return Ended::Gone(format!("silent for {} s (no heartbeat)", silence.as_secs()));
+            }
+            Ok(Err(status)) => {
+                return Ended::Gone(format!("connection lost: {}", status.message()));
+            }
             Ok(Ok(None)) => return Ended::Gone("closed the session".into()),
             Ok(Ok(Some(message))) => message,
         };
-        shared.bytes_in.fetch_add(next.encoded_len() as u64, Ordering::Relaxed);
+        shared
+            .bytes_in
+            .fetch_add(next.encoded_len() as u64, Ordering::Relaxed);
         let result = match next.body {
             None => Err(Refusal::InvalidArgument("message has no body".into())),
             Some(Inbound::Heartbeat(_)) => Ok(()),
-            Some(Inbound::Hello(_)) => Err(Refusal::FailedPrecondition("Hello sent twice; it is only the first message".into())),
-            Some(Inbound::Update(header)) => start_update(shared, &mut pending, header).map(|p| pending = Some(p)),
+            Some(Inbound::Hello(_)) => Err(Refusal::FailedPrecondition(
+                "Hello sent twice; it is only the first message".into(),
+            )),
+            Some(Inbound::Update(header)) => {
+                start_update(shared, &mut pending, header).map(|p| pending = Some(p))
+            }
             Some(Inbound::Chunk(chunk)) => match pending.as_mut() {
                 None => Err(Refusal::FailedPrecondition(format!(
                     "chunk {} of round {} arrived without an update header",
                     chunk.index, chunk.round
                 ))),
                 Some(update) => match update.assembler.push(chunk) {
-                    Err(e) => Err(Refusal::InvalidArgument(format!("update for round {}: {e}", update.round))),
+                    Err(e) => Err(Refusal::InvalidArgument(format!(
+                        "update for round {}: {e}",
+                        update.round
+                    ))),
                     Ok(None) => Ok(()),
                     Ok(Some(weighted_delta)) => {
                         let update = pending.take().expect("pending is Some in this arm");
@@ -302,11 +349,14 @@ fn start_update(
     let expected = shared.layout.iter().map(|t| t.len() as u64).sum();
     let what = format!("model update for round {round}");
     let tensors = transfer.tensors.clone();
-    let assembler =
-        Assembler::new(transfer, what, Some(expected)).map_err(|e| Refusal::InvalidArgument(e.to_string()))?;
+    let assembler = Assembler::new(transfer, what, Some(expected))
+        .map_err(|e| Refusal::InvalidArgument(e.to_string()))?;
     if tensors != shared.wire_layout {
         let describe = |t: &[cairn_proto::v1::TensorSpec]| {
-            t.iter().map(|s| format!("{} {:?}", s.name, s.shape)).collect::<Vec<_>>().join(", ")
+            t.iter()
+                .map(|s| format!("{} {:?}", s.name, s.shape))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         return Err(Refusal::InvalidArgument(format!(
             "update tensors [{}] differ from the model's [{}]",
@@ -315,7 +365,9 @@ fn start_update(
         )));
     }
     if header.weight == 0 {
-        return Err(Refusal::InvalidArgument("update weight is 0; expected the number of training examples".into()));
+        return Err(Refusal::InvalidArgument(
+            "update weight is 0; expected the number of training examples".into(),
+        ));
     }
     if !header.weighted_train_loss.is_finite() || header.weighted_train_loss < 0.0 {
         return Err(Refusal::InvalidArgument(format!(
@@ -323,18 +375,31 @@ fn start_update(
             header.weighted_train_loss
         )));
     }
-    Ok(PendingUpdate { round, weight: header.weight, weighted_train_loss: header.weighted_train_loss, assembler })
+    Ok(PendingUpdate {
+        round,
+        weight: header.weight,
+        weighted_train_loss: header.weighted_train_loss,
+        assembler,
+    })
 }
 
 fn check_evaluation(report: &EvaluationReport) -> Result<(), Refusal> {
     if report.n_examples == 0 {
-        return Err(Refusal::InvalidArgument("evaluation of 0 examples; expected at least 1".into()));
+        return Err(Refusal::InvalidArgument(
+            "evaluation of 0 examples; expected at least 1".into(),
+        ));
     }
     if !report.loss.is_finite() || report.loss < 0.0 {
-        return Err(Refusal::InvalidArgument(format!("evaluation loss is {}; expected a finite number >= 0", report.loss)));
+        return Err(Refusal::InvalidArgument(format!(
+            "evaluation loss is {}; expected a finite number >= 0",
+            report.loss
+        )));
     }
     if !(0.0..=1.0).contains(&report.accuracy) {
-        return Err(Refusal::InvalidArgument(format!("evaluation accuracy is {}; expected a number in [0, 1]", report.accuracy)));
+        return Err(Refusal::InvalidArgument(format!(
+            "evaluation accuracy is {}; expected a number in [0, 1]",
+            report.accuracy
+        )));
     }
     Ok(())
 }

@@ -10,8 +10,8 @@
 use crate::Error;
 use crate::config::is_valid_name;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
@@ -43,9 +43,14 @@ impl ParticipantSpec {
             )));
         }
         if organisation.is_empty() {
-            return Err(Error::Provision(format!("participant {id:?} has an empty organisation")));
+            return Err(Error::Provision(format!(
+                "participant {id:?} has an empty organisation"
+            )));
         }
-        Ok(ParticipantSpec { id: id.to_string(), organisation: organisation.to_string() })
+        Ok(ParticipantSpec {
+            id: id.to_string(),
+            organisation: organisation.to_string(),
+        })
     }
 }
 
@@ -91,7 +96,11 @@ pub struct KitPaths {
 impl KitPaths {
     /// The files of the kit in `dir`.
     pub fn in_dir(dir: &Path) -> KitPaths {
-        KitPaths { cert: dir.join("cert.pem"), key: dir.join("key.pem"), ca: dir.join("ca.pem") }
+        KitPaths {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            ca: dir.join("ca.pem"),
+        }
     }
 }
 
@@ -108,8 +117,10 @@ fn validity(params: &mut CertificateParams, days: u32) {
 
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), Error> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|source| Error::Io { what: format!("creating {}", parent.display()), source })?;
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            what: format!("creating {}", parent.display()),
+            source,
+        })?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -122,12 +133,21 @@ fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), Error> {
     use std::io::Write;
     options
         .open(path)
-        .and_then(|mut file| file.write_all(contents.as_bytes()).and_then(|()| file.sync_all()))
-        .map_err(|source| Error::Io { what: format!("writing {}", path.display()), source })
+        .and_then(|mut file| {
+            file.write_all(contents.as_bytes())
+                .and_then(|()| file.sync_all())
+        })
+        .map_err(|source| Error::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })
 }
 
 fn read_file(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|source| Error::Io { what: format!("reading {}", path.display()), source })
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        what: format!("reading {}", path.display()),
+        source,
+    })
 }
 
 /// Creates (or reuses) the CA and writes the server certificate and the participant kits.
@@ -139,28 +159,47 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
         ));
     }
     if request.validity_days == 0 {
-        return Err(Error::Provision("validity of 0 days; expected at least 1".into()));
+        return Err(Error::Provision(
+            "validity of 0 days; expected at least 1".into(),
+        ));
     }
     let mut report = ProvisionReport::default();
     let ca_dir = request.out_dir.join("ca");
     let (ca_cert_path, ca_key_path) = (ca_dir.join("ca.pem"), ca_dir.join("ca-key.pem"));
     let (issuer, ca_pem) = if ca_cert_path.exists() && ca_key_path.exists() {
         let ca_pem = read_file(&ca_cert_path)?;
-        let key = KeyPair::from_pem(&read_file(&ca_key_path)?)
-            .map_err(|e| provision_error(&format!("reading CA key {}", ca_key_path.display()), e))?;
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)
-            .map_err(|e| provision_error(&format!("reading CA certificate {}", ca_cert_path.display()), e))?;
+        let key = KeyPair::from_pem(&read_file(&ca_key_path)?).map_err(|e| {
+            provision_error(&format!("reading CA key {}", ca_key_path.display()), e)
+        })?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(|e| {
+            provision_error(
+                &format!("reading CA certificate {}", ca_cert_path.display()),
+                e,
+            )
+        })?;
         (issuer, ca_pem)
     } else {
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| provision_error("CA", e))?;
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(|e| provision_error("CA", e))?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, format!("{} federation CA", request.federation));
-        params.distinguished_name.push(DnType::OrganizationName, "Cairn");
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("{} federation CA", request.federation),
+        );
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Cairn");
         validity(&mut params, request.validity_days.max(3650));
         let key = KeyPair::generate().map_err(|e| provision_error("CA key", e))?;
-        let cert = params.self_signed(&key).map_err(|e| provision_error("CA certificate", e))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| provision_error("CA certificate", e))?;
         write_file(&ca_key_path, &key.serialize_pem(), true)?;
         write_file(&ca_cert_path, &cert.pem(), false)?;
         report.created_ca = true;
@@ -169,20 +208,31 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
 
     let server_dir = request.out_dir.join(COORDINATOR_UNIT);
     if !KitPaths::in_dir(&server_dir).cert.exists() {
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).map_err(|e| provision_error("server certificate", e))?;
+        let mut params = CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| provision_error("server certificate", e))?;
         for name in &request.server_names {
             let san = match name.parse::<std::net::IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(name.clone().try_into().map_err(|e| {
-                    provision_error(&format!("server name {name:?} is not a valid DNS name"), e)
-                })?),
+                Err(_) if is_dns_name(name) => SanType::DnsName(
+                    name.clone()
+                        .try_into()
+                        .map_err(|e| provision_error(&format!("server name {name:?}"), e))?,
+                ),
+                Err(_) => {
+                    return Err(Error::Provision(format!(
+                        "server name {name:?} is neither an IP address nor a DNS name (letters, digits, '-' and '.')"
+                    )));
+                }
             };
             params.subject_alt_names.push(san);
         }
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, request.server_names[0].clone());
-        params.distinguished_name.push(DnType::OrganizationalUnitName, COORDINATOR_UNIT);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, request.server_names[0].clone());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, COORDINATOR_UNIT);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
@@ -200,9 +250,15 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())
             .map_err(|e| provision_error(&format!("certificate of {}", participant.id), e))?;
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, participant.id.clone());
-        params.distinguished_name.push(DnType::OrganizationName, participant.organisation.clone());
-        params.distinguished_name.push(DnType::OrganizationalUnitName, PARTICIPANT_UNIT);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, participant.id.clone());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, participant.organisation.clone());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, PARTICIPANT_UNIT);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
@@ -213,9 +269,31 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
     Ok(report)
 }
 
-fn write_leaf(dir: &Path, params: &CertificateParams, issuer: &Issuer<'_, KeyPair>, ca_pem: &str) -> Result<(), Error> {
+/// Whether `name` is a DNS name: dot-separated labels of 1-63 letters, digits or `-`, not
+/// starting or ending with `-`, at most 253 characters in all.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn write_leaf(
+    dir: &Path,
+    params: &CertificateParams,
+    issuer: &Issuer<'_, KeyPair>,
+    ca_pem: &str,
+) -> Result<(), Error> {
     let key = KeyPair::generate().map_err(|e| provision_error("key", e))?;
-    let cert = params.signed_by(&key, issuer).map_err(|e| provision_error("signing", e))?;
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(|e| provision_error("signing", e))?;
     let paths = KitPaths::in_dir(dir);
     write_file(&paths.key, &key.serialize_pem(), true)?;
     write_file(&paths.ca, ca_pem, false)?;
@@ -239,12 +317,19 @@ pub fn identity_of(der: &[u8]) -> Result<CertificateIdentity, Error> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| Error::Identity(format!("client certificate cannot be parsed: {e}")))?;
     let subject = cert.subject();
-    let first = |attributes: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
-        attributes.next().and_then(|a| a.as_str().ok()).unwrap_or_default().to_string()
-    };
+    let first =
+        |attributes: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
+            attributes
+                .next()
+                .and_then(|a| a.as_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
     let id = first(&mut subject.iter_common_name());
     if id.is_empty() {
-        return Err(Error::Identity("client certificate has no common name".into()));
+        return Err(Error::Identity(
+            "client certificate has no common name".into(),
+        ));
     }
     Ok(CertificateIdentity {
         id,
@@ -262,7 +347,10 @@ mod tests {
             out_dir: dir.to_path_buf(),
             federation: "test".into(),
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
-            participants: ids.iter().map(|id| ParticipantSpec::parse(id).unwrap()).collect(),
+            participants: ids
+                .iter()
+                .map(|id| ParticipantSpec::parse(id).unwrap())
+                .collect(),
             validity_days: 30,
         }
     }
@@ -279,18 +367,29 @@ mod tests {
         let report = provision(&request(dir.path(), &["alpha=Alpha Hospital", "beta"])).unwrap();
         assert!(report.created_ca && report.created_server);
         assert_eq!(report.created_kits.len(), 2);
-        let identity = identity_of(&der_of(&dir.path().join("participants/alpha/cert.pem"))).unwrap();
+        let identity =
+            identity_of(&der_of(&dir.path().join("participants/alpha/cert.pem"))).unwrap();
         assert_eq!(
             identity,
-            CertificateIdentity { id: "alpha".into(), organisation: "Alpha Hospital".into(), unit: "participant".into() }
+            CertificateIdentity {
+                id: "alpha".into(),
+                organisation: "Alpha Hospital".into(),
+                unit: "participant".into()
+            }
         );
         let ca_before = std::fs::read(dir.path().join("ca/ca.pem")).unwrap();
         let report = provision(&request(dir.path(), &["alpha", "gamma"])).unwrap();
         assert!(!report.created_ca && !report.created_server);
         assert_eq!(report.kept_kits.len(), 1);
         assert_eq!(report.created_kits.len(), 1);
-        assert_eq!(std::fs::read(dir.path().join("ca/ca.pem")).unwrap(), ca_before);
-        assert_eq!(std::fs::read(dir.path().join("participants/gamma/ca.pem")).unwrap(), ca_before);
+        assert_eq!(
+            std::fs::read(dir.path().join("ca/ca.pem")).unwrap(),
+            ca_before
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("participants/gamma/ca.pem")).unwrap(),
+            ca_before
+        );
     }
 
     #[cfg(unix)]
@@ -299,22 +398,43 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         provision(&request(dir.path(), &["alpha"])).unwrap();
-        for key in ["ca/ca-key.pem", "participants/alpha/key.pem", "coordinator/key.pem"] {
-            let mode = std::fs::metadata(dir.path().join(key)).unwrap().permissions().mode();
+        for key in [
+            "ca/ca-key.pem",
+            "participants/alpha/key.pem",
+            "coordinator/key.pem",
+        ] {
+            let mode = std::fs::metadata(dir.path().join(key))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{key}");
         }
     }
 
     #[test]
     fn bad_requests_are_refused() {
-        assert!(ParticipantSpec::parse("Alpha").unwrap_err().to_string().contains("invalid"));
+        assert!(
+            ParticipantSpec::parse("Alpha")
+                .unwrap_err()
+                .to_string()
+                .contains("invalid")
+        );
         assert!(ParticipantSpec::parse("alpha=").is_err());
         let dir = tempfile::tempdir().unwrap();
         let mut bad = request(dir.path(), &["alpha"]);
         bad.server_names.clear();
-        assert!(provision(&bad).unwrap_err().to_string().contains("--server-name"));
+        assert!(
+            provision(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("--server-name")
+        );
         let mut bad = request(dir.path(), &["alpha"]);
         bad.server_names = vec!["not a host!".into()];
-        assert!(provision(&bad).is_err());
+        let err = provision(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("neither an IP address nor a DNS name"),
+            "{err}"
+        );
     }
 }

@@ -252,7 +252,11 @@ impl RoundMachine {
         global: Vec<f32>,
         first_round: u64,
     ) -> RoundMachine {
-        let state = if first_round > settings.rounds { State::Finished } else { State::AwaitingParticipants };
+        let state = if first_round > settings.rounds {
+            State::Finished
+        } else {
+            State::AwaitingParticipants
+        };
         RoundMachine {
             settings,
             strategy,
@@ -299,19 +303,41 @@ impl RoundMachine {
                 self.connected.remove(&id);
                 self.drop_pending(&id, format!("disconnected: {reason}"));
             }
-            Event::UpdateReceived { id, round, update } => self.on_update(id, round, update, &mut commands),
-            Event::EvaluationReceived { id, round, n_examples, loss, accuracy } => {
-                match &mut self.state {
-                    State::AwaitingEvaluations(eval) if round == self.round && eval.pending.remove(&id) => {
-                        eval.sum.add(n_examples, loss, accuracy);
+            Event::UpdateReceived { id, round, update } => {
+                self.on_update(id, round, update, &mut commands)
+            }
+            Event::EvaluationReceived {
+                id,
+                round,
+                n_examples,
+                loss,
+                accuracy,
+            } => {
+                let current = round == self.round;
+                let accepted = match &mut self.state {
+                    State::AwaitingEvaluations(eval) if current => {
+                        let pending = eval.pending.remove(&id);
+                        if pending {
+                            eval.sum.add(n_examples, loss, accuracy);
+                        }
+                        pending
                     }
-                    _ => commands.push(Command::Ignored {
+                    _ => false,
+                };
+                if !accepted {
+                    commands.push(Command::Ignored {
                         id,
-                        reason: format!("evaluation for round {round} was not asked for or came twice"),
-                    }),
+                        reason: format!(
+                            "evaluation for round {round} was not asked for or came twice"
+                        ),
+                    });
                 }
             }
-            Event::DeadlineExpired { round, attempt, phase } => {
+            Event::DeadlineExpired {
+                round,
+                attempt,
+                phase,
+            } => {
                 if round == self.round && attempt == self.attempt && self.phase() == Some(phase) {
                     let seconds = self.settings.phase_deadline.as_secs_f64();
                     let pending = match &mut self.state {
@@ -329,14 +355,26 @@ impl RoundMachine {
         commands
     }
 
-    fn on_update(&mut self, id: ParticipantId, round: u64, update: Update, commands: &mut Vec<Command>) {
+    fn on_update(
+        &mut self,
+        id: ParticipantId,
+        round: u64,
+        update: Update,
+        commands: &mut Vec<Command>,
+    ) {
         let State::AwaitingUpdates(training) = &mut self.state else {
-            commands.push(Command::Ignored { id, reason: format!("update for round {round} arrived outside training") });
+            commands.push(Command::Ignored {
+                id,
+                reason: format!("update for round {round} arrived outside training"),
+            });
             return;
         };
         if round != self.round || !training.pending.contains(&id) {
             let reason = if round != self.round {
-                format!("update is for round {round}, the current round is {}", self.round)
+                format!(
+                    "update is for round {round}, the current round is {}",
+                    self.round
+                )
             } else if training.contributors.contains(&id) {
                 format!("second update for round {round}")
             } else {
@@ -352,16 +390,33 @@ impl RoundMachine {
             }
             Err(e) => {
                 training.pending.remove(&id);
-                training.dropouts.push(Dropout { id: id.clone(), phase: Phase::Train, reason: e.to_string() });
-                commands.push(Command::Ignored { id, reason: e.to_string() });
+                training.dropouts.push(Dropout {
+                    id: id.clone(),
+                    phase: Phase::Train,
+                    reason: e.to_string(),
+                });
+                commands.push(Command::Ignored {
+                    id,
+                    reason: e.to_string(),
+                });
             }
         }
     }
 
     fn drop_pending(&mut self, id: &ParticipantId, reason: String) {
         let phase = match &mut self.state {
-            State::AwaitingUpdates(t) if t.pending.remove(id) => Phase::Train,
-            State::AwaitingEvaluations(e) if e.pending.remove(id) => Phase::Evaluate,
+            State::AwaitingUpdates(t) => {
+                if !t.pending.remove(id) {
+                    return;
+                }
+                Phase::Train
+            }
+            State::AwaitingEvaluations(e) => {
+                if !e.pending.remove(id) {
+                    return;
+                }
+                Phase::Evaluate
+            }
             _ => return,
         };
         self.record_dropout(id.clone(), phase, reason);
@@ -412,7 +467,11 @@ impl RoundMachine {
         candidates.shuffle(&mut rng);
         candidates.truncate(wanted);
         candidates.sort();
-        commands.push(Command::SendTrain { round: self.round, to: candidates.clone(), model: self.global.clone() });
+        commands.push(Command::SendTrain {
+            round: self.round,
+            to: candidates.clone(),
+            model: self.global.clone(),
+        });
         commands.push(self.deadline(Phase::Train));
         self.state = State::AwaitingUpdates(Training {
             pending: candidates.iter().cloned().collect(),
@@ -425,13 +484,22 @@ impl RoundMachine {
     }
 
     fn deadline(&self, phase: Phase) -> Command {
-        Command::StartDeadline { round: self.round, attempt: self.attempt, phase, after: self.settings.phase_deadline }
+        Command::StartDeadline {
+            round: self.round,
+            attempt: self.attempt,
+            phase,
+            after: self.settings.phase_deadline,
+        }
     }
 
     fn finish_training(&mut self, commands: &mut Vec<Command>) {
-        let State::AwaitingUpdates(training) = std::mem::replace(&mut self.state, State::AwaitingParticipants) else {
+        let State::AwaitingUpdates(mut training) =
+            std::mem::replace(&mut self.state, State::AwaitingParticipants)
+        else {
             return;
         };
+        // Sorted, so that records do not depend on who answered first.
+        training.contributors.sort();
         let n = training.contributors.len();
         if n < self.settings.min_participants {
             let reason = format!(
@@ -459,7 +527,11 @@ impl RoundMachine {
             eval_accuracy: None,
         };
         let evaluators: Vec<ParticipantId> = self.connected.iter().cloned().collect();
-        commands.push(Command::SendEvaluate { round: self.round, to: evaluators.clone(), model: next.clone() });
+        commands.push(Command::SendEvaluate {
+            round: self.round,
+            to: evaluators.clone(),
+            model: next.clone(),
+        });
         commands.push(self.deadline(Phase::Evaluate));
         self.state = State::AwaitingEvaluations(Evaluating {
             outcome,
@@ -470,7 +542,11 @@ impl RoundMachine {
     }
 
     fn fail_attempt(&mut self, reason: String, commands: &mut Vec<Command>) {
-        commands.push(Command::RoundFailed { round: self.round, attempt: self.attempt, reason: reason.clone() });
+        commands.push(Command::RoundFailed {
+            round: self.round,
+            attempt: self.attempt,
+            reason: reason.clone(),
+        });
         if self.attempt >= self.settings.max_round_attempts {
             self.state = State::Finished;
             commands.push(Command::Finish {
@@ -488,7 +564,8 @@ impl RoundMachine {
     }
 
     fn commit(&mut self, commands: &mut Vec<Command>) {
-        let State::AwaitingEvaluations(mut eval) = std::mem::replace(&mut self.state, State::AwaitingParticipants)
+        let State::AwaitingEvaluations(mut eval) =
+            std::mem::replace(&mut self.state, State::AwaitingParticipants)
         else {
             return;
         };
@@ -499,7 +576,10 @@ impl RoundMachine {
             eval.outcome.eval_accuracy = Some(accuracy);
         }
         self.global = eval.model.clone();
-        commands.push(Command::Commit { outcome: eval.outcome, model: eval.model });
+        commands.push(Command::Commit {
+            outcome: eval.outcome,
+            model: eval.model,
+        });
         if self.round == self.settings.rounds {
             self.state = State::Finished;
             commands.push(Command::Finish {

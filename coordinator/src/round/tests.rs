@@ -15,11 +15,18 @@ fn settings(min: usize, rounds: u64) -> RoundSettings {
 }
 
 fn machine(min: usize, rounds: u64) -> RoundMachine {
-    RoundMachine::new(settings(min, rounds), Box::new(FedAvg::default()), vec![0.0; 2], 1)
+    RoundMachine::new(
+        settings(min, rounds),
+        Box::new(FedAvg::default()),
+        vec![0.0; 2],
+        1,
+    )
 }
 
 fn connect(m: &mut RoundMachine, ids: &[&str]) -> Vec<Command> {
-    ids.iter().flat_map(|id| m.handle(Event::Connected { id: id.to_string() })).collect()
+    ids.iter()
+        .flat_map(|id| m.handle(Event::Connected { id: id.to_string() }))
+        .collect()
 }
 
 fn update(id: &str, round: u64, delta: [f32; 2], weight: u64) -> Event {
@@ -35,7 +42,13 @@ fn update(id: &str, round: u64, delta: [f32; 2], weight: u64) -> Event {
 }
 
 fn evaluation(id: &str, round: u64, accuracy: f64) -> Event {
-    Event::EvaluationReceived { id: id.into(), round, n_examples: 10, loss: 1.0 - accuracy, accuracy }
+    Event::EvaluationReceived {
+        id: id.into(),
+        round,
+        n_examples: 10,
+        loss: 1.0 - accuracy,
+        accuracy,
+    }
 }
 
 fn selected(commands: &[Command]) -> Vec<ParticipantId> {
@@ -58,15 +71,26 @@ fn committed(commands: &[Command]) -> Option<(RoundOutcome, Vec<f32>)> {
 #[test]
 fn waits_for_enough_participants_then_runs_a_full_round() {
     let mut m = machine(2, 1);
-    assert!(connect(&mut m, &["a"]).is_empty(), "one participant must not start a round");
+    assert!(
+        connect(&mut m, &["a"]).is_empty(),
+        "one participant must not start a round"
+    );
     let commands = connect(&mut m, &["b"]);
     assert_eq!(selected(&commands), vec!["a", "b"]);
-    assert!(commands.iter().any(|c| matches!(c, Command::StartDeadline { phase: Phase::Train, .. })));
+    assert!(commands.iter().any(|c| matches!(
+        c,
+        Command::StartDeadline {
+            phase: Phase::Train,
+            ..
+        }
+    )));
     assert_eq!(m.phase(), Some(Phase::Train));
 
     assert!(m.handle(update("a", 1, [1.0, 1.0], 1)).is_empty());
     let commands = m.handle(update("b", 1, [3.0, -1.0], 3));
-    let Some(Command::SendEvaluate { model, to, .. }) = commands.first() else { panic!("{commands:?}") };
+    let Some(Command::SendEvaluate { model, to, .. }) = commands.first() else {
+        panic!("{commands:?}")
+    };
     assert_eq!(model.as_ref(), &vec![2.5, -0.5]);
     assert_eq!(to, &vec!["a".to_string(), "b".to_string()]);
 
@@ -77,29 +101,83 @@ fn waits_for_enough_participants_then_runs_a_full_round() {
     assert_eq!(outcome.contributors, vec!["a", "b"]);
     assert_eq!(outcome.train_examples, 4);
     assert!((outcome.eval_accuracy.unwrap() - 0.7).abs() < 1e-12);
-    assert!(commands.iter().any(|c| matches!(c, Command::Finish { succeeded: true, rounds_completed: 1, .. })));
+    assert!(commands.iter().any(|c| matches!(
+        c,
+        Command::Finish {
+            succeeded: true,
+            rounds_completed: 1,
+            ..
+        }
+    )));
     assert!(m.is_finished());
+}
+
+/// Completes the running round with every selected participant answering, and returns the
+/// commands of the last answer (the commit and the next round's start).
+fn complete_round(
+    m: &mut RoundMachine,
+    selected: &[ParticipantId],
+    evaluators: &[&str],
+) -> Vec<Command> {
+    let round = m.round();
+    for id in selected {
+        m.handle(update(id, round, [0.0, 0.0], 1));
+    }
+    let mut last = Vec::new();
+    for id in evaluators {
+        last = m.handle(evaluation(id, round, 0.5));
+    }
+    last
 }
 
 #[test]
 fn a_participant_missing_the_deadline_is_dropped_and_the_round_completes() {
-    let mut m = machine(2, 2);
-    connect(&mut m, &["a", "b", "c"]);
-    m.handle(update("a", 1, [1.0, 1.0], 1));
-    m.handle(update("b", 1, [1.0, 1.0], 1));
-    let commands = m.handle(Event::DeadlineExpired { round: 1, attempt: 1, phase: Phase::Train });
-    assert!(commands.iter().any(|c| matches!(c, Command::SendEvaluate { .. })), "{commands:?}");
+    let mut m = machine(2, 3);
+    let first = selected(&connect(&mut m, &["a", "b"]));
+    connect(&mut m, &["c"]);
+    // c joined after round 1 started; it evaluates round 1's model and is selected in round 2.
+    let commands = complete_round(&mut m, &first, &["a", "b", "c"]);
+    assert_eq!(selected(&commands), vec!["a", "b", "c"]);
+    m.handle(update("a", 2, [1.0, 1.0], 1));
+    m.handle(update("b", 2, [1.0, 1.0], 1));
+    let commands = m.handle(Event::DeadlineExpired {
+        round: 2,
+        attempt: 1,
+        phase: Phase::Train,
+    });
+    assert!(
+        commands
+            .iter()
+            .any(|c| matches!(c, Command::SendEvaluate { .. })),
+        "{commands:?}"
+    );
     // c is still connected, so it is asked to evaluate; it misses that deadline too.
-    let commands = m.handle(Event::DeadlineExpired { round: 1, attempt: 1, phase: Phase::Evaluate });
+    let commands = m.handle(Event::DeadlineExpired {
+        round: 2,
+        attempt: 1,
+        phase: Phase::Evaluate,
+    });
     let (outcome, _) = committed(&commands).expect("commit after the evaluation deadline");
     assert_eq!(outcome.contributors, vec!["a", "b"]);
-    let phases: Vec<(String, Phase)> = outcome.dropouts.iter().map(|d| (d.id.clone(), d.phase)).collect();
-    assert_eq!(phases, vec![("c".into(), Phase::Train), ("a".into(), Phase::Evaluate), ("b".into(), Phase::Evaluate), ("c".into(), Phase::Evaluate)]);
+    let phases: Vec<(String, Phase)> = outcome
+        .dropouts
+        .iter()
+        .map(|d| (d.id.clone(), d.phase))
+        .collect();
+    assert_eq!(
+        phases,
+        vec![
+            ("c".into(), Phase::Train),
+            ("a".into(), Phase::Evaluate),
+            ("b".into(), Phase::Evaluate),
+            ("c".into(), Phase::Evaluate)
+        ]
+    );
     assert!(outcome.dropouts[0].reason.contains("60 s deadline"));
     assert_eq!(outcome.eval_accuracy, None);
     // The next round starts right away with everyone still connected.
     assert_eq!(selected(&commands), vec!["a", "b", "c"]);
-    assert_eq!(m.round(), 2);
+    assert_eq!(m.round(), 3);
 }
 
 #[test]
@@ -107,17 +185,31 @@ fn too_few_updates_fail_the_round_which_is_retried_with_the_same_model() {
     let mut m = machine(2, 1);
     connect(&mut m, &["a", "b"]);
     m.handle(update("a", 1, [5.0, 5.0], 1));
-    let commands = m.handle(Event::Disconnected { id: "b".into(), reason: "killed".into() });
+    let commands = m.handle(Event::Disconnected {
+        id: "b".into(),
+        reason: "killed".into(),
+    });
     assert!(
         matches!(&commands[0], Command::RoundFailed { round: 1, attempt: 1, reason } if reason.contains("only 1 of 2")),
         "{commands:?}"
     );
-    assert_eq!(m.global().as_ref(), &vec![0.0, 0.0], "a failed round must not change the model");
+    assert_eq!(
+        m.global().as_ref(),
+        &vec![0.0, 0.0],
+        "a failed round must not change the model"
+    );
     assert_eq!(m.phase(), None, "waits for participants again");
     // b comes back: attempt 2 starts; a stale deadline from attempt 1 changes nothing.
     let commands = connect(&mut m, &["b"]);
     assert_eq!(selected(&commands), vec!["a", "b"]);
-    assert!(m.handle(Event::DeadlineExpired { round: 1, attempt: 1, phase: Phase::Train }).is_empty());
+    assert!(
+        m.handle(Event::DeadlineExpired {
+            round: 1,
+            attempt: 1,
+            phase: Phase::Train
+        })
+        .is_empty()
+    );
     assert_eq!(m.phase(), Some(Phase::Train));
 }
 
@@ -125,8 +217,16 @@ fn too_few_updates_fail_the_round_which_is_retried_with_the_same_model() {
 fn the_job_gives_up_after_its_attempts_and_never_hangs() {
     let mut m = machine(2, 3);
     connect(&mut m, &["a", "b"]);
-    m.handle(Event::DeadlineExpired { round: 1, attempt: 1, phase: Phase::Train });
-    let commands = m.handle(Event::DeadlineExpired { round: 1, attempt: 2, phase: Phase::Train });
+    m.handle(Event::DeadlineExpired {
+        round: 1,
+        attempt: 1,
+        phase: Phase::Train,
+    });
+    let commands = m.handle(Event::DeadlineExpired {
+        round: 1,
+        attempt: 2,
+        phase: Phase::Train,
+    });
     assert!(
         commands.iter().any(|c| matches!(c, Command::Finish { succeeded: false, rounds_completed: 0, reason } if reason.contains("failed 2 times"))),
         "{commands:?}"
@@ -137,7 +237,10 @@ fn the_job_gives_up_after_its_attempts_and_never_hangs() {
 #[test]
 fn late_duplicate_and_unselected_updates_are_ignored() {
     let mut m = RoundMachine::new(
-        RoundSettings { fraction: 0.5, ..settings(1, 2) },
+        RoundSettings {
+            fraction: 0.5,
+            ..settings(1, 2)
+        },
         Box::new(FedAvg::default()),
         vec![0.0; 2],
         1,
@@ -147,33 +250,58 @@ fn late_duplicate_and_unselected_updates_are_ignored() {
     assert_eq!(chosen.len(), 1);
     let other = if chosen[0] == "a" { "b" } else { "a" };
     let ignored = m.handle(update(other, 1, [1.0, 1.0], 1));
-    assert!(matches!(&ignored[0], Command::Ignored { reason, .. } if reason.contains("not selected")), "{ignored:?}");
+    assert!(
+        matches!(&ignored[0], Command::Ignored { reason, .. } if reason.contains("not selected")),
+        "{ignored:?}"
+    );
     let ignored = m.handle(update(&chosen[0], 0, [1.0, 1.0], 1));
-    assert!(matches!(&ignored[0], Command::Ignored { reason, .. } if reason.contains("round 0")), "{ignored:?}");
+    assert!(
+        matches!(&ignored[0], Command::Ignored { reason, .. } if reason.contains("round 0")),
+        "{ignored:?}"
+    );
     m.handle(update(&chosen[0], 1, [1.0, 1.0], 1));
     let ignored = m.handle(update(&chosen[0], 1, [9.0, 9.0], 1));
-    assert!(matches!(&ignored[0], Command::Ignored { reason, .. } if reason.contains("not asked") || reason.contains("outside")), "{ignored:?}");
+    assert!(
+        matches!(&ignored[0], Command::Ignored { reason, .. } if reason.contains("not asked") || reason.contains("outside")),
+        "{ignored:?}"
+    );
 }
 
 #[test]
 fn an_update_of_the_wrong_size_drops_only_its_sender() {
-    let mut m = machine(1, 1);
-    connect(&mut m, &["a", "b"]);
+    let mut m = machine(2, 2);
+    let first = selected(&connect(&mut m, &["a", "b"]));
+    connect(&mut m, &["c"]);
+    complete_round(&mut m, &first, &["a", "b", "c"]);
+    assert_eq!(m.round(), 2);
     let bad = Event::UpdateReceived {
         id: "a".into(),
-        round: 1,
-        update: Update { weighted_delta: vec![1.0; 3], weight: 1, weighted_train_loss: 0.0 },
+        round: 2,
+        update: Update {
+            weighted_delta: vec![1.0; 3],
+            weight: 1,
+            weighted_train_loss: 0.0,
+        },
     };
     let commands = m.handle(bad);
-    assert!(matches!(&commands[0], Command::Ignored { reason, .. } if reason.contains("3 values, job expects 2")));
-    let commands = m.handle(update("b", 1, [2.0, 2.0], 1));
-    assert!(matches!(&commands[0], Command::SendEvaluate { model, .. } if model.as_ref() == &vec![2.0, 2.0]), "{commands:?}");
+    assert!(
+        matches!(&commands[0], Command::Ignored { reason, .. } if reason.contains("3 values, job expects 2"))
+    );
+    m.handle(update("b", 2, [2.0, 2.0], 1));
+    let commands = m.handle(update("c", 2, [4.0, 4.0], 1));
+    assert!(
+        matches!(&commands[0], Command::SendEvaluate { model, .. } if model.as_ref() == &vec![3.0, 3.0]),
+        "{commands:?}"
+    );
 }
 
 #[test]
 fn selection_takes_the_fraction_but_at_least_the_minimum() {
     let mut m = RoundMachine::new(
-        RoundSettings { fraction: 0.1, ..settings(3, 1) },
+        RoundSettings {
+            fraction: 0.1,
+            ..settings(3, 1)
+        },
         Box::new(FedAvg::default()),
         vec![0.0; 2],
         1,

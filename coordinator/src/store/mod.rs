@@ -39,17 +39,27 @@ impl Store {
     /// Opens `dir` for `job`, creating it. A directory that already holds committed rounds is
     /// refused rather than overwritten.
     pub fn open(dir: &Path, job: &JobSpec, keep_checkpoints: usize) -> Result<Store, Error> {
-        std::fs::create_dir_all(dir.join("checkpoints"))
-            .map_err(|source| Error::Io { what: format!("creating state dir {}", dir.display()), source })?;
-        let store = Store { dir: dir.to_path_buf(), keep_checkpoints: keep_checkpoints.max(1) };
+        std::fs::create_dir_all(dir.join("checkpoints")).map_err(|source| Error::Io {
+            what: format!("creating state dir {}", dir.display()),
+            source,
+        })?;
+        let store = Store {
+            dir: dir.to_path_buf(),
+            keep_checkpoints: keep_checkpoints.max(1),
+        };
         let rounds = store.rounds_path();
-        if rounds.exists() && std::fs::metadata(&rounds).map(|m| m.len() > 0).unwrap_or(true) {
+        if rounds.exists()
+            && std::fs::metadata(&rounds)
+                .map(|m| m.len() > 0)
+                .unwrap_or(true)
+        {
             return Err(Error::StateDir(format!(
                 "{} already holds committed rounds of a job; use an empty --state-dir for a new run",
                 dir.display()
             )));
         }
-        let job_json = serde_json::to_vec_pretty(job).map_err(|e| Error::StateDir(e.to_string()))?;
+        let job_json =
+            serde_json::to_vec_pretty(job).map_err(|e| Error::StateDir(e.to_string()))?;
         write_atomically(&dir.join("job.json"), &job_json)?;
         Ok(store)
     }
@@ -65,7 +75,9 @@ impl Store {
 
     /// Path of the checkpoint written after `round`.
     pub fn checkpoint_path(&self, round: u64) -> PathBuf {
-        self.dir.join("checkpoints").join(format!("round-{round:06}.safetensors"))
+        self.dir
+            .join("checkpoints")
+            .join(format!("round-{round:06}.safetensors"))
     }
 
     /// Path of the final model.
@@ -75,7 +87,12 @@ impl Store {
 
     /// Makes a round durable: its checkpoint first, then its record; older checkpoints beyond
     /// the configured number are removed afterwards.
-    pub fn commit(&self, record: &RoundRecord, layout: &[TensorShape], model: &[f32]) -> Result<(), Error> {
+    pub fn commit(
+        &self,
+        record: &RoundRecord,
+        layout: &[TensorShape],
+        model: &[f32],
+    ) -> Result<(), Error> {
         let round = record.outcome.round;
         save_safetensors(&self.checkpoint_path(round), layout, model)?;
         let mut line = serde_json::to_vec(record).map_err(|e| Error::StateDir(e.to_string()))?;
@@ -86,7 +103,10 @@ impl Store {
             .append(true)
             .open(&path)
             .and_then(|mut file| file.write_all(&line).and_then(|()| file.sync_all()))
-            .map_err(|source| Error::Io { what: format!("appending to {}", path.display()), source })?;
+            .map_err(|source| Error::Io {
+                what: format!("appending to {}", path.display()),
+                source,
+            })?;
         if round > self.keep_checkpoints as u64 {
             let old = self.checkpoint_path(round - self.keep_checkpoints as u64);
             // A checkpoint that is already gone (or never existed after a failed round) is fine.
@@ -101,13 +121,19 @@ impl Store {
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(Error::Io { what: format!("reading {}", path.display()), source }),
+            Err(source) => {
+                return Err(Error::Io {
+                    what: format!("reading {}", path.display()),
+                    source,
+                });
+            }
         };
         text.lines()
             .enumerate()
             .map(|(i, line)| {
-                serde_json::from_str(line)
-                    .map_err(|e| Error::StateDir(format!("{} line {} is corrupt: {e}", path.display(), i + 1)))
+                serde_json::from_str(line).map_err(|e| {
+                    Error::StateDir(format!("{} line {} is corrupt: {e}", path.display(), i + 1))
+                })
             })
             .collect()
     }
@@ -116,15 +142,26 @@ impl Store {
 /// Replaces `path` with `bytes` atomically: write a temporary file beside it, fsync it, rename it
 /// over `path`, fsync the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let io = |what: &str, source| Error::Io { what: format!("{what} {}", path.display()), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let io = |what: &str, source| Error::Io {
+        what: format!("{what} {}", path.display()),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     std::fs::File::create(&temp)
         .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
         .map_err(|e| io("writing a temporary file for", e))?;
     std::fs::rename(&temp, path).map_err(|e| io("renaming into place", e))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the directory of", e))
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("syncing the directory of", e))
 }
 
 #[cfg(test)]
@@ -166,12 +203,28 @@ mod tests {
         let store = Store::open(dir.path(), &job(), 2).unwrap();
         let layout = layout(ModelKind::Mlp, DatasetKind::Digits);
         for round in 1..=4 {
-            store.commit(&record(round), &layout, &initialize(&layout, round)).unwrap();
+            store
+                .commit(&record(round), &layout, &initialize(&layout, round))
+                .unwrap();
         }
-        assert_eq!(store.rounds().unwrap().iter().map(|r| r.outcome.round).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(
+            store
+                .rounds()
+                .unwrap()
+                .iter()
+                .map(|r| r.outcome.round)
+                .collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
         assert!(!store.checkpoint_path(2).exists());
-        assert_eq!(load_safetensors(&store.checkpoint_path(4), &layout).unwrap(), initialize(&layout, 4));
-        assert_eq!(load_safetensors(&store.checkpoint_path(3), &layout).unwrap(), initialize(&layout, 3));
+        assert_eq!(
+            load_safetensors(&store.checkpoint_path(4), &layout).unwrap(),
+            initialize(&layout, 4)
+        );
+        assert_eq!(
+            load_safetensors(&store.checkpoint_path(3), &layout).unwrap(),
+            initialize(&layout, 3)
+        );
     }
 
     #[test]
@@ -179,7 +232,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &job(), 2).unwrap();
         let layout = layout(ModelKind::Mlp, DatasetKind::Digits);
-        store.commit(&record(1), &layout, &initialize(&layout, 1)).unwrap();
+        store
+            .commit(&record(1), &layout, &initialize(&layout, 1))
+            .unwrap();
         let err = Store::open(dir.path(), &job(), 2).unwrap_err().to_string();
         assert!(err.contains("already holds committed rounds"), "{err}");
         assert_eq!(store.rounds().unwrap().len(), 1);
@@ -189,7 +244,11 @@ mod tests {
     fn a_corrupt_record_is_reported_with_its_line() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &job(), 2).unwrap();
-        std::fs::write(dir.path().join("rounds.jsonl"), "{\"round\": 1}\nnot json\n").unwrap();
+        std::fs::write(
+            dir.path().join("rounds.jsonl"),
+            "{\"round\": 1}\nnot json\n",
+        )
+        .unwrap();
         let err = store.rounds().unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
     }

@@ -34,7 +34,12 @@ pub struct UpdateSum {
 impl UpdateSum {
     /// An empty sum for a model of `n_values` parameters.
     pub fn new(n_values: usize) -> UpdateSum {
-        UpdateSum { weighted_delta: Array1::zeros(n_values), weight: 0, weighted_train_loss: 0.0, n_contributors: 0 }
+        UpdateSum {
+            weighted_delta: Array1::zeros(n_values),
+            weight: 0,
+            weighted_train_loss: 0.0,
+            n_contributors: 0,
+        }
     }
 
     /// Adds one update, which is then dropped by the caller.
@@ -47,7 +52,9 @@ impl UpdateSum {
             )));
         }
         if update.weight == 0 {
-            return Err(Error::InvalidUpdate("model update has weight 0; expected at least 1 example".into()));
+            return Err(Error::InvalidUpdate(
+                "model update has weight 0; expected at least 1 example".into(),
+            ));
         }
         if !update.weighted_train_loss.is_finite() || update.weighted_train_loss < 0.0 {
             return Err(Error::InvalidUpdate(format!(
@@ -96,7 +103,9 @@ pub struct FedAvg {
 
 impl Default for FedAvg {
     fn default() -> Self {
-        FedAvg { server_learning_rate: 1.0 }
+        FedAvg {
+            server_learning_rate: 1.0,
+        }
     }
 }
 
@@ -156,11 +165,15 @@ impl EvaluationSum {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use proptest::prelude::{prop_assert, proptest};
 
     fn update(delta: Vec<f32>, weight: u64) -> Update {
         let weighted_delta = delta.iter().map(|d| d * weight as f32).collect();
-        Update { weighted_delta, weight, weighted_train_loss: weight as f64 * 0.5 }
+        Update {
+            weighted_delta,
+            weight,
+            weighted_train_loss: weight as f64 * 0.5,
+        }
     }
 
     #[test]
@@ -178,7 +191,10 @@ mod tests {
     fn bad_updates_are_refused_and_leave_the_sum_alone() {
         let mut sum = UpdateSum::new(3);
         let err = sum.add(&update(vec![1.0; 2], 1)).unwrap_err();
-        assert_eq!(err.to_string(), "invalid update: model update has 2 values, job expects 3");
+        assert_eq!(
+            err.to_string(),
+            "invalid update: model update has 2 values, job expects 3"
+        );
         assert!(sum.add(&update(vec![1.0; 3], 0)).is_err());
         assert_eq!(sum.n_contributors(), 0);
         assert!(FedAvg::default().aggregate(&[0.0; 3], &sum).is_err());

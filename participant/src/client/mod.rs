@@ -10,8 +10,8 @@ use cairn_proto::v1::coordinator_message::Body as Inbound;
 use cairn_proto::v1::federation_client::FederationClient;
 use cairn_proto::v1::participant_message::Body as Outbound;
 use cairn_proto::v1::{
-    CoordinatorMessage, EvaluationReport, Heartbeat, Hello, ParticipantMessage, TensorSpec, TransferHeader,
-    UpdateHeader,
+    CoordinatorMessage, EvaluationReport, Heartbeat, Hello, ParticipantMessage, TensorSpec,
+    TransferHeader, UpdateHeader,
 };
 use rand::Rng;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,9 @@ pub struct Kit {
 
 impl std::fmt::Debug for Kit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kit").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Kit")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,17 +43,26 @@ impl Kit {
     pub fn load(dir: &Path) -> Result<Kit, Error> {
         let read = |name: &str, marker: &str| -> Result<String, Error> {
             let path = dir.join(name);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Error::Kit { path: path.clone(), reason: format!("cannot read: {e}") })?;
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::Kit {
+                path: path.clone(),
+                reason: format!("cannot read: {e}"),
+            })?;
             if !text.contains(marker) {
-                return Err(Error::Kit { path, reason: format!("holds no PEM block with {marker:?}") });
+                return Err(Error::Kit {
+                    path,
+                    reason: format!("holds no PEM block with {marker:?}"),
+                });
             }
             Ok(text)
         };
         let cert = read("cert.pem", "BEGIN CERTIFICATE")?;
         let key = read("key.pem", "PRIVATE KEY")?;
         let ca = read("ca.pem", "BEGIN CERTIFICATE")?;
-        Ok(Kit { dir: dir.to_path_buf(), identity: Identity::from_pem(cert, key), ca: Certificate::from_pem(ca) })
+        Ok(Kit {
+            dir: dir.to_path_buf(),
+            identity: Identity::from_pem(cert, key),
+            ca: Certificate::from_pem(ca),
+        })
     }
 }
 
@@ -76,7 +87,11 @@ pub struct ClientOptions {
 
 impl ClientOptions {
     /// Options with default backoff (0.5 s doubling to 30 s, retrying forever).
-    pub fn new(coordinator: impl Into<String>, kit: Kit, label: impl Into<String>) -> ClientOptions {
+    pub fn new(
+        coordinator: impl Into<String>,
+        kit: Kit,
+        label: impl Into<String>,
+    ) -> ClientOptions {
         ClientOptions {
             coordinator: coordinator.into(),
             server_name: None,
@@ -151,21 +166,33 @@ pub async fn run(options: ClientOptions, task: Box<dyn Task>) -> Result<RunSumma
 
 /// Runs several participants concurrently, each with its own connection and task, and returns
 /// each one's result in the same order.
-pub async fn run_many(participants: Vec<(ClientOptions, Box<dyn Task>)>) -> Vec<Result<RunSummary, Error>> {
+pub async fn run_many(
+    participants: Vec<(ClientOptions, Box<dyn Task>)>,
+) -> Vec<Result<RunSummary, Error>> {
     let handles: Vec<_> = participants
         .into_iter()
         .map(|(options, task)| tokio::spawn(run(options, task)))
         .collect();
     let mut results = Vec::with_capacity(handles.len());
     for handle in handles {
-        results.push(handle.await.unwrap_or_else(|e| Err(Error::Protocol(format!("participant task failed: {e}")))));
+        results.push(
+            handle
+                .await
+                .unwrap_or_else(|e| Err(Error::Protocol(format!("participant task failed: {e}")))),
+        );
     }
     results
 }
 
 /// Whether a status from the coordinator means "don't come back".
 fn is_refusal(code: Code) -> bool {
-    matches!(code, Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument | Code::FailedPrecondition)
+    matches!(
+        code,
+        Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+    )
 }
 
 fn retry(reason: String, welcomed: bool) -> Result<SessionEnd, Error> {
@@ -179,7 +206,12 @@ pub async fn connect(options: &ClientOptions) -> Result<Channel, String> {
         .map_err(|e| format!("coordinator URL {:?} is invalid: {e}", options.coordinator))?;
     let server_name = match &options.server_name {
         Some(name) => name.clone(),
-        None => endpoint.uri().host().unwrap_or("localhost").trim_matches(['[', ']']).to_string(),
+        None => endpoint
+            .uri()
+            .host()
+            .unwrap_or("localhost")
+            .trim_matches(['[', ']'])
+            .to_string(),
     };
     let tls = ClientTlsConfig::new()
         .ca_certificate(options.kit.ca.clone())
@@ -194,7 +226,13 @@ pub async fn connect(options: &ClientOptions) -> Result<Channel, String> {
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {}: {}", options.coordinator, error_chain(&e)))
+        .map_err(|e| {
+            format!(
+                "cannot connect to {}: {}",
+                options.coordinator,
+                error_chain(&e)
+            )
+        })
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -234,7 +272,9 @@ async fn session(
     let _ = outbox.try_send(outbound(Outbound::Hello(hello)));
     let mut inbound = match client.session(ReceiverStream::new(receiver)).await {
         Ok(response) => response.into_inner(),
-        Err(status) if is_refusal(status.code()) => return Err(Error::Refused(status.message().to_string())),
+        Err(status) if is_refusal(status.code()) => {
+            return Err(Error::Refused(status.message().to_string()));
+        }
         Err(status) => return retry(format!("session refused: {}", status.message()), false),
     };
     let welcome = match next(&mut inbound).await {
@@ -264,23 +304,36 @@ async fn send_heartbeats(outbox: mpsc::Sender<ParticipantMessage>, interval: Dur
         let sent_at_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        if outbox.send(outbound(Outbound::Heartbeat(Heartbeat { sent_at_unix_ms }))).await.is_err() {
+        if outbox
+            .send(outbound(Outbound::Heartbeat(Heartbeat { sent_at_unix_ms })))
+            .await
+            .is_err()
+        {
             return;
         }
     }
 }
 
 /// The next message that is not a heartbeat; `Err` carries how the session ends.
-async fn next(inbound: &mut Streaming<CoordinatorMessage>) -> Result<Option<Inbound>, Result<SessionEnd, Error>> {
+async fn next(
+    inbound: &mut Streaming<CoordinatorMessage>,
+) -> Result<Option<Inbound>, Result<SessionEnd, Error>> {
     loop {
         match inbound.message().await {
-            Ok(Some(CoordinatorMessage { body: Some(Inbound::Heartbeat(_)) })) => continue,
+            Ok(Some(CoordinatorMessage {
+                body: Some(Inbound::Heartbeat(_)),
+            })) => continue,
             Ok(Some(CoordinatorMessage { body })) => return Ok(body),
             Ok(None) => return Ok(None),
             Err(status) if is_refusal(status.code()) => {
                 return Err(Err(Error::Refused(status.message().to_string())));
             }
-            Err(status) => return Err(retry(format!("connection lost: {}", status.message()), true)),
+            Err(status) => {
+                return Err(retry(
+                    format!("connection lost: {}", status.message()),
+                    true,
+                ));
+            }
         }
     }
 }
@@ -291,8 +344,8 @@ async fn receive(
     header: TransferHeader,
     what: String,
 ) -> Result<Vec<f32>, Result<SessionEnd, Error>> {
-    let mut assembler =
-        Assembler::new(header, what.clone(), None).map_err(|e| retry(format!("{what}: {e}"), true))?;
+    let mut assembler = Assembler::new(header, what.clone(), None)
+        .map_err(|e| retry(format!("{what}: {e}"), true))?;
     loop {
         match next(inbound).await? {
             Some(Inbound::Chunk(chunk)) => match assembler.push(chunk) {
@@ -300,7 +353,9 @@ async fn receive(
                 Ok(None) => continue,
                 Err(e) => return Err(retry(format!("{what}: {e}"), true)),
             },
-            Some(Inbound::Finished(finished)) => return Err(Ok(SessionEnd::Finished(finished.reason))),
+            Some(Inbound::Finished(finished)) => {
+                return Err(Ok(SessionEnd::Finished(finished.reason)));
+            }
             _ => return Err(retry(format!("{what}: transfer interrupted"), true)),
         }
     }
@@ -308,14 +363,27 @@ async fn receive(
 
 /// Checks that the coordinator's model has exactly this participant's layout.
 fn check_layout(header: &TransferHeader, layout: &[TensorShape]) -> Result<(), Error> {
-    let theirs: Vec<(String, Vec<u64>)> = header.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
-    let ours: Vec<(String, Vec<u64>)> =
-        layout.iter().map(|t| (t.name.clone(), t.shape.iter().map(|&d| d as u64).collect())).collect();
+    let theirs: Vec<(String, Vec<u64>)> = header
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
+    let ours: Vec<(String, Vec<u64>)> = layout
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.iter().map(|&d| d as u64).collect()))
+        .collect();
     if theirs != ours {
         let first = theirs.iter().zip(&ours).find(|(a, b)| a != b);
         let detail = match first {
-            Some((a, b)) => format!("the job's {} is {:?}, this participant's network has {} {:?}", a.0, a.1, b.0, b.1),
-            None => format!("the job's model has {} tensors, this participant's {}", theirs.len(), ours.len()),
+            Some((a, b)) => format!(
+                "the job's {} is {:?}, this participant's network has {} {:?}",
+                a.0, a.1, b.0, b.1
+            ),
+            None => format!(
+                "the job's model has {} tensors, this participant's {}",
+                theirs.len(),
+                ours.len()
+            ),
         };
         return Err(Error::Model(format!(
             "global model does not match the local network: {detail}; does --data hold the job's dataset?"
@@ -329,7 +397,9 @@ async fn with_task<T: Send + 'static>(
     task: &mut Option<Box<dyn Task>>,
     work: impl FnOnce(&mut Box<dyn Task>) -> T + Send + 'static,
 ) -> Result<T, Error> {
-    let mut owned = task.take().ok_or_else(|| Error::Model("task lost after a failed training run".into()))?;
+    let mut owned = task
+        .take()
+        .ok_or_else(|| Error::Model("task lost after a failed training run".into()))?;
     let (owned, result) = tokio::task::spawn_blocking(move || {
         let result = work(&mut owned);
         (owned, result)
@@ -365,10 +435,12 @@ async fn serve(
                     check_layout(&header, &task.layout())?;
                 }
                 let specs = header.tensors.clone();
-                let global = match receive(inbound, header, format!("global model for round {round}")).await {
-                    Ok(values) => values,
-                    Err(end) => return end,
-                };
+                let global =
+                    match receive(inbound, header, format!("global model for round {round}")).await
+                    {
+                        Ok(values) => values,
+                        Err(end) => return end,
+                    };
                 let training = TrainingConfig {
                     local_epochs: config.local_epochs,
                     batch_size: config.batch_size,
@@ -397,7 +469,10 @@ async fn serve(
                 })
                 .await??;
                 let (weighted_delta, weight, mean_loss) = update;
-                if send_update(outbox, round, &specs, &weighted_delta, weight, mean_loss).await.is_err() {
+                if send_update(outbox, round, &specs, &weighted_delta, weight, mean_loss)
+                    .await
+                    .is_err()
+                {
                     return closed();
                 }
                 summary.rounds_trained += 1;
@@ -410,7 +485,13 @@ async fn serve(
                 if let Some(task) = task.as_ref() {
                     check_layout(&header, &task.layout())?;
                 }
-                let model = match receive(inbound, header, format!("model to evaluate for round {round}")).await {
+                let model = match receive(
+                    inbound,
+                    header,
+                    format!("model to evaluate for round {round}"),
+                )
+                .await
+                {
                     Ok(values) => values,
                     Err(end) => return end,
                 };
@@ -432,7 +513,11 @@ async fn serve(
                     loss: evaluation.loss,
                     accuracy: evaluation.accuracy,
                 };
-                if outbox.send(outbound(Outbound::Evaluation(report))).await.is_err() {
+                if outbox
+                    .send(outbound(Outbound::Evaluation(report)))
+                    .await
+                    .is_err()
+                {
                     return closed();
                 }
                 summary.evaluations += 1;
@@ -441,7 +526,13 @@ async fn serve(
             Inbound::Finished(finished) => return Ok(SessionEnd::Finished(finished.reason)),
             Inbound::Welcome(_) => return retry("Welcome received twice".into(), true),
             Inbound::Chunk(chunk) => {
-                return retry(format!("chunk {} of round {} arrived without a transfer", chunk.index, chunk.round), true);
+                return retry(
+                    format!(
+                        "chunk {} of round {} arrived without a transfer",
+                        chunk.index, chunk.round
+                    ),
+                    true,
+                );
             }
             Inbound::Heartbeat(_) => {}
         }
@@ -458,7 +549,11 @@ async fn send_update(
     mean_loss: f64,
 ) -> Result<(), mpsc::error::SendError<ParticipantMessage>> {
     let (transfer, chunks) = split(round, specs, weighted_delta);
-    let header = UpdateHeader { transfer: Some(transfer), weight, weighted_train_loss: weight as f64 * mean_loss };
+    let header = UpdateHeader {
+        transfer: Some(transfer),
+        weight,
+        weighted_train_loss: weight as f64 * mean_loss,
+    };
     outbox.send(outbound(Outbound::Update(header))).await?;
     for chunk in chunks {
         outbox.send(outbound(Outbound::Chunk(chunk))).await?;

@@ -32,9 +32,17 @@ pub fn read_images(path: &Path) -> Result<Images, Error> {
     let (dims, pixels) = read_idx(path, IMAGES_MAGIC, 3)?;
     let [count, rows, cols] = [dims[0], dims[1], dims[2]];
     if rows == 0 || cols == 0 {
-        return Err(data_error(path, format!("images are {rows}x{cols}, expected non-zero sizes")));
+        return Err(data_error(
+            path,
+            format!("images are {rows}x{cols}, expected non-zero sizes"),
+        ));
     }
-    Ok(Images { count, rows, cols, pixels })
+    Ok(Images {
+        count,
+        rows,
+        cols,
+        pixels,
+    })
 }
 
 /// Reads an IDX1 label file (gzip-compressed).
@@ -43,7 +51,10 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>, Error> {
 }
 
 fn data_error(path: &Path, reason: String) -> Error {
-    Error::Data { path: path.to_path_buf(), reason }
+    Error::Data {
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 fn read_idx(path: &Path, magic: u32, n_dims: usize) -> Result<(Vec<usize>, Vec<u8>), Error> {
@@ -54,32 +65,51 @@ fn read_idx(path: &Path, magic: u32, n_dims: usize) -> Result<(Vec<usize>, Vec<u
     let mut reader = GzDecoder::new(std::io::BufReader::new(file));
     let mut read_exact = |buffer: &mut [u8], what: &str| {
         reader.read_exact(buffer).map_err(|e| {
-            data_error(path, format!("cannot read {what} ({e}); is it a gzip-compressed IDX file?"))
+            data_error(
+                path,
+                format!("cannot read {what} ({e}); is it a gzip-compressed IDX file?"),
+            )
         })
     };
-    let mut header = vec![0u8; 4 + 4 * n_dims];
-    read_exact(&mut header, "the IDX header")?;
-    let found = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    let mut magic_bytes = [0u8; 4];
+    read_exact(&mut magic_bytes, "the IDX magic number")?;
+    let found = u32::from_be_bytes(magic_bytes);
     if found != magic {
         return Err(data_error(
             path,
             format!("IDX magic number is {found:#010x}, expected {magic:#010x}"),
         ));
     }
-    let dims: Vec<usize> = header[4..]
+    let mut header = vec![0u8; 4 * n_dims];
+    read_exact(&mut header, "the IDX dimensions")?;
+    let dims: Vec<usize> = header
         .chunks_exact(4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
-    let size = dims.iter().try_fold(1u64, |p, &d| p.checked_mul(d as u64)).unwrap_or(u64::MAX);
+    let size = dims
+        .iter()
+        .try_fold(1u64, |p, &d| p.checked_mul(d as u64))
+        .unwrap_or(u64::MAX);
     if size > MAX_PAYLOAD_BYTES {
-        return Err(data_error(path, format!("header announces {size} bytes of data, more than the {MAX_PAYLOAD_BYTES} allowed")));
+        return Err(data_error(
+            path,
+            format!(
+                "header announces {size} bytes of data, more than the {MAX_PAYLOAD_BYTES} allowed"
+            ),
+        ));
     }
     let mut payload = vec![0u8; size as usize];
-    read_exact(&mut payload, &format!("{size} bytes of data announced by the header (file truncated?)"))?;
+    read_exact(
+        &mut payload,
+        &format!("{size} bytes of data announced by the header (file truncated?)"),
+    )?;
     let mut rest = [0u8; 1];
     match reader.read(&mut rest) {
         Ok(0) => Ok((dims, payload)),
-        Ok(_) => Err(data_error(path, format!("has data after the {size} bytes its header announces"))),
+        Ok(_) => Err(data_error(
+            path,
+            format!("has data after the {size} bytes its header announces"),
+        )),
         Err(e) => Err(data_error(path, format!("is corrupt after its data: {e}"))),
     }
 }
@@ -92,7 +122,8 @@ mod tests {
 
     fn write_gz(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
         let path = dir.join(name);
-        let mut encoder = GzEncoder::new(std::fs::File::create(&path).unwrap(), Compression::fast());
+        let mut encoder =
+            GzEncoder::new(std::fs::File::create(&path).unwrap(), Compression::fast());
         encoder.write_all(bytes).unwrap();
         encoder.finish().unwrap();
         path
@@ -124,13 +155,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_gz(dir.path(), "i.gz", &idx(IMAGES_MAGIC, &[2, 3, 4], &[0; 20]));
         let err = read_images(&path).unwrap_err().to_string();
-        assert!(err.contains("24 bytes of data announced by the header"), "{err}");
+        assert!(
+            err.contains("24 bytes of data announced by the header"),
+            "{err}"
+        );
     }
 
     #[test]
     fn truncated_gzip_stream_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_gz(dir.path(), "i.gz", &idx(IMAGES_MAGIC, &[50, 28, 28], &[1; 50 * 784]));
+        let path = write_gz(
+            dir.path(),
+            "i.gz",
+            &idx(IMAGES_MAGIC, &[50, 28, 28], &[1; 50 * 784]),
+        );
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         assert!(read_images(&path).is_err());
@@ -141,7 +179,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_gz(dir.path(), "l.gz", &idx(LABELS_MAGIC, &[3], &[1, 2, 3]));
         let err = read_images(&path).unwrap_err().to_string();
-        assert!(err.contains("magic number is 0x00000801, expected 0x00000803"), "{err}");
+        assert!(
+            err.contains("magic number is 0x00000801, expected 0x00000803"),
+            "{err}"
+        );
         let plain = dir.path().join("plain");
         std::fs::write(&plain, idx(LABELS_MAGIC, &[3], &[1, 2, 3])).unwrap();
         let err = read_labels(&plain).unwrap_err().to_string();
@@ -152,14 +193,30 @@ mod tests {
     fn trailing_data_and_huge_headers_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_gz(dir.path(), "l.gz", &idx(LABELS_MAGIC, &[2], &[1, 2, 3]));
-        assert!(read_labels(&path).unwrap_err().to_string().contains("data after"));
-        let path = write_gz(dir.path(), "i.gz", &idx(IMAGES_MAGIC, &[u32::MAX, u32::MAX, 2], &[]));
-        assert!(read_images(&path).unwrap_err().to_string().contains("more than"));
+        assert!(
+            read_labels(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("data after")
+        );
+        let path = write_gz(
+            dir.path(),
+            "i.gz",
+            &idx(IMAGES_MAGIC, &[u32::MAX, u32::MAX, 2], &[]),
+        );
+        assert!(
+            read_images(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("more than")
+        );
     }
 
     #[test]
     fn missing_file_names_the_path() {
-        let err = read_labels(Path::new("/nonexistent/labels.gz")).unwrap_err().to_string();
+        let err = read_labels(Path::new("/nonexistent/labels.gz"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/labels.gz"), "{err}");
     }
 }

@@ -46,7 +46,10 @@ impl Dataset {
         Dataset {
             rows: self.rows,
             cols: self.cols,
-            pixels: indices.iter().flat_map(|&i| self.image(i).iter().copied()).collect(),
+            pixels: indices
+                .iter()
+                .flat_map(|&i| self.image(i).iter().copied())
+                .collect(),
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
         }
     }
@@ -78,7 +81,11 @@ impl Dataset {
         Ok(Dataset {
             rows: images.rows,
             cols: images.cols,
-            pixels: images.pixels.iter().map(|&p| f32::from(p) / 255.0).collect(),
+            pixels: images
+                .pixels
+                .iter()
+                .map(|&p| f32::from(p) / 255.0)
+                .collect(),
             labels,
         })
     }
@@ -114,6 +121,9 @@ impl LocalData {
     pub fn partition(&self, partition: &Partition) -> Result<LocalData, Error> {
         let train_indices = partition.indices(&self.train.labels, 0)?;
         let test_indices = partition.indices(&self.test.labels, 1)?;
-        Ok(LocalData { train: self.train.select(&train_indices), test: self.test.select(&test_indices) })
+        Ok(LocalData {
+            train: self.train.select(&train_indices),
+            test: self.test.select(&test_indices),
+        })
     }
 }

@@ -42,7 +42,12 @@ pub struct Partition {
 impl Partition {
     /// The whole dataset, undivided.
     pub fn whole() -> Partition {
-        Partition { scheme: Scheme::Whole, index: 0, count: 1, seed: 0 }
+        Partition {
+            scheme: Scheme::Whole,
+            index: 0,
+            count: 1,
+            seed: 0,
+        }
     }
 
     /// Parses a scheme from the command line: `iid`, `dirichlet:ALPHA` or `none`.
@@ -52,9 +57,13 @@ impl Partition {
             None if text == "none" => Ok(Scheme::Whole),
             Some(("dirichlet", alpha)) => match alpha.parse::<f64>() {
                 Ok(alpha) if alpha > 0.0 && alpha.is_finite() => Ok(Scheme::Dirichlet { alpha }),
-                _ => Err(format!("Dirichlet concentration {alpha:?} must be a positive number, as in dirichlet:0.5")),
+                _ => Err(format!(
+                    "Dirichlet concentration {alpha:?} must be a positive number, as in dirichlet:0.5"
+                )),
             },
-            _ => Err(format!("partition scheme {text:?} is unknown; expected iid, dirichlet:ALPHA or none")),
+            _ => Err(format!(
+                "partition scheme {text:?} is unknown; expected iid, dirichlet:ALPHA or none"
+            )),
         }
     }
 
@@ -67,7 +76,8 @@ impl Partition {
                 self.index, self.count, self.count
             )));
         }
-        let mut rng = ChaCha20Rng::seed_from_u64(self.seed ^ split.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng =
+            ChaCha20Rng::seed_from_u64(self.seed ^ split.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let indices = match self.scheme {
             Scheme::Whole => (0..labels.len()).collect(),
             Scheme::Iid => {
@@ -88,7 +98,8 @@ impl Partition {
                         continue;
                     }
                     of_label.shuffle(&mut rng);
-                    let weights: Vec<f64> = (0..self.count).map(|_| gamma.sample(&mut rng)).collect();
+                    let weights: Vec<f64> =
+                        (0..self.count).map(|_| gamma.sample(&mut rng)).collect();
                     let total: f64 = weights.iter().sum::<f64>().max(f64::MIN_POSITIVE);
                     // Cumulative cut points, so that the shares are disjoint and cover every example.
                     let mut cumulative = 0.0;
@@ -96,11 +107,20 @@ impl Partition {
                         .iter()
                         .map(|w| {
                             cumulative += w / total;
-                            ((cumulative * of_label.len() as f64).round() as usize).min(of_label.len())
+                            ((cumulative * of_label.len() as f64).round() as usize)
+                                .min(of_label.len())
                         })
                         .collect();
-                    let start = if self.index == 0 { 0 } else { cuts[self.index - 1] };
-                    let end = if self.index + 1 == self.count { of_label.len() } else { cuts[self.index] };
+                    let start = if self.index == 0 {
+                        0
+                    } else {
+                        cuts[self.index - 1]
+                    };
+                    let end = if self.index + 1 == self.count {
+                        of_label.len()
+                    } else {
+                        cuts[self.index]
+                    };
                     mine.extend_from_slice(&of_label[start..end.max(start)]);
                 }
                 mine.sort_unstable();
@@ -136,7 +156,16 @@ mod tests {
 
     fn all_shares(scheme: Scheme, count: usize, seed: u64, labels: &[u8]) -> Vec<Vec<usize>> {
         (0..count)
-            .map(|index| Partition { scheme, index, count, seed }.indices(labels, 0).unwrap())
+            .map(|index| {
+                Partition {
+                    scheme,
+                    index,
+                    count,
+                    seed,
+                }
+                .indices(labels, 0)
+                .unwrap()
+            })
             .collect()
     }
 
@@ -177,16 +206,37 @@ mod tests {
 
     #[test]
     fn bad_flags_are_refused_with_what_is_allowed() {
-        assert_eq!(Partition::parse_scheme("dirichlet:0.5"), Ok(Scheme::Dirichlet { alpha: 0.5 }));
-        assert!(Partition::parse_scheme("dirichlet:-1").unwrap_err().contains("positive"));
-        assert!(Partition::parse_scheme("zipf").unwrap_err().contains("iid, dirichlet:ALPHA"));
-        let err = Partition { scheme: Scheme::Iid, index: 4, count: 4, seed: 0 }
-            .indices(&labels(10), 0)
-            .unwrap_err();
+        assert_eq!(
+            Partition::parse_scheme("dirichlet:0.5"),
+            Ok(Scheme::Dirichlet { alpha: 0.5 })
+        );
+        assert!(
+            Partition::parse_scheme("dirichlet:-1")
+                .unwrap_err()
+                .contains("positive")
+        );
+        assert!(
+            Partition::parse_scheme("zipf")
+                .unwrap_err()
+                .contains("iid, dirichlet:ALPHA")
+        );
+        let err = Partition {
+            scheme: Scheme::Iid,
+            index: 4,
+            count: 4,
+            seed: 0,
+        }
+        .indices(&labels(10), 0)
+        .unwrap_err();
         assert!(err.to_string().contains("out of range"), "{err}");
-        let err = Partition { scheme: Scheme::Iid, index: 0, count: 20, seed: 0 }
-            .indices(&labels(10), 0)
-            .unwrap_err();
+        let err = Partition {
+            scheme: Scheme::Iid,
+            index: 0,
+            count: 20,
+            seed: 0,
+        }
+        .indices(&labels(10), 0)
+        .unwrap_err();
         assert!(err.to_string().contains("holds no example"), "{err}");
     }
 

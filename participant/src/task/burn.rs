@@ -44,7 +44,9 @@ impl Backend {
             "cpu" => Ok(Backend::Cpu),
             "wgpu" => Ok(Backend::Wgpu),
             "cuda" => Ok(Backend::Cuda),
-            _ => Err(format!("backend {text:?} is unknown; expected cpu, wgpu or cuda")),
+            _ => Err(format!(
+                "backend {text:?} is unknown; expected cpu, wgpu or cuda"
+            )),
         }
     }
 
@@ -58,7 +60,11 @@ impl Backend {
             #[allow(unreachable_patterns)] // Reached only when a GPU feature is not compiled in.
             other => Err(Error::Backend(format!(
                 "backend {other:?} is not compiled into this binary; rebuild with `--features {}`",
-                if other == Backend::Cuda { "cuda" } else { "wgpu" }
+                if other == Backend::Cuda {
+                    "cuda"
+                } else {
+                    "wgpu"
+                }
             ))),
         }
     }
@@ -108,7 +114,8 @@ impl Network {
                     )));
                 }
                 let conv = |channels| {
-                    Conv2dConfig::new(channels, [5, 5]).with_padding(PaddingConfig2d::Explicit(2, 2, 2, 2))
+                    Conv2dConfig::new(channels, [5, 5])
+                        .with_padding(PaddingConfig2d::Explicit(2, 2, 2, 2))
                 };
                 Ok(Network::Cnn(Cnn {
                     conv1: conv([1, 32]).init(device),
@@ -119,7 +126,9 @@ impl Network {
                     relu: Relu::new(),
                 }))
             }
-            other => Err(Error::Model(format!("model {other:?} is unknown; expected mlp or cnn"))),
+            other => Err(Error::Model(format!(
+                "model {other:?} is unknown; expected mlp or cnn"
+            ))),
         }
     }
 
@@ -145,28 +154,34 @@ impl Network {
 
     /// Every parameter, in wire order and layout, with its name.
     fn named_parameters(&self) -> Vec<(String, WireTensor)> {
-        let mut out = Vec::new();
-        let mut linear = |name: &str, layer: &Linear| {
-            out.push((format!("{name}.weight"), WireTensor::Linear(layer.weight.val())));
+        fn linear(out: &mut Vec<(String, WireTensor)>, name: &str, layer: &Linear) {
+            out.push((
+                format!("{name}.weight"),
+                WireTensor::Linear(layer.weight.val()),
+            ));
             if let Some(bias) = &layer.bias {
                 out.push((format!("{name}.bias"), WireTensor::Vector(bias.val())));
             }
-        };
+        }
+        let mut out = Vec::new();
         match self {
             Network::Mlp(m) => {
-                linear("fc1", &m.fc1);
-                linear("fc2", &m.fc2);
-                linear("fc3", &m.fc3);
+                linear(&mut out, "fc1", &m.fc1);
+                linear(&mut out, "fc2", &m.fc2);
+                linear(&mut out, "fc3", &m.fc3);
             }
             Network::Cnn(m) => {
                 for (name, conv) in [("conv1", &m.conv1), ("conv2", &m.conv2)] {
-                    out.push((format!("{name}.weight"), WireTensor::Kernel(conv.weight.val())));
+                    out.push((
+                        format!("{name}.weight"),
+                        WireTensor::Kernel(conv.weight.val()),
+                    ));
                     if let Some(bias) = &conv.bias {
                         out.push((format!("{name}.bias"), WireTensor::Vector(bias.val())));
                     }
                 }
-                linear("fc1", &m.fc1);
-                linear("fc2", &m.fc2);
+                linear(&mut out, "fc1", &m.fc1);
+                linear(&mut out, "fc2", &m.fc2);
             }
         }
         out
@@ -235,7 +250,8 @@ impl WireTensor {
     }
 }
 
-/// Reads consecutive parameter values out of a flat vector into tensors of the right shape.
+/// Reads consecutive parameter values out of a flat vector into tensors of the right shape. New
+/// tensors keep the gradient tracking of the ones they replace, or training could not follow.
 struct Values<'a> {
     values: &'a [f32],
     offset: usize,
@@ -252,21 +268,31 @@ impl Values<'_> {
         param.map(|t| {
             let [d_in, d_out] = t.dims();
             let wire = TensorData::new(self.take(d_in * d_out), [d_out, d_in]);
-            Tensor::<2>::from_data(wire, &t.device()).transpose()
+            let tracked = t.is_require_grad();
+            Tensor::<2>::from_data(wire, &t.device())
+                .transpose()
+                .set_require_grad(tracked)
         })
     }
 
     fn kernel(&mut self, param: Param<Tensor<4>>) -> Param<Tensor<4>> {
         param.map(|t| {
             let dims = t.dims();
-            Tensor::from_data(TensorData::new(self.take(dims.iter().product()), dims), &t.device())
+            let tracked = t.is_require_grad();
+            Tensor::from_data(
+                TensorData::new(self.take(dims.iter().product()), dims),
+                &t.device(),
+            )
+            .set_require_grad(tracked)
         })
     }
 
     fn vector(&mut self, param: Param<Tensor<1>>) -> Param<Tensor<1>> {
         param.map(|t| {
             let dims = t.dims();
+            let tracked = t.is_require_grad();
             Tensor::from_data(TensorData::new(self.take(dims[0]), dims), &t.device())
+                .set_require_grad(tracked)
         })
     }
 }
@@ -296,13 +322,29 @@ impl BurnTask {
         device.seed(0);
         let network = Network::new(model, data.train.rows, data.train.cols, &device)?;
         let n_parameters = network.num_params();
-        Ok(BurnTask { network, device, data, n_parameters })
+        Ok(BurnTask {
+            network,
+            device,
+            data,
+            n_parameters,
+        })
     }
 
-    fn batch(&self, dataset: &Dataset, indices: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
+    fn batch(
+        &self,
+        dataset: &Dataset,
+        indices: &[usize],
+        device: &Device,
+    ) -> (Tensor<2>, Tensor<1, Int>) {
         let size = dataset.rows * dataset.cols;
-        let pixels: Vec<f32> = indices.iter().flat_map(|&i| dataset.image(i).iter().copied()).collect();
-        let labels: Vec<i64> = indices.iter().map(|&i| i64::from(dataset.labels[i])).collect();
+        let pixels: Vec<f32> = indices
+            .iter()
+            .flat_map(|&i| dataset.image(i).iter().copied())
+            .collect();
+        let labels: Vec<i64> = indices
+            .iter()
+            .map(|&i| i64::from(dataset.labels[i]))
+            .collect();
         (
             Tensor::from_data(TensorData::new(pixels, [indices.len(), size]), device),
             Tensor::from_data(TensorData::new(labels, [indices.len()]), device),
@@ -315,7 +357,10 @@ impl Task for BurnTask {
         self.network
             .named_parameters()
             .into_iter()
-            .map(|(name, tensor)| TensorShape { name, shape: tensor.shape() })
+            .map(|(name, tensor)| TensorShape {
+                name,
+                shape: tensor.shape(),
+            })
             .collect()
     }
 
@@ -359,7 +404,8 @@ impl Task for BurnTask {
         let mut optimizer = SgdConfig::new().init();
         let mut rng = ChaCha20Rng::seed_from_u64(config.seed);
         let mut order: Vec<usize> = (0..dataset.len()).collect();
-        let mut network = std::mem::replace(&mut self.network, Network::new("mlp", 1, 1, &self.device)?);
+        let mut network =
+            std::mem::replace(&mut self.network, Network::new("mlp", 1, 1, &self.device)?);
         let mut mean_loss = f64::NAN;
         for epoch in 1..=config.local_epochs {
             let started = Instant::now();
@@ -391,7 +437,10 @@ impl Task for BurnTask {
                 config.learning_rate
             )));
         }
-        Ok(TrainingOutcome { n_examples: dataset.len() as u64, mean_loss })
+        Ok(TrainingOutcome {
+            n_examples: dataset.len() as u64,
+            mean_loss,
+        })
     }
 
     fn evaluate(&self) -> Result<Evaluation, Error> {
@@ -406,7 +455,12 @@ impl Task for BurnTask {
             let logits = network.forward(images, dataset.rows, dataset.cols);
             let loss = loss_fn.forward(logits.clone(), labels.clone());
             loss_sum += f64::from(loss.into_scalar::<f32>()) * batch.len() as f64;
-            let hits = logits.argmax(1).squeeze_dim::<1>(1).equal(labels).int().sum();
+            let hits = logits
+                .argmax(1)
+                .squeeze_dim::<1>(1)
+                .equal(labels)
+                .int()
+                .sum();
             correct += hits.into_scalar::<i64>() as u64;
         }
         let n = dataset.len().max(1) as f64;
@@ -433,22 +487,49 @@ mod tests {
             for r in 0..rows {
                 for c in 0..cols {
                     let quarter = (r / 4) * 2 + c / 4;
-                    pixels.push(if quarter == label as usize { 1.0 } else { 0.1 * ((i * 7 + r + c) % 3) as f32 });
+                    pixels.push(if quarter == label as usize {
+                        1.0
+                    } else {
+                        0.1 * ((i * 7 + r + c) % 3) as f32
+                    });
                 }
             }
             labels.push(label);
         }
-        let set = Dataset { rows, cols, pixels, labels };
-        LocalData { train: set.clone(), test: set }
+        let set = Dataset {
+            rows,
+            cols,
+            pixels,
+            labels,
+        };
+        LocalData {
+            train: set.clone(),
+            test: set,
+        }
     }
 
     #[test]
     fn layouts_follow_pytorch_conventions() {
         let task = BurnTask::new("mlp", toy_data(8), Backend::Cpu).unwrap();
         let layout = task.layout();
-        assert_eq!(layout[0], TensorShape { name: "fc1.weight".into(), shape: vec![200, 64] });
-        assert_eq!(layout[5], TensorShape { name: "fc3.bias".into(), shape: vec![10] });
-        let n: usize = layout.iter().map(|t| t.shape.iter().product::<usize>()).sum();
+        assert_eq!(
+            layout[0],
+            TensorShape {
+                name: "fc1.weight".into(),
+                shape: vec![200, 64]
+            }
+        );
+        assert_eq!(
+            layout[5],
+            TensorShape {
+                name: "fc3.bias".into(),
+                shape: vec![10]
+            }
+        );
+        let n: usize = layout
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum();
         assert_eq!(n, 64 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10);
         let cnn = BurnTask::new("cnn", toy_data(8), Backend::Cpu).unwrap();
         let shapes: Vec<Vec<usize>> = cnn.layout().into_iter().map(|t| t.shape).collect();
@@ -460,7 +541,9 @@ mod tests {
     fn parameters_round_trip_through_the_wire_layout() {
         for model in ["mlp", "cnn"] {
             let mut task = BurnTask::new(model, toy_data(8), Backend::Cpu).unwrap();
-            let values: Vec<f32> = (0..task.parameters().len()).map(|i| (i % 1000) as f32 * 1e-3).collect();
+            let values: Vec<f32> = (0..task.parameters().len())
+                .map(|i| (i % 1000) as f32 * 1e-3)
+                .collect();
             task.set_parameters(&values).unwrap();
             assert_eq!(task.parameters(), values, "{model}");
         }
@@ -472,8 +555,16 @@ mod tests {
     #[test]
     fn training_lowers_the_loss_and_raises_accuracy() {
         let mut task = BurnTask::new("mlp", toy_data(256), Backend::Cpu).unwrap();
+        // As in a round: the global model is loaded first, then trained.
+        let global = task.parameters();
+        task.set_parameters(&global).unwrap();
         let before = task.evaluate().unwrap();
-        let config = TrainingConfig { local_epochs: 5, batch_size: 16, learning_rate: 0.1, seed: 1 };
+        let config = TrainingConfig {
+            local_epochs: 5,
+            batch_size: 16,
+            learning_rate: 0.1,
+            seed: 1,
+        };
         let mut epochs = Vec::new();
         let outcome = task.train(&config, &mut |p| epochs.push(p)).unwrap();
         let after = task.evaluate().unwrap();
@@ -481,12 +572,35 @@ mod tests {
         assert_eq!(outcome.n_examples, 256);
         assert!(after.loss < before.loss, "{before:?} -> {after:?}");
         assert!(after.accuracy > 0.9, "{after:?}");
+        assert_ne!(task.parameters(), global);
+    }
+
+    #[test]
+    fn the_cnn_trains_after_loading_parameters() {
+        let mut task = BurnTask::new("cnn", toy_data(64), Backend::Cpu).unwrap();
+        let global = task.parameters();
+        task.set_parameters(&global).unwrap();
+        let config = TrainingConfig {
+            local_epochs: 1,
+            batch_size: 16,
+            learning_rate: 0.05,
+            seed: 1,
+        };
+        let outcome = task.train(&config, &mut |_| {}).unwrap();
+        assert!(outcome.mean_loss.is_finite());
+        assert_ne!(task.parameters(), global);
     }
 
     #[test]
     fn unknown_models_and_backends_are_refused() {
-        let err = BurnTask::new("resnet", toy_data(4), Backend::Cpu).unwrap_err().to_string();
+        let err = BurnTask::new("resnet", toy_data(4), Backend::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expected mlp or cnn"), "{err}");
-        assert!(Backend::parse("tpu").unwrap_err().contains("cpu, wgpu or cuda"));
+        assert!(
+            Backend::parse("tpu")
+                .unwrap_err()
+                .contains("cpu, wgpu or cuda")
+        );
     }
 }

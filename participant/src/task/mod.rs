@@ -4,7 +4,7 @@
 
 mod burn;
 
-pub use self::burn::{BurnTask, Backend};
+pub use self::burn::{Backend, BurnTask};
 
 use crate::Error;
 
