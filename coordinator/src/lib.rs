@@ -3,6 +3,8 @@
 //! machine ([`round`]) driven by the gRPC layer ([`grpc`]), turns the sum of updates into the
 //! next global model ([`strategy`]), and makes every completed round durable ([`store`]).
 
+#![cfg_attr(test, allow(clippy::unwrap_used))] // Tests fail loudly by design.
+
 pub mod config;
 pub mod grpc;
 pub mod model;

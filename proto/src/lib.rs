@@ -3,6 +3,8 @@
 //! module and the participant's `client/` module use these types; everything else works on the
 //! crates' own domain types.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))] // Tests fail loudly by design.
+
 pub mod transfer;
 
 /// Version 1 of the wire protocol (generated code).

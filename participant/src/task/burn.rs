@@ -72,6 +72,7 @@ impl Backend {
 
 /// The networks a job can name.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // One network per task: its size on the stack is irrelevant.
 enum Network {
     Mlp(Mlp),
     Cnn(Cnn),
