@@ -235,31 +235,48 @@ async fn a_participant_not_in_the_job_is_permission_denied() {
     honest_job_completes(&federation, coordinator).await;
 }
 
+/// Connects with `tls`, sends Hello and waits for the first answer: `Ok` only if the coordinator
+/// accepted the session.
+async fn session_with(coordinator: &Coordinator, tls: ClientTlsConfig) -> Result<(), Status> {
+    let endpoint = Endpoint::from_shared(url(coordinator))
+        .expect("url")
+        .tls_config(tls)
+        .expect("tls");
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let (outbox, receiver) = mpsc::channel::<ParticipantMessage>(1);
+    let hello = Hello {
+        protocol_version: cairn_proto::PROTOCOL_VERSION,
+        client_version: "test".into(),
+    };
+    outbox
+        .send(ParticipantMessage {
+            body: Some(Body::Hello(hello)),
+        })
+        .await
+        .expect("queue hello");
+    let mut inbound = FederationClient::new(channel)
+        .session(ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    inbound.message().await.map(|_| ())
+}
+
+fn read(path: std::path::PathBuf) -> String {
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_without_a_certificate_cannot_connect() {
     let federation = Federation::provision(&HONEST);
     let coordinator = federation.start(digits_job(&HONEST, 1, 2)).await;
-    let ca = std::fs::read_to_string(federation.kit_dir("alpha").join("ca.pem")).expect("ca");
+    let ca = read(federation.kit_dir("alpha").join("ca.pem"));
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .domain_name("localhost");
-    let endpoint = Endpoint::from_shared(url(&coordinator))
-        .expect("url")
-        .tls_config(tls)
-        .expect("tls");
-    let outcome = async {
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let (_outbox, receiver) = mpsc::channel::<ParticipantMessage>(1);
-        let mut inbound = FederationClient::new(channel)
-            .session(ReceiverStream::new(receiver))
-            .await?
-            .into_inner();
-        inbound.message().await.map(|_| ())
-    }
-    .await;
+    let outcome = session_with(&coordinator, tls).await;
     assert!(
         outcome.is_err(),
         "a client without a certificate got a session"
@@ -274,39 +291,17 @@ async fn a_certificate_from_another_ca_cannot_connect() {
     let coordinator = federation.start(digits_job(&HONEST, 1, 2)).await;
     // alpha's certificate from a foreign CA, trusting the real server's CA so that only the
     // client certificate is wrong.
-    let cert = std::fs::read_to_string(other.kit_dir("alpha").join("cert.pem")).expect("cert");
-    let key = std::fs::read_to_string(other.kit_dir("alpha").join("key.pem")).expect("key");
-    let ca = std::fs::read_to_string(federation.kit_dir("alpha").join("ca.pem")).expect("ca");
+    let identity = tonic::transport::Identity::from_pem(
+        read(other.kit_dir("alpha").join("cert.pem")),
+        read(other.kit_dir("alpha").join("key.pem")),
+    );
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(tonic::transport::Identity::from_pem(cert, key))
+        .ca_certificate(Certificate::from_pem(read(
+            federation.kit_dir("alpha").join("ca.pem"),
+        )))
+        .identity(identity)
         .domain_name("localhost");
-    let endpoint = Endpoint::from_shared(url(&coordinator))
-        .expect("url")
-        .tls_config(tls)
-        .expect("tls");
-    let outcome = async {
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let (outbox, receiver) = mpsc::channel::<ParticipantMessage>(1);
-        let hello = Hello {
-            protocol_version: cairn_proto::PROTOCOL_VERSION,
-            client_version: "x".into(),
-        };
-        let _ = outbox
-            .send(ParticipantMessage {
-                body: Some(Body::Hello(hello)),
-            })
-            .await;
-        let mut inbound = FederationClient::new(channel)
-            .session(ReceiverStream::new(receiver))
-            .await?
-            .into_inner();
-        inbound.message().await.map(|_| ())
-    }
-    .await;
+    let outcome = session_with(&coordinator, tls).await;
     assert!(
         outcome.is_err(),
         "a certificate from another CA got a session"

@@ -19,8 +19,9 @@ struct Cli {
     /// Job file (default: examples/jobs/quickstart.yaml).
     #[arg(long)]
     job: Option<PathBuf>,
-    /// Log level of the coordinator and participants (e.g. info, debug).
-    #[arg(long, default_value = "info")]
+    /// Log filter (tracing's syntax); by default the coordinator's round lines are shown and the
+    /// participants' per-epoch progress is not (use `info` to see it).
+    #[arg(long, default_value = "info,cairn_participant=warn")]
     log: String,
 }
 

@@ -132,6 +132,11 @@ impl Coordinator {
         // explicitly so that nothing depends on which providers happen to be compiled in.
         let _ = rustls::crypto::ring::default_provider().install_default();
         options.job.validate()?;
+        if options.heartbeat_interval.is_zero() {
+            return Err(Error::Server(
+                "heartbeat interval is 0; expected at least 1 second".into(),
+            ));
+        }
         let layout = model::layout(options.job.model, options.job.dataset);
         let wire_layout = layout
             .iter()

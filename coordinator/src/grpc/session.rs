@@ -6,7 +6,7 @@
 use super::{Connection, Shared};
 use crate::pki::{PARTICIPANT_UNIT, identity_of};
 use crate::round::Event;
-use crate::strategy::Update;
+use crate::strategy::{Update, check_weight_and_loss};
 use cairn_proto::transfer::Assembler;
 use cairn_proto::v1::federation_server::Federation;
 use cairn_proto::v1::participant_message::Body as Inbound;
@@ -364,17 +364,8 @@ fn start_update(
             describe(&shared.wire_layout)
         )));
     }
-    if header.weight == 0 {
-        return Err(Refusal::InvalidArgument(
-            "update weight is 0; expected the number of training examples".into(),
-        ));
-    }
-    if !header.weighted_train_loss.is_finite() || header.weighted_train_loss < 0.0 {
-        return Err(Refusal::InvalidArgument(format!(
-            "weighted training loss is {}; expected a finite number >= 0",
-            header.weighted_train_loss
-        )));
-    }
+    check_weight_and_loss(header.weight, header.weighted_train_loss)
+        .map_err(|e| Refusal::InvalidArgument(e.to_string()))?;
     Ok(PendingUpdate {
         round,
         weight: header.weight,

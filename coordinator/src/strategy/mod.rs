@@ -19,6 +19,22 @@ pub struct Update {
     pub weighted_train_loss: f64,
 }
 
+/// Checks an update's scalars: a weight of at least one example and a finite, non-negative
+/// weighted training loss.
+pub fn check_weight_and_loss(weight: u64, weighted_train_loss: f64) -> Result<(), Error> {
+    if weight == 0 {
+        return Err(Error::InvalidUpdate(
+            "model update has weight 0; expected at least 1 example".into(),
+        ));
+    }
+    if !weighted_train_loss.is_finite() || weighted_train_loss < 0.0 {
+        return Err(Error::InvalidUpdate(format!(
+            "weighted training loss is {weighted_train_loss}; expected a finite number >= 0"
+        )));
+    }
+    Ok(())
+}
+
 /// The running sum of the updates of one round. It keeps no individual update: each is added
 /// and dropped.
 #[derive(Debug, Clone)]
