@@ -6,7 +6,7 @@ use super::{Connection, Shared};
 use crate::Error;
 use crate::model::{initialize, save_safetensors};
 use crate::round::{Command, Event, RoundMachine, RoundSettings};
-use crate::store::{RoundRecord, Store};
+use crate::store::{Resume, RoundRecord, Store};
 use crate::strategy::FedAvg;
 use cairn_proto::v1::coordinator_message::Body;
 use cairn_proto::v1::{
@@ -28,6 +28,7 @@ struct RoundClock {
 pub(super) async fn run(
     shared: Arc<Shared>,
     store: Store,
+    resume: Resume,
     mut events: mpsc::UnboundedReceiver<Event>,
 ) -> Result<super::JobReport, Error> {
     let job = &shared.job;
@@ -39,10 +40,40 @@ pub(super) async fn run(
         max_round_attempts: job.max_round_attempts,
         seed: job.seed,
     };
-    let global = initialize(&shared.layout, job.seed);
-    let mut machine = RoundMachine::new(settings, Box::new(FedAvg::default()), global, 1);
+    let mut rounds = resume.rounds;
+    let committed = rounds.len() as u64;
+    let global = resume
+        .global
+        .unwrap_or_else(|| initialize(&shared.layout, job.seed));
+    let mut machine =
+        RoundMachine::new(settings, Box::new(FedAvg::default()), global, committed + 1);
+    if machine.is_finished() {
+        shared.finished.store(true, Ordering::SeqCst);
+        let model_path = store.final_model_path();
+        save_safetensors(&model_path, &shared.layout, machine.global())?;
+        let reason = format!(
+            "all {} rounds were already committed in {}",
+            job.rounds,
+            store.dir().display()
+        );
+        tracing::info!("job {} is complete: {reason}; nothing to run", job.name);
+        return Ok(super::JobReport {
+            rounds,
+            succeeded: true,
+            reason,
+            model_path,
+        });
+    }
+    if committed > 0 {
+        tracing::info!(
+            "resuming job {} at round {} of {} ({committed} rounds committed in {})",
+            job.name,
+            committed + 1,
+            job.rounds,
+            store.dir().display()
+        );
+    }
     let mut clock: Option<RoundClock> = None;
-    let mut rounds = Vec::new();
     while let Some(event) = events.recv().await {
         for command in machine.handle(event) {
             match command {
@@ -111,8 +142,9 @@ pub(super) async fn run(
                         bytes_in,
                         bytes_out,
                         committed_at: now_rfc3339(),
+                        checkpoint_sha256: String::new(),
                     };
-                    store.commit(&record, &shared.layout, &model)?;
+                    let record = store.commit(&record, &shared.layout, &model)?;
                     log_round(&record, job.rounds);
                     rounds.push(record);
                 }

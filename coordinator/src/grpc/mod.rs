@@ -74,7 +74,8 @@ pub struct ServeOptions {
     pub job: JobSpec,
     /// TLS material.
     pub tls: ServerTls,
-    /// Durable state directory.
+    /// Durable state directory; a directory of the same job resumes after its last committed
+    /// round.
     pub state_dir: PathBuf,
     /// Address to listen on (port 0 picks a free one).
     pub listen: SocketAddr,
@@ -145,7 +146,12 @@ impl Coordinator {
                 shape: t.shape.iter().map(|&d| d as u64).collect(),
             })
             .collect();
-        let store = Store::open(&options.state_dir, &options.job, options.keep_checkpoints)?;
+        let (store, resume) = Store::open(
+            &options.state_dir,
+            &options.job,
+            &layout,
+            options.keep_checkpoints,
+        )?;
         let (events, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             job: options.job.clone(),
@@ -204,7 +210,7 @@ impl Coordinator {
             options.job.min_participants
         );
         let driver = tokio::spawn(async move {
-            let report = driver::run(shared.clone(), store, events_rx).await;
+            let report = driver::run(shared.clone(), store, resume, events_rx).await;
             // Give participants a moment to read `JobFinished` and hang up, then stop serving.
             let _ = stop_server.send(());
             let grace = tokio::time::timeout(Duration::from_secs(5), server);

@@ -1,16 +1,33 @@
-//! Durable state under `--state-dir`: the job definition, one record per committed round
-//! (`rounds.jsonl`), a safetensors checkpoint of the global model after each committed round
-//! (the last few kept), and the final model (`model.safetensors`). Every file is replaced
-//! atomically (temporary file, fsync, rename, fsync of the directory), and a round is committed
-//! only once its checkpoint and its record are on disk.
+//! Durable state under `--state-dir`, so that a restarted coordinator loses nothing it committed:
+//!
+//! - `state.json`: the schema version and the job this directory belongs to;
+//! - `rounds.jsonl`: one record per committed round (participants, dropouts, metrics, and the
+//!   SHA-256 of the round's checkpoint), appended and fsynced;
+//! - `checkpoints/round-NNNNNN.safetensors`: the global model after each committed round, the
+//!   last few kept;
+//! - `model.safetensors`: the final model.
+//!
+//! Files are replaced atomically (temporary file, fsync, rename, fsync of the directory). A
+//! round is committed once its checkpoint and then its record are on disk; a crash between the
+//! two leaves an unreferenced checkpoint that the rerun of that round overwrites. The format is
+//! JSON lines rather than an embedded database because the access pattern is append-only and
+//! tiny (one line per round), and an operator can read it with any tool.
+//!
+//! [`Store::open`] resumes: it refuses a directory of another job or an unknown schema version,
+//! detects a corrupt record or checkpoint, and hands back the committed rounds and the global
+//! model of the last one.
 
 use crate::Error;
 use crate::config::JobSpec;
-use crate::model::{TensorShape, save_safetensors};
+use crate::model::{TensorShape, encode_safetensors, load_safetensors};
 use crate::round::RoundOutcome;
+use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// Version of the state directory's layout; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// A committed round: what the round logic decided plus what the driver measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +43,25 @@ pub struct RoundRecord {
     pub bytes_out: u64,
     /// Commit time, RFC 3339.
     pub committed_at: String,
+    /// SHA-256 (hex) of the round's checkpoint file.
+    #[serde(default)]
+    pub checkpoint_sha256: String,
+}
+
+/// The first line of defence against running a state directory with the wrong job or code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StateHeader {
+    schema_version: u32,
+    job: JobSpec,
+}
+
+/// What a state directory already holds.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// Committed rounds, in order (1, 2, ...).
+    pub rounds: Vec<RoundRecord>,
+    /// The global model after the last committed round, if any round was committed.
+    pub global: Option<Vec<f32>>,
 }
 
 /// The state directory of one job.
@@ -35,10 +71,19 @@ pub struct Store {
     keep_checkpoints: usize,
 }
 
+fn state_error(dir: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::StateDir(format!("{}: {reason}", dir.display()))
+}
+
 impl Store {
-    /// Opens `dir` for `job`, creating it. A directory that already holds committed rounds is
-    /// refused rather than overwritten.
-    pub fn open(dir: &Path, job: &JobSpec, keep_checkpoints: usize) -> Result<Store, Error> {
+    /// Opens (or creates) `dir` for `job` and reads what it already holds; `layout` is the
+    /// model's, used to load the last checkpoint.
+    pub fn open(
+        dir: &Path,
+        job: &JobSpec,
+        layout: &[TensorShape],
+        keep_checkpoints: usize,
+    ) -> Result<(Store, Resume), Error> {
         std::fs::create_dir_all(dir.join("checkpoints")).map_err(|source| Error::Io {
             what: format!("creating state dir {}", dir.display()),
             source,
@@ -47,21 +92,73 @@ impl Store {
             dir: dir.to_path_buf(),
             keep_checkpoints: keep_checkpoints.max(1),
         };
-        let rounds = store.rounds_path();
-        if rounds.exists()
-            && std::fs::metadata(&rounds)
-                .map(|m| m.len() > 0)
-                .unwrap_or(true)
-        {
-            return Err(Error::StateDir(format!(
-                "{} already holds committed rounds of a job; use an empty --state-dir for a new run",
-                dir.display()
-            )));
+        let header_path = dir.join("state.json");
+        match std::fs::read(&header_path) {
+            Ok(bytes) => store.check_header(&bytes, job)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if store.rounds_path().exists() {
+                    return Err(state_error(
+                        dir,
+                        "holds round records but no state.json; it was not written by this coordinator",
+                    ));
+                }
+                let header = StateHeader {
+                    schema_version: SCHEMA_VERSION,
+                    job: job.clone(),
+                };
+                let bytes = serde_json::to_vec_pretty(&header).map_err(|e| state_error(dir, e))?;
+                write_atomically(&header_path, &bytes)?;
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    what: format!("reading {}", header_path.display()),
+                    source,
+                });
+            }
         }
-        let job_json =
-            serde_json::to_vec_pretty(job).map_err(|e| Error::StateDir(e.to_string()))?;
-        write_atomically(&dir.join("job.json"), &job_json)?;
-        Ok(store)
+        let rounds = store.read_rounds()?;
+        let global = match rounds.last() {
+            None => None,
+            Some(last) => Some(store.load_checkpoint(last, layout)?),
+        };
+        Ok((store, Resume { rounds, global }))
+    }
+
+    fn check_header(&self, bytes: &[u8], job: &JobSpec) -> Result<(), Error> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| state_error(&self.dir, format!("state.json is corrupt ({e})")))?;
+        let version = value.get("schema_version").and_then(|v| v.as_u64());
+        if version != Some(u64::from(SCHEMA_VERSION)) {
+            return Err(state_error(
+                &self.dir,
+                format!(
+                    "written with state schema version {}, this coordinator reads version {SCHEMA_VERSION}",
+                    version.map_or("(none)".to_string(), |v| v.to_string())
+                ),
+            ));
+        }
+        let header: StateHeader = serde_json::from_value(value)
+            .map_err(|e| state_error(&self.dir, format!("state.json is corrupt ({e})")))?;
+        if header.job.name != job.name {
+            return Err(state_error(
+                &self.dir,
+                format!(
+                    "belongs to job {:?}, not {:?}; use another --state-dir for a different job",
+                    header.job.name, job.name
+                ),
+            ));
+        }
+        if header.job != *job {
+            return Err(state_error(
+                &self.dir,
+                format!(
+                    "belongs to job {:?} with a different definition; a job cannot change while it runs \
+                     (state.json holds the definition it started with)",
+                    job.name
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The directory.
@@ -85,17 +182,23 @@ impl Store {
         self.dir.join("model.safetensors")
     }
 
-    /// Makes a round durable: its checkpoint first, then its record; older checkpoints beyond
-    /// the configured number are removed afterwards.
+    /// Makes a round durable: its checkpoint first, then its record (which carries the
+    /// checkpoint's hash, and is returned); older checkpoints beyond the configured number are
+    /// removed afterwards.
     pub fn commit(
         &self,
         record: &RoundRecord,
         layout: &[TensorShape],
         model: &[f32],
-    ) -> Result<(), Error> {
+    ) -> Result<RoundRecord, Error> {
         let round = record.outcome.round;
-        save_safetensors(&self.checkpoint_path(round), layout, model)?;
-        let mut line = serde_json::to_vec(record).map_err(|e| Error::StateDir(e.to_string()))?;
+        let bytes = encode_safetensors(layout, model)?;
+        write_atomically(&self.checkpoint_path(round), &bytes)?;
+        let record = RoundRecord {
+            checkpoint_sha256: hex(digest(&SHA256, &bytes).as_ref()),
+            ..record.clone()
+        };
+        let mut line = serde_json::to_vec(&record).map_err(|e| Error::StateDir(e.to_string()))?;
         line.push(b'\n');
         let path = self.rounds_path();
         std::fs::OpenOptions::new()
@@ -109,17 +212,19 @@ impl Store {
             })?;
         if round > self.keep_checkpoints as u64 {
             let old = self.checkpoint_path(round - self.keep_checkpoints as u64);
-            // A checkpoint that is already gone (or never existed after a failed round) is fine.
+            // A checkpoint that is already gone is fine: pruning is best effort.
             let _ = std::fs::remove_file(old);
         }
-        Ok(())
+        Ok(record)
     }
 
-    /// Reads every committed round record.
-    pub fn rounds(&self) -> Result<Vec<RoundRecord>, Error> {
+    /// Reads every committed round record, checking that they are rounds 1, 2, ... without gap
+    /// or duplicate. A last line cut short by a crash during its append is a round that was not
+    /// committed: it is removed, and the round runs again.
+    pub fn read_rounds(&self) -> Result<Vec<RoundRecord>, Error> {
         let path = self.rounds_path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => {
                 return Err(Error::Io {
@@ -128,15 +233,88 @@ impl Store {
                 });
             }
         };
-        text.lines()
-            .enumerate()
-            .map(|(i, line)| {
-                serde_json::from_str(line).map_err(|e| {
-                    Error::StateDir(format!("{} line {} is corrupt: {e}", path.display(), i + 1))
-                })
-            })
-            .collect()
+        let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if complete < text.len() {
+            let torn = String::from_utf8_lossy(&text[complete..]);
+            if serde_json::from_str::<RoundRecord>(&torn).is_ok() {
+                return Err(state_error(
+                    &self.dir,
+                    "rounds.jsonl ends without a newline; it was edited by hand",
+                ));
+            }
+            tracing::warn!(
+                "{}: removing a round record cut short by a crash ({} bytes); that round runs again",
+                path.display(),
+                text.len() - complete
+            );
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|file| file.set_len(complete as u64).and_then(|()| file.sync_all()))
+                .map_err(|source| Error::Io {
+                    what: format!("truncating {}", path.display()),
+                    source,
+                })?;
+        }
+        let text = String::from_utf8_lossy(&text[..complete]);
+        let mut rounds = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let record: RoundRecord = serde_json::from_str(line).map_err(|e| {
+                state_error(
+                    &self.dir,
+                    format!("rounds.jsonl line {} is corrupt ({e})", index + 1),
+                )
+            })?;
+            let expected = index as u64 + 1;
+            if record.outcome.round != expected {
+                return Err(state_error(
+                    &self.dir,
+                    format!(
+                        "rounds.jsonl line {} holds round {}, expected round {expected}",
+                        index + 1,
+                        record.outcome.round
+                    ),
+                ));
+            }
+            rounds.push(record);
+        }
+        Ok(rounds)
     }
+
+    /// Loads the checkpoint of a committed round, checking it against the hash in its record.
+    pub fn load_checkpoint(
+        &self,
+        record: &RoundRecord,
+        layout: &[TensorShape],
+    ) -> Result<Vec<f32>, Error> {
+        let round = record.outcome.round;
+        let path = self.checkpoint_path(round);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            state_error(
+                &self.dir,
+                format!(
+                    "checkpoint of committed round {round} ({}) cannot be read: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+        let actual = hex(digest(&SHA256, &bytes).as_ref());
+        if actual != record.checkpoint_sha256 {
+            return Err(state_error(
+                &self.dir,
+                format!(
+                    "checkpoint of committed round {round} ({}) is corrupt: sha256 {actual}, the round record says {}",
+                    path.display(),
+                    record.checkpoint_sha256
+                ),
+            ));
+        }
+        load_safetensors(&path, layout)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Replaces `path` with `bytes` atomically: write a temporary file beside it, fsync it, rename it
@@ -165,91 +343,4 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{DatasetKind, ModelKind};
-    use crate::model::{initialize, layout, load_safetensors};
-
-    fn job() -> JobSpec {
-        JobSpec::parse("name: t\nmodel: mlp\ndataset: digits\nrounds: 5\nmin_participants: 1\nparticipants: [a]\n")
-            .unwrap()
-    }
-
-    fn record(round: u64) -> RoundRecord {
-        RoundRecord {
-            outcome: RoundOutcome {
-                round,
-                attempt: 1,
-                selected: vec!["a".into()],
-                contributors: vec!["a".into()],
-                dropouts: vec![],
-                train_examples: 10,
-                train_loss: 0.5,
-                evaluators: 1,
-                eval_examples: 5,
-                eval_loss: Some(0.4),
-                eval_accuracy: Some(0.9),
-            },
-            duration_s: 1.5,
-            bytes_in: 100,
-            bytes_out: 200,
-            committed_at: "2026-01-01T00:00:00Z".into(),
-        }
-    }
-
-    #[test]
-    fn commits_keep_the_last_checkpoints_and_every_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &job(), 2).unwrap();
-        let layout = layout(ModelKind::Mlp, DatasetKind::Digits);
-        for round in 1..=4 {
-            store
-                .commit(&record(round), &layout, &initialize(&layout, round))
-                .unwrap();
-        }
-        assert_eq!(
-            store
-                .rounds()
-                .unwrap()
-                .iter()
-                .map(|r| r.outcome.round)
-                .collect::<Vec<_>>(),
-            vec![1, 2, 3, 4]
-        );
-        assert!(!store.checkpoint_path(2).exists());
-        assert_eq!(
-            load_safetensors(&store.checkpoint_path(4), &layout).unwrap(),
-            initialize(&layout, 4)
-        );
-        assert_eq!(
-            load_safetensors(&store.checkpoint_path(3), &layout).unwrap(),
-            initialize(&layout, 3)
-        );
-    }
-
-    #[test]
-    fn a_state_dir_with_committed_rounds_is_not_overwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &job(), 2).unwrap();
-        let layout = layout(ModelKind::Mlp, DatasetKind::Digits);
-        store
-            .commit(&record(1), &layout, &initialize(&layout, 1))
-            .unwrap();
-        let err = Store::open(dir.path(), &job(), 2).unwrap_err().to_string();
-        assert!(err.contains("already holds committed rounds"), "{err}");
-        assert_eq!(store.rounds().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn a_corrupt_record_is_reported_with_its_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &job(), 2).unwrap();
-        std::fs::write(
-            dir.path().join("rounds.jsonl"),
-            "{\"round\": 1}\nnot json\n",
-        )
-        .unwrap();
-        let err = store.rounds().unwrap_err().to_string();
-        assert!(err.contains("line 1"), "{err}");
-    }
-}
+mod tests;

@@ -15,6 +15,7 @@ use cairn_proto::v1::{
 };
 use rand::Rng;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -83,6 +84,34 @@ pub struct ClientOptions {
     pub max_backoff: Duration,
     /// Give up after this many failed connection attempts in a row (`None`: never).
     pub max_attempts: Option<u32>,
+    /// Fault injection: a filter that may drop, delay or cut messages in either direction.
+    pub filter: Option<Arc<dyn Filter>>,
+}
+
+/// What a [`Filter`] does with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Deliver it.
+    Pass,
+    /// Lose it silently, as a network partition would.
+    Drop,
+    /// Deliver it after this long (later messages wait behind it).
+    Delay(Duration),
+    /// Cut the connection, as a crash or a reset would.
+    Cut,
+}
+
+/// Fault injection in the participant's transport, for tests of dropouts, partitions and slow
+/// participants: it sees every message in both directions and decides its fate.
+pub trait Filter: Send + Sync + std::fmt::Debug {
+    /// A message about to be sent to the coordinator.
+    fn outbound(&self, _message: &ParticipantMessage) -> Verdict {
+        Verdict::Pass
+    }
+    /// A message just received from the coordinator.
+    fn inbound(&self, _message: &CoordinatorMessage) -> Verdict {
+        Verdict::Pass
+    }
 }
 
 impl ClientOptions {
@@ -100,6 +129,7 @@ impl ClientOptions {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             max_attempts: None,
+            filter: None,
         }
     }
 }
@@ -264,6 +294,10 @@ async fn session(
         .max_decoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES)
         .max_encoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES);
     let (outbox, receiver) = mpsc::channel::<ParticipantMessage>(16);
+    let receiver = match &options.filter {
+        None => receiver,
+        Some(filter) => filtered(receiver, filter.clone()),
+    };
     let hello = Hello {
         protocol_version: cairn_proto::PROTOCOL_VERSION,
         client_version: format!("cairn-participant {}", env!("CARGO_PKG_VERSION")),
@@ -271,13 +305,16 @@ async fn session(
     // The channel has room: nothing else has been queued yet.
     let _ = outbox.try_send(outbound(Outbound::Hello(hello)));
     let mut inbound = match client.session(ReceiverStream::new(receiver)).await {
-        Ok(response) => response.into_inner(),
+        Ok(response) => Inbox {
+            stream: response.into_inner(),
+            filter: options.filter.clone(),
+        },
         Err(status) if is_refusal(status.code()) => {
             return Err(Error::Refused(status.message().to_string()));
         }
         Err(status) => return retry(format!("session refused: {}", status.message()), false),
     };
-    let welcome = match next(&mut inbound).await {
+    let welcome = match inbound.next().await {
         Ok(Some(Inbound::Welcome(welcome))) => welcome,
         Ok(Some(Inbound::Finished(finished))) => return Ok(SessionEnd::Finished(finished.reason)),
         Ok(Some(_)) => return retry("the coordinator did not start with Welcome".into(), false),
@@ -314,25 +351,70 @@ async fn send_heartbeats(outbox: mpsc::Sender<ParticipantMessage>, interval: Dur
     }
 }
 
-/// The next message that is not a heartbeat; `Err` carries how the session ends.
-async fn next(
-    inbound: &mut Streaming<CoordinatorMessage>,
-) -> Result<Option<Inbound>, Result<SessionEnd, Error>> {
-    loop {
-        match inbound.message().await {
-            Ok(Some(CoordinatorMessage {
-                body: Some(Inbound::Heartbeat(_)),
-            })) => continue,
-            Ok(Some(CoordinatorMessage { body })) => return Ok(body),
-            Ok(None) => return Ok(None),
-            Err(status) if is_refusal(status.code()) => {
-                return Err(Err(Error::Refused(status.message().to_string())));
+/// Forwards outbound messages through `filter`, returning the receiving end for the gRPC stream.
+fn filtered(
+    mut receiver: mpsc::Receiver<ParticipantMessage>,
+    filter: Arc<dyn Filter>,
+) -> mpsc::Receiver<ParticipantMessage> {
+    let (sender, filtered) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(message) = receiver.recv().await {
+            match filter.outbound(&message) {
+                Verdict::Pass => {}
+                Verdict::Drop => continue,
+                Verdict::Delay(delay) => tokio::time::sleep(delay).await,
+                // Dropping both ends closes the request stream: the coordinator sees the session end.
+                Verdict::Cut => return,
             }
-            Err(status) => {
-                return Err(retry(
-                    format!("connection lost: {}", status.message()),
-                    true,
-                ));
+            if sender.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+    filtered
+}
+
+/// The coordinator's messages, through the fault-injection filter when there is one.
+struct Inbox {
+    stream: Streaming<CoordinatorMessage>,
+    filter: Option<Arc<dyn Filter>>,
+}
+
+impl Inbox {
+    /// The next message that is not a heartbeat; `Err` carries how the session ends.
+    async fn next(&mut self) -> Result<Option<Inbound>, Result<SessionEnd, Error>> {
+        loop {
+            let message = match self.stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => return Ok(None),
+                Err(status) if is_refusal(status.code()) => {
+                    return Err(Err(Error::Refused(status.message().to_string())));
+                }
+                Err(status) => {
+                    return Err(retry(
+                        format!("connection lost: {}", status.message()),
+                        true,
+                    ));
+                }
+            };
+            match self
+                .filter
+                .as_ref()
+                .map_or(Verdict::Pass, |f| f.inbound(&message))
+            {
+                Verdict::Pass => {}
+                Verdict::Drop => continue,
+                Verdict::Delay(delay) => tokio::time::sleep(delay).await,
+                Verdict::Cut => {
+                    return Err(retry(
+                        "connection cut by the fault-injection filter".into(),
+                        true,
+                    ));
+                }
+            }
+            match message.body {
+                Some(Inbound::Heartbeat(_)) => continue,
+                body => return Ok(body),
             }
         }
     }
@@ -340,14 +422,14 @@ async fn next(
 
 /// Reads the chunks of a transfer that `header` announced.
 async fn receive(
-    inbound: &mut Streaming<CoordinatorMessage>,
+    inbound: &mut Inbox,
     header: TransferHeader,
     what: String,
 ) -> Result<Vec<f32>, Result<SessionEnd, Error>> {
     let mut assembler = Assembler::new(header, what.clone(), None)
         .map_err(|e| retry(format!("{what}: {e}"), true))?;
     loop {
-        match next(inbound).await? {
+        match inbound.next().await? {
             Some(Inbound::Chunk(chunk)) => match assembler.push(chunk) {
                 Ok(Some(values)) => return Ok(values),
                 Ok(None) => continue,
@@ -412,7 +494,7 @@ async fn with_task<T: Send + 'static>(
 
 async fn serve(
     options: &ClientOptions,
-    inbound: &mut Streaming<CoordinatorMessage>,
+    inbound: &mut Inbox,
     outbox: &mpsc::Sender<ParticipantMessage>,
     task: &mut Option<Box<dyn Task>>,
     summary: &mut RunSummary,
@@ -420,7 +502,7 @@ async fn serve(
     let label = options.label.clone();
     let closed = || retry("the coordinator closed the session".into(), true);
     loop {
-        let message = match next(inbound).await {
+        let message = match inbound.next().await {
             Ok(Some(message)) => message,
             Ok(None) => return closed(),
             Err(end) => return end,

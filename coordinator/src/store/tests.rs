@@ -1,0 +1,159 @@
+//! Unit tests of the state directory: commit, resume, and every way it can be wrong.
+
+use super::*;
+use crate::config::{DatasetKind, ModelKind};
+use crate::model::{initialize, layout};
+
+fn job() -> JobSpec {
+    JobSpec::parse(
+        "name: t\nmodel: mlp\ndataset: digits\nrounds: 5\nmin_participants: 1\nparticipants: [a]\n",
+    )
+    .unwrap()
+}
+
+fn mlp() -> Vec<TensorShape> {
+    layout(ModelKind::Mlp, DatasetKind::Digits)
+}
+
+fn record(round: u64) -> RoundRecord {
+    RoundRecord {
+        outcome: RoundOutcome {
+            round,
+            attempt: 1,
+            selected: vec!["a".into()],
+            contributors: vec!["a".into()],
+            dropouts: vec![],
+            train_examples: 10,
+            train_loss: 0.5,
+            evaluators: 1,
+            eval_examples: 5,
+            eval_loss: Some(0.4),
+            eval_accuracy: Some(0.9),
+        },
+        duration_s: 1.5,
+        bytes_in: 100,
+        bytes_out: 200,
+        committed_at: "2026-01-01T00:00:00Z".into(),
+        checkpoint_sha256: String::new(),
+    }
+}
+
+fn committed(dir: &Path, rounds: u64) -> Store {
+    let (store, resume) = Store::open(dir, &job(), &mlp(), 2).unwrap();
+    assert!(resume.rounds.is_empty() && resume.global.is_none());
+    for round in 1..=rounds {
+        store
+            .commit(&record(round), &mlp(), &initialize(&mlp(), round))
+            .unwrap();
+    }
+    store
+}
+
+fn reopen_error(dir: &Path) -> String {
+    Store::open(dir, &job(), &mlp(), 2).unwrap_err().to_string()
+}
+
+#[test]
+fn resume_returns_every_round_and_the_last_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = committed(dir.path(), 4);
+    assert!(
+        !store.checkpoint_path(2).exists(),
+        "only the last 2 checkpoints are kept"
+    );
+    let (_, resume) = Store::open(dir.path(), &job(), &mlp(), 2).unwrap();
+    assert_eq!(
+        resume
+            .rounds
+            .iter()
+            .map(|r| r.outcome.round)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(resume.global.unwrap(), initialize(&mlp(), 4));
+    assert_eq!(resume.rounds[3].checkpoint_sha256.len(), 64);
+}
+
+#[test]
+fn another_job_or_schema_version_is_refused_and_nothing_is_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    committed(dir.path(), 1);
+    let before = std::fs::read(dir.path().join("rounds.jsonl")).unwrap();
+    let mut other = job();
+    other.name = "other".into();
+    let err = Store::open(dir.path(), &other, &mlp(), 2)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("belongs to job \"t\", not \"other\""), "{err}");
+    let mut changed = job();
+    changed.rounds = 9;
+    let err = Store::open(dir.path(), &changed, &mlp(), 2)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("different definition"), "{err}");
+    let header = dir.path().join("state.json");
+    let text = std::fs::read_to_string(&header)
+        .unwrap()
+        .replace("\"schema_version\": 1", "\"schema_version\": 7");
+    std::fs::write(&header, text).unwrap();
+    assert!(
+        reopen_error(dir.path()).contains("schema version 7, this coordinator reads version 1")
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("rounds.jsonl")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn a_corrupt_or_truncated_checkpoint_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = committed(dir.path(), 2);
+    let path = store.checkpoint_path(2);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = reopen_error(dir.path());
+    assert!(
+        err.contains("checkpoint of committed round 2") && err.contains("is corrupt"),
+        "{err}"
+    );
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() - 1] ^= 1;
+    std::fs::write(&path, flipped).unwrap();
+    assert!(reopen_error(dir.path()).contains("is corrupt"));
+    std::fs::remove_file(&path).unwrap();
+    assert!(reopen_error(dir.path()).contains("cannot be read"));
+}
+
+#[test]
+fn a_corrupt_record_database_is_detected_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    committed(dir.path(), 3);
+    let path = dir.path().join("rounds.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&path, format!("{}\nnot json\n{}\n", lines[0], lines[2])).unwrap();
+    assert!(reopen_error(dir.path()).contains("rounds.jsonl line 2 is corrupt"));
+    std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+    assert!(reopen_error(dir.path()).contains("line 2 holds round 3, expected round 2"));
+    std::fs::write(dir.path().join("state.json"), "{ not json").unwrap();
+    assert!(reopen_error(dir.path()).contains("state.json is corrupt"));
+}
+
+#[test]
+fn a_record_cut_short_by_a_crash_is_dropped_and_its_round_reruns() {
+    let dir = tempfile::tempdir().unwrap();
+    committed(dir.path(), 2);
+    let path = dir.path().join("rounds.jsonl");
+    let mut text = std::fs::read(&path).unwrap();
+    let full = text.len();
+    text.extend_from_slice(b"{\"round\": 3, \"attem");
+    std::fs::write(&path, &text).unwrap();
+    let (_, resume) = Store::open(dir.path(), &job(), &mlp(), 2).unwrap();
+    assert_eq!(resume.rounds.len(), 2);
+    assert_eq!(
+        std::fs::read(&path).unwrap().len(),
+        full,
+        "the torn line is removed"
+    );
+}
