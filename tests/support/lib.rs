@@ -48,12 +48,18 @@ impl Federation {
 
     /// Starts a coordinator for `job` on an ephemeral loopback port.
     pub async fn start(&self, job: JobSpec) -> Coordinator {
+        self.start_with_heartbeat(job, Duration::from_secs(2)).await
+    }
+
+    /// Starts a coordinator for `job` with the given heartbeat interval (a session silent for
+    /// three intervals is dropped).
+    pub async fn start_with_heartbeat(&self, job: JobSpec, heartbeat_interval: Duration) -> Coordinator {
         let options = ServeOptions {
             job,
             tls: ServerTls::from_dir(&self.dir.path().join("coordinator")).expect("server TLS"),
             state_dir: self.dir.path().join("state"),
             listen: "127.0.0.1:0".parse().expect("address"),
-            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_interval,
             keep_checkpoints: 3,
         };
         Coordinator::start(options)
@@ -79,9 +85,15 @@ pub fn url(coordinator: &Coordinator) -> String {
 
 /// A digits job for `ids`.
 pub fn digits_job(ids: &[&str], rounds: u64, min_participants: usize) -> JobSpec {
+    digits_job_with_deadline(ids, rounds, min_participants, 60)
+}
+
+/// A digits job for `ids` whose phases last at most `phase_deadline_s`.
+pub fn digits_job_with_deadline(ids: &[&str], rounds: u64, min_participants: usize, phase_deadline_s: u64) -> JobSpec {
     let yaml = format!(
         "name: test-job\nmodel: mlp\ndataset: digits\nrounds: {rounds}\nmin_participants: {min_participants}\n\
-         local_epochs: 2\nbatch_size: 16\nlearning_rate: 0.1\nphase_deadline_s: 60\nseed: 1\nparticipants: [{}]\n",
+         local_epochs: 2\nbatch_size: 16\nlearning_rate: 0.1\nphase_deadline_s: {phase_deadline_s}\nseed: 1\n\
+         participants: [{}]\n",
         ids.join(", ")
     );
     JobSpec::parse(&yaml).expect("valid job")
