@@ -5,7 +5,9 @@
 
 use cairn_coordinator::round::Phase;
 use cairn_participant::client::{Filter, Verdict, run_many};
-use cairn_proto::v1::{CoordinatorMessage, ParticipantMessage, coordinator_message, participant_message};
+use cairn_proto::v1::{
+    CoordinatorMessage, ParticipantMessage, coordinator_message, participant_message,
+};
 use cairn_tests::{Federation, digits_job_with_deadline, digits_task, finish};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +33,11 @@ struct PartitionForOneRound {
 impl Filter for PartitionForOneRound {
     fn outbound(&self, _message: &ParticipantMessage) -> Verdict {
         let partitioned = self.partitioned_round.lock().expect("lock").is_some();
-        if partitioned && !*self.healed.lock().expect("lock") { Verdict::Drop } else { Verdict::Pass }
+        if partitioned && !*self.healed.lock().expect("lock") {
+            Verdict::Drop
+        } else {
+            Verdict::Pass
+        }
     }
 
     fn inbound(&self, message: &CoordinatorMessage) -> Verdict {
@@ -53,7 +59,10 @@ async fn a_partitioned_participant_is_dropped_and_rejoins_when_the_partition_hea
     // Heartbeats every 10 s: the session outlives the partition, so the participant is still
     // connected (and selected) when it heals.
     let coordinator = federation
-        .start_with_heartbeat(digits_job_with_deadline(&IDS, 4, 2, 2), Duration::from_secs(10))
+        .start_with_heartbeat(
+            digits_job_with_deadline(&IDS, 4, 2, 2),
+            Duration::from_secs(10),
+        )
         .await;
     let partition = Arc::new(PartitionForOneRound::default());
     let clients = IDS
@@ -71,17 +80,35 @@ async fn a_partitioned_participant_is_dropped_and_rejoins_when_the_partition_hea
     let report = finish(coordinator).await.expect("report");
     assert!(report.succeeded, "{}", report.reason);
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    let partitioned_round = partition.partitioned_round.lock().expect("lock").expect("charlie was asked to train");
+    let partitioned_round = partition
+        .partitioned_round
+        .lock()
+        .expect("lock")
+        .expect("charlie was asked to train");
     let record = &report.rounds[partitioned_round as usize - 1];
-    let dropout = record.outcome.dropouts.iter().find(|d| d.id == "charlie" && d.phase == Phase::Train);
-    let dropout = dropout.unwrap_or_else(|| panic!("charlie not dropped in round {partitioned_round}: {record:?}"));
-    assert!(dropout.reason.contains("missed the 2 s deadline"), "{dropout:?}");
+    let dropout = record
+        .outcome
+        .dropouts
+        .iter()
+        .find(|d| d.id == "charlie" && d.phase == Phase::Train);
+    let dropout = dropout
+        .unwrap_or_else(|| panic!("charlie not dropped in round {partitioned_round}: {record:?}"));
+    assert!(
+        dropout.reason.contains("missed the 2 s deadline"),
+        "{dropout:?}"
+    );
     assert_eq!(record.outcome.contributors, vec!["alpha", "bravo"]);
     // Healed, charlie contributes again in a later round.
     assert!(
-        report.rounds[partitioned_round as usize..].iter().any(|r| r.outcome.contributors.contains(&"charlie".to_string())),
+        report.rounds[partitioned_round as usize..]
+            .iter()
+            .any(|r| r.outcome.contributors.contains(&"charlie".to_string())),
         "charlie never rejoined: {:?}",
-        report.rounds.iter().map(|r| &r.outcome.contributors).collect::<Vec<_>>()
+        report
+            .rounds
+            .iter()
+            .map(|r| &r.outcome.contributors)
+            .collect::<Vec<_>>()
     );
 }
 
@@ -108,8 +135,13 @@ impl Filter for SlowFirstUpdate {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_participant_does_not_delay_the_round_past_its_deadline() {
     let federation = Federation::provision(&IDS);
-    let coordinator = federation.start(digits_job_with_deadline(&IDS, 2, 2, 2)).await;
-    let slow = Arc::new(SlowFirstUpdate { delay: Duration::from_secs(30), delayed_round: Mutex::new(None) });
+    let coordinator = federation
+        .start(digits_job_with_deadline(&IDS, 2, 2, 2))
+        .await;
+    let slow = Arc::new(SlowFirstUpdate {
+        delay: Duration::from_secs(30),
+        delayed_round: Mutex::new(None),
+    });
     let clients = IDS
         .iter()
         .enumerate()
@@ -124,14 +156,26 @@ async fn a_slow_participant_does_not_delay_the_round_past_its_deadline() {
     let _ = run_many(clients).await;
     let report = finish(coordinator).await.expect("report");
     assert!(report.succeeded, "{}", report.reason);
-    let slow_round = slow.delayed_round.lock().expect("lock").expect("charlie sent an update");
+    let slow_round = slow
+        .delayed_round
+        .lock()
+        .expect("lock")
+        .expect("charlie sent an update");
     let record = &report.rounds[slow_round as usize - 1];
     assert!(
-        record.outcome.dropouts.iter().any(|d| d.id == "charlie" && d.phase == Phase::Train),
+        record
+            .outcome
+            .dropouts
+            .iter()
+            .any(|d| d.id == "charlie" && d.phase == Phase::Train),
         "{record:?}"
     );
     assert!(!record.outcome.contributors.contains(&"charlie".to_string()));
     // The round ended at its 2 s phase deadlines (a retried attempt included), not after the
     // 30 s the slow update took.
-    assert!(record.duration_s < 10.0, "round took {} s", record.duration_s);
+    assert!(
+        record.duration_s < 10.0,
+        "round took {} s",
+        record.duration_s
+    );
 }

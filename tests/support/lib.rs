@@ -53,7 +53,11 @@ impl Federation {
 
     /// Starts a coordinator for `job` with the given heartbeat interval (a session silent for
     /// three intervals is dropped).
-    pub async fn start_with_heartbeat(&self, job: JobSpec, heartbeat_interval: Duration) -> Coordinator {
+    pub async fn start_with_heartbeat(
+        &self,
+        job: JobSpec,
+        heartbeat_interval: Duration,
+    ) -> Coordinator {
         let options = ServeOptions {
             job,
             tls: ServerTls::from_dir(&self.dir.path().join("coordinator")).expect("server TLS"),
@@ -89,7 +93,12 @@ pub fn digits_job(ids: &[&str], rounds: u64, min_participants: usize) -> JobSpec
 }
 
 /// A digits job for `ids` whose phases last at most `phase_deadline_s`.
-pub fn digits_job_with_deadline(ids: &[&str], rounds: u64, min_participants: usize, phase_deadline_s: u64) -> JobSpec {
+pub fn digits_job_with_deadline(
+    ids: &[&str],
+    rounds: u64,
+    min_participants: usize,
+    phase_deadline_s: u64,
+) -> JobSpec {
     let yaml = format!(
         "name: test-job\nmodel: mlp\ndataset: digits\nrounds: {rounds}\nmin_participants: {min_participants}\n\
          local_epochs: 2\nbatch_size: 16\nlearning_rate: 0.1\nphase_deadline_s: {phase_deadline_s}\nseed: 1\n\
