@@ -557,6 +557,11 @@ async fn serve(
                 {
                     return closed();
                 }
+                tracing::info!(
+                    participant = %label,
+                    "{label}: round {round}: update sent ({} values, weight {weight}, train loss {mean_loss:.4})",
+                    weighted_delta.len()
+                );
                 summary.rounds_trained += 1;
             }
             Inbound::Evaluate(instruction) => {
@@ -564,6 +569,7 @@ async fn serve(
                     return retry("evaluate instruction without model".into(), true);
                 };
                 let round = header.round;
+                tracing::info!(participant = %label, "{label}: round {round}: evaluating the new global model");
                 if let Some(task) = task.as_ref() {
                     check_layout(&header, &task.layout())?;
                 }
