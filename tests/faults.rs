@@ -153,8 +153,11 @@ async fn a_slow_participant_does_not_delay_the_round_past_its_deadline() {
             (options, digits_task(index, IDS.len()))
         })
         .collect();
-    let _ = run_many(clients).await;
+    // A participant that was between sessions when the job ended never hears that it ended and
+    // keeps retrying; only the coordinator's report matters here.
+    let clients = tokio::spawn(run_many(clients));
     let report = finish(coordinator).await.expect("report");
+    clients.abort();
     assert!(report.succeeded, "{}", report.reason);
     let slow_round = slow
         .delayed_round

@@ -77,6 +77,7 @@ impl Federation {
         let mut options = ClientOptions::new(url(coordinator), kit, id);
         options.server_name = Some("localhost".into());
         options.initial_backoff = Duration::from_millis(100);
+        options.max_backoff = Duration::from_secs(1);
         options.max_attempts = Some(20);
         options
     }
