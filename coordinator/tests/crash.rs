@@ -74,6 +74,7 @@ fn participants(dir: &Path, port: u16) -> Vec<(ClientOptions, Box<dyn Task>)> {
             options.server_name = Some("localhost".into());
             options.initial_backoff = Duration::from_millis(100);
             options.max_backoff = Duration::from_secs(1);
+            options.max_attempts = Some(60);
             let partition = Partition {
                 scheme: Scheme::Iid,
                 index,
@@ -153,7 +154,10 @@ async fn a_coordinator_killed_mid_job_resumes_and_loses_no_round() {
         )),
         "{log}"
     );
-    for result in clients.await.expect("participants") {
+    let results = tokio::time::timeout(Duration::from_secs(90), clients)
+        .await
+        .expect("participants end");
+    for result in results.expect("participants") {
         assert_eq!(
             result.expect("participant finished").finish_reason,
             format!("all {ROUNDS} rounds completed")
