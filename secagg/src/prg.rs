@@ -1,0 +1,82 @@
+//! The mask PRG: AES-128 in counter mode (AES-NI where the CPU has it, detected at run time),
+//! as in Bonawitz et al. 2017 §6 and Google's production implementation. A mask is the keystream
+//! read as little-endian `u32`s; it is generated in cache-sized blocks and added to (or
+//! subtracted from) the vector in the same pass, so a 1M-element mask never exists in memory.
+
+use aes::cipher::{KeyIvInit, StreamCipher};
+
+type Aes128Ctr = ctr::Ctr64BE<aes::Aes128>;
+
+/// A 128-bit PRG key; derive it with [`crate::mask`]'s key derivation, never use a raw secret.
+pub type PrgKey = [u8; 16];
+
+/// Whether a mask is added or subtracted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sign {
+    /// `vector += mask`.
+    Add,
+    /// `vector -= mask`.
+    Subtract,
+}
+
+/// Values per keystream block: 16 KiB, which stays in L1/L2 cache.
+const BLOCK_VALUES: usize = 4096;
+
+/// Adds (or subtracts) the mask expanded from `key` to `vector`, modulo 2^32.
+pub fn apply_mask(vector: &mut [u32], key: &PrgKey, sign: Sign) {
+    // The IV is fixed: every key is derived for one mask of one session and used once.
+    let mut cipher = Aes128Ctr::new(key.into(), &[0u8; 16].into());
+    let mut block = [0u8; BLOCK_VALUES * 4];
+    for values in vector.chunks_mut(BLOCK_VALUES) {
+        let bytes = &mut block[..values.len() * 4];
+        bytes.fill(0);
+        cipher.apply_keystream(bytes);
+        for (value, mask) in values.iter_mut().zip(bytes.chunks_exact(4)) {
+            let mask = u32::from_le_bytes([mask[0], mask[1], mask[2], mask[3]]);
+            *value = match sign {
+                Sign::Add => value.wrapping_add(mask),
+                Sign::Subtract => value.wrapping_sub(mask),
+            };
+        }
+    }
+}
+
+/// The mask itself (for tests and benchmarks).
+pub fn expand(key: &PrgKey, len: usize) -> Vec<u32> {
+    let mut mask = vec![0u32; len];
+    apply_mask(&mut mask, key, Sign::Add);
+    mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keystream_is_aes_128_ctr() {
+        // The first counter block is all zeros, so the first keystream block is AES-128 of the
+        // zero block; with the all-zero key that is 66e94bd4ef8a2c3b884cfa59ca342b2e (the
+        // well-known AES-128 known-answer value).
+        let mask = expand(&[0u8; 16], 4);
+        let bytes: Vec<u8> = mask.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "66e94bd4ef8a2c3b884cfa59ca342b2e");
+    }
+
+    #[test]
+    fn adding_then_subtracting_restores_the_vector_across_blocks() {
+        let original: Vec<u32> = (0..10_000).map(|i| i * 7).collect();
+        let mut vector = original.clone();
+        apply_mask(&mut vector, &[9u8; 16], Sign::Add);
+        assert_ne!(vector, original);
+        apply_mask(&mut vector, &[9u8; 16], Sign::Subtract);
+        assert_eq!(vector, original);
+    }
+
+    #[test]
+    fn different_keys_give_different_masks_and_a_long_mask_continues_a_short_one() {
+        assert_ne!(expand(&[1u8; 16], 64), expand(&[2u8; 16], 64));
+        let long = expand(&[3u8; 16], 5000);
+        assert_eq!(&long[..100], expand(&[3u8; 16], 100).as_slice());
+    }
+}
