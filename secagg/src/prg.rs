@@ -3,7 +3,7 @@
 //! read as little-endian `u32`s; it is generated in cache-sized blocks and added to (or
 //! subtracted from) the vector in the same pass, so a 1M-element mask never exists in memory.
 
-use aes::cipher::{KeyIvInit, StreamCipher};
+use aes::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 
 type Aes128Ctr = ctr::Ctr64BE<aes::Aes128>;
 
@@ -24,8 +24,15 @@ const BLOCK_VALUES: usize = 4096;
 
 /// Adds (or subtracts) the mask expanded from `key` to `vector`, modulo 2^32.
 pub fn apply_mask(vector: &mut [u32], key: &PrgKey, sign: Sign) {
+    apply_mask_at(vector, 0, key, sign);
+}
+
+/// Like [`apply_mask`] for the part of a longer vector that starts at value `offset`: counter
+/// mode can start anywhere, so threads can each take a range of columns.
+pub fn apply_mask_at(vector: &mut [u32], offset: usize, key: &PrgKey, sign: Sign) {
     // The IV is fixed: every key is derived for one mask of one session and used once.
     let mut cipher = Aes128Ctr::new(key.into(), &[0u8; 16].into());
+    cipher.seek(offset as u64 * 4);
     let mut block = [0u8; BLOCK_VALUES * 4];
     for values in vector.chunks_mut(BLOCK_VALUES) {
         let bytes = &mut block[..values.len() * 4];
@@ -39,6 +46,23 @@ pub fn apply_mask(vector: &mut [u32], key: &PrgKey, sign: Sign) {
             };
         }
     }
+}
+
+/// Applies many masks to `vector`, splitting its columns across `threads` threads; each thread
+/// streams every mask over its own range, which stays in cache.
+pub fn apply_masks_parallel(vector: &mut [u32], masks: &[(PrgKey, Sign)], threads: usize) {
+    let threads = threads.max(1);
+    // Ranges are whole 16-byte AES blocks (4 values), so no thread starts inside a block.
+    let per_thread = vector.len().div_ceil(threads).div_ceil(4) * 4;
+    std::thread::scope(|scope| {
+        for (index, range) in vector.chunks_mut(per_thread.max(4)).enumerate() {
+            scope.spawn(move || {
+                for (key, sign) in masks {
+                    apply_mask_at(range, index * per_thread.max(4), key, *sign);
+                }
+            });
+        }
+    });
 }
 
 /// The mask itself (for tests and benchmarks).
@@ -71,6 +95,31 @@ mod tests {
         assert_ne!(vector, original);
         apply_mask(&mut vector, &[9u8; 16], Sign::Subtract);
         assert_eq!(vector, original);
+    }
+
+    #[test]
+    fn masks_applied_by_range_or_in_parallel_equal_the_whole() {
+        let masks = [
+            ([1u8; 16], Sign::Add),
+            ([2u8; 16], Sign::Subtract),
+            ([3u8; 16], Sign::Add),
+        ];
+        for len in [1, 3, 4, 4097, 10_001] {
+            let mut whole = vec![5u32; len];
+            for (key, sign) in &masks {
+                apply_mask(&mut whole, key, *sign);
+            }
+            for threads in [1, 2, 3, 7] {
+                let mut parallel = vec![5u32; len];
+                apply_masks_parallel(&mut parallel, &masks, threads);
+                assert_eq!(parallel, whole, "len {len}, {threads} threads");
+            }
+            let mut tail = vec![5u32; len.saturating_sub(1)];
+            apply_mask_at(&mut tail, 1, &masks[0].0, Sign::Add);
+            let mut expected = vec![5u32; len];
+            apply_mask(&mut expected, &masks[0].0, Sign::Add);
+            assert_eq!(tail, &expected[1..]);
+        }
     }
 
     #[test]
