@@ -33,11 +33,16 @@ pub fn apply_mask_at(vector: &mut [u32], offset: usize, key: &PrgKey, sign: Sign
     // The IV is fixed: every key is derived for one mask of one session and used once.
     let mut cipher = Aes128Ctr::new(key.into(), &[0u8; 16].into());
     cipher.seek(offset as u64 * 4);
+    // Encrypting a constant zero block into a second buffer yields the keystream without a pass
+    // to clear the buffer first.
+    const ZEROS: [u8; BLOCK_VALUES * 4] = [0u8; BLOCK_VALUES * 4];
     let mut block = [0u8; BLOCK_VALUES * 4];
     for values in vector.chunks_mut(BLOCK_VALUES) {
         let bytes = &mut block[..values.len() * 4];
-        bytes.fill(0);
-        cipher.apply_keystream(bytes);
+        // Invariant: both buffers have the same length, the only way this can fail.
+        cipher
+            .apply_keystream_b2b(&ZEROS[..bytes.len()], bytes)
+            .expect("equal buffer lengths");
         for (value, mask) in values.iter_mut().zip(bytes.chunks_exact(4)) {
             let mask = u32::from_le_bytes([mask[0], mask[1], mask[2], mask[3]]);
             *value = match sign {
@@ -48,17 +53,22 @@ pub fn apply_mask_at(vector: &mut [u32], offset: usize, key: &PrgKey, sign: Sign
     }
 }
 
-/// Applies many masks to `vector`, splitting its columns across `threads` threads; each thread
-/// streams every mask over its own range, which stays in cache.
+/// Applies many masks to `vector`, splitting its columns across `threads` threads. Each thread
+/// walks its range one cache-sized block at a time and applies every mask to that block before
+/// moving on, so the vector is read and written once rather than once per mask.
 pub fn apply_masks_parallel(vector: &mut [u32], masks: &[(PrgKey, Sign)], threads: usize) {
     let threads = threads.max(1);
     // Ranges are whole 16-byte AES blocks (4 values), so no thread starts inside a block.
-    let per_thread = vector.len().div_ceil(threads).div_ceil(4) * 4;
+    let per_thread = (vector.len().div_ceil(threads).div_ceil(4) * 4).max(4);
+    const TILE: usize = 4 * BLOCK_VALUES;
     std::thread::scope(|scope| {
-        for (index, range) in vector.chunks_mut(per_thread.max(4)).enumerate() {
+        for (index, range) in vector.chunks_mut(per_thread).enumerate() {
             scope.spawn(move || {
-                for (key, sign) in masks {
-                    apply_mask_at(range, index * per_thread.max(4), key, *sign);
+                for (tile_index, tile) in range.chunks_mut(TILE).enumerate() {
+                    let offset = index * per_thread + tile_index * TILE;
+                    for (key, sign) in masks {
+                        apply_mask_at(tile, offset, key, *sign);
+                    }
                 }
             });
         }
