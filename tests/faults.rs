@@ -14,6 +14,27 @@ use std::time::Duration;
 
 const IDS: [&str; 3] = ["alpha", "bravo", "charlie"];
 
+/// The three participants, with `filter` in charlie's transport.
+fn participants(
+    federation: &Federation,
+    coordinator: &cairn_coordinator::Coordinator,
+    filter: Arc<dyn Filter>,
+) -> Vec<(
+    cairn_participant::client::ClientOptions,
+    Box<dyn cairn_participant::task::Task>,
+)> {
+    IDS.iter()
+        .enumerate()
+        .map(|(index, id)| {
+            let mut options = federation.client(coordinator, id);
+            if *id == "charlie" {
+                options.filter = Some(filter.clone());
+            }
+            (options, digits_task(index, IDS.len()))
+        })
+        .collect()
+}
+
 fn train_round(message: &CoordinatorMessage) -> Option<u64> {
     match &message.body {
         Some(coordinator_message::Body::Train(train)) => train.model.as_ref().map(|m| m.round),
@@ -65,17 +86,7 @@ async fn a_partitioned_participant_is_dropped_and_rejoins_when_the_partition_hea
         )
         .await;
     let partition = Arc::new(PartitionForOneRound::default());
-    let clients = IDS
-        .iter()
-        .enumerate()
-        .map(|(index, id)| {
-            let mut options = federation.client(&coordinator, id);
-            if *id == "charlie" {
-                options.filter = Some(partition.clone());
-            }
-            (options, digits_task(index, IDS.len()))
-        })
-        .collect();
+    let clients = participants(&federation, &coordinator, partition.clone());
     let results = run_many(clients).await;
     let report = finish(coordinator).await.expect("report");
     assert!(report.succeeded, "{}", report.reason);
@@ -142,17 +153,7 @@ async fn a_slow_participant_does_not_delay_the_round_past_its_deadline() {
         delay: Duration::from_secs(30),
         delayed_round: Mutex::new(None),
     });
-    let clients = IDS
-        .iter()
-        .enumerate()
-        .map(|(index, id)| {
-            let mut options = federation.client(&coordinator, id);
-            if *id == "charlie" {
-                options.filter = Some(slow.clone());
-            }
-            (options, digits_task(index, IDS.len()))
-        })
-        .collect();
+    let clients = participants(&federation, &coordinator, slow.clone());
     // A participant that was between sessions when the job ended never hears that it ended and
     // keeps retrying; only the coordinator's report matters here.
     let clients = tokio::spawn(run_many(clients));
