@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod graph;
 pub mod mask;
 pub mod prg;
+pub mod protocol;
 pub mod quantize;
 pub mod shamir;
 

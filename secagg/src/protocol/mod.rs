@@ -1,0 +1,270 @@
+//! The two role state machines of SecAgg+ (Bonawitz et al. 2017, Fig. 4 and its active-adversary
+//! variant; Bell et al. 2020 for the neighbourhoods), sans-I/O: each method takes what the other
+//! side sent and returns what to send next, or the reason to abort. A driver moves messages and
+//! decides when a phase's deadline has passed; these machines hold no socket and read no clock.
+//!
+//! Rounds of the protocol:
+//! 0. **AdvertiseKeys**: each participant sends two fresh X25519 public keys (channel, mask),
+//!    signed with its identity key over (job, round, index, keys).
+//! 1. **ShareKeys**: each verifies every advertisement it is shown, derives the session id from
+//!    them, and sends each neighbour, encrypted under their pairwise channel key with (job, round,
+//!    sender, receiver) as associated data, a share of its self-mask seed and of its mask key.
+//! 2. **CollectMasked**: each masks its quantised input with its self mask and the pairwise masks
+//!    of the neighbours whose shares it received; the coordinator adds the masked inputs.
+//! 3. **ConsistencyCheck**: each signs the survivor set it is shown.
+//! 4. **Unmask**: each verifies at least `t` signatures over the survivor set it saw, then reveals,
+//!    for each neighbour whose shares it holds, the self-mask share if that neighbour survived or
+//!    the mask-key share if it dropped out, never both, and only once.
+
+mod coordinator;
+mod participant;
+
+pub use coordinator::CoordinatorMachine;
+pub use participant::ParticipantMachine;
+
+use crate::graph::Graph;
+use crate::shamir::Share;
+
+/// Public parameters of one round, the same for every party.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundConfig {
+    /// Job name (bound into every signature, session id and associated data).
+    pub job: String,
+    /// Round number.
+    pub round: u64,
+    /// Number of participants selected; they are indexed `0..n_participants`.
+    pub n_participants: u32,
+    /// Shares needed to reconstruct a secret (Shamir threshold `t`).
+    pub threshold: usize,
+    /// The neighbourhood graph over the participants.
+    pub graph: Graph,
+    /// Values per input vector.
+    pub vector_len: usize,
+}
+
+/// A participant's signed public keys (protocol round 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertisement {
+    /// Sender.
+    pub from: u32,
+    /// Key for the encrypted channel to neighbours.
+    pub channel_public: [u8; 32],
+    /// Key for pairwise masks.
+    pub mask_public: [u8; 32],
+    /// Identity-key signature over [`advertisement_message`].
+    pub signature: Vec<u8>,
+}
+
+/// Shares from one participant for one neighbour, encrypted (protocol round 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptedShares {
+    /// Sender (the owner of the shared secrets).
+    pub from: u32,
+    /// Receiver (who will hold the shares).
+    pub to: u32,
+    /// Nonce and ChaCha20-Poly1305 ciphertext of the two shares.
+    pub ciphertext: Vec<u8>,
+}
+
+/// A masked input (protocol round 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedInput {
+    /// Sender.
+    pub from: u32,
+    /// Quantised input plus masks, modulo 2^32.
+    pub values: Vec<u32>,
+}
+
+/// A signature over the survivor set (protocol round 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SurvivorSignature {
+    /// Signer.
+    pub from: u32,
+    /// Identity-key signature over [`survivors_message`].
+    pub signature: Vec<u8>,
+}
+
+/// The shares one participant reveals (protocol round 4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reveal {
+    /// Sender.
+    pub from: u32,
+    /// For each surviving neighbour (owner), the sender's share of its self-mask seed.
+    pub self_mask_shares: Vec<(u32, Share)>,
+    /// For each dropped neighbour (owner), the sender's share of its mask key.
+    pub mask_key_shares: Vec<(u32, Share)>,
+}
+
+/// Signs with the participant's identity key (the key of its mTLS certificate).
+pub trait Signer {
+    /// A signature over `message`.
+    fn sign(&self, message: &[u8]) -> Vec<u8>;
+}
+
+/// Verifies participants' identity signatures (against certificates checked against the
+/// federation CA).
+pub trait Verifier {
+    /// Whether `signature` is `participant`'s signature over `message`.
+    fn verify(&self, participant: u32, message: &[u8], signature: &[u8]) -> bool;
+}
+
+/// Why a party aborts the round. A participant that aborts reveals nothing more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A message arrived in a phase that does not take it (replayed, or out of order).
+    #[error("{message} arrived while {state}")]
+    WrongPhase {
+        /// What arrived.
+        message: &'static str,
+        /// What the machine was waiting for.
+        state: &'static str,
+    },
+    /// An advertisement's signature does not verify: its keys were substituted, or it belongs to
+    /// another job or round (a replay).
+    #[error(
+        "advertisement of participant {from} does not carry a valid signature (substituted keys or replayed from another round)"
+    )]
+    BadAdvertisement {
+        /// Claimed sender.
+        from: u32,
+    },
+    /// The coordinator showed this participant keys for itself that it did not advertise.
+    #[error("the advertised keys shown for this participant are not the ones it sent")]
+    OwnKeysSubstituted,
+    /// A message names a participant outside the round, or one that is not a neighbour.
+    #[error(
+        "message from participant {from} to {to} is not allowed in this round's neighbourhoods"
+    )]
+    NotANeighbour {
+        /// Sender.
+        from: u32,
+        /// Receiver.
+        to: u32,
+    },
+    /// Two messages of the same kind from the same sender.
+    #[error("duplicate {message} from participant {from}")]
+    Duplicate {
+        /// What was duplicated.
+        message: &'static str,
+        /// Sender.
+        from: u32,
+    },
+    /// Too few parties remain for the threshold.
+    #[error("only {remaining} {what} remain, the threshold is {threshold}")]
+    BelowThreshold {
+        /// What was counted.
+        what: &'static str,
+        /// How many remain.
+        remaining: usize,
+        /// The threshold.
+        threshold: usize,
+    },
+    /// Encrypted shares did not decrypt for their (job, round, sender, receiver).
+    #[error(
+        "shares from participant {from} do not decrypt (tampered, or for another round or receiver)"
+    )]
+    BadShares {
+        /// Sender.
+        from: u32,
+    },
+    /// A survivor-set signature does not verify over the set this participant was shown: the
+    /// coordinator showed different sets to different participants.
+    #[error(
+        "survivor set signature of participant {from} does not match the set shown here (inconsistent survivor sets)"
+    )]
+    InconsistentSurvivors {
+        /// Signer.
+        from: u32,
+    },
+    /// The survivor set is malformed (this participant missing, or unknown members).
+    #[error("survivor set is invalid: {0}")]
+    InvalidSurvivors(String),
+    /// An input or masked vector has the wrong length.
+    #[error("vector from participant {from} has {actual} values, expected {expected}")]
+    WrongLength {
+        /// Sender.
+        from: u32,
+        /// Values received.
+        actual: usize,
+        /// Values expected.
+        expected: usize,
+    },
+    /// A revealed share set asks for, or carries, both shares of one participant.
+    #[error(
+        "participant {owner}'s self-mask share and mask-key share were both requested or revealed"
+    )]
+    BothShares {
+        /// Whose secrets.
+        owner: u32,
+    },
+    /// Reconstructing a secret failed.
+    #[error("reconstruction of participant {owner}'s secret failed: {reason}")]
+    Reconstruction {
+        /// Whose secret.
+        owner: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A cryptographic operation failed.
+    #[error(transparent)]
+    Crypto(#[from] crate::Error),
+}
+
+fn header(label: &[u8], config: &RoundConfig) -> Vec<u8> {
+    let mut message = label.to_vec();
+    message.extend_from_slice(&(config.job.len() as u64).to_be_bytes());
+    message.extend_from_slice(config.job.as_bytes());
+    message.extend_from_slice(&config.round.to_be_bytes());
+    message
+}
+
+/// What an advertisement's signature covers: (job, round, sender, keys).
+pub fn advertisement_message(
+    config: &RoundConfig,
+    from: u32,
+    channel_public: &[u8; 32],
+    mask_public: &[u8; 32],
+) -> Vec<u8> {
+    let mut message = header(b"cairn secagg advertise v1", config);
+    message.extend_from_slice(&from.to_be_bytes());
+    message.extend_from_slice(channel_public);
+    message.extend_from_slice(mask_public);
+    message
+}
+
+/// What a survivor-set signature covers: (job, round, the sorted survivor set).
+pub fn survivors_message(config: &RoundConfig, survivors: &[u32]) -> Vec<u8> {
+    let mut message = header(b"cairn secagg survivors v1", config);
+    let mut sorted = survivors.to_vec();
+    sorted.sort_unstable();
+    for index in sorted {
+        message.extend_from_slice(&index.to_be_bytes());
+    }
+    message
+}
+
+/// Associated data of the shares `from` sends `to`.
+fn shares_associated_data(config: &RoundConfig, from: u32, to: u32) -> Vec<u8> {
+    let mut data = header(b"cairn secagg shares v1", config);
+    data.extend_from_slice(&from.to_be_bytes());
+    data.extend_from_slice(&to.to_be_bytes());
+    data
+}
+
+/// The key of the channel from `from` to `to`, from their agreed channel secret.
+fn channel_key(
+    secret: &[u8; 32],
+    session: &crate::mask::SessionId,
+    from: u32,
+    to: u32,
+) -> [u8; 32] {
+    crate::crypto::hkdf(
+        secret,
+        &session.0,
+        &[b"cairn channel", &from.to_be_bytes(), &to.to_be_bytes()],
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,375 @@
+//! The participant's side of the protocol.
+
+use super::{
+    Advertisement, EncryptedShares, MaskedInput, ProtocolError, Reveal, RoundConfig, Signer,
+    SurvivorSignature, Verifier, advertisement_message, channel_key, shares_associated_data,
+    survivors_message,
+};
+use crate::crypto::{agree, generate_key_pair, open, random_bytes, seal};
+use crate::mask::{SessionId, mask_input};
+use crate::shamir::{self, Share};
+use std::collections::BTreeMap;
+use x25519_dalek::StaticSecret;
+
+/// Where the participant is; each state says what it waits for.
+enum State {
+    /// Sent its advertisement; waits for everyone's.
+    AwaitingAdvertisements,
+    /// Sent its encrypted shares; waits for the shares addressed to it.
+    AwaitingShares {
+        advertisements: BTreeMap<u32, Advertisement>,
+        session: SessionId,
+        self_seed: [u8; 32],
+    },
+    /// Sent its masked input; waits for the survivor set.
+    AwaitingSurvivors { held: BTreeMap<u32, (Share, Share)> },
+    /// Signed the survivor set; waits for the others' signatures.
+    AwaitingSignatures {
+        held: BTreeMap<u32, (Share, Share)>,
+        survivors: Vec<u32>,
+    },
+    /// Revealed its shares, or aborted: nothing more leaves this participant.
+    Done,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::AwaitingAdvertisements => "awaiting advertisements",
+            State::AwaitingShares { .. } => "awaiting shares",
+            State::AwaitingSurvivors { .. } => "awaiting the survivor set",
+            State::AwaitingSignatures { .. } => "awaiting survivor signatures",
+            State::Done => "done",
+        }
+    }
+}
+
+/// One participant's protocol state for one round. Keys are fresh for every machine.
+pub struct ParticipantMachine {
+    config: RoundConfig,
+    me: u32,
+    channel_secret: StaticSecret,
+    mask_secret: StaticSecret,
+    advertisement: Advertisement,
+    state: State,
+}
+
+impl std::fmt::Debug for ParticipantMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParticipantMachine")
+            .field("me", &self.me)
+            .field("state", &self.state.name())
+            .finish()
+    }
+}
+
+impl ParticipantMachine {
+    /// Starts participant `me`'s round: fresh key pairs, and the signed advertisement to send.
+    pub fn new(
+        config: RoundConfig,
+        me: u32,
+        signer: &dyn Signer,
+    ) -> (ParticipantMachine, Advertisement) {
+        let (channel_secret, channel_public) = generate_key_pair();
+        let (mask_secret, mask_public) = generate_key_pair();
+        let signature = signer.sign(&advertisement_message(
+            &config,
+            me,
+            &channel_public,
+            &mask_public,
+        ));
+        let advertisement = Advertisement {
+            from: me,
+            channel_public,
+            mask_public,
+            signature,
+        };
+        let machine = ParticipantMachine {
+            config,
+            me,
+            channel_secret,
+            mask_secret,
+            advertisement: advertisement.clone(),
+            state: State::AwaitingAdvertisements,
+        };
+        (machine, advertisement)
+    }
+
+    fn wrong_phase(&self, message: &'static str) -> ProtocolError {
+        ProtocolError::WrongPhase {
+            message,
+            state: self.state.name(),
+        }
+    }
+
+    /// Aborts: whatever the error, nothing more is revealed.
+    fn abort<T>(&mut self, error: ProtocolError) -> Result<T, ProtocolError> {
+        self.state = State::Done;
+        Err(error)
+    }
+
+    /// Round 1: checks every advertisement, then shares this participant's secrets with its
+    /// neighbours, encrypted.
+    pub fn on_advertisements(
+        &mut self,
+        advertisements: Vec<Advertisement>,
+        verifier: &dyn Verifier,
+    ) -> Result<Vec<EncryptedShares>, ProtocolError> {
+        if !matches!(self.state, State::AwaitingAdvertisements) {
+            return Err(self.wrong_phase("advertisements"));
+        }
+        let mut by_sender = BTreeMap::new();
+        for ad in advertisements {
+            if ad.from >= self.config.n_participants {
+                return self.abort(ProtocolError::NotANeighbour {
+                    from: ad.from,
+                    to: self.me,
+                });
+            }
+            let message =
+                advertisement_message(&self.config, ad.from, &ad.channel_public, &ad.mask_public);
+            if !verifier.verify(ad.from, &message, &ad.signature) {
+                return self.abort(ProtocolError::BadAdvertisement { from: ad.from });
+            }
+            let from = ad.from;
+            if by_sender.insert(from, ad).is_some() {
+                return self.abort(ProtocolError::Duplicate {
+                    message: "advertisement",
+                    from,
+                });
+            }
+        }
+        if by_sender.get(&self.me) != Some(&self.advertisement) {
+            return self.abort(ProtocolError::OwnKeysSubstituted);
+        }
+        let neighbours: Vec<u32> = self
+            .config
+            .graph
+            .neighbours(self.me)
+            .iter()
+            .copied()
+            .filter(|v| by_sender.contains_key(v))
+            .collect();
+        if neighbours.len() < self.config.threshold {
+            return self.abort(ProtocolError::BelowThreshold {
+                what: "advertised neighbours",
+                remaining: neighbours.len(),
+                threshold: self.config.threshold,
+            });
+        }
+        let keys: Vec<(u32, [u8; 32], [u8; 32])> = by_sender
+            .values()
+            .map(|ad| (ad.from, ad.channel_public, ad.mask_public))
+            .collect();
+        let session = SessionId::derive(&self.config.job, self.config.round, &keys);
+        let self_seed: [u8; 32] = random_bytes();
+        // SecAgg+ shares among the neighbours only (Bell et al. 2020, §3): any `t` of them can
+        // reconstruct, fewer learn nothing.
+        let seed_shares = shamir::split(&self_seed, self.config.threshold, neighbours.len())?;
+        let key_shares = shamir::split(
+            &self.mask_secret.to_bytes(),
+            self.config.threshold,
+            neighbours.len(),
+        )?;
+        let mut out = Vec::with_capacity(neighbours.len());
+        for ((holder, seed_share), key_share) in neighbours.iter().zip(seed_shares).zip(key_shares)
+        {
+            let peer = &by_sender[holder];
+            let secret = agree(&self.channel_secret, &peer.channel_public, *holder)?;
+            let key = channel_key(&secret, &session, self.me, *holder);
+            let mut plaintext = seed_share.as_bytes().to_vec();
+            plaintext.extend_from_slice(key_share.as_bytes());
+            let data = shares_associated_data(&self.config, self.me, *holder);
+            out.push(EncryptedShares {
+                from: self.me,
+                to: *holder,
+                ciphertext: seal(&key, &data, &plaintext),
+            });
+        }
+        self.state = State::AwaitingShares {
+            advertisements: by_sender,
+            session,
+            self_seed,
+        };
+        Ok(out)
+    }
+
+    /// Round 2: takes the shares addressed to this participant and returns its masked input.
+    pub fn on_shares(
+        &mut self,
+        shares: Vec<EncryptedShares>,
+        input: &[u32],
+    ) -> Result<MaskedInput, ProtocolError> {
+        let State::AwaitingShares {
+            advertisements,
+            session,
+            self_seed,
+        } = &self.state
+        else {
+            return Err(self.wrong_phase("shares"));
+        };
+        let (advertisements, session, self_seed) = (advertisements.clone(), *session, *self_seed);
+        if input.len() != self.config.vector_len {
+            return self.abort(ProtocolError::WrongLength {
+                from: self.me,
+                actual: input.len(),
+                expected: self.config.vector_len,
+            });
+        }
+        let mut held = BTreeMap::new();
+        for message in shares {
+            let from = message.from;
+            if message.to != self.me || !self.config.graph.are_neighbours(self.me, from) {
+                return self.abort(ProtocolError::NotANeighbour {
+                    from,
+                    to: message.to,
+                });
+            }
+            let Some(peer) = advertisements.get(&from) else {
+                return self.abort(ProtocolError::NotANeighbour { from, to: self.me });
+            };
+            let secret = agree(&self.channel_secret, &peer.channel_public, from)?;
+            let key = channel_key(&secret, &session, from, self.me);
+            let data = shares_associated_data(&self.config, from, self.me);
+            let Ok(plaintext) = open(&key, &data, &message.ciphertext) else {
+                return self.abort(ProtocolError::BadShares { from });
+            };
+            if plaintext.len() != 66 {
+                return self.abort(ProtocolError::BadShares { from });
+            }
+            let (Ok(seed_share), Ok(key_share)) = (
+                Share::from_bytes(plaintext[..33].to_vec()),
+                Share::from_bytes(plaintext[33..].to_vec()),
+            ) else {
+                return self.abort(ProtocolError::BadShares { from });
+            };
+            if held.insert(from, (seed_share, key_share)).is_some() {
+                return self.abort(ProtocolError::Duplicate {
+                    message: "shares",
+                    from,
+                });
+            }
+        }
+        if held.len() < self.config.threshold {
+            return self.abort(ProtocolError::BelowThreshold {
+                what: "neighbours that shared keys",
+                remaining: held.len(),
+                threshold: self.config.threshold,
+            });
+        }
+        // Mask with exactly the neighbours whose shares arrived: the coordinator can unmask a
+        // pairwise mask only for a neighbour whose mask key it can reconstruct.
+        let mut pairwise = Vec::with_capacity(held.len());
+        for &v in held.keys() {
+            pairwise.push((
+                v,
+                agree(&self.mask_secret, &advertisements[&v].mask_public, v)?,
+            ));
+        }
+        let mut values = input.to_vec();
+        mask_input(&mut values, self.me, &self_seed, &pairwise, &session);
+        self.state = State::AwaitingSurvivors { held };
+        Ok(MaskedInput {
+            from: self.me,
+            values,
+        })
+    }
+
+    /// Round 3: signs the survivor set the coordinator shows.
+    pub fn on_survivors(
+        &mut self,
+        survivors: Vec<u32>,
+        signer: &dyn Signer,
+    ) -> Result<SurvivorSignature, ProtocolError> {
+        let State::AwaitingSurvivors { held } = &self.state else {
+            return Err(self.wrong_phase("survivor set"));
+        };
+        let held = held.clone();
+        let mut sorted = survivors.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != survivors.len()
+            || sorted.iter().any(|&u| u >= self.config.n_participants)
+        {
+            return self.abort(ProtocolError::InvalidSurvivors(
+                "duplicate or unknown participants".into(),
+            ));
+        }
+        if !sorted.contains(&self.me) {
+            return self.abort(ProtocolError::InvalidSurvivors(
+                "this participant is missing".into(),
+            ));
+        }
+        if sorted.len() < self.config.threshold {
+            return self.abort(ProtocolError::BelowThreshold {
+                what: "survivors",
+                remaining: sorted.len(),
+                threshold: self.config.threshold,
+            });
+        }
+        let signature = signer.sign(&survivors_message(&self.config, &sorted));
+        self.state = State::AwaitingSignatures {
+            held,
+            survivors: sorted,
+        };
+        Ok(SurvivorSignature {
+            from: self.me,
+            signature,
+        })
+    }
+
+    /// Round 4: checks that at least `t` survivors signed the same survivor set, then reveals,
+    /// for each neighbour whose shares it holds, exactly one of its two shares.
+    pub fn on_signatures(
+        &mut self,
+        signatures: Vec<SurvivorSignature>,
+        verifier: &dyn Verifier,
+    ) -> Result<Reveal, ProtocolError> {
+        let State::AwaitingSignatures { held, survivors } = &self.state else {
+            return Err(self.wrong_phase("survivor signatures"));
+        };
+        let (held, survivors) = (held.clone(), survivors.clone());
+        let message = survivors_message(&self.config, &survivors);
+        let mut signers = std::collections::BTreeSet::new();
+        for signature in &signatures {
+            if !survivors.contains(&signature.from) {
+                return self.abort(ProtocolError::InvalidSurvivors(format!(
+                    "participant {} signed but is not a survivor",
+                    signature.from
+                )));
+            }
+            if !verifier.verify(signature.from, &message, &signature.signature) {
+                return self.abort(ProtocolError::InconsistentSurvivors {
+                    from: signature.from,
+                });
+            }
+            if !signers.insert(signature.from) {
+                return self.abort(ProtocolError::Duplicate {
+                    message: "survivor signature",
+                    from: signature.from,
+                });
+            }
+        }
+        if signers.len() < self.config.threshold {
+            return self.abort(ProtocolError::BelowThreshold {
+                what: "survivor signatures",
+                remaining: signers.len(),
+                threshold: self.config.threshold,
+            });
+        }
+        let mut reveal = Reveal {
+            from: self.me,
+            self_mask_shares: Vec::new(),
+            mask_key_shares: Vec::new(),
+        };
+        for (owner, (seed_share, key_share)) in held {
+            if survivors.contains(&owner) {
+                reveal.self_mask_shares.push((owner, seed_share));
+            } else {
+                reveal.mask_key_shares.push((owner, key_share));
+            }
+        }
+        self.state = State::Done;
+        Ok(reveal)
+    }
+}

@@ -1,0 +1,340 @@
+//! In-memory protocol tests: participant machines and the coordinator machine wired together,
+//! with dropouts in every phase and a dishonest coordinator altering messages between them.
+
+use super::*;
+use crate::graph::Graph;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use std::collections::BTreeMap;
+
+/// Identity keys of the federation, standing in for certificate keys checked against the CA.
+struct Identities {
+    keys: Vec<Ed25519KeyPair>,
+}
+
+struct IdentitySigner<'a>(&'a Ed25519KeyPair);
+
+impl Signer for IdentitySigner<'_> {
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.0.sign(message).as_ref().to_vec()
+    }
+}
+
+impl Verifier for Identities {
+    fn verify(&self, participant: u32, message: &[u8], signature: &[u8]) -> bool {
+        let Some(key) = self.keys.get(participant as usize) else {
+            return false;
+        };
+        UnparsedPublicKey::new(&ED25519, key.public_key().as_ref())
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+impl Identities {
+    fn new(n: u32) -> Identities {
+        let rng = ring::rand::SystemRandom::new();
+        let keys = (0..n)
+            .map(|_| {
+                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+                Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+            })
+            .collect();
+        Identities { keys }
+    }
+
+    fn signer(&self, i: u32) -> IdentitySigner<'_> {
+        IdentitySigner(&self.keys[i as usize])
+    }
+}
+
+fn config(n: u32, threshold: usize, graph: Graph, round: u64) -> RoundConfig {
+    RoundConfig {
+        job: "job".into(),
+        round,
+        n_participants: n,
+        threshold,
+        graph,
+        vector_len: 64,
+    }
+}
+
+fn input(i: u32) -> Vec<u32> {
+    (0..64).map(|j| i * 100 + j).collect()
+}
+
+/// Who stops answering, and after which phase (0: never advertises ... 4: never reveals).
+type Dropouts = BTreeMap<u32, u8>;
+
+/// What a round produced: the unmasked sum, the survivors, and the exact sum of their inputs.
+type Outcome = (Vec<u32>, Vec<u32>, Vec<u32>);
+
+/// Runs a whole honest round.
+fn run(
+    n: u32,
+    threshold: usize,
+    graph: Graph,
+    dropouts: &Dropouts,
+) -> Result<Outcome, ProtocolError> {
+    let ids = Identities::new(n);
+    let cfg = config(n, threshold, graph, 1);
+    let answers = |i: u32, phase: u8| dropouts.get(&i).is_none_or(|&p| p > phase);
+    let mut coordinator = CoordinatorMachine::new(cfg.clone());
+    let mut parties = BTreeMap::new();
+    for i in 0..n {
+        let (machine, ad) = ParticipantMachine::new(cfg.clone(), i, &ids.signer(i));
+        if answers(i, 0) {
+            coordinator.on_advertisement(i, ad)?;
+            parties.insert(i, machine);
+        }
+    }
+    let ads = coordinator.close_advertisements()?;
+    for (&i, party) in parties.iter_mut() {
+        let shares = party.on_advertisements(ads.clone(), &ids)?;
+        if answers(i, 1) {
+            coordinator.on_shares(i, shares)?;
+        }
+    }
+    let mut routed = coordinator.close_shares()?;
+    for (&i, party) in parties.iter_mut() {
+        if let Some(mail) = routed.remove(&i) {
+            let masked = party.on_shares(mail, &input(i))?;
+            if answers(i, 2) {
+                coordinator.on_masked_input(masked)?;
+            }
+        }
+    }
+    let survivors = coordinator.close_masked_inputs()?;
+    for &i in &survivors {
+        let signature = parties
+            .get_mut(&i)
+            .unwrap()
+            .on_survivors(survivors.clone(), &ids.signer(i))?;
+        if answers(i, 3) {
+            coordinator.on_signature(signature)?;
+        }
+    }
+    let signatures = coordinator.close_signatures()?;
+    for signature in &signatures {
+        let i = signature.from;
+        let reveal = parties
+            .get_mut(&i)
+            .unwrap()
+            .on_signatures(signatures.clone(), &ids)?;
+        if answers(i, 4) {
+            coordinator.on_reveal(reveal)?;
+        }
+    }
+    let (sum, survivors) = coordinator.finish()?;
+    let mut exact = vec![0u32; 64];
+    for &i in &survivors {
+        for (e, v) in exact.iter_mut().zip(input(i)) {
+            *e = e.wrapping_add(v);
+        }
+    }
+    Ok((sum, survivors, exact))
+}
+
+#[test]
+fn without_dropouts_the_coordinator_learns_exactly_the_sum() {
+    let (sum, survivors, exact) = run(5, 3, Graph::complete(5), &Dropouts::new()).unwrap();
+    assert_eq!(survivors, vec![0, 1, 2, 3, 4]);
+    assert_eq!(sum, exact);
+}
+
+#[test]
+fn dropouts_in_every_phase_still_give_the_survivors_sum() {
+    // 0 never advertises, 1 never shares, 2 never sends its masked input, 3 never signs,
+    // 4 never reveals: the sum covers exactly the participants whose masked input arrived.
+    let dropouts = Dropouts::from([(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]);
+    let (sum, survivors, exact) = run(10, 4, Graph::complete(10), &dropouts).unwrap();
+    assert_eq!(survivors, vec![3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(sum, exact);
+}
+
+#[test]
+fn a_sparse_neighbourhood_graph_works_with_dropouts() {
+    let graph = Graph::regular(20, 8, [4u8; 32]).unwrap();
+    let dropouts = Dropouts::from([(3, 2), (11, 2), (17, 1)]);
+    let (sum, survivors, exact) = run(20, 4, graph, &dropouts).unwrap();
+    assert_eq!(survivors.len(), 17);
+    assert_eq!(sum, exact);
+}
+
+#[test]
+fn too_few_survivors_fail_the_round_cleanly() {
+    let dropouts = Dropouts::from([(0, 2), (1, 2), (2, 2)]);
+    let err = run(5, 3, Graph::complete(5), &dropouts).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::BelowThreshold {
+                what: "masked inputs",
+                remaining: 2,
+                threshold: 3
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Three participants after round 0, for the tampering tests.
+struct Setup {
+    ids: Identities,
+    cfg: RoundConfig,
+    parties: Vec<ParticipantMachine>,
+    ads: Vec<Advertisement>,
+}
+
+fn setup(n: u32, round: u64) -> Setup {
+    let ids = Identities::new(n);
+    let cfg = config(n, 2, Graph::complete(n), round);
+    let (parties, ads) = (0..n)
+        .map(|i| ParticipantMachine::new(cfg.clone(), i, &ids.signer(i)))
+        .unzip();
+    Setup {
+        ids,
+        cfg,
+        parties,
+        ads,
+    }
+}
+
+#[test]
+fn a_coordinator_that_substitutes_a_public_key_is_caught() {
+    let mut s = setup(3, 1);
+    let mut ads = s.ads.clone();
+    ads[1].mask_public = crate::crypto::generate_key_pair().1;
+    let err = s.parties[0].on_advertisements(ads, &s.ids).unwrap_err();
+    assert_eq!(err, ProtocolError::BadAdvertisement { from: 1 });
+    // Having aborted, the participant takes nothing more.
+    assert!(matches!(
+        s.parties[0].on_shares(vec![], &input(0)),
+        Err(ProtocolError::WrongPhase { .. })
+    ));
+    // Substituting the participant's own keys with a validly signed set is caught too.
+    let mut ads = s.ads.clone();
+    ads[2] = s.ads[1].clone();
+    ads[2].from = 1;
+    let err = s.parties[2].on_advertisements(ads, &s.ids).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::Duplicate { .. } | ProtocolError::OwnKeysSubstituted
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_advertisement_replayed_from_an_earlier_round_is_caught() {
+    let earlier = setup(3, 1);
+    let mut now = setup(3, 2);
+    // Same identities, so the signature is genuine, but it covers round 1.
+    let (_, replayed) = ParticipantMachine::new(earlier.cfg.clone(), 1, &now.ids.signer(1));
+    let mut ads = now.ads.clone();
+    ads[1] = replayed;
+    let err = now.parties[0].on_advertisements(ads, &now.ids).unwrap_err();
+    assert_eq!(err, ProtocolError::BadAdvertisement { from: 1 });
+}
+
+#[test]
+fn tampered_or_misaddressed_shares_are_caught() {
+    let mut s = setup(3, 1);
+    let shares: Vec<Vec<EncryptedShares>> = s
+        .parties
+        .iter_mut()
+        .map(|p| p.on_advertisements(s.ads.clone(), &s.ids).unwrap())
+        .collect();
+    let mut for_zero: Vec<EncryptedShares> = shares
+        .iter()
+        .flatten()
+        .filter(|m| m.to == 0)
+        .cloned()
+        .collect();
+    for_zero[0].ciphertext[20] ^= 1;
+    let from = for_zero[0].from;
+    assert_eq!(
+        s.parties[0].on_shares(for_zero, &input(0)).unwrap_err(),
+        ProtocolError::BadShares { from }
+    );
+    // Shares meant for participant 2, relabelled as for participant 1, do not decrypt there.
+    let mut relabelled: Vec<EncryptedShares> =
+        shares[0].iter().filter(|m| m.to == 2).cloned().collect();
+    relabelled[0].to = 1;
+    assert_eq!(
+        s.parties[1].on_shares(relabelled, &input(1)).unwrap_err(),
+        ProtocolError::BadShares { from: 0 }
+    );
+}
+
+/// Runs three participants up to their survivor signatures.
+fn signed(s: &mut Setup, survivor_views: [Vec<u32>; 3]) -> Vec<SurvivorSignature> {
+    let shares: Vec<EncryptedShares> = s
+        .parties
+        .iter_mut()
+        .flat_map(|p| p.on_advertisements(s.ads.clone(), &s.ids).unwrap())
+        .collect();
+    for (i, party) in s.parties.iter_mut().enumerate() {
+        let mine = shares
+            .iter()
+            .filter(|m| m.to == i as u32)
+            .cloned()
+            .collect();
+        party.on_shares(mine, &input(i as u32)).unwrap();
+    }
+    s.parties
+        .iter_mut()
+        .zip(survivor_views)
+        .enumerate()
+        .map(|(i, (party, view))| party.on_survivors(view, &s.ids.signer(i as u32)).unwrap())
+        .collect()
+}
+
+#[test]
+fn different_survivor_sets_shown_to_different_participants_are_caught() {
+    let mut s = setup(3, 1);
+    // Participant 0 is told that 2 dropped out; the others are told everyone survived. If 0
+    // believed it, it would reveal 2's mask key while the others reveal 2's self-mask seed.
+    let signatures = signed(&mut s, [vec![0, 1], vec![0, 1, 2], vec![0, 1, 2]]);
+    let err = s.parties[0]
+        .on_signatures(signatures.clone(), &s.ids)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::InconsistentSurvivors { .. } | ProtocolError::InvalidSurvivors(_)
+        ),
+        "{err}"
+    );
+    let err = s.parties[1].on_signatures(signatures, &s.ids).unwrap_err();
+    assert_eq!(err, ProtocolError::InconsistentSurvivors { from: 0 });
+}
+
+#[test]
+fn a_participant_never_reveals_twice_or_both_shares_of_one_neighbour() {
+    let mut s = setup(3, 1);
+    let signatures = signed(&mut s, [vec![0, 1, 2], vec![0, 1, 2], vec![0, 1, 2]]);
+    let reveal = s.parties[0]
+        .on_signatures(signatures.clone(), &s.ids)
+        .unwrap();
+    assert_eq!(reveal.self_mask_shares.len(), 2);
+    assert!(
+        reveal.mask_key_shares.is_empty(),
+        "all survived: no mask key share may leave"
+    );
+    // Asked again (say, with another survivor set), it refuses: it has revealed already.
+    assert!(matches!(
+        s.parties[0].on_signatures(signatures, &s.ids),
+        Err(ProtocolError::WrongPhase { .. })
+    ));
+
+    // A coordinator handed a mask-key share for a survivor refuses it rather than hold both.
+    let mut coordinator = CoordinatorMachine::new(s.cfg.clone());
+    for ad in &s.ads {
+        coordinator.on_advertisement(ad.from, ad.clone()).unwrap();
+    }
+    assert!(
+        coordinator.close_signatures().is_err(),
+        "phases cannot be skipped"
+    );
+}
