@@ -79,6 +79,11 @@ pub fn split(secret: &[u8; 32], threshold: usize, n_shares: usize) -> Result<Vec
 /// Reconstructs a secret from at least `threshold` distinct shares. With fewer shares the result
 /// is a wrong secret, not an error: the caller must supply the threshold it shared with.
 pub fn combine(shares: &[Share], threshold: usize) -> Result<[u8; 32], Error> {
+    if threshold < 2 {
+        return Err(Error::Sharing(format!(
+            "threshold {threshold}; expected at least 2"
+        )));
+    }
     if shares.len() < threshold {
         return Err(Error::Sharing(format!(
             "{} shares given, the threshold is {threshold}",
@@ -103,7 +108,7 @@ pub fn combine(shares: &[Share], threshold: usize) -> Result<[u8; 32], Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::{prop_assert_eq, prop_assert_ne, proptest};
+    use proptest::prelude::{prop_assert, prop_assert_eq, prop_assert_ne, proptest};
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
 
@@ -148,6 +153,7 @@ mod tests {
                 Ok(wrong) => prop_assert_ne!(wrong, secret),
                 Err(_) => prop_assert_eq!(threshold - 1, 1),
             }
+            prop_assert!(combine(&[], 0).is_err());
         }
     }
 }
