@@ -41,6 +41,34 @@ async fn honest_job_completes(federation: &Federation, coordinator: Coordinator)
     assert_eq!(report.rounds[0].outcome.contributors, HONEST);
 }
 
+/// Opens a session on `channel` and sends Hello; returns the way in and the way out.
+async fn say_hello(
+    channel: tonic::transport::Channel,
+) -> Result<
+    (
+        mpsc::Sender<ParticipantMessage>,
+        Streaming<CoordinatorMessage>,
+    ),
+    Status,
+> {
+    let (outbox, receiver) = mpsc::channel(64);
+    let hello = Hello {
+        protocol_version: cairn_proto::PROTOCOL_VERSION,
+        client_version: "test".into(),
+    };
+    outbox
+        .send(ParticipantMessage {
+            body: Some(Body::Hello(hello)),
+        })
+        .await
+        .expect("queue hello");
+    let inbound = FederationClient::new(channel)
+        .session(ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    Ok((outbox, inbound))
+}
+
 /// A raw session with `id`'s kit: sends Hello and returns the stream after the Welcome.
 async fn raw_session(
     federation: &Federation,
@@ -57,22 +85,7 @@ async fn raw_session(
     let channel = client::connect(&options)
         .await
         .map_err(Status::unavailable)?;
-    let mut grpc = FederationClient::new(channel);
-    let (outbox, receiver) = mpsc::channel(64);
-    let hello = Hello {
-        protocol_version: cairn_proto::PROTOCOL_VERSION,
-        client_version: "test".into(),
-    };
-    outbox
-        .send(ParticipantMessage {
-            body: Some(Body::Hello(hello)),
-        })
-        .await
-        .expect("queue hello");
-    let mut inbound = grpc
-        .session(ReceiverStream::new(receiver))
-        .await?
-        .into_inner();
+    let (outbox, mut inbound) = say_hello(channel).await?;
     match inbound.message().await?.and_then(|m| m.body) {
         Some(coordinator_message::Body::Welcome(welcome)) => assert_eq!(welcome.participant_id, id),
         other => panic!("expected Welcome, got {other:?}"),
@@ -246,21 +259,7 @@ async fn session_with(coordinator: &Coordinator, tls: ClientTlsConfig) -> Result
         .connect()
         .await
         .map_err(|e| Status::unavailable(e.to_string()))?;
-    let (outbox, receiver) = mpsc::channel::<ParticipantMessage>(1);
-    let hello = Hello {
-        protocol_version: cairn_proto::PROTOCOL_VERSION,
-        client_version: "test".into(),
-    };
-    outbox
-        .send(ParticipantMessage {
-            body: Some(Body::Hello(hello)),
-        })
-        .await
-        .expect("queue hello");
-    let mut inbound = FederationClient::new(channel)
-        .session(ReceiverStream::new(receiver))
-        .await?
-        .into_inner();
+    let (_outbox, mut inbound) = say_hello(channel).await?;
     inbound.message().await.map(|_| ())
 }
 
