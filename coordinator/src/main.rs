@@ -45,8 +45,8 @@ enum Command {
         /// Job file (YAML); see examples/jobs/ for annotated examples.
         #[arg(long)]
         job: PathBuf,
-        /// Directory for checkpoints, round records and the final model; must not hold a
-        /// previous run's rounds.
+        /// Durable state: checkpoints, round records and the final model. Restarted with the same
+        /// job and directory, the coordinator resumes after the last committed round.
         #[arg(long)]
         state_dir: PathBuf,
         /// The coordinator's TLS directory from `provision` (cert.pem, key.pem, ca.pem).
