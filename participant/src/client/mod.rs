@@ -3,6 +3,8 @@
 //! the coordinator is away. It drives a [`Task`]: receive the global model, train, send back the
 //! weighted update, evaluate new models, until the coordinator says the job is finished.
 
+pub mod identity;
+
 use crate::Error;
 use crate::task::{EpochProgress, Evaluation, Task, TensorShape, TrainingConfig};
 use cairn_proto::transfer::{Assembler, split};

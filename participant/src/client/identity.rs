@@ -1,0 +1,277 @@
+//! The participant's identity in secure aggregation: it signs its advertised keys and the
+//! survivor set with the private key of its mTLS certificate ([`KitSigner`]), and checks its
+//! neighbours' signatures against their certificates, each verified against the federation CA
+//! and required to name the participant it claims to be ([`FederationVerifier`]). The
+//! coordinator relays certificates and signatures but cannot forge either.
+
+use crate::Error;
+use cairn_secagg::protocol::{Signer, Verifier};
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+fn identity_error(reason: String) -> Error {
+    Error::Kit {
+        path: PathBuf::from("(identity)"),
+        reason,
+    }
+}
+
+/// Signs with the kit's private key (ECDSA P-256, as `provision` creates it).
+pub struct KitSigner {
+    key: EcdsaKeyPair,
+    random: SystemRandom,
+}
+
+impl std::fmt::Debug for KitSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KitSigner { .. }")
+    }
+}
+
+impl KitSigner {
+    /// The signer for a PKCS#8 PEM private key (`key.pem` of a kit).
+    pub fn from_pem(key_pem: &str) -> Result<KitSigner, Error> {
+        let der = PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| identity_error(format!("key.pem is not a PKCS#8 private key: {e}")))?;
+        let random = SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            der.secret_pkcs8_der(),
+            &random,
+        )
+        .map_err(|e| identity_error(format!("key.pem is not an ECDSA P-256 key: {e}")))?;
+        Ok(KitSigner { key, random })
+    }
+}
+
+impl Signer for KitSigner {
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        // Invariant: signing with a valid P-256 key and the system RNG does not fail.
+        self.key
+            .sign(&self.random, message)
+            .expect("ECDSA signing")
+            .as_ref()
+            .to_vec()
+    }
+}
+
+/// Verifies neighbours' signatures with their certificates, each checked against the CA.
+#[derive(Debug)]
+pub struct FederationVerifier {
+    certificates: BTreeMap<u32, CertificateDer<'static>>,
+}
+
+impl FederationVerifier {
+    /// Checks every `(index, expected participant id, certificate)`: the certificate must chain
+    /// to the federation CA (`ca_pem`), be valid now, be meant for client authentication, and
+    /// carry the expected id as its common name. Any failure is an error that names the index.
+    pub fn new(
+        ca_pem: &str,
+        peers: Vec<(u32, String, Vec<u8>)>,
+    ) -> Result<FederationVerifier, Error> {
+        let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|e| identity_error(format!("CA certificate is not PEM: {e}")))?;
+        let anchor = webpki::anchor_from_trusted_cert(&ca)
+            .map_err(|e| identity_error(format!("CA certificate is unusable: {e}")))?
+            .to_owned();
+        let mut certificates = BTreeMap::new();
+        for (index, expected_id, der) in peers {
+            let der = CertificateDer::from(der);
+            let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| {
+                identity_error(format!(
+                    "certificate of participant {index} cannot be parsed: {e}"
+                ))
+            })?;
+            cert.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                std::slice::from_ref(&anchor),
+                &[],
+                UnixTime::now(),
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map_err(|e| {
+                identity_error(format!(
+                    "certificate of participant {index} is not from the federation CA: {e}"
+                ))
+            })?;
+            let name = common_name(&der).unwrap_or_default();
+            if name != expected_id {
+                return Err(identity_error(format!(
+                    "certificate of participant {index} names {name:?}, expected {expected_id:?}"
+                )));
+            }
+            certificates.insert(index, der.into_owned());
+        }
+        Ok(FederationVerifier { certificates })
+    }
+}
+
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(name)
+}
+
+impl Verifier for FederationVerifier {
+    fn verify(&self, participant: u32, message: &[u8], signature: &[u8]) -> bool {
+        let Some(der) = self.certificates.get(&participant) else {
+            return false;
+        };
+        let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
+            return false;
+        };
+        cert.verify_signature(webpki::ring::ECDSA_P256_SHA256, message, signature)
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_coordinator::pki::{ParticipantSpec, ProvisionRequest, provision};
+    use cairn_secagg::graph::Graph;
+    use cairn_secagg::protocol::{ParticipantMachine, ProtocolError, RoundConfig};
+    use std::path::Path;
+
+    const IDS: [&str; 3] = ["alpha", "bravo", "charlie"];
+
+    fn federation(dir: &Path) {
+        provision(&ProvisionRequest {
+            out_dir: dir.to_path_buf(),
+            federation: "test".into(),
+            server_names: vec!["localhost".into()],
+            participants: IDS
+                .iter()
+                .map(|id| ParticipantSpec::parse(id).unwrap())
+                .collect(),
+            validity_days: 1,
+        })
+        .unwrap();
+    }
+
+    fn read(path: std::path::PathBuf) -> String {
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    fn cert_der(dir: &Path, id: &str) -> Vec<u8> {
+        let pem = read(dir.join("participants").join(id).join("cert.pem"));
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    fn signer(dir: &Path, id: &str) -> KitSigner {
+        KitSigner::from_pem(&read(dir.join("participants").join(id).join("key.pem"))).unwrap()
+    }
+
+    fn verifier(dir: &Path) -> FederationVerifier {
+        let peers = IDS
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (i as u32, id.to_string(), cert_der(dir, id)))
+            .collect();
+        FederationVerifier::new(&read(dir.join("ca/ca.pem")), peers).unwrap()
+    }
+
+    #[test]
+    fn kit_signatures_verify_against_the_signers_certificate_only() {
+        let dir = tempfile::tempdir().unwrap();
+        federation(dir.path());
+        let verifier = verifier(dir.path());
+        let signature = signer(dir.path(), "alpha").sign(b"job|1|keys");
+        assert!(verifier.verify(0, b"job|1|keys", &signature));
+        assert!(
+            !verifier.verify(0, b"job|2|keys", &signature),
+            "another message"
+        );
+        assert!(
+            !verifier.verify(1, b"job|1|keys", &signature),
+            "another participant's certificate"
+        );
+        assert!(
+            !verifier.verify(9, b"job|1|keys", &signature),
+            "an unknown participant"
+        );
+    }
+
+    #[test]
+    fn certificates_from_another_ca_of_another_identity_or_for_servers_are_refused() {
+        let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        federation(ours.path());
+        federation(theirs.path());
+        let ca = read(ours.path().join("ca/ca.pem"));
+        let err = FederationVerifier::new(
+            &ca,
+            vec![(0, "alpha".into(), cert_der(theirs.path(), "alpha"))],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("participant 0 is not from the federation CA"),
+            "{err}"
+        );
+        let err = FederationVerifier::new(
+            &ca,
+            vec![(1, "bravo".into(), cert_der(ours.path(), "alpha"))],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("names \"alpha\", expected \"bravo\""),
+            "{err}"
+        );
+        let server = read(ours.path().join("coordinator/cert.pem"));
+        let server = CertificateDer::from_pem_slice(server.as_bytes())
+            .unwrap()
+            .to_vec();
+        assert!(FederationVerifier::new(&ca, vec![(0, "localhost".into(), server)]).is_err());
+        assert!(KitSigner::from_pem("not a key").is_err());
+    }
+
+    #[test]
+    fn advertisements_signed_with_kit_keys_pass_the_protocol_check_and_substitutions_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        federation(dir.path());
+        let verifier = verifier(dir.path());
+        let config = RoundConfig {
+            job: "job".into(),
+            round: 1,
+            n_participants: 3,
+            threshold: 2,
+            graph: Graph::complete(3),
+            vector_len: 8,
+        };
+        let (mut machines, ads): (Vec<ParticipantMachine>, Vec<_>) = IDS
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                ParticipantMachine::new(config.clone(), i as u32, &signer(dir.path(), id))
+            })
+            .unzip();
+        assert_eq!(
+            machines[0]
+                .on_advertisements(ads.clone(), &verifier)
+                .unwrap()
+                .len(),
+            2
+        );
+        let mut substituted = ads.clone();
+        substituted[2].channel_public = [9u8; 32];
+        let err = machines[1]
+            .on_advertisements(substituted, &verifier)
+            .unwrap_err();
+        assert_eq!(err, ProtocolError::BadAdvertisement { from: 2 });
+    }
+}
