@@ -103,6 +103,8 @@ pub struct JobReport {
 struct Shared {
     job: JobSpec,
     layout: Vec<TensorShape>,
+    /// Values in the model, which every update must have.
+    n_values: usize,
     wire_layout: Vec<TensorSpec>,
     heartbeat_interval: Duration,
     events: mpsc::UnboundedSender<crate::round::Event>,
@@ -155,6 +157,7 @@ impl Coordinator {
         let (events, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             job: options.job.clone(),
+            n_values: model::n_values(&layout),
             layout,
             wire_layout,
             heartbeat_interval: options.heartbeat_interval,

@@ -346,7 +346,7 @@ fn start_update(
         .transfer
         .ok_or_else(|| Refusal::InvalidArgument("update header has no transfer header".into()))?;
     let round = transfer.round;
-    let expected = shared.layout.iter().map(|t| t.len() as u64).sum();
+    let expected = shared.n_values as u64;
     let what = format!("model update for round {round}");
     let tensors = transfer.tensors.clone();
     let assembler = Assembler::new(transfer, what, Some(expected))

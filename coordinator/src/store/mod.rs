@@ -84,13 +84,18 @@ impl Store {
         layout: &[TensorShape],
         keep_checkpoints: usize,
     ) -> Result<(Store, Resume), Error> {
+        if keep_checkpoints == 0 {
+            return Err(Error::StateDir(
+                "0 checkpoints to keep; expected at least 1 (--keep-checkpoints), or no round could be resumed".into(),
+            ));
+        }
         std::fs::create_dir_all(dir.join("checkpoints")).map_err(|source| Error::Io {
             what: format!("creating state dir {}", dir.display()),
             source,
         })?;
         let store = Store {
             dir: dir.to_path_buf(),
-            keep_checkpoints: keep_checkpoints.max(1),
+            keep_checkpoints,
         };
         let header_path = dir.join("state.json");
         match std::fs::read(&header_path) {

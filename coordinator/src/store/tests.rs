@@ -54,6 +54,15 @@ fn reopen_error(dir: &Path) -> String {
 }
 
 #[test]
+fn keeping_no_checkpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open(dir.path(), &job(), &mlp(), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--keep-checkpoints"), "{err}");
+}
+
+#[test]
 fn resume_returns_every_round_and_the_last_model() {
     let dir = tempfile::tempdir().unwrap();
     let store = committed(dir.path(), 4);

@@ -381,12 +381,8 @@ impl Task for BurnTask {
                 self.n_parameters
             )));
         }
-        let network = std::mem::replace(
-            &mut self.network,
-            // Placeholder for the duration of the swap; replaced right below.
-            Network::new("mlp", 1, 1, &self.device)?,
-        );
-        self.network = network.load(values);
+        // A module clone shares its tensors, so this copies no parameter data.
+        self.network = self.network.clone().load(values);
         Ok(())
     }
 
@@ -405,8 +401,7 @@ impl Task for BurnTask {
         let mut optimizer = SgdConfig::new().init();
         let mut rng = ChaCha20Rng::seed_from_u64(config.seed);
         let mut order: Vec<usize> = (0..dataset.len()).collect();
-        let mut network =
-            std::mem::replace(&mut self.network, Network::new("mlp", 1, 1, &self.device)?);
+        let mut network = self.network.clone();
         let mut mean_loss = f64::NAN;
         for epoch in 1..=config.local_epochs {
             let started = Instant::now();

@@ -75,6 +75,18 @@ fn run(
     graph: Graph,
     dropouts: &Dropouts,
 ) -> Result<Outcome, ProtocolError> {
+    run_altering_reveals(n, threshold, graph, dropouts, |_| {})
+}
+
+/// Runs a round in which `alter` may change each revealed share set on its way to the
+/// coordinator.
+fn run_altering_reveals(
+    n: u32,
+    threshold: usize,
+    graph: Graph,
+    dropouts: &Dropouts,
+    mut alter: impl FnMut(&mut Reveal),
+) -> Result<Outcome, ProtocolError> {
     let ids = Identities::new(n);
     let cfg = config(n, threshold, graph, 1);
     let answers = |i: u32, phase: u8| dropouts.get(&i).is_none_or(|&p| p > phase);
@@ -116,10 +128,11 @@ fn run(
     let signatures = coordinator.close_signatures()?;
     for signature in &signatures {
         let i = signature.from;
-        let reveal = parties
+        let mut reveal = parties
             .get_mut(&i)
             .unwrap()
             .on_signatures(signatures.clone(), &ids)?;
+        alter(&mut reveal);
         if answers(i, 4) {
             coordinator.on_reveal(reveal)?;
         }
@@ -327,14 +340,30 @@ fn a_participant_never_reveals_twice_or_both_shares_of_one_neighbour() {
         s.parties[0].on_signatures(signatures, &s.ids),
         Err(ProtocolError::WrongPhase { .. })
     ));
+}
 
-    // A coordinator handed a mask-key share for a survivor refuses it rather than hold both.
+#[test]
+fn the_coordinator_refuses_a_mask_key_share_of_a_survivor() {
+    // A survivor's mask-key share would let the coordinator, which also gets the survivor's
+    // self-mask seed, unmask that survivor's input alone: it must refuse rather than hold both.
+    let err = run_altering_reveals(4, 2, Graph::complete(4), &Dropouts::new(), |reveal| {
+        if let Some(share) = reveal.self_mask_shares.pop() {
+            reveal.mask_key_shares.push(share);
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(err, ProtocolError::BothShares { .. }), "{err}");
+}
+
+#[test]
+fn the_coordinator_machine_cannot_skip_a_phase() {
+    let s = setup(3, 1);
     let mut coordinator = CoordinatorMachine::new(s.cfg.clone());
     for ad in &s.ads {
         coordinator.on_advertisement(ad.from, ad.clone()).unwrap();
     }
-    assert!(
-        coordinator.close_signatures().is_err(),
-        "phases cannot be skipped"
-    );
+    assert!(matches!(
+        coordinator.close_signatures(),
+        Err(ProtocolError::WrongPhase { .. })
+    ));
 }
