@@ -83,6 +83,123 @@ impl Quantizer {
     }
 }
 
+/// Training losses above this are clipped in the secure sum.
+pub const LOSS_CLIP: f32 = 32.0;
+
+/// How a participant's model update becomes one vector of `Z_{2^32}`, so that the secure sum of
+/// all of them yields what FedAvg needs: the sum of the weighted deltas, the total weight and the
+/// weighted training loss, with no plaintext per-participant value (Flower's SecAgg+ weights the
+/// same way). A participant with `w = min(examples, max_weight)` examples sends, with
+/// `r = w / max_weight`:
+/// `[quantize(r * clip(delta_i))]..., w, quantize_loss(r * min(loss, LOSS_CLIP))`. Scaling by
+/// `r <= 1` keeps every weighted value inside the clipping range; the weight itself is an exact
+/// integer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateEncoding {
+    values: Quantizer,
+    loss: Quantizer,
+    max_weight: u32,
+}
+
+/// What the secure sum of encoded updates decodes to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedSum {
+    /// `Σ w_i * clip(delta_i)`, per value.
+    pub weighted_delta: Vec<f64>,
+    /// `Σ w_i`.
+    pub weight: u64,
+    /// `Σ w_i * min(loss_i, LOSS_CLIP)`.
+    pub weighted_loss: f64,
+}
+
+impl UpdateEncoding {
+    /// An encoding with clipping bound `clip`, `levels` quantisation levels and weights capped at
+    /// `max_weight` examples.
+    pub fn new(clip: f32, levels: u32, max_weight: u32) -> Result<UpdateEncoding, Error> {
+        if max_weight == 0 {
+            return Err(Error::Quantization(
+                "max_weight is 0; expected at least 1 example".into(),
+            ));
+        }
+        Ok(UpdateEncoding {
+            values: Quantizer::new(clip, levels)?,
+            loss: Quantizer::new(LOSS_CLIP, levels)?,
+            max_weight,
+        })
+    }
+
+    /// Length of the encoded vector of a model of `n_values` parameters.
+    pub fn vector_len(n_values: usize) -> usize {
+        n_values + 2
+    }
+
+    /// Refuses a participant count whose worst-case sum of values or of weights could wrap.
+    pub fn check_capacity(&self, n_participants: u64) -> Result<(), Error> {
+        self.values.check_capacity(n_participants)?;
+        let max_weight = u64::from(self.max_weight);
+        if n_participants.saturating_mul(max_weight) > u64::from(u32::MAX) {
+            return Err(Error::Quantization(format!(
+                "{n_participants} participants x max_weight {max_weight} could wrap the 2^32 modulus; use a max_weight of at most {}",
+                u64::from(u32::MAX) / n_participants.max(1)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Encodes one update: `delta` is `local - global`, computed on `n_examples` examples with
+    /// mean training loss `mean_loss`.
+    pub fn encode(&self, delta: &[f32], n_examples: u64, mean_loss: f64) -> Vec<u32> {
+        let weight = n_examples.clamp(1, u64::from(self.max_weight)) as u32;
+        let ratio = f64::from(weight) / f64::from(self.max_weight);
+        let clip = f64::from(self.values.clip);
+        let mut out: Vec<u32> = delta
+            .iter()
+            .map(|&d| {
+                let d = if d.is_nan() { 0.0 } else { f64::from(d) };
+                self.values.quantize((ratio * d.clamp(-clip, clip)) as f32)
+            })
+            .collect();
+        out.push(weight);
+        let loss = if mean_loss.is_finite() { mean_loss.max(0.0) } else { 0.0 };
+        out.push(
+            self.loss
+                .quantize((ratio * loss.min(f64::from(LOSS_CLIP))) as f32),
+        );
+        out
+    }
+
+    /// Decodes the sum of `n_participants` encoded updates.
+    pub fn decode(&self, sum: &[u32], n_participants: u64) -> Result<DecodedSum, Error> {
+        let [values @ .., weight, loss] = sum else {
+            return Err(Error::Length {
+                actual: sum.len(),
+                expected: 2,
+            });
+        };
+        let scale = f64::from(self.max_weight);
+        let dequantize = |q: &Quantizer, s: u32| {
+            (f64::from(s) * q.step() - n_participants as f64 * f64::from(q.clip)) * scale
+        };
+        Ok(DecodedSum {
+            weighted_delta: values
+                .iter()
+                .map(|&s| dequantize(&self.values, s))
+                .collect(),
+            weight: u64::from(*weight),
+            weighted_loss: dequantize(&self.loss, *loss).max(0.0),
+        })
+    }
+
+    /// Largest error of one decoded weighted value over `n_participants`, in the units of
+    /// [`DecodedSum::weighted_delta`].
+    pub fn error_bound(&self, n_participants: u64) -> f64 {
+        // Each participant's value is rounded once in f32 before quantisation and once by it.
+        let f32_rounding = f64::from(self.values.clip) * f64::from(f32::EPSILON);
+        (self.values.error_bound(n_participants) + n_participants as f64 * f32_rounding)
+            * f64::from(self.max_weight)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +228,30 @@ mod tests {
         );
         assert!(Quantizer::new(0.0, 16).is_err());
         assert!(Quantizer::new(1.0, 1).is_err());
+    }
+
+    #[test]
+    fn encoded_updates_sum_to_the_weighted_sum_the_weight_and_the_loss() {
+        let encoding = UpdateEncoding::new(1.0, 1 << 24, 1000).unwrap();
+        let a = encoding.encode(&[0.5, -0.25, 3.0], 200, 1.5);
+        let b = encoding.encode(&[-0.1, 0.2, -3.0], 5000, 0.5);
+        assert_eq!(a.len(), UpdateEncoding::vector_len(3));
+        let sum: Vec<u32> = a.iter().zip(&b).map(|(x, y)| x.wrapping_add(*y)).collect();
+        let decoded = encoding.decode(&sum, 2).unwrap();
+        assert_eq!(decoded.weight, 1200, "the second weight is capped at max_weight");
+        // 200 * [0.5, -0.25, 1 (clipped)] + 1000 * [-0.1, 0.2, -1 (clipped)]
+        let expected = [0.0, 150.0, -800.0];
+        let bound = encoding.error_bound(2);
+        for (got, want) in decoded.weighted_delta.iter().zip(expected) {
+            assert!((got - want).abs() <= bound, "{got} vs {want} (bound {bound})");
+        }
+        assert!((decoded.weighted_loss - (200.0 * 1.5 + 1000.0 * 0.5)).abs() < 0.01);
+        assert!(encoding.check_capacity(256).is_ok());
+        let coarse = UpdateEncoding::new(1.0, 1 << 8, 1000).unwrap();
+        let err = coarse.check_capacity(5_000_000).unwrap_err().to_string();
+        assert!(err.contains("max_weight"), "{err}");
+        assert!(UpdateEncoding::new(1.0, 1 << 24, 0).is_err());
+        assert!(encoding.decode(&[1], 1).is_err());
     }
 
     proptest! {

@@ -248,6 +248,7 @@ mod tests {
         let config = RoundConfig {
             job: "job".into(),
             round: 1,
+            context: [0; 32],
             n_participants: 3,
             threshold: 2,
             graph: Graph::complete(3),

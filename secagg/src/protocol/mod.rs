@@ -32,6 +32,10 @@ pub struct RoundConfig {
     pub job: String,
     /// Round number.
     pub round: u64,
+    /// Digest of the rest of the round's public setup (attempt, roster, graph degree, threshold,
+    /// vector length), bound into every signature and every share's associated data: a party
+    /// shown another setup than its neighbours cannot be made to accept their messages.
+    pub context: [u8; 32],
     /// Number of participants selected; they are indexed `0..n_participants`.
     pub n_participants: u32,
     /// Shares needed to reconstruct a secret (Shamir threshold `t`).
@@ -40,6 +44,73 @@ pub struct RoundConfig {
     pub graph: Graph,
     /// Values per input vector.
     pub vector_len: usize,
+}
+
+impl RoundConfig {
+    /// The configuration every party derives from the round's public setup: `roster` lists the
+    /// selected participants' ids (a participant's index is its position), `degree` is the
+    /// neighbourhood graph's degree (the complete graph when it is at least `n - 1`) and
+    /// `threshold` the shares needed to reconstruct a secret. The graph's permutation comes from
+    /// the setup's digest, so every party computes the same graph and the coordinator cannot pick
+    /// one. A threshold that is not a strict majority of the neighbourhood is refused: below it, a
+    /// coordinator that shows two survivor sets could collect both shares of one participant.
+    pub fn derive(
+        job: &str,
+        round: u64,
+        attempt: u32,
+        roster: &[String],
+        degree: u32,
+        threshold: usize,
+        vector_len: usize,
+    ) -> Result<RoundConfig, crate::Error> {
+        let n = u32::try_from(roster.len())
+            .map_err(|_| crate::Error::Graph(format!("{} participants is too many", roster.len())))?;
+        let neighbours = neighbourhood_size(n, degree)?;
+        if threshold <= neighbours / 2 || threshold > neighbours || threshold < 2 {
+            return Err(crate::Error::Sharing(format!(
+                "threshold {threshold} with {neighbours} neighbours; expected a strict majority of the neighbourhood ({}..={neighbours}) and at least 2",
+                (neighbours / 2 + 1).max(2)
+            )));
+        }
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        hash.update(b"cairn secagg round setup v1");
+        for part in [job.as_bytes(), &round.to_be_bytes(), &attempt.to_be_bytes()] {
+            hash.update(&(part.len() as u64).to_be_bytes());
+            hash.update(part);
+        }
+        hash.update(&(roster.len() as u64).to_be_bytes());
+        for id in roster {
+            hash.update(&(id.len() as u64).to_be_bytes());
+            hash.update(id.as_bytes());
+        }
+        hash.update(&degree.to_be_bytes());
+        hash.update(&(threshold as u64).to_be_bytes());
+        hash.update(&(vector_len as u64).to_be_bytes());
+        let mut context = [0u8; 32];
+        context.copy_from_slice(hash.finish().as_ref());
+        let seed = crate::crypto::hkdf(&context, b"", &[b"cairn graph seed"]);
+        Ok(RoundConfig {
+            job: job.to_string(),
+            round,
+            context,
+            n_participants: n,
+            threshold,
+            graph: Graph::regular(n, degree, seed)?,
+            vector_len,
+        })
+    }
+}
+
+/// How many neighbours each of `n` participants has in a graph of `degree` (see
+/// [`Graph::regular`]): `n - 1` for the complete graph, `degree + 1` when both are odd.
+pub fn neighbourhood_size(n: u32, degree: u32) -> Result<usize, crate::Error> {
+    Ok(Graph::regular(n, degree, [0; 32])?.neighbours(0).len())
+}
+
+/// The threshold for `neighbours` neighbours: the smallest count above `fraction` of them
+/// (at least 2, at most all of them).
+pub fn threshold_for(neighbours: usize, fraction: f64) -> usize {
+    ((fraction * neighbours as f64).floor() as usize + 1).clamp(2, neighbours.max(2))
 }
 
 /// A participant's signed public keys (protocol round 0).
@@ -216,6 +287,7 @@ fn header(label: &[u8], config: &RoundConfig) -> Vec<u8> {
     message.extend_from_slice(&(config.job.len() as u64).to_be_bytes());
     message.extend_from_slice(config.job.as_bytes());
     message.extend_from_slice(&config.round.to_be_bytes());
+    message.extend_from_slice(&config.context);
     message
 }
 

@@ -51,6 +51,7 @@ fn config(n: u32, threshold: usize, graph: Graph, round: u64) -> RoundConfig {
     RoundConfig {
         job: "job".into(),
         round,
+        context: [0; 32],
         n_participants: n,
         threshold,
         graph,
