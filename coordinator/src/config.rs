@@ -47,6 +47,95 @@ pub struct JobSpec {
     /// Seed of the initial model and of participant selection.
     #[serde(default)]
     pub seed: u64,
+    /// Secure aggregation (on unless disabled): the coordinator learns only the sum of the
+    /// updates.
+    #[serde(default)]
+    pub secure_aggregation: SecureAggregationSpec,
+}
+
+/// The `secure_aggregation:` block of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct SecureAggregationSpec {
+    /// Whether updates are securely aggregated (default `true`). When `false`, each update
+    /// reaches the coordinator in the clear.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    /// Fraction of a participant's neighbours whose shares reconstruct its secrets: the threshold
+    /// `t` is the smallest count above it. In `[0.5, 1)`; a round survives while every
+    /// survivor keeps at least `t` surviving neighbours.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    /// Neighbours per participant (SecAgg+'s k-regular graph); omitted: `max(8, 2 log2 n)`,
+    /// which is the complete graph up to 9 participants.
+    #[serde(default)]
+    pub neighbours: Option<u32>,
+    /// Each value of a model delta (`local - global`) is clipped to `[-clip, clip]`.
+    #[serde(default = "default_clip")]
+    pub clip: f32,
+    /// Quantisation of a clipped value into `2^bits` levels; omitted: the most that cannot wrap
+    /// the 2^32 modulus with every listed participant.
+    #[serde(default)]
+    pub quantization_bits: Option<u32>,
+    /// An update's weight is its example count, capped at this.
+    #[serde(default = "default_max_weight")]
+    pub max_weight: u32,
+}
+
+impl Default for SecureAggregationSpec {
+    fn default() -> Self {
+        SecureAggregationSpec {
+            enabled: default_enabled(),
+            threshold: default_threshold(),
+            neighbours: None,
+            clip: default_clip(),
+            quantization_bits: None,
+            max_weight: default_max_weight(),
+        }
+    }
+}
+
+impl SecureAggregationSpec {
+    /// Quantisation levels for `n_participants` listed participants.
+    pub fn levels(&self, n_participants: usize) -> u32 {
+        match self.quantization_bits {
+            Some(bits) => 1u32.checked_shl(bits).unwrap_or(u32::MAX),
+            None => (u32::MAX / n_participants.max(1) as u32).saturating_add(1).min(1 << 31),
+        }
+    }
+
+    /// How updates are encoded for `n_participants` listed participants.
+    pub fn encoding(
+        &self,
+        n_participants: usize,
+    ) -> Result<cairn_secagg::quantize::UpdateEncoding, cairn_secagg::Error> {
+        let encoding = cairn_secagg::quantize::UpdateEncoding::new(
+            self.clip,
+            self.levels(n_participants),
+            self.max_weight,
+        )?;
+        encoding.check_capacity(n_participants as u64)?;
+        Ok(encoding)
+    }
+
+    /// Neighbourhood degree for `n` selected participants.
+    pub fn degree(&self, n: usize) -> u32 {
+        self.neighbours
+            .unwrap_or_else(|| cairn_secagg::graph::default_degree(n as u32))
+    }
+}
+
+fn default_enabled() -> bool {
+    true
+}
+fn default_threshold() -> f64 {
+    0.5
+}
+fn default_clip() -> f32 {
+    4.0
+}
+fn default_max_weight() -> u32 {
+    10_000
 }
 
 /// Networks a job can train.
@@ -226,6 +315,48 @@ impl JobSpec {
                 "expected 1..=1000",
             );
         }
+        let secure = &self.secure_aggregation;
+        if !secure.enabled {
+            return Ok(());
+        }
+        if self.min_participants < 3 {
+            return invalid(
+                "min_participants",
+                self.min_participants,
+                "secure aggregation needs at least 3 participants per round; raise min_participants or set secure_aggregation.enabled: false",
+            );
+        }
+        if !(0.5..1.0).contains(&secure.threshold) {
+            return invalid(
+                "secure_aggregation.threshold",
+                secure.threshold,
+                "expected a fraction in [0.5, 1): a strict majority of each neighbourhood must be needed to reconstruct a secret",
+            );
+        }
+        if let Some(k) = secure.neighbours
+            && k < 2
+        {
+            return invalid("secure_aggregation.neighbours", k, "expected at least 2");
+        }
+        if !(secure.clip.is_finite() && secure.clip > 0.0 && secure.clip <= 1e6) {
+            return invalid(
+                "secure_aggregation.clip",
+                secure.clip,
+                "expected a number in (0, 1000000]",
+            );
+        }
+        if let Some(bits) = secure.quantization_bits
+            && !(2..=31).contains(&bits)
+        {
+            return invalid("secure_aggregation.quantization_bits", bits, "expected 2..=31");
+        }
+        if let Err(e) = secure.encoding(self.participants.len()) {
+            return invalid(
+                "secure_aggregation",
+                format!("set for {} participants", self.participants.len()),
+                &e.to_string(),
+            );
+        }
         Ok(())
     }
 }
@@ -239,7 +370,7 @@ name: digits-demo
 model: mlp
 dataset: digits
 rounds: 3
-min_participants: 2
+min_participants: 3
 participants: [alpha, beta, gamma]
 ";
 
@@ -254,6 +385,37 @@ participants: [alpha, beta, gamma]
         assert_eq!(job.batch_size, 32);
         assert_eq!(job.phase_deadline(), Duration::from_secs(300));
         assert_eq!(job.dataset.image_size(), (8, 8));
+        assert!(job.secure_aggregation.enabled, "secure aggregation is on by default");
+        assert_eq!(job.secure_aggregation.levels(3), u32::MAX / 3 + 1);
+        assert_eq!(job.secure_aggregation.degree(3), 8);
+    }
+
+    #[test]
+    fn secure_aggregation_settings_are_checked() {
+        let with = |block: &str| format!("{VALID}secure_aggregation: {{{block}}}\n");
+        assert!(JobSpec::parse(&with("enabled: false")).is_ok());
+        assert!(
+            JobSpec::parse(&with("threshold: 0.7, neighbours: 4, clip: 1.5, quantization_bits: 20, max_weight: 500"))
+                .is_ok()
+        );
+        let cases = [
+            ("threshold: 0.4", "`secure_aggregation.threshold` is 0.4; expected a fraction in [0.5, 1)"),
+            ("threshold: 1.0", "`secure_aggregation.threshold` is 1"),
+            ("neighbours: 1", "`secure_aggregation.neighbours` is 1; expected at least 2"),
+            ("clip: 0", "`secure_aggregation.clip` is 0"),
+            ("quantization_bits: 32", "`secure_aggregation.quantization_bits` is 32; expected 2..=31"),
+            ("quantization_bits: 31, max_weight: 10", "could wrap the 2^32 modulus"),
+            ("max_weight: 2000000000", "max_weight"),
+            ("max_weight: 0", "max_weight is 0"),
+            ("sum: exact", "unknown field `sum`"),
+        ];
+        for (block, expected) in cases {
+            let err = error_of(&with(block));
+            assert!(err.contains(expected), "{block}: {err}");
+        }
+        let two = VALID.replace("min_participants: 3", "min_participants: 2");
+        assert!(error_of(&two).contains("secure aggregation needs at least 3 participants"));
+        assert!(JobSpec::parse(&format!("{two}secure_aggregation: {{enabled: false}}\n")).is_ok());
     }
 
     #[test]
@@ -270,12 +432,12 @@ participants: [alpha, beta, gamma]
                 "field `rounds` is 0; expected 1..=1000000",
             ),
             (
-                "min_participants: 2",
+                "min_participants: 3",
                 "min_participants: 4",
                 "field `min_participants` is 4; expected 1..=3",
             ),
             (
-                "min_participants: 2",
+                "min_participants: 3",
                 "min_participants: 0",
                 "field `min_participants` is 0",
             ),

@@ -21,7 +21,8 @@ const ROUNDS: u64 = 6;
 fn job_yaml() -> String {
     format!(
         "name: crash-test\nmodel: mlp\ndataset: digits\nrounds: {ROUNDS}\nmin_participants: 2\nlocal_epochs: 15\n\
-         batch_size: 16\nlearning_rate: 0.05\nphase_deadline_s: 60\nseed: 3\nparticipants: [{}]\n",
+         batch_size: 16\nlearning_rate: 0.05\nphase_deadline_s: 60\nseed: 3\nparticipants: [{}]\n\
+         secure_aggregation: {{enabled: false}}\n",
         IDS.join(", ")
     )
 }

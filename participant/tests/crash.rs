@@ -91,7 +91,8 @@ async fn a_killed_participant_is_dropped_and_rejoins_after_restart() {
     .expect("provision");
     let job = JobSpec::parse(&format!(
         "name: kill-test\nmodel: mlp\ndataset: digits\nrounds: 25\nmin_participants: 2\nlocal_epochs: 20\n\
-         batch_size: 16\nlearning_rate: 0.05\nphase_deadline_s: 30\nparticipants: [{}]\n",
+         batch_size: 16\nlearning_rate: 0.05\nphase_deadline_s: 30\nparticipants: [{}]\n\
+         secure_aggregation: {{enabled: false}}\n",
         IDS.join(", ")
     ))
     .expect("job");

@@ -119,16 +119,31 @@ pub fn spec_len(spec: &TensorSpec) -> u64 {
 /// If `values.len()` differs from the number of values `specs` describe: the caller builds both
 /// from the same model, so a mismatch is a bug, not bad input.
 pub fn split(round: u64, specs: &[TensorSpec], values: &[f32]) -> (TransferHeader, Vec<Chunk>) {
+    split_payload(round, specs, values.len(), values.iter().flat_map(|v| v.to_le_bytes()))
+}
+
+/// Splits a vector of unsigned 32-bit values (a masked input of secure aggregation, which is
+/// not a float tensor) the same way as [`split`]; [`Assembler::push_words`] takes it back in.
+///
+/// # Panics
+/// As [`split`].
+pub fn split_words(
+    round: u64,
+    specs: &[TensorSpec],
+    values: &[u32],
+) -> (TransferHeader, Vec<Chunk>) {
+    split_payload(round, specs, values.len(), values.iter().flat_map(|v| v.to_le_bytes()))
+}
+
+fn split_payload(
+    round: u64,
+    specs: &[TensorSpec],
+    n_given: usize,
+    bytes: impl Iterator<Item = u8>,
+) -> (TransferHeader, Vec<Chunk>) {
     let n_values: u64 = specs.iter().map(spec_len).sum();
-    assert_eq!(
-        n_values,
-        values.len() as u64,
-        "tensor specs and values disagree"
-    );
-    let payload: Vec<u8> = values
-        .iter()
-        .flat_map(|value| value.to_le_bytes())
-        .collect();
+    assert_eq!(n_values, n_given as u64, "tensor specs and values disagree");
+    let payload: Vec<u8> = bytes.collect();
     let chunks: Vec<Chunk> = payload
         .chunks(MAX_CHUNK_BYTES)
         .enumerate()
@@ -251,6 +266,34 @@ impl Assembler {
     /// Takes the next chunk. Returns the values once the last chunk has arrived and every check
     /// passed, `None` while more chunks are due.
     pub fn push(&mut self, chunk: Chunk) -> Result<Option<Vec<f32>>, TransferError> {
+        let Some(payload) = self.push_bytes(chunk)? else {
+            return Ok(None);
+        };
+        let values: Vec<f32> = payload
+            .chunks_exact(4)
+            .map(|bytes| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+            .collect();
+        if let Some((position, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(TransferError::NonFinite {
+                what: self.what.clone(),
+                position,
+                value,
+            });
+        }
+        Ok(Some(values))
+    }
+
+    /// As [`Assembler::push`], for a payload of unsigned 32-bit values (see [`split_words`]).
+    pub fn push_words(&mut self, chunk: Chunk) -> Result<Option<Vec<u32>>, TransferError> {
+        Ok(self.push_bytes(chunk)?.map(|payload| {
+            payload
+                .chunks_exact(4)
+                .map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+                .collect()
+        }))
+    }
+
+    fn push_bytes(&mut self, chunk: Chunk) -> Result<Option<Vec<u8>>, TransferError> {
         if chunk.round != self.header.round {
             return Err(TransferError::WrongRound {
                 chunk_round: chunk.round,
@@ -285,20 +328,7 @@ impl Assembler {
         if payload_hash.as_ref() != self.header.sha256.as_slice() {
             return Err(TransferError::PayloadHashMismatch);
         }
-        let values: Vec<f32> = self
-            .payload
-            .chunks_exact(4)
-            .map(|bytes| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-            .collect();
-        if let Some((position, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(TransferError::NonFinite {
-                what: self.what.clone(),
-                position,
-                value,
-            });
-        }
-        self.payload = Vec::new();
-        Ok(Some(values))
+        Ok(Some(std::mem::take(&mut self.payload)))
     }
 }
 
@@ -410,6 +440,19 @@ mod tests {
             receive(header, chunks),
             Err(TransferError::NonFinite { position: 4, .. })
         ));
+    }
+
+    #[test]
+    fn unsigned_words_round_trip_without_a_finiteness_check() {
+        // 0x7fc0_0000 is a NaN as f32 and an ordinary masked value as u32.
+        let values: Vec<u32> = (0..300_000u32).map(|i| i.wrapping_mul(0x7fc0_0001)).collect();
+        let (header, chunks) = split_words(2, &specs(&[300_000]), &values);
+        let mut assembler = Assembler::new(header, "masked input", Some(300_000)).unwrap();
+        let mut result = None;
+        for chunk in chunks {
+            result = assembler.push_words(chunk).unwrap();
+        }
+        assert_eq!(result.unwrap(), values);
     }
 
     #[test]

@@ -91,14 +91,37 @@ pub fn mask_input(
     }
 }
 
+/// The PRG key and sign that remove a survivor's self mask from the sum, given its reconstructed
+/// seed: for callers that remove many masks in one pass.
+pub fn self_mask_removal(survivor: u32, seed: &[u8; 32], session: &SessionId) -> (PrgKey, Sign) {
+    (self_mask_key(seed, session, survivor), Sign::Subtract)
+}
+
 /// Removes a survivor's self mask from the sum, given its reconstructed seed.
 pub fn remove_self_mask(sum: &mut [u32], survivor: u32, seed: &[u8; 32], session: &SessionId) {
-    apply_mask(sum, &self_mask_key(seed, session, survivor), Sign::Subtract);
+    let (key, sign) = self_mask_removal(survivor, seed, session);
+    apply_mask(sum, &key, sign);
+}
+
+/// The PRG key and sign that remove from the sum the pairwise mask that `survivor` added for its
+/// dropped neighbour `dropped`, given their agreed secret (which the coordinator computes from
+/// `dropped`'s reconstructed masking key and `survivor`'s public key).
+pub fn pairwise_mask_removal(
+    survivor: u32,
+    dropped: u32,
+    secret: &[u8; 32],
+    session: &SessionId,
+) -> (PrgKey, Sign) {
+    let key = pairwise_mask_key(secret, session, survivor, dropped);
+    let undo = match pairwise_sign(survivor, dropped) {
+        Sign::Add => Sign::Subtract,
+        Sign::Subtract => Sign::Add,
+    };
+    (key, undo)
 }
 
 /// Removes from the sum the pairwise mask that `survivor` added for its dropped neighbour
-/// `dropped`, given their agreed secret (which the coordinator computes from `dropped`'s
-/// reconstructed masking key and `survivor`'s public key).
+/// `dropped` (see [`pairwise_mask_removal`]).
 pub fn remove_pairwise_mask(
     sum: &mut [u32],
     survivor: u32,
@@ -106,12 +129,8 @@ pub fn remove_pairwise_mask(
     secret: &[u8; 32],
     session: &SessionId,
 ) {
-    let key = pairwise_mask_key(secret, session, survivor, dropped);
-    let undo = match pairwise_sign(survivor, dropped) {
-        Sign::Add => Sign::Subtract,
-        Sign::Subtract => Sign::Add,
-    };
-    apply_mask(sum, &key, undo);
+    let (key, sign) = pairwise_mask_removal(survivor, dropped, secret, session);
+    apply_mask(sum, &key, sign);
 }
 
 #[cfg(test)]

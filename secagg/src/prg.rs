@@ -61,16 +61,23 @@ pub fn apply_masks_parallel(vector: &mut [u32], masks: &[(PrgKey, Sign)], thread
     // Ranges are whole 16-byte AES blocks (4 values), so no thread starts inside a block.
     let per_thread = (vector.len().div_ceil(threads).div_ceil(4) * 4).max(4);
     const TILE: usize = 4 * BLOCK_VALUES;
+    let apply = move |index: usize, range: &mut [u32]| {
+        for (tile_index, tile) in range.chunks_mut(TILE).enumerate() {
+            let offset = index * per_thread + tile_index * TILE;
+            for (key, sign) in masks {
+                apply_mask_at(tile, offset, key, *sign);
+            }
+        }
+    };
     std::thread::scope(|scope| {
-        for (index, range) in vector.chunks_mut(per_thread).enumerate() {
-            scope.spawn(move || {
-                for (tile_index, tile) in range.chunks_mut(TILE).enumerate() {
-                    let offset = index * per_thread + tile_index * TILE;
-                    for (key, sign) in masks {
-                        apply_mask_at(tile, offset, key, *sign);
-                    }
-                }
-            });
+        let mut ranges = vector.chunks_mut(per_thread).enumerate();
+        let first = ranges.next();
+        for (index, range) in ranges {
+            scope.spawn(move || apply(index, range));
+        }
+        // The calling thread takes a range too, rather than waiting idle.
+        if let Some((index, range)) = first {
+            apply(index, range);
         }
     });
 }

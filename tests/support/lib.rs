@@ -93,17 +93,19 @@ pub fn digits_job(ids: &[&str], rounds: u64, min_participants: usize) -> JobSpec
     digits_job_with_deadline(ids, rounds, min_participants, 60)
 }
 
-/// A digits job for `ids` whose phases last at most `phase_deadline_s`.
+/// A digits job for `ids` whose phases last at most `phase_deadline_s`. Secure aggregation is on
+/// when `min_participants` allows it (three or more), off otherwise.
 pub fn digits_job_with_deadline(
     ids: &[&str],
     rounds: u64,
     min_participants: usize,
     phase_deadline_s: u64,
 ) -> JobSpec {
+    let secure = min_participants >= 3;
     let yaml = format!(
         "name: test-job\nmodel: mlp\ndataset: digits\nrounds: {rounds}\nmin_participants: {min_participants}\n\
          local_epochs: 2\nbatch_size: 16\nlearning_rate: 0.1\nphase_deadline_s: {phase_deadline_s}\nseed: 1\n\
-         participants: [{}]\n",
+         participants: [{}]\nsecure_aggregation: {{enabled: {secure}}}\n",
         ids.join(", ")
     );
     JobSpec::parse(&yaml).expect("valid job")

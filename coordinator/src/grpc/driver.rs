@@ -5,7 +5,9 @@
 use super::{Connection, Shared};
 use crate::Error;
 use crate::model::{initialize, save_safetensors};
-use crate::round::{Command, Event, RoundMachine, RoundSettings};
+use crate::round::{
+    Command, Event, ParticipantId, RoundMachine, RoundSettings, SecureOutbound, SecureSettings,
+};
 use crate::store::{Resume, RoundRecord, Store};
 use crate::strategy::FedAvg;
 use cairn_proto::v1::coordinator_message::Body;
@@ -39,6 +41,17 @@ pub(super) async fn run(
         phase_deadline: job.phase_deadline(),
         max_round_attempts: job.max_round_attempts,
         seed: job.seed,
+        secure: match job.secure_aggregation.enabled {
+            false => None,
+            true => Some(SecureSettings {
+                job: job.name.clone(),
+                spec: job.secure_aggregation.clone(),
+                encoding: job
+                    .secure_aggregation
+                    .encoding(job.participants.len())
+                    .map_err(|e| Error::Job(format!("secure_aggregation: {e}")))?,
+            }),
+        },
     };
     let mut rounds = resume.rounds;
     let committed = rounds.len() as u64;
@@ -77,7 +90,12 @@ pub(super) async fn run(
     while let Some(event) = events.recv().await {
         for command in machine.handle(event) {
             match command {
-                Command::SendTrain { round, to, model } => {
+                Command::SendTrain {
+                    round,
+                    to,
+                    model,
+                    secure,
+                } => {
                     if clock.as_ref().is_none_or(|c| c.round != round) {
                         clock = Some(RoundClock {
                             round,
@@ -86,7 +104,13 @@ pub(super) async fn run(
                             bytes_out: shared.bytes_out.load(Ordering::Relaxed),
                         });
                     }
-                    tracing::info!(round, participants = ?to, "round {round}: training on {} participants", to.len());
+                    let how = if secure.is_some() {
+                        "secure aggregation"
+                    } else {
+                        "plaintext updates"
+                    };
+                    tracing::info!(round, participants = ?to, "round {round}: training on {} participants ({how})", to.len());
+                    let secure_aggregation = secure.as_ref().map(super::secure::setup);
                     let config = TrainingConfig {
                         model: job.model.name().to_string(),
                         local_epochs: job.local_epochs,
@@ -99,9 +123,15 @@ pub(super) async fn run(
                             config: Some(config.clone()),
                             model: Some(header),
                             deadline_ms: job.phase_deadline().as_millis() as u64,
+                            secure_aggregation: secure_aggregation.clone(),
                         })
                     });
                 }
+                Command::SendSecure {
+                    round,
+                    attempt,
+                    messages,
+                } => send_secure(&shared, round, attempt, messages),
                 Command::SendEvaluate { round, to, model } => {
                     send_model(&shared, &to, round, &model, |header| {
                         Body::Evaluate(EvaluateInstruction {
@@ -243,6 +273,31 @@ fn send_model(
                 if connection.outbox.send(Ok(message)).await.is_err() {
                     return;
                 }
+                shared.bytes_out.fetch_add(size, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+/// Sends each recipient its secure-aggregation message, one task per recipient as for models.
+fn send_secure(
+    shared: &Arc<Shared>,
+    round: u64,
+    attempt: u32,
+    messages: Vec<(ParticipantId, SecureOutbound)>,
+) {
+    let connections = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+    for (id, message) in messages {
+        let Some(connection) = connections.get(&id).cloned() else {
+            continue;
+        };
+        let message = CoordinatorMessage {
+            body: Some(super::secure::outbound(round, attempt, &message)),
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let size = prost::Message::encoded_len(&message) as u64;
+            if connection.outbox.send(Ok(message)).await.is_ok() {
                 shared.bytes_out.fetch_add(size, Ordering::Relaxed);
             }
         });

@@ -8,6 +8,7 @@
 //! - `driver`: one task that owns the round machine and executes its commands.
 
 mod driver;
+mod secure;
 mod session;
 
 use crate::Error;

@@ -5,7 +5,8 @@
 
 use super::{Connection, Shared};
 use crate::pki::{PARTICIPANT_UNIT, identity_of};
-use crate::round::Event;
+use super::secure;
+use crate::round::{Event, SecureMessage};
 use crate::strategy::{Update, check_weight_and_loss};
 use cairn_proto::transfer::Assembler;
 use cairn_proto::v1::federation_server::Federation;
@@ -255,6 +256,21 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A transfer being received: a plaintext update or a masked input.
+enum Incoming {
+    Update(PendingUpdate),
+    Masked(super::secure::PendingMasked),
+}
+
+impl Incoming {
+    fn round(&self) -> u64 {
+        match self {
+            Incoming::Update(u) => u.round,
+            Incoming::Masked(m) => m.round,
+        }
+    }
+}
+
 /// An update being received: its header and the chunks so far.
 struct PendingUpdate {
     round: u64,
@@ -265,7 +281,7 @@ struct PendingUpdate {
 
 async fn read(shared: &Shared, id: &str, inbound: &mut Streaming<ParticipantMessage>) -> Ended {
     let silence = shared.heartbeat_interval * 3;
-    let mut pending: Option<PendingUpdate> = None;
+    let mut pending: Option<Incoming> = None;
     loop {
         let next = match tokio::time::timeout(silence, inbound.message()).await {
             Err(_) => {
@@ -286,22 +302,30 @@ async fn read(shared: &Shared, id: &str, inbound: &mut Streaming<ParticipantMess
             Some(Inbound::Hello(_)) => Err(Refusal::FailedPrecondition(
                 "Hello sent twice; it is only the first message".into(),
             )),
-            Some(Inbound::Update(header)) => {
-                start_update(shared, &mut pending, header).map(|p| pending = Some(p))
-            }
-            Some(Inbound::Chunk(chunk)) => match pending.as_mut() {
+            Some(Inbound::Update(header)) => no_transfer_pending(&pending)
+                .and_then(|()| start_update(shared, header))
+                .map(|p| pending = Some(Incoming::Update(p))),
+            Some(Inbound::MaskedInput(header)) => no_transfer_pending(&pending)
+                .and_then(|()| {
+                    let len = cairn_secagg::quantize::UpdateEncoding::vector_len(shared.n_values);
+                    secure::start_masked(header, len).map_err(Refusal::InvalidArgument)
+                })
+                .map(|p| pending = Some(Incoming::Masked(p))),
+            Some(Inbound::Chunk(chunk)) => match pending.take() {
                 None => Err(Refusal::FailedPrecondition(format!(
-                    "chunk {} of round {} arrived without an update header",
+                    "chunk {} of round {} arrived without an update or masked input header",
                     chunk.index, chunk.round
                 ))),
-                Some(update) => match update.assembler.push(chunk) {
+                Some(Incoming::Update(mut update)) => match update.assembler.push(chunk) {
                     Err(e) => Err(Refusal::InvalidArgument(format!(
                         "update for round {}: {e}",
                         update.round
                     ))),
-                    Ok(None) => Ok(()),
+                    Ok(None) => {
+                        pending = Some(Incoming::Update(update));
+                        Ok(())
+                    }
                     Ok(Some(weighted_delta)) => {
-                        let update = pending.take().expect("pending is Some in this arm");
                         let _ = shared.events.send(Event::UpdateReceived {
                             id: id.to_string(),
                             round: update.round,
@@ -314,7 +338,34 @@ async fn read(shared: &Shared, id: &str, inbound: &mut Streaming<ParticipantMess
                         Ok(())
                     }
                 },
+                Some(Incoming::Masked(mut masked)) => match masked.assembler.push_words(chunk) {
+                    Err(e) => Err(Refusal::InvalidArgument(format!(
+                        "masked input for round {}: {e}",
+                        masked.round
+                    ))),
+                    Ok(None) => {
+                        pending = Some(Incoming::Masked(masked));
+                        Ok(())
+                    }
+                    Ok(Some(values)) => {
+                        let _ = shared.events.send(Event::Secure {
+                            id: id.to_string(),
+                            round: masked.round,
+                            attempt: masked.attempt,
+                            message: SecureMessage::MaskedInput(values),
+                        });
+                        Ok(())
+                    }
+                },
             },
+            Some(Inbound::Advertisement(ad)) => forward(shared, id, secure::advertisement(ad)),
+            Some(Inbound::Shares(shares)) => {
+                forward(shared, id, secure::encrypted_shares(shares))
+            }
+            Some(Inbound::SurvivorSignature(signature)) => {
+                forward(shared, id, secure::survivor_signature(signature))
+            }
+            Some(Inbound::Reveal(reveal)) => forward(shared, id, secure::reveal(reveal)),
             Some(Inbound::Evaluation(report)) => check_evaluation(&report).map(|()| {
                 let _ = shared.events.send(Event::EvaluationReceived {
                     id: id.to_string(),
@@ -331,17 +382,34 @@ async fn read(shared: &Shared, id: &str, inbound: &mut Streaming<ParticipantMess
     }
 }
 
-fn start_update(
-    shared: &Shared,
-    pending: &mut Option<PendingUpdate>,
-    header: UpdateHeader,
-) -> Result<PendingUpdate, Refusal> {
-    if let Some(previous) = pending {
-        return Err(Refusal::FailedPrecondition(format!(
-            "a new update header arrived before the update for round {} was complete",
-            previous.round
-        )));
+/// Refuses a new transfer while another one is still arriving.
+fn no_transfer_pending(pending: &Option<Incoming>) -> Result<(), Refusal> {
+    match pending {
+        None => Ok(()),
+        Some(previous) => Err(Refusal::FailedPrecondition(format!(
+            "a new transfer header arrived before the transfer for round {} was complete",
+            previous.round()
+        ))),
     }
+}
+
+/// Passes a well-formed secure-aggregation message to the round machine.
+fn forward(
+    shared: &Shared,
+    id: &str,
+    parsed: Result<(u64, u32, SecureMessage), String>,
+) -> Result<(), Refusal> {
+    let (round, attempt, message) = parsed.map_err(Refusal::InvalidArgument)?;
+    let _ = shared.events.send(Event::Secure {
+        id: id.to_string(),
+        round,
+        attempt,
+        message,
+    });
+    Ok(())
+}
+
+fn start_update(shared: &Shared, header: UpdateHeader) -> Result<PendingUpdate, Refusal> {
     let transfer = header
         .transfer
         .ok_or_else(|| Refusal::InvalidArgument("update header has no transfer header".into()))?;

@@ -10,8 +10,16 @@
 //! model if at least `min_participants` contributed; otherwise the round is retried with the same
 //! global model. Then every connected participant evaluates the new model on its local test data,
 //! and the round is committed.
+//!
+//! With secure aggregation ([`secure`]), training is followed by the SecAgg+ phases and the sum
+//! comes out of the protocol, unmasked, instead of being added up from plaintext updates.
+
+mod secure;
+
+pub use secure::{SecureMessage, SecureOutbound, SecureSettings, SecureSetup};
 
 use crate::strategy::{EvaluationSum, Strategy, Update, UpdateSum};
+use secure::{Securing, Step};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
@@ -26,10 +34,36 @@ pub type ParticipantId = String;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
-    /// Local training; the participant answers with its update.
+    /// Local training; the participant answers with its update in the clear.
     Train,
+    /// Local training, then secure aggregation's first step: the participant answers with its
+    /// signed public keys.
+    AdvertiseKeys,
+    /// Participants send their neighbours encrypted shares of their secrets.
+    ShareKeys,
+    /// Participants send their masked inputs.
+    CollectMasked,
+    /// Survivors sign the survivor set they were shown.
+    ConsistencyCheck,
+    /// Survivors reveal the shares that remove the masks.
+    Unmask,
     /// Federated evaluation of the new global model.
     Evaluate,
+}
+
+impl Phase {
+    /// The phase's name in logs and records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Train => "train",
+            Phase::AdvertiseKeys => "advertise_keys",
+            Phase::ShareKeys => "share_keys",
+            Phase::CollectMasked => "collect_masked",
+            Phase::ConsistencyCheck => "consistency_check",
+            Phase::Unmask => "unmask",
+            Phase::Evaluate => "evaluate",
+        }
+    }
 }
 
 /// What the round machine needs to know about the job.
@@ -47,6 +81,8 @@ pub struct RoundSettings {
     pub max_round_attempts: u32,
     /// Seed of participant selection.
     pub seed: u64,
+    /// Secure aggregation, when the job has it on.
+    pub secure: Option<SecureSettings>,
 }
 
 /// Something that happened, fed to the machine.
@@ -72,6 +108,17 @@ pub enum Event {
         round: u64,
         /// The update; the machine adds it to the sum and drops it.
         update: Update,
+    },
+    /// A participant's secure-aggregation message.
+    Secure {
+        /// Who.
+        id: ParticipantId,
+        /// Round it is for.
+        round: u64,
+        /// Attempt it is for.
+        attempt: u32,
+        /// The message.
+        message: SecureMessage,
     },
     /// A participant's evaluation of the new global model.
     EvaluationReceived {
@@ -146,6 +193,17 @@ pub enum Command {
         to: Vec<ParticipantId>,
         /// The global model.
         model: Arc<Vec<f32>>,
+        /// Secure aggregation's setup, when the job has it on.
+        secure: Option<SecureSetup>,
+    },
+    /// Send secure-aggregation messages.
+    SendSecure {
+        /// Round number.
+        round: u64,
+        /// Attempt.
+        attempt: u32,
+        /// Each recipient's message.
+        messages: Vec<(ParticipantId, SecureOutbound)>,
     },
     /// Send the new global model to `to` for evaluation.
     SendEvaluate {
@@ -208,6 +266,8 @@ enum State {
     AwaitingParticipants,
     /// Selected participants are training.
     AwaitingUpdates(Training),
+    /// Selected participants are training, then aggregating securely.
+    Securing(Box<Securing>),
     /// Participants are evaluating the new model.
     AwaitingEvaluations(Evaluating),
     /// All rounds done, or the job gave up.
@@ -277,6 +337,7 @@ impl RoundMachine {
     pub fn phase(&self) -> Option<Phase> {
         match self.state {
             State::AwaitingUpdates(_) => Some(Phase::Train),
+            State::Securing(ref s) => Some(s.phase),
             State::AwaitingEvaluations(_) => Some(Phase::Evaluate),
             _ => None,
         }
@@ -306,6 +367,12 @@ impl RoundMachine {
             Event::UpdateReceived { id, round, update } => {
                 self.on_update(id, round, update, &mut commands)
             }
+            Event::Secure {
+                id,
+                round,
+                attempt,
+                message,
+            } => self.on_secure(id, round, attempt, message, &mut commands),
             Event::EvaluationReceived {
                 id,
                 round,
@@ -342,6 +409,7 @@ impl RoundMachine {
                     let seconds = self.settings.phase_deadline.as_secs_f64();
                     let pending = match &mut self.state {
                         State::AwaitingUpdates(t) => std::mem::take(&mut t.pending),
+                        State::Securing(s) => std::mem::take(&mut s.pending),
                         State::AwaitingEvaluations(e) => std::mem::take(&mut e.pending),
                         _ => BTreeSet::new(),
                     };
@@ -403,8 +471,58 @@ impl RoundMachine {
         }
     }
 
+    fn on_secure(
+        &mut self,
+        id: ParticipantId,
+        round: u64,
+        attempt: u32,
+        message: SecureMessage,
+        commands: &mut Vec<Command>,
+    ) {
+        let current = round == self.round && attempt == self.attempt;
+        let State::Securing(securing) = &mut self.state else {
+            commands.push(Command::Ignored {
+                id,
+                reason: format!(
+                    "secure aggregation message for round {round} attempt {attempt} arrived outside secure aggregation"
+                ),
+            });
+            return;
+        };
+        if !current || !securing.pending.contains(&id) {
+            let reason = if current {
+                format!(
+                    "secure aggregation message during {} from a participant not expected in it",
+                    securing.phase.name()
+                )
+            } else {
+                format!(
+                    "secure aggregation message for round {round} attempt {attempt}, the current one is round {} attempt {}",
+                    self.round, self.attempt
+                )
+            };
+            commands.push(Command::Ignored { id, reason });
+            return;
+        }
+        if let Err(reason) = securing.on_message(&id, message) {
+            securing.pending.remove(&id);
+            securing.dropouts.push(Dropout {
+                id: id.clone(),
+                phase: securing.phase,
+                reason: format!("broke the protocol: {reason}"),
+            });
+            commands.push(Command::Ignored { id, reason });
+        }
+    }
+
     fn drop_pending(&mut self, id: &ParticipantId, reason: String) {
         let phase = match &mut self.state {
+            State::Securing(s) => {
+                if !s.pending.remove(id) {
+                    return;
+                }
+                s.phase
+            }
             State::AwaitingUpdates(t) => {
                 if !t.pending.remove(id) {
                     return;
@@ -426,6 +544,7 @@ impl RoundMachine {
         let dropout = Dropout { id, phase, reason };
         match &mut self.state {
             State::AwaitingUpdates(t) => t.dropouts.push(dropout),
+            State::Securing(s) => s.dropouts.push(dropout),
             State::AwaitingEvaluations(e) => e.outcome.dropouts.push(dropout),
             _ => {}
         }
@@ -439,6 +558,10 @@ impl RoundMachine {
                 State::AwaitingParticipants => self.try_start_round(commands),
                 State::AwaitingUpdates(t) if t.pending.is_empty() => {
                     self.finish_training(commands);
+                    true
+                }
+                State::Securing(s) if s.pending.is_empty() => {
+                    self.close_secure_phase(commands);
                     true
                 }
                 State::AwaitingEvaluations(e) if e.pending.is_empty() => {
@@ -467,10 +590,34 @@ impl RoundMachine {
         candidates.shuffle(&mut rng);
         candidates.truncate(wanted);
         candidates.sort();
+        if let Some(settings) = &self.settings.secure {
+            let started = Securing::start(
+                settings,
+                self.round,
+                self.attempt,
+                candidates.clone(),
+                self.global.len(),
+            );
+            match started {
+                Ok((securing, setup)) => {
+                    commands.push(Command::SendTrain {
+                        round: self.round,
+                        to: candidates,
+                        model: self.global.clone(),
+                        secure: Some(setup),
+                    });
+                    commands.push(self.deadline(Phase::AdvertiseKeys));
+                    self.state = State::Securing(Box::new(securing));
+                }
+                Err(reason) => self.fail_attempt(reason, commands),
+            }
+            return true;
+        }
         commands.push(Command::SendTrain {
             round: self.round,
             to: candidates.clone(),
             model: self.global.clone(),
+            secure: None,
         });
         commands.push(self.deadline(Phase::Train));
         self.state = State::AwaitingUpdates(Training {
@@ -500,27 +647,82 @@ impl RoundMachine {
         };
         // Sorted, so that records do not depend on who answered first.
         training.contributors.sort();
-        let n = training.contributors.len();
+        self.aggregate(
+            training.selected,
+            training.contributors,
+            training.dropouts,
+            &training.sum,
+            commands,
+        );
+    }
+
+    fn close_secure_phase(&mut self, commands: &mut Vec<Command>) {
+        let State::Securing(securing) = &mut self.state else {
+            return;
+        };
+        match securing.close(&self.connected) {
+            Ok(Step::Next(messages)) => {
+                let phase = securing.phase;
+                commands.push(Command::SendSecure {
+                    round: self.round,
+                    attempt: self.attempt,
+                    messages,
+                });
+                commands.push(self.deadline(phase));
+            }
+            Ok(Step::Done { sum, contributors }) => {
+                let State::Securing(securing) =
+                    std::mem::replace(&mut self.state, State::AwaitingParticipants)
+                else {
+                    return;
+                };
+                let Securing {
+                    selected, dropouts, ..
+                } = *securing;
+                self.aggregate(selected, contributors, dropouts, &sum, commands);
+            }
+            Err(reason) => {
+                let phase = securing.phase;
+                self.state = State::AwaitingParticipants;
+                self.fail_attempt(
+                    format!("secure aggregation failed in {}: {reason}", phase.name()),
+                    commands,
+                );
+            }
+        }
+    }
+
+    /// Makes the next global model from `sum` if enough participants contributed, and starts
+    /// its evaluation; otherwise fails the attempt.
+    fn aggregate(
+        &mut self,
+        selected: Vec<ParticipantId>,
+        contributors: Vec<ParticipantId>,
+        dropouts: Vec<Dropout>,
+        sum: &UpdateSum,
+        commands: &mut Vec<Command>,
+    ) {
+        let n = contributors.len();
         if n < self.settings.min_participants {
             let reason = format!(
-                "only {n} of {} selected participants sent an update, the job needs {}",
-                training.selected.len(),
+                "only {n} of {} selected participants contributed an update, the job needs {}",
+                selected.len(),
                 self.settings.min_participants
             );
             return self.fail_attempt(reason, commands);
         }
-        let next = match self.strategy.aggregate(&self.global, &training.sum) {
+        let next = match self.strategy.aggregate(&self.global, sum) {
             Ok(next) => Arc::new(next),
             Err(e) => return self.fail_attempt(format!("aggregation failed: {e}"), commands),
         };
         let outcome = RoundOutcome {
             round: self.round,
             attempt: self.attempt,
-            selected: training.selected,
-            contributors: training.contributors,
-            dropouts: training.dropouts,
-            train_examples: training.sum.weight(),
-            train_loss: training.sum.mean_train_loss(),
+            selected,
+            contributors,
+            dropouts,
+            train_examples: sum.weight(),
+            train_loss: sum.mean_train_loss(),
             evaluators: 0,
             eval_examples: 0,
             eval_loss: None,

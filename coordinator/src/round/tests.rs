@@ -11,6 +11,7 @@ fn settings(min: usize, rounds: u64) -> RoundSettings {
         phase_deadline: Duration::from_secs(60),
         max_round_attempts: 2,
         seed: 7,
+        secure: None,
     }
 }
 

@@ -6,7 +6,8 @@ use crate::model::{initialize, layout};
 
 fn job() -> JobSpec {
     JobSpec::parse(
-        "name: t\nmodel: mlp\ndataset: digits\nrounds: 5\nmin_participants: 1\nparticipants: [a]\n",
+        "name: t\nmodel: mlp\ndataset: digits\nrounds: 5\nmin_participants: 1\nparticipants: [a]\n\
+         secure_aggregation: {enabled: false}\n",
     )
     .unwrap()
 }

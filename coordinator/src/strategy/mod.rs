@@ -58,6 +58,28 @@ impl UpdateSum {
         }
     }
 
+    /// The sum as secure aggregation yields it: already totalled, with no individual update ever
+    /// seen. `weighted_delta` must have the model's length.
+    pub fn from_totals(
+        weighted_delta: Vec<f64>,
+        weight: u64,
+        weighted_train_loss: f64,
+        n_contributors: usize,
+    ) -> Result<UpdateSum, Error> {
+        check_weight_and_loss(weight, weighted_train_loss)?;
+        if let Some(position) = weighted_delta.iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidUpdate(format!(
+                "securely aggregated sum holds a non-finite value at position {position}"
+            )));
+        }
+        Ok(UpdateSum {
+            weighted_delta: Array1::from(weighted_delta),
+            weight,
+            weighted_train_loss,
+            n_contributors,
+        })
+    }
+
     /// Adds one update, which is then dropped by the caller.
     pub fn add(&mut self, update: &Update) -> Result<(), Error> {
         if update.weighted_delta.len() != self.weighted_delta.len() {

@@ -59,6 +59,13 @@ impl Signer for KitSigner {
     }
 }
 
+/// The DER bytes of the first certificate in `pem`.
+pub fn certificate_der(pem: &str) -> Result<Vec<u8>, String> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map(|der| der.to_vec())
+        .map_err(|e| format!("holds no usable certificate: {e}"))
+}
+
 /// Verifies neighbours' signatures with their certificates, each checked against the CA.
 #[derive(Debug)]
 pub struct FederationVerifier {

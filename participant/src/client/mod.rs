@@ -4,6 +4,7 @@
 //! weighted update, evaluate new models, until the coordinator says the job is finished.
 
 pub mod identity;
+mod secure;
 
 use crate::Error;
 use crate::task::{EpochProgress, Evaluation, Task, TensorShape, TrainingConfig};
@@ -13,7 +14,7 @@ use cairn_proto::v1::federation_client::FederationClient;
 use cairn_proto::v1::participant_message::Body as Outbound;
 use cairn_proto::v1::{
     CoordinatorMessage, EvaluationReport, Heartbeat, Hello, ParticipantMessage, TensorSpec,
-    TransferHeader, UpdateHeader,
+    TransferHeader, UpdateHeader, Welcome,
 };
 use rand::Rng;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,12 @@ pub struct Kit {
     dir: PathBuf,
     identity: Identity,
     ca: Certificate,
+    /// The CA (PEM), against which neighbours' certificates are verified in secure aggregation.
+    ca_pem: String,
+    /// This participant's certificate (DER), advertised to its neighbours.
+    certificate_der: Vec<u8>,
+    /// Signs with the certificate's key.
+    signer: Arc<identity::KitSigner>,
 }
 
 impl std::fmt::Debug for Kit {
@@ -61,10 +68,19 @@ impl Kit {
         let cert = read("cert.pem", "BEGIN CERTIFICATE")?;
         let key = read("key.pem", "PRIVATE KEY")?;
         let ca = read("ca.pem", "BEGIN CERTIFICATE")?;
+        let kit_error = |name: &str, reason: String| Error::Kit {
+            path: dir.join(name),
+            reason,
+        };
+        let signer = identity::KitSigner::from_pem(&key).map_err(|e| kit_error("key.pem", e.to_string()))?;
+        let certificate_der = identity::certificate_der(&cert).map_err(|e| kit_error("cert.pem", e))?;
         Ok(Kit {
             dir: dir.to_path_buf(),
             identity: Identity::from_pem(cert, key),
-            ca: Certificate::from_pem(ca),
+            ca: Certificate::from_pem(&ca),
+            ca_pem: ca,
+            certificate_der,
+            signer: Arc::new(signer),
         })
     }
 }
@@ -331,7 +347,7 @@ async fn session(
     );
     let interval = Duration::from_secs(u64::from(welcome.heartbeat_interval_s.max(1)));
     let heartbeats = tokio::spawn(send_heartbeats(outbox.clone(), interval));
-    let result = serve(options, &mut inbound, &outbox, task, summary).await;
+    let result = serve(options, &welcome, &mut inbound, &outbox, task, summary).await;
     heartbeats.abort();
     result
 }
@@ -496,6 +512,7 @@ async fn with_task<T: Send + 'static>(
 
 async fn serve(
     options: &ClientOptions,
+    welcome: &Welcome,
     inbound: &mut Inbox,
     outbox: &mpsc::Sender<ParticipantMessage>,
     task: &mut Option<Box<dyn Task>>,
@@ -503,6 +520,7 @@ async fn serve(
 ) -> Result<SessionEnd, Error> {
     let label = options.label.clone();
     let closed = || retry("the coordinator closed the session".into(), true);
+    let mut secure: Option<secure::SecureRound> = None;
     loop {
         let message = match inbound.next().await {
             Ok(Some(message)) => message,
@@ -546,13 +564,39 @@ async fn serve(
                         );
                     };
                     let outcome = task.train(&training, &mut report)?;
-                    let weight = outcome.n_examples as f32;
-                    let weighted_delta: Vec<f32> =
-                        task.parameters().iter().zip(&global).map(|(local, global)| weight * (local - global)).collect();
-                    Ok((weighted_delta, outcome.n_examples, outcome.mean_loss))
+                    let delta: Vec<f32> =
+                        task.parameters().iter().zip(&global).map(|(local, global)| local - global).collect();
+                    Ok((delta, outcome.n_examples, outcome.mean_loss))
                 })
                 .await??;
-                let (weighted_delta, weight, mean_loss) = update;
+                let (delta, weight, mean_loss) = update;
+                if let Some(setup) = &instruction.secure_aggregation {
+                    secure = None;
+                    match secure::SecureRound::start(
+                        &options.kit,
+                        &welcome.job_name,
+                        &welcome.participant_id,
+                        round,
+                        setup,
+                        &delta,
+                        weight,
+                        mean_loss,
+                    ) {
+                        Ok((started, advertisement)) => {
+                            if outbox.send(advertisement).await.is_err() {
+                                return closed();
+                            }
+                            tracing::info!(participant = %label, "{label}: round {round}: trained (weight {weight}, train loss {mean_loss:.4}); secure aggregation started");
+                            secure = Some(started);
+                        }
+                        Err(reason) => {
+                            tracing::error!(participant = %label, "{label}: round {round}: not taking part in secure aggregation: {reason}");
+                        }
+                    }
+                    summary.rounds_trained += 1;
+                    continue;
+                }
+                let weighted_delta: Vec<f32> = delta.iter().map(|d| weight as f32 * d).collect();
                 if send_update(outbox, round, &specs, &weighted_delta, weight, mean_loss)
                     .await
                     .is_err()
@@ -625,6 +669,34 @@ async fn serve(
                 );
             }
             Inbound::Heartbeat(_) => {}
+            body @ (Inbound::Advertisements(_)
+            | Inbound::Shares(_)
+            | Inbound::Survivors(_)
+            | Inbound::SurvivorSignatures(_)) => {
+                let (round, attempt) = secure::round_of(&body).unwrap_or_default();
+                let Some(current) = secure.as_mut().filter(|s| s.is_for(round, attempt)) else {
+                    tracing::warn!(participant = %label, "{label}: ignored a secure aggregation message for round {round} attempt {attempt}, which this participant is not running");
+                    continue;
+                };
+                match current.on_message(body) {
+                    Ok((messages, done)) => {
+                        for message in messages {
+                            if outbox.send(message).await.is_err() {
+                                return closed();
+                            }
+                        }
+                        if done {
+                            tracing::info!(participant = %label, "{label}: round {round}: secure aggregation done (shares revealed)");
+                            secure = None;
+                        }
+                    }
+                    Err(reason) => {
+                        let (round, attempt) = current.round();
+                        tracing::error!(participant = %label, "{label}: round {round} attempt {attempt}: aborting secure aggregation, nothing more is revealed: {reason}");
+                        secure = None;
+                    }
+                }
+            }
         }
     }
 }

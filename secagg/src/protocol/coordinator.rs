@@ -7,7 +7,8 @@ use super::{
     SurvivorSignature,
 };
 use crate::crypto::agree;
-use crate::mask::{SessionId, remove_pairwise_mask, remove_self_mask};
+use crate::mask::{SessionId, pairwise_mask_removal, self_mask_removal};
+use crate::prg::{PrgKey, Sign, apply_masks_parallel};
 use crate::shamir::{self, Share};
 use std::collections::{BTreeMap, BTreeSet};
 use x25519_dalek::StaticSecret;
@@ -39,6 +40,8 @@ pub struct CoordinatorMachine {
     self_mask_shares: BTreeMap<u32, Vec<Share>>,
     mask_key_shares: BTreeMap<u32, Vec<Share>>,
     revealed: BTreeSet<u32>,
+    /// Cores to spread the arithmetic over.
+    threads: usize,
 }
 
 impl CoordinatorMachine {
@@ -57,6 +60,7 @@ impl CoordinatorMachine {
             self_mask_shares: BTreeMap::new(),
             mask_key_shares: BTreeMap::new(),
             revealed: BTreeSet::new(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
@@ -188,9 +192,7 @@ impl CoordinatorMachine {
                 from,
             });
         }
-        for (sum, value) in self.sum.iter_mut().zip(&input.values) {
-            *sum = sum.wrapping_add(*value);
-        }
+        add_parallel(&mut self.sum, &input.values, self.threads);
         Ok(())
     }
 
@@ -256,7 +258,7 @@ impl CoordinatorMachine {
 
     /// Ends round 4: reconstructs the survivors' self-mask seeds and the dropped participants'
     /// mask keys, removes every mask, and returns the sum of the survivors' inputs and who they
-    /// are.
+    /// are. The work is spread over every core.
     pub fn finish(mut self) -> Result<(Vec<u32>, Vec<u32>), ProtocolError> {
         self.expect(Phase::AwaitingReveals, "end of reveals")?;
         self.phase = Phase::Done;
@@ -266,42 +268,124 @@ impl CoordinatorMachine {
             .map(|ad| (ad.from, ad.channel_public, ad.mask_public))
             .collect();
         let session = SessionId::derive(&self.config.job, self.config.round, &keys);
+        let threshold = self.config.threshold;
         let reconstruct =
             |owner: u32, shares: Option<&Vec<Share>>| -> Result<[u8; 32], ProtocolError> {
                 let shares = shares.map(Vec::as_slice).unwrap_or_default();
-                shamir::combine(
-                    &shares[..shares.len().min(self.config.threshold)],
-                    self.config.threshold,
-                )
-                .map_err(|e| ProtocolError::Reconstruction {
-                    owner,
-                    reason: e.to_string(),
+                shamir::combine(&shares[..shares.len().min(threshold)], threshold).map_err(|e| {
+                    ProtocolError::Reconstruction {
+                        owner,
+                        reason: e.to_string(),
+                    }
                 })
             };
-        let mut sum = std::mem::take(&mut self.sum);
-        for &u in &self.survivors {
-            let seed = reconstruct(u, self.self_mask_shares.get(&u))?;
-            remove_self_mask(&mut sum, u, &seed, &session);
-        }
+        let survivors: Vec<u32> = self.survivors.iter().copied().collect();
         let dropped: Vec<u32> = self
             .shared
             .keys()
             .copied()
             .filter(|v| !self.survivors.contains(v))
             .collect();
-        for v in dropped {
-            let secret = StaticSecret::from(reconstruct(v, self.mask_key_shares.get(&v))?);
-            // Survivors masked with v exactly when v's shares reached them: v shared with them.
-            for &u in self.shared[&v]
-                .iter()
-                .filter(|u| self.survivors.contains(u))
-            {
-                let pairwise = agree(&secret, &self.advertisements[&u].mask_public, u)?;
-                remove_pairwise_mask(&mut sum, u, v, &pairwise, &session);
+        // Reconstructions and key agreements are independent of each other, so they run on every
+        // core too; errors are still reported in the order of survivors, then dropped
+        // participants, so the outcome does not depend on scheduling.
+        let seeds = parallel_map(&survivors, self.threads, |&u| {
+            reconstruct(u, self.self_mask_shares.get(&u))
+        });
+        let mask_keys = parallel_map(&dropped, self.threads, |&v| {
+            reconstruct(v, self.mask_key_shares.get(&v)).map(StaticSecret::from)
+        });
+        // Survivors masked with v exactly when v's shares reached them: v shared with them.
+        let pairs: Vec<(usize, &StaticSecret, u32)> = dropped
+            .iter()
+            .zip(&mask_keys)
+            .enumerate()
+            .filter_map(|(i, (v, key))| key.as_ref().ok().map(|secret| (i, v, secret)))
+            .flat_map(|(i, v, secret)| {
+                self.shared[v]
+                    .iter()
+                    .filter(|u| self.survivors.contains(u))
+                    .map(move |&u| (i, secret, u))
+            })
+            .collect();
+        let pairwise = parallel_map(&pairs, self.threads, |&(i, secret, u)| {
+            agree(secret, &self.advertisements[&u].mask_public, u)
+                .map(|shared| pairwise_mask_removal(u, dropped[i], &shared, &session))
+                .map_err(ProtocolError::from)
+        });
+        let mut masks: Vec<(PrgKey, Sign)> = Vec::with_capacity(seeds.len() + pairwise.len());
+        for (&u, seed) in survivors.iter().zip(seeds) {
+            masks.push(self_mask_removal(u, &seed?, &session));
+        }
+        let mut pairwise = pairs.iter().map(|&(i, _, _)| i).zip(pairwise).peekable();
+        for (i, key) in mask_keys.iter().enumerate() {
+            if let Err(error) = key {
+                return Err(error.clone());
+            }
+            while let Some((_, removal)) = pairwise.next_if(|(owner, _)| *owner == i) {
+                masks.push(removal?);
             }
         }
-        Ok((sum, self.survivors.iter().copied().collect()))
+        let mut sum = std::mem::take(&mut self.sum);
+        // One pass over the sum on every core, each applying all masks to its own columns.
+        apply_masks_parallel(&mut sum, &masks, self.threads);
+        Ok((sum, survivors))
     }
+}
+
+/// Values below which adding a masked input is not worth another thread.
+const MIN_VALUES_PER_THREAD: usize = 1 << 16;
+
+/// `sum += values` modulo 2^32, over up to `threads` threads for long vectors.
+fn add_parallel(sum: &mut [u32], values: &[u32], threads: usize) {
+    let add = |sum: &mut [u32], values: &[u32]| {
+        for (sum, value) in sum.iter_mut().zip(values) {
+            *sum = sum.wrapping_add(*value);
+        }
+    };
+    let threads = threads.min(sum.len() / MIN_VALUES_PER_THREAD).max(1);
+    if threads == 1 {
+        add(sum, values);
+        return;
+    }
+    let per_thread = sum.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut ranges = sum.chunks_mut(per_thread).zip(values.chunks(per_thread));
+        let first = ranges.next();
+        for (sum, values) in ranges {
+            scope.spawn(move || add(sum, values));
+        }
+        if let Some((sum, values)) = first {
+            add(sum, values);
+        }
+    });
+}
+
+/// `f` over `items` on up to `threads` threads, the results in the order of `items`.
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let per_thread = items.len().div_ceil(threads.max(1)).max(1);
+    if per_thread >= items.len() {
+        return items.iter().map(f).collect();
+    }
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = items
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || chunk.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 fn phase_name(phase: Phase) -> &'static str {
@@ -312,5 +396,46 @@ fn phase_name(phase: Phase) -> &'static str {
         Phase::AwaitingSignatures => "awaiting survivor signatures",
         Phase::AwaitingReveals => "awaiting revealed shares",
         Phase::Done => "done",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_addition_equals_sequential_addition() {
+        for len in [
+            0,
+            1,
+            MIN_VALUES_PER_THREAD * 2 + 3,
+            MIN_VALUES_PER_THREAD * 5,
+        ] {
+            let values: Vec<u32> = (0..len as u32)
+                .map(|i| i.wrapping_mul(2_654_435_761))
+                .collect();
+            let start: Vec<u32> = (0..len as u32).map(|i| u32::MAX - i).collect();
+            let expected: Vec<u32> = start
+                .iter()
+                .zip(&values)
+                .map(|(a, b)| a.wrapping_add(*b))
+                .collect();
+            for threads in [1, 2, 3, 8] {
+                let mut sum = start.clone();
+                add_parallel(&mut sum, &values, threads);
+                assert_eq!(sum, expected, "len {len}, {threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_map_keeps_the_order() {
+        for len in [0, 1, 2, 7, 100] {
+            let items: Vec<u32> = (0..len).collect();
+            for threads in [1, 2, 3, 16] {
+                let doubled = parallel_map(&items, threads, |&i| i * 2);
+                assert_eq!(doubled, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+            }
+        }
     }
 }

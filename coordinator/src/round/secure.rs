@@ -1,0 +1,331 @@
+//! Secure aggregation inside a round (SecAgg+): after training, the selected participants go
+//! through AdvertiseKeys → ShareKeys → CollectMasked → ConsistencyCheck → Unmask, each phase
+//! ending when every participant still in the protocol has answered or its deadline passed. The
+//! protocol itself is `cairn_secagg`'s [`CoordinatorMachine`]; this module maps participant ids
+//! to protocol indices, keeps who is expected in each phase, and turns the unmasked sum into the
+//! [`UpdateSum`] the strategy needs. No individual update exists here, masked or not: each
+//! masked input is added to the machine's running sum and dropped.
+
+use super::{Dropout, ParticipantId, Phase};
+use crate::config::SecureAggregationSpec;
+use crate::strategy::UpdateSum;
+use cairn_secagg::protocol::{
+    Advertisement, CoordinatorMachine, EncryptedShares, MaskedInput, Reveal, RoundConfig,
+    SurvivorSignature, neighbourhood_size, threshold_for,
+};
+use cairn_secagg::quantize::UpdateEncoding;
+use cairn_secagg::shamir::Share;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// What the round machine needs to run secure aggregation.
+#[derive(Debug, Clone)]
+pub struct SecureSettings {
+    /// Job name, bound into every signature.
+    pub job: String,
+    /// The job's `secure_aggregation:` block.
+    pub spec: SecureAggregationSpec,
+    /// How updates are encoded (checked for every listed participant).
+    pub encoding: UpdateEncoding,
+}
+
+/// The public setup of one round's secure aggregation, sent with the training instruction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecureSetup {
+    /// Attempt of the round.
+    pub attempt: u32,
+    /// Selected participants; a participant's protocol index is its position.
+    pub roster: Vec<ParticipantId>,
+    /// Degree of the neighbourhood graph.
+    pub degree: u32,
+    /// Shares that reconstruct a secret.
+    pub threshold: u32,
+    /// Clipping bound of a delta value.
+    pub clip: f32,
+    /// Quantisation levels.
+    pub levels: u32,
+    /// Weight cap.
+    pub max_weight: u32,
+}
+
+/// A secure-aggregation message from a participant, already decoded and checked for form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecureMessage {
+    /// Its signed keys and its certificate (DER).
+    Advertisement(Advertisement, Vec<u8>),
+    /// Its encrypted shares, one per neighbour.
+    Shares(Vec<EncryptedShares>),
+    /// Its masked input.
+    MaskedInput(Vec<u32>),
+    /// Its signature over the survivor set.
+    Signature(Vec<u8>),
+    /// Its revealed shares: (owner, share) of survivors' self-mask seeds and of dropped
+    /// participants' mask keys.
+    Reveal {
+        /// Self-mask seed shares.
+        self_mask_shares: Vec<(u32, Share)>,
+        /// Mask-key shares.
+        mask_key_shares: Vec<(u32, Share)>,
+    },
+}
+
+impl SecureMessage {
+    fn name(&self) -> &'static str {
+        match self {
+            SecureMessage::Advertisement(..) => "advertisement",
+            SecureMessage::Shares(_) => "encrypted shares",
+            SecureMessage::MaskedInput(_) => "masked input",
+            SecureMessage::Signature(_) => "survivor signature",
+            SecureMessage::Reveal { .. } => "reveal",
+        }
+    }
+}
+
+/// A secure-aggregation message to one participant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecureOutbound {
+    /// Everyone's advertisements, each with its certificate (DER).
+    Advertisements(Arc<Vec<(Advertisement, Vec<u8>)>>),
+    /// The encrypted shares addressed to the recipient.
+    Shares(Vec<EncryptedShares>),
+    /// The survivor set.
+    Survivors(Arc<Vec<u32>>),
+    /// The survivors' signatures over it.
+    Signatures(Arc<Vec<SurvivorSignature>>),
+}
+
+/// What closing a phase led to.
+pub(super) enum Step {
+    /// The next phase: these messages go out, and their recipients are expected to answer.
+    Next(Vec<(ParticipantId, SecureOutbound)>),
+    /// The protocol is complete.
+    Done {
+        /// The survivors' securely aggregated updates.
+        sum: UpdateSum,
+        /// Whose updates are in it, sorted.
+        contributors: Vec<ParticipantId>,
+    },
+}
+
+/// One round's secure aggregation in progress.
+#[derive(Debug)]
+pub(super) struct Securing {
+    pub(super) selected: Vec<ParticipantId>,
+    index: BTreeMap<ParticipantId, u32>,
+    pub(super) phase: Phase,
+    /// Who is expected to answer in this phase.
+    pub(super) pending: BTreeSet<ParticipantId>,
+    /// Who answered in this phase.
+    answered: BTreeSet<ParticipantId>,
+    machine: Option<CoordinatorMachine>,
+    certificates: BTreeMap<u32, Vec<u8>>,
+    pub(super) dropouts: Vec<Dropout>,
+    encoding: UpdateEncoding,
+}
+
+impl Securing {
+    /// Starts secure aggregation among `selected` (sorted) for a model of `n_values` values.
+    pub(super) fn start(
+        settings: &SecureSettings,
+        round: u64,
+        attempt: u32,
+        selected: Vec<ParticipantId>,
+        n_values: usize,
+    ) -> Result<(Securing, SecureSetup), String> {
+        let n = selected.len();
+        let degree = settings.spec.degree(n);
+        let neighbours = neighbourhood_size(n as u32, degree).map_err(|e| e.to_string())?;
+        let threshold = threshold_for(neighbours, settings.spec.threshold);
+        let config = RoundConfig::derive(
+            &settings.job,
+            round,
+            attempt,
+            &selected,
+            degree,
+            threshold,
+            UpdateEncoding::vector_len(n_values),
+        )
+        .map_err(|e| format!("secure aggregation cannot start: {e}"))?;
+        let setup = SecureSetup {
+            attempt,
+            roster: selected.clone(),
+            degree,
+            threshold: threshold as u32,
+            clip: settings.spec.clip,
+            levels: settings.spec.levels(n),
+            max_weight: settings.spec.max_weight,
+        };
+        let securing = Securing {
+            index: selected
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.clone(), i as u32))
+                .collect(),
+            pending: selected.iter().cloned().collect(),
+            selected,
+            phase: Phase::AdvertiseKeys,
+            answered: BTreeSet::new(),
+            machine: Some(CoordinatorMachine::new(config)),
+            certificates: BTreeMap::new(),
+            dropouts: Vec::new(),
+            encoding: settings.encoding,
+        };
+        Ok((securing, setup))
+    }
+
+    /// Takes `id`'s message for the current phase; `id` is pending. An error means `id` broke
+    /// the protocol and leaves the round.
+    pub(super) fn on_message(
+        &mut self,
+        id: &ParticipantId,
+        message: SecureMessage,
+    ) -> Result<(), String> {
+        let from = self.index[id];
+        let machine = self
+            .machine
+            .as_mut()
+            .ok_or_else(|| "secure aggregation is over".to_string())?;
+        let result = match (self.phase, message) {
+            (Phase::AdvertiseKeys, SecureMessage::Advertisement(ad, certificate)) => machine
+                .on_advertisement(from, ad)
+                .map(|()| {
+                    self.certificates.insert(from, certificate);
+                }),
+            (Phase::ShareKeys, SecureMessage::Shares(shares)) => machine.on_shares(from, shares),
+            (Phase::CollectMasked, SecureMessage::MaskedInput(values)) => {
+                machine.on_masked_input(MaskedInput { from, values })
+            }
+            (Phase::ConsistencyCheck, SecureMessage::Signature(signature)) => {
+                machine.on_signature(SurvivorSignature { from, signature })
+            }
+            (
+                Phase::Unmask,
+                SecureMessage::Reveal {
+                    self_mask_shares,
+                    mask_key_shares,
+                },
+            ) => machine.on_reveal(Reveal {
+                from,
+                self_mask_shares,
+                mask_key_shares,
+            }),
+            (phase, message) => {
+                return Err(format!(
+                    "{} arrived during {}; expected {}",
+                    message.name(),
+                    phase.name(),
+                    expected_in(phase)
+                ));
+            }
+        };
+        result.map_err(|e| e.to_string())?;
+        self.pending.remove(id);
+        self.answered.insert(id.clone());
+        Ok(())
+    }
+
+    /// Ends the current phase (everyone answered or the deadline passed) and moves to the next.
+    /// `connected` are the participants with a live session. An error fails the round.
+    pub(super) fn close(&mut self, connected: &BTreeSet<ParticipantId>) -> Result<Step, String> {
+        let machine = self
+            .machine
+            .as_mut()
+            .ok_or_else(|| "secure aggregation is over".to_string())?;
+        let fail = |e: cairn_secagg::protocol::ProtocolError| e.to_string();
+        let id_of = |index: u32| self.selected[index as usize].clone();
+        let messages: Vec<(ParticipantId, SecureOutbound)> = match self.phase {
+            Phase::AdvertiseKeys => {
+                let ads = machine.close_advertisements().map_err(fail)?;
+                let with_certificates: Vec<(Advertisement, Vec<u8>)> = ads
+                    .into_iter()
+                    .map(|ad| {
+                        let certificate = self.certificates[&ad.from].clone();
+                        (ad, certificate)
+                    })
+                    .collect();
+                let recipients: Vec<u32> = with_certificates.iter().map(|(ad, _)| ad.from).collect();
+                let shared = Arc::new(with_certificates);
+                recipients
+                    .into_iter()
+                    .map(|i| (id_of(i), SecureOutbound::Advertisements(shared.clone())))
+                    .collect()
+            }
+            Phase::ShareKeys => machine
+                .close_shares()
+                .map_err(fail)?
+                .into_iter()
+                .map(|(i, mail)| (id_of(i), SecureOutbound::Shares(mail)))
+                .collect(),
+            Phase::CollectMasked => {
+                let survivors = Arc::new(machine.close_masked_inputs().map_err(fail)?);
+                survivors
+                    .iter()
+                    .map(|&i| (id_of(i), SecureOutbound::Survivors(survivors.clone())))
+                    .collect()
+            }
+            Phase::ConsistencyCheck => {
+                let signatures = Arc::new(machine.close_signatures().map_err(fail)?);
+                signatures
+                    .iter()
+                    .map(|s| (id_of(s.from), SecureOutbound::Signatures(signatures.clone())))
+                    .collect()
+            }
+            Phase::Unmask => return self.finish(),
+            Phase::Train | Phase::Evaluate => {
+                return Err(format!("{} is not a secure aggregation phase", self.phase.name()));
+            }
+        };
+        self.phase = match self.phase {
+            Phase::AdvertiseKeys => Phase::ShareKeys,
+            Phase::ShareKeys => Phase::CollectMasked,
+            Phase::CollectMasked => Phase::ConsistencyCheck,
+            _ => Phase::Unmask,
+        };
+        self.answered.clear();
+        self.pending = messages
+            .iter()
+            .map(|(id, _)| id.clone())
+            .filter(|id| connected.contains(id))
+            .collect();
+        Ok(Step::Next(messages))
+    }
+
+    fn finish(&mut self) -> Result<Step, String> {
+        let machine = self
+            .machine
+            .take()
+            .ok_or_else(|| "secure aggregation is over".to_string())?;
+        let (sum, survivors) = machine.finish().map_err(|e| e.to_string())?;
+        let decoded = self
+            .encoding
+            .decode(&sum, survivors.len() as u64)
+            .map_err(|e| e.to_string())?;
+        let update = UpdateSum::from_totals(
+            decoded.weighted_delta,
+            decoded.weight,
+            decoded.weighted_loss,
+            survivors.len(),
+        )
+        .map_err(|e| format!("the unmasked sum is unusable: {e}"))?;
+        let mut contributors: Vec<ParticipantId> = survivors
+            .iter()
+            .map(|&i| self.selected[i as usize].clone())
+            .collect();
+        contributors.sort();
+        Ok(Step::Done {
+            sum: update,
+            contributors,
+        })
+    }
+}
+
+fn expected_in(phase: Phase) -> &'static str {
+    match phase {
+        Phase::AdvertiseKeys => "an advertisement",
+        Phase::ShareKeys => "encrypted shares",
+        Phase::CollectMasked => "a masked input",
+        Phase::ConsistencyCheck => "a survivor signature",
+        Phase::Unmask => "a reveal",
+        Phase::Train | Phase::Evaluate => "no secure aggregation message",
+    }
+}
