@@ -10,7 +10,7 @@
 //! session id (a hash of all of the round's public keys), so no mask repeats across rounds.
 
 use crate::crypto::hkdf;
-use crate::prg::{PrgKey, Sign, apply_mask};
+use crate::prg::{PrgKey, Sign, apply_mask, apply_masks_parallel};
 use ring::digest::{Context, SHA256};
 
 /// Binds every mask of a round to that round's public keys.
@@ -81,14 +81,16 @@ pub fn mask_input(
     neighbour_secrets: &[(u32, [u8; 32])],
     session: &SessionId,
 ) {
-    apply_mask(input, &self_mask_key(self_seed, session, me), Sign::Add);
+    let mut masks = Vec::with_capacity(1 + neighbour_secrets.len());
+    masks.push((self_mask_key(self_seed, session, me), Sign::Add));
     for (neighbour, secret) in neighbour_secrets {
-        apply_mask(
-            input,
-            &pairwise_mask_key(secret, session, me, *neighbour),
+        masks.push((
+            pairwise_mask_key(secret, session, me, *neighbour),
             pairwise_sign(me, *neighbour),
-        );
+        ));
     }
+    // On one core, but tile by tile: the input is read and written once, not once per mask.
+    apply_masks_parallel(input, &masks, 1);
 }
 
 /// The PRG key and sign that remove a survivor's self mask from the sum, given its reconstructed

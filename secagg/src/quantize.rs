@@ -128,6 +128,21 @@ impl UpdateEncoding {
         })
     }
 
+    /// Clipping bound of a delta value.
+    pub fn clip(&self) -> f32 {
+        self.values.clip
+    }
+
+    /// Quantisation levels.
+    pub fn levels(&self) -> u32 {
+        self.values.levels
+    }
+
+    /// Weight cap.
+    pub fn max_weight(&self) -> u32 {
+        self.max_weight
+    }
+
     /// Length of the encoded vector of a model of `n_values` parameters.
     pub fn vector_len(n_values: usize) -> usize {
         n_values + 2

@@ -151,9 +151,10 @@ impl Securing {
             roster: selected.clone(),
             degree,
             threshold: threshold as u32,
-            clip: settings.spec.clip,
-            levels: settings.spec.levels(n),
-            max_weight: settings.spec.max_weight,
+            // The encoding checked for every listed participant, whoever is selected.
+            clip: settings.encoding.clip(),
+            levels: settings.encoding.levels(),
+            max_weight: settings.encoding.max_weight(),
         };
         let securing = Securing {
             index: selected
