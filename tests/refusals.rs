@@ -354,3 +354,79 @@ async fn a_wrong_protocol_version_and_a_session_without_hello_are_refused() {
     }
     honest_job_completes(&federation, coordinator).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_secure_aggregation_messages_are_refused_by_name() {
+    let ids = ["alpha", "bravo", "mallory"];
+    let federation = Federation::provision(&ids);
+    let coordinator = federation.start(digits_job(&ids, 1, 2)).await;
+    let advertisement = cairn_proto::v1::Advertisement {
+        round: 1,
+        attempt: 1,
+        index: 0,
+        channel_public: vec![1; 31],
+        mask_public: vec![2; 32],
+        signature: vec![3; 70],
+        certificate: vec![4; 500],
+    };
+    let masked = cairn_proto::v1::MaskedInputHeader {
+        round: 1,
+        attempt: 1,
+        transfer: Some(
+            split(
+                1,
+                &[TensorSpec {
+                    name: "masked_input".into(),
+                    shape: vec![3],
+                }],
+                &[0.0; 3],
+            )
+            .0,
+        ),
+    };
+    let reveal = cairn_proto::v1::Reveal {
+        round: 1,
+        attempt: 1,
+        self_mask_shares: vec![cairn_proto::v1::RevealedShare {
+            owner: 1,
+            share: vec![0; 5],
+        }],
+        mask_key_shares: vec![],
+    };
+    let cases = [
+        (
+            Body::Advertisement(advertisement),
+            "channel_public has 31 bytes, expected 32",
+        ),
+        (
+            Body::MaskedInput(masked),
+            "masked input must be one tensor \"masked_input\" of",
+        ),
+        (
+            Body::Reveal(reveal),
+            "revealed self-mask share of participant 1",
+        ),
+    ];
+    for (body, expected) in cases {
+        let (outbox, mut inbound) = raw_session(&federation, &coordinator, "mallory")
+            .await
+            .expect("session");
+        outbox
+            .send(ParticipantMessage { body: Some(body) })
+            .await
+            .expect("send");
+        let status = final_status(&mut inbound).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{}", status.message());
+    }
+    let clients = ["alpha", "bravo"]
+        .iter()
+        .enumerate()
+        .map(|(index, id)| (federation.client(&coordinator, id), digits_task(index, 2)))
+        .collect();
+    for result in run_many(clients).await {
+        result.expect("honest participant finishes");
+    }
+    let report = cairn_tests::finish(coordinator).await.expect("report");
+    assert!(report.succeeded, "{}", report.reason);
+}

@@ -207,7 +207,10 @@ async fn a_participant_cut_off_in_any_phase_leaves_the_sum_of_the_others() {
     assert_eq!(plaintext_record.outcome.train_examples, 1000);
     let (secure_record, secure_all) = run(&IDS, true, &[]).await;
     assert_eq!(secure_record.outcome.contributors, IDS);
-    assert_eq!(secure_record.outcome.train_examples, 1000, "weights are summed exactly");
+    assert_eq!(
+        secure_record.outcome.train_examples, 1000,
+        "weights are summed exactly"
+    );
     assert!((secure_record.outcome.train_loss - plaintext_record.outcome.train_loss).abs() < 1e-4);
     let gap = max_difference(&secure_all, &plaintext_all);
     assert!(gap < 1e-5, "secure and plaintext models differ by {gap}");
@@ -232,7 +235,10 @@ async fn a_participant_cut_off_in_any_phase_leaves_the_sum_of_the_others() {
             };
         assert_eq!(outcome.contributors, contributors, "{phase:?}");
         let gap = max_difference(&model, expected);
-        assert!(gap < 1e-5, "{phase:?}: model differs from the plaintext run by {gap}");
+        assert!(
+            gap < 1e-5,
+            "{phase:?}: model differs from the plaintext run by {gap}"
+        );
     }
 }
 
@@ -246,7 +252,12 @@ async fn too_few_survivors_fail_the_attempt_and_the_retry_uses_fresh_keys() {
     let (record, model) = run(&IDS, true, &[("bravo", bravo), ("charlie", charlie)]).await;
     assert_eq!(record.outcome.attempt, 2, "{:?}", record.outcome);
     // The retry starts once three are connected again; the cut ones rejoin within moments.
-    let contributors: Vec<&str> = record.outcome.contributors.iter().map(String::as_str).collect();
+    let contributors: Vec<&str> = record
+        .outcome
+        .contributors
+        .iter()
+        .map(String::as_str)
+        .collect();
     assert!(contributors.len() >= 3, "{contributors:?}");
     let (_, plaintext) = run(&contributors, false, &[]).await;
     let gap = max_difference(&model, &plaintext);

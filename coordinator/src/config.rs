@@ -100,7 +100,9 @@ impl SecureAggregationSpec {
     pub fn levels(&self, n_participants: usize) -> u32 {
         match self.quantization_bits {
             Some(bits) => 1u32.checked_shl(bits).unwrap_or(u32::MAX),
-            None => (u32::MAX / n_participants.max(1) as u32).saturating_add(1).min(1 << 31),
+            None => (u32::MAX / n_participants.max(1) as u32)
+                .saturating_add(1)
+                .min(1 << 31),
         }
     }
 
@@ -348,7 +350,11 @@ impl JobSpec {
         if let Some(bits) = secure.quantization_bits
             && !(2..=31).contains(&bits)
         {
-            return invalid("secure_aggregation.quantization_bits", bits, "expected 2..=31");
+            return invalid(
+                "secure_aggregation.quantization_bits",
+                bits,
+                "expected 2..=31",
+            );
         }
         if let Err(e) = secure.encoding(self.participants.len()) {
             return invalid(
@@ -385,7 +391,10 @@ participants: [alpha, beta, gamma]
         assert_eq!(job.batch_size, 32);
         assert_eq!(job.phase_deadline(), Duration::from_secs(300));
         assert_eq!(job.dataset.image_size(), (8, 8));
-        assert!(job.secure_aggregation.enabled, "secure aggregation is on by default");
+        assert!(
+            job.secure_aggregation.enabled,
+            "secure aggregation is on by default"
+        );
         assert_eq!(job.secure_aggregation.levels(3), u32::MAX / 3 + 1);
         assert_eq!(job.secure_aggregation.degree(3), 8);
     }
@@ -395,16 +404,30 @@ participants: [alpha, beta, gamma]
         let with = |block: &str| format!("{VALID}secure_aggregation: {{{block}}}\n");
         assert!(JobSpec::parse(&with("enabled: false")).is_ok());
         assert!(
-            JobSpec::parse(&with("threshold: 0.7, neighbours: 4, clip: 1.5, quantization_bits: 20, max_weight: 500"))
-                .is_ok()
+            JobSpec::parse(&with(
+                "threshold: 0.7, neighbours: 4, clip: 1.5, quantization_bits: 20, max_weight: 500"
+            ))
+            .is_ok()
         );
         let cases = [
-            ("threshold: 0.4", "`secure_aggregation.threshold` is 0.4; expected a fraction in [0.5, 1)"),
+            (
+                "threshold: 0.4",
+                "`secure_aggregation.threshold` is 0.4; expected a fraction in [0.5, 1)",
+            ),
             ("threshold: 1.0", "`secure_aggregation.threshold` is 1"),
-            ("neighbours: 1", "`secure_aggregation.neighbours` is 1; expected at least 2"),
+            (
+                "neighbours: 1",
+                "`secure_aggregation.neighbours` is 1; expected at least 2",
+            ),
             ("clip: 0", "`secure_aggregation.clip` is 0"),
-            ("quantization_bits: 32", "`secure_aggregation.quantization_bits` is 32; expected 2..=31"),
-            ("quantization_bits: 31, max_weight: 10", "could wrap the 2^32 modulus"),
+            (
+                "quantization_bits: 32",
+                "`secure_aggregation.quantization_bits` is 32; expected 2..=31",
+            ),
+            (
+                "quantization_bits: 31, max_weight: 10",
+                "could wrap the 2^32 modulus",
+            ),
             ("max_weight: 2000000000", "max_weight"),
             ("max_weight: 0", "max_weight is 0"),
             ("sum: exact", "unknown field `sum`"),

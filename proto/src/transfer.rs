@@ -119,7 +119,12 @@ pub fn spec_len(spec: &TensorSpec) -> u64 {
 /// If `values.len()` differs from the number of values `specs` describe: the caller builds both
 /// from the same model, so a mismatch is a bug, not bad input.
 pub fn split(round: u64, specs: &[TensorSpec], values: &[f32]) -> (TransferHeader, Vec<Chunk>) {
-    split_payload(round, specs, values.len(), values.iter().flat_map(|v| v.to_le_bytes()))
+    split_payload(
+        round,
+        specs,
+        values.len(),
+        values.iter().flat_map(|v| v.to_le_bytes()),
+    )
 }
 
 /// Splits a vector of unsigned 32-bit values (a masked input of secure aggregation, which is
@@ -132,7 +137,12 @@ pub fn split_words(
     specs: &[TensorSpec],
     values: &[u32],
 ) -> (TransferHeader, Vec<Chunk>) {
-    split_payload(round, specs, values.len(), values.iter().flat_map(|v| v.to_le_bytes()))
+    split_payload(
+        round,
+        specs,
+        values.len(),
+        values.iter().flat_map(|v| v.to_le_bytes()),
+    )
 }
 
 fn split_payload(
@@ -445,7 +455,9 @@ mod tests {
     #[test]
     fn unsigned_words_round_trip_without_a_finiteness_check() {
         // 0x7fc0_0000 is a NaN as f32 and an ordinary masked value as u32.
-        let values: Vec<u32> = (0..300_000u32).map(|i| i.wrapping_mul(0x7fc0_0001)).collect();
+        let values: Vec<u32> = (0..300_000u32)
+            .map(|i| i.wrapping_mul(0x7fc0_0001))
+            .collect();
         let (header, chunks) = split_words(2, &specs(&[300_000]), &values);
         let mut assembler = Assembler::new(header, "masked input", Some(300_000)).unwrap();
         let mut result = None;

@@ -175,7 +175,11 @@ impl UpdateEncoding {
             })
             .collect();
         out.push(weight);
-        let loss = if mean_loss.is_finite() { mean_loss.max(0.0) } else { 0.0 };
+        let loss = if mean_loss.is_finite() {
+            mean_loss.max(0.0)
+        } else {
+            0.0
+        };
         out.push(
             self.loss
                 .quantize((ratio * loss.min(f64::from(LOSS_CLIP))) as f32),
@@ -253,12 +257,18 @@ mod tests {
         assert_eq!(a.len(), UpdateEncoding::vector_len(3));
         let sum: Vec<u32> = a.iter().zip(&b).map(|(x, y)| x.wrapping_add(*y)).collect();
         let decoded = encoding.decode(&sum, 2).unwrap();
-        assert_eq!(decoded.weight, 1200, "the second weight is capped at max_weight");
+        assert_eq!(
+            decoded.weight, 1200,
+            "the second weight is capped at max_weight"
+        );
         // 200 * [0.5, -0.25, 1 (clipped)] + 1000 * [-0.1, 0.2, -1 (clipped)]
         let expected = [0.0, 150.0, -800.0];
         let bound = encoding.error_bound(2);
         for (got, want) in decoded.weighted_delta.iter().zip(expected) {
-            assert!((got - want).abs() <= bound, "{got} vs {want} (bound {bound})");
+            assert!(
+                (got - want).abs() <= bound,
+                "{got} vs {want} (bound {bound})"
+            );
         }
         assert!((decoded.weighted_loss - (200.0 * 1.5 + 1000.0 * 0.5)).abs() < 0.01);
         assert!(encoding.check_capacity(256).is_ok());

@@ -57,8 +57,12 @@ pub(super) fn advertisement(ad: v1::Advertisement) -> Result<(u64, u32, SecureMe
         from: ad.index,
         channel_public: key(&ad.channel_public, "advertisement's channel_public")?,
         mask_public: key(&ad.mask_public, "advertisement's mask_public")?,
-        signature: bounded(&ad.signature, "advertisement's signature", MAX_SIGNATURE_BYTES)?
-            .to_vec(),
+        signature: bounded(
+            &ad.signature,
+            "advertisement's signature",
+            MAX_SIGNATURE_BYTES,
+        )?
+        .to_vec(),
     };
     let certificate = bounded(
         &ad.certificate,
@@ -147,8 +151,8 @@ pub(super) fn start_masked(
         ));
     }
     let what = format!("masked input for round {}", header.round);
-    let assembler = Assembler::new(transfer, what, Some(expected_len as u64))
-        .map_err(|e| e.to_string())?;
+    let assembler =
+        Assembler::new(transfer, what, Some(expected_len as u64)).map_err(|e| e.to_string())?;
     Ok(PendingMasked {
         round: header.round,
         attempt: header.attempt,

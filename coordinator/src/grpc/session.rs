@@ -3,9 +3,9 @@
 //! becomes a round event. A participant that breaks the protocol is refused with a clear status
 //! and dropped; nobody else's round is affected.
 
+use super::secure;
 use super::{Connection, Shared};
 use crate::pki::{PARTICIPANT_UNIT, identity_of};
-use super::secure;
 use crate::round::{Event, SecureMessage};
 use crate::strategy::{Update, check_weight_and_loss};
 use cairn_proto::transfer::Assembler;
@@ -359,9 +359,7 @@ async fn read(shared: &Shared, id: &str, inbound: &mut Streaming<ParticipantMess
                 },
             },
             Some(Inbound::Advertisement(ad)) => forward(shared, id, secure::advertisement(ad)),
-            Some(Inbound::Shares(shares)) => {
-                forward(shared, id, secure::encrypted_shares(shares))
-            }
+            Some(Inbound::Shares(shares)) => forward(shared, id, secure::encrypted_shares(shares)),
             Some(Inbound::SurvivorSignature(signature)) => {
                 forward(shared, id, secure::survivor_signature(signature))
             }

@@ -19,10 +19,10 @@ mod secure;
 pub use secure::{SecureMessage, SecureOutbound, SecureSettings, SecureSetup};
 
 use crate::strategy::{EvaluationSum, Strategy, Update, UpdateSum};
-use secure::{Securing, Step};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
+use secure::{Securing, Step};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +31,10 @@ use std::time::Duration;
 pub type ParticipantId = String;
 
 /// The phases of a round in which a participant can be waited for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// Ordered as a round runs through them.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Local training; the participant answers with its update in the clear.

@@ -187,11 +187,11 @@ impl Securing {
             .as_mut()
             .ok_or_else(|| "secure aggregation is over".to_string())?;
         let result = match (self.phase, message) {
-            (Phase::AdvertiseKeys, SecureMessage::Advertisement(ad, certificate)) => machine
-                .on_advertisement(from, ad)
-                .map(|()| {
+            (Phase::AdvertiseKeys, SecureMessage::Advertisement(ad, certificate)) => {
+                machine.on_advertisement(from, ad).map(|()| {
                     self.certificates.insert(from, certificate);
-                }),
+                })
+            }
             (Phase::ShareKeys, SecureMessage::Shares(shares)) => machine.on_shares(from, shares),
             (Phase::CollectMasked, SecureMessage::MaskedInput(values)) => {
                 machine.on_masked_input(MaskedInput { from, values })
@@ -244,7 +244,8 @@ impl Securing {
                         (ad, certificate)
                     })
                     .collect();
-                let recipients: Vec<u32> = with_certificates.iter().map(|(ad, _)| ad.from).collect();
+                let recipients: Vec<u32> =
+                    with_certificates.iter().map(|(ad, _)| ad.from).collect();
                 let shared = Arc::new(with_certificates);
                 recipients
                     .into_iter()
@@ -268,12 +269,20 @@ impl Securing {
                 let signatures = Arc::new(machine.close_signatures().map_err(fail)?);
                 signatures
                     .iter()
-                    .map(|s| (id_of(s.from), SecureOutbound::Signatures(signatures.clone())))
+                    .map(|s| {
+                        (
+                            id_of(s.from),
+                            SecureOutbound::Signatures(signatures.clone()),
+                        )
+                    })
                     .collect()
             }
             Phase::Unmask => return self.finish(),
             Phase::Train | Phase::Evaluate => {
-                return Err(format!("{} is not a secure aggregation phase", self.phase.name()));
+                return Err(format!(
+                    "{} is not a secure aggregation phase",
+                    self.phase.name()
+                ));
             }
         };
         self.phase = match self.phase {

@@ -312,3 +312,224 @@ fn selection_takes_the_fraction_but_at_least_the_minimum() {
     let commands = connect(&mut m, &refs);
     assert_eq!(selected(&commands).len(), 3);
 }
+
+mod secure {
+    //! The secure-aggregation phases driven by hand with real participant machines (their
+    //! identity signatures are not checked here: that is the participants' job, tested in
+    //! `cairn-secagg` and end to end).
+
+    use super::*;
+    use crate::config::SecureAggregationSpec;
+    use cairn_secagg::protocol::{ParticipantMachine, Signer, Verifier};
+    use cairn_secagg::quantize::UpdateEncoding;
+    use std::collections::BTreeMap;
+
+    struct Unchecked;
+    impl Signer for Unchecked {
+        fn sign(&self, _: &[u8]) -> Vec<u8> {
+            vec![0]
+        }
+    }
+    impl Verifier for Unchecked {
+        fn verify(&self, _: u32, _: &[u8], _: &[u8]) -> bool {
+            true
+        }
+    }
+
+    fn secure_machine() -> RoundMachine {
+        let spec = SecureAggregationSpec::default();
+        let mut settings = settings(3, 1);
+        settings.secure = Some(SecureSettings {
+            job: "job".into(),
+            encoding: spec.encoding(4).unwrap(),
+            spec,
+        });
+        RoundMachine::new(settings, Box::new(FedAvg::default()), vec![0.0; 2], 1)
+    }
+
+    fn deltas(id: &str) -> ([f32; 2], u64) {
+        match id {
+            "a" => ([1.0, 1.0], 1),
+            "b" => ([3.0, -1.0], 3),
+            "c" => ([-2.0, 0.5], 2),
+            _ => ([0.5, 0.5], 4),
+        }
+    }
+
+    fn secure(id: &str, attempt: u32, message: SecureMessage) -> Event {
+        Event::Secure {
+            id: id.into(),
+            round: 1,
+            attempt,
+            message,
+        }
+    }
+
+    /// Runs round 1 with participants a, b, c, d, where `silent` stops answering from phase
+    /// `silent_from` on; returns the commands that ended the secure phases.
+    fn run(silent: &str, silent_from: Phase) -> (RoundMachine, Vec<Command>) {
+        let mut m = secure_machine();
+        // The first attempt starts with the first three to connect; let it time out so that the
+        // second one starts with all four (and fresh keys).
+        connect(&mut m, &["a", "b", "c", "d"]);
+        let commands = m.handle(Event::DeadlineExpired {
+            round: 1,
+            attempt: 1,
+            phase: Phase::AdvertiseKeys,
+        });
+        let Some(Command::SendTrain {
+            secure: Some(setup),
+            to,
+            ..
+        }) = commands
+            .iter()
+            .find(|c| matches!(c, Command::SendTrain { .. }))
+        else {
+            panic!("{commands:?}")
+        };
+        assert_eq!((setup.attempt, to.len()), (2, 4));
+        assert_eq!(m.phase(), Some(Phase::AdvertiseKeys));
+        let config = cairn_secagg::protocol::RoundConfig::derive(
+            "job",
+            1,
+            setup.attempt,
+            &setup.roster,
+            setup.degree,
+            setup.threshold as usize,
+            UpdateEncoding::vector_len(2),
+        )
+        .unwrap();
+        let encoding = UpdateEncoding::new(setup.clip, setup.levels, setup.max_weight).unwrap();
+        let mut machines = BTreeMap::new();
+        let mut last = Vec::new();
+        for (index, id) in to.iter().enumerate() {
+            let (machine, ad) = ParticipantMachine::new(config.clone(), index as u32, &Unchecked);
+            machines.insert(id.clone(), machine);
+            if !(id == silent && silent_from == Phase::AdvertiseKeys) {
+                last = m.handle(secure(id, 2, SecureMessage::Advertisement(ad, vec![1])));
+            }
+        }
+        let expire = |m: &mut RoundMachine, phase| {
+            m.handle(Event::DeadlineExpired {
+                round: 1,
+                attempt: 2,
+                phase,
+            })
+        };
+        loop {
+            if last
+                .iter()
+                .any(|c| matches!(c, Command::SendEvaluate { .. }))
+            {
+                return (m, last);
+            }
+            if !last.iter().any(|c| matches!(c, Command::SendSecure { .. })) {
+                let phase = m.phase().unwrap();
+                last = expire(&mut m, phase);
+                if !last.iter().any(|c| matches!(c, Command::SendSecure { .. })) {
+                    return (m, last);
+                }
+            }
+            let Some(Command::SendSecure { messages, .. }) = last.first().cloned() else {
+                return (m, last);
+            };
+            let phase = m.phase().unwrap();
+            last = Vec::new();
+            for (id, message) in messages {
+                if id == silent && phase >= silent_from {
+                    continue;
+                }
+                let machine = machines.get_mut(&id).unwrap();
+                let reply = match message {
+                    SecureOutbound::Advertisements(ads) => SecureMessage::Shares(
+                        machine
+                            .on_advertisements(
+                                ads.iter().map(|(ad, _)| ad.clone()).collect(),
+                                &Unchecked,
+                            )
+                            .unwrap(),
+                    ),
+                    SecureOutbound::Shares(shares) => {
+                        let (delta, weight) = deltas(&id);
+                        let input = encoding.encode(&delta, weight, 0.5);
+                        SecureMessage::MaskedInput(
+                            machine.on_shares(shares, &input).unwrap().values,
+                        )
+                    }
+                    SecureOutbound::Survivors(survivors) => SecureMessage::Signature(
+                        machine
+                            .on_survivors(survivors.to_vec(), &Unchecked)
+                            .unwrap()
+                            .signature,
+                    ),
+                    SecureOutbound::Signatures(signatures) => {
+                        let reveal = machine
+                            .on_signatures(signatures.to_vec(), &Unchecked)
+                            .unwrap();
+                        SecureMessage::Reveal {
+                            self_mask_shares: reveal.self_mask_shares,
+                            mask_key_shares: reveal.mask_key_shares,
+                        }
+                    }
+                };
+                last.extend(m.handle(secure(&id, 2, reply)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_participant_silent_from_share_keys_is_dropped_and_the_others_are_averaged() {
+        let (m, commands) = run("c", Phase::ShareKeys);
+        let Some(Command::SendEvaluate { model, .. }) = commands.first() else {
+            panic!("{commands:?}")
+        };
+        // FedAvg of a, b and d: (1*[1,1] + 3*[3,-1] + 4*[0.5,0.5]) / 8.
+        let expected = [12.0 / 8.0, 0.0];
+        for (got, want) in model.iter().zip(expected) {
+            assert!((f64::from(*got) - want).abs() < 1e-4, "{model:?}");
+        }
+        assert_eq!(m.phase(), Some(Phase::Evaluate));
+    }
+
+    #[test]
+    fn a_masked_input_in_the_sum_stays_even_if_its_sender_leaves_before_unmasking() {
+        let (_, commands) = run("c", Phase::ConsistencyCheck);
+        let Some(Command::SendEvaluate { model, .. }) = commands.first() else {
+            panic!("{commands:?}")
+        };
+        // FedAvg of all four: (1 + 9 - 4 + 2, -(1) ... ) / 10.
+        let expected = [
+            (1.0 + 9.0 - 4.0 + 2.0) / 10.0,
+            (1.0 - 3.0 + 1.0 + 2.0) / 10.0,
+        ];
+        for (got, want) in model.iter().zip(expected) {
+            assert!((f64::from(*got) - want).abs() < 1e-4, "{model:?}");
+        }
+    }
+
+    #[test]
+    fn stale_and_out_of_phase_messages_are_ignored_or_drop_their_sender() {
+        let mut m = secure_machine();
+        connect(&mut m, &["a", "b", "c"]);
+        let commands = m.handle(secure("a", 7, SecureMessage::Signature(vec![1])));
+        assert!(
+            matches!(&commands[..], [Command::Ignored { reason, .. }] if reason.contains("attempt 7")),
+            "{commands:?}"
+        );
+        let commands = m.handle(secure("b", 1, SecureMessage::Signature(vec![1])));
+        assert!(
+            matches!(&commands[..], [Command::Ignored { reason, .. }] if reason.contains("survivor signature arrived during advertise_keys")),
+            "{commands:?}"
+        );
+        // b broke the protocol and left the round; once c and a time out too, too few advertised.
+        let commands = m.handle(Event::DeadlineExpired {
+            round: 1,
+            attempt: 1,
+            phase: Phase::AdvertiseKeys,
+        });
+        assert!(
+            commands.iter().any(|c| matches!(c, Command::RoundFailed { reason, .. } if reason.contains("secure aggregation failed in advertise_keys"))),
+            "{commands:?}"
+        );
+    }
+}

@@ -72,8 +72,10 @@ impl Kit {
             path: dir.join(name),
             reason,
         };
-        let signer = identity::KitSigner::from_pem(&key).map_err(|e| kit_error("key.pem", e.to_string()))?;
-        let certificate_der = identity::certificate_der(&cert).map_err(|e| kit_error("cert.pem", e))?;
+        let signer =
+            identity::KitSigner::from_pem(&key).map_err(|e| kit_error("key.pem", e.to_string()))?;
+        let certificate_der =
+            identity::certificate_der(&cert).map_err(|e| kit_error("cert.pem", e))?;
         Ok(Kit {
             dir: dir.to_path_buf(),
             identity: Identity::from_pem(cert, key),

@@ -54,9 +54,8 @@ impl SecureRound {
             .iter()
             .position(|id| id == me)
             .ok_or_else(|| format!("{me:?} is not in the round's participant list"))?;
-        let encoding =
-            UpdateEncoding::new(setup.clip, setup.quantization_levels, setup.max_weight)
-                .map_err(|e| format!("setup refused: {e}"))?;
+        let encoding = UpdateEncoding::new(setup.clip, setup.quantization_levels, setup.max_weight)
+            .map_err(|e| format!("setup refused: {e}"))?;
         let config = RoundConfig::derive(
             job,
             round,
@@ -127,8 +126,8 @@ impl SecureRound {
                     });
                     peers.push((ad.index, id.clone(), ad.certificate));
                 }
-                let verifier = FederationVerifier::new(&self.kit.ca_pem, peers)
-                    .map_err(|e| e.to_string())?;
+                let verifier =
+                    FederationVerifier::new(&self.kit.ca_pem, peers).map_err(|e| e.to_string())?;
                 let shares = self
                     .machine
                     .on_advertisements(ads, &verifier)

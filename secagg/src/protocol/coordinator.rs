@@ -279,7 +279,6 @@ impl CoordinatorMachine {
                     }
                 })
             };
-        let t0 = std::time::Instant::now();
         let survivors: Vec<u32> = self.survivors.iter().copied().collect();
         let dropped: Vec<u32> = self
             .shared
@@ -327,11 +326,9 @@ impl CoordinatorMachine {
                 masks.push(removal?);
             }
         }
-        let t1 = t0.elapsed();
         let mut sum = std::mem::take(&mut self.sum);
         // One pass over the sum on every core, each applying all masks to its own columns.
         apply_masks_parallel(&mut sum, &masks, self.threads);
-        if std::env::var("TIMING").is_ok() { eprintln!("keys {:?} masks {:?} ({} masks)", t1, t0.elapsed() - t1, masks.len()); }
         Ok((sum, survivors))
     }
 }

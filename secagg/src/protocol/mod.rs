@@ -63,8 +63,9 @@ impl RoundConfig {
         threshold: usize,
         vector_len: usize,
     ) -> Result<RoundConfig, crate::Error> {
-        let n = u32::try_from(roster.len())
-            .map_err(|_| crate::Error::Graph(format!("{} participants is too many", roster.len())))?;
+        let n = u32::try_from(roster.len()).map_err(|_| {
+            crate::Error::Graph(format!("{} participants is too many", roster.len()))
+        })?;
         let neighbours = neighbourhood_size(n, degree)?;
         if threshold <= neighbours / 2 || threshold > neighbours || threshold < 2 {
             return Err(crate::Error::Sharing(format!(
