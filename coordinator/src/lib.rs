@@ -1,7 +1,8 @@
 //! `cairn-coordinator`: the hosting organisation's side of a Cairn federation. It provisions the
 //! federation's identities ([`pki`]), reads the job ([`config`]), runs rounds through a pure state
-//! machine ([`round`]) driven by the gRPC layer ([`grpc`]), turns the sum of updates into the
-//! next global model ([`strategy`]), and makes every completed round durable ([`store`]).
+//! machine ([`round`]) driven by the gRPC layer ([`grpc`]), obtains the sum of the updates by
+//! secure aggregation (`cairn_secagg`), turns it into the next global model ([`strategy`]), and
+//! makes every completed round durable ([`store`]).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))] // Tests fail loudly by design.
 

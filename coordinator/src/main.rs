@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Cairn coordinator: schedules federated training rounds and aggregates the participants'
-/// updates. Participants dial in over mutual TLS with certificates from `provision`.
+/// updates by secure aggregation (it learns only their sum). Participants dial in over mutual
+/// TLS with certificates from `provision`.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {

@@ -1,6 +1,7 @@
 //! `cairn-participant`: one organisation's side of a Cairn federation. It loads the
 //! organisation's private data ([`data`]), trains the global model on it with burn ([`task`]),
-//! and talks to the coordinator over mutual-TLS gRPC ([`client`]), sending back only its update.
+//! and talks to the coordinator over mutual-TLS gRPC ([`client`]), sending back only its update,
+//! masked by secure aggregation unless the job turns it off.
 //! The participant only dials out: a partner site opens no inbound port.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))] // Tests fail loudly by design.

@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Cairn participant: trains the federation's model on this organisation's private data and
-/// sends only model updates to the coordinator, over mutual TLS. It only dials out.
+/// sends only masked model updates to the coordinator (secure aggregation), over mutual TLS.
+/// It only dials out.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {

@@ -6,6 +6,7 @@
 //! - `session`: one task per connected participant: identity from its verified certificate,
 //!   the `Hello` handshake, heartbeats, reassembling and checking updates.
 //! - `driver`: one task that owns the round machine and executes its commands.
+//! - `secure`: secure-aggregation messages between the wire and the round machine.
 
 mod driver;
 mod secure;
