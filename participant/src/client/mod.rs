@@ -588,7 +588,7 @@ async fn serve(
                             if outbox.send(advertisement).await.is_err() {
                                 return closed();
                             }
-                            tracing::info!(participant = %label, "{label}: round {round}: trained (weight {weight}, train loss {mean_loss:.4}); secure aggregation started");
+                            tracing::info!(participant = %label, roster = ?setup.participants, "{label}: round {round}: trained (weight {weight}, train loss {mean_loss:.4}); secure aggregation with {} participants, threshold {}", setup.participants.len(), setup.threshold);
                             secure = Some(started);
                         }
                         Err(reason) => {
