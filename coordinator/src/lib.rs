@@ -6,6 +6,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))] // Tests fail loudly by design.
 
+pub mod api;
 pub mod config;
 pub mod grpc;
 pub mod model;

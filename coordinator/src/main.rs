@@ -1,7 +1,10 @@
 //! `cairn-coordinator`: the command line of the coordinator. `provision` creates the federation's
-//! certificates; `serve` runs a job from a job file over mutual-TLS gRPC.
+//! certificates; `serve` runs a job from a job file over mutual-TLS gRPC, with the monitoring
+//! API next to it; `status` reads that API.
 
 use anyhow::Context;
+use cairn_coordinator::api::client::ApiClient;
+use cairn_coordinator::api::{ApiOptions, ApiTokens};
 use cairn_coordinator::config::JobSpec;
 use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
 use cairn_coordinator::{Coordinator, ServeOptions, ServerTls};
@@ -62,7 +65,83 @@ enum Command {
         /// Checkpoints of the global model to keep (one per committed round).
         #[arg(long, default_value_t = 3)]
         keep_checkpoints: usize,
+        /// Address of the monitoring API (dashboard, REST, live events, Prometheus metrics).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        api_listen: SocketAddr,
+        /// The API's bearer tokens: one `<role> <token>` per line, role `admin` or `viewer`
+        /// (at least 16 characters each). Without it, a random admin token is written to
+        /// `<state-dir>/api-token`.
+        #[arg(long)]
+        api_token_file: Option<PathBuf>,
+        /// Seconds the monitoring API keeps serving after the job ended.
+        #[arg(long, default_value_t = 0)]
+        api_linger_s: u64,
+        /// Do not serve the monitoring API.
+        #[arg(long, conflicts_with_all = ["api_listen", "api_token_file", "api_linger_s"])]
+        no_api: bool,
     },
+    /// Print a running coordinator's job and round table from its monitoring API.
+    Status {
+        /// The API's address.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        api: String,
+        /// File holding the bearer token (a bare token, or a `<role> <token>` line), such as
+        /// `<state-dir>/api-token`.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Keep following the live stream, one line per change, until the job ends.
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+/// The token in a token file: the last field of its first line that is not a comment.
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token file {}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last())
+        .map(str::to_string)
+        .with_context(|| format!("token file {} holds no token", path.display()))
+}
+
+/// The API options of `serve`: the token file's tokens, or a fresh admin token written to the
+/// state directory (readable by the owner only).
+fn api_options(
+    listen: SocketAddr,
+    token_file: Option<PathBuf>,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<ApiOptions> {
+    if let Some(path) = token_file {
+        return Ok(ApiOptions {
+            listen,
+            tokens: ApiTokens::load(&path)?,
+            linger: Duration::ZERO,
+        });
+    }
+    let (tokens, token) = ApiTokens::random_admin();
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let path = state_dir.join("api-token");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("admin {token}\n").as_bytes())?;
+    eprintln!(
+        "monitoring API admin token in {}; dashboard: http://{listen}/#token={token}",
+        path.display()
+    );
+    Ok(ApiOptions {
+        listen,
+        tokens,
+        linger: Duration::ZERO,
+    })
 }
 
 #[tokio::main]
@@ -128,6 +207,10 @@ async fn main() -> anyhow::Result<()> {
             listen,
             heartbeat_s,
             keep_checkpoints,
+            api_listen,
+            api_token_file,
+            api_linger_s,
+            no_api,
         } => {
             anyhow::ensure!(
                 heartbeat_s >= 1,
@@ -136,6 +219,13 @@ async fn main() -> anyhow::Result<()> {
             let job = JobSpec::load(&job)?;
             let tls =
                 ServerTls::from_dir(&tls).context("loading the coordinator's TLS directory")?;
+            let api = match no_api {
+                true => None,
+                false => Some(ApiOptions {
+                    linger: Duration::from_secs(api_linger_s),
+                    ..api_options(api_listen, api_token_file, &state_dir)?
+                }),
+            };
             let options = ServeOptions {
                 job,
                 tls,
@@ -143,10 +233,23 @@ async fn main() -> anyhow::Result<()> {
                 listen,
                 heartbeat_interval: Duration::from_secs(heartbeat_s),
                 keep_checkpoints,
+                api,
             };
             let coordinator = Coordinator::start(options).await?;
             let report = coordinator.wait().await?;
             anyhow::ensure!(report.succeeded, "job did not complete: {}", report.reason);
+        }
+        Command::Status {
+            api,
+            token_file,
+            watch,
+        } => {
+            let client = ApiClient::new(&api, &read_token(&token_file)?);
+            if watch {
+                client.watch(|line| println!("{line}")).await?;
+            } else {
+                print!("{}", client.status().await?);
+            }
         }
     }
     Ok(())

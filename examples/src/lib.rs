@@ -2,6 +2,7 @@
 //! loopback, run simulated participants on a partitioned dataset, and print the round table.
 
 use anyhow::Context;
+use cairn_coordinator::api::{ApiOptions, ApiTokens};
 use cairn_coordinator::config::JobSpec;
 use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
 use cairn_coordinator::store::RoundRecord;
@@ -10,15 +11,19 @@ use cairn_participant::client::{ClientOptions, Kit, run_many};
 use cairn_participant::data::partition::Scheme;
 use cairn_participant::data::{LocalData, Partition};
 use cairn_participant::task::{Backend, BurnTask, Task};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 /// Runs `job` as a local federation: certificates under `run_dir`, coordinator on loopback over
 /// mTLS, one simulated participant per job participant, each on its own IID share of `data`.
+/// The monitoring API listens on `api_listen` (an ephemeral port if that one is taken), with a
+/// fresh admin token; its dashboard URL is printed.
 pub async fn run_local_federation(
     job: JobSpec,
     data_dir: &Path,
     run_dir: &Path,
+    api_listen: SocketAddr,
 ) -> anyhow::Result<JobReport> {
     if run_dir.exists() {
         std::fs::remove_dir_all(run_dir)
@@ -42,6 +47,11 @@ pub async fn run_local_federation(
         request.out_dir.display()
     );
 
+    let api_listen = match std::net::TcpListener::bind(api_listen) {
+        Ok(_) => api_listen,
+        Err(_) => SocketAddr::new(api_listen.ip(), 0),
+    };
+    let (tokens, token) = ApiTokens::random_admin();
     let options = ServeOptions {
         job: job.clone(),
         tls: ServerTls::from_dir(&request.out_dir.join("coordinator"))?,
@@ -49,8 +59,17 @@ pub async fn run_local_federation(
         listen: "127.0.0.1:0".parse()?,
         heartbeat_interval: Duration::from_secs(5),
         keep_checkpoints: 3,
+        api: Some(ApiOptions {
+            listen: api_listen,
+            tokens,
+            linger: Duration::ZERO,
+        }),
     };
     let coordinator = Coordinator::start(options).await?;
+    if let Some(address) = coordinator.api_addr() {
+        println!("dashboard: http://{address}/#token={token}");
+        println!("API: curl -H 'Authorization: Bearer {token}' http://{address}/api/v1/job");
+    }
     let url = format!("https://127.0.0.1:{}", coordinator.local_addr().port());
 
     let data = LocalData::load(data_dir)?;

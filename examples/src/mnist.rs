@@ -26,6 +26,9 @@ struct Cli {
     /// Where certificates and checkpoints go (cleared first).
     #[arg(long, default_value = "mnist-run")]
     dir: PathBuf,
+    /// Address of the monitoring API and its dashboard (another port is taken if it is busy).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    api_listen: std::net::SocketAddr,
 }
 
 #[tokio::main]
@@ -35,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let job = JobSpec::load(&cli.job.unwrap_or_else(|| examples.join("jobs/mnist.yaml")))?;
     let started = Instant::now();
-    let report = run_local_federation(job, &cli.data_dir, &cli.dir).await?;
+    let report = run_local_federation(job, &cli.data_dir, &cli.dir, cli.api_listen).await?;
     let elapsed = started.elapsed().as_secs_f64();
     print_round_table(&report.rounds);
     let mut cumulative = 0.0;

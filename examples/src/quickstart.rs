@@ -23,6 +23,9 @@ struct Cli {
     /// participants' per-epoch progress is not (use `info` to see it).
     #[arg(long, default_value = "info,cairn_participant=warn")]
     log: String,
+    /// Address of the monitoring API and its dashboard (another port is taken if it is busy).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    api_listen: std::net::SocketAddr,
 }
 
 #[tokio::main]
@@ -34,7 +37,8 @@ async fn main() -> anyhow::Result<()> {
         &cli.job
             .unwrap_or_else(|| examples.join("jobs/quickstart.yaml")),
     )?;
-    let report = run_local_federation(job, &examples.join("data/digits"), &cli.dir).await?;
+    let report =
+        run_local_federation(job, &examples.join("data/digits"), &cli.dir, cli.api_listen).await?;
     print_round_table(&report.rounds);
     anyhow::ensure!(
         report.succeeded,

@@ -103,6 +103,7 @@ async fn a_killed_participant_is_dropped_and_rejoins_after_restart() {
         listen: "127.0.0.1:0".parse().expect("address"),
         heartbeat_interval: Duration::from_secs(1),
         keep_checkpoints: 2,
+        api: None,
     })
     .await
     .expect("coordinator");

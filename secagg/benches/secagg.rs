@@ -397,7 +397,7 @@ fn main() {
                     // Spread out, and never participant 0, which is timed.
                     let dropped: Vec<u32> = (0..n_dropped).map(|i| i * step + step / 2).collect();
                     // Few rounds for the big cases: each sets up a whole federation.
-                    let rounds = if d >= 1_000_000 { 3 } else { 5 };
+                    let rounds = if d >= 1_000_000 { 5 } else { 7 };
                     let best = (0..rounds)
                         .map(|_| round(&config, &dropped, threads))
                         .reduce(Sample::min)

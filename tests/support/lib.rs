@@ -2,6 +2,7 @@
 //! code in a temporary directory, a real coordinator on `127.0.0.1:0`, and real participants
 //! training on the digits data committed under `examples/data/digits`.
 
+use cairn_coordinator::api::{ApiOptions, ApiTokens};
 use cairn_coordinator::config::JobSpec;
 use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
 use cairn_coordinator::{Coordinator, JobReport, ServeOptions, ServerTls};
@@ -11,6 +12,11 @@ use cairn_participant::data::{LocalData, Partition};
 use cairn_participant::task::{Backend, BurnTask, Task};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The monitoring API's admin token in tests.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The monitoring API's viewer token in tests.
+pub const VIEWER_TOKEN: &str = "test-viewer-token-0123456789";
 
 /// The digits dataset committed with the examples.
 pub fn digits_dir() -> PathBuf {
@@ -65,6 +71,13 @@ impl Federation {
             listen: "127.0.0.1:0".parse().expect("address"),
             heartbeat_interval,
             keep_checkpoints: 3,
+            api: Some(ApiOptions {
+                listen: "127.0.0.1:0".parse().expect("address"),
+                tokens: ApiTokens::parse(&format!("admin {ADMIN_TOKEN}\nviewer {VIEWER_TOKEN}"))
+                    .expect("tokens"),
+                // Long enough for a test to query the API after the job ended.
+                linger: Duration::from_secs(300),
+            }),
         };
         Coordinator::start(options)
             .await

@@ -60,6 +60,7 @@ pub(super) async fn run(
         .unwrap_or_else(|| initialize(&shared.layout, job.seed));
     let mut machine =
         RoundMachine::new(settings, Box::new(FedAvg::default()), global, committed + 1);
+    shared.monitor.set_model(machine.global().clone());
     if machine.is_finished() {
         shared.finished.store(true, Ordering::SeqCst);
         let model_path = store.final_model_path();
@@ -100,8 +101,8 @@ pub(super) async fn run(
                         clock = Some(RoundClock {
                             round,
                             started: Instant::now(),
-                            bytes_in: shared.bytes_in.load(Ordering::Relaxed),
-                            bytes_out: shared.bytes_out.load(Ordering::Relaxed),
+                            bytes_in: shared.monitor.metrics.bytes_received.get(),
+                            bytes_out: shared.monitor.metrics.bytes_sent.get(),
                         });
                     }
                     let how = if secure.is_some() {
@@ -111,6 +112,7 @@ pub(super) async fn run(
                     };
                     tracing::info!(round, participants = ?to, "round {round}: training on {} participants ({how})", to.len());
                     let secure_aggregation = secure.as_ref().map(super::secure::setup);
+                    shared.monitor.round_started(round, &to);
                     let config = TrainingConfig {
                         model: job.model.name().to_string(),
                         local_epochs: job.local_epochs,
@@ -147,6 +149,7 @@ pub(super) async fn run(
                     phase,
                     after,
                 } => {
+                    shared.monitor.phase_started(round, attempt, phase);
                     let events = shared.events.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(after).await;
@@ -161,8 +164,8 @@ pub(super) async fn run(
                     let (duration_s, bytes_in, bytes_out) = match &clock {
                         Some(c) => (
                             c.started.elapsed().as_secs_f64(),
-                            shared.bytes_in.load(Ordering::Relaxed) - c.bytes_in,
-                            shared.bytes_out.load(Ordering::Relaxed) - c.bytes_out,
+                            shared.monitor.metrics.bytes_received.get() - c.bytes_in,
+                            shared.monitor.metrics.bytes_sent.get() - c.bytes_out,
                         ),
                         None => (0.0, 0, 0),
                     };
@@ -173,9 +176,11 @@ pub(super) async fn run(
                         bytes_out,
                         committed_at: now_rfc3339(),
                         checkpoint_sha256: String::new(),
+                        phase_durations: shared.monitor.take_phase_timings(),
                     };
                     let record = store.commit(&record, &shared.layout, &model)?;
                     log_round(&record, job.rounds);
+                    shared.monitor.round_committed(&record, model);
                     rounds.push(record);
                 }
                 Command::RoundFailed {
@@ -188,6 +193,7 @@ pub(super) async fn run(
                         attempt,
                         "round {round} attempt {attempt} failed: {reason}; global model unchanged, retrying"
                     );
+                    shared.monitor.round_failed(round, attempt, &reason);
                 }
                 Command::Ignored { id, reason } => {
                     tracing::warn!(participant = %id, "ignored a message from {id}: {reason}");
@@ -200,6 +206,7 @@ pub(super) async fn run(
                     shared.finished.store(true, Ordering::SeqCst);
                     let model_path = store.final_model_path();
                     save_safetensors(&model_path, &shared.layout, machine.global())?;
+                    shared.monitor.job_finished(succeeded, &reason);
                     let connections: Vec<Connection> = {
                         let mut map = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
                         map.drain().map(|(_, c)| c).collect()
@@ -273,7 +280,7 @@ fn send_model(
                 if connection.outbox.send(Ok(message)).await.is_err() {
                     return;
                 }
-                shared.bytes_out.fetch_add(size, Ordering::Relaxed);
+                shared.monitor.metrics.bytes_sent.inc_by(size);
             }
         });
     }
@@ -298,7 +305,7 @@ fn send_secure(
         tokio::spawn(async move {
             let size = prost::Message::encoded_len(&message) as u64;
             if connection.outbox.send(Ok(message)).await.is_ok() {
-                shared.bytes_out.fetch_add(size, Ordering::Relaxed);
+                shared.monitor.metrics.bytes_sent.inc_by(size);
             }
         });
     }

@@ -86,6 +86,8 @@ pub struct ServeOptions {
     pub heartbeat_interval: Duration,
     /// Checkpoints to keep.
     pub keep_checkpoints: usize,
+    /// The monitoring API, if it is to be served.
+    pub api: Option<crate::api::ApiOptions>,
 }
 
 /// What a finished job leaves behind.
@@ -112,8 +114,8 @@ struct Shared {
     events: mpsc::UnboundedSender<crate::round::Event>,
     connections: Mutex<HashMap<String, Connection>>,
     next_serial: AtomicU64,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
+    /// What the monitoring API shows; also holds the byte counters.
+    monitor: Arc<crate::api::Monitor>,
     finished: AtomicBool,
 }
 
@@ -127,6 +129,8 @@ struct Connection {
 /// A running coordinator.
 pub struct Coordinator {
     local_addr: SocketAddr,
+    api_addr: Option<SocketAddr>,
+    monitor: Arc<crate::api::Monitor>,
     driver: tokio::task::JoinHandle<Result<JobReport, Error>>,
 }
 
@@ -156,6 +160,28 @@ impl Coordinator {
             &layout,
             options.keep_checkpoints,
         )?;
+        let monitor = Arc::new(crate::api::Monitor::new(
+            options.job.clone(),
+            resume.rounds.clone(),
+        ));
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api_addr = match &options.api {
+            None => None,
+            Some(api) => {
+                let address = crate::api::serve(api, monitor.clone(), layout.clone(), async {
+                    let _ = api_stopped.await;
+                })
+                .await?;
+                tracing::info!(
+                    "monitoring API on http://{address}/ (dashboard), /api/v1, /metrics, /healthz"
+                );
+                Some(address)
+            }
+        };
+        let api_linger = options
+            .api
+            .as_ref()
+            .map_or(Duration::ZERO, |api| api.linger);
         let (events, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             job: options.job.clone(),
@@ -166,8 +192,7 @@ impl Coordinator {
             events,
             connections: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
+            monitor: monitor.clone(),
             finished: AtomicBool::new(false),
         });
         let tls = ServerTlsConfig::new()
@@ -222,14 +247,33 @@ impl Coordinator {
             if let Ok(Ok(Err(e))) = grace.await {
                 tracing::warn!("server ended with an error: {e}");
             }
+            tokio::spawn(async move {
+                tokio::time::sleep(api_linger).await;
+                let _ = stop_api.send(());
+            });
             report
         });
-        Ok(Coordinator { local_addr, driver })
+        Ok(Coordinator {
+            local_addr,
+            api_addr,
+            monitor,
+            driver,
+        })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the monitoring API listens on, when it is served.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    /// What the monitoring API shows.
+    pub fn monitor(&self) -> &Arc<crate::api::Monitor> {
+        &self.monitor
     }
 
     /// Waits for the job to end.

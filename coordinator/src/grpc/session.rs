@@ -79,17 +79,18 @@ impl Federation for FederationService {
         &self,
         request: Request<Streaming<ParticipantMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let id = self.identify(&request).map_err(Refusal::into_status)?;
+        let (id, organisation) = self.identify(&request).map_err(Refusal::into_status)?;
         let inbound = request.into_inner();
         let (outbox, receiver) = mpsc::channel(OUTBOX_CAPACITY);
-        tokio::spawn(run(self.shared.clone(), id, inbound, outbox));
+        tokio::spawn(run(self.shared.clone(), id, organisation, inbound, outbox));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
 
 impl FederationService {
-    /// The participant id in the verified client certificate, if the job allows it.
-    fn identify<T>(&self, request: &Request<T>) -> Result<String, Refusal> {
+    /// The participant id and organisation in the verified client certificate, if the job
+    /// allows the id.
+    fn identify<T>(&self, request: &Request<T>) -> Result<(String, String), Refusal> {
         let certificates = request.peer_certs().ok_or_else(|| {
             Refusal::Unauthenticated("no client certificate; Cairn requires mutual TLS".into())
         })?;
@@ -111,7 +112,7 @@ impl FederationService {
                 self.shared.job.participants.join(", ")
             )));
         }
-        Ok(identity.id)
+        Ok((identity.id, identity.organisation))
     }
 }
 
@@ -122,14 +123,18 @@ fn message(body: Outbound) -> Result<CoordinatorMessage, Status> {
 async fn run(
     shared: Arc<Shared>,
     id: String,
+    organisation: String,
     mut inbound: Streaming<ParticipantMessage>,
     outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>,
 ) {
-    if let Err(refusal) = handshake(&shared, &id, &mut inbound, &outbox).await {
-        tracing::warn!(participant = %id, "refused {id}: {}", refusal.message());
-        let _ = outbox.send(Err(refusal.into_status())).await;
-        return;
-    }
+    let client_version = match handshake(&shared, &id, &mut inbound, &outbox).await {
+        Ok(version) => version,
+        Err(refusal) => {
+            tracing::warn!(participant = %id, "refused {id}: {}", refusal.message());
+            let _ = outbox.send(Err(refusal.into_status())).await;
+            return;
+        }
+    };
     if shared.finished.load(Ordering::SeqCst) {
         let finished = JobFinished {
             rounds_completed: shared.job.rounds,
@@ -156,6 +161,9 @@ async fn run(
             });
         }
         let _ = shared.events.send(Event::Connected { id: id.clone() });
+        shared
+            .monitor
+            .connected(&id, &organisation, &client_version);
     }
     tracing::info!(participant = %id, "{id} connected");
 
@@ -177,6 +185,7 @@ async fn run(
     let mut connections = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
     if connections.get(&id).is_some_and(|c| c.serial == serial) {
         connections.remove(&id);
+        shared.monitor.disconnected(&id, &reason);
         let _ = shared.events.send(Event::Disconnected { id, reason });
     }
 }
@@ -186,7 +195,7 @@ async fn handshake(
     id: &str,
     inbound: &mut Streaming<ParticipantMessage>,
     outbox: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
-) -> Result<(), Refusal> {
+) -> Result<String, Refusal> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
     let hello = match first {
         Ok(Ok(Some(ParticipantMessage {
@@ -226,7 +235,8 @@ async fn handshake(
     outbox
         .send(message(Outbound::Welcome(welcome)))
         .await
-        .map_err(|_| Refusal::FailedPrecondition("session closed during the handshake".into()))
+        .map_err(|_| Refusal::FailedPrecondition("session closed during the handshake".into()))?;
+    Ok(hello.client_version.chars().take(200).collect())
 }
 
 async fn send_heartbeats(
@@ -294,8 +304,11 @@ async fn read(shared: &Shared, id: &str, inbound: &mut Streaming<ParticipantMess
             Ok(Ok(Some(message))) => message,
         };
         shared
-            .bytes_in
-            .fetch_add(next.encoded_len() as u64, Ordering::Relaxed);
+            .monitor
+            .metrics
+            .bytes_received
+            .inc_by(next.encoded_len() as u64);
+        shared.monitor.seen(id);
         let result = match next.body {
             None => Err(Refusal::InvalidArgument("message has no body".into())),
             Some(Inbound::Heartbeat(_)) => Ok(()),

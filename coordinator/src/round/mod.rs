@@ -33,7 +33,17 @@ pub type ParticipantId = String;
 /// The phases of a round in which a participant can be waited for.
 /// Ordered as a round runs through them.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -148,7 +158,7 @@ pub enum Event {
 }
 
 /// A participant that left a round before answering, and why.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Dropout {
     /// Who.
     pub id: ParticipantId,
@@ -159,7 +169,7 @@ pub struct Dropout {
 }
 
 /// What the round logic knows about a completed round.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RoundOutcome {
     /// 1-based round number.
     pub round: u64,

@@ -29,8 +29,19 @@ use std::path::{Path, PathBuf};
 /// Version of the state directory's layout; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// How long one phase of a round took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PhaseTiming {
+    /// The phase.
+    pub phase: crate::round::Phase,
+    /// Attempt of the round it belonged to.
+    pub attempt: u32,
+    /// Wall time, in seconds.
+    pub duration_s: f64,
+}
+
 /// A committed round: what the round logic decided plus what the driver measured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoundRecord {
     /// The round logic's outcome.
     #[serde(flatten)]
@@ -46,6 +57,9 @@ pub struct RoundRecord {
     /// SHA-256 (hex) of the round's checkpoint file.
     #[serde(default)]
     pub checkpoint_sha256: String,
+    /// The phases the round went through, in order (failed attempts included).
+    #[serde(default)]
+    pub phase_durations: Vec<PhaseTiming>,
 }
 
 /// The first line of defence against running a state directory with the wrong job or code.

@@ -36,6 +36,7 @@ fn record(round: u64) -> RoundRecord {
         bytes_out: 200,
         committed_at: "2026-01-01T00:00:00Z".into(),
         checkpoint_sha256: String::new(),
+        phase_durations: Vec::new(),
     }
 }
 

@@ -1,0 +1,548 @@
+//! The round-monitoring API: an HTTP server (axum) on its own address, next to the mTLS gRPC
+//! server. It serves the job, its rounds and participants as versioned JSON (`/api/v1/...`), a
+//! live stream of changes (server-sent events), Prometheus metrics (`/metrics`), the current global
+//! model, the OpenAPI document, health checks and the dashboard page. Everything except the health
+//! checks and the dashboard's static page needs a bearer token; the model needs an admin's. The
+//! API shows aggregates only: no individual update exists in the coordinator to show.
+
+pub mod client;
+pub mod metrics;
+pub mod monitor;
+
+pub use monitor::{ApiEvent, JobState, JobView, Monitor, ParticipantView};
+
+use crate::Error;
+use crate::model::{TensorShape, encode_safetensors};
+use crate::store::RoundRecord;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use tokio_stream::wrappers::BroadcastStream;
+use utoipa::{OpenApi, ToSchema};
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Read the job, rounds, participants, events and metrics.
+    Viewer,
+    /// Also download the global model.
+    Admin,
+}
+
+/// The API's bearer tokens.
+#[derive(Clone, Default)]
+pub struct ApiTokens {
+    tokens: Vec<(Role, String)>,
+}
+
+impl std::fmt::Debug for ApiTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiTokens({} tokens)", self.tokens.len())
+    }
+}
+
+/// Tokens shorter than this are refused: they could be guessed.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl ApiTokens {
+    /// One admin token.
+    pub fn admin(token: impl Into<String>) -> ApiTokens {
+        ApiTokens {
+            tokens: vec![(Role::Admin, token.into())],
+        }
+    }
+
+    /// A fresh random admin token (32 hex digits).
+    pub fn random_admin() -> (ApiTokens, String) {
+        let bytes: [u8; 16] = rand::random();
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        (ApiTokens::admin(token.clone()), token)
+    }
+
+    /// Parses a token file: one `<role> <token>` per line (`admin` or `viewer`); blank lines and
+    /// lines starting with `#` are skipped.
+    pub fn parse(text: &str) -> Result<ApiTokens, String> {
+        let mut tokens = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [role, token] = fields[..] else {
+                return Err(format!(
+                    "line {}: expected `<role> <token>`, found {} fields",
+                    number + 1,
+                    fields.len()
+                ));
+            };
+            let role = match role {
+                "admin" => Role::Admin,
+                "viewer" => Role::Viewer,
+                other => {
+                    return Err(format!(
+                        "line {}: role {other:?}; expected \"admin\" or \"viewer\"",
+                        number + 1
+                    ));
+                }
+            };
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(format!(
+                    "line {}: token has {} characters; expected at least {MIN_TOKEN_LEN}",
+                    number + 1,
+                    token.len()
+                ));
+            }
+            tokens.push((role, token.to_string()));
+        }
+        if tokens.is_empty() {
+            return Err("no tokens; expected at least one `<role> <token>` line".into());
+        }
+        Ok(ApiTokens { tokens })
+    }
+
+    /// Reads a token file.
+    pub fn load(path: &FsPath) -> Result<ApiTokens, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: format!("reading API token file {}", path.display()),
+            source,
+        })?;
+        ApiTokens::parse(&text)
+            .map_err(|reason| Error::Server(format!("API token file {}: {reason}", path.display())))
+    }
+
+    /// The role of `token`, compared in constant time against every known token.
+    fn role_of(&self, token: &str) -> Option<Role> {
+        let mut found = None;
+        for (role, known) in &self.tokens {
+            let equal = known.len() == token.len()
+                && known
+                    .bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            if equal {
+                found = found.max(Some(*role));
+            }
+        }
+        found
+    }
+}
+
+/// How to serve the API.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Who may call it.
+    pub tokens: ApiTokens,
+    /// How long it keeps serving after the job ended, for a last scrape or look.
+    pub linger: std::time::Duration,
+}
+
+#[derive(Clone)]
+struct AppState {
+    monitor: Arc<Monitor>,
+    tokens: Arc<ApiTokens>,
+    layout: Arc<Vec<TensorShape>>,
+}
+
+/// An error body: what was wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiError {
+    /// What was wrong and what was expected.
+    pub error: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut response = (
+        status,
+        Json(ApiError {
+            error: message.into(),
+        }),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"cairn\""),
+        );
+    }
+    response
+}
+
+/// Checks the bearer token; the handler learns the caller's role from the request extensions.
+async fn authenticate(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    let header = request.headers().get(header::AUTHORIZATION);
+    let Some(header) = header else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization header; expected `Authorization: Bearer <token>`",
+        );
+    };
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "Authorization header is not `Bearer <token>`",
+        );
+    };
+    let Some(role) = app.tokens.role_of(token) else {
+        return error(StatusCode::UNAUTHORIZED, "unknown bearer token");
+    };
+    request.extensions_mut().insert(role);
+    next.run(request).await
+}
+
+/// Pagination of the round history.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// Rounds to skip (default 0).
+    #[serde(default)]
+    pub offset: usize,
+    /// Rounds to return, 1..=1000 (default 100).
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+/// A page of committed rounds, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RoundPage {
+    /// Committed rounds in all.
+    pub total: usize,
+    /// Offset of the first round returned.
+    pub offset: usize,
+    /// Page size asked for.
+    pub limit: usize,
+    /// The rounds.
+    pub rounds: Vec<RoundRecord>,
+}
+
+/// Liveness and readiness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or why not.
+    pub status: String,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process is alive", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Accepting participants", body = Health),
+        (status = 503, description = "The job is over", body = Health)))]
+async fn readyz(State(app): State<AppState>) -> Response {
+    if app.monitor.is_ready() {
+        Json(Health {
+            status: "ok".into(),
+        })
+        .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "the job is over; no participants are accepted".into(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/job", tag = "job", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 401, description = "No or unknown token", body = ApiError)))]
+async fn job(State(app): State<AppState>) -> Json<JobView> {
+    Json(app.monitor.job())
+}
+
+#[utoipa::path(get, path = "/api/v1/rounds", tag = "job", security(("bearer" = [])),
+    params(Page),
+    responses(
+        (status = 200, description = "Committed rounds, oldest first", body = RoundPage),
+        (status = 400, description = "Malformed query", body = ApiError),
+        (status = 401, description = "No or unknown token", body = ApiError)))]
+async fn rounds(
+    State(app): State<AppState>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Response {
+    let Query(page) = match page {
+        Ok(page) => page,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{}; expected offset (an integer >= 0) and limit (1..=1000)",
+                    rejection.body_text()
+                ),
+            );
+        }
+    };
+    if !(1..=1000).contains(&page.limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit is {}; expected 1..=1000", page.limit),
+        );
+    }
+    let (rounds, total) = app.monitor.rounds(page.offset, page.limit);
+    Json(RoundPage {
+        total,
+        offset: page.offset,
+        limit: page.limit,
+        rounds,
+    })
+    .into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/rounds/{round}", tag = "job", security(("bearer" = [])),
+    params(("round" = u64, Path, description = "Round number, from 1")),
+    responses(
+        (status = 200, description = "The committed round", body = RoundRecord),
+        (status = 400, description = "Not a round number", body = ApiError),
+        (status = 401, description = "No or unknown token", body = ApiError),
+        (status = 404, description = "No such committed round", body = ApiError)))]
+async fn round(State(app): State<AppState>, round: Result<Path<u64>, PathRejection>) -> Response {
+    let Path(round) = match round {
+        Ok(round) => round,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{}; expected a round number >= 1", rejection.body_text()),
+            );
+        }
+    };
+    match app.monitor.round(round) {
+        Some(record) => Json(record).into_response(),
+        None => {
+            let job = app.monitor.job();
+            error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "round {round} is not committed; committed rounds are 1..={} of {}",
+                    job.rounds_completed, job.spec.rounds
+                ),
+            )
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/participants", tag = "job", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every participant the job lists", body = [ParticipantView]),
+        (status = 401, description = "No or unknown token", body = ApiError)))]
+async fn participants(State(app): State<AppState>) -> Json<Vec<ParticipantView>> {
+    Json(app.monitor.participants())
+}
+
+#[utoipa::path(get, path = "/api/v1/model", tag = "job", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The current global model (safetensors)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 401, description = "No or unknown token", body = ApiError),
+        (status = 403, description = "The token is not an admin's", body = ApiError),
+        (status = 404, description = "No model yet", body = ApiError)))]
+async fn model(State(app): State<AppState>, role: axum::Extension<Role>) -> Response {
+    if *role != Role::Admin {
+        return error(
+            StatusCode::FORBIDDEN,
+            "downloading the model needs an admin token; this one is a viewer's",
+        );
+    }
+    let Some(model) = app.monitor.model() else {
+        return error(StatusCode::NOT_FOUND, "no global model yet");
+    };
+    match encode_safetensors(&app.layout, &model) {
+        Ok(bytes) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            let name = format!(
+                "attachment; filename=\"{}.safetensors\"",
+                app.monitor.job().spec.name
+            );
+            if let Ok(value) = HeaderValue::from_str(&name) {
+                headers.insert(header::CONTENT_DISPOSITION, value);
+            }
+            (headers, bytes).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/events", tag = "job", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Server-sent events, one per change; each `data` is an ApiEvent", content_type = "text/event-stream", body = ApiEvent),
+        (status = 401, description = "No or unknown token", body = ApiError)))]
+async fn events(State(app): State<AppState>) -> impl IntoResponse {
+    // The stream ends after the job's end, so that a finished coordinator can stop serving.
+    let mut over = false;
+    let stream = BroadcastStream::new(app.monitor.subscribe())
+        .take_while(move |event| {
+            let more = !over;
+            over = matches!(event, Ok(ApiEvent::JobFinished { .. }));
+            std::future::ready(more)
+        })
+        .filter_map(|event| async move {
+            // A client too slow for the stream loses events, not the connection.
+            let event = event.ok()?;
+            let name = match &event {
+                ApiEvent::RoundStarted { .. } => "round_started",
+                ApiEvent::PhaseStarted { .. } => "phase_started",
+                ApiEvent::RoundCommitted { .. } => "round_committed",
+                ApiEvent::RoundFailed { .. } => "round_failed",
+                ApiEvent::ParticipantConnected { .. } => "participant_connected",
+                ApiEvent::ParticipantDisconnected { .. } => "participant_disconnected",
+                ApiEvent::JobFinished { .. } => "job_finished",
+            };
+            Some(Event::default().event(name).json_data(&event))
+        });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "metrics", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
+        (status = 401, description = "No or unknown token", body = ApiError)))]
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.monitor.metrics.render(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "job", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "This document", content_type = "application/json", body = String),
+        (status = 401, description = "No or unknown token", body = ApiError)))]
+async fn openapi_document() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+/// The dashboard's page: static HTML and script with no data in it; the script asks for a token
+/// and reads everything through the authenticated API.
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        }
+    }
+}
+
+/// The API's OpenAPI description.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Cairn coordinator API", description = "Round monitoring of a Cairn federated-learning job."),
+    paths(healthz, readyz, job, rounds, round, participants, model, events, metrics, openapi_document),
+    modifiers(&BearerScheme)
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as served and as checked in (`coordinator/openapi.json`).
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// The API's routes.
+fn router(app: AppState) -> Router {
+    let authenticated = Router::new()
+        .route("/api/v1/job", get(job))
+        .route("/api/v1/rounds", get(rounds))
+        .route("/api/v1/rounds/{round}", get(round))
+        .route("/api/v1/participants", get(participants))
+        .route("/api/v1/model", get(model))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/openapi.json", get(openapi_document))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/", get(dashboard))
+        .merge(authenticated)
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see /api/v1/openapi.json",
+            )
+        })
+        .with_state(app)
+}
+
+/// Binds `options.listen` and serves the API until `shutdown` resolves; returns the bound
+/// address.
+pub async fn serve(
+    options: &ApiOptions,
+    monitor: Arc<Monitor>,
+    layout: Vec<TensorShape>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<SocketAddr, Error> {
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("binding the API address {}", options.listen),
+            source,
+        })?;
+    let address = listener.local_addr().map_err(|source| Error::Io {
+        what: "reading the API's bound address".into(),
+        source,
+    })?;
+    let app = router(AppState {
+        monitor,
+        tokens: Arc::new(options.tokens.clone()),
+        layout: Arc::new(layout),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!("monitoring API stopped: {e}");
+        }
+    });
+    Ok(address)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,435 @@
+//! What operators can see of a running job: the [`Monitor`] is told by the round driver and the
+//! participants' sessions what happens (round and phase changes, commits, failures,
+//! connections), keeps the views the REST API serves, updates the Prometheus metrics, and
+//! broadcasts every change as an [`ApiEvent`] to live-stream clients. It holds aggregates only:
+//! no individual update ever reaches it.
+
+use super::metrics::Metrics;
+use crate::config::JobSpec;
+use crate::round::{ParticipantId, Phase};
+use crate::store::{PhaseTiming, RoundRecord};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::broadcast;
+use utoipa::ToSchema;
+
+/// Where the job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for enough participants to start a round.
+    Waiting,
+    /// A round is running.
+    Running,
+    /// Every round completed.
+    Finished,
+    /// The job gave up (a round failed too often).
+    Failed,
+}
+
+/// The job as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    /// The job's definition.
+    pub spec: JobSpec,
+    /// Where it is.
+    pub state: JobState,
+    /// Rounds committed.
+    pub rounds_completed: u64,
+    /// Round running (or about to), if the job is not over.
+    pub current_round: Option<u64>,
+    /// Attempt of the running round.
+    pub current_attempt: Option<u32>,
+    /// Phase of the running round.
+    pub current_phase: Option<Phase>,
+    /// When the current phase started (RFC 3339).
+    pub phase_started_at: Option<String>,
+    /// When this coordinator process started the job (RFC 3339).
+    pub started_at: String,
+    /// When the job ended (RFC 3339).
+    pub finished_at: Option<String>,
+    /// Why the job ended.
+    pub finish_reason: Option<String>,
+}
+
+/// A participant as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ParticipantView {
+    /// Participant id (its certificate's common name).
+    pub id: String,
+    /// Organisation named in its certificate (empty until it first connects).
+    pub organisation: String,
+    /// Whether it has a live session.
+    pub connected: bool,
+    /// Last message received from it (RFC 3339).
+    pub last_seen: Option<String>,
+    /// Committed rounds whose aggregate holds its update.
+    pub rounds_contributed: u64,
+    /// Software version it reported.
+    pub client_version: Option<String>,
+}
+
+/// A change, as the live stream sends it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ApiEvent {
+    /// A round (or a retry of it) started.
+    RoundStarted {
+        /// Round.
+        round: u64,
+        /// Selected participants.
+        selected: Vec<String>,
+    },
+    /// A phase of the running round started.
+    PhaseStarted {
+        /// Round.
+        round: u64,
+        /// Attempt.
+        attempt: u32,
+        /// Phase.
+        phase: Phase,
+    },
+    /// A round was committed.
+    RoundCommitted {
+        /// Its record.
+        record: Box<RoundRecord>,
+    },
+    /// An attempt of a round failed; it will be retried.
+    RoundFailed {
+        /// Round.
+        round: u64,
+        /// Attempt.
+        attempt: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A participant opened a session.
+    ParticipantConnected {
+        /// Who.
+        id: String,
+    },
+    /// A participant's session ended.
+    ParticipantDisconnected {
+        /// Who.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The job ended.
+    JobFinished {
+        /// Whether every round completed.
+        succeeded: bool,
+        /// Why it ended.
+        reason: String,
+    },
+}
+
+struct State {
+    job: JobView,
+    participants: BTreeMap<String, ParticipantView>,
+    rounds: Vec<RoundRecord>,
+    /// Phases of the running round so far, with when the current one started.
+    phases: Vec<PhaseTiming>,
+    phase_clock: Option<(Phase, u32, Instant)>,
+    model: Option<Arc<Vec<f32>>>,
+}
+
+/// The observable state of one job.
+pub struct Monitor {
+    state: Mutex<State>,
+    events: broadcast::Sender<ApiEvent>,
+    /// The Prometheus metrics.
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor").finish_non_exhaustive()
+    }
+}
+
+/// Now, RFC 3339.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Monitor {
+    /// A monitor for `job`, resuming after the `rounds` already committed.
+    pub fn new(job: JobSpec, rounds: Vec<RoundRecord>) -> Monitor {
+        let mut participants: BTreeMap<String, ParticipantView> = job
+            .participants
+            .iter()
+            .map(|id| {
+                let view = ParticipantView {
+                    id: id.clone(),
+                    organisation: String::new(),
+                    connected: false,
+                    last_seen: None,
+                    rounds_contributed: 0,
+                    client_version: None,
+                };
+                (id.clone(), view)
+            })
+            .collect();
+        for record in &rounds {
+            for id in &record.outcome.contributors {
+                if let Some(p) = participants.get_mut(id) {
+                    p.rounds_contributed += 1;
+                }
+            }
+        }
+        let metrics = Metrics::new();
+        metrics.rounds_completed.inc_by(rounds.len() as u64);
+        let committed = rounds.len() as u64;
+        let finished = committed >= job.rounds;
+        let state = State {
+            job: JobView {
+                state: if finished {
+                    JobState::Finished
+                } else {
+                    JobState::Waiting
+                },
+                rounds_completed: committed,
+                current_round: (!finished).then_some(committed + 1),
+                current_attempt: None,
+                current_phase: None,
+                phase_started_at: None,
+                started_at: now_rfc3339(),
+                finished_at: None,
+                finish_reason: None,
+                spec: job,
+            },
+            participants,
+            rounds,
+            phases: Vec::new(),
+            phase_clock: None,
+            model: None,
+        };
+        Monitor {
+            state: Mutex::new(state),
+            events: broadcast::channel(1024).0,
+            metrics,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut state)
+    }
+
+    fn emit(&self, event: ApiEvent) {
+        // No subscriber is not an error.
+        let _ = self.events.send(event);
+    }
+
+    /// A receiver of every change from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ApiEvent> {
+        self.events.subscribe()
+    }
+
+    /// The job's view.
+    pub fn job(&self) -> JobView {
+        self.with(|s| s.job.clone())
+    }
+
+    /// Committed rounds `offset..offset + limit`, and how many there are.
+    pub fn rounds(&self, offset: usize, limit: usize) -> (Vec<RoundRecord>, usize) {
+        self.with(|s| {
+            let page = s.rounds.iter().skip(offset).take(limit).cloned().collect();
+            (page, s.rounds.len())
+        })
+    }
+
+    /// One committed round.
+    pub fn round(&self, round: u64) -> Option<RoundRecord> {
+        self.with(|s| s.rounds.iter().find(|r| r.outcome.round == round).cloned())
+    }
+
+    /// Every participant of the job.
+    pub fn participants(&self) -> Vec<ParticipantView> {
+        self.with(|s| s.participants.values().cloned().collect())
+    }
+
+    /// The latest global model, once one exists in this process.
+    pub fn model(&self) -> Option<Arc<Vec<f32>>> {
+        self.with(|s| s.model.clone())
+    }
+
+    /// Whether the job still accepts participants.
+    pub fn is_ready(&self) -> bool {
+        self.with(|s| matches!(s.job.state, JobState::Waiting | JobState::Running))
+    }
+
+    /// The driver's global model at start.
+    pub fn set_model(&self, model: Arc<Vec<f32>>) {
+        self.with(|s| s.model = Some(model));
+    }
+
+    /// A round (or a retry of it) started with `selected`.
+    pub fn round_started(&self, round: u64, selected: &[ParticipantId]) {
+        self.with(|s| {
+            s.job.state = JobState::Running;
+            s.job.current_round = Some(round);
+        });
+        self.metrics.current_round.set(round as i64);
+        self.emit(ApiEvent::RoundStarted {
+            round,
+            selected: selected.to_vec(),
+        });
+    }
+
+    /// A phase started (the driver starts its deadline at the same moment).
+    pub fn phase_started(&self, round: u64, attempt: u32, phase: Phase) {
+        self.with(|s| {
+            self.close_phase(s);
+            s.phase_clock = Some((phase, attempt, Instant::now()));
+            s.job.current_attempt = Some(attempt);
+            s.job.current_phase = Some(phase);
+            s.job.phase_started_at = Some(now_rfc3339());
+        });
+        self.emit(ApiEvent::PhaseStarted {
+            round,
+            attempt,
+            phase,
+        });
+    }
+
+    fn close_phase(&self, s: &mut State) {
+        if let Some((phase, attempt, started)) = s.phase_clock.take() {
+            let seconds = started.elapsed().as_secs_f64();
+            self.metrics
+                .phase_duration
+                .with_label_values(&[phase.name()])
+                .observe(seconds);
+            s.phases.push(PhaseTiming {
+                phase,
+                attempt,
+                duration_s: seconds,
+            });
+        }
+    }
+
+    /// The phases the running round went through; called when it is committed.
+    pub fn take_phase_timings(&self) -> Vec<PhaseTiming> {
+        self.with(|s| {
+            self.close_phase(s);
+            std::mem::take(&mut s.phases)
+        })
+    }
+
+    /// A round was committed with `model` as the new global model.
+    pub fn round_committed(&self, record: &RoundRecord, model: Arc<Vec<f32>>) {
+        let m = &self.metrics;
+        m.rounds_completed.inc();
+        m.round_duration.observe(record.duration_s);
+        for dropout in &record.outcome.dropouts {
+            m.dropouts.with_label_values(&[dropout.phase.name()]).inc();
+        }
+        if let Some(accuracy) = record.outcome.eval_accuracy {
+            m.eval_accuracy.set(accuracy);
+        }
+        if let Some(loss) = record.outcome.eval_loss {
+            m.eval_loss.set(loss);
+        }
+        m.train_loss.set(record.outcome.train_loss);
+        self.with(|s| {
+            for id in &record.outcome.contributors {
+                if let Some(p) = s.participants.get_mut(id) {
+                    p.rounds_contributed += 1;
+                }
+            }
+            s.rounds.push(record.clone());
+            s.job.rounds_completed = s.rounds.len() as u64;
+            s.job.current_round = Some(record.outcome.round + 1);
+            s.job.current_phase = None;
+            s.job.current_attempt = None;
+            s.job.phase_started_at = None;
+            s.job.state = JobState::Waiting;
+            s.model = Some(model);
+        });
+        self.emit(ApiEvent::RoundCommitted {
+            record: Box::new(record.clone()),
+        });
+    }
+
+    /// An attempt failed and will be retried.
+    pub fn round_failed(&self, round: u64, attempt: u32, reason: &str) {
+        self.metrics.rounds_failed.inc();
+        self.with(|s| {
+            self.close_phase(s);
+            s.job.current_phase = None;
+            s.job.phase_started_at = None;
+            s.job.state = JobState::Waiting;
+        });
+        self.emit(ApiEvent::RoundFailed {
+            round,
+            attempt,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// The job ended.
+    pub fn job_finished(&self, succeeded: bool, reason: &str) {
+        self.with(|s| {
+            s.phase_clock = None;
+            s.job.state = if succeeded {
+                JobState::Finished
+            } else {
+                JobState::Failed
+            };
+            s.job.current_round = None;
+            s.job.current_attempt = None;
+            s.job.current_phase = None;
+            s.job.phase_started_at = None;
+            s.job.finished_at = Some(now_rfc3339());
+            s.job.finish_reason = Some(reason.to_string());
+        });
+        self.emit(ApiEvent::JobFinished {
+            succeeded,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// A participant opened a session.
+    pub fn connected(&self, id: &str, organisation: &str, client_version: &str) {
+        let count = self.with(|s| {
+            if let Some(p) = s.participants.get_mut(id) {
+                p.connected = true;
+                p.organisation = organisation.to_string();
+                p.client_version = Some(client_version.to_string());
+                p.last_seen = Some(now_rfc3339());
+            }
+            s.participants.values().filter(|p| p.connected).count()
+        });
+        self.metrics.participants_connected.set(count as i64);
+        self.emit(ApiEvent::ParticipantConnected { id: id.to_string() });
+    }
+
+    /// A participant's session ended.
+    pub fn disconnected(&self, id: &str, reason: &str) {
+        let count = self.with(|s| {
+            if let Some(p) = s.participants.get_mut(id) {
+                p.connected = false;
+            }
+            s.participants.values().filter(|p| p.connected).count()
+        });
+        self.metrics.participants_connected.set(count as i64);
+        self.emit(ApiEvent::ParticipantDisconnected {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// A message arrived from a participant.
+    pub fn seen(&self, id: &str) {
+        self.with(|s| {
+            if let Some(p) = s.participants.get_mut(id) {
+                p.last_seen = Some(now_rfc3339());
+            }
+        });
+    }
+}

@@ -1,0 +1,65 @@
+//! Unit tests of the API's pieces that need no server: tokens, the OpenAPI document, the status
+//! text. The server itself is tested end to end in `tests/api.rs`.
+
+use super::*;
+
+#[test]
+fn token_files_are_parsed_and_bad_lines_named() {
+    let tokens = ApiTokens::parse(
+        "# operators\nadmin aaaaaaaaaaaaaaaaaaaa\n\nviewer bbbbbbbbbbbbbbbbbbbb\n",
+    )
+    .unwrap();
+    assert_eq!(tokens.role_of("aaaaaaaaaaaaaaaaaaaa"), Some(Role::Admin));
+    assert_eq!(tokens.role_of("bbbbbbbbbbbbbbbbbbbb"), Some(Role::Viewer));
+    assert_eq!(tokens.role_of("bbbbbbbbbbbbbbbbbbb"), None);
+    assert_eq!(tokens.role_of(""), None);
+    let cases = [
+        ("owner cccccccccccccccccccc", "line 1: role \"owner\""),
+        (
+            "admin short",
+            "line 1: token has 5 characters; expected at least 16",
+        ),
+        (
+            "\n\nadmin",
+            "line 3: expected `<role> <token>`, found 1 fields",
+        ),
+        ("# nothing\n", "no tokens"),
+    ];
+    for (text, expected) in cases {
+        let err = ApiTokens::parse(text).unwrap_err();
+        assert!(err.contains(expected), "{text:?}: {err}");
+    }
+    let (random, token) = ApiTokens::random_admin();
+    assert_eq!(token.len(), 32);
+    assert_eq!(random.role_of(&token), Some(Role::Admin));
+}
+
+/// The checked-in OpenAPI document is the one the server serves. After a change to the API,
+/// regenerate it with `CAIRN_WRITE_OPENAPI=1 cargo test -p cairn-coordinator openapi`.
+#[test]
+fn the_checked_in_openapi_document_matches_the_code() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    let generated = openapi_json() + "\n";
+    if std::env::var_os("CAIRN_WRITE_OPENAPI").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "{} is out of date; run CAIRN_WRITE_OPENAPI=1 cargo test -p cairn-coordinator openapi",
+        path.display()
+    );
+    for path in [
+        "/api/v1/job",
+        "/api/v1/rounds",
+        "/api/v1/rounds/{round}",
+        "/api/v1/participants",
+        "/api/v1/model",
+        "/api/v1/events",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(generated.contains(&format!("\"{path}\"")), "{path} missing");
+    }
+}
