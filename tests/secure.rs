@@ -10,16 +10,12 @@ use cairn_coordinator::model::{layout, load_safetensors};
 use cairn_coordinator::round::Phase;
 use cairn_coordinator::store::RoundRecord;
 use cairn_participant::Error;
-use cairn_participant::client::{Filter, Verdict, run_many};
+use cairn_participant::client::{Filter, run_many};
 use cairn_participant::task::{
     EpochProgress, Evaluation, Task, TensorShape, TrainingConfig, TrainingOutcome,
 };
-use cairn_proto::v1::{
-    CoordinatorMessage, ParticipantMessage, coordinator_message, participant_message::Body,
-};
-use cairn_tests::{Federation, digits_task, finish};
+use cairn_tests::{CutIn, Federation, digits_task, finish};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 const IDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 
@@ -73,54 +69,6 @@ impl Task for FixedUpdate {
             loss: 1.0,
             accuracy: 0.5,
         })
-    }
-}
-
-/// Cuts the connection the first time the participant is about to send a message of
-/// secure-aggregation phase `phase` in round 2.
-#[derive(Debug)]
-struct CutIn {
-    phase: Phase,
-    times: AtomicU32,
-    round: AtomicU64,
-}
-
-impl CutIn {
-    fn new(phase: Phase) -> Arc<CutIn> {
-        Arc::new(CutIn {
-            phase,
-            times: AtomicU32::new(1),
-            round: AtomicU64::new(0),
-        })
-    }
-}
-
-impl Filter for CutIn {
-    fn inbound(&self, message: &CoordinatorMessage) -> Verdict {
-        if let Some(coordinator_message::Body::Train(train)) = &message.body
-            && let Some(model) = &train.model
-        {
-            self.round.store(model.round, Ordering::SeqCst);
-        }
-        Verdict::Pass
-    }
-
-    fn outbound(&self, message: &ParticipantMessage) -> Verdict {
-        let phase = match message.body {
-            Some(Body::Advertisement(_)) => Phase::AdvertiseKeys,
-            Some(Body::Shares(_)) => Phase::ShareKeys,
-            Some(Body::MaskedInput(_)) => Phase::CollectMasked,
-            Some(Body::SurvivorSignature(_)) => Phase::ConsistencyCheck,
-            Some(Body::Reveal(_)) => Phase::Unmask,
-            _ => return Verdict::Pass,
-        };
-        let cut = phase == self.phase
-            && self.round.load(Ordering::SeqCst) == 2
-            && self
-                .times
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| t.checked_sub(1))
-                .is_ok();
-        if cut { Verdict::Cut } else { Verdict::Pass }
     }
 }
 
@@ -216,7 +164,7 @@ async fn a_participant_cut_off_in_any_phase_leaves_the_sum_of_the_others() {
     assert!(gap < 1e-5, "secure and plaintext models differ by {gap}");
 
     for phase in phases {
-        let cut: Arc<dyn Filter> = CutIn::new(phase);
+        let cut: Arc<dyn Filter> = CutIn::round_2(phase);
         let (record, model) = run(&IDS, true, &[("delta", cut)]).await;
         let outcome = &record.outcome;
         let dropout = outcome
@@ -247,8 +195,8 @@ async fn too_few_survivors_fail_the_attempt_and_the_retry_uses_fresh_keys() {
     // Two of four cut before sending their masked inputs: two survivors, fewer than the job's
     // three. The attempt fails, the model is unchanged, and the second attempt (new keys, new
     // session) completes with everyone.
-    let bravo: Arc<dyn Filter> = CutIn::new(Phase::CollectMasked);
-    let charlie: Arc<dyn Filter> = CutIn::new(Phase::CollectMasked);
+    let bravo: Arc<dyn Filter> = CutIn::round_2(Phase::CollectMasked);
+    let charlie: Arc<dyn Filter> = CutIn::round_2(Phase::CollectMasked);
     let (record, model) = run(&IDS, true, &[("bravo", bravo), ("charlie", charlie)]).await;
     assert_eq!(record.outcome.attempt, 2, "{:?}", record.outcome);
     // The retry starts once three are connected again; the cut ones rejoin within moments.

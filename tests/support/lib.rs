@@ -5,12 +5,19 @@
 use cairn_coordinator::api::{ApiOptions, ApiTokens};
 use cairn_coordinator::config::JobSpec;
 use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
+use cairn_coordinator::round::Phase;
 use cairn_coordinator::{Coordinator, JobReport, ServeOptions, ServerTls};
 use cairn_participant::client::{ClientOptions, Kit};
+use cairn_participant::client::{Filter, Verdict};
 use cairn_participant::data::partition::Scheme;
 use cairn_participant::data::{LocalData, Partition};
 use cairn_participant::task::{Backend, BurnTask, Task};
+use cairn_proto::v1::{
+    CoordinatorMessage, ParticipantMessage, coordinator_message, participant_message::Body,
+};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The monitoring API's admin token in tests.
@@ -149,5 +156,54 @@ pub async fn finish(coordinator: Coordinator) -> Result<JobReport, String> {
     match tokio::time::timeout(Duration::from_secs(120), coordinator.wait()).await {
         Ok(report) => report.map_err(|e| e.to_string()),
         Err(_) => Err("the job did not finish within 120 s".into()),
+    }
+}
+
+/// Cuts the connection the first time the participant is about to send a message of
+/// secure-aggregation phase `phase` in round 2.
+#[derive(Debug)]
+pub struct CutIn {
+    phase: Phase,
+    times: AtomicU32,
+    round: AtomicU64,
+}
+
+impl CutIn {
+    /// A filter that cuts in `phase` of round 2.
+    pub fn round_2(phase: Phase) -> Arc<CutIn> {
+        Arc::new(CutIn {
+            phase,
+            times: AtomicU32::new(1),
+            round: AtomicU64::new(0),
+        })
+    }
+}
+
+impl Filter for CutIn {
+    fn inbound(&self, message: &CoordinatorMessage) -> Verdict {
+        if let Some(coordinator_message::Body::Train(train)) = &message.body
+            && let Some(model) = &train.model
+        {
+            self.round.store(model.round, Ordering::SeqCst);
+        }
+        Verdict::Pass
+    }
+
+    fn outbound(&self, message: &ParticipantMessage) -> Verdict {
+        let phase = match message.body {
+            Some(Body::Advertisement(_)) => Phase::AdvertiseKeys,
+            Some(Body::Shares(_)) => Phase::ShareKeys,
+            Some(Body::MaskedInput(_)) => Phase::CollectMasked,
+            Some(Body::SurvivorSignature(_)) => Phase::ConsistencyCheck,
+            Some(Body::Reveal(_)) => Phase::Unmask,
+            _ => return Verdict::Pass,
+        };
+        let cut = phase == self.phase
+            && self.round.load(Ordering::SeqCst) == 2
+            && self
+                .times
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| t.checked_sub(1))
+                .is_ok();
+        if cut { Verdict::Cut } else { Verdict::Pass }
     }
 }

@@ -1,0 +1,466 @@
+//! The monitoring API against a real coordinator and real participants over loopback mTLS: four
+//! participants train two rounds with secure aggregation, one is cut off in round 2, and what the
+//! API says (REST, live stream, metrics) must match what the federation did. Then the access
+//! rules and the bad requests. When the tools are installed (CI installs them: `.ci/run`),
+//! `promtool` checks the metrics, schemathesis checks the live server against the OpenAPI
+//! document, and headless Chromium renders the dashboard.
+
+use cairn_coordinator::Coordinator;
+use cairn_coordinator::api::client::ApiClient;
+use cairn_coordinator::api::{ApiEvent, JobState, JobView, ParticipantView, RoundPage};
+use cairn_coordinator::model::{layout, load_safetensors};
+use cairn_coordinator::round::Phase;
+use cairn_coordinator::store::RoundRecord;
+use cairn_participant::client::{Filter, run_many};
+use cairn_tests::{ADMIN_TOKEN, CutIn, Federation, VIEWER_TOKEN, digits_job, digits_task, finish};
+use std::process::Command;
+use std::sync::Arc;
+use tokio_stream::StreamExt;
+
+const IDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn of(coordinator: &Coordinator) -> Api {
+        Api::at(format!(
+            "http://{}",
+            coordinator.api_addr().expect("API served")
+        ))
+    }
+
+    fn at(base: String) -> Api {
+        Api {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request")
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = self.get(path, Some(VIEWER_TOKEN)).await;
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.expect("JSON body")
+    }
+
+    /// Status and error message of a request expected to fail.
+    async fn refused(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let response = self.get(path, token).await;
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.expect("JSON error body");
+        (
+            status,
+            body["error"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+}
+
+/// Reads the live stream until the job's end.
+async fn follow(api: &Api) -> Vec<ApiEvent> {
+    let response = api.get("/api/v1/events", Some(VIEWER_TOKEN)).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        buffer.push_str(&String::from_utf8_lossy(&chunk.expect("stream")));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let data: String = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .collect();
+            if data.is_empty() {
+                continue;
+            }
+            let event: ApiEvent = serde_json::from_str(data.trim()).expect("an ApiEvent");
+            let over = matches!(event, ApiEvent::JobFinished { .. });
+            events.push(event);
+            if over {
+                return events;
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_reports_what_the_federation_did() {
+    let federation = Federation::provision(&IDS);
+    let job = digits_job(&IDS, 2, 3);
+    let coordinator = federation.start(job.clone()).await;
+    let api = Api::of(&coordinator);
+    // Health needs no token; readiness holds while the job runs.
+    assert_eq!(api.get("/healthz", None).await.status(), 200);
+    assert_eq!(api.get("/readyz", None).await.status(), 200);
+    let waiting: JobView = api.json("/api/v1/job").await;
+    assert_eq!(waiting.state, JobState::Waiting);
+    assert_eq!(waiting.current_round, Some(1));
+
+    let base = api.base.clone();
+    let stream = tokio::spawn(async move { follow(&Api::at(base)).await });
+    // Let the stream subscribe before anything happens.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let cut: Arc<dyn Filter> = CutIn::round_2(Phase::AdvertiseKeys);
+    let clients = IDS
+        .iter()
+        .enumerate()
+        .map(|(index, id)| {
+            let mut options = federation.client(&coordinator, id);
+            if *id == "delta" {
+                options.filter = Some(cut.clone());
+                options.max_attempts = Some(3);
+            }
+            (options, digits_task(index, IDS.len()))
+        })
+        .collect();
+    let (results, report) = tokio::join!(run_many(clients), finish(coordinator));
+    for (id, result) in IDS.iter().zip(results) {
+        if *id != "delta" {
+            result.expect("participant finishes");
+        }
+    }
+    let report = report.expect("report");
+    assert!(report.succeeded, "{}", report.reason);
+    let events = stream.await.expect("stream task");
+
+    // The job.
+    let job_view: JobView = api.json("/api/v1/job").await;
+    assert_eq!(job_view.state, JobState::Finished);
+    assert_eq!(job_view.rounds_completed, 2);
+    assert_eq!(job_view.current_round, None);
+    assert_eq!(job_view.spec, job);
+    assert!(job_view.finished_at.is_some());
+    assert_eq!(api.get("/readyz", None).await.status(), 503);
+
+    // The rounds, as recorded, with delta dropped in round 2's first phase.
+    let page: RoundPage = api.json("/api/v1/rounds").await;
+    assert_eq!(page.total, 2);
+    assert_eq!(page.rounds, report.rounds);
+    let second: RoundRecord = api.json("/api/v1/rounds/2").await;
+    assert_eq!(second.outcome.contributors, ["alpha", "bravo", "charlie"]);
+    assert!(
+        second
+            .outcome
+            .dropouts
+            .iter()
+            .any(|d| d.id == "delta" && d.phase == Phase::AdvertiseKeys),
+        "{:?}",
+        second.outcome.dropouts
+    );
+    let phases: Vec<Phase> = second.phase_durations.iter().map(|p| p.phase).collect();
+    assert_eq!(
+        phases,
+        [
+            Phase::AdvertiseKeys,
+            Phase::ShareKeys,
+            Phase::CollectMasked,
+            Phase::ConsistencyCheck,
+            Phase::Unmask,
+            Phase::Evaluate
+        ]
+    );
+    let page: RoundPage = api.json("/api/v1/rounds?offset=1&limit=1").await;
+    assert_eq!((page.total, page.rounds.len()), (2, 1));
+    assert_eq!(page.rounds[0].outcome.round, 2);
+
+    // The participants.
+    let participants: Vec<ParticipantView> = api.json("/api/v1/participants").await;
+    assert_eq!(participants.len(), 4);
+    for p in &participants {
+        // Round 1 starts as soon as three are connected, so count from the records.
+        let expected = report
+            .rounds
+            .iter()
+            .filter(|r| r.outcome.contributors.contains(&p.id))
+            .count() as u64;
+        assert_eq!(p.rounds_contributed, expected, "{p:?}");
+        assert!(!p.organisation.is_empty(), "{p:?}");
+        assert!(p.last_seen.is_some());
+        assert!(
+            p.client_version
+                .as_deref()
+                .is_some_and(|v| v.starts_with("cairn-participant")),
+            "{p:?}"
+        );
+    }
+
+    // The live stream saw every phase and both commits, in order.
+    let kinds: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            ApiEvent::PhaseStarted { round, phase, .. } => {
+                Some(format!("{round}:{}", phase.name()))
+            }
+            ApiEvent::RoundCommitted { record } => Some(format!("{}:commit", record.outcome.round)),
+            ApiEvent::JobFinished { .. } => Some("finished".into()),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<String> = [1, 2]
+        .iter()
+        .flat_map(|r| {
+            [
+                "advertise_keys",
+                "share_keys",
+                "collect_masked",
+                "consistency_check",
+                "unmask",
+                "evaluate",
+                "commit",
+            ]
+            .iter()
+            .map(move |p| format!("{r}:{p}"))
+        })
+        .chain(["finished".to_string()])
+        .collect();
+    assert_eq!(kinds, expected);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ApiEvent::ParticipantDisconnected { id, .. } if id == "delta"))
+    );
+
+    // Metrics agree.
+    let metrics = api
+        .get("/metrics", Some(VIEWER_TOKEN))
+        .await
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "cairn_rounds_completed_total 2",
+        "cairn_dropouts_total{phase=\"advertise_keys\"} 1",
+        "cairn_phase_duration_seconds_count{phase=\"unmask\"} 2",
+        "cairn_round 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("process_resident_memory_bytes"));
+
+    // The model: admins only, and it is the final model.
+    let (status, message) = api.refused("/api/v1/model", Some(VIEWER_TOKEN)).await;
+    assert_eq!(status, 403);
+    assert!(message.contains("needs an admin token"), "{message}");
+    let response = api.get("/api/v1/model", Some(ADMIN_TOKEN)).await;
+    assert_eq!(response.status(), 200);
+    let bytes = response.bytes().await.expect("model bytes");
+    let downloaded = federation.dir.path().join("downloaded.safetensors");
+    std::fs::write(&downloaded, &bytes).expect("write");
+    let model_layout = layout(job.model, job.dataset);
+    assert_eq!(
+        load_safetensors(&downloaded, &model_layout).expect("a safetensors model"),
+        load_safetensors(&report.model_path, &model_layout).expect("final model")
+    );
+
+    // The status command's view.
+    let status = ApiClient::new(&api.base, VIEWER_TOKEN)
+        .status()
+        .await
+        .expect("status");
+    assert!(
+        status.contains("finished, 2/2 rounds committed"),
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .filter(|l| l.trim_start().starts_with('2'))
+            .count()
+            >= 1
+    );
+
+    // Access and bad requests.
+    for (path, token, code, expected) in [
+        ("/api/v1/job", None, 401, "missing Authorization header"),
+        ("/metrics", None, 401, "missing Authorization header"),
+        (
+            "/api/v1/job",
+            Some("not-a-known-token-at-all"),
+            401,
+            "unknown bearer token",
+        ),
+        (
+            "/api/v1/rounds?limit=0",
+            Some(VIEWER_TOKEN),
+            400,
+            "limit is 0; expected 1..=1000",
+        ),
+        (
+            "/api/v1/rounds?offset=-1",
+            Some(VIEWER_TOKEN),
+            400,
+            "offset",
+        ),
+        (
+            "/api/v1/rounds?page=2",
+            Some(VIEWER_TOKEN),
+            400,
+            "unknown field `page`",
+        ),
+        (
+            "/api/v1/rounds/abc",
+            Some(VIEWER_TOKEN),
+            400,
+            "expected a round number",
+        ),
+        (
+            "/api/v1/rounds/99",
+            Some(VIEWER_TOKEN),
+            404,
+            "round 99 is not committed",
+        ),
+        ("/api/v2/job", Some(VIEWER_TOKEN), 404, "no such endpoint"),
+    ] {
+        let (status, message) = api.refused(path, token).await;
+        assert_eq!(status, code, "{path}: {message}");
+        assert!(message.contains(expected), "{path}: {message}");
+    }
+    let served = api
+        .get("/api/v1/openapi.json", Some(VIEWER_TOKEN))
+        .await
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(served, cairn_coordinator::api::openapi_json());
+
+    external_checks(&api, &federation).await;
+}
+
+/// Whether a missing tool fails the test (in CI) or skips its check (on a workstation).
+fn tool(name: &str, candidates: &[&str]) -> Option<String> {
+    let found = candidates.iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    match found {
+        Some(path) => Some(path.to_string()),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{name} is not installed; .ci/run installs it")
+        }
+        None => {
+            eprintln!("skipping the {name} check: not installed (see .ci/run)");
+            None
+        }
+    }
+}
+
+/// The live server checked by other people's tools.
+async fn external_checks(api: &Api, federation: &Federation) {
+    let dir = federation.dir.path();
+    if let Some(promtool) = tool("promtool", &["promtool"]) {
+        let metrics = api
+            .get("/metrics", Some(VIEWER_TOKEN))
+            .await
+            .text()
+            .await
+            .expect("text");
+        let mut child = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool starts");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(metrics.as_bytes())
+            .expect("write metrics");
+        let output = child.wait_with_output().expect("promtool runs");
+        assert!(
+            output.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let venv = std::env::var("CAIRN_VENV").unwrap_or_else(|_| ".venv".into());
+    let schemathesis = format!("{venv}/bin/schemathesis");
+    if let Some(schemathesis) = tool("schemathesis", &[&schemathesis, "schemathesis"]) {
+        let schema = dir.join("openapi.json");
+        std::fs::write(&schema, cairn_coordinator::api::openapi_json()).expect("schema");
+        let output = Command::new(schemathesis)
+            .args([
+                "run",
+                "--checks",
+                "all",
+                "--exclude-checks",
+                "positive_data_acceptance,negative_data_rejection",
+                "--max-examples",
+                "20",
+                "--exclude-path",
+                "/api/v1/events",
+            ])
+            .arg("--url")
+            .arg(&api.base)
+            .arg("--header")
+            .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"))
+            .arg(&schema)
+            .env("SCHEMATHESIS_HOOKS", "")
+            .output()
+            .expect("schemathesis runs");
+        assert!(
+            output.status.success(),
+            "schemathesis: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if let Some(chromium) = tool(
+        "chromium",
+        &["chromium", "chromium-browser", "google-chrome"],
+    ) {
+        let url = format!("{}/#token={VIEWER_TOKEN}", api.base);
+        let headless = |extra: &[&str]| {
+            Command::new(&chromium)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--virtual-time-budget=5000",
+                    "--window-size=900,1000",
+                ])
+                .args(extra)
+                .arg(&url)
+                .output()
+                .expect("chromium runs")
+        };
+        let dom = String::from_utf8_lossy(&headless(&["--dump-dom"]).stdout).into_owned();
+        assert_eq!(
+            dom.matches("class=\"series\"").count(),
+            3,
+            "chart series missing:\n{dom}"
+        );
+        for id in IDS {
+            assert!(
+                dom.contains(&format!("<td>{id}</td>")),
+                "{id} missing from the table:\n{dom}"
+            );
+        }
+        assert!(dom.contains("2 / 2"), "round count missing:\n{dom}");
+        let artifacts =
+            std::env::var("CAIRN_ARTIFACTS").unwrap_or_else(|_| "target/test-artifacts".into());
+        let _ = std::fs::create_dir_all(&artifacts);
+        let screenshot = std::path::Path::new(&artifacts).join("dashboard.png");
+        let shot = format!("--screenshot={}", screenshot.display());
+        let _ = headless(&[&shot]);
+    }
+}
