@@ -210,13 +210,16 @@ async fn authenticate(State(app): State<AppState>, mut request: Request, next: N
 
 /// Pagination of the round history.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     /// Rounds to skip (default 0).
     #[serde(default)]
+    #[param(minimum = 0, default = 0)]
     pub offset: usize,
     /// Rounds to return, 1..=1000 (default 100).
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     pub limit: usize,
 }
 
@@ -442,7 +445,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
 
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "job", security(("bearer" = [])),
     responses(
-        (status = 200, description = "This document", content_type = "application/json", body = String),
+        (status = 200, description = "This document", content_type = "application/json", body = Object),
         (status = 401, description = "No or unknown token", body = ApiError)))]
 async fn openapi_document() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()

@@ -63,3 +63,45 @@ fn the_checked_in_openapi_document_matches_the_code() {
         assert!(generated.contains(&format!("\"{path}\"")), "{path} missing");
     }
 }
+
+/// Every metric the Grafana dashboard (`coordinator/grafana/cairn-dashboard.json`) queries is one
+/// the coordinator exports.
+#[test]
+fn the_grafana_dashboard_queries_exported_metrics_only() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/cairn-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let metrics = metrics::Metrics::new();
+    metrics
+        .phase_duration
+        .with_label_values(&["train"])
+        .observe(1.0);
+    metrics.dropouts.with_label_values(&["train"]).inc();
+    let exported: std::collections::BTreeSet<String> = metrics
+        .render()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next().map(str::to_string))
+        .collect();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    let mut queried = 0;
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("cairn_") || w.starts_with("process_"))
+            {
+                queried += 1;
+                assert!(
+                    exported.contains(name),
+                    "{name} (panel {}) is not exported",
+                    panel["title"]
+                );
+            }
+        }
+    }
+    assert!(queried >= 12);
+}
