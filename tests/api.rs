@@ -109,6 +109,16 @@ async fn the_api_reports_what_the_federation_did() {
 
     let base = api.base.clone();
     let stream = tokio::spawn(async move { follow(&Api::at(base)).await });
+    // `cairn-coordinator status --watch` follows the same stream.
+    let watcher = ApiClient::new(&api.base, VIEWER_TOKEN);
+    let watched = tokio::spawn(async move {
+        let mut lines = Vec::new();
+        watcher
+            .watch(|line| lines.push(line.to_string()))
+            .await
+            .expect("watch");
+        lines
+    });
     // Let the stream subscribe before anything happens.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let cut: Arc<dyn Filter> = CutIn::round_2(Phase::AdvertiseKeys);
@@ -133,6 +143,18 @@ async fn the_api_reports_what_the_federation_did() {
     let report = report.expect("report");
     assert!(report.succeeded, "{}", report.reason);
     let events = stream.await.expect("stream task");
+    let watched = watched.await.expect("watch task");
+    assert!(watched[0].contains("0/2 rounds committed"), "{watched:?}");
+    for expected in [
+        "round 2 attempt 1: unmask",
+        "round 2 committed: 3/4 participants",
+        "job finished",
+    ] {
+        assert!(
+            watched.iter().any(|l| l.contains(expected)),
+            "{expected} not in {watched:?}"
+        );
+    }
 
     // The job.
     let job_view: JobView = api.json("/api/v1/job").await;
@@ -406,6 +428,9 @@ async fn external_checks(api: &Api, federation: &Federation) {
                 "all",
                 "--max-examples",
                 "20",
+                // Reproducible: the same cases on every run.
+                "--seed",
+                "1",
                 "--exclude-path",
                 "/api/v1/events",
                 "--exclude-path",

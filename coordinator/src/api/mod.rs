@@ -213,9 +213,9 @@ async fn authenticate(State(app): State<AppState>, mut request: Request, next: N
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
-    /// Rounds to skip (default 0).
+    /// Rounds to skip, 0..=1000000 (default 0).
     #[serde(default)]
-    #[param(minimum = 0, default = 0)]
+    #[param(minimum = 0, maximum = 1_000_000, default = 0)]
     pub offset: usize,
     /// Rounds to return, 1..=1000 (default 100).
     #[serde(default = "default_limit")]
@@ -300,12 +300,18 @@ async fn rounds(
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "{}; expected offset (an integer >= 0) and limit (1..=1000)",
+                    "{}; expected offset (0..=1000000) and limit (1..=1000)",
                     rejection.body_text()
                 ),
             );
         }
     };
+    if page.offset > 1_000_000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("offset is {}; expected 0..=1000000", page.offset),
+        );
+    }
     if !(1..=1000).contains(&page.limit) {
         return error(
             StatusCode::BAD_REQUEST,
