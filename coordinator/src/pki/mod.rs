@@ -264,9 +264,51 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, request.validity_days);
         write_leaf(&dir, &params, &issuer, &ca_pem)?;
+        let paths = KitPaths::in_dir(&dir);
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| Error::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            })
+        };
+        let values = helm_values(
+            &participant.id,
+            &request.server_names[0],
+            &read(&paths.cert)?,
+            &read(&paths.key)?,
+            &ca_pem,
+        );
+        // It holds the private key: as secret as key.pem.
+        write_file(&dir.join("values.yaml"), &values, true)?;
         report.created_kits.push(dir);
     }
     Ok(report)
+}
+
+/// The Helm values that install this participant with `charts/participant`: its id, the
+/// coordinator's address and the kit inline. The data source is a placeholder to adapt.
+fn helm_values(id: &str, server_name: &str, cert: &str, key: &str, ca: &str) -> String {
+    let block = |pem: &str| {
+        pem.lines()
+            .map(|line| format!("    {line}\n"))
+            .collect::<String>()
+    };
+    let host = if server_name.contains(':') {
+        format!("[{server_name}]")
+    } else {
+        server_name.to_string()
+    };
+    format!(
+        "# Helm values for participant {id}: helm install {id} charts/participant -f values.yaml\n\
+         # This file holds the participant's private key: keep it as secret as key.pem.\n\
+         participantId: {id}\n\
+         coordinator:\n  address: https://{host}:7443   # the coordinator's gRPC endpoint\n  serverName: {server_name}\n\
+         data:\n  source: pvc                     # or hostPath / initContainer (see the chart's values.yaml)\n  pvc:\n    claimName: {id}-data\n\
+         kit:\n  cert: |\n{}  key: |\n{}  ca: |\n{}",
+        block(cert),
+        block(key),
+        block(ca)
+    )
 }
 
 /// Whether `name` is a DNS name: dot-separated labels of 1-63 letters, digits or `-`, not
@@ -377,6 +419,26 @@ mod tests {
                 unit: "participant".into()
             }
         );
+        // The kit's Helm values parse and carry the kit exactly.
+        let kit = dir.path().join("participants/alpha");
+        let values: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(kit.join("values.yaml")).unwrap())
+                .unwrap();
+        assert_eq!(values["participantId"], "alpha");
+        assert_eq!(values["coordinator"]["address"], "https://localhost:7443");
+        for (field, file) in [("cert", "cert.pem"), ("key", "key.pem"), ("ca", "ca.pem")] {
+            assert_eq!(
+                values["kit"][field].as_str().unwrap(),
+                std::fs::read_to_string(kit.join(file)).unwrap(),
+                "{field}"
+            );
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(kit.join("values.yaml")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
         let ca_before = std::fs::read(dir.path().join("ca/ca.pem")).unwrap();
         let report = provision(&request(dir.path(), &["alpha", "gamma"])).unwrap();
         assert!(!report.created_ca && !report.created_server);

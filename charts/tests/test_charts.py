@@ -1,0 +1,185 @@
+"""The Helm charts rendered with Helm's own library (helm-python-sdk, Helm 4) and every rendered
+manifest validated against the Kubernetes 1.33 schemas (kubernetes-validate), for the default
+values and for the configurations in each chart's ci/ directory; values.schema.json refuses bad
+values field by field. Run by `cargo test` (coordinator/tests/charts.rs) with the venv that
+.ci/run prepares; CAIRN_KIT_VALUES names a values file freshly written by `provision`."""
+
+import os
+import pathlib
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+CHARTS = pathlib.Path(__file__).resolve().parent.parent
+KUBE_VERSION = "1.33"
+# Kinds whose schemas belong to operators (cert-manager, Prometheus Operator), not Kubernetes.
+OPERATOR_KINDS = {"Certificate", "ServiceMonitor"}
+
+
+def values_of(path):
+    return yaml.safe_load(pathlib.Path(path).read_text())
+
+
+def render(chart, values, name="test"):
+    """The rendered manifests as parsed objects, by kind and name."""
+    rendered = helm.Chart.load(str(CHARTS / chart)).render(values, name=name, namespace="fl")
+    objects = []
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects
+
+
+def by_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def configurations():
+    for chart in ("participant", "coordinator"):
+        for values in sorted((CHARTS / chart / "ci").glob("*.yaml")):
+            yield pytest.param(chart, values, id=f"{chart}-{values.stem}")
+
+
+@pytest.mark.parametrize("chart,values_file", list(configurations()))
+def test_renders_lints_and_validates(chart, values_file):
+    values = values_of(values_file)
+    lint = helm.lint(str(CHARTS / chart), values, strict=True, kube_version=f"v{KUBE_VERSION}.0")
+    assert lint["errors"] == [], lint
+    objects = render(chart, values)
+    assert objects
+    for obj in objects:
+        if obj["kind"] in OPERATOR_KINDS:
+            continue
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    for workload in by_kind(objects, "Deployment") + by_kind(objects, "StatefulSet"):
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        for container in pod["containers"] + pod.get("initContainers", []):
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+    assert by_kind(objects, "NetworkPolicy"), "a NetworkPolicy is rendered"
+
+
+def test_participant_gpu_and_cert_manager():
+    objects = render("participant", values_of(CHARTS / "participant/ci/gpu-certmanager-values.yaml"))
+    deployment = by_kind(objects, "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--backend=wgpu" in container["args"]
+    assert container["image"].endswith("-gpu")
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    certificate = by_kind(objects, "Certificate")[0]["spec"]
+    assert certificate["commonName"] == "hopital-nord"
+    assert certificate["subject"]["organizationalUnits"] == ["participant"]
+    assert certificate["privateKey"] == {"algorithm": "ECDSA", "size": 256, "encoding": "PKCS8", "rotationPolicy": "Always"}
+    assert "client auth" in certificate["usages"]
+    kit = next(v for v in pod["volumes"] if v["name"] == "kit")["secret"]
+    assert {i["path"] for i in kit["items"]} == {"cert.pem", "key.pem", "ca.pem"}
+    assert by_kind(objects, "Secret") == []
+
+
+def test_participant_default_has_no_gpu_and_egress_only_to_the_coordinator():
+    objects = render("participant", values_of(CHARTS / "participant/ci/default-values.yaml"))
+    container = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert "--backend=cpu" in container["args"]
+    assert "--coordinator=https://fl.example.org:7443" in container["args"]
+    policy = by_kind(objects, "NetworkPolicy")[0]["spec"]
+    assert policy["ingress"] == []
+    destinations = [rule["to"][0] for rule in policy["egress"]]
+    assert destinations[0] == {"ipBlock": {"cidr": "203.0.113.10/32"}}
+    assert destinations[1]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert len(destinations) == 2
+
+
+def test_a_kit_from_provision_is_the_whole_installation():
+    path = os.environ.get("CAIRN_KIT_VALUES")
+    if not path:
+        pytest.skip("CAIRN_KIT_VALUES is not set (coordinator/tests/charts.rs sets it)")
+    values = values_of(path)
+    objects = render("participant", values, name=values["participantId"])
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    secret = by_kind(objects, "Secret")[0]
+    assert secret["stringData"]["key.pem"] == values["kit"]["key"]
+    assert "BEGIN PRIVATE KEY" in secret["stringData"]["key.pem"]
+
+
+def test_coordinator_job_dashboard_monitoring_and_helm_test():
+    values = values_of(CHARTS / "coordinator/ci/ingress-monitoring-values.yaml")
+    objects = render("coordinator", values, name="fl")
+    configmaps = {c["metadata"]["name"]: c for c in by_kind(objects, "ConfigMap")}
+    assert yaml.safe_load(configmaps["fl-cairn-coordinator-job"]["data"]["job.yaml"]) == values["job"]
+    dashboard = configmaps["fl-cairn-coordinator-dashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert '"title": "Cairn coordinator"' in dashboard["data"]["cairn.json"]
+    monitor = by_kind(objects, "ServiceMonitor")[0]["spec"]["endpoints"][0]
+    assert monitor["path"] == "/metrics" and monitor["authorization"]["type"] == "Bearer"
+    pods = by_kind(objects, "Pod")
+    assert pods[0]["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pods[0]["spec"]["containers"][0]["command"][-1].endswith("/readyz")
+    statefulset = by_kind(objects, "StatefulSet")[0]
+    args = statefulset["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--api-token-file=/etc/cairn/api/tokens" in args
+    assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    grpc = next(s for s in by_kind(objects, "Service") if s["metadata"]["name"].endswith("-grpc"))
+    assert grpc["spec"]["type"] == "LoadBalancer"
+    assert by_kind(objects, "Ingress")[0]["spec"]["rules"][0]["host"] == "fl-monitor.example.org"
+
+
+def with_change(base, dotted, value):
+    values = yaml.safe_load(yaml.safe_dump(base))
+    node = values
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    return values
+
+
+PARTICIPANT_BAD = [
+    ("participantId", "St Marys", "participantId"),
+    ("coordinator.address", "http://fl.example.org:7443", "coordinator/address"),
+    ("coordinator.cidr", "everywhere", "coordinator/cidr"),
+    ("data.source", "s3", "data/source"),
+    ("gpu.count", 0, "gpu/count"),
+    ("model", "resnet", "model"),
+    ("kit.cert", "not a certificate", "kit/cert"),
+    ("image.pullPolicy", "Sometimes", "image/pullPolicy"),
+    ("replicas", 2, "replicas"),
+]
+
+COORDINATOR_BAD = [
+    ("job.rounds", 0, "job/rounds"),
+    ("job.model", "transformer", "job/model"),
+    ("job.participants", ["Bad Name"], "job/participants"),
+    ("job.secure_aggregation.threshold", 0.4, "job/secure_aggregation/threshold"),
+    ("tls.existingSecret", "", "tls/existingSecret"),
+    ("grpc.service.type", "External", "grpc/service/type"),
+    ("state.size", "10GB", "state/size"),
+    ("serviceMonitor.interval", "often", "serviceMonitor/interval"),
+]
+
+
+@pytest.mark.parametrize("chart,field,value,path", [("participant", *c) for c in PARTICIPANT_BAD] + [("coordinator", *c) for c in COORDINATOR_BAD])
+def test_values_schema_refuses_bad_values(chart, field, value, path):
+    base = values_of(CHARTS / chart / "ci/default-values.yaml")
+    with pytest.raises(helm.HelmError) as refused:
+        render(chart, with_change(base, field, value))
+    assert path in str(refused.value) or field.split(".")[-1] in str(refused.value), str(refused.value)
+
+
+def test_participant_needs_exactly_one_kit_source():
+    base = values_of(CHARTS / "participant/ci/default-values.yaml")
+    both = with_change(base, "kit.certManager", {"enabled": True, "issuerName": "ca"})
+    with pytest.raises(helm.HelmError) as refused:
+        render("participant", both)
+    assert "set exactly one of kit.existingSecret" in str(refused.value)
