@@ -1,5 +1,6 @@
 //! End to end over loopback mTLS: a real coordinator and three real participants (separate
-//! tasks, each with its own certificate and connection) train the MLP on the digits data.
+//! tasks, each with its own certificate and connection) train the MLP on the digits data with
+//! secure aggregation; one participant's certificate comes from the certificate-request flow.
 
 use cairn_coordinator::model::{layout, load_safetensors};
 use cairn_participant::client::run_many;
@@ -9,6 +10,8 @@ use cairn_tests::{Federation, digits_job, digits_task};
 async fn three_participants_train_digits_and_accuracy_improves() {
     let ids = ["alpha", "bravo", "charlie"];
     let federation = Federation::provision(&ids);
+    // charlie's key was made at its site and only its certificate request was signed.
+    federation.reissue_by_request("charlie");
     let job = digits_job(&ids, 3, 3);
     let coordinator = federation.start(job.clone()).await;
     let clients = ids

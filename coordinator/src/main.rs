@@ -80,6 +80,23 @@ enum Command {
         #[arg(long, conflicts_with_all = ["api_listen", "api_token_file", "api_linger_s"])]
         no_api: bool,
     },
+    /// Sign a participant's certificate signing request (from `cairn-participant request`) with
+    /// the federation CA, so that its key never leaves its site. Writes cert.pem, ca.pem and the
+    /// Helm values into <federation>/participants/<id>/ to send back.
+    Sign {
+        /// The federation directory from `provision` (holding ca/).
+        #[arg(long)]
+        federation: PathBuf,
+        /// The request file.
+        #[arg(long)]
+        csr: PathBuf,
+        /// Name participants dial the coordinator at (for the Helm values).
+        #[arg(long)]
+        server_name: String,
+        /// Validity of the certificate, in days.
+        #[arg(long, default_value_t = 365)]
+        validity_days: u32,
+    },
     /// Print a running coordinator's job and round table from its monitoring API.
     Status {
         /// The API's address.
@@ -238,6 +255,25 @@ async fn main() -> anyhow::Result<()> {
             let coordinator = Coordinator::start(options).await?;
             let report = coordinator.wait().await?;
             anyhow::ensure!(report.succeeded, "job did not complete: {}", report.reason);
+        }
+        Command::Sign {
+            federation,
+            csr,
+            server_name,
+            validity_days,
+        } => {
+            let csr_pem = std::fs::read_to_string(&csr)
+                .with_context(|| format!("reading {}", csr.display()))?;
+            let kit = pki::sign_request(&pki::SignRequest {
+                out_dir: federation,
+                csr_pem,
+                server_name,
+                validity_days,
+            })?;
+            println!(
+                "signed: {} holds cert.pem, ca.pem and values.yaml for the participant (its key stays at its site)",
+                kit.display()
+            );
         }
         Command::Status {
             api,

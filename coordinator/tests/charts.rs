@@ -51,5 +51,8 @@ fn the_charts_render_validate_and_refuse_bad_values() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "{report}");
-    assert!(report.contains("passed") && !report.contains("skipped"), "{report}");
+    assert!(
+        report.contains("passed") && !report.contains("skipped"),
+        "{report}"
+    );
 }

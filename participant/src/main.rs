@@ -36,6 +36,20 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         partitions: usize,
     },
+    /// Make this site's key and a certificate signing request for the federation CA: the
+    /// coordinator's side signs the request (`cairn-coordinator sign`) and sends back cert.pem
+    /// and ca.pem; the key never leaves this site.
+    Request {
+        /// This participant's id (1-63 lowercase letters, digits or '-').
+        #[arg(long)]
+        id: String,
+        /// Organisation name for the certificate (default: the id).
+        #[arg(long)]
+        organisation: Option<String>,
+        /// Kit directory to create (key.pem and request.csr go there).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run N participants in one process, each with its own kit, mTLS connection and data
     /// partition (for development and scale tests).
     Simulate {
@@ -132,6 +146,52 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
+        Command::Request {
+            id,
+            organisation,
+            out,
+        } => {
+            let valid = !id.is_empty()
+                && id.len() <= 63
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !id.starts_with('-')
+                && !id.ends_with('-');
+            anyhow::ensure!(
+                valid,
+                "--id {id:?} is not a valid participant id; expected 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
+            );
+            let key_path = out.join("key.pem");
+            anyhow::ensure!(
+                !key_path.exists(),
+                "{} already exists; a new request would replace this site's key",
+                key_path.display()
+            );
+            let (key, csr) = cairn_participant::client::identity::certificate_request(
+                &id,
+                organisation.as_deref().unwrap_or(&id),
+            )?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            std::io::Write::write_all(
+                &mut options
+                    .open(&key_path)
+                    .with_context(|| format!("writing {}", key_path.display()))?,
+                key.as_bytes(),
+            )?;
+            let csr_path = out.join("request.csr");
+            std::fs::write(&csr_path, csr)
+                .with_context(|| format!("writing {}", csr_path.display()))?;
+            println!(
+                "key in {} (keep it here); send {} to the federation's host, and put the cert.pem and ca.pem it returns next to the key",
+                key_path.display(),
+                csr_path.display()
+            );
+        }
         Command::Join {
             kit,
             common,

@@ -54,6 +54,23 @@ impl Federation {
         Federation { dir }
     }
 
+    /// Replaces `id`'s kit with one made by the certificate-request flow: a key generated "at the
+    /// participant's site" and a request signed by the federation CA.
+    pub fn reissue_by_request(&self, id: &str) {
+        let kit = self.kit_dir(id);
+        std::fs::remove_dir_all(&kit).expect("remove the provisioned kit");
+        let (key, csr_pem) = cairn_participant::client::identity::certificate_request(id, id)
+            .expect("certificate request");
+        pki::sign_request(&pki::SignRequest {
+            out_dir: self.dir.path().to_path_buf(),
+            csr_pem,
+            server_name: "localhost".into(),
+            validity_days: 2,
+        })
+        .expect("request signed");
+        std::fs::write(kit.join("key.pem"), key).expect("key written");
+    }
+
     /// The kit directory of `id`.
     pub fn kit_dir(&self, id: &str) -> PathBuf {
         self.dir.path().join("participants").join(id)

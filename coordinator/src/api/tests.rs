@@ -68,8 +68,8 @@ fn the_checked_in_openapi_document_matches_the_code() {
 /// the coordinator exports.
 #[test]
 fn the_grafana_dashboard_queries_exported_metrics_only() {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/coordinator/dashboards/cairn.json");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/coordinator/dashboards/cairn.json");
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let metrics = metrics::Metrics::new();

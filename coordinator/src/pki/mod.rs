@@ -150,6 +150,119 @@ fn read_file(path: &Path) -> Result<String, Error> {
     })
 }
 
+/// The federation CA in `ca_dir` (`ca.pem`, `ca-key.pem`), ready to sign.
+fn load_ca(ca_dir: &Path) -> Result<(Issuer<'static, KeyPair>, String), Error> {
+    let (ca_cert_path, ca_key_path) = (ca_dir.join("ca.pem"), ca_dir.join("ca-key.pem"));
+    let ca_pem = read_file(&ca_cert_path)?;
+    let key = KeyPair::from_pem(&read_file(&ca_key_path)?)
+        .map_err(|e| provision_error(&format!("reading CA key {}", ca_key_path.display()), e))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(|e| {
+        provision_error(
+            &format!("reading CA certificate {}", ca_cert_path.display()),
+            e,
+        )
+    })?;
+    Ok((issuer, ca_pem))
+}
+
+/// The parameters of a participant certificate for `id` of `organisation`.
+fn participant_params(
+    id: &str,
+    organisation: &str,
+    validity_days: u32,
+) -> Result<CertificateParams, Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| provision_error(&format!("certificate of {id}"), e))?;
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, id);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, organisation);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, PARTICIPANT_UNIT);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, validity_days);
+    Ok(params)
+}
+
+/// A participant's certificate signing request, to be signed by the federation CA.
+#[derive(Debug, Clone)]
+pub struct SignRequest {
+    /// The federation directory `provision` wrote (with `ca/`); the kit goes to
+    /// `participants/<id>/`.
+    pub out_dir: PathBuf,
+    /// The request (PEM), from `cairn-participant request`.
+    pub csr_pem: String,
+    /// Name participants dial the coordinator at (for the kit's Helm values).
+    pub server_name: String,
+    /// Validity of the certificate, in days.
+    pub validity_days: u32,
+}
+
+/// Signs a participant's certificate signing request: the private key never left the
+/// participant's site. The request's signature must verify, its key must be ECDSA P-256 (the
+/// participant signs secure-aggregation messages with it), and its common name must be a valid
+/// participant id. The certificate's subject is rebuilt from those (id, organisation,
+/// `participant` unit) whatever else the request asks for. Writes `cert.pem`, `ca.pem` and the
+/// Helm values (without the key) into the kit directory and returns it; an existing kit is
+/// never replaced.
+pub fn sign_request(request: &SignRequest) -> Result<PathBuf, Error> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(&request.csr_pem).map_err(|e| {
+        Error::Provision(format!(
+            "certificate signing request is not a valid, correctly signed PEM request: {e}"
+        ))
+    })?;
+    if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+        return Err(Error::Provision(
+            "certificate signing request's key is not ECDSA P-256; expected one from `cairn-participant request`".into(),
+        ));
+    }
+    let subject = &csr.params.distinguished_name;
+    let text = |kind: DnType| subject.get(&kind).map(dn_text).unwrap_or_default();
+    let id = text(DnType::CommonName);
+    if !crate::config::is_valid_name(&id) {
+        return Err(Error::Provision(format!(
+            "certificate signing request names participant {id:?}; expected 1-63 lowercase letters, digits or '-'"
+        )));
+    }
+    let organisation = match text(DnType::OrganizationName) {
+        o if o.is_empty() => id.clone(),
+        o => o,
+    };
+    let dir = request.out_dir.join("participants").join(&id);
+    if KitPaths::in_dir(&dir).cert.exists() {
+        return Err(Error::Provision(format!(
+            "{} already holds a certificate for {id}; remove it first to issue a new one",
+            dir.display()
+        )));
+    }
+    let (issuer, ca_pem) = load_ca(&request.out_dir.join("ca"))?;
+    let mut signed = csr;
+    signed.params = participant_params(&id, &organisation, request.validity_days)?;
+    let cert = signed
+        .signed_by(&issuer)
+        .map_err(|e| provision_error(&format!("signing the certificate of {id}"), e))?;
+    let paths = KitPaths::in_dir(&dir);
+    write_file(&paths.cert, &cert.pem(), false)?;
+    write_file(&paths.ca, &ca_pem, false)?;
+    let values = helm_values(&id, &request.server_name, &cert.pem(), None, &ca_pem);
+    write_file(&dir.join("values.yaml"), &values, false)?;
+    Ok(dir)
+}
+
+fn dn_text(value: &rcgen::DnValue) -> String {
+    match value {
+        rcgen::DnValue::Utf8String(s) => s.clone(),
+        rcgen::DnValue::PrintableString(s) => s.as_str().to_string(),
+        rcgen::DnValue::Ia5String(s) => s.as_str().to_string(),
+        rcgen::DnValue::TeletexString(s) => s.as_str().to_string(),
+        _ => String::new(),
+    }
+}
+
 /// Creates (or reuses) the CA and writes the server certificate and the participant kits.
 pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
     if request.server_names.is_empty() {
@@ -167,17 +280,7 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
     let ca_dir = request.out_dir.join("ca");
     let (ca_cert_path, ca_key_path) = (ca_dir.join("ca.pem"), ca_dir.join("ca-key.pem"));
     let (issuer, ca_pem) = if ca_cert_path.exists() && ca_key_path.exists() {
-        let ca_pem = read_file(&ca_cert_path)?;
-        let key = KeyPair::from_pem(&read_file(&ca_key_path)?).map_err(|e| {
-            provision_error(&format!("reading CA key {}", ca_key_path.display()), e)
-        })?;
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(|e| {
-            provision_error(
-                &format!("reading CA certificate {}", ca_cert_path.display()),
-                e,
-            )
-        })?;
-        (issuer, ca_pem)
+        load_ca(&ca_dir)?
     } else {
         let mut params =
             CertificateParams::new(Vec::<String>::new()).map_err(|e| provision_error("CA", e))?;
@@ -247,22 +350,11 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
             report.kept_kits.push(dir);
             continue;
         }
-        let mut params = CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| provision_error(&format!("certificate of {}", participant.id), e))?;
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, participant.id.clone());
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, participant.organisation.clone());
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, PARTICIPANT_UNIT);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.use_authority_key_identifier_extension = true;
-        validity(&mut params, request.validity_days);
+        let params = participant_params(
+            &participant.id,
+            &participant.organisation,
+            request.validity_days,
+        )?;
         write_leaf(&dir, &params, &issuer, &ca_pem)?;
         let paths = KitPaths::in_dir(&dir);
         let read = |path: &Path| {
@@ -275,7 +367,7 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
             &participant.id,
             &request.server_names[0],
             &read(&paths.cert)?,
-            &read(&paths.key)?,
+            Some(&read(&paths.key)?),
             &ca_pem,
         );
         // It holds the private key: as secret as key.pem.
@@ -286,8 +378,10 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
 }
 
 /// The Helm values that install this participant with `charts/participant`: its id, the
-/// coordinator's address and the kit inline. The data source is a placeholder to adapt.
-fn helm_values(id: &str, server_name: &str, cert: &str, key: &str, ca: &str) -> String {
+/// coordinator's address and the kit inline (without the key when the participant made its own:
+/// then `--set-file kit.key=key.pem` adds it at install). The data source is a placeholder to
+/// adapt.
+fn helm_values(id: &str, server_name: &str, cert: &str, key: Option<&str>, ca: &str) -> String {
     let block = |pem: &str| {
         pem.lines()
             .map(|line| format!("    {line}\n"))
@@ -298,15 +392,26 @@ fn helm_values(id: &str, server_name: &str, cert: &str, key: &str, ca: &str) -> 
     } else {
         server_name.to_string()
     };
+    let (install, key) = match key {
+        Some(key) => (
+            "# This file holds the participant's private key: keep it as secret as key.pem.\n"
+                .to_string(),
+            format!("  key: |\n{}", block(key)),
+        ),
+        None => (
+            "# The key stays at the participant's site: add it with --set-file kit.key=key.pem\n"
+                .to_string(),
+            String::new(),
+        ),
+    };
     format!(
         "# Helm values for participant {id}: helm install {id} charts/participant -f values.yaml\n\
-         # This file holds the participant's private key: keep it as secret as key.pem.\n\
+         {install}\
          participantId: {id}\n\
          coordinator:\n  address: https://{host}:7443   # the coordinator's gRPC endpoint\n  serverName: {server_name}\n\
          data:\n  source: pvc                     # or hostPath / initContainer (see the chart's values.yaml)\n  pvc:\n    claimName: {id}-data\n\
-         kit:\n  cert: |\n{}  key: |\n{}  ca: |\n{}",
+         kit:\n  cert: |\n{}{key}  ca: |\n{}",
         block(cert),
-        block(key),
         block(ca)
     )
 }
@@ -436,7 +541,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(kit.join("values.yaml")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(kit.join("values.yaml"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let ca_before = std::fs::read(dir.path().join("ca/ca.pem")).unwrap();
@@ -452,6 +560,75 @@ mod tests {
             std::fs::read(dir.path().join("participants/gamma/ca.pem")).unwrap(),
             ca_before
         );
+    }
+
+    /// `pem` with one base64 character in the middle of its body changed.
+    fn tamper(pem: &str) -> String {
+        let mut lines: Vec<String> = pem.lines().map(str::to_string).collect();
+        let middle = lines.len() / 2;
+        let line = &mut lines[middle];
+        let at = line.len() / 2;
+        let replacement = if &line[at..at + 1] == "A" { "B" } else { "A" };
+        line.replace_range(at..at + 1, replacement);
+        lines.join("\n") + "\n"
+    }
+
+    #[test]
+    fn a_certificate_request_is_signed_without_the_key_leaving_its_site() {
+        let dir = tempfile::tempdir().unwrap();
+        provision(&request(dir.path(), &["alpha"])).unwrap();
+        let (key, csr_pem) =
+            cairn_participant::client::identity::certificate_request("delta", "Delta Lab").unwrap();
+        let sign = |csr_pem: &str| {
+            sign_request(&SignRequest {
+                out_dir: dir.path().to_path_buf(),
+                csr_pem: csr_pem.to_string(),
+                server_name: "fl.example.org".into(),
+                validity_days: 30,
+            })
+        };
+        let kit = sign(&csr_pem).unwrap();
+        assert_eq!(kit, dir.path().join("participants/delta"));
+        assert_eq!(
+            identity_of(&der_of(&kit.join("cert.pem"))).unwrap(),
+            CertificateIdentity {
+                id: "delta".into(),
+                organisation: "Delta Lab".into(),
+                unit: "participant".into()
+            }
+        );
+        let values = std::fs::read_to_string(kit.join("values.yaml")).unwrap();
+        assert!(values.contains("--set-file kit.key=key.pem") && !values.contains("PRIVATE KEY"));
+        assert!(key.contains("BEGIN PRIVATE KEY"));
+        // The certificate is for the request's key.
+        let cert_der = der_of(&kit.join("cert.pem"));
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).unwrap();
+        let key_pair = KeyPair::from_pem(&key).unwrap();
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            key_pair.public_key_raw()
+        );
+
+        let refusals = [
+            (csr_pem.clone(), "already holds a certificate for delta"),
+            (tamper(&csr_pem), "not a valid, correctly signed"),
+            (
+                cairn_participant::client::identity::certificate_request("Bad_Id", "x")
+                    .unwrap()
+                    .1,
+                "names participant \"Bad_Id\"",
+            ),
+        ];
+        for (csr, expected) in refusals {
+            let err = sign(&csr).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "echo");
+        let csr = params.serialize_request(&p384).unwrap().pem().unwrap();
+        let err = sign(&csr).unwrap_err().to_string();
+        assert!(err.contains("not ECDSA P-256"), "{err}");
     }
 
     #[cfg(unix)]

@@ -59,6 +59,26 @@ impl Signer for KitSigner {
     }
 }
 
+/// A fresh ECDSA P-256 key (PKCS#8 PEM) and a certificate signing request (PEM) for participant
+/// `id` of `organisation`, for the federation CA to sign: the key never leaves this site.
+pub fn certificate_request(id: &str, organisation: &str) -> Result<(String, String), Error> {
+    let failed = |e: rcgen::Error| identity_error(format!("certificate request: {e}"));
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(failed)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, id);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, organisation);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, "participant");
+    let csr = params.serialize_request(&key).map_err(failed)?;
+    Ok((key.serialize_pem(), csr.pem().map_err(failed)?))
+}
+
 /// The DER bytes of the first certificate in `pem`.
 pub fn certificate_der(pem: &str) -> Result<Vec<u8>, String> {
     CertificateDer::from_pem_slice(pem.as_bytes())
