@@ -183,3 +183,36 @@ def test_participant_needs_exactly_one_kit_source():
     with pytest.raises(helm.HelmError) as refused:
         render("participant", both)
     assert "set exactly one of kit.existingSecret" in str(refused.value)
+
+
+def crd():
+    return yaml.safe_load((CHARTS / "coordinator/crds/federatedjob.yaml").read_text())
+
+
+def test_the_federatedjob_crd_is_a_valid_crd():
+    kubernetes_validate.validate(crd(), KUBE_VERSION, strict=True)
+
+
+def federated_job_errors(resource):
+    import jsonschema
+
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(resource)]
+
+
+@pytest.mark.parametrize("manifest", sorted((CHARTS.parent / "examples/kubernetes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_federated_jobs_match_the_crd(manifest):
+    resource = yaml.safe_load(manifest.read_text())
+    assert resource["kind"] == "FederatedJob"
+    assert federated_job_errors(resource) == []
+
+
+def test_a_malformed_federated_job_is_refused_by_the_crd_schema():
+    resource = yaml.safe_load((CHARTS.parent / "examples/kubernetes/federatedjob-mnist.yaml").read_text())
+    resource["spec"]["rounds"] = "fifty"
+    resource["spec"]["model"] = "transformer"
+    del resource["spec"]["participants"]
+    errors = " | ".join(federated_job_errors(resource))
+    assert "'fifty' is not of type 'integer'" in errors, errors
+    assert "'transformer' is not one of" in errors, errors
+    assert "'participants' is a required property" in errors, errors

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 /// A federated training job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct JobSpec {
     /// Job name: lowercase letters, digits and `-`, at most 63 characters.
@@ -54,7 +56,9 @@ pub struct JobSpec {
 }
 
 /// The `secure_aggregation:` block of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct SecureAggregationSpec {
     /// Whether updates are securely aggregated (default `true`). When `false`, each update
@@ -141,7 +145,17 @@ fn default_max_weight() -> u32 {
 }
 
 /// Networks a job can train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
     /// Two hidden layers of 200 units (McMahan et al. 2017's "2NN").
@@ -161,7 +175,17 @@ impl ModelKind {
 }
 
 /// Datasets a job can name; each fixes the image size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DatasetKind {
     /// MNIST, 28x28.

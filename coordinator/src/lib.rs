@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod grpc;
 pub mod model;
+pub mod operator;
 pub mod pki;
 pub mod round;
 pub mod store;

@@ -97,6 +97,8 @@ enum Command {
         #[arg(long, default_value_t = 365)]
         validity_days: u32,
     },
+    /// Print the FederatedJob CustomResourceDefinition (YAML); its spec is the job file's schema.
+    Crd,
     /// Print a running coordinator's job and round table from its monitoring API.
     Status {
         /// The API's address.
@@ -275,6 +277,7 @@ async fn main() -> anyhow::Result<()> {
                 kit.display()
             );
         }
+        Command::Crd => print!("{}", cairn_coordinator::operator::crd_yaml()),
         Command::Status {
             api,
             token_file,
