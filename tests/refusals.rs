@@ -360,14 +360,34 @@ async fn malformed_secure_aggregation_messages_are_refused_by_name() {
     let ids = ["alpha", "bravo", "mallory"];
     let federation = Federation::provision(&ids);
     let coordinator = federation.start(digits_job(&ids, 1, 2)).await;
-    let advertisement = cairn_proto::v1::Advertisement {
+    let own_certificate = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_file(
+            federation.kit_dir("mallory").join("cert.pem"),
+        )
+        .expect("mallory's certificate")
+        .to_vec()
+    };
+    let short_key = cairn_proto::v1::Advertisement {
         round: 1,
         attempt: 1,
         index: 0,
         channel_public: vec![1; 31],
         mask_public: vec![2; 32],
         signature: vec![3; 70],
-        certificate: vec![4; 500],
+        certificate: own_certificate,
+    };
+    let borrowed_certificate = cairn_proto::v1::Advertisement {
+        channel_public: vec![1; 32],
+        certificate: {
+            use rustls::pki_types::pem::PemObject;
+            rustls::pki_types::CertificateDer::from_pem_file(
+                federation.kit_dir("alpha").join("cert.pem"),
+            )
+            .expect("alpha's certificate")
+            .to_vec()
+        },
+        ..short_key.clone()
     };
     let masked = cairn_proto::v1::MaskedInputHeader {
         round: 1,
@@ -395,8 +415,12 @@ async fn malformed_secure_aggregation_messages_are_refused_by_name() {
     };
     let cases = [
         (
-            Body::Advertisement(advertisement),
+            Body::Advertisement(short_key),
             "channel_public has 31 bytes, expected 32",
+        ),
+        (
+            Body::Advertisement(borrowed_certificate),
+            "the advertised certificate is not the one this session authenticated with",
         ),
         (
             Body::MaskedInput(masked),

@@ -79,18 +79,17 @@ impl Federation for FederationService {
         &self,
         request: Request<Streaming<ParticipantMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let (id, organisation) = self.identify(&request).map_err(Refusal::into_status)?;
+        let peer = self.identify(&request).map_err(Refusal::into_status)?;
         let inbound = request.into_inner();
         let (outbox, receiver) = mpsc::channel(OUTBOX_CAPACITY);
-        tokio::spawn(run(self.shared.clone(), id, organisation, inbound, outbox));
+        tokio::spawn(run(self.shared.clone(), peer, inbound, outbox));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
 
 impl FederationService {
-    /// The participant id and organisation in the verified client certificate, if the job
-    /// allows the id.
-    fn identify<T>(&self, request: &Request<T>) -> Result<(String, String), Refusal> {
+    /// Who is at the other end, from its verified client certificate, if the job allows it.
+    fn identify<T>(&self, request: &Request<T>) -> Result<Peer, Refusal> {
         let certificates = request.peer_certs().ok_or_else(|| {
             Refusal::Unauthenticated("no client certificate; Cairn requires mutual TLS".into())
         })?;
@@ -112,8 +111,23 @@ impl FederationService {
                 self.shared.job.participants.join(", ")
             )));
         }
-        Ok((identity.id, identity.organisation))
+        Ok(Peer {
+            id: identity.id,
+            organisation: identity.organisation,
+            certificate: leaf.to_vec(),
+        })
     }
+}
+
+/// A participant as its session authenticated it.
+struct Peer {
+    /// Participant id (the certificate's common name).
+    id: String,
+    /// Organisation in the certificate.
+    organisation: String,
+    /// The certificate (DER) it authenticated with; the only one it may advertise in secure
+    /// aggregation.
+    certificate: Vec<u8>,
 }
 
 fn message(body: Outbound) -> Result<CoordinatorMessage, Status> {
@@ -122,11 +136,11 @@ fn message(body: Outbound) -> Result<CoordinatorMessage, Status> {
 
 async fn run(
     shared: Arc<Shared>,
-    id: String,
-    organisation: String,
+    peer: Peer,
     mut inbound: Streaming<ParticipantMessage>,
     outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>,
 ) {
+    let id = peer.id.clone();
     let client_version = match handshake(&shared, &id, &mut inbound, &outbox).await {
         Ok(version) => version,
         Err(refusal) => {
@@ -163,12 +177,12 @@ async fn run(
         let _ = shared.events.send(Event::Connected { id: id.clone() });
         shared
             .monitor
-            .connected(&id, &organisation, &client_version);
+            .connected(&id, &peer.organisation, &client_version);
     }
     tracing::info!(participant = %id, "{id} connected");
 
     let heartbeats = tokio::spawn(send_heartbeats(outbox.clone(), shared.heartbeat_interval));
-    let ended = read(&shared, &id, &mut inbound).await;
+    let ended = read(&shared, &peer, &mut inbound).await;
     heartbeats.abort();
     let reason = match ended {
         Ended::Refused(refusal) => {
@@ -289,7 +303,8 @@ struct PendingUpdate {
     assembler: Assembler,
 }
 
-async fn read(shared: &Shared, id: &str, inbound: &mut Streaming<ParticipantMessage>) -> Ended {
+async fn read(shared: &Shared, peer: &Peer, inbound: &mut Streaming<ParticipantMessage>) -> Ended {
+    let id = peer.id.as_str();
     let silence = shared.heartbeat_interval * 3;
     let mut pending: Option<Incoming> = None;
     loop {
@@ -371,6 +386,14 @@ async fn read(shared: &Shared, id: &str, inbound: &mut Streaming<ParticipantMess
                     }
                 },
             },
+            // Its neighbours verify the advertised certificate; advertising another one than it
+            // authenticated with could only make them abort the round for everyone.
+            Some(Inbound::Advertisement(ad)) if ad.certificate != peer.certificate => {
+                Err(Refusal::InvalidArgument(
+                    "the advertised certificate is not the one this session authenticated with"
+                        .into(),
+                ))
+            }
             Some(Inbound::Advertisement(ad)) => forward(shared, id, secure::advertisement(ad)),
             Some(Inbound::Shares(shares)) => forward(shared, id, secure::encrypted_shares(shares)),
             Some(Inbound::SurvivorSignature(signature)) => {

@@ -447,6 +447,18 @@ fn write_leaf(
     write_file(&paths.cert, &cert.pem(), false)
 }
 
+/// Whether `signature` (ECDSA P-256, SHA-256, ASN.1) over `message` was made with the key of
+/// `certificate` (DER).
+pub fn verify_signature(certificate: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(certificate) else {
+        return false;
+    };
+    let point = cert.public_key().subject_public_key.data.as_ref();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point)
+        .verify(message, signature)
+        .is_ok()
+}
+
 /// The identity in a verified client certificate (DER): its common name, its organisation, and
 /// whether it is marked as a participant certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use crate::config::SecureAggregationSpec;
 use crate::strategy::UpdateSum;
 use cairn_secagg::protocol::{
     Advertisement, CoordinatorMachine, EncryptedShares, MaskedInput, Reveal, RoundConfig,
-    SurvivorSignature, neighbourhood_size, threshold_for,
+    SurvivorSignature, advertisement_message, neighbourhood_size, threshold_for,
 };
 use cairn_secagg::quantize::UpdateEncoding;
 use cairn_secagg::shamir::Share;
@@ -118,6 +118,7 @@ pub(super) struct Securing {
     /// Who answered in this phase.
     answered: BTreeSet<ParticipantId>,
     machine: Option<CoordinatorMachine>,
+    config: RoundConfig,
     certificates: BTreeMap<u32, Vec<u8>>,
     pub(super) dropouts: Vec<Dropout>,
     encoding: UpdateEncoding,
@@ -166,7 +167,8 @@ impl Securing {
             selected,
             phase: Phase::AdvertiseKeys,
             answered: BTreeSet::new(),
-            machine: Some(CoordinatorMachine::new(config)),
+            machine: Some(CoordinatorMachine::new(config.clone())),
+            config,
             certificates: BTreeMap::new(),
             dropouts: Vec::new(),
             encoding: settings.encoding,
@@ -188,6 +190,16 @@ impl Securing {
             .ok_or_else(|| "secure aggregation is over".to_string())?;
         let result = match (self.phase, message) {
             (Phase::AdvertiseKeys, SecureMessage::Advertisement(ad, certificate)) => {
+                // The neighbours check this too, but they cannot tell a bad signature from a
+                // coordinator's forgery and would abort the round for everyone: a participant
+                // whose own signature fails is dropped here instead.
+                let signed =
+                    advertisement_message(&self.config, from, &ad.channel_public, &ad.mask_public);
+                if !crate::pki::verify_signature(&certificate, &signed, &ad.signature) {
+                    return Err(
+                        "its advertisement's signature does not verify with its certificate".into(),
+                    );
+                }
                 machine.on_advertisement(from, ad).map(|()| {
                     self.certificates.insert(from, certificate);
                 })

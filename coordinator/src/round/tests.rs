@@ -315,8 +315,8 @@ fn selection_takes_the_fraction_but_at_least_the_minimum() {
 
 mod secure {
     //! The secure-aggregation phases driven by hand with real participant machines (their
-    //! identity signatures are not checked here: that is the participants' job, tested in
-    //! `cairn-secagg` and end to end).
+    //! advertisements carry real signatures and certificates, since the coordinator checks them;
+    //! the participants' own checks are tested in `cairn-secagg` and end to end).
 
     use super::*;
     use crate::config::SecureAggregationSpec;
@@ -324,6 +324,32 @@ mod secure {
     use cairn_secagg::quantize::UpdateEncoding;
     use std::collections::BTreeMap;
 
+    /// A participant's identity: an ECDSA P-256 key and a self-signed certificate for it.
+    struct Identity {
+        key: rcgen::KeyPair,
+        certificate: Vec<u8>,
+    }
+
+    impl Identity {
+        fn new() -> Identity {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let certificate = rcgen::CertificateParams::new(Vec::<String>::new())
+                .unwrap()
+                .self_signed(&key)
+                .unwrap()
+                .der()
+                .to_vec();
+            Identity { key, certificate }
+        }
+    }
+
+    impl Signer for Identity {
+        fn sign(&self, message: &[u8]) -> Vec<u8> {
+            rcgen::SigningKey::sign(&self.key, message).unwrap()
+        }
+    }
+
+    /// Signatures of other participants are not checked by this test's participants.
     struct Unchecked;
     impl Signer for Unchecked {
         fn sign(&self, _: &[u8]) -> Vec<u8> {
@@ -403,10 +429,12 @@ mod secure {
         let mut machines = BTreeMap::new();
         let mut last = Vec::new();
         for (index, id) in to.iter().enumerate() {
-            let (machine, ad) = ParticipantMachine::new(config.clone(), index as u32, &Unchecked);
+            let identity = Identity::new();
+            let (machine, ad) = ParticipantMachine::new(config.clone(), index as u32, &identity);
             machines.insert(id.clone(), machine);
             if !(id == silent && silent_from == Phase::AdvertiseKeys) {
-                last = m.handle(secure(id, 2, SecureMessage::Advertisement(ad, vec![1])));
+                let advertisement = SecureMessage::Advertisement(ad, identity.certificate);
+                last = m.handle(secure(id, 2, advertisement));
             }
         }
         let expire = |m: &mut RoundMachine, phase| {
@@ -505,6 +533,48 @@ mod secure {
         for (got, want) in model.iter().zip(expected) {
             assert!((f64::from(*got) - want).abs() < 1e-4, "{model:?}");
         }
+    }
+
+    #[test]
+    fn an_advertisement_that_does_not_verify_drops_its_sender_not_the_round() {
+        let mut m = secure_machine();
+        connect(&mut m, &["a", "b", "c", "d"]);
+        let commands = m.handle(Event::DeadlineExpired {
+            round: 1,
+            attempt: 1,
+            phase: Phase::AdvertiseKeys,
+        });
+        let Some(Command::SendTrain {
+            secure: Some(setup),
+            ..
+        }) = commands
+            .iter()
+            .find(|c| matches!(c, Command::SendTrain { .. }))
+        else {
+            panic!("{commands:?}")
+        };
+        let config = cairn_secagg::protocol::RoundConfig::derive(
+            "job",
+            1,
+            setup.attempt,
+            &setup.roster,
+            setup.degree,
+            setup.threshold as usize,
+            UpdateEncoding::vector_len(2),
+        )
+        .unwrap();
+        let (signer, other) = (Identity::new(), Identity::new());
+        // d signs with one key and presents another's certificate.
+        let (_, ad) = ParticipantMachine::new(config, 3, &signer);
+        let commands = m.handle(secure(
+            "d",
+            2,
+            SecureMessage::Advertisement(ad, other.certificate),
+        ));
+        assert!(
+            matches!(&commands[..], [Command::Ignored { reason, .. }] if reason.contains("does not verify with its certificate")),
+            "{commands:?}"
+        );
     }
 
     #[test]
