@@ -414,7 +414,8 @@ async fn external_checks(api: &Api, federation: &Federation) {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let venv = std::env::var("CAIRN_VENV").unwrap_or_else(|_| ".venv".into());
+    let venv = std::env::var("CAIRN_VENV")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv").into());
     let schemathesis = format!("{venv}/bin/schemathesis");
     if let Some(schemathesis) = tool("schemathesis", &[&schemathesis, "schemathesis"]) {
         let schema = dir.join("openapi.json");

@@ -8,7 +8,8 @@ use std::process::Command;
 
 #[test]
 fn the_charts_render_validate_and_refuse_bad_values() {
-    let venv = std::env::var("CAIRN_VENV").unwrap_or_else(|_| ".venv".into());
+    let venv = std::env::var("CAIRN_VENV")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv").into());
     let python = Path::new(&venv).join("bin/python");
     let has_tools = Command::new(&python)
         .args(["-c", "import helm_python, kubernetes_validate, pytest"])
