@@ -15,7 +15,6 @@ use cairn_participant::client::{Filter, run_many};
 use cairn_tests::{ADMIN_TOKEN, CutIn, Federation, VIEWER_TOKEN, digits_job, digits_task, finish};
 use std::process::Command;
 use std::sync::Arc;
-use tokio_stream::StreamExt;
 
 const IDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 
@@ -66,31 +65,12 @@ impl Api {
 }
 
 /// Reads the live stream until the job's end.
-async fn follow(api: &Api) -> Vec<ApiEvent> {
-    let response = api.get("/api/v1/events", Some(VIEWER_TOKEN)).await;
-    assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
+async fn follow(base: &str) -> Vec<ApiEvent> {
     let mut events = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        buffer.push_str(&String::from_utf8_lossy(&chunk.expect("stream")));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let data: String = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .collect();
-            if data.is_empty() {
-                continue;
-            }
-            let event: ApiEvent = serde_json::from_str(data.trim()).expect("an ApiEvent");
-            let over = matches!(event, ApiEvent::JobFinished { .. });
-            events.push(event);
-            if over {
-                return events;
-            }
-        }
-    }
+    ApiClient::new(base, VIEWER_TOKEN)
+        .follow(|event| events.push(event))
+        .await
+        .expect("live stream");
     events
 }
 
@@ -108,7 +88,7 @@ async fn the_api_reports_what_the_federation_did() {
     assert_eq!(waiting.current_round, Some(1));
 
     let base = api.base.clone();
-    let stream = tokio::spawn(async move { follow(&Api::at(base)).await });
+    let stream = tokio::spawn(async move { follow(&base).await });
     // `cairn-coordinator status --watch` follows the same stream.
     let watcher = ApiClient::new(&api.base, VIEWER_TOKEN);
     let watched = tokio::spawn(async move {

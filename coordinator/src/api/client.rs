@@ -29,7 +29,8 @@ impl ApiClient {
         }
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+    /// A successful response to `GET path`.
+    async fn send(&self, path: &str) -> Result<reqwest::Response, Error> {
         let url = format!("{}{path}", self.base);
         let response = self
             .http
@@ -43,10 +44,15 @@ impl ApiClient {
             let body = response.text().await.unwrap_or_default();
             return Err(api_error(format!("{url} answered {status}: {body}")));
         }
-        response
+        Ok(response)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        self.send(path)
+            .await?
             .json()
             .await
-            .map_err(|e| api_error(format!("{url} sent an unexpected body: {e}")))
+            .map_err(|e| api_error(format!("{}{path} sent an unexpected body: {e}", self.base)))
     }
 
     /// The job.
@@ -85,21 +91,9 @@ impl ApiClient {
         Ok(render(&job, &rounds, &participants))
     }
 
-    /// Prints the status, then one line per change until the job ends.
-    pub async fn watch(&self, mut print: impl FnMut(&str)) -> Result<(), Error> {
-        print(&self.status().await?);
-        let url = format!("{}/api/v1/events", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| api_error(format!("cannot reach the API at {url}: {e}")))?;
-        if !response.status().is_success() {
-            return Err(api_error(format!("{url} answered {}", response.status())));
-        }
-        let mut stream = response.bytes_stream();
+    /// Hands every change from now on to `on_event`, until the job ends or the stream closes.
+    pub async fn follow(&self, mut on_event: impl FnMut(ApiEvent)) -> Result<(), Error> {
+        let mut stream = self.send("/api/v1/events").await?.bytes_stream();
         let mut buffer = String::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| api_error(format!("live stream broke: {e}")))?;
@@ -110,19 +104,24 @@ impl ApiClient {
                     .lines()
                     .filter_map(|l| l.strip_prefix("data:"))
                     .collect();
-                if data.is_empty() {
-                    continue;
-                }
                 let Ok(event) = serde_json::from_str::<ApiEvent>(data.trim()) else {
+                    // Keep-alive comments carry no data.
                     continue;
                 };
-                print(&describe(&event));
-                if matches!(event, ApiEvent::JobFinished { .. }) {
+                let over = matches!(event, ApiEvent::JobFinished { .. });
+                on_event(event);
+                if over {
                     return Ok(());
                 }
             }
         }
         Ok(())
+    }
+
+    /// Prints the status, then one line per change until the job ends.
+    pub async fn watch(&self, mut print: impl FnMut(&str)) -> Result<(), Error> {
+        print(&self.status().await?);
+        self.follow(|event| print(&describe(&event))).await
     }
 }
 

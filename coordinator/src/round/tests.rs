@@ -391,12 +391,15 @@ mod secure {
         }
     }
 
-    /// Runs round 1 with participants a, b, c, d, where `silent` stops answering from phase
-    /// `silent_from` on; returns the commands that ended the secure phases.
-    fn run(silent: &str, silent_from: Phase) -> (RoundMachine, Vec<Command>) {
+    /// A machine whose round 1 runs its second attempt with a, b, c and d, and that attempt's
+    /// setup and protocol configuration. (The first attempt starts with the first three to
+    /// connect; it times out, so the second starts with all four and fresh keys.)
+    fn second_attempt() -> (
+        RoundMachine,
+        SecureSetup,
+        cairn_secagg::protocol::RoundConfig,
+    ) {
         let mut m = secure_machine();
-        // The first attempt starts with the first three to connect; let it time out so that the
-        // second one starts with all four (and fresh keys).
         connect(&mut m, &["a", "b", "c", "d"]);
         let commands = m.handle(Event::DeadlineExpired {
             round: 1,
@@ -413,7 +416,9 @@ mod secure {
         else {
             panic!("{commands:?}")
         };
-        assert_eq!((setup.attempt, to.len()), (2, 4));
+        assert_eq!(setup.attempt, 2);
+        assert_eq!(to, &setup.roster, "the roster is who was selected");
+        assert_eq!(to.len(), 4);
         assert_eq!(m.phase(), Some(Phase::AdvertiseKeys));
         let config = cairn_secagg::protocol::RoundConfig::derive(
             "job",
@@ -425,6 +430,14 @@ mod secure {
             UpdateEncoding::vector_len(2),
         )
         .unwrap();
+        (m, setup.clone(), config)
+    }
+
+    /// Runs round 1 with participants a, b, c, d, where `silent` stops answering from phase
+    /// `silent_from` on; returns the commands that ended the secure phases.
+    fn run(silent: &str, silent_from: Phase) -> (RoundMachine, Vec<Command>) {
+        let (mut m, setup, config) = second_attempt();
+        let to = &setup.roster;
         let encoding = UpdateEncoding::new(setup.clip, setup.levels, setup.max_weight).unwrap();
         let mut machines = BTreeMap::new();
         let mut last = Vec::new();
@@ -537,32 +550,7 @@ mod secure {
 
     #[test]
     fn an_advertisement_that_does_not_verify_drops_its_sender_not_the_round() {
-        let mut m = secure_machine();
-        connect(&mut m, &["a", "b", "c", "d"]);
-        let commands = m.handle(Event::DeadlineExpired {
-            round: 1,
-            attempt: 1,
-            phase: Phase::AdvertiseKeys,
-        });
-        let Some(Command::SendTrain {
-            secure: Some(setup),
-            ..
-        }) = commands
-            .iter()
-            .find(|c| matches!(c, Command::SendTrain { .. }))
-        else {
-            panic!("{commands:?}")
-        };
-        let config = cairn_secagg::protocol::RoundConfig::derive(
-            "job",
-            1,
-            setup.attempt,
-            &setup.roster,
-            setup.degree,
-            setup.threshold as usize,
-            UpdateEncoding::vector_len(2),
-        )
-        .unwrap();
+        let (mut m, _, config) = second_attempt();
         let (signer, other) = (Identity::new(), Identity::new());
         // d signs with one key and presents another's certificate.
         let (_, ad) = ParticipantMachine::new(config, 3, &signer);
