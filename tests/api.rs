@@ -46,6 +46,13 @@ impl Api {
         request.send().await.expect("request")
     }
 
+    /// A viewer's `GET path` as text.
+    async fn text(&self, path: &str) -> String {
+        let response = self.get(path, Some(VIEWER_TOKEN)).await;
+        assert_eq!(response.status(), 200, "{path}");
+        response.text().await.expect("text body")
+    }
+
     async fn json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         let response = self.get(path, Some(VIEWER_TOKEN)).await;
         assert_eq!(response.status(), 200, "{path}");
@@ -234,12 +241,7 @@ async fn the_api_reports_what_the_federation_did() {
     );
 
     // Metrics agree.
-    let metrics = api
-        .get("/metrics", Some(VIEWER_TOKEN))
-        .await
-        .text()
-        .await
-        .expect("text");
+    let metrics = api.text("/metrics").await;
     for line in [
         "cairn_rounds_completed_total 2",
         "cairn_dropouts_total{phase=\"advertise_keys\"} 1",
@@ -331,12 +333,7 @@ async fn the_api_reports_what_the_federation_did() {
         assert_eq!(status, code, "{path}: {message}");
         assert!(message.contains(expected), "{path}: {message}");
     }
-    let served = api
-        .get("/api/v1/openapi.json", Some(VIEWER_TOKEN))
-        .await
-        .text()
-        .await
-        .expect("text");
+    let served = api.text("/api/v1/openapi.json").await;
     assert_eq!(served, cairn_coordinator::api::openapi_json());
 
     external_checks(&api, &federation).await;
@@ -366,12 +363,7 @@ fn tool(name: &str, candidates: &[&str]) -> Option<String> {
 async fn external_checks(api: &Api, federation: &Federation) {
     let dir = federation.dir.path();
     if let Some(promtool) = tool("promtool", &["promtool"]) {
-        let metrics = api
-            .get("/metrics", Some(VIEWER_TOKEN))
-            .await
-            .text()
-            .await
-            .expect("text");
+        let metrics = api.text("/metrics").await;
         let mut child = Command::new(promtool)
             .args(["check", "metrics"])
             .stdin(std::process::Stdio::piped())
