@@ -16,7 +16,7 @@ pub mod round;
 pub mod store;
 pub mod strategy;
 
-pub use grpc::{Coordinator, JobReport, ServeOptions, ServerTls};
+pub use grpc::{Coordinator, JobReport, ServeOptions, ServerTls, Stopper};
 
 /// Everything that can go wrong in the coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,9 @@ pub enum Error {
     /// The state directory cannot be used.
     #[error("state dir: {0}")]
     StateDir(String),
+    /// The Kubernetes API or the operator's lease failed.
+    #[error("Kubernetes: {0}")]
+    Kubernetes(String),
     /// The gRPC server failed.
     #[error("server: {0}")]
     Server(String),

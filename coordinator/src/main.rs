@@ -1,11 +1,12 @@
 //! `cairn-coordinator`: the command line of the coordinator. `provision` creates the federation's
 //! certificates; `serve` runs a job from a job file over mutual-TLS gRPC, with the monitoring
-//! API next to it; `status` reads that API.
+//! API next to it (or, with `--kubernetes`, the namespace's FederatedJobs); `status` reads that API.
 
 use anyhow::Context;
 use cairn_coordinator::api::client::ApiClient;
 use cairn_coordinator::api::{ApiOptions, ApiTokens};
 use cairn_coordinator::config::JobSpec;
+use cairn_coordinator::operator::{self, OperatorOptions};
 use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
 use cairn_coordinator::{Coordinator, ServeOptions, ServerTls};
 use clap::{Parser, Subcommand};
@@ -44,15 +45,38 @@ enum Command {
         #[arg(long, default_value_t = 365)]
         validity_days: u32,
     },
-    /// Run a job: wait for participants, run its rounds, write the final model.
+    /// Run a job: wait for participants, run its rounds, write the final model. With
+    /// `--kubernetes`, run the namespace's FederatedJob resources instead, one at a time.
     Serve {
         /// Job file (YAML); see examples/jobs/ for annotated examples.
-        #[arg(long)]
-        job: PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "kubernetes",
+            conflicts_with = "kubernetes"
+        )]
+        job: Option<PathBuf>,
         /// Durable state: checkpoints, round records and the final model. Restarted with the same
-        /// job and directory, the coordinator resumes after the last committed round.
+        /// job and directory, the coordinator resumes after the last committed round. With
+        /// `--kubernetes`, each FederatedJob gets `<state-dir>/<name>-<uid>`.
         #[arg(long)]
         state_dir: PathBuf,
+        /// Run as the FederatedJob operator (in a pod, or with a kubeconfig): elect a leader among
+        /// replicas on a Lease, run the namespace's FederatedJobs one at a time, write their
+        /// status and Events; a deleted FederatedJob is stopped before it goes.
+        #[arg(long)]
+        kubernetes: bool,
+        /// Namespace of the FederatedJobs (default: the pod's, or the kubeconfig's).
+        #[arg(long, env = "POD_NAMESPACE", requires = "kubernetes")]
+        namespace: Option<String>,
+        /// This replica's name in the Lease and in Events (default: the host name).
+        #[arg(long, env = "POD_NAME", requires = "kubernetes")]
+        identity: Option<String>,
+        /// Name of the Lease the replicas elect a leader on.
+        #[arg(long, default_value = "cairn-coordinator", requires = "kubernetes")]
+        lease_name: String,
+        /// Seconds a lease lasts without renewal; a standby replica takes over within that long.
+        #[arg(long, default_value_t = 15, requires = "kubernetes")]
+        lease_duration_s: u64,
         /// The coordinator's TLS directory from `provision` (cert.pem, key.pem, ca.pem).
         #[arg(long)]
         tls: PathBuf,
@@ -73,8 +97,9 @@ enum Command {
         /// `<state-dir>/api-token`.
         #[arg(long)]
         api_token_file: Option<PathBuf>,
-        /// Seconds the monitoring API keeps serving after the job ended.
-        #[arg(long, default_value_t = 0)]
+        /// Seconds the monitoring API keeps serving after the job ended (not with
+        /// `--kubernetes`, where the next job needs the address).
+        #[arg(long, default_value_t = 0, conflicts_with = "kubernetes")]
         api_linger_s: u64,
         /// Do not serve the monitoring API.
         #[arg(long, conflicts_with_all = ["api_listen", "api_token_file", "api_linger_s"])]
@@ -163,6 +188,37 @@ fn api_options(
     })
 }
 
+/// This machine's host name, the operator's default identity.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("cairn-coordinator-{}", std::process::id()))
+}
+
+/// Completes on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match term.as_mut() {
+                    Some(t) => { t.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -222,6 +278,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             job,
             state_dir,
+            kubernetes,
+            namespace,
+            identity,
+            lease_name,
+            lease_duration_s,
             tls,
             listen,
             heartbeat_s,
@@ -235,7 +296,6 @@ async fn main() -> anyhow::Result<()> {
                 heartbeat_s >= 1,
                 "--heartbeat-s is 0; expected at least 1 second"
             );
-            let job = JobSpec::load(&job)?;
             let tls =
                 ServerTls::from_dir(&tls).context("loading the coordinator's TLS directory")?;
             let api = match no_api {
@@ -245,12 +305,33 @@ async fn main() -> anyhow::Result<()> {
                     ..api_options(api_listen, api_token_file, &state_dir)?
                 }),
             };
+            let heartbeat_interval = Duration::from_secs(heartbeat_s);
+            let Some(job) = job.filter(|_| !kubernetes) else {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
+                let options = OperatorOptions {
+                    namespace: namespace.unwrap_or_else(|| client.default_namespace().to_string()),
+                    identity: identity.unwrap_or_else(host_name),
+                    lease_name,
+                    lease_duration: Duration::from_secs(lease_duration_s),
+                    state_dir,
+                    tls,
+                    listen,
+                    heartbeat_interval,
+                    keep_checkpoints,
+                    api,
+                };
+                operator::run(client, options, shutdown_signal()).await?;
+                return Ok(());
+            };
+            let job = JobSpec::load(&job)?;
             let options = ServeOptions {
                 job,
                 tls,
                 state_dir,
                 listen,
-                heartbeat_interval: Duration::from_secs(heartbeat_s),
+                heartbeat_interval,
                 keep_checkpoints,
                 api,
             };

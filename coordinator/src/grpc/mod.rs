@@ -131,7 +131,23 @@ pub struct Coordinator {
     local_addr: SocketAddr,
     api_addr: Option<SocketAddr>,
     monitor: Arc<crate::api::Monitor>,
+    events: mpsc::UnboundedSender<crate::round::Event>,
     driver: tokio::task::JoinHandle<Result<JobReport, Error>>,
+}
+
+/// Ends a running job early; see [`Coordinator::stopper`].
+#[derive(Clone)]
+pub struct Stopper(mpsc::UnboundedSender<crate::round::Event>);
+
+impl Stopper {
+    /// Ends the job now: the running round is abandoned (committed rounds stay in the state
+    /// directory, so the job resumes from them if started again), participants are told `reason`,
+    /// and the server stops. [`Coordinator::wait`] then reports the job as not succeeded.
+    pub fn stop(&self, reason: &str) {
+        let _ = self.0.send(crate::round::Event::Stop {
+            reason: reason.to_string(),
+        });
+    }
 }
 
 impl Coordinator {
@@ -239,6 +255,7 @@ impl Coordinator {
             "coordinator listening (mTLS only); waiting for {} participants",
             options.job.min_participants
         );
+        let stop_events = shared.events.clone();
         let driver = tokio::spawn(async move {
             let report = driver::run(shared.clone(), store, resume, events_rx).await;
             // Give participants a moment to read `JobFinished` and hang up, then stop serving.
@@ -257,6 +274,7 @@ impl Coordinator {
             local_addr,
             api_addr,
             monitor,
+            events: stop_events,
             driver,
         })
     }
@@ -274,6 +292,11 @@ impl Coordinator {
     /// What the monitoring API shows.
     pub fn monitor(&self) -> &Arc<crate::api::Monitor> {
         &self.monitor
+    }
+
+    /// A handle that ends the job early, usable while another task waits for it.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.events.clone())
     }
 
     /// Waits for the job to end.

@@ -1,12 +1,147 @@
 //! Kubernetes: the `FederatedJob` custom resource, whose spec is the job file's schema
-//! ([`JobSpec`]), so one definition serves both. This is the only module that imports kube.
+//! ([`JobSpec`]), so one definition serves both, and the operator that runs such resources
+//! (`cairn-coordinator serve --kubernetes`). This is the only module that imports kube.
+//!
+//! The operator: replicas elect a leader on a `Lease` ([`run`]); the leader runs kube's
+//! `Controller` over the namespace's `FederatedJob`s ([`controller`]), one job at a time, and
+//! writes each one's `.status` ([`status`]) and Events. Losing the lease stops the running job
+//! at once (committed rounds stay in its state directory, from which the next leader resumes).
 //! `cairn-coordinator crd` prints the CustomResourceDefinition; the coordinator chart ships a
 //! copy that a test keeps equal to it.
 
+pub mod controller;
+pub mod status;
+
+use crate::api::ApiOptions;
 use crate::config::JobSpec;
+use crate::{Error, ServerTls};
+use futures_util::StreamExt;
 use kube::CustomResource;
 use kube::CustomResourceExt;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How `serve --kubernetes` runs.
+#[derive(Debug, Clone)]
+pub struct OperatorOptions {
+    /// Namespace whose `FederatedJob`s it runs (and where its Lease and Events live).
+    pub namespace: String,
+    /// This replica's name in the Lease and in Events (its pod name).
+    pub identity: String,
+    /// Name of the Lease the replicas elect a leader on.
+    pub lease_name: String,
+    /// How long a lease lasts without renewal; a new leader takes over within about this long.
+    pub lease_duration: Duration,
+    /// Parent of the jobs' state directories (`<name>-<uid>` each).
+    pub state_dir: PathBuf,
+    /// The coordinator's TLS material, the same for every job.
+    pub tls: ServerTls,
+    /// gRPC address for participants, the same for every job.
+    pub listen: SocketAddr,
+    /// Heartbeat interval of every job.
+    pub heartbeat_interval: Duration,
+    /// Checkpoints to keep per job.
+    pub keep_checkpoints: usize,
+    /// The monitoring API of the running job.
+    pub api: Option<ApiOptions>,
+}
+
+/// How leading ended.
+enum Lead {
+    Lost,
+    Shutdown,
+    WatchEnded,
+}
+
+/// Runs the operator until `shutdown` completes: waits for the Lease, runs `FederatedJob`s while
+/// it holds it, stops them when it loses it, and releases the Lease on the way out.
+pub async fn run(
+    client: Client,
+    options: OperatorOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let seconds = options.lease_duration.as_secs();
+    if seconds < 2 {
+        return Err(Error::Kubernetes(format!(
+            "lease duration is {seconds} s; expected at least 2 s"
+        )));
+    }
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &options.lease_name)
+        .with_namespace(&options.namespace)
+        .with_identity(&options.identity)
+        .with_duration(seconds)
+        .with_grace((seconds / 3).max(1))
+        .build()
+        .await
+        .map_err(|e| Error::Kubernetes(format!("lease {}: {e}", options.lease_name)))?;
+    let (mut leading, lease_task) = manager.watch().await;
+    tracing::info!(
+        "operator {} watching FederatedJobs in namespace {}; waiting for lease {}",
+        options.identity,
+        options.namespace,
+        options.lease_name
+    );
+    tokio::pin!(shutdown);
+    let result = loop {
+        if !*leading.borrow_and_update() {
+            tokio::select! {
+                changed = leading.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => break Err(Error::Kubernetes(format!("lease {} is no longer renewed", options.lease_name))),
+                },
+                () = &mut shutdown => break Ok(()),
+            }
+        }
+        tracing::info!(
+            "{} leads (lease {}): running FederatedJobs in namespace {}",
+            options.identity,
+            options.lease_name,
+            options.namespace
+        );
+        let ctx = Arc::new(controller::Context::new(client.clone(), options.clone()));
+        let jobs: Api<FederatedJob> = Api::namespaced(client.clone(), &options.namespace);
+        let controller = Controller::new(jobs, watcher::Config::default())
+            .run(controller::reconcile, controller::error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!("reconcile: {e}");
+                }
+            });
+        let lead = tokio::select! {
+            () = controller => Lead::WatchEnded,
+            _ = leading.wait_for(|l| !*l) => Lead::Lost,
+            () = &mut shutdown => Lead::Shutdown,
+        };
+        match lead {
+            Lead::Lost => {
+                ctx.stop_running(
+                    "this coordinator lost its lease; the next leader resumes the job from its last committed round",
+                )
+                .await;
+            }
+            Lead::Shutdown => {
+                ctx.stop_running("the coordinator is shutting down; the job resumes from its last committed round")
+                    .await;
+                break Ok(());
+            }
+            Lead::WatchEnded => {
+                ctx.stop_running("the FederatedJob watch ended").await;
+                break Err(Error::Kubernetes("the FederatedJob watch ended".into()));
+            }
+        }
+    };
+    // Dropping the receiver makes the lease task release the Lease.
+    drop(leading);
+    if let Ok(Err(e)) = lease_task.await {
+        tracing::warn!("releasing lease {}: {e}", options.lease_name);
+    }
+    result
+}
 
 /// A federated training job as a Kubernetes resource: `spec` is a job file.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -155,6 +155,12 @@ pub enum Event {
         /// Phase the deadline was for.
         phase: Phase,
     },
+    /// The job is to end now (its resource was deleted, or this coordinator lost leadership):
+    /// the running round is abandoned, committed rounds stay.
+    Stop {
+        /// Why, for the log and the participants.
+        reason: String,
+    },
 }
 
 /// A participant that left a round before answering, and why.
@@ -410,6 +416,16 @@ impl RoundMachine {
                         reason: format!(
                             "evaluation for round {round} was not asked for or came twice"
                         ),
+                    });
+                }
+            }
+            Event::Stop { reason } => {
+                if !self.is_finished() {
+                    self.state = State::Finished;
+                    commands.push(Command::Finish {
+                        rounds_completed: self.round - 1,
+                        succeeded: false,
+                        reason,
                     });
                 }
             }

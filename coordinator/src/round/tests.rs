@@ -591,3 +591,36 @@ mod secure {
         );
     }
 }
+
+#[test]
+fn stopping_abandons_the_running_round_and_keeps_the_committed_ones() {
+    let mut m = machine(2, 3);
+    let first = selected(&connect(&mut m, &["a", "b"]));
+    complete_round(&mut m, &first, &["a", "b"]);
+    assert_eq!(m.round(), 2);
+    // Round 2 is training when the stop arrives: it ends the job, unsuccessfully, at round 1.
+    let commands = m.handle(Event::Stop {
+        reason: "the FederatedJob was deleted".into(),
+    });
+    let [
+        Command::Finish {
+            rounds_completed,
+            succeeded,
+            reason,
+        },
+    ] = commands.as_slice()
+    else {
+        panic!("{commands:?}")
+    };
+    assert_eq!((*rounds_completed, *succeeded), (1, false));
+    assert_eq!(reason, "the FederatedJob was deleted");
+    assert!(m.is_finished());
+    // Late answers and a second stop change nothing.
+    assert!(committed(&m.handle(update("a", 2, [1.0, 1.0], 1))).is_none());
+    assert!(
+        m.handle(Event::Stop {
+            reason: "again".into()
+        })
+        .is_empty()
+    );
+}
