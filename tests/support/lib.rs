@@ -2,6 +2,8 @@
 //! code in a temporary directory, a real coordinator on `127.0.0.1:0`, and real participants
 //! training on the digits data committed under `examples/data/digits`.
 
+pub mod kube_fake;
+
 use cairn_coordinator::api::{ApiOptions, ApiTokens};
 use cairn_coordinator::config::JobSpec;
 use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
@@ -110,8 +112,13 @@ impl Federation {
 
     /// Client options for `id` against `coordinator`.
     pub fn client(&self, coordinator: &Coordinator, id: &str) -> ClientOptions {
+        self.client_at(&url(coordinator), id)
+    }
+
+    /// Client options for `id` against the coordinator at `url`.
+    pub fn client_at(&self, url: &str, id: &str) -> ClientOptions {
         let kit = Kit::load(&self.kit_dir(id)).expect("kit");
-        let mut options = ClientOptions::new(url(coordinator), kit, id);
+        let mut options = ClientOptions::new(url.to_string(), kit, id);
         options.server_name = Some("localhost".into());
         options.initial_backoff = Duration::from_millis(100);
         options.max_backoff = Duration::from_secs(1);

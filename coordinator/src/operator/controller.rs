@@ -119,6 +119,13 @@ impl Context {
         name: &str,
         status: &FederatedJobStatus,
     ) -> Result<(), kube::Error> {
+        // A merge patch leaves out what it does not name: name the emptied fields as null.
+        let mut status = serde_json::to_value(status).unwrap_or_default();
+        if let Some(fields) = status.as_object_mut() {
+            for field in ["phase", "currentRound", "lastAccuracy"] {
+                fields.entry(field).or_insert(serde_json::Value::Null);
+            }
+        }
         let patch = serde_json::json!({ "status": status });
         self.api()
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -276,12 +283,14 @@ async fn follow(
     let mut written: Option<FederatedJobStatus> = job.status.clone();
     let wait = coordinator.wait();
     tokio::pin!(wait);
+    // The first pass writes the status the job starts with; later ones follow its events.
+    let mut event = Ok(crate::api::ApiEvent::ParticipantConnected { id: String::new() });
     let report = loop {
-        let event = tokio::select! {
-            report = &mut wait => break report,
-            event = events.recv() => event,
-        };
         if quiet.load(Ordering::SeqCst) {
+            tokio::select! {
+                report = &mut wait => break report,
+                next = events.recv() => event = next,
+            }
             continue;
         }
         match event {
@@ -324,6 +333,10 @@ async fn follow(
                 Ok(()) => written = Some(now),
                 Err(e) => tracing::warn!("could not write the status of {name}: {e}"),
             }
+        }
+        tokio::select! {
+            report = &mut wait => break report,
+            next = events.recv() => event = next,
         }
     };
     let stopped_quietly = quiet.load(Ordering::SeqCst);
