@@ -57,7 +57,9 @@ def test_renders_lints_and_validates(chart, values_file):
     for workload in by_kind(objects, "Deployment") + by_kind(objects, "StatefulSet"):
         pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
-        assert pod["automountServiceAccountToken"] is False
+        # Only the operator talks to the Kubernetes API, so only it gets a token.
+        operator = values.get("operator", {}).get("enabled", False)
+        assert pod["automountServiceAccountToken"] is operator
         for container in pod["containers"] + pod.get("initContainers", []):
             security = container["securityContext"]
             assert security["readOnlyRootFilesystem"] is True
@@ -135,6 +137,44 @@ def test_coordinator_job_dashboard_monitoring_and_helm_test():
     assert by_kind(objects, "Ingress")[0]["spec"]["rules"][0]["host"] == "fl-monitor.example.org"
 
 
+def test_coordinator_operator_mode_has_rbac_leader_election_and_no_job():
+    values = values_of(CHARTS / "coordinator/ci/operator-values.yaml")
+    objects = render("coordinator", values, name="fl")
+    statefulset = by_kind(objects, "StatefulSet")[0]
+    assert statefulset["spec"]["replicas"] == 2
+    pod = statefulset["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][:3] == ["serve", "--kubernetes", "--lease-duration-s=20"]
+    assert not any(a.startswith(("--job", "--api-linger-s")) for a in container["args"])
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    # The API (and /healthz) exists only while a job runs: no liveness probe, readiness says
+    # which replica runs the job.
+    assert "livenessProbe" not in container
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert pod["serviceAccountName"] == "fl-cairn-coordinator"
+    state = next(v for v in pod["volumes"] if v["name"] == "state")
+    assert state["persistentVolumeClaim"]["claimName"] == "cairn-state"
+    assert "volumeClaimTemplates" not in statefulset["spec"]
+    assert not any(v["name"] == "job" for v in pod["volumes"])
+    assert not any(c["metadata"]["name"].endswith("-job") for c in by_kind(objects, "ConfigMap"))
+    rules = {(r["apiGroups"][0], r["resources"][0]): r["verbs"] for r in by_kind(objects, "Role")[0]["rules"]}
+    assert rules == {
+        ("cairn.dev", "federatedjobs"): ["get", "list", "watch", "patch"],
+        ("cairn.dev", "federatedjobs/status"): ["get", "patch"],
+        ("cairn.dev", "federatedjobs/finalizers"): ["update"],
+        ("coordination.k8s.io", "leases"): ["get", "create", "patch"],
+        ("events.k8s.io", "events"): ["create", "patch"],
+    }
+    binding = by_kind(objects, "RoleBinding")[0]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "fl-cairn-coordinator", "namespace": "fl"}]
+    egress = by_kind(objects, "NetworkPolicy")[0]["spec"]["egress"]
+    assert egress[-1] == {"to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+    # Without the operator, none of it is rendered.
+    plain = render("coordinator", values_of(CHARTS / "coordinator/ci/default-values.yaml"))
+    assert not by_kind(plain, "Role") and not by_kind(plain, "ServiceAccount")
+
+
 def with_change(base, dotted, value):
     values = yaml.safe_load(yaml.safe_dump(base))
     node = values
@@ -166,7 +206,18 @@ COORDINATOR_BAD = [
     ("grpc.service.type", "External", "grpc/service/type"),
     ("state.size", "10GB", "state/size"),
     ("serviceMonitor.interval", "often", "serviceMonitor/interval"),
+    ("job", {}, "job"),
+    ("operator.replicas", 5, "operator/replicas"),
+    ("operator.leaseDurationSeconds", 1, "operator/leaseDurationSeconds"),
+    ("operator.apiServer.cidr", "the cluster", "operator/apiServer/cidr"),
 ]
+
+
+def test_the_operator_refuses_a_job_in_values():
+    values = with_change(values_of(CHARTS / "coordinator/ci/default-values.yaml"), "operator.enabled", True)
+    with pytest.raises(helm.HelmError) as refused:
+        render("coordinator", values)
+    assert "job" in str(refused.value), str(refused.value)
 
 
 @pytest.mark.parametrize("chart,field,value,path", [("participant", *c) for c in PARTICIPANT_BAD] + [("coordinator", *c) for c in COORDINATOR_BAD])
