@@ -110,6 +110,57 @@ impl Cluster {
             .sum()
     }
 
+    /// Waits until the job `name` stopped here without ending (its gRPC port closed), and checks
+    /// that nothing was written about it since; returns it as it was left.
+    async fn handed_over(&self, name: &str, seconds: u64) -> Value {
+        let address = self.url.trim_start_matches("https://").to_string();
+        let mut closed = false;
+        for _ in 0..seconds * 10 {
+            if std::net::TcpStream::connect(&address).is_err() {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(closed, "the job still listens after {seconds} s");
+        let left = self
+            .api
+            .get(&kube_fake::jobs(NAMESPACE), name)
+            .unwrap_or_default();
+        // No final phase is written by a replica that no longer leads, and nothing more at all.
+        assert_eq!(phase(Some(&left)), "Running");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = self
+            .api
+            .get(&kube_fake::jobs(NAMESPACE), name)
+            .unwrap_or_default();
+        assert_eq!(
+            now["metadata"]["resourceVersion"],
+            left["metadata"]["resourceVersion"]
+        );
+        left
+    }
+
+    /// Waits until the job `name`, handed over as `left`, runs here again and commits rounds
+    /// with the same participants, which were never told it ended.
+    async fn resumed(
+        &self,
+        name: &str,
+        left: &Value,
+        participants: tokio::task::JoinHandle<Vec<Result<u64, String>>>,
+    ) {
+        assert!(
+            !participants.is_finished(),
+            "participants were told the job ended"
+        );
+        let committed = rounds_completed(Some(left));
+        self.wait_for(name, 60, |j| rounds_completed(j) > committed + 1)
+            .await;
+        assert_eq!(self.event_count(name, "Started"), 2);
+        assert!(!participants.is_finished());
+        participants.abort();
+    }
+
     /// Runs the three participants against the operator's address until their job ends.
     fn participants(&self) -> tokio::task::JoinHandle<Vec<Result<u64, String>>> {
         let clients = IDS
@@ -287,7 +338,7 @@ async fn deleting_a_running_job_stops_it_and_the_queued_one_starts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_the_lease_stops_the_job_and_regaining_it_resumes_the_job() {
+async fn losing_the_lease_hands_the_job_over_and_regaining_it_resumes_it() {
     let cluster = Cluster::start();
     cluster.create_job("leased", &digits_job(&IDS, 200, 3));
     let participants = cluster.participants();
@@ -309,36 +360,26 @@ async fn losing_the_lease_stops_the_job_and_regaining_it_resumes_the_job() {
             lease["spec"]["acquireTime"] = now.clone();
             lease["spec"]["leaseDurationSeconds"] = json!(8);
         });
-    let trained = tokio::time::timeout(Duration::from_secs(6), participants)
-        .await
-        .expect("the job stops when the lease is lost")
-        .expect("participants");
-    let stopped_at = cluster.job("leased").expect("job");
-    for rounds in trained {
-        assert!(rounds.expect("clean end") < 200);
-    }
-    // No final phase is written by a replica that no longer leads, and nothing more at all.
-    assert_eq!(phase(Some(&stopped_at)), "Running");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        cluster.job("leased").expect("job")["metadata"]["resourceVersion"],
-        stopped_at["metadata"]["resourceVersion"]
-    );
-    assert!(
-        std::net::TcpStream::connect(cluster.url.trim_start_matches("https://")).is_err(),
-        "the gRPC port is closed"
-    );
+    let stopped_at = cluster.handed_over("leased", 6).await;
+    // When that lease has expired, this replica leads again, resumes the job from its state
+    // directory, and the same participants, which kept reconnecting, go on training.
+    cluster.resumed("leased", &stopped_at, participants).await;
+    cluster.shut_down().await;
+}
 
-    // Once the other replica's lease expired, this one leads again and resumes the job.
-    let committed = rounds_completed(Some(&stopped_at));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_outage_hands_the_job_over_until_the_lease_is_confirmed_again() {
+    let cluster = Cluster::start();
+    cluster.create_job("outage", &digits_job(&IDS, 200, 3));
+    let participants = cluster.participants();
     cluster
-        .wait_for("leased", 30, |j| {
-            j.is_some_and(|j| j["status"]["conditions"][1]["reason"] == "WaitingForParticipants")
-        })
+        .wait_for("outage", 120, |j| rounds_completed(j) >= 1)
         .await;
-    let resumed = cluster.job("leased").expect("job");
-    assert_eq!(rounds_completed(Some(&resumed)), committed);
-    assert_eq!(resumed["status"]["currentRound"], committed + 1);
-    assert_eq!(cluster.event_count("leased", "Started"), 2);
+    // The lease cannot be renewed or read: within its duration the leader stops running jobs,
+    // since another replica may take the lease once it expires.
+    cluster.api.set_unavailable(true);
+    let stopped_at = cluster.handed_over("outage", 6).await;
+    cluster.api.set_unavailable(false);
+    cluster.resumed("outage", &stopped_at, participants).await;
     cluster.shut_down().await;
 }

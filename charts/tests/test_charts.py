@@ -142,6 +142,9 @@ def test_coordinator_operator_mode_has_rbac_leader_election_and_no_job():
     objects = render("coordinator", values, name="fl")
     statefulset = by_kind(objects, "StatefulSet")[0]
     assert statefulset["spec"]["replicas"] == 2
+    # The standby is never ready: replicas must not wait for each other.
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+    assert statefulset["spec"]["updateStrategy"] == {"type": "OnDelete"}
     pod = statefulset["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["args"][:3] == ["serve", "--kubernetes", "--lease-duration-s=20"]
@@ -160,19 +163,19 @@ def test_coordinator_operator_mode_has_rbac_leader_election_and_no_job():
     assert not any(c["metadata"]["name"].endswith("-job") for c in by_kind(objects, "ConfigMap"))
     rules = {(r["apiGroups"][0], r["resources"][0]): r["verbs"] for r in by_kind(objects, "Role")[0]["rules"]}
     assert rules == {
-        ("cairn.dev", "federatedjobs"): ["get", "list", "watch", "patch"],
-        ("cairn.dev", "federatedjobs/status"): ["get", "patch"],
-        ("cairn.dev", "federatedjobs/finalizers"): ["update"],
+        ("cairn.dev", "federatedjobs"): ["list", "watch", "patch"],
+        ("cairn.dev", "federatedjobs/status"): ["patch"],
         ("coordination.k8s.io", "leases"): ["get", "create", "patch"],
         ("events.k8s.io", "events"): ["create", "patch"],
     }
     binding = by_kind(objects, "RoleBinding")[0]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "fl-cairn-coordinator", "namespace": "fl"}]
     egress = by_kind(objects, "NetworkPolicy")[0]["spec"]["egress"]
-    assert egress[-1] == {"to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+    assert egress[-1] == {"to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}], "ports": [{"protocol": "TCP", "port": 443}]}
     # Without the operator, none of it is rendered.
     plain = render("coordinator", values_of(CHARTS / "coordinator/ci/default-values.yaml"))
     assert not by_kind(plain, "Role") and not by_kind(plain, "ServiceAccount")
+    assert "podManagementPolicy" not in by_kind(plain, "StatefulSet")[0]["spec"]
 
 
 def with_change(base, dotted, value):

@@ -15,6 +15,7 @@ use hyper::body::Frame;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
@@ -57,6 +58,8 @@ struct State {
 pub struct FakeApiServer {
     state: Arc<Mutex<State>>,
     changes: broadcast::Sender<Change>,
+    /// While set, every request fails with 503 and open watches end: an outage.
+    unavailable: Arc<AtomicBool>,
 }
 
 impl Default for FakeApiServer {
@@ -64,6 +67,7 @@ impl Default for FakeApiServer {
         FakeApiServer {
             state: Arc::default(),
             changes: broadcast::channel(4096).0,
+            unavailable: Arc::default(),
         }
     }
 }
@@ -81,6 +85,11 @@ impl FakeApiServer {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts (`true`) or ends an outage of the whole API.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.unavailable.store(unavailable, Ordering::SeqCst);
     }
 
     /// Creates `object` in `collection`, as `kubectl create` would.
@@ -189,6 +198,13 @@ impl FakeApiServer {
     }
 
     async fn handle(&self, request: Request<kube::client::Body>) -> Response<Body> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            return status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the API server is unavailable",
+            );
+        }
         let (parts, body) = request.into_parts();
         let body = body
             .collect()
@@ -344,13 +360,21 @@ impl FakeApiServer {
         };
         let last = backlog.last().map_or(since, |c| c.revision);
         let wanted = collection.clone();
-        let live = tokio_stream::wrappers::BroadcastStream::new(live).filter_map(move |c| {
-            let wanted = wanted.clone();
-            async move {
-                c.ok()
-                    .filter(|c| c.collection == wanted && c.revision > last)
-            }
-        });
+        let unavailable = self.unavailable.clone();
+        // A watcher that fell behind, or an outage, ends the stream, as a real server closes
+        // it: the client then lists again rather than miss changes.
+        let live = tokio_stream::wrappers::BroadcastStream::new(live)
+            .take_while(move |c| {
+                let open = c.is_ok() && !unavailable.load(Ordering::SeqCst);
+                async move { open }
+            })
+            .filter_map(move |c| {
+                let wanted = wanted.clone();
+                async move {
+                    c.ok()
+                        .filter(|c| c.collection == wanted && c.revision > last)
+                }
+            });
         let lines = futures_util::stream::iter(backlog).chain(live).map(|c| {
             let mut line = serde_json::to_vec(&json!({"type": c.kind, "object": c.object}))
                 .unwrap_or_default();

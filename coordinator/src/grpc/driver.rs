@@ -211,15 +211,20 @@ pub(super) async fn run(
                         let mut map = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
                         map.drain().map(|(_, c)| c).collect()
                     };
+                    let hand_over = shared.hand_over.load(Ordering::SeqCst);
                     for connection in connections {
-                        let message = CoordinatorMessage {
-                            body: Some(Body::Finished(JobFinished {
-                                rounds_completed,
-                                reason: reason.clone(),
-                            })),
+                        let message = match hand_over {
+                            // The job goes on under another coordinator: participants reconnect.
+                            true => Err(tonic::Status::unavailable(format!("{reason}; reconnect"))),
+                            false => Ok(CoordinatorMessage {
+                                body: Some(Body::Finished(JobFinished {
+                                    rounds_completed,
+                                    reason: reason.clone(),
+                                })),
+                            }),
                         };
                         tokio::spawn(async move {
-                            let _ = connection.outbox.send(Ok(message)).await;
+                            let _ = connection.outbox.send(message).await;
                         });
                     }
                     if succeeded {

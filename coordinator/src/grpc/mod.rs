@@ -21,7 +21,7 @@ use cairn_proto::v1::{CoordinatorMessage, TensorSpec};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -117,6 +117,8 @@ struct Shared {
     /// What the monitoring API shows; also holds the byte counters.
     monitor: Arc<crate::api::Monitor>,
     finished: AtomicBool,
+    /// Set by [`Stopper::hand_over`]: the job ends here but not for the participants.
+    hand_over: AtomicBool,
 }
 
 /// A live session's way back to its participant.
@@ -131,22 +133,31 @@ pub struct Coordinator {
     local_addr: SocketAddr,
     api_addr: Option<SocketAddr>,
     monitor: Arc<crate::api::Monitor>,
-    events: mpsc::UnboundedSender<crate::round::Event>,
+    stopper: Stopper,
     driver: tokio::task::JoinHandle<Result<JobReport, Error>>,
 }
 
 /// Ends a running job early; see [`Coordinator::stopper`].
 #[derive(Clone)]
-pub struct Stopper(mpsc::UnboundedSender<crate::round::Event>);
+pub struct Stopper(Arc<Shared>);
 
 impl Stopper {
     /// Ends the job now: the running round is abandoned (committed rounds stay in the state
-    /// directory, so the job resumes from them if started again), participants are told `reason`,
-    /// and the server stops. [`Coordinator::wait`] then reports the job as not succeeded.
+    /// directory, so the job resumes from them if started again), participants are told `reason`
+    /// and that the job is over, and the server stops. [`Coordinator::wait`] then reports the
+    /// job as not succeeded.
     pub fn stop(&self, reason: &str) {
-        let _ = self.0.send(crate::round::Event::Stop {
+        let _ = self.0.events.send(crate::round::Event::Stop {
             reason: reason.to_string(),
         });
+    }
+
+    /// Like [`Stopper::stop`], but the job goes on elsewhere (another coordinator replica takes
+    /// it over from the same state): participants are not told it is over; their sessions end
+    /// with `UNAVAILABLE`, so they reconnect, and find whichever coordinator then runs it.
+    pub fn hand_over(&self, reason: &str) {
+        self.0.hand_over.store(true, Ordering::SeqCst);
+        self.stop(reason);
     }
 }
 
@@ -210,6 +221,7 @@ impl Coordinator {
             next_serial: AtomicU64::new(1),
             monitor: monitor.clone(),
             finished: AtomicBool::new(false),
+            hand_over: AtomicBool::new(false),
         });
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(
@@ -255,7 +267,7 @@ impl Coordinator {
             "coordinator listening (mTLS only); waiting for {} participants",
             options.job.min_participants
         );
-        let stop_events = shared.events.clone();
+        let stopper = Stopper(shared.clone());
         let driver = tokio::spawn(async move {
             let report = driver::run(shared.clone(), store, resume, events_rx).await;
             // Give participants a moment to read `JobFinished` and hang up, then stop serving.
@@ -274,7 +286,7 @@ impl Coordinator {
             local_addr,
             api_addr,
             monitor,
-            events: stop_events,
+            stopper,
             driver,
         })
     }
@@ -296,7 +308,7 @@ impl Coordinator {
 
     /// A handle that ends the job early, usable while another task waits for it.
     pub fn stopper(&self) -> Stopper {
-        Stopper(self.events.clone())
+        self.stopper.clone()
     }
 
     /// Waits for the job to end.

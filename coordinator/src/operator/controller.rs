@@ -35,6 +35,16 @@ pub enum ReconcileError {
     Start(String),
 }
 
+/// How a job is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopHow {
+    /// It is over (deleted): participants are told so.
+    End,
+    /// It goes on under another coordinator (this one lost its lease or is shutting down):
+    /// participants reconnect.
+    HandOver,
+}
+
 /// The job running in this process.
 struct Running {
     uid: String,
@@ -89,19 +99,33 @@ impl Context {
     }
 
     /// Stops the running job, if any, without writing its status, and waits until it stopped.
-    pub async fn stop_running(&self, reason: &str) {
+    /// `how` says whether the job is over for its participants or goes on under another
+    /// coordinator.
+    pub async fn stop_running(&self, reason: &str, how: StopHow) {
         let done = {
             let running = self.running();
             let Some(job) = running.as_ref() else { return };
             tracing::warn!("stopping FederatedJob {}: {reason}", job.name);
             job.quiet.store(true, Ordering::SeqCst);
-            job.stopper.stop(reason);
+            match how {
+                StopHow::End => job.stopper.stop(reason),
+                StopHow::HandOver => job.stopper.hand_over(reason),
+            }
             job.done.clone()
         };
         wait_done(done).await;
     }
 
-    async fn publish(&self, job: &FederatedJob, type_: EventType, reason: &str, note: String) {
+    async fn publish(&self, job: &FederatedJob, type_: EventType, reason: &str, mut note: String) {
+        // The API server refuses an Event whose note exceeds 1 KiB.
+        if note.len() > 1024 {
+            let mut end = 1021;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+            note.push_str("...");
+        }
         let event = Event {
             type_,
             reason: reason.into(),
@@ -186,6 +210,10 @@ async fn apply(job: Arc<FederatedJob>, ctx: &Arc<Context>) -> Result<Action, Rec
         return Ok(Action::await_change());
     }
     let _starting = ctx.starting.lock().await;
+    // It may have ended while this waited for the lock, its final status not yet seen here.
+    if ctx.ended.lock().is_ok_and(|e| e.contains(&uid)) {
+        return Ok(Action::await_change());
+    }
     let busy = ctx
         .running()
         .as_ref()
@@ -252,18 +280,8 @@ async fn start(job: Arc<FederatedJob>, ctx: &Arc<Context>) -> Result<(), Reconci
         quiet: quiet.clone(),
         done,
     });
-    let first = status::observe(coordinator.monitor());
-    let committed = first.rounds_completed;
-    ctx.publish(
-        &job,
-        EventType::Normal,
-        "Started",
-        match committed {
-            0 => format!("waiting for {} participants", job.spec.job.min_participants),
-            n => format!("resuming after {n} committed rounds"),
-        },
-    )
-    .await;
+    // At once, with nothing awaited before: a reconcile can be dropped at any await (when the
+    // lease is lost), and the running job must never be left without its follower.
     tokio::spawn(follow(ctx.clone(), job, coordinator, quiet, done_tx));
     Ok(())
 }
@@ -280,6 +298,17 @@ async fn follow(
     let name = job.name_any();
     let monitor = coordinator.monitor().clone();
     let mut events = monitor.subscribe();
+    let committed = monitor.job().rounds_completed;
+    ctx.publish(
+        &job,
+        EventType::Normal,
+        "Started",
+        match committed {
+            0 => format!("waiting for {} participants", job.spec.job.min_participants),
+            n => format!("resuming after {n} committed rounds"),
+        },
+    )
+    .await;
     let mut written: Option<FederatedJobStatus> = job.status.clone();
     let wait = coordinator.wait();
     tokio::pin!(wait);
@@ -370,8 +399,11 @@ async fn cleanup(job: Arc<FederatedJob>, ctx: &Arc<Context>) -> Result<Action, R
     let uid = job.uid().unwrap_or_default();
     let runs_here = ctx.running().as_ref().is_some_and(|r| r.uid == uid);
     if runs_here {
-        ctx.stop_running(&format!("FederatedJob {} was deleted", job.name_any()))
-            .await;
+        ctx.stop_running(
+            &format!("FederatedJob {} was deleted", job.name_any()),
+            StopHow::End,
+        )
+        .await;
         ctx.publish(
             &job,
             EventType::Normal,

@@ -16,6 +16,7 @@ use crate::api::ApiOptions;
 use crate::config::JobSpec;
 use crate::{Error, ServerTls};
 use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::CustomResource;
 use kube::CustomResourceExt;
 use kube::runtime::{Controller, watcher};
@@ -53,13 +54,63 @@ pub struct OperatorOptions {
 
 /// How leading ended.
 enum Lead {
-    Lost,
+    Lost(String),
     Shutdown,
     WatchEnded,
+    LeaseTaskEnded,
+}
+
+/// Whether `lease` is held by `identity` and not expired.
+fn holds(lease: &Lease, identity: &str) -> bool {
+    let Some(spec) = lease.spec.as_ref() else {
+        return false;
+    };
+    let (Some(holder), Some(renewed), Some(seconds)) = (
+        spec.holder_identity.as_deref(),
+        spec.renew_time.as_ref(),
+        spec.lease_duration_seconds,
+    ) else {
+        return false;
+    };
+    let expires = renewed.0 + k8s_openapi::jiff::SignedDuration::from_secs(i64::from(seconds));
+    holder == identity && expires > k8s_openapi::jiff::Timestamp::now()
+}
+
+/// Completes when this replica can no longer be sure it leads: the Lease names another holder
+/// or has expired, or it could not be read for longer than the time a renewal is allowed. The
+/// lease manager alone keeps reporting leadership while renewals fail, which would let two
+/// replicas run the same job.
+async fn lease_lost(leases: Api<Lease>, options: &OperatorOptions) -> String {
+    let check = (options.lease_duration / 4).max(Duration::from_millis(250));
+    let tolerance = options.lease_duration - options.lease_duration / 3;
+    let mut confirmed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(check).await;
+        match leases.get(&options.lease_name).await {
+            Ok(lease) if holds(&lease, &options.identity) => {
+                confirmed = tokio::time::Instant::now();
+            }
+            Ok(_) => {
+                return format!(
+                    "lease {} is held by another replica or expired",
+                    options.lease_name
+                );
+            }
+            Err(e) if confirmed.elapsed() >= tolerance => {
+                return format!(
+                    "lease {} could not be confirmed for {:.0?}: {e}",
+                    options.lease_name,
+                    confirmed.elapsed()
+                );
+            }
+            Err(e) => tracing::warn!("reading lease {}: {e}", options.lease_name),
+        }
+    }
 }
 
 /// Runs the operator until `shutdown` completes: waits for the Lease, runs `FederatedJob`s while
-/// it holds it, stops them when it loses it, and releases the Lease on the way out.
+/// it holds it, hands the running job over when it loses it (or cannot confirm it), and releases
+/// the Lease on the way out.
 pub async fn run(
     client: Client,
     options: OperatorOptions,
@@ -86,6 +137,7 @@ pub async fn run(
         options.namespace,
         options.lease_name
     );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &options.namespace);
     tokio::pin!(shutdown);
     let result = loop {
         if !*leading.borrow_and_update() {
@@ -95,6 +147,16 @@ pub async fn run(
                     Err(_) => break Err(Error::Kubernetes(format!("lease {} is no longer renewed", options.lease_name))),
                 },
                 () = &mut shutdown => break Ok(()),
+            }
+        }
+        // The manager says this replica leads; run jobs only once the Lease itself says so.
+        match leases.get(&options.lease_name).await {
+            Ok(lease) if holds(&lease, &options.identity) => {}
+            _ => {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = &mut shutdown => break Ok(()),
+                }
             }
         }
         tracing::info!(
@@ -109,29 +171,42 @@ pub async fn run(
             .run(controller::reconcile, controller::error_policy, ctx.clone())
             .for_each(|result| async move {
                 if let Err(e) = result {
-                    tracing::debug!("reconcile: {e}");
+                    tracing::warn!("reconcile: {e}");
                 }
             });
         let lead = tokio::select! {
             () = controller => Lead::WatchEnded,
-            _ = leading.wait_for(|l| !*l) => Lead::Lost,
+            still = leading.wait_for(|l| !*l) => match still {
+                Ok(_) => Lead::Lost(format!("lease {} went to another replica", options.lease_name)),
+                Err(_) => Lead::LeaseTaskEnded,
+            },
+            why = lease_lost(leases.clone(), &options) => Lead::Lost(why),
             () = &mut shutdown => Lead::Shutdown,
         };
+        let hand_over = controller::StopHow::HandOver;
         match lead {
-            Lead::Lost => {
+            Lead::Lost(why) => {
                 ctx.stop_running(
-                    "this coordinator lost its lease; the next leader resumes the job from its last committed round",
+                    &format!("this coordinator no longer leads ({why}); the next leader resumes the job from its last committed round"),
+                    hand_over,
                 )
                 .await;
             }
             Lead::Shutdown => {
-                ctx.stop_running("the coordinator is shutting down; the job resumes from its last committed round")
-                    .await;
+                ctx.stop_running(
+                    "the coordinator is shutting down; the job resumes from its last committed round",
+                    hand_over,
+                )
+                .await;
                 break Ok(());
             }
-            Lead::WatchEnded => {
-                ctx.stop_running("the FederatedJob watch ended").await;
-                break Err(Error::Kubernetes("the FederatedJob watch ended".into()));
+            Lead::WatchEnded | Lead::LeaseTaskEnded => {
+                ctx.stop_running("the operator's watch or lease task ended", hand_over)
+                    .await;
+                break Err(Error::Kubernetes(format!(
+                    "the FederatedJob watch or the lease task for {} ended",
+                    options.lease_name
+                )));
             }
         }
     };
@@ -185,7 +260,7 @@ pub struct FederatedJobStatus {
     /// Participants with a live session.
     #[serde(default)]
     pub connected_participants: u32,
-    /// Standard conditions (`Ready`, `Progressing`, `Failed`).
+    /// Standard conditions: `Ready` (the job succeeded) and `Progressing` (a coordinator runs it).
     #[serde(default)]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
