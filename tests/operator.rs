@@ -59,6 +59,21 @@ impl Cluster {
         }
     }
 
+    /// The operator running a 200-round job `name` that three participants train, once it has
+    /// committed `rounds` rounds.
+    async fn running(
+        name: &str,
+        rounds: u64,
+    ) -> (Cluster, tokio::task::JoinHandle<Vec<Result<u64, String>>>) {
+        let cluster = Cluster::start();
+        cluster.create_job(name, &digits_job(&IDS, 200, 3));
+        let participants = cluster.participants();
+        cluster
+            .wait_for(name, 120, |j| rounds_completed(j) >= rounds)
+            .await;
+        (cluster, participants)
+    }
+
     fn create_job(&self, name: &str, job: &JobSpec) {
         self.api.create(
             &kube_fake::jobs(NAMESPACE),
@@ -294,12 +309,7 @@ async fn a_federated_job_runs_with_status_per_round_and_events_until_it_succeeds
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_running_job_stops_it_and_the_queued_one_starts() {
-    let cluster = Cluster::start();
-    cluster.create_job("long", &digits_job(&IDS, 200, 3));
-    let participants = cluster.participants();
-    cluster
-        .wait_for("long", 120, |j| rounds_completed(j) >= 2)
-        .await;
+    let (cluster, participants) = Cluster::running("long", 2).await;
     // A second job waits for its turn.
     cluster.create_job("next", &digits_job(&IDS, 1, 3));
     cluster
@@ -339,12 +349,7 @@ async fn deleting_a_running_job_stops_it_and_the_queued_one_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_lease_hands_the_job_over_and_regaining_it_resumes_it() {
-    let cluster = Cluster::start();
-    cluster.create_job("leased", &digits_job(&IDS, 200, 3));
-    let participants = cluster.participants();
-    cluster
-        .wait_for("leased", 120, |j| rounds_completed(j) >= 1)
-        .await;
+    let (cluster, participants) = Cluster::running("leased", 1).await;
 
     // Another replica takes the lease for 8 s (as after a network partition), then goes away
     // without renewing it.
@@ -369,12 +374,7 @@ async fn losing_the_lease_hands_the_job_over_and_regaining_it_resumes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_outage_hands_the_job_over_until_the_lease_is_confirmed_again() {
-    let cluster = Cluster::start();
-    cluster.create_job("outage", &digits_job(&IDS, 200, 3));
-    let participants = cluster.participants();
-    cluster
-        .wait_for("outage", 120, |j| rounds_completed(j) >= 1)
-        .await;
+    let (cluster, participants) = Cluster::running("outage", 1).await;
     // The lease cannot be renewed or read: within its duration the leader stops running jobs,
     // since another replica may take the lease once it expires.
     cluster.api.set_unavailable(true);
