@@ -194,7 +194,10 @@ async fn apply(job: Arc<FederatedJob>, ctx: &Arc<Context>) -> Result<Action, Rec
     let phase = current
         .and_then(|s| s.phase.as_deref())
         .and_then(JobPhase::parse);
-    if phase.is_some_and(JobPhase::is_final) || ctx.ended.lock().is_ok_and(|e| e.contains(&uid)) {
+    let runs_here = ctx.running().as_ref().is_some_and(|r| r.uid == uid);
+    let ended_here = ctx.ended.lock().is_ok_and(|e| e.contains(&uid));
+    // A running job keeps the spec it started with (the CRD refuses edits anyway).
+    if phase.is_some_and(JobPhase::is_final) || ended_here || runs_here {
         return Ok(Action::await_change());
     }
     if let Err(e) = job.spec.job.validate() {

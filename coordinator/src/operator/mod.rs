@@ -17,10 +17,10 @@ use crate::config::JobSpec;
 use crate::{Error, ServerTls};
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::CustomResource;
 use kube::CustomResourceExt;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
+use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -219,7 +219,8 @@ pub async fn run(
 }
 
 /// A federated training job as a Kubernetes resource: `spec` is a job file.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("the spec of a FederatedJob cannot change; create a new FederatedJob"))]
 #[kube(
     group = "cairn.dev",
     version = "v1alpha1",
@@ -321,6 +322,11 @@ mod tests {
         );
         let schema = serde_json::to_value(version.schema.as_ref().unwrap()).unwrap();
         let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+        // The API server refuses edits of a spec: a run keeps the job it started with.
+        assert_eq!(
+            spec["x-kubernetes-validations"][0]["rule"],
+            "self == oldSelf"
+        );
         for field in [
             "name",
             "model",
