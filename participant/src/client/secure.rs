@@ -108,7 +108,10 @@ impl SecureRound {
         match body {
             Inbound::Advertisements(list) => {
                 let mut ads = Vec::with_capacity(list.advertisements.len());
-                let mut peers = Vec::with_capacity(list.advertisements.len());
+                let mut peers = Vec::new();
+                // Only the neighbourhood's signatures are checked (see
+                // `ParticipantMachine::neighbourhood`), so only its certificates are verified.
+                let checked = self.machine.neighbourhood();
                 for ad in list.advertisements {
                     let id = self.roster.get(ad.index as usize).ok_or_else(|| {
                         format!("advertisement for unknown participant {}", ad.index)
@@ -124,7 +127,9 @@ impl SecureRound {
                         mask_public: key(&ad.mask_public)?,
                         signature: ad.signature,
                     });
-                    peers.push((ad.index, id.clone(), ad.certificate));
+                    if checked.contains(&ad.index) {
+                        peers.push((ad.index, id.clone(), ad.certificate));
+                    }
                 }
                 let verifier =
                     FederationVerifier::new(&self.kit.ca_pem, peers).map_err(|e| e.to_string())?;

@@ -368,3 +368,71 @@ fn the_coordinator_machine_cannot_skip_a_phase() {
         Err(ProtocolError::WrongPhase { .. })
     ));
 }
+
+/// Records whose signatures a participant checks.
+struct Counting<'a> {
+    inner: &'a Identities,
+    checked: std::cell::RefCell<std::collections::BTreeSet<u32>>,
+}
+
+impl Verifier for Counting<'_> {
+    fn verify(&self, participant: u32, message: &[u8], signature: &[u8]) -> bool {
+        self.checked.borrow_mut().insert(participant);
+        self.inner.verify(participant, message, signature)
+    }
+}
+
+#[test]
+fn a_participant_checks_only_its_neighbourhood_and_a_substituted_stranger_still_fails_the_round() {
+    let n = 20;
+    let ids = Identities::new(n);
+    let cfg = config(n, 5, Graph::regular(n, 8, [9u8; 32]).unwrap(), 1);
+    let mut coordinator = CoordinatorMachine::new(cfg.clone());
+    let mut parties: Vec<ParticipantMachine> = (0..n)
+        .map(|i| {
+            let (machine, ad) = ParticipantMachine::new(cfg.clone(), i, &ids.signer(i));
+            coordinator.on_advertisement(i, ad).unwrap();
+            machine
+        })
+        .collect();
+    let ads = coordinator.close_advertisements().unwrap();
+    let neighbourhood = parties[0].neighbourhood();
+    assert_eq!(neighbourhood.len(), 9);
+    let stranger = (0..n).find(|j| !neighbourhood.contains(j)).unwrap();
+
+    // The coordinator shows participant 0 another key for a participant it does not check.
+    let mut altered = ads.clone();
+    altered[stranger as usize].mask_public = crate::crypto::generate_key_pair().1;
+    let verifier = Counting {
+        inner: &ids,
+        checked: Default::default(),
+    };
+    let shares = parties[0].on_advertisements(altered, &verifier).unwrap();
+    assert_eq!(
+        *verifier.checked.borrow(),
+        neighbourhood,
+        "k + 1 signatures checked, not n"
+    );
+    coordinator.on_shares(0, shares).unwrap();
+    for (i, party) in parties.iter_mut().enumerate().skip(1) {
+        let shares = party.on_advertisements(ads.clone(), &ids).unwrap();
+        coordinator.on_shares(i as u32, shares).unwrap();
+    }
+    // Participant 0's view of the session differs from its neighbours', so none of them can
+    // open its shares: each aborts rather than mask with keys it cannot vouch for.
+    let mut routed = coordinator.close_shares().unwrap();
+    for &i in neighbourhood.iter().filter(|&&i| i != 0) {
+        let mail = routed.remove(&i).unwrap();
+        assert!(parties[i as usize].on_shares(mail, &input(i)).is_err());
+    }
+    // A substituted key of a neighbour is still caught.
+    let (mut fresh, own) = ParticipantMachine::new(cfg.clone(), 0, &ids.signer(0));
+    let mut forged = ads.clone();
+    forged[0] = own;
+    let neighbour = *neighbourhood.iter().find(|&&i| i != 0).unwrap();
+    forged[neighbour as usize].channel_public = crate::crypto::generate_key_pair().1;
+    assert_eq!(
+        fresh.on_advertisements(forged, &ids).unwrap_err(),
+        ProtocolError::BadAdvertisement { from: neighbour }
+    );
+}
