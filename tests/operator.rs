@@ -67,7 +67,7 @@ impl Cluster {
     ) -> (Cluster, tokio::task::JoinHandle<Vec<Result<u64, String>>>) {
         let cluster = Cluster::start();
         cluster.create_job(name, &digits_job(&IDS, 200, 3));
-        let participants = cluster.participants();
+        let participants = cluster.participants(false);
         cluster
             .wait_for(name, 120, |j| rounds_completed(j) >= rounds)
             .await;
@@ -176,14 +176,16 @@ impl Cluster {
         participants.abort();
     }
 
-    /// Runs the three participants against the operator's address until their job ends.
-    fn participants(&self) -> tokio::task::JoinHandle<Vec<Result<u64, String>>> {
+    /// Runs the three participants against the operator's address until their job ends (with
+    /// `keep_going`, for every job to come).
+    fn participants(&self, keep_going: bool) -> tokio::task::JoinHandle<Vec<Result<u64, String>>> {
         let clients = IDS
             .iter()
             .enumerate()
             .map(|(index, id)| {
                 let mut options = self.federation.client_at(&self.url, id);
                 options.max_attempts = Some(60);
+                options.keep_going = keep_going;
                 (options, digits_task(index, IDS.len()))
             })
             .collect();
@@ -228,7 +230,7 @@ async fn a_federated_job_runs_with_status_per_round_and_events_until_it_succeeds
     broken.min_participants = 5;
     cluster.create_job("broken", &broken);
     cluster.create_job("digits", &digits_job(&IDS, 3, 3));
-    let participants = cluster.participants();
+    let participants = cluster.participants(false);
     cluster
         .wait_for("digits", 120, |j| phase(j) == "Succeeded")
         .await;
@@ -305,6 +307,22 @@ async fn a_federated_job_runs_with_status_per_round_and_events_until_it_succeeds
         lease["spec"]["holderIdentity"].is_null(),
         "the lease is released on shutdown: {lease}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_that_keep_going_train_one_federated_job_after_another() {
+    let cluster = Cluster::start();
+    let participants = cluster.participants(true);
+    for name in ["first", "second"] {
+        cluster.create_job(name, &digits_job(&IDS, 2, 3));
+        cluster
+            .wait_for(name, 60, |j| phase(j) == "Succeeded")
+            .await;
+        assert_eq!(rounds_completed(cluster.job(name).as_ref()), 2);
+    }
+    assert!(!participants.is_finished(), "they wait for the next job");
+    participants.abort();
+    cluster.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,6 +94,9 @@ def test_participant_default_has_no_gpu_and_egress_only_to_the_coordinator():
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert "--backend=cpu" in container["args"]
     assert "--coordinator=https://fl.example.org:7443" in container["args"]
+    assert "--keep-going" not in container["args"]
+    following = render("participant", with_change(values_of(CHARTS / "participant/ci/default-values.yaml"), "coordinator.followJobs", True))
+    assert "--keep-going" in by_kind(following, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     policy = by_kind(objects, "NetworkPolicy")[0]["spec"]
     assert policy["ingress"] == []
     destinations = [rule["to"][0] for rule in policy["egress"]]
@@ -198,6 +201,7 @@ PARTICIPANT_BAD = [
     ("kit.cert", "not a certificate", "kit/cert"),
     ("image.pullPolicy", "Sometimes", "image/pullPolicy"),
     ("replicas", 2, "replicas"),
+    ("coordinator.followJobs", "yes", "coordinator/followJobs"),
 ]
 
 COORDINATOR_BAD = [

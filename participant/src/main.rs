@@ -35,6 +35,10 @@ enum Command {
         /// Into how many partitions the data is split (1: use it all).
         #[arg(long, default_value_t = 1)]
         partitions: usize,
+        /// After a job ends, stay and wait for the coordinator's next job (for a coordinator
+        /// running FederatedJobs one after another) instead of exiting.
+        #[arg(long)]
+        keep_going: bool,
     },
     /// Make this site's key and a certificate signing request for the federation CA: the
     /// coordinator's side signs the request (`cairn-coordinator sign`) and sends back cert.pem
@@ -197,13 +201,18 @@ async fn main() -> anyhow::Result<()> {
             common,
             partition_index,
             partitions,
+            keep_going,
         } => {
             let data = LocalData::load(&common.data)?;
             let label = kit
                 .file_name()
                 .map_or("participant".into(), |n| n.to_string_lossy().into_owned());
             let task = task(&common, &data, partition_index, partitions)?;
-            let summary = client::run(options(&common, &kit, label)?, task).await?;
+            let options = client::ClientOptions {
+                keep_going,
+                ..options(&common, &kit, label)?
+            };
+            let summary = client::run(options, task).await?;
             print_summary(&summary);
         }
         Command::Simulate {

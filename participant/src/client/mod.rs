@@ -106,6 +106,9 @@ pub struct ClientOptions {
     pub max_attempts: Option<u32>,
     /// Fault injection: a filter that may drop, delay or cut messages in either direction.
     pub filter: Option<Arc<dyn Filter>>,
+    /// After a job ends, wait for the coordinator's next one instead of returning: for a
+    /// coordinator that runs job after job (the FederatedJob operator).
+    pub keep_going: bool,
 }
 
 /// What a [`Filter`] does with one message.
@@ -150,6 +153,7 @@ impl ClientOptions {
             max_backoff: Duration::from_secs(30),
             max_attempts: None,
             filter: None,
+            keep_going: false,
         }
     }
 }
@@ -163,8 +167,10 @@ pub struct RunSummary {
     pub evaluations: u64,
     /// Its last evaluation of a global model.
     pub last_evaluation: Option<Evaluation>,
-    /// The coordinator's reason for finishing.
+    /// The coordinator's reason for finishing (the last job's, with `keep_going`).
     pub finish_reason: String,
+    /// Jobs that ended while it took part.
+    pub jobs_finished: u64,
 }
 
 /// Why a session ended.
@@ -189,7 +195,14 @@ pub async fn run(options: ClientOptions, task: Box<dyn Task>) -> Result<RunSumma
             SessionEnd::Finished(reason) => {
                 tracing::info!(participant = %label, "{label}: job finished ({reason})");
                 summary.finish_reason = reason;
-                return Ok(summary);
+                summary.jobs_finished += 1;
+                if !options.keep_going {
+                    return Ok(summary);
+                }
+                tracing::info!(participant = %label, "{label}: waiting for the coordinator's next job");
+                backoff = options.initial_backoff;
+                failures = 0;
+                tokio::time::sleep(backoff).await;
             }
             SessionEnd::Retry { reason, welcomed } => {
                 if welcomed {
