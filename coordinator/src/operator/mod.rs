@@ -170,8 +170,13 @@ pub async fn run(
         let controller = Controller::new(jobs, watcher::Config::default())
             .run(controller::reconcile, controller::error_policy, ctx.clone())
             .for_each(|result| async move {
-                if let Err(e) = result {
-                    tracing::warn!("reconcile: {e}");
+                use kube::runtime::controller::Error as Failure;
+                match result {
+                    // Failed reconciles are logged by `error_policy`; a reconcile of an object
+                    // deleted meanwhile is expected.
+                    Ok(_) | Err(Failure::ReconcilerFailed(..) | Failure::ObjectNotFound(_)) => {}
+                    // The watch itself failing (no RBAC, no CRD, no API server) is not.
+                    Err(e) => tracing::warn!("watching FederatedJobs: {e}"),
                 }
             });
         let lead = tokio::select! {
