@@ -176,22 +176,29 @@ pub(super) fn setup(setup: &SecureSetup) -> v1::SecureAggregation {
 /// The wire form of a message to one participant.
 pub(super) fn outbound(round: u64, attempt: u32, message: &SecureOutbound) -> Outbound {
     match message {
-        SecureOutbound::Advertisements(ads) => Outbound::Advertisements(v1::Advertisements {
-            round,
-            attempt,
-            advertisements: ads
-                .iter()
-                .map(|(ad, certificate)| v1::Advertisement {
-                    round,
-                    attempt,
-                    index: ad.from,
-                    channel_public: ad.channel_public.to_vec(),
-                    mask_public: ad.mask_public.to_vec(),
-                    signature: ad.signature.clone(),
-                    certificate: certificate.clone(),
-                })
-                .collect(),
-        }),
+        SecureOutbound::Advertisements { all, certified } => {
+            Outbound::Advertisements(v1::Advertisements {
+                round,
+                attempt,
+                advertisements: all
+                    .iter()
+                    .map(|(ad, certificate)| v1::Advertisement {
+                        round,
+                        attempt,
+                        index: ad.from,
+                        channel_public: ad.channel_public.to_vec(),
+                        mask_public: ad.mask_public.to_vec(),
+                        signature: ad.signature.clone(),
+                        // A certificate is most of an advertisement's bytes, and only the
+                        // recipient's neighbourhood's are checked.
+                        certificate: match certified.contains(&ad.from) {
+                            true => certificate.clone(),
+                            false => Vec::new(),
+                        },
+                    })
+                    .collect(),
+            })
+        }
         SecureOutbound::Shares(shares) => Outbound::Shares(v1::EncryptedShares {
             round,
             attempt,

@@ -84,8 +84,15 @@ impl SecureMessage {
 /// A secure-aggregation message to one participant.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SecureOutbound {
-    /// Everyone's advertisements, each with its certificate (DER).
-    Advertisements(Arc<Vec<(Advertisement, Vec<u8>)>>),
+    /// Everyone's advertisements, each with its certificate (DER); on the wire, only the
+    /// certificates of the recipient's neighbourhood (`certified`) are sent, the only ones it
+    /// checks.
+    Advertisements {
+        /// Every advertisement and its sender's certificate.
+        all: Arc<Vec<(Advertisement, Vec<u8>)>>,
+        /// Whose certificates go with them.
+        certified: BTreeSet<u32>,
+    },
     /// The encrypted shares addressed to the recipient.
     Shares(Vec<EncryptedShares>),
     /// The survivor set.
@@ -261,7 +268,13 @@ impl Securing {
                 let shared = Arc::new(with_certificates);
                 recipients
                     .into_iter()
-                    .map(|i| (id_of(i), SecureOutbound::Advertisements(shared.clone())))
+                    .map(|i| {
+                        let mut certified: BTreeSet<u32> =
+                            self.config.graph.neighbours(i).iter().copied().collect();
+                        certified.insert(i);
+                        let all = shared.clone();
+                        (id_of(i), SecureOutbound::Advertisements { all, certified })
+                    })
                     .collect()
             }
             Phase::ShareKeys => machine

@@ -482,14 +482,18 @@ mod secure {
                 }
                 let machine = machines.get_mut(&id).unwrap();
                 let reply = match message {
-                    SecureOutbound::Advertisements(ads) => SecureMessage::Shares(
-                        machine
-                            .on_advertisements(
-                                ads.iter().map(|(ad, _)| ad.clone()).collect(),
-                                &Unchecked,
-                            )
-                            .unwrap(),
-                    ),
+                    SecureOutbound::Advertisements { all, certified } => {
+                        // Certificates go to the recipient's neighbourhood only.
+                        assert_eq!(certified, machine.neighbourhood());
+                        SecureMessage::Shares(
+                            machine
+                                .on_advertisements(
+                                    all.iter().map(|(ad, _)| ad.clone()).collect(),
+                                    &Unchecked,
+                                )
+                                .unwrap(),
+                        )
+                    }
                     SecureOutbound::Shares(shares) => {
                         let (delta, weight) = deltas(&id);
                         let input = encoding.encode(&delta, weight, 0.5);
