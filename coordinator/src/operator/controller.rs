@@ -315,18 +315,18 @@ async fn follow(
     let mut written: Option<FederatedJobStatus> = job.status.clone();
     let wait = coordinator.wait();
     tokio::pin!(wait);
-    // The first pass writes the status the job starts with; later ones follow its events.
-    let mut event = Ok(crate::api::ApiEvent::ParticipantConnected { id: String::new() });
+    // No event yet on the first pass, which writes the status the job starts with.
+    let mut event = None;
     let report = loop {
         if quiet.load(Ordering::SeqCst) {
             tokio::select! {
                 report = &mut wait => break report,
-                next = events.recv() => event = next,
+                next = events.recv() => event = Some(next),
             }
             continue;
         }
-        match event {
-            Ok(crate::api::ApiEvent::RoundCommitted { record }) => {
+        match event.take() {
+            Some(Ok(crate::api::ApiEvent::RoundCommitted { record })) => {
                 let accuracy = record
                     .outcome
                     .eval_accuracy
@@ -340,11 +340,11 @@ async fn follow(
                 ctx.publish(&job, EventType::Normal, "RoundCommitted", note)
                     .await;
             }
-            Ok(crate::api::ApiEvent::RoundFailed {
+            Some(Ok(crate::api::ApiEvent::RoundFailed {
                 round,
                 attempt,
                 reason,
-            }) => {
+            })) => {
                 let note = format!("round {round} attempt {attempt} failed: {reason}");
                 ctx.publish(&job, EventType::Warning, "RoundFailed", note)
                     .await;
@@ -368,7 +368,7 @@ async fn follow(
         }
         tokio::select! {
             report = &mut wait => break report,
-            next = events.recv() => event = next,
+            next = events.recv() => event = Some(next),
         }
     };
     let stopped_quietly = quiet.load(Ordering::SeqCst);
@@ -377,7 +377,13 @@ async fn follow(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(job.uid().unwrap_or_default());
-        let last = status::carry_transitions(written.as_ref(), status::observe(&monitor));
+        let last = match &report {
+            Ok(_) => status::observe(&monitor),
+            // The coordinator itself failed (its state directory, say): the job did not end
+            // by its own rules, so the monitor cannot say how it ended.
+            Err(e) => status::not_running(JobPhase::Failed, "CoordinatorFailed", &e.to_string()),
+        };
+        let last = status::carry_transitions(written.as_ref(), last);
         if let Err(e) = ctx.write_status(&name, &last).await {
             tracing::warn!("could not write the final status of {name}: {e}");
         }
