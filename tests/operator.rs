@@ -310,17 +310,38 @@ async fn a_federated_job_runs_with_status_per_round_and_events_until_it_succeeds
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn participants_that_keep_going_train_one_federated_job_after_another() {
+async fn participants_that_keep_going_train_one_federated_job_after_another_even_when_not_listed() {
     let cluster = Cluster::start();
     let participants = cluster.participants(true);
-    for name in ["first", "second"] {
-        cluster.create_job(name, &digits_job(&IDS, 2, 3));
+    // The first job does not list charlie: it is refused, and waits for one that does.
+    let jobs = [
+        ("first", digits_job(&IDS[..2], 2, 2)),
+        ("second", digits_job(&IDS, 2, 3)),
+    ];
+    for (name, job) in &jobs {
+        cluster.create_job(name, job);
         cluster
             .wait_for(name, 60, |j| phase(j) == "Succeeded")
             .await;
         assert_eq!(rounds_completed(cluster.job(name).as_ref()), 2);
     }
     assert!(!participants.is_finished(), "they wait for the next job");
+    let uid = cluster.job("second").expect("kept")["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let records = std::fs::read_to_string(
+        cluster
+            .federation
+            .dir
+            .path()
+            .join(format!("state/second-{uid}/rounds.jsonl")),
+    )
+    .expect("round records");
+    assert!(
+        records.lines().all(|r| r.contains("\"charlie\"")),
+        "charlie took part in every round of the second job: {records}"
+    );
     participants.abort();
     cluster.shut_down().await;
 }

@@ -36,7 +36,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         partitions: usize,
         /// After a job ends, stay and wait for the coordinator's next job (for a coordinator
-        /// running FederatedJobs one after another) instead of exiting.
+        /// running FederatedJobs one after another) instead of exiting; a job that does not
+        /// list this participant is waited out too.
         #[arg(long)]
         keep_going: bool,
     },

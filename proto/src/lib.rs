@@ -18,3 +18,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Largest chunk payload in bytes (1 MiB).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+
+/// Metadata (key, value) a coordinator adds to a `PERMISSION_DENIED` refusal whose only cause is
+/// that its current job does not list the participant: a later job may, so a participant that
+/// waits for jobs (`join --keep-going`) keeps trying instead of giving up.
+pub const NOT_IN_JOB: (&str, &str) = ("cairn-refusal", "not-in-job");

@@ -35,6 +35,8 @@ enum Refusal {
     Unauthenticated(String),
     /// A valid certificate whose identity may not take part.
     PermissionDenied(String),
+    /// A participant the current job does not list (another job may).
+    NotInJob(String),
     /// A malformed or inconsistent message.
     InvalidArgument(String),
     /// A message that is well formed but not allowed at this point.
@@ -46,6 +48,14 @@ impl Refusal {
         match self {
             Refusal::Unauthenticated(m) => Status::unauthenticated(m),
             Refusal::PermissionDenied(m) => Status::permission_denied(m),
+            Refusal::NotInJob(m) => {
+                let mut status = Status::permission_denied(m);
+                let (key, value) = cairn_proto::NOT_IN_JOB;
+                status
+                    .metadata_mut()
+                    .insert(key, tonic::metadata::MetadataValue::from_static(value));
+                status
+            }
             Refusal::InvalidArgument(m) => Status::invalid_argument(m),
             Refusal::FailedPrecondition(m) => Status::failed_precondition(m),
         }
@@ -55,6 +65,7 @@ impl Refusal {
         match self {
             Refusal::Unauthenticated(m)
             | Refusal::PermissionDenied(m)
+            | Refusal::NotInJob(m)
             | Refusal::InvalidArgument(m)
             | Refusal::FailedPrecondition(m) => m,
         }
@@ -104,7 +115,7 @@ impl FederationService {
             )));
         }
         if !self.shared.job.participants.contains(&identity.id) {
-            return Err(Refusal::PermissionDenied(format!(
+            return Err(Refusal::NotInJob(format!(
                 "participant {:?} is not in job {:?}; the job allows {}",
                 identity.id,
                 self.shared.job.name,

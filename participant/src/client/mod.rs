@@ -106,8 +106,9 @@ pub struct ClientOptions {
     pub max_attempts: Option<u32>,
     /// Fault injection: a filter that may drop, delay or cut messages in either direction.
     pub filter: Option<Arc<dyn Filter>>,
-    /// After a job ends, wait for the coordinator's next one instead of returning: for a
-    /// coordinator that runs job after job (the FederatedJob operator).
+    /// After a job ends, wait for the coordinator's next one instead of returning, and wait
+    /// out a job that does not list this participant: for a coordinator that runs job after
+    /// job (the FederatedJob operator).
     pub keep_going: bool,
 }
 
@@ -343,6 +344,17 @@ async fn session(
             filter: options.filter.clone(),
         },
         Err(status) if is_refusal(status.code()) => {
+            let (key, value) = cairn_proto::NOT_IN_JOB;
+            let not_in_job = status.metadata().get(key).is_some_and(|v| v == value);
+            if options.keep_going && not_in_job {
+                return retry(
+                    format!(
+                        "{}; waiting for a job that lists this participant",
+                        status.message()
+                    ),
+                    false,
+                );
+            }
             return Err(Error::Refused(status.message().to_string()));
         }
         Err(status) => return retry(format!("session refused: {}", status.message()), false),
