@@ -67,7 +67,10 @@ pub struct SecureAggregationSpec {
     pub enabled: bool,
     /// Fraction of a participant's neighbours whose shares reconstruct its secrets: the threshold
     /// `t` is the smallest count above it. In `[0.5, 1)`; a round survives while every
-    /// survivor keeps at least `t` surviving neighbours.
+    /// survivor keeps at least `t` surviving neighbours. A coordinator that deviates from the
+    /// protocol learns nothing individual while fewer than `2t - k` of a participant's `k`
+    /// neighbours collude with it: about 2/3 tolerates `k/3` colluders, the default 0.5 none or
+    /// one.
     #[serde(default = "default_threshold")]
     pub threshold: f64,
     /// Neighbours per participant (SecAgg+'s k-regular graph); omitted: `max(8, 2 log2 n)`,

@@ -6,13 +6,14 @@
 //! Rounds of the protocol:
 //! 0. **AdvertiseKeys**: each participant sends two fresh X25519 public keys (channel, mask),
 //!    signed with its identity key over (job, round, index, keys).
-//! 1. **ShareKeys**: each verifies every advertisement it is shown, derives the session id from
-//!    them, and sends each neighbour, encrypted under their pairwise channel key with (job, round,
+//! 1. **ShareKeys**: each verifies its neighbours' advertisements and finds its own unchanged,
+//!    derives the session id from all of them, and sends each neighbour, encrypted under their pairwise channel key with (job, round,
 //!    sender, receiver) as associated data, a share of its self-mask seed and of its mask key.
 //! 2. **CollectMasked**: each masks its quantised input with its self mask and the pairwise masks
 //!    of the neighbours whose shares it received; the coordinator adds the masked inputs.
 //! 3. **ConsistencyCheck**: each signs the survivor set it is shown.
-//! 4. **Unmask**: each verifies at least `t` signatures over the survivor set it saw, then reveals,
+//! 4. **Unmask**: each verifies that at least `t` of its neighbourhood (itself included) signed
+//!    the survivor set it saw, then reveals,
 //!    for each neighbour whose shares it holds, the self-mask share if that neighbour survived or
 //!    the mask-key share if it dropped out, never both, and only once.
 

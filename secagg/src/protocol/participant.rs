@@ -97,10 +97,11 @@ impl ParticipantMachine {
 
     /// The participants whose signatures this one checks: its neighbours and itself. Their keys
     /// are the only ones it uses (key agreement, masks) and their signatures on the survivor set
-    /// the only ones it counts, as in SecAgg+ (Bell et al. 2020, §3). Everyone else's keys enter
-    /// only the session id; a substituted one there gives neighbours different session ids, so
-    /// the shares' decryption fails and nothing is revealed. Checking `k + 1` signatures instead
-    /// of `n` keeps a participant's work independent of the federation's size.
+    /// the only ones it counts, as in SecAgg+ (Bell et al. 2020, §3); its own signature counts
+    /// among the `t`. Everyone else's keys enter only the session id, a public hash: a
+    /// substituted one there reveals nothing, and if it gives neighbours different session ids,
+    /// their shares fail to decrypt and they abort before masking. Checking `k + 1` signatures
+    /// instead of `n` keeps a participant's work independent of the federation's size.
     pub fn neighbourhood(&self) -> std::collections::BTreeSet<u32> {
         let mut set: std::collections::BTreeSet<u32> = self
             .config
