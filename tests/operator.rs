@@ -90,6 +90,18 @@ impl Cluster {
         self.api.get(&kube_fake::jobs(NAMESPACE), name)
     }
 
+    /// The round records of job `name`, from its own state directory.
+    fn round_records(&self, name: &str) -> String {
+        let job = self.job(name).expect("the job exists");
+        let uid = job["metadata"]["uid"].as_str().expect("uid");
+        let path = self
+            .federation
+            .dir
+            .path()
+            .join(format!("state/{name}-{uid}/rounds.jsonl"));
+        std::fs::read_to_string(&path).expect("round records")
+    }
+
     /// Waits until `name` satisfies `test`, failing after `seconds`.
     async fn wait_for(&self, name: &str, seconds: u64, test: impl Fn(Option<&Value>) -> bool) {
         for _ in 0..seconds * 10 {
@@ -285,14 +297,7 @@ async fn a_federated_job_runs_with_status_per_round_and_events_until_it_succeeds
         "{reasons:?}"
     );
     // The round records are on disk under the job's own state directory.
-    let uid = job["metadata"]["uid"].as_str().expect("uid");
-    let records = cluster
-        .federation
-        .dir
-        .path()
-        .join(format!("state/digits-{uid}/rounds.jsonl"));
-    let text = std::fs::read_to_string(&records).expect("round records");
-    assert_eq!(text.lines().count(), 3);
+    assert_eq!(cluster.round_records("digits").lines().count(), 3);
     let lease = cluster
         .api
         .get(&kube_fake::leases(NAMESPACE), LEASE)
@@ -326,18 +331,7 @@ async fn participants_that_keep_going_train_one_federated_job_after_another_even
         assert_eq!(rounds_completed(cluster.job(name).as_ref()), 2);
     }
     assert!(!participants.is_finished(), "they wait for the next job");
-    let uid = cluster.job("second").expect("kept")["metadata"]["uid"]
-        .as_str()
-        .expect("uid")
-        .to_string();
-    let records = std::fs::read_to_string(
-        cluster
-            .federation
-            .dir
-            .path()
-            .join(format!("state/second-{uid}/rounds.jsonl")),
-    )
-    .expect("round records");
+    let records = cluster.round_records("second");
     assert!(
         records.lines().all(|r| r.contains("\"charlie\"")),
         "charlie took part in every round of the second job: {records}"

@@ -18,6 +18,25 @@ pub mod strategy;
 
 pub use grpc::{Coordinator, JobReport, ServeOptions, ServerTls, Stopper};
 
+/// Binds a TCP listener on `address` for `what` ("the API", ...), returning it with the
+/// address it got (the port, when `address` asks for any).
+pub(crate) async fn bind(
+    address: std::net::SocketAddr,
+    what: &str,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), Error> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("binding {what} to {address}"),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| Error::Io {
+        what: format!("reading the address {what} is bound to"),
+        source,
+    })?;
+    Ok((listener, bound))
+}
+
 /// Everything that can go wrong in the coordinator.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

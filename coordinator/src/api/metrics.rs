@@ -36,6 +36,18 @@ pub struct Metrics {
     pub current_round: IntGauge,
 }
 
+/// `metric`, registered into `registry`.
+#[allow(clippy::expect_used)] // Each metric is registered once into a fresh registry.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
 // Invariant: the names, help texts and buckets below are constants that the prometheus crate
 // accepts, and each is registered once into a fresh registry; failures are programming errors.
 #[allow(clippy::expect_used)]
@@ -47,60 +59,51 @@ impl Metrics {
             0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
         ];
         let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("registered once");
-            c
+            registered(
+                &registry,
+                IntCounter::new(name, help).expect("valid counter"),
+            )
         };
         let gauge = |name: &str, help: &str| {
-            let g = Gauge::new(name, help).expect("valid gauge");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("registered once");
-            g
+            registered(&registry, Gauge::new(name, help).expect("valid gauge"))
         };
         let int_gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid gauge");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("registered once");
-            g
+            registered(&registry, IntGauge::new(name, help).expect("valid gauge"))
         };
-        let round_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "cairn_round_duration_seconds",
-                "Wall time of committed rounds, from the first attempt's start to the commit.",
+        let round_duration = registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "cairn_round_duration_seconds",
+                    "Wall time of committed rounds, from the first attempt's start to the commit.",
+                )
+                .buckets(seconds.clone()),
             )
-            .buckets(seconds.clone()),
-        )
-        .expect("valid histogram");
-        registry
-            .register(Box::new(round_duration.clone()))
-            .expect("registered once");
-        let phase_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "cairn_phase_duration_seconds",
-                "Wall time of each phase of a round.",
+            .expect("valid histogram"),
+        );
+        let phase_duration = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "cairn_phase_duration_seconds",
+                    "Wall time of each phase of a round.",
+                )
+                .buckets(seconds),
+                &["phase"],
             )
-            .buckets(seconds),
-            &["phase"],
-        )
-        .expect("valid histogram");
-        registry
-            .register(Box::new(phase_duration.clone()))
-            .expect("registered once");
-        let dropouts = IntCounterVec::new(
-            Opts::new(
-                "cairn_dropouts_total",
-                "Participants dropped from committed rounds, by the phase they dropped in.",
-            ),
-            &["phase"],
-        )
-        .expect("valid counter");
-        registry
-            .register(Box::new(dropouts.clone()))
-            .expect("registered once");
+            .expect("valid histogram"),
+        );
+        let dropouts = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "cairn_dropouts_total",
+                    "Participants dropped from committed rounds, by the phase they dropped in.",
+                ),
+                &["phase"],
+            )
+            .expect("valid counter"),
+        );
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(

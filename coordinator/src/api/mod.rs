@@ -527,16 +527,7 @@ pub async fn serve(
     layout: Vec<TensorShape>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<SocketAddr, Error> {
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| Error::Io {
-            what: format!("binding the API address {}", options.listen),
-            source,
-        })?;
-    let address = listener.local_addr().map_err(|source| Error::Io {
-        what: "reading the API's bound address".into(),
-        source,
-    })?;
+    let (listener, address) = crate::bind(options.listen, "the monitoring API").await?;
     let app = router(AppState {
         monitor,
         tokens: Arc::new(options.tokens.clone()),

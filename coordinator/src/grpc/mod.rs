@@ -229,16 +229,7 @@ impl Coordinator {
                 &options.tls.key_pem,
             ))
             .client_ca_root(Certificate::from_pem(&options.tls.ca_pem));
-        let listener = tokio::net::TcpListener::bind(options.listen)
-            .await
-            .map_err(|source| Error::Io {
-                what: format!("binding {}", options.listen),
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| Error::Io {
-            what: "reading the bound address".into(),
-            source,
-        })?;
+        let (listener, local_addr) = crate::bind(options.listen, "the gRPC server").await?;
         let service = FederationServer::new(session::FederationService {
             shared: shared.clone(),
         })

@@ -94,6 +94,13 @@ impl Context {
         Api::namespaced(self.client.clone(), &self.options.namespace)
     }
 
+    fn has_ended(&self, uid: &str) -> bool {
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(uid)
+    }
+
     fn running(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -195,9 +202,8 @@ async fn apply(job: Arc<FederatedJob>, ctx: &Arc<Context>) -> Result<Action, Rec
         .and_then(|s| s.phase.as_deref())
         .and_then(JobPhase::parse);
     let runs_here = ctx.running().as_ref().is_some_and(|r| r.uid == uid);
-    let ended_here = ctx.ended.lock().is_ok_and(|e| e.contains(&uid));
     // A running job keeps the spec it started with (the CRD refuses edits anyway).
-    if phase.is_some_and(JobPhase::is_final) || ended_here || runs_here {
+    if phase.is_some_and(JobPhase::is_final) || ctx.has_ended(&uid) || runs_here {
         return Ok(Action::await_change());
     }
     if let Err(e) = job.spec.job.validate() {
@@ -214,7 +220,7 @@ async fn apply(job: Arc<FederatedJob>, ctx: &Arc<Context>) -> Result<Action, Rec
     }
     let _starting = ctx.starting.lock().await;
     // It may have ended while this waited for the lock, its final status not yet seen here.
-    if ctx.ended.lock().is_ok_and(|e| e.contains(&uid)) {
+    if ctx.has_ended(&uid) {
         return Ok(Action::await_change());
     }
     let busy = ctx
