@@ -1,9 +1,9 @@
 //! The monitoring API against a real coordinator and real participants over loopback mTLS: four
 //! participants train two rounds with secure aggregation, one is cut off in round 2, and what the
 //! API says (REST, live stream, metrics) must match what the federation did. Then the access
-//! rules and the bad requests. When the tools are installed (CI installs them: `.ci/run`),
-//! `promtool` checks the metrics, schemathesis checks the live server against the OpenAPI
-//! document, and headless Chromium renders the dashboard.
+//! rules and the bad requests. Then `promtool` checks the metrics, schemathesis checks the live
+//! server against the OpenAPI document, and headless Chromium renders the dashboard; `.ci/run`
+//! installs them, and in CI a missing one fails the test (elsewhere its check is skipped).
 
 use cairn_coordinator::Coordinator;
 use cairn_coordinator::api::client::ApiClient;
@@ -15,6 +15,7 @@ use cairn_participant::client::{Filter, run_many};
 use cairn_tests::{ADMIN_TOKEN, CutIn, Federation, VIEWER_TOKEN, digits_job, digits_task, finish};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 const IDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 
@@ -71,16 +72,6 @@ impl Api {
     }
 }
 
-/// Reads the live stream until the job's end.
-async fn follow(base: &str) -> Vec<ApiEvent> {
-    let mut events = Vec::new();
-    ApiClient::new(base, VIEWER_TOKEN)
-        .follow(|event| events.push(event))
-        .await
-        .expect("live stream");
-    events
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_reports_what_the_federation_did() {
     let federation = Federation::provision(&IDS);
@@ -94,20 +85,40 @@ async fn the_api_reports_what_the_federation_did() {
     assert_eq!(waiting.state, JobState::Waiting);
     assert_eq!(waiting.current_round, Some(1));
 
-    let base = api.base.clone();
-    let stream = tokio::spawn(async move { follow(&base).await });
-    // `cairn-coordinator status --watch` follows the same stream.
+    // Subscribed before anything happens: every change from here on is delivered.
+    let live = ApiClient::new(&api.base, VIEWER_TOKEN)
+        .subscribe()
+        .await
+        .expect("live stream");
+    let stream = tokio::spawn(async move {
+        let mut events = Vec::new();
+        live.follow(|event| events.push(event))
+            .await
+            .expect("live stream");
+        events
+    });
+    // `cairn-coordinator status --watch` follows the same stream. It subscribes before it
+    // prints the status, so once the status is printed it misses nothing.
     let watcher = ApiClient::new(&api.base, VIEWER_TOKEN);
+    let (printed, status_printed) = tokio::sync::oneshot::channel();
     let watched = tokio::spawn(async move {
         let mut lines = Vec::new();
+        let mut printed = Some(printed);
         watcher
-            .watch(|line| lines.push(line.to_string()))
+            .watch(|line| {
+                lines.push(line.to_string());
+                if let Some(printed) = printed.take() {
+                    let _ = printed.send(());
+                }
+            })
             .await
             .expect("watch");
         lines
     });
-    // Let the stream subscribe before anything happens.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tokio::time::timeout(Duration::from_secs(30), status_printed)
+        .await
+        .expect("the watcher prints the status within 30 s")
+        .expect("the watcher printed the status");
     let cut: Arc<dyn Filter> = CutIn::round_2(Phase::AdvertiseKeys);
     let clients = IDS
         .iter()
@@ -339,7 +350,8 @@ async fn the_api_reports_what_the_federation_did() {
     external_checks(&api, &federation).await;
 }
 
-/// Whether a missing tool fails the test (in CI) or skips its check (on a workstation).
+/// The first of `candidates` that runs, if any: a missing tool fails the test in CI and skips
+/// its check elsewhere ([`cairn_tests::missing`]).
 fn tool(name: &str, candidates: &[&str]) -> Option<String> {
     let found = candidates.iter().find(|c| {
         Command::new(c)
@@ -347,16 +359,10 @@ fn tool(name: &str, candidates: &[&str]) -> Option<String> {
             .output()
             .is_ok_and(|o| o.status.success())
     });
-    match found {
-        Some(path) => Some(path.to_string()),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("{name} is not installed; .ci/run installs it")
-        }
-        None => {
-            eprintln!("skipping the {name} check: not installed (see .ci/run)");
-            None
-        }
+    if found.is_none() {
+        cairn_tests::missing(name, ".ci/run installs it");
     }
+    found.map(|path| path.to_string())
 }
 
 /// The live server checked by other people's tools.

@@ -149,8 +149,10 @@ async fn a_slow_participant_does_not_delay_the_round_past_its_deadline() {
     let coordinator = federation
         .start(digits_job_with_deadline(&IDS, 2, 2, 2))
         .await;
+    // Held back for longer than `finish` waits for the whole job: the job can only end if the
+    // round does not wait for this update.
     let slow = Arc::new(SlowFirstUpdate {
-        delay: Duration::from_secs(30),
+        delay: Duration::from_secs(600),
         delayed_round: Mutex::new(None),
     });
     let clients = participants(&federation, &coordinator, slow.clone());
@@ -165,21 +167,19 @@ async fn a_slow_participant_does_not_delay_the_round_past_its_deadline() {
         .lock()
         .expect("lock")
         .expect("charlie sent an update");
+    assert_eq!(report.rounds.len(), 2);
     let record = &report.rounds[slow_round as usize - 1];
+    // The round ended at its 2 s training deadline without charlie, whose update was still held
+    // back when the whole job had ended.
+    let dropout = record
+        .outcome
+        .dropouts
+        .iter()
+        .find(|d| d.id == "charlie" && d.phase == Phase::Train)
+        .unwrap_or_else(|| panic!("charlie not dropped in round {slow_round}: {record:?}"));
     assert!(
-        record
-            .outcome
-            .dropouts
-            .iter()
-            .any(|d| d.id == "charlie" && d.phase == Phase::Train),
-        "{record:?}"
+        dropout.reason.contains("missed the 2 s deadline"),
+        "{dropout:?}"
     );
-    assert!(!record.outcome.contributors.contains(&"charlie".to_string()));
-    // The round ended at its 2 s phase deadlines (a retried attempt included), not after the
-    // 30 s the slow update took.
-    assert!(
-        record.duration_s < 10.0,
-        "round took {} s",
-        record.duration_s
-    );
+    assert_eq!(record.outcome.contributors, vec!["alpha", "bravo"]);
 }

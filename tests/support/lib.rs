@@ -3,6 +3,7 @@
 //! training on the digits data committed under `examples/data/digits`.
 
 pub mod kube_fake;
+pub mod process;
 
 use cairn_coordinator::api::{ApiOptions, ApiTokens};
 use cairn_coordinator::config::JobSpec;
@@ -30,6 +31,23 @@ pub const VIEWER_TOKEN: &str = "test-viewer-token-0123456789";
 /// The digits dataset committed with the examples.
 pub fn digits_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/digits")
+}
+
+/// Whether this is a CI run: the environment variable `CI` is set to something other than empty,
+/// `false` or `0` (`.ci/run` sets it, as CI services do).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| !matches!(value.trim(), "" | "false" | "0"))
+}
+
+/// Says that a check cannot run because `what` is missing. In CI (see [`in_ci`]) that fails the
+/// test, since CI installs every tool and a skipped check would pass unseen; elsewhere the
+/// caller skips the check, and the note says how to get the tool.
+pub fn missing(what: &str, how_to_get_it: &str) {
+    assert!(
+        !in_ci(),
+        "{what} is missing ({how_to_get_it}); CI=true makes that a failure"
+    );
+    eprintln!("skipping a check: {what} is missing ({how_to_get_it})");
 }
 
 /// A provisioned federation in a temporary directory.
@@ -61,8 +79,8 @@ impl Federation {
     pub fn reissue_by_request(&self, id: &str) {
         let kit = self.kit_dir(id);
         std::fs::remove_dir_all(&kit).expect("remove the provisioned kit");
-        let (key, csr_pem) = cairn_participant::client::identity::certificate_request(id, id)
-            .expect("certificate request");
+        let (key, csr_pem) =
+            cairn_identity::certificate_request(id, id).expect("certificate request");
         pki::sign_request(&pki::SignRequest {
             out_dir: self.dir.path().to_path_buf(),
             csr_pem,

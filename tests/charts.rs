@@ -1,8 +1,10 @@
 //! The Helm charts, tested with Helm's own library and the Kubernetes schemas
 //! (`charts/tests/test_charts.py`, pytest in the venv `.ci/run` prepares), including a kit's
-//! values file written by this binary's `provision`: installing that file is the whole
-//! installation at a partner site. Without the venv the check is skipped, except in CI.
+//! values file written by `cairn-coordinator provision`: installing that file is the whole
+//! installation at a partner site. Without the venv the check is skipped, except in CI, where it
+//! fails.
 
+use cairn_tests::process::binary;
 use std::path::Path;
 use std::process::Command;
 
@@ -16,16 +18,14 @@ fn the_charts_render_validate_and_refuse_bad_values() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_tools {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} lacks helm-python-sdk, kubernetes-validate or pytest; .ci/run installs them",
-            python.display()
+        cairn_tests::missing(
+            &format!("a venv at {venv} with helm-python-sdk, kubernetes-validate and pytest"),
+            ".ci/run prepares it; CAIRN_VENV names it",
         );
-        eprintln!("skipping the chart tests: no venv with helm-python-sdk (see .ci/run)");
         return;
     }
     let dir = tempfile::tempdir().expect("temporary directory");
-    let provisioned = Command::new(env!("CARGO_BIN_EXE_cairn-coordinator"))
+    let provisioned = Command::new(binary("cairn-coordinator", "cairn-coordinator"))
         .args(["provision", "--server-name", "fl.example.org"])
         .args(["--participant", "st-marys=St Mary's Hospital", "--out"])
         .arg(dir.path())
