@@ -9,11 +9,12 @@
 //! - coordinator: adding the survivors' masked inputs (`on_masked_input`) and `finish`
 //!   (reconstructions, key agreements, removing every mask), next to its floor: one keystream
 //!   expansion per survivor self mask and per (dropped, surviving neighbour) pairwise mask, added
-//!   into a vector, plus one pass adding the survivors' vectors, all on every core.
+//!   into a vector, plus one pass adding the survivors' vectors, all on rayon's thread pool
+//!   (every core), as the coordinator machine's work is.
 //!
 //! Floors are measured in the same run, right after what they bound, with the same keystream
-//! calls, into a cache-resident block (so they pay for no memory traffic), the same number of
-//! threads and one key schedule per expansion and thread. Each row is the fastest of a few rounds,
+//! calls, into a cache-resident block (so they pay for no memory traffic), on the same rayon
+//! pool with one task per thread, and one key schedule per expansion and task. Each row is the fastest of a few rounds,
 //! for both the work and its floor.
 //!
 //! Identity signatures are stubbed out: they are made and checked by the caller's certificate
@@ -27,6 +28,7 @@ use cairn_secagg::protocol::{
     CoordinatorMachine, MaskedInput, ParticipantMachine, RoundConfig, Signer, Verifier,
     neighbourhood_size, threshold_for,
 };
+use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -95,47 +97,41 @@ fn expand_into(block: &mut [u32; BLOCK_VALUES], key: &[u8; 16], offset: usize, l
     }
 }
 
-/// Seconds for `threads` threads to add `expansions` keystreams of `d` values each into a
-/// cache-resident block, each thread taking its share of every expansion's columns.
+/// Seconds for `threads` tasks on rayon's pool to add `expansions` keystreams of `d` values each
+/// into a cache-resident block, each task taking its share of every expansion's columns.
 fn prg_floor(expansions: usize, d: usize, threads: usize) -> f64 {
     let per_thread = d.div_ceil(threads).div_ceil(4) * 4;
     seconds(|| {
-        std::thread::scope(|scope| {
-            for t in 0..threads {
-                let offset = t * per_thread;
-                let len = per_thread.min(d.saturating_sub(offset));
-                scope.spawn(move || {
-                    let mut block = [0u32; BLOCK_VALUES];
-                    for e in 0..expansions {
-                        let mut key = [0u8; 16];
-                        key[..8].copy_from_slice(&(e as u64).to_le_bytes());
-                        expand_into(&mut block, &key, offset, len);
-                    }
-                    black_box(&block);
-                });
+        (0..threads).into_par_iter().for_each(|t| {
+            let offset = t * per_thread;
+            let len = per_thread.min(d.saturating_sub(offset));
+            let mut block = [0u32; BLOCK_VALUES];
+            for e in 0..expansions {
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&(e as u64).to_le_bytes());
+                expand_into(&mut block, &key, offset, len);
             }
+            black_box(&block);
         });
     })
     .1
 }
 
-/// Seconds for `threads` threads to add `count` vectors of `input`'s length into a sum, each
-/// thread taking its share of the columns.
+/// Seconds for `threads` tasks on rayon's pool to add `count` vectors of `input`'s length into a
+/// sum, each task taking its share of the columns.
 fn sum_floor(input: &[u32], count: usize, threads: usize) -> f64 {
     let mut sum = vec![0u32; input.len()];
     let per_thread = input.len().div_ceil(threads).max(1);
     let time = seconds(|| {
-        std::thread::scope(|scope| {
-            for (sum, input) in sum.chunks_mut(per_thread).zip(input.chunks(per_thread)) {
-                scope.spawn(move || {
-                    for _ in 0..count {
-                        for (s, x) in sum.iter_mut().zip(input) {
-                            *s = s.wrapping_add(*x);
-                        }
+        sum.par_chunks_mut(per_thread)
+            .zip(input.par_chunks(per_thread))
+            .for_each(|(sum, input)| {
+                for _ in 0..count {
+                    for (s, x) in sum.iter_mut().zip(input) {
+                        *s = s.wrapping_add(*x);
                     }
-                });
-            }
-        });
+                }
+            });
     })
     .1;
     black_box(&sum);
@@ -171,24 +167,9 @@ impl Sample {
     }
 }
 
-/// Runs `f` on every item, spread over `threads` threads.
-fn each_parallel<T: Send, R: Send>(
-    items: &mut [T],
-    threads: usize,
-    f: impl Fn(&mut T) -> R + Sync,
-) -> Vec<R> {
-    let per_thread = items.len().div_ceil(threads).max(1);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks_mut(per_thread)
-            .map(|chunk| scope.spawn(move || chunk.iter_mut().map(f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("setup thread"))
-            .collect()
-    })
+/// Runs `f` on every item, spread over rayon's pool, the results in the order of `items`.
+fn each_parallel<T: Send, R: Send>(items: &mut [T], f: impl Fn(&mut T) -> R + Sync) -> Vec<R> {
+    items.par_iter_mut().map(&f).collect()
 }
 
 /// Masks the coordinator removes when `dropped` drop out after sharing their keys: each
@@ -243,7 +224,7 @@ fn round(config: &RoundConfig, dropped: &[u32], threads: usize) -> Sample {
     coordinator
         .on_shares(me, my_shares.expect("shares"))
         .expect("shares");
-    let shares = each_parallel(&mut others, threads, |(_, machine)| {
+    let shares = each_parallel(&mut others, |(_, machine)| {
         machine
             .on_advertisements(ads.clone(), &Unsigned)
             .expect("shares")
@@ -262,7 +243,7 @@ fn round(config: &RoundConfig, dropped: &[u32], threads: usize) -> Sample {
         .map(|(i, _)| routed.remove(i).expect("mail"))
         .collect();
     let mut work: Vec<_> = others.iter_mut().zip(mail).collect();
-    let masked = each_parallel(&mut work, threads, |((i, machine), mail)| {
+    let masked = each_parallel(&mut work, |((i, machine), mail)| {
         machine
             .on_shares(std::mem::take(mail), &input(*i, PREFIX))
             .expect("masked input")
@@ -345,7 +326,9 @@ fn round(config: &RoundConfig, dropped: &[u32], threads: usize) -> Sample {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The coordinator machine works on rayon's global pool; its floors use that pool too, with
+    // one task per thread of it.
+    let threads = rayon::current_num_threads();
     // Keystream cost per value on one core, measured once on 64M values.
     let per_value = keystream_seconds(1 << 26) / (1u64 << 26) as f64;
     println!(

@@ -10,7 +10,7 @@
 //! session id (a hash of all of the round's public keys), so no mask repeats across rounds.
 
 use crate::crypto::hkdf;
-use crate::prg::{PrgKey, Sign, apply_mask, apply_masks_parallel};
+use crate::prg::{PrgKey, Sign, apply_mask, apply_masks};
 use ring::digest::{Context, SHA256};
 
 /// Binds every mask of a round to that round's public keys.
@@ -89,8 +89,9 @@ pub fn mask_input(
             pairwise_sign(me, *neighbour),
         ));
     }
-    // On one core, but tile by tile: the input is read and written once, not once per mask.
-    apply_masks_parallel(input, &masks, 1);
+    // On the calling thread, but tile by tile: the input is read and written once, not once per
+    // mask.
+    apply_masks(input, &masks);
 }
 
 /// The PRG key and sign that remove a survivor's self mask from the sum, given its reconstructed
@@ -237,6 +238,34 @@ mod tests {
         assert_ne!(
             base,
             SessionId::derive("job", 1, &[keys[0], (1, [3u8; 32], [5u8; 32])])
+        );
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn the_session_id_and_mask_keys_are_the_pinned_derivations() {
+        // Computed by an independent reimplementation (testdata/derivations.py): every party
+        // must derive these exact bytes, whatever its build.
+        let keys = [(1, [3u8; 32], [4u8; 32]), (0, [1u8; 32], [2u8; 32])];
+        let session = SessionId::derive("job", 1, &keys);
+        assert_eq!(
+            hex(&session.0),
+            "392890f05b9d14cebfd855d284721f6a653b9505c8fa690cbfff9b2d9918c669"
+        );
+        assert_eq!(
+            hex(&self_mask_key(&[9; 32], &session, 5)),
+            "c625b99d4141f0eb86e57d7b035b32b6"
+        );
+        assert_eq!(
+            hex(&pairwise_mask_key(&[8; 32], &session, 5, 2)),
+            "e38a830071644284bdadbf93a86807ff"
+        );
+        assert_eq!(
+            pairwise_mask_key(&[8; 32], &session, 2, 5),
+            pairwise_mask_key(&[8; 32], &session, 5, 2)
         );
     }
 

@@ -4,6 +4,7 @@
 //! subtracted from) the vector in the same pass, so a 1M-element mask never exists in memory.
 
 use aes::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use rayon::prelude::*;
 
 type Aes128Ctr = ctr::Ctr64BE<aes::Aes128>;
 
@@ -63,33 +64,35 @@ pub fn apply_mask_at(vector: &mut [u32], offset: usize, key: &PrgKey, sign: Sign
     }
 }
 
-/// Applies many masks to `vector`, splitting its columns across `threads` threads. Each thread
-/// walks its range one cache-sized block at a time and applies every mask to that block before
-/// moving on, so the vector is read and written once rather than once per mask.
-pub fn apply_masks_parallel(vector: &mut [u32], masks: &[(PrgKey, Sign)], threads: usize) {
-    let threads = threads.max(1);
-    // Ranges are whole 16-byte AES blocks (4 values), so no thread starts inside a block.
-    let per_thread = (vector.len().div_ceil(threads).div_ceil(4) * 4).max(4);
-    const TILE: usize = 4 * BLOCK_VALUES;
-    let apply = move |index: usize, range: &mut [u32]| {
-        for (tile_index, tile) in range.chunks_mut(TILE).enumerate() {
-            let offset = index * per_thread + tile_index * TILE;
-            for (key, sign) in masks {
-                apply_mask_at(tile, offset, key, *sign);
-            }
-        }
-    };
-    std::thread::scope(|scope| {
-        let mut ranges = vector.chunks_mut(per_thread).enumerate();
-        let first = ranges.next();
-        for (index, range) in ranges {
-            scope.spawn(move || apply(index, range));
-        }
-        // The calling thread takes a range too, rather than waiting idle.
-        if let Some((index, range)) = first {
-            apply(index, range);
-        }
-    });
+/// Values per tile: a tile is the unit of work of [`apply_masks`] and [`apply_masks_parallel`],
+/// small enough to stay in cache while every mask is applied to it, large enough that setting
+/// up a cipher per mask and tile costs little.
+const TILE_VALUES: usize = 4 * BLOCK_VALUES;
+
+/// Applies `masks` to one tile that starts at value `offset` of the whole vector.
+fn apply_masks_to_tile(tile: &mut [u32], offset: usize, masks: &[(PrgKey, Sign)]) {
+    for (key, sign) in masks {
+        apply_mask_at(tile, offset, key, *sign);
+    }
+}
+
+/// Applies many masks to `vector` on the calling thread, one cache-sized tile at a time, every
+/// mask to a tile before moving on, so the vector is read and written once rather than once per
+/// mask.
+pub fn apply_masks(vector: &mut [u32], masks: &[(PrgKey, Sign)]) {
+    for (index, tile) in vector.chunks_mut(TILE_VALUES).enumerate() {
+        apply_masks_to_tile(tile, index * TILE_VALUES, masks);
+    }
+}
+
+/// Like [`apply_masks`], with the tiles spread over rayon's thread pool. Counter mode makes each
+/// tile's mask depend only on its position, so the result is the same bit for bit whatever the
+/// number of threads.
+pub fn apply_masks_parallel(vector: &mut [u32], masks: &[(PrgKey, Sign)]) {
+    vector
+        .par_chunks_mut(TILE_VALUES)
+        .enumerate()
+        .for_each(|(index, tile)| apply_masks_to_tile(tile, index * TILE_VALUES, masks));
 }
 
 /// The mask itself (for tests and benchmarks).
@@ -125,27 +128,56 @@ mod tests {
     }
 
     #[test]
+    fn the_keystream_counter_and_word_order_are_pinned() {
+        // AES-128 (key 00 01 .. 0f) of the counter blocks 0, 1 and 2 (a 64-bit big-endian
+        // counter in the last 8 bytes), computed with `openssl enc -aes-128-ecb`; the mask is
+        // that keystream read as little-endian words.
+        let key: PrgKey = std::array::from_fn(|i| i as u8);
+        let keystream = "c6a13b37878f5b826f4f8162a1c8d879\
+                         7346139595c0b41e497bbde365f42d0a\
+                         49d68753999ba68ce3897a686081b09d";
+        let hex = |mask: &[u32]| -> String {
+            mask.iter()
+                .flat_map(|v| v.to_le_bytes())
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        assert_eq!(hex(&expand(&key, 12)), keystream);
+        // From value 5 on, inside the second block.
+        let mut tail = vec![0u32; 6];
+        apply_mask_at(&mut tail, 5, &key, Sign::Add);
+        assert_eq!(hex(&tail), keystream[5 * 8..11 * 8]);
+    }
+
+    #[test]
     fn masks_applied_by_range_or_in_parallel_equal_the_whole() {
         let masks = [
             ([1u8; 16], Sign::Add),
             ([2u8; 16], Sign::Subtract),
             ([3u8; 16], Sign::Add),
         ];
-        for len in [1, 3, 4, 4097, 10_001] {
+        for len in [0, 1, 3, 4, 4097, 10_001, TILE_VALUES, 3 * TILE_VALUES + 5] {
             let mut whole = vec![5u32; len];
             for (key, sign) in &masks {
                 apply_mask(&mut whole, key, *sign);
             }
+            let mut tiled = vec![5u32; len];
+            apply_masks(&mut tiled, &masks);
+            assert_eq!(tiled, whole, "len {len}, tiled");
             for threads in [1, 2, 3, 7] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 let mut parallel = vec![5u32; len];
-                apply_masks_parallel(&mut parallel, &masks, threads);
+                pool.install(|| apply_masks_parallel(&mut parallel, &masks));
                 assert_eq!(parallel, whole, "len {len}, {threads} threads");
             }
             let mut tail = vec![5u32; len.saturating_sub(1)];
             apply_mask_at(&mut tail, 1, &masks[0].0, Sign::Add);
             let mut expected = vec![5u32; len];
             apply_mask(&mut expected, &masks[0].0, Sign::Add);
-            assert_eq!(tail, &expected[1..]);
+            assert_eq!(tail, expected.get(1..).unwrap_or_default());
         }
     }
 

@@ -12,6 +12,9 @@ use vsss_rs::Gf256;
 /// Most shares GF(256) allows (share identifiers are the non-zero field elements).
 pub const MAX_SHARES: usize = 255;
 
+/// Bytes of one share of a 32-byte secret: its identifier, then one byte per secret byte.
+pub const SHARE_BYTES: usize = 33;
+
 /// One share: its identifier (1..=255) followed by one byte per secret byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share(Vec<u8>);
@@ -29,9 +32,9 @@ impl Share {
 
     /// A share from bytes received; checks its shape only (its value is checked when combined).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Share, Error> {
-        if bytes.len() != 33 || bytes[0] == 0 {
+        if bytes.len() != SHARE_BYTES || bytes[0] == 0 {
             return Err(Error::Sharing(format!(
-                "a share has {} bytes with identifier {}; expected 33 bytes with identifier 1..=255",
+                "a share has {} bytes with identifier {}; expected {SHARE_BYTES} bytes with identifier 1..=255",
                 bytes.len(),
                 bytes.first().copied().unwrap_or(0)
             )));

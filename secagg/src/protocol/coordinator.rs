@@ -10,6 +10,7 @@ use crate::crypto::agree;
 use crate::mask::{SessionId, pairwise_mask_removal, self_mask_removal};
 use crate::prg::{PrgKey, Sign, apply_masks_parallel};
 use crate::shamir::{self, Share};
+use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use x25519_dalek::StaticSecret;
 
@@ -40,8 +41,6 @@ pub struct CoordinatorMachine {
     self_mask_shares: BTreeMap<u32, Vec<Share>>,
     mask_key_shares: BTreeMap<u32, Vec<Share>>,
     revealed: BTreeSet<u32>,
-    /// Cores to spread the arithmetic over.
-    threads: usize,
 }
 
 impl CoordinatorMachine {
@@ -60,11 +59,11 @@ impl CoordinatorMachine {
             self_mask_shares: BTreeMap::new(),
             mask_key_shares: BTreeMap::new(),
             revealed: BTreeSet::new(),
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
-    fn expect(&self, phase: Phase, message: &'static str) -> Result<(), ProtocolError> {
+    /// Refuses `message` unless the machine is in `phase`, the one that takes it.
+    fn require_phase(&self, phase: Phase, message: &'static str) -> Result<(), ProtocolError> {
         if self.phase != phase {
             return Err(ProtocolError::WrongPhase {
                 message,
@@ -74,7 +73,8 @@ impl CoordinatorMachine {
         Ok(())
     }
 
-    fn at_least(&self, what: &'static str, remaining: usize) -> Result<(), ProtocolError> {
+    /// Refuses to go on with fewer than the threshold of `what`.
+    fn require_threshold(&self, what: &'static str, remaining: usize) -> Result<(), ProtocolError> {
         if remaining < self.config.threshold {
             return Err(ProtocolError::BelowThreshold {
                 what,
@@ -92,26 +92,30 @@ impl CoordinatorMachine {
         from: u32,
         advertisement: Advertisement,
     ) -> Result<(), ProtocolError> {
-        self.expect(Phase::AwaitingAdvertisements, "advertisement")?;
-        if advertisement.from != from || from >= self.config.n_participants {
-            return Err(ProtocolError::NotANeighbour {
-                from: advertisement.from,
-                to: from,
+        self.require_phase(Phase::AwaitingAdvertisements, "advertisement")?;
+        if from >= self.config.n_participants {
+            return Err(ProtocolError::UnknownParticipant {
+                message: "advertisement",
+                participant: from,
+                n_participants: self.config.n_participants,
+            });
+        }
+        if advertisement.from != from {
+            return Err(ProtocolError::AdvertisementSenderMismatch {
+                received_from: from,
+                claimed: advertisement.from,
             });
         }
         if self.advertisements.insert(from, advertisement).is_some() {
-            return Err(ProtocolError::Duplicate {
-                message: "advertisement",
-                from,
-            });
+            return Err(ProtocolError::DuplicateAdvertisement { from });
         }
         Ok(())
     }
 
     /// Ends round 0: the advertisements to show every participant.
     pub fn close_advertisements(&mut self) -> Result<Vec<Advertisement>, ProtocolError> {
-        self.expect(Phase::AwaitingAdvertisements, "end of advertisements")?;
-        self.at_least("advertisements", self.advertisements.len())?;
+        self.require_phase(Phase::AwaitingAdvertisements, "end of advertisements")?;
+        self.require_threshold("advertisements", self.advertisements.len())?;
         self.phase = Phase::AwaitingShares;
         Ok(self.advertisements.values().cloned().collect())
     }
@@ -122,27 +126,30 @@ impl CoordinatorMachine {
         from: u32,
         shares: Vec<EncryptedShares>,
     ) -> Result<(), ProtocolError> {
-        self.expect(Phase::AwaitingShares, "shares")?;
+        self.require_phase(Phase::AwaitingShares, "shares")?;
         if !self.advertisements.contains_key(&from) {
-            return Err(ProtocolError::NotANeighbour { from, to: from });
+            return Err(ProtocolError::SharesFromUnadvertised { from });
         }
         if self.shared.contains_key(&from) {
-            return Err(ProtocolError::Duplicate {
-                message: "shares",
-                from,
-            });
+            return Err(ProtocolError::SharesSentTwice { from });
         }
         let mut receivers = BTreeSet::new();
         for message in &shares {
-            let valid = message.from == from
-                && self.advertisements.contains_key(&message.to)
-                && self.config.graph.are_neighbours(from, message.to)
-                && receivers.insert(message.to);
-            if !valid {
-                return Err(ProtocolError::NotANeighbour {
-                    from: message.from,
-                    to: message.to,
+            let to = message.to;
+            if message.from != from {
+                return Err(ProtocolError::SharesSenderMismatch {
+                    received_from: from,
+                    claimed: message.from,
                 });
+            }
+            if !self.advertisements.contains_key(&to) {
+                return Err(ProtocolError::SharesToUnadvertised { from, to });
+            }
+            if !self.config.graph.are_neighbours(from, to) {
+                return Err(ProtocolError::ShareToNonNeighbour { from, to });
+            }
+            if !receivers.insert(to) {
+                return Err(ProtocolError::DuplicateShares { from, to });
             }
         }
         for message in shares {
@@ -155,8 +162,8 @@ impl CoordinatorMachine {
     /// Ends round 1: for each participant that shared (U2), the ciphertexts addressed to it from
     /// other members of U2.
     pub fn close_shares(&mut self) -> Result<BTreeMap<u32, Vec<EncryptedShares>>, ProtocolError> {
-        self.expect(Phase::AwaitingShares, "end of shares")?;
-        self.at_least("participants that shared keys", self.shared.len())?;
+        self.require_phase(Phase::AwaitingShares, "end of shares")?;
+        self.require_threshold("participants that shared keys", self.shared.len())?;
         self.phase = Phase::AwaitingMaskedInputs;
         let mut routed = BTreeMap::new();
         for &receiver in self.shared.keys() {
@@ -174,10 +181,10 @@ impl CoordinatorMachine {
 
     /// Adds one masked input to the sum; the vector is dropped.
     pub fn on_masked_input(&mut self, input: MaskedInput) -> Result<(), ProtocolError> {
-        self.expect(Phase::AwaitingMaskedInputs, "masked input")?;
+        self.require_phase(Phase::AwaitingMaskedInputs, "masked input")?;
         let from = input.from;
         if !self.shared.contains_key(&from) {
-            return Err(ProtocolError::NotANeighbour { from, to: from });
+            return Err(ProtocolError::MaskedInputWithoutShares { from });
         }
         if input.values.len() != self.config.vector_len {
             return Err(ProtocolError::WrongLength {
@@ -187,69 +194,63 @@ impl CoordinatorMachine {
             });
         }
         if !self.survivors.insert(from) {
-            return Err(ProtocolError::Duplicate {
-                message: "masked input",
-                from,
-            });
+            return Err(ProtocolError::DuplicateMaskedInput { from });
         }
-        add_parallel(&mut self.sum, &input.values, self.threads);
+        add_parallel(&mut self.sum, &input.values);
         Ok(())
     }
 
     /// Ends round 2: the survivor set (U3) to show every survivor.
     pub fn close_masked_inputs(&mut self) -> Result<Vec<u32>, ProtocolError> {
-        self.expect(Phase::AwaitingMaskedInputs, "end of masked inputs")?;
-        self.at_least("masked inputs", self.survivors.len())?;
+        self.require_phase(Phase::AwaitingMaskedInputs, "end of masked inputs")?;
+        self.require_threshold("masked inputs", self.survivors.len())?;
         self.phase = Phase::AwaitingSignatures;
         Ok(self.survivors.iter().copied().collect())
     }
 
     /// Takes a survivor's signature over the survivor set.
     pub fn on_signature(&mut self, signature: SurvivorSignature) -> Result<(), ProtocolError> {
-        self.expect(Phase::AwaitingSignatures, "survivor signature")?;
+        self.require_phase(Phase::AwaitingSignatures, "survivor signature")?;
         let from = signature.from;
         if !self.survivors.contains(&from) {
-            return Err(ProtocolError::NotANeighbour { from, to: from });
+            return Err(ProtocolError::SignatureFromNonSurvivor { from });
         }
         if self.signatures.insert(from, signature).is_some() {
-            return Err(ProtocolError::Duplicate {
-                message: "survivor signature",
-                from,
-            });
+            return Err(ProtocolError::DuplicateSignature { from });
         }
         Ok(())
     }
 
     /// Ends round 3: the signatures to show every signer.
     pub fn close_signatures(&mut self) -> Result<Vec<SurvivorSignature>, ProtocolError> {
-        self.expect(Phase::AwaitingSignatures, "end of signatures")?;
-        self.at_least("survivor signatures", self.signatures.len())?;
+        self.require_phase(Phase::AwaitingSignatures, "end of signatures")?;
+        self.require_threshold("survivor signatures", self.signatures.len())?;
         self.phase = Phase::AwaitingReveals;
         Ok(self.signatures.values().cloned().collect())
     }
 
     /// Takes a signer's revealed shares.
     pub fn on_reveal(&mut self, reveal: Reveal) -> Result<(), ProtocolError> {
-        self.expect(Phase::AwaitingReveals, "revealed shares")?;
+        self.require_phase(Phase::AwaitingReveals, "revealed shares")?;
         let from = reveal.from;
         if !self.signatures.contains_key(&from) {
-            return Err(ProtocolError::NotANeighbour { from, to: from });
+            return Err(ProtocolError::RevealFromNonSigner { from });
         }
         if !self.revealed.insert(from) {
-            return Err(ProtocolError::Duplicate {
-                message: "revealed shares",
-                from,
-            });
+            return Err(ProtocolError::DuplicateReveal { from });
         }
         for (owner, share) in reveal.self_mask_shares {
             if !self.survivors.contains(&owner) {
-                return Err(ProtocolError::BothShares { owner });
+                return Err(ProtocolError::SelfMaskShareOfNonSurvivor { from, owner });
             }
             self.self_mask_shares.entry(owner).or_default().push(share);
         }
         for (owner, share) in reveal.mask_key_shares {
-            if self.survivors.contains(&owner) || !self.shared.contains_key(&owner) {
-                return Err(ProtocolError::BothShares { owner });
+            if self.survivors.contains(&owner) {
+                return Err(ProtocolError::MaskKeyShareOfSurvivor { from, owner });
+            }
+            if !self.shared.contains_key(&owner) {
+                return Err(ProtocolError::MaskKeyShareOfNonSharer { from, owner });
             }
             self.mask_key_shares.entry(owner).or_default().push(share);
         }
@@ -258,9 +259,9 @@ impl CoordinatorMachine {
 
     /// Ends round 4: reconstructs the survivors' self-mask seeds and the dropped participants'
     /// mask keys, removes every mask, and returns the sum of the survivors' inputs and who they
-    /// are. The work is spread over every core.
+    /// are. The work is spread over rayon's thread pool (every core by default).
     pub fn finish(mut self) -> Result<(Vec<u32>, Vec<u32>), ProtocolError> {
-        self.expect(Phase::AwaitingReveals, "end of reveals")?;
+        self.require_phase(Phase::AwaitingReveals, "end of reveals")?;
         self.phase = Phase::Done;
         let keys: Vec<(u32, [u8; 32], [u8; 32])> = self
             .advertisements
@@ -289,12 +290,14 @@ impl CoordinatorMachine {
         // Reconstructions and key agreements are independent of each other, so they run on every
         // core too; errors are still reported in the order of survivors, then dropped
         // participants, so the outcome does not depend on scheduling.
-        let seeds = parallel_map(&survivors, self.threads, |&u| {
-            reconstruct(u, self.self_mask_shares.get(&u))
-        });
-        let mask_keys = parallel_map(&dropped, self.threads, |&v| {
-            reconstruct(v, self.mask_key_shares.get(&v)).map(StaticSecret::from)
-        });
+        let seeds: Vec<_> = survivors
+            .par_iter()
+            .map(|&u| reconstruct(u, self.self_mask_shares.get(&u)))
+            .collect();
+        let mask_keys: Vec<_> = dropped
+            .par_iter()
+            .map(|&v| reconstruct(v, self.mask_key_shares.get(&v)).map(StaticSecret::from))
+            .collect();
         // Survivors masked with v exactly when v's shares reached them: v shared with them.
         let pairs: Vec<(usize, &StaticSecret, u32)> = dropped
             .iter()
@@ -308,11 +311,14 @@ impl CoordinatorMachine {
                     .map(move |&u| (i, secret, u))
             })
             .collect();
-        let pairwise = parallel_map(&pairs, self.threads, |&(i, secret, u)| {
-            agree(secret, &self.advertisements[&u].mask_public, u)
-                .map(|shared| pairwise_mask_removal(u, dropped[i], &shared, &session))
-                .map_err(ProtocolError::from)
-        });
+        let pairwise: Vec<_> = pairs
+            .par_iter()
+            .map(|&(i, secret, u)| {
+                agree(secret, &self.advertisements[&u].mask_public, u)
+                    .map(|shared| pairwise_mask_removal(u, dropped[i], &shared, &session))
+                    .map_err(ProtocolError::from)
+            })
+            .collect();
         let mut masks: Vec<(PrgKey, Sign)> = Vec::with_capacity(seeds.len() + pairwise.len());
         for (&u, seed) in survivors.iter().zip(seeds) {
             masks.push(self_mask_removal(u, &seed?, &session));
@@ -327,65 +333,25 @@ impl CoordinatorMachine {
             }
         }
         let mut sum = std::mem::take(&mut self.sum);
-        // One pass over the sum on every core, each applying all masks to its own columns.
-        apply_masks_parallel(&mut sum, &masks, self.threads);
+        // One pass over the sum, its tiles spread over rayon's pool, each tile taking every mask.
+        apply_masks_parallel(&mut sum, &masks);
         Ok((sum, survivors))
     }
 }
 
-/// Values below which adding a masked input is not worth another thread.
-const MIN_VALUES_PER_THREAD: usize = 1 << 16;
+/// Values per piece of work when a masked input is added: below this, handing a piece to
+/// another thread costs more than adding it.
+const MIN_VALUES_PER_TASK: usize = 1 << 16;
 
-/// `sum += values` modulo 2^32, over up to `threads` threads for long vectors.
-fn add_parallel(sum: &mut [u32], values: &[u32], threads: usize) {
-    let add = |sum: &mut [u32], values: &[u32]| {
-        for (sum, value) in sum.iter_mut().zip(values) {
-            *sum = sum.wrapping_add(*value);
-        }
-    };
-    let threads = threads.min(sum.len() / MIN_VALUES_PER_THREAD).max(1);
-    if threads == 1 {
-        add(sum, values);
-        return;
-    }
-    let per_thread = sum.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let mut ranges = sum.chunks_mut(per_thread).zip(values.chunks(per_thread));
-        let first = ranges.next();
-        for (sum, values) in ranges {
-            scope.spawn(move || add(sum, values));
-        }
-        if let Some((sum, values)) = first {
-            add(sum, values);
-        }
-    });
-}
-
-/// `f` over `items` on up to `threads` threads, the results in the order of `items`.
-fn parallel_map<T: Sync, R: Send>(
-    items: &[T],
-    threads: usize,
-    f: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
-    let per_thread = items.len().div_ceil(threads.max(1)).max(1);
-    if per_thread >= items.len() {
-        return items.iter().map(f).collect();
-    }
-    std::thread::scope(|scope| {
-        let f = &f;
-        let handles: Vec<_> = items
-            .chunks(per_thread)
-            .map(|chunk| scope.spawn(move || chunk.iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    })
+/// `sum += values` modulo 2^32, long vectors in pieces over rayon's thread pool.
+fn add_parallel(sum: &mut [u32], values: &[u32]) {
+    sum.par_chunks_mut(MIN_VALUES_PER_TASK)
+        .zip(values.par_chunks(MIN_VALUES_PER_TASK))
+        .for_each(|(sum, values)| {
+            for (sum, value) in sum.iter_mut().zip(values) {
+                *sum = sum.wrapping_add(*value);
+            }
+        });
 }
 
 fn phase_name(phase: Phase) -> &'static str {
@@ -405,12 +371,7 @@ mod tests {
 
     #[test]
     fn parallel_addition_equals_sequential_addition() {
-        for len in [
-            0,
-            1,
-            MIN_VALUES_PER_THREAD * 2 + 3,
-            MIN_VALUES_PER_THREAD * 5,
-        ] {
+        for len in [0, 1, MIN_VALUES_PER_TASK * 2 + 3, MIN_VALUES_PER_TASK * 5] {
             let values: Vec<u32> = (0..len as u32)
                 .map(|i| i.wrapping_mul(2_654_435_761))
                 .collect();
@@ -421,20 +382,13 @@ mod tests {
                 .map(|(a, b)| a.wrapping_add(*b))
                 .collect();
             for threads in [1, 2, 3, 8] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 let mut sum = start.clone();
-                add_parallel(&mut sum, &values, threads);
+                pool.install(|| add_parallel(&mut sum, &values));
                 assert_eq!(sum, expected, "len {len}, {threads} threads");
-            }
-        }
-    }
-
-    #[test]
-    fn parallel_map_keeps_the_order() {
-        for len in [0, 1, 2, 7, 100] {
-            let items: Vec<u32> = (0..len).collect();
-            for threads in [1, 2, 3, 16] {
-                let doubled = parallel_map(&items, threads, |&i| i * 2);
-                assert_eq!(doubled, items.iter().map(|i| i * 2).collect::<Vec<_>>());
             }
         }
     }

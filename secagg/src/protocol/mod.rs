@@ -75,7 +75,10 @@ impl RoundConfig {
             )));
         }
         let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-        hash.update(b"cairn secagg round setup v1");
+        // Version 2: since then the graph's permutation is the crate's own (see
+        // `graph::permutation`), so a build that still derives another graph fails every
+        // signature check of its neighbours at once rather than later and obscurely.
+        hash.update(b"cairn secagg round setup v2");
         for part in [job.as_bytes(), &round.to_be_bytes(), &attempt.to_be_bytes()] {
             hash.update(&(part.len() as u64).to_be_bytes());
             hash.update(part);
@@ -90,17 +93,22 @@ impl RoundConfig {
         hash.update(&(vector_len as u64).to_be_bytes());
         let mut context = [0u8; 32];
         context.copy_from_slice(hash.finish().as_ref());
-        let seed = crate::crypto::hkdf(&context, b"", &[b"cairn graph seed"]);
         Ok(RoundConfig {
             job: job.to_string(),
             round,
             context,
             n_participants: n,
             threshold,
-            graph: Graph::regular(n, degree, seed)?,
+            graph: Graph::regular(n, degree, graph_seed(&context))?,
             vector_len,
         })
     }
+}
+
+/// The seed of the neighbourhood graph's permutation: HKDF-SHA256 of the context digest with an
+/// empty salt and the info `cairn graph seed`.
+fn graph_seed(context: &[u8; 32]) -> [u8; 32] {
+    crate::crypto::hkdf(context, b"", &[b"cairn graph seed"])
 }
 
 /// How many neighbours each of `n` participants has in a graph of `degree` (see
@@ -203,23 +211,151 @@ pub enum ProtocolError {
         from: u32,
     },
     /// The coordinator showed this participant keys for itself that it did not advertise.
-    #[error("the advertised keys shown for this participant are not the ones it sent")]
-    OwnKeysSubstituted,
-    /// A message names a participant outside the round, or one that is not a neighbour.
     #[error(
-        "message from participant {from} to {to} is not allowed in this round's neighbourhoods"
+        "the advertisement shown for participant {participant} carries other keys than the ones it sent"
     )]
-    NotANeighbour {
+    OwnKeysSubstituted {
+        /// The participant whose keys were substituted (the one reporting it).
+        participant: u32,
+    },
+    /// The coordinator showed this participant the advertisements without its own.
+    #[error("the advertisements shown to participant {participant} do not include its own")]
+    OwnAdvertisementMissing {
+        /// The participant left out (the one reporting it).
+        participant: u32,
+    },
+    /// A message names a participant index beyond the round's roster.
+    #[error(
+        "{message} names participant {participant}, but the round has only participants 0..{n_participants}"
+    )]
+    UnknownParticipant {
+        /// What named it.
+        message: &'static str,
+        /// The index named.
+        participant: u32,
+        /// Participants in the round.
+        n_participants: u32,
+    },
+    /// An advertisement arrived on one participant's session but names another as its sender.
+    #[error(
+        "advertisement received from participant {received_from} names participant {claimed} as its sender"
+    )]
+    AdvertisementSenderMismatch {
+        /// The participant whose session it arrived on.
+        received_from: u32,
+        /// The sender the advertisement names.
+        claimed: u32,
+    },
+    /// Encrypted shares sent by one participant name another as their sender.
+    #[error(
+        "shares sent by participant {received_from} name participant {claimed} as their sender"
+    )]
+    SharesSenderMismatch {
+        /// The participant who sent them.
+        received_from: u32,
+        /// The sender the shares name.
+        claimed: u32,
+    },
+    /// Shares arrived from a participant whose advertisement was not part of the round.
+    #[error("shares from participant {from}, which did not advertise keys this round")]
+    SharesFromUnadvertised {
+        /// Sender.
+        from: u32,
+    },
+    /// Shares are addressed to a participant whose advertisement was not part of the round.
+    #[error(
+        "shares from participant {from} to participant {to}, which did not advertise keys this round"
+    )]
+    SharesToUnadvertised {
         /// Sender.
         from: u32,
         /// Receiver.
         to: u32,
     },
-    /// Two messages of the same kind from the same sender.
-    #[error("duplicate {message} from participant {from}")]
-    Duplicate {
-        /// What was duplicated.
-        message: &'static str,
+    /// Shares are addressed to a participant that is not the sender's neighbour.
+    #[error("shares from participant {from} to participant {to}, which is not its neighbour")]
+    ShareToNonNeighbour {
+        /// Sender.
+        from: u32,
+        /// Receiver.
+        to: u32,
+    },
+    /// A participant was handed shares from a participant that is not its neighbour.
+    #[error(
+        "participant {to} was handed shares from participant {from}, which is not its neighbour"
+    )]
+    ShareFromNonNeighbour {
+        /// Sender.
+        from: u32,
+        /// Receiver (the one reporting it).
+        to: u32,
+    },
+    /// A participant was handed shares addressed to another participant.
+    #[error(
+        "participant {receiver} was handed shares from participant {from} addressed to participant {to}"
+    )]
+    SharesForAnotherReceiver {
+        /// Sender.
+        from: u32,
+        /// The receiver the shares name.
+        to: u32,
+        /// The participant they were handed to (the one reporting it).
+        receiver: u32,
+    },
+    /// A masked input arrived from a participant that did not share its keys, so its masks
+    /// could not be removed.
+    #[error("masked input from participant {from}, which did not share its keys this round")]
+    MaskedInputWithoutShares {
+        /// Sender.
+        from: u32,
+    },
+    /// A survivor-set signature arrived from a participant that is not in the survivor set.
+    #[error("survivor set signature from participant {from}, which is not a survivor")]
+    SignatureFromNonSurvivor {
+        /// Signer.
+        from: u32,
+    },
+    /// Revealed shares arrived from a participant that did not sign the survivor set.
+    #[error("revealed shares from participant {from}, which did not sign the survivor set")]
+    RevealFromNonSigner {
+        /// Sender.
+        from: u32,
+    },
+    /// A second advertisement from the same sender.
+    #[error("duplicate advertisement from participant {from}")]
+    DuplicateAdvertisement {
+        /// Sender.
+        from: u32,
+    },
+    /// Two sets of shares from the same sender for the same receiver.
+    #[error("duplicate shares from participant {from} to participant {to}")]
+    DuplicateShares {
+        /// Sender.
+        from: u32,
+        /// Receiver.
+        to: u32,
+    },
+    /// A second batch of shares from the same sender.
+    #[error("participant {from} sent its shares twice")]
+    SharesSentTwice {
+        /// Sender.
+        from: u32,
+    },
+    /// A second masked input from the same sender.
+    #[error("duplicate masked input from participant {from}")]
+    DuplicateMaskedInput {
+        /// Sender.
+        from: u32,
+    },
+    /// A second survivor-set signature from the same signer.
+    #[error("duplicate survivor set signature from participant {from}")]
+    DuplicateSignature {
+        /// Signer.
+        from: u32,
+    },
+    /// A second set of revealed shares from the same sender.
+    #[error("duplicate revealed shares from participant {from}")]
+    DuplicateReveal {
         /// Sender.
         from: u32,
     },
@@ -237,9 +373,17 @@ pub enum ProtocolError {
     #[error(
         "shares from participant {from} do not decrypt (tampered, or for another round or receiver)"
     )]
-    BadShares {
+    UndecryptableShares {
         /// Sender.
         from: u32,
+    },
+    /// Shares decrypted but are not two well-formed shares.
+    #[error("shares from participant {from} are malformed: {reason}")]
+    MalformedShares {
+        /// Sender.
+        from: u32,
+        /// What is wrong with them.
+        reason: String,
     },
     /// A survivor-set signature does not verify over the set this participant was shown: the
     /// coordinator showed different sets to different participants.
@@ -250,9 +394,18 @@ pub enum ProtocolError {
         /// Signer.
         from: u32,
     },
-    /// The survivor set is malformed (this participant missing, or unknown members).
-    #[error("survivor set is invalid: {0}")]
-    InvalidSurvivors(String),
+    /// The survivor set lists a participant twice.
+    #[error("the survivor set lists participant {participant} more than once")]
+    DuplicateSurvivor {
+        /// The participant listed twice.
+        participant: u32,
+    },
+    /// The survivor set shown to a participant that sent its masked input leaves it out.
+    #[error("the survivor set shown to participant {participant} leaves it out")]
+    SurvivorSetWithoutSelf {
+        /// The participant left out (the one reporting it).
+        participant: u32,
+    },
     /// An input or masked vector has the wrong length.
     #[error("vector from participant {from} has {actual} values, expected {expected}")]
     WrongLength {
@@ -263,12 +416,34 @@ pub enum ProtocolError {
         /// Values expected.
         expected: usize,
     },
-    /// A revealed share set asks for, or carries, both shares of one participant.
+    /// Revealed shares carry a self-mask share of a participant that is not a survivor: with its
+    /// mask-key shares, that would remove both of its masks.
     #[error(
-        "participant {owner}'s self-mask share and mask-key share were both requested or revealed"
+        "participant {from} revealed a self-mask share of participant {owner}, which is not a survivor"
     )]
-    BothShares {
-        /// Whose secrets.
+    SelfMaskShareOfNonSurvivor {
+        /// Who revealed it.
+        from: u32,
+        /// Whose secret it is a share of.
+        owner: u32,
+    },
+    /// Revealed shares carry a mask-key share of a survivor: with its self-mask shares, that
+    /// would unmask its input alone.
+    #[error("participant {from} revealed a mask-key share of participant {owner}, a survivor")]
+    MaskKeyShareOfSurvivor {
+        /// Who revealed it.
+        from: u32,
+        /// Whose secret it is a share of.
+        owner: u32,
+    },
+    /// Revealed shares carry a mask-key share of a participant that never shared its keys.
+    #[error(
+        "participant {from} revealed a mask-key share of participant {owner}, which did not share its keys this round"
+    )]
+    MaskKeyShareOfNonSharer {
+        /// Who revealed it.
+        from: u32,
+        /// Whose secret it is a share of.
         owner: u32,
     },
     /// Reconstructing a secret failed.

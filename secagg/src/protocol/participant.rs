@@ -7,7 +7,7 @@ use super::{
 };
 use crate::crypto::{agree, generate_key_pair, open, random_bytes, seal};
 use crate::mask::{SessionId, mask_input};
-use crate::shamir::{self, Share};
+use crate::shamir::{self, SHARE_BYTES, Share};
 use std::collections::BTreeMap;
 use x25519_dalek::StaticSecret;
 
@@ -142,9 +142,10 @@ impl ParticipantMachine {
         let mut by_sender = BTreeMap::new();
         for ad in advertisements {
             if ad.from >= self.config.n_participants {
-                return self.abort(ProtocolError::NotANeighbour {
-                    from: ad.from,
-                    to: self.me,
+                return self.abort(ProtocolError::UnknownParticipant {
+                    message: "advertisement",
+                    participant: ad.from,
+                    n_participants: self.config.n_participants,
                 });
             }
             let message =
@@ -154,14 +155,21 @@ impl ParticipantMachine {
             }
             let from = ad.from;
             if by_sender.insert(from, ad).is_some() {
-                return self.abort(ProtocolError::Duplicate {
-                    message: "advertisement",
-                    from,
-                });
+                return self.abort(ProtocolError::DuplicateAdvertisement { from });
             }
         }
-        if by_sender.get(&self.me) != Some(&self.advertisement) {
-            return self.abort(ProtocolError::OwnKeysSubstituted);
+        match by_sender.get(&self.me) {
+            None => {
+                return self.abort(ProtocolError::OwnAdvertisementMissing {
+                    participant: self.me,
+                });
+            }
+            Some(own) if *own != self.advertisement => {
+                return self.abort(ProtocolError::OwnKeysSubstituted {
+                    participant: self.me,
+                });
+            }
+            Some(_) => {}
         }
         let neighbours: Vec<u32> = self
             .config
@@ -240,35 +248,49 @@ impl ParticipantMachine {
         let mut held = BTreeMap::new();
         for message in shares {
             let from = message.from;
-            if message.to != self.me || !self.config.graph.are_neighbours(self.me, from) {
-                return self.abort(ProtocolError::NotANeighbour {
+            if message.to != self.me {
+                return self.abort(ProtocolError::SharesForAnotherReceiver {
                     from,
                     to: message.to,
+                    receiver: self.me,
                 });
             }
+            if !self.config.graph.are_neighbours(self.me, from) {
+                return self.abort(ProtocolError::ShareFromNonNeighbour { from, to: self.me });
+            }
             let Some(peer) = advertisements.get(&from) else {
-                return self.abort(ProtocolError::NotANeighbour { from, to: self.me });
+                return self.abort(ProtocolError::SharesFromUnadvertised { from });
             };
             let secret = agree(&self.channel_secret, &peer.channel_public, from)?;
             let key = channel_key(&secret, &session, from, self.me);
             let data = shares_associated_data(&self.config, from, self.me);
             let Ok(plaintext) = open(&key, &data, &message.ciphertext) else {
-                return self.abort(ProtocolError::BadShares { from });
+                return self.abort(ProtocolError::UndecryptableShares { from });
             };
-            if plaintext.len() != 66 {
-                return self.abort(ProtocolError::BadShares { from });
+            if plaintext.len() != 2 * SHARE_BYTES {
+                return self.abort(ProtocolError::MalformedShares {
+                    from,
+                    reason: format!(
+                        "{} bytes, expected {} (two shares)",
+                        plaintext.len(),
+                        2 * SHARE_BYTES
+                    ),
+                });
             }
-            let (Ok(seed_share), Ok(key_share)) = (
-                Share::from_bytes(plaintext[..33].to_vec()),
-                Share::from_bytes(plaintext[33..].to_vec()),
-            ) else {
-                return self.abort(ProtocolError::BadShares { from });
+            let (seed_share, key_share) = match (
+                Share::from_bytes(plaintext[..SHARE_BYTES].to_vec()),
+                Share::from_bytes(plaintext[SHARE_BYTES..].to_vec()),
+            ) {
+                (Ok(seed_share), Ok(key_share)) => (seed_share, key_share),
+                (Err(error), _) | (_, Err(error)) => {
+                    return self.abort(ProtocolError::MalformedShares {
+                        from,
+                        reason: error.to_string(),
+                    });
+                }
             };
             if held.insert(from, (seed_share, key_share)).is_some() {
-                return self.abort(ProtocolError::Duplicate {
-                    message: "shares",
-                    from,
-                });
+                return self.abort(ProtocolError::DuplicateShares { from, to: self.me });
             }
         }
         if held.len() < self.config.threshold {
@@ -308,18 +330,23 @@ impl ParticipantMachine {
         let held = held.clone();
         let mut sorted = survivors.clone();
         sorted.sort_unstable();
-        sorted.dedup();
-        if sorted.len() != survivors.len()
-            || sorted.iter().any(|&u| u >= self.config.n_participants)
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+            let participant = pair[0];
+            return self.abort(ProtocolError::DuplicateSurvivor { participant });
+        }
+        if let Some(&participant) = sorted.last()
+            && participant >= self.config.n_participants
         {
-            return self.abort(ProtocolError::InvalidSurvivors(
-                "duplicate or unknown participants".into(),
-            ));
+            return self.abort(ProtocolError::UnknownParticipant {
+                message: "survivor set",
+                participant,
+                n_participants: self.config.n_participants,
+            });
         }
         if !sorted.contains(&self.me) {
-            return self.abort(ProtocolError::InvalidSurvivors(
-                "this participant is missing".into(),
-            ));
+            return self.abort(ProtocolError::SurvivorSetWithoutSelf {
+                participant: self.me,
+            });
         }
         if sorted.len() < self.config.threshold {
             return self.abort(ProtocolError::BelowThreshold {
@@ -356,10 +383,9 @@ impl ParticipantMachine {
         let mut signers = std::collections::BTreeSet::new();
         for signature in &signatures {
             if !survivors.contains(&signature.from) {
-                return self.abort(ProtocolError::InvalidSurvivors(format!(
-                    "participant {} signed but is not a survivor",
-                    signature.from
-                )));
+                return self.abort(ProtocolError::SignatureFromNonSurvivor {
+                    from: signature.from,
+                });
             }
             if !checked.contains(&signature.from) {
                 continue;
@@ -370,8 +396,7 @@ impl ParticipantMachine {
                 });
             }
             if !signers.insert(signature.from) {
-                return self.abort(ProtocolError::Duplicate {
-                    message: "survivor signature",
+                return self.abort(ProtocolError::DuplicateSignature {
                     from: signature.from,
                 });
             }

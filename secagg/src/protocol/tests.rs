@@ -225,18 +225,25 @@ fn a_coordinator_that_substitutes_a_public_key_is_caught() {
         s.parties[0].on_shares(vec![], &input(0)),
         Err(ProtocolError::WrongPhase { .. })
     ));
-    // Substituting the participant's own keys with a validly signed set is caught too.
+    // Substituting the participant's own keys with another validly signed set is caught too.
+    let (_, other_keys) = ParticipantMachine::new(s.cfg.clone(), 2, &s.ids.signer(2));
+    let mut ads = s.ads.clone();
+    ads[2] = other_keys;
+    let err = s.parties[2].on_advertisements(ads, &s.ids).unwrap_err();
+    assert_eq!(err, ProtocolError::OwnKeysSubstituted { participant: 2 });
+    // As is leaving its advertisement out, or showing another participant's twice.
+    let mut s = setup(3, 1);
+    let err = s.parties[2]
+        .on_advertisements(s.ads[..2].to_vec(), &s.ids)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ProtocolError::OwnAdvertisementMissing { participant: 2 }
+    );
     let mut ads = s.ads.clone();
     ads[2] = s.ads[1].clone();
-    ads[2].from = 1;
-    let err = s.parties[2].on_advertisements(ads, &s.ids).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ProtocolError::Duplicate { .. } | ProtocolError::OwnKeysSubstituted
-        ),
-        "{err}"
-    );
+    let err = s.parties[1].on_advertisements(ads, &s.ids).unwrap_err();
+    assert_eq!(err, ProtocolError::DuplicateAdvertisement { from: 1 });
 }
 
 #[test]
@@ -269,7 +276,7 @@ fn tampered_or_misaddressed_shares_are_caught() {
     let from = for_zero[0].from;
     assert_eq!(
         s.parties[0].on_shares(for_zero, &input(0)).unwrap_err(),
-        ProtocolError::BadShares { from }
+        ProtocolError::UndecryptableShares { from }
     );
     // Shares meant for participant 2, relabelled as for participant 1, do not decrypt there.
     let mut relabelled: Vec<EncryptedShares> =
@@ -277,7 +284,7 @@ fn tampered_or_misaddressed_shares_are_caught() {
     relabelled[0].to = 1;
     assert_eq!(
         s.parties[1].on_shares(relabelled, &input(1)).unwrap_err(),
-        ProtocolError::BadShares { from: 0 }
+        ProtocolError::UndecryptableShares { from: 0 }
     );
 }
 
@@ -316,7 +323,8 @@ fn different_survivor_sets_shown_to_different_participants_are_caught() {
     assert!(
         matches!(
             err,
-            ProtocolError::InconsistentSurvivors { .. } | ProtocolError::InvalidSurvivors(_)
+            ProtocolError::InconsistentSurvivors { .. }
+                | ProtocolError::SignatureFromNonSurvivor { from: 2 }
         ),
         "{err}"
     );
@@ -353,7 +361,10 @@ fn the_coordinator_refuses_a_mask_key_share_of_a_survivor() {
         }
     })
     .unwrap_err();
-    assert!(matches!(err, ProtocolError::BothShares { .. }), "{err}");
+    assert!(
+        matches!(err, ProtocolError::MaskKeyShareOfSurvivor { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -434,5 +445,289 @@ fn a_participant_checks_only_its_neighbourhood_and_a_substituted_stranger_still_
     assert_eq!(
         fresh.on_advertisements(forged, &ids).unwrap_err(),
         ProtocolError::BadAdvertisement { from: neighbour }
+    );
+}
+
+/// Lower-case hex, for comparing derived values with the pinned ones.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// The pinned values below were computed by an independent reimplementation of these derivations
+// (testdata/derivations.py). Every party of a round must derive exactly these bytes, whatever its
+// build; a change here is a change of the protocol.
+
+#[test]
+fn the_round_setup_derives_the_pinned_context_seed_and_graph() {
+    let roster: Vec<String> = (0..10).map(|i| format!("participant-{i}")).collect();
+    let config = RoundConfig::derive("job", 7, 2, &roster, 4, 3, 1000).unwrap();
+    assert_eq!(
+        hex(&config.context),
+        "b62ea98ad20319e32cf77bfc63e11e4d095360f313dfe2c3131eca251cbb10bc"
+    );
+    assert_eq!(
+        hex(&graph_seed(&config.context)),
+        "5047cb3155b48e2542c607f9021c142f57ea809e13c39f9bb3bce5307aa14190"
+    );
+    let expected: [&[u32]; 10] = [
+        &[2, 3, 6, 7],
+        &[4, 5, 6, 7],
+        &[0, 3, 8, 9],
+        &[0, 2, 7, 8],
+        &[1, 5, 8, 9],
+        &[1, 4, 6, 9],
+        &[0, 1, 5, 7],
+        &[0, 1, 3, 6],
+        &[2, 3, 4, 9],
+        &[2, 4, 5, 8],
+    ];
+    for (i, neighbours) in expected.iter().enumerate() {
+        assert_eq!(
+            config.graph.neighbours(i as u32),
+            *neighbours,
+            "participant {i}"
+        );
+    }
+    // Every part of the setup enters the context.
+    let context = |job: &str, round, attempt, roster: &[String], degree, threshold, len| {
+        RoundConfig::derive(job, round, attempt, roster, degree, threshold, len)
+            .unwrap()
+            .context
+    };
+    for other in [
+        context("job2", 7, 2, &roster, 4, 3, 1000),
+        context("job", 8, 2, &roster, 4, 3, 1000),
+        context("job", 7, 3, &roster, 4, 3, 1000),
+        context("job", 7, 2, &roster[1..], 4, 3, 1000),
+        context("job", 7, 2, &roster, 5, 4, 1000),
+        context("job", 7, 2, &roster, 4, 4, 1000),
+        context("job", 7, 2, &roster, 4, 3, 1001),
+    ] {
+        assert_ne!(other, config.context);
+    }
+}
+
+/// A configuration with a recognisable context, for the byte layouts.
+fn layout_config() -> RoundConfig {
+    RoundConfig {
+        job: "job".into(),
+        round: 7,
+        context: [0xaa; 32],
+        n_participants: 6,
+        threshold: 3,
+        graph: Graph::complete(6),
+        vector_len: 8,
+    }
+}
+
+#[test]
+fn signed_messages_and_associated_data_have_the_pinned_layout() {
+    let config = layout_config();
+    // "cairn secagg advertise v1", job length (8 bytes) and job, round (8 bytes), context,
+    // sender (4 bytes), channel key, mask key.
+    assert_eq!(
+        hex(&advertisement_message(&config, 2, &[1; 32], &[2; 32])),
+        "636169726e207365636167672061647665727469736520763100000000000000036a6f620000000000000007\
+         aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa00000002\
+         0101010101010101010101010101010101010101010101010101010101010101\
+         0202020202020202020202020202020202020202020202020202020202020202"
+    );
+    // The survivors in increasing order, however they were given.
+    assert_eq!(
+        hex(&survivors_message(&config, &[3, 0, 2])),
+        "636169726e20736563616767207375727669766f727320763100000000000000036a6f620000000000000007\
+         aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000000000000000200000003"
+    );
+    assert_eq!(
+        hex(&shares_associated_data(&config, 2, 5)),
+        "636169726e207365636167672073686172657320763100000000000000036a6f620000000000000007\
+         aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa0000000200000005"
+    );
+}
+
+#[test]
+fn the_channel_key_is_the_pinned_derivation() {
+    let keys = [(1, [3u8; 32], [4u8; 32]), (0, [1u8; 32], [2u8; 32])];
+    let session = crate::mask::SessionId::derive("job", 1, &keys);
+    assert_eq!(
+        hex(&channel_key(&[7; 32], &session, 2, 5)),
+        "f34e0c40970039c3ed6f5ca85ddfc901ee90d5188fbf80035d52d7f88cedc86b"
+    );
+    // Each direction has its own key.
+    assert_ne!(
+        channel_key(&[7; 32], &session, 2, 5),
+        channel_key(&[7; 32], &session, 5, 2)
+    );
+}
+
+#[test]
+fn the_coordinator_names_each_misrouted_or_repeated_message_for_what_it_is() {
+    let n = 12;
+    let ids = Identities::new(n);
+    let cfg = config(n, 3, Graph::regular(n, 4, [2u8; 32]).unwrap(), 1);
+    let mut coordinator = CoordinatorMachine::new(cfg.clone());
+    let mut parties: Vec<ParticipantMachine> = Vec::new();
+    let mut ads = Vec::new();
+    for i in 0..n {
+        let (machine, ad) = ParticipantMachine::new(cfg.clone(), i, &ids.signer(i));
+        parties.push(machine);
+        ads.push(ad);
+    }
+    assert_eq!(
+        coordinator.on_advertisement(n, ads[0].clone()),
+        Err(ProtocolError::UnknownParticipant {
+            message: "advertisement",
+            participant: n,
+            n_participants: n
+        })
+    );
+    assert_eq!(
+        coordinator.on_advertisement(1, ads[0].clone()),
+        Err(ProtocolError::AdvertisementSenderMismatch {
+            received_from: 1,
+            claimed: 0
+        })
+    );
+    // Everyone but the last participant advertises.
+    for ad in &ads[..n as usize - 1] {
+        coordinator.on_advertisement(ad.from, ad.clone()).unwrap();
+    }
+    assert_eq!(
+        coordinator.on_advertisement(0, ads[0].clone()),
+        Err(ProtocolError::DuplicateAdvertisement { from: 0 })
+    );
+    let shown = coordinator.close_advertisements().unwrap();
+    let shares = parties[0].on_advertisements(shown.clone(), &ids).unwrap();
+    let stranger = (1..n - 1)
+        .find(|&j| !cfg.graph.are_neighbours(0, j))
+        .unwrap();
+    let mut misaddressed = shares.clone();
+    misaddressed[0].to = stranger;
+    assert_eq!(
+        coordinator.on_shares(0, misaddressed),
+        Err(ProtocolError::ShareToNonNeighbour {
+            from: 0,
+            to: stranger
+        })
+    );
+    let mut twice = shares.clone();
+    twice.push(shares[0].clone());
+    assert_eq!(
+        coordinator.on_shares(0, twice),
+        Err(ProtocolError::DuplicateShares {
+            from: 0,
+            to: shares[0].to
+        })
+    );
+    assert_eq!(
+        coordinator.on_shares(1, shares.clone()),
+        Err(ProtocolError::SharesSenderMismatch {
+            received_from: 1,
+            claimed: 0
+        })
+    );
+    assert_eq!(
+        coordinator.on_shares(n - 1, vec![]),
+        Err(ProtocolError::SharesFromUnadvertised { from: n - 1 })
+    );
+    coordinator.on_shares(0, shares.clone()).unwrap();
+    assert_eq!(
+        coordinator.on_shares(0, shares),
+        Err(ProtocolError::SharesSentTwice { from: 0 })
+    );
+    for i in 1..n - 1 {
+        let shares = parties[i as usize]
+            .on_advertisements(shown.clone(), &ids)
+            .unwrap();
+        // Participant 1 never gets its shares through.
+        if i != 1 {
+            coordinator.on_shares(i, shares).unwrap();
+        }
+    }
+    let mut routed = coordinator.close_shares().unwrap();
+    let masked = parties[0]
+        .on_shares(routed.remove(&0).unwrap(), &input(0))
+        .unwrap();
+    coordinator.on_masked_input(masked.clone()).unwrap();
+    assert_eq!(
+        coordinator.on_masked_input(masked.clone()),
+        Err(ProtocolError::DuplicateMaskedInput { from: 0 })
+    );
+    assert_eq!(
+        coordinator.on_masked_input(MaskedInput { from: 1, ..masked }),
+        Err(ProtocolError::MaskedInputWithoutShares { from: 1 })
+    );
+}
+
+#[test]
+fn a_participant_names_what_is_wrong_with_a_survivor_set() {
+    let mut s = setup(3, 1);
+    let shares: Vec<EncryptedShares> = s
+        .parties
+        .iter_mut()
+        .flat_map(|p| p.on_advertisements(s.ads.clone(), &s.ids).unwrap())
+        .collect();
+    let mine: Vec<EncryptedShares> = shares.iter().filter(|m| m.to == 0).cloned().collect();
+    // Shares addressed to 1, handed to 0, are refused before any decryption.
+    let theirs: Vec<EncryptedShares> = shares.iter().filter(|m| m.to == 1).cloned().collect();
+    let mut other = setup(3, 1);
+    let err = other.parties[0]
+        .on_advertisements(other.ads.clone(), &other.ids)
+        .and_then(|_| other.parties[0].on_shares(theirs.clone(), &input(0)))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ProtocolError::SharesForAnotherReceiver {
+            from: theirs[0].from,
+            to: 1,
+            receiver: 0
+        }
+    );
+    s.parties[0].on_shares(mine, &input(0)).unwrap();
+    let signer = s.ids.signer(0);
+    let fresh = || {
+        let mut s = setup(3, 1);
+        let shares: Vec<EncryptedShares> = s
+            .parties
+            .iter_mut()
+            .flat_map(|p| p.on_advertisements(s.ads.clone(), &s.ids).unwrap())
+            .collect();
+        let mine = shares.iter().filter(|m| m.to == 0).cloned().collect();
+        s.parties[0].on_shares(mine, &input(0)).unwrap();
+        s
+    };
+    assert_eq!(
+        s.parties[0].on_survivors(vec![0, 2, 2], &signer),
+        Err(ProtocolError::DuplicateSurvivor { participant: 2 })
+    );
+    let mut s = fresh();
+    assert_eq!(
+        s.parties[0].on_survivors(vec![0, 1, 3], &s.ids.signer(0)),
+        Err(ProtocolError::UnknownParticipant {
+            message: "survivor set",
+            participant: 3,
+            n_participants: 3
+        })
+    );
+    let mut s = fresh();
+    assert_eq!(
+        s.parties[0].on_survivors(vec![1, 2], &s.ids.signer(0)),
+        Err(ProtocolError::SurvivorSetWithoutSelf { participant: 0 })
+    );
+}
+
+#[test]
+fn error_messages_name_the_participants_involved() {
+    assert_eq!(
+        ProtocolError::ShareFromNonNeighbour { from: 3, to: 5 }.to_string(),
+        "participant 5 was handed shares from participant 3, which is not its neighbour"
+    );
+    assert_eq!(
+        ProtocolError::MaskKeyShareOfSurvivor { from: 2, owner: 4 }.to_string(),
+        "participant 2 revealed a mask-key share of participant 4, a survivor"
+    );
+    assert_eq!(
+        ProtocolError::DuplicateMaskedInput { from: 7 }.to_string(),
+        "duplicate masked input from participant 7"
     );
 }

@@ -1,0 +1,116 @@
+"""An independent reimplementation of cairn-secagg's derived protocol values (the graph's
+permutation and neighbours, the round context and graph seed, the session id, the mask and
+channel keys, the byte layouts that are signed or authenticated), written from the crate's doc
+comments with Python's standard library only. It prints the expected outputs that the crate's
+tests pin (graph.rs, mask.rs, protocol/tests.rs); run it with `python3 derivations.py`.
+
+A change in its output is a change of the protocol: every party of a round must derive the same
+values, whatever its build."""
+import hashlib, hmac, struct
+
+def sha256(*parts):
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.digest()
+
+def be64(x): return struct.pack(">Q", x)
+def be32(x): return struct.pack(">I", x)
+
+def hkdf(ikm, salt, info, length):
+    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+    out, block, c = b"", b"", 1
+    while len(out) < length:
+        block = hmac.new(prk, block + info + bytes([c]), hashlib.sha256).digest()
+        out += block
+        c += 1
+    return out[:length]
+
+def permutation(n, seed):
+    words = []
+    counter = 0
+    def word():
+        nonlocal counter
+        if not words:
+            block = sha256(b"cairn-secagg graph permutation v1", seed, be64(counter))
+            counter += 1
+            words.extend(struct.unpack(">8I", block))
+        return words.pop(0)
+    def below(bound):
+        limit = 2**32 - (2**32 % bound)
+        while True:
+            w = word()
+            if w < limit:
+                return w % bound
+    labels = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = below(i + 1)
+        labels[i], labels[j] = labels[j], labels[i]
+    return labels
+
+def regular(n, degree, seed):
+    if degree >= n - 1: return [sorted(set(range(n)) - {i}) for i in range(n)]
+    if degree % 2 == 1 and n % 2 == 1: degree += 1
+    if degree >= n - 1: return [sorted(set(range(n)) - {i}) for i in range(n)]
+    labels = permutation(n, seed)
+    nb = [set() for _ in range(n)]
+    for p in range(n):
+        for off in range(1, degree // 2 + 1):
+            nb[labels[p]].add(labels[(p + off) % n])
+            nb[labels[p]].add(labels[(p - off) % n])
+        if degree % 2 == 1:
+            nb[labels[p]].add(labels[(p + n // 2) % n])
+    return [sorted(s) for s in nb]
+
+def lp(b): return be64(len(b)) + b
+
+def context(job, rnd, attempt, roster, degree, threshold, vector_len):
+    parts = [b"cairn secagg round setup v2", lp(job.encode()), lp(be64(rnd)), lp(be32(attempt)),
+             be64(len(roster))]
+    parts += [lp(i.encode()) for i in roster]
+    parts += [be32(degree), be64(threshold), be64(vector_len)]
+    return sha256(*parts)
+
+def graph_seed(ctx): return hkdf(ctx, b"", b"cairn graph seed", 32)
+
+def session(job, rnd, keys):
+    parts = [b"cairn-secagg session v1", be64(len(job)), job.encode(), be64(rnd)]
+    for index, ck, mk in sorted(keys):
+        parts += [be32(index), ck, mk]
+    return sha256(*parts)
+
+def self_mask_key(seed, sid, p): return hkdf(seed, sid, b"cairn self mask" + be32(p), 16)
+def pairwise_mask_key(secret, sid, a, b):
+    lo, hi = min(a, b), max(a, b)
+    return hkdf(secret, sid, b"cairn pairwise mask" + be32(lo) + be32(hi), 16)
+def channel_key(secret, sid, f, t): return hkdf(secret, sid, b"cairn channel" + be32(f) + be32(t), 32)
+
+def header(label, job, rnd, ctx): return label + be64(len(job)) + job.encode() + be64(rnd) + ctx
+
+if __name__ == "__main__":
+    h = lambda b: b.hex()
+    seq = bytes(range(32))
+    print("perm 10 zero", permutation(10, bytes(32)))
+    print("perm 16 seq", permutation(16, seq))
+    print("regular 12 4 seq", regular(12, 4, seq))
+    print("regular 10 3 seq", regular(10, 3, seq))
+    print("regular 9 3 zero", regular(9, 3, bytes(32)))
+    roster = ["alice", "bob", "carol", "dave"]
+    ctx = context("job", 7, 2, roster, 3, 3, 1000)
+    print("context", h(ctx))
+    print("seed", h(graph_seed(ctx)))
+    print("derived graph", regular(4, 3, graph_seed(ctx)))
+    roster10 = ["participant-%d" % i for i in range(10)]
+    ctx10 = context("job", 7, 2, roster10, 4, 3, 1000)
+    print("context10", h(ctx10))
+    print("seed10", h(graph_seed(ctx10)))
+    print("derived graph10", regular(10, 4, graph_seed(ctx10)))
+    keys = [(1, bytes([3]*32), bytes([4]*32)), (0, bytes([1]*32), bytes([2]*32))]
+    sid = session("job", 1, keys)
+    print("session", h(sid))
+    print("self mask key", h(self_mask_key(bytes([9]*32), sid, 5)))
+    print("pairwise mask key", h(pairwise_mask_key(bytes([8]*32), sid, 5, 2)))
+    print("channel key", h(channel_key(bytes([7]*32), sid, 2, 5)))
+    print("adv", h(header(b"cairn secagg advertise v1", "job", 7, bytes([0xaa]*32)) + be32(2) + bytes([1]*32) + bytes([2]*32)))
+    print("surv", h(header(b"cairn secagg survivors v1", "job", 7, bytes([0xaa]*32)) + be32(0) + be32(2) + be32(3)))
+    print("aad", h(header(b"cairn secagg shares v1", "job", 7, bytes([0xaa]*32)) + be32(2) + be32(5)))
