@@ -137,6 +137,35 @@ mod tests {
         );
     }
 
+    fn share(hex: &str) -> Share {
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        Share::from_bytes(bytes).unwrap()
+    }
+
+    #[test]
+    fn shares_made_by_hand_reconstruct_the_pinned_secret() {
+        // Shares travel between builds (a participant makes them, the coordinator combines
+        // them), so the field (GF(256), AES polynomial) and the layout (identifier, then one byte
+        // per secret byte) are part of the protocol. These were made by an independent
+        // implementation (testdata/derivations.py) from the secret 00 01 .. 1f with, for byte i,
+        // f(x) = i + (0x53 + i) x for t = 2 and f(x) = i + (0xca ^ i) x + (1 + 7i) x^2 for t = 3.
+        let secret: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let pair = [
+            share("02a6a9a8afaab5b4b3beb1b0b7b2cdcccbd6d9d8dfdac5c4c3cec1c0c7c2fdfcfb"),
+            share("03f5fdfdf9fdedede9e5edede9edadada9b5bdbdb9bdadada9a5adada9ad8d8d89"),
+        ];
+        assert_eq!(combine(&pair, 2).unwrap(), secret);
+        let triple = [
+            share("01cbc2c5dcd7eee1f8f38a8d849f96a9a0bbb2b54c475e5168637a7d740f061910"),
+            share("041580ff71da629d1390443bae1e8b59cc0491eee249c73880038df2678d18fc69"),
+            share("ff95e080debfb74f11c16505703a4fcabf3d4828cfaef00800d08eee9b2b5e8df8"),
+        ];
+        assert_eq!(combine(&triple, 3).unwrap(), secret);
+    }
+
     proptest! {
         #[test]
         fn any_threshold_shares_reconstruct_and_fewer_do_not(

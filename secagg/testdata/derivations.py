@@ -1,8 +1,9 @@
 """An independent reimplementation of cairn-secagg's derived protocol values (the graph's
 permutation and neighbours, the round context and graph seed, the session id, the mask and
-channel keys, the byte layouts that are signed or authenticated), written from the crate's doc
-comments with Python's standard library only. It prints the expected outputs that the crate's
-tests pin (graph.rs, mask.rs, protocol/tests.rs); run it with `python3 derivations.py`.
+channel keys, the byte layouts that are signed or authenticated, Shamir shares made by hand),
+written from the crate's doc comments with Python's standard library only. It prints the
+expected outputs that the crate's tests pin (graph.rs, mask.rs, shamir.rs, protocol/tests.rs);
+run it with `python3 derivations.py`.
 
 A change in its output is a change of the protocol: every party of a round must derive the same
 values, whatever its build."""
@@ -85,6 +86,30 @@ def pairwise_mask_key(secret, sid, a, b):
     return hkdf(secret, sid, b"cairn pairwise mask" + be32(lo) + be32(hi), 16)
 def channel_key(secret, sid, f, t): return hkdf(secret, sid, b"cairn channel" + be32(f) + be32(t), 32)
 
+def gf256_mul(a, b):
+    """Multiplication in GF(256) with the AES polynomial x^8 + x^4 + x^3 + x + 1."""
+    product = 0
+    while b:
+        if b & 1:
+            product ^= a
+        a <<= 1
+        if a & 0x100:
+            a ^= 0x11B
+        b >>= 1
+    return product
+
+def shamir_share(secret, x, coefficients):
+    """Share `x` of `secret`, byte by byte: byte i of the share is f_i(x) with
+    f_i(x) = secret[i] + sum_k coefficients(i)[k] * x^(k+1); the identifier x comes first."""
+    out = [x]
+    for i, s in enumerate(secret):
+        y, power = s, 1
+        for c in coefficients(i):
+            power = gf256_mul(power, x)
+            y ^= gf256_mul(c, power)
+        out.append(y)
+    return bytes(out)
+
 def header(label, job, rnd, ctx): return label + be64(len(job)) + job.encode() + be64(rnd) + ctx
 
 if __name__ == "__main__":
@@ -113,4 +138,10 @@ if __name__ == "__main__":
     print("channel key", h(channel_key(bytes([7]*32), sid, 2, 5)))
     print("adv", h(header(b"cairn secagg advertise v1", "job", 7, bytes([0xaa]*32)) + be32(2) + bytes([1]*32) + bytes([2]*32)))
     print("surv", h(header(b"cairn secagg survivors v1", "job", 7, bytes([0xaa]*32)) + be32(0) + be32(2) + be32(3)))
+    secret = bytes(range(32))
+    for x in (2, 3):
+        print("shamir t=2 share", x, h(shamir_share(secret, x, lambda i: [(0x53 + i) & 0xFF])))
+    for x in (1, 4, 255):
+        print("shamir t=3 share", x,
+              h(shamir_share(secret, x, lambda i: [0xCA ^ i, (1 + 7 * i) & 0xFF or 1])))
     print("aad", h(header(b"cairn secagg shares v1", "job", 7, bytes([0xaa]*32)) + be32(2) + be32(5)))
