@@ -3,6 +3,7 @@
 //! the spec of the `FederatedJob` Kubernetes resource.
 
 use crate::Error;
+use cairn_identity::{NAME_RULE, is_valid_name};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
@@ -226,20 +227,6 @@ fn default_max_round_attempts() -> u32 {
     5
 }
 
-/// Whether `id` is a valid participant or job name: a DNS label (lowercase letters, digits, `-`,
-/// starting and ending with a letter or digit, at most 63 characters), so that it can name a
-/// certificate, a Helm release and a Kubernetes object alike.
-pub fn is_valid_name(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
-}
-
 impl JobSpec {
     /// Reads and validates a job file.
     pub fn load(path: &Path) -> Result<JobSpec, Error> {
@@ -274,7 +261,7 @@ impl JobSpec {
             return invalid(
                 "name",
                 format!("{:?}", self.name),
-                "expected 1-63 lowercase letters, digits or '-', not starting or ending with '-'",
+                &format!("expected {NAME_RULE}"),
             );
         }
         if !(1..=1_000_000).contains(&self.rounds) {
@@ -293,7 +280,7 @@ impl JobSpec {
                 return invalid(
                     "participants",
                     format!("{id:?}"),
-                    "each id must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'",
+                    &format!("each id must be {NAME_RULE}"),
                 );
             }
             if !seen.insert(id) {

@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod grpc;
 pub mod model;
+#[cfg(feature = "kubernetes")]
 pub mod operator;
 pub mod pki;
 pub mod round;
@@ -53,9 +54,9 @@ pub enum Error {
     /// A certificate or key given to the server is unusable.
     #[error("TLS: {0}")]
     Tls(String),
-    /// A peer's certificate does not carry a usable identity.
-    #[error("identity: {0}")]
-    Identity(String),
+    /// A certificate, key or signing request cannot be made or used.
+    #[error(transparent)]
+    Identity(#[from] cairn_identity::Error),
     /// A checkpoint cannot be written or read.
     #[error("checkpoint: {0}")]
     Checkpoint(String),

@@ -307,11 +307,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let heartbeat_interval = Duration::from_secs(heartbeat_s);
             let Some(job) = job.filter(|_| !kubernetes) else {
-                // kube's TLS and tonic's share the process-wide provider: ring, chosen here.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let client = kube::Client::try_default()
-                    .await
-                    .context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
+                let client = operator::connect().await?;
                 let options = OperatorOptions {
                     namespace: namespace.unwrap_or_else(|| client.default_namespace().to_string()),
                     identity: identity.unwrap_or_else(host_name),

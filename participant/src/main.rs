@@ -46,7 +46,7 @@ enum Command {
     /// and ca.pem; the key never leaves this site.
     Request {
         /// This participant's id (1-63 lowercase letters, digits or '-').
-        #[arg(long)]
+        #[arg(long, value_parser = participant_id)]
         id: String,
         /// Organisation name for the certificate (default: the id).
         #[arg(long)]
@@ -97,6 +97,11 @@ struct Common {
     /// Give up after this many failed connection attempts in a row (default: retry forever).
     #[arg(long)]
     max_attempts: Option<u32>,
+}
+
+/// Parses `--id`: a participant id by the federation's rule.
+fn participant_id(id: &str) -> Result<String, cairn_identity::Error> {
+    cairn_identity::check_participant_id(id).map(|()| id.to_string())
 }
 
 fn options(
@@ -156,24 +161,13 @@ async fn main() -> anyhow::Result<()> {
             organisation,
             out,
         } => {
-            let valid = !id.is_empty()
-                && id.len() <= 63
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !id.starts_with('-')
-                && !id.ends_with('-');
-            anyhow::ensure!(
-                valid,
-                "--id {id:?} is not a valid participant id; expected 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
-            );
             let key_path = out.join("key.pem");
             anyhow::ensure!(
                 !key_path.exists(),
                 "{} already exists; a new request would replace this site's key",
                 key_path.display()
             );
-            let (key, csr) = cairn_participant::client::identity::certificate_request(
+            let (key, csr) = cairn_identity::certificate_request(
                 &id,
                 organisation.as_deref().unwrap_or(&id),
             )?;

@@ -37,20 +37,19 @@ pub struct Metrics {
 }
 
 /// `metric`, registered into `registry`.
-#[allow(clippy::expect_used)] // Each metric is registered once into a fresh registry.
 fn registered<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     metric: M,
 ) -> M {
     registry
         .register(Box::new(metric.clone()))
+        // Invariant: each metric is registered once into a fresh registry.
         .expect("registered once");
     metric
 }
 
 // Invariant: the names, help texts and buckets below are constants that the prometheus crate
 // accepts, and each is registered once into a fresh registry; failures are programming errors.
-#[allow(clippy::expect_used)]
 impl Metrics {
     /// A fresh registry with every metric.
     pub fn new() -> Metrics {

@@ -5,6 +5,7 @@
 //! checks and the dashboard's static page needs a bearer token; the model needs an admin's. The
 //! API shows aggregates only: no individual update exists in the coordinator to show.
 
+#[cfg(feature = "api-client")]
 pub mod client;
 pub mod metrics;
 pub mod monitor;

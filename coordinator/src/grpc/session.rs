@@ -5,7 +5,7 @@
 
 use super::secure;
 use super::{Connection, Shared};
-use crate::pki::{PARTICIPANT_UNIT, identity_of};
+use cairn_identity::{PARTICIPANT_UNIT, identity_of};
 use crate::round::{Event, SecureMessage};
 use crate::strategy::{Update, check_weight_and_loss};
 use cairn_proto::transfer::Assembler;

@@ -108,6 +108,18 @@ async fn lease_lost(leases: Api<Lease>, options: &OperatorOptions) -> String {
     }
 }
 
+/// A client of the Kubernetes API: in-cluster (the pod's service account) or from the
+/// kubeconfig. kube's TLS and tonic's share the process-wide rustls provider, so ring is
+/// installed first: with none installed, rustls would pick one, and aws-lc-rs must stay out.
+pub async fn connect() -> Result<Client, Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::try_default().await.map_err(|e| {
+        Error::Kubernetes(format!(
+            "connecting to the Kubernetes API (in-cluster or kubeconfig): {e}"
+        ))
+    })
+}
+
 /// Runs the operator until `shutdown` completes: waits for the Lease, runs `FederatedJob`s while
 /// it holds it, hands the running job over when it loses it (or cannot confirm it), and releases
 /// the Lease on the way out.

@@ -1,6 +1,7 @@
 //! Provisioning: the federation's CA, the coordinator's server certificate, and one kit per
 //! participant (client certificate whose common name is the participant id, private key, CA
-//! certificate). Also reading an identity back out of a verified certificate.
+//! certificate, Helm values), written to disk. How certificates are made and read is
+//! `cairn_identity`'s; this module decides where they go.
 //!
 //! Layout written under the output directory:
 //! `ca/ca.pem`, `ca/ca-key.pem` (keep secret: it mints identities),
@@ -8,18 +9,10 @@
 //! Running `provision` again on the same directory reuses the CA and adds only missing kits.
 
 use crate::Error;
-use crate::config::is_valid_name;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use cairn_identity::{Authority, COORDINATOR_UNIT, check_participant_id};
+use serde::Serialize;
+use serde_saphyr::{Commented, LitStr};
 use std::path::{Path, PathBuf};
-use time::{Duration, OffsetDateTime};
-
-/// Organisational unit that marks a participant certificate.
-pub const PARTICIPANT_UNIT: &str = "participant";
-/// Organisational unit of the coordinator's certificate.
-pub const COORDINATOR_UNIT: &str = "coordinator";
 
 /// A participant to provision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,11 +30,7 @@ impl ParticipantSpec {
             Some((id, org)) => (id.trim(), org.trim()),
             None => (text.trim(), text.trim()),
         };
-        if !is_valid_name(id) {
-            return Err(Error::Provision(format!(
-                "participant id {id:?} is invalid; expected 1-63 lowercase letters, digits or '-'"
-            )));
-        }
+        check_participant_id(id)?;
         if organisation.is_empty() {
             return Err(Error::Provision(format!(
                 "participant {id:?} has an empty organisation"
@@ -104,17 +93,6 @@ impl KitPaths {
     }
 }
 
-fn provision_error(what: &str, e: rcgen::Error) -> Error {
-    Error::Provision(format!("{what}: {e}"))
-}
-
-fn validity(params: &mut CertificateParams, days: u32) {
-    let now = OffsetDateTime::now_utc();
-    // Backdated an hour so that a peer whose clock is slightly behind accepts it.
-    params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(i64::from(days));
-}
-
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), Error> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| Error::Io {
@@ -151,41 +129,12 @@ fn read_file(path: &Path) -> Result<String, Error> {
 }
 
 /// The federation CA in `ca_dir` (`ca.pem`, `ca-key.pem`), ready to sign.
-fn load_ca(ca_dir: &Path) -> Result<(Issuer<'static, KeyPair>, String), Error> {
-    let (ca_cert_path, ca_key_path) = (ca_dir.join("ca.pem"), ca_dir.join("ca-key.pem"));
-    let ca_pem = read_file(&ca_cert_path)?;
-    let key = KeyPair::from_pem(&read_file(&ca_key_path)?)
-        .map_err(|e| provision_error(&format!("reading CA key {}", ca_key_path.display()), e))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(|e| {
-        provision_error(
-            &format!("reading CA certificate {}", ca_cert_path.display()),
-            e,
-        )
-    })?;
-    Ok((issuer, ca_pem))
-}
-
-/// The parameters of a participant certificate for `id` of `organisation`.
-fn participant_params(
-    id: &str,
-    organisation: &str,
-    validity_days: u32,
-) -> Result<CertificateParams, Error> {
-    let mut params = CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| provision_error(&format!("certificate of {id}"), e))?;
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, id);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, organisation);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationalUnitName, PARTICIPANT_UNIT);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.use_authority_key_identifier_extension = true;
-    validity(&mut params, validity_days);
-    Ok(params)
+fn load_ca(ca_dir: &Path) -> Result<Authority, Error> {
+    let (cert_path, key_path) = (ca_dir.join("ca.pem"), ca_dir.join("ca-key.pem"));
+    Ok(Authority::from_pem(
+        &read_file(&cert_path)?,
+        &read_file(&key_path)?,
+    )?)
 }
 
 /// A participant's certificate signing request, to be signed by the federation CA.
@@ -210,67 +159,35 @@ pub struct SignRequest {
 /// Helm values (without the key) into the kit directory and returns it; an existing kit is
 /// never replaced.
 pub fn sign_request(request: &SignRequest) -> Result<PathBuf, Error> {
-    let csr = rcgen::CertificateSigningRequestParams::from_pem(&request.csr_pem).map_err(|e| {
-        Error::Provision(format!(
-            "certificate signing request is not a valid, correctly signed PEM request: {e}"
-        ))
-    })?;
-    if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
-        return Err(Error::Provision(
-            "certificate signing request's key is not ECDSA P-256; expected one from `cairn-participant request`".into(),
-        ));
-    }
-    let subject = &csr.params.distinguished_name;
-    let text = |kind: DnType| subject.get(&kind).map(dn_text).unwrap_or_default();
-    let id = text(DnType::CommonName);
-    if !crate::config::is_valid_name(&id) {
-        return Err(Error::Provision(format!(
-            "certificate signing request names participant {id:?}; expected 1-63 lowercase letters, digits or '-'"
-        )));
-    }
-    let organisation = match text(DnType::OrganizationName) {
-        o if o.is_empty() => id.clone(),
-        o => o,
-    };
-    let dir = request.out_dir.join("participants").join(&id);
-    if KitPaths::in_dir(&dir).cert.exists() {
-        return Err(Error::Provision(format!(
-            "{} already holds a certificate for {id}; remove it first to issue a new one",
-            dir.display()
-        )));
-    }
-    let (issuer, ca_pem) = load_ca(&request.out_dir.join("ca"))?;
-    let mut signed = csr;
-    signed.params = participant_params(&id, &organisation, request.validity_days)?;
-    let cert = signed
-        .signed_by(&issuer)
-        .map_err(|e| provision_error(&format!("signing the certificate of {id}"), e))?;
+    let ca = load_ca(&request.out_dir.join("ca"))?;
+    let signed = ca.sign_request(&request.csr_pem, request.validity_days)?;
+    let dir = request.out_dir.join("participants").join(&signed.id);
     let paths = KitPaths::in_dir(&dir);
-    write_file(&paths.cert, &cert.pem(), false)?;
-    write_file(&paths.ca, &ca_pem, false)?;
-    let values = helm_values(&id, &request.server_name, &cert.pem(), None, &ca_pem);
+    if paths.cert.exists() {
+        return Err(Error::Provision(format!(
+            "{} already holds a certificate for {}; remove it first to issue a new one",
+            dir.display(),
+            signed.id
+        )));
+    }
+    write_file(&paths.cert, &signed.cert_pem, false)?;
+    write_file(&paths.ca, ca.cert_pem(), false)?;
+    let values = helm_values(
+        &signed.id,
+        &request.server_name,
+        &signed.cert_pem,
+        None,
+        ca.cert_pem(),
+    )?;
     write_file(&dir.join("values.yaml"), &values, false)?;
     Ok(dir)
 }
 
-fn dn_text(value: &rcgen::DnValue) -> String {
-    match value {
-        rcgen::DnValue::Utf8String(s) => s.clone(),
-        rcgen::DnValue::PrintableString(s) => s.as_str().to_string(),
-        rcgen::DnValue::Ia5String(s) => s.as_str().to_string(),
-        rcgen::DnValue::TeletexString(s) => s.as_str().to_string(),
-        _ => String::new(),
-    }
-}
-
 /// Creates (or reuses) the CA and writes the server certificate and the participant kits.
 pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
-    if request.server_names.is_empty() {
-        return Err(Error::Provision(
-            "no server name given; pass the DNS names or IP addresses participants dial (e.g. --server-name localhost)"
-                .into(),
-        ));
-    }
+    let Some(server_name) = request.server_names.first() else {
+        return Err(cairn_identity::Error::NoServerName.into());
+    };
     if request.validity_days == 0 {
         return Err(Error::Provision(
             "validity of 0 days; expected at least 1".into(),
@@ -279,68 +196,20 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
     let mut report = ProvisionReport::default();
     let ca_dir = request.out_dir.join("ca");
     let (ca_cert_path, ca_key_path) = (ca_dir.join("ca.pem"), ca_dir.join("ca-key.pem"));
-    let (issuer, ca_pem) = if ca_cert_path.exists() && ca_key_path.exists() {
+    let ca = if ca_cert_path.exists() && ca_key_path.exists() {
         load_ca(&ca_dir)?
     } else {
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).map_err(|e| provision_error("CA", e))?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("{} federation CA", request.federation),
-        );
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Cairn");
-        validity(&mut params, request.validity_days.max(3650));
-        let key = KeyPair::generate().map_err(|e| provision_error("CA key", e))?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| provision_error("CA certificate", e))?;
-        write_file(&ca_key_path, &key.serialize_pem(), true)?;
-        write_file(&ca_cert_path, &cert.pem(), false)?;
+        let ca = Authority::generate(&request.federation, request.validity_days)?;
+        write_file(&ca_key_path, &ca.key_pem(), true)?;
+        write_file(&ca_cert_path, ca.cert_pem(), false)?;
         report.created_ca = true;
-        (Issuer::new(params, key), cert.pem())
+        ca
     };
 
     let server_dir = request.out_dir.join(COORDINATOR_UNIT);
     if !KitPaths::in_dir(&server_dir).cert.exists() {
-        let mut params = CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| provision_error("server certificate", e))?;
-        for name in &request.server_names {
-            let san = match name.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) if is_dns_name(name) => SanType::DnsName(
-                    name.clone()
-                        .try_into()
-                        .map_err(|e| provision_error(&format!("server name {name:?}"), e))?,
-                ),
-                Err(_) => {
-                    return Err(Error::Provision(format!(
-                        "server name {name:?} is neither an IP address nor a DNS name (letters, digits, '-' and '.')"
-                    )));
-                }
-            };
-            params.subject_alt_names.push(san);
-        }
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, request.server_names[0].clone());
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, COORDINATOR_UNIT);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.use_authority_key_identifier_extension = true;
-        validity(&mut params, request.validity_days);
-        write_leaf(&server_dir, &params, &issuer, &ca_pem)?;
+        let issued = ca.issue_server(&request.server_names, request.validity_days)?;
+        write_kit(&server_dir, &issued, ca.cert_pem())?;
         report.created_server = true;
     }
 
@@ -350,26 +219,19 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
             report.kept_kits.push(dir);
             continue;
         }
-        let params = participant_params(
+        let issued = ca.issue_participant(
             &participant.id,
             &participant.organisation,
             request.validity_days,
         )?;
-        write_leaf(&dir, &params, &issuer, &ca_pem)?;
-        let paths = KitPaths::in_dir(&dir);
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| Error::Io {
-                what: format!("reading {}", path.display()),
-                source,
-            })
-        };
+        write_kit(&dir, &issued, ca.cert_pem())?;
         let values = helm_values(
             &participant.id,
-            &request.server_names[0],
-            &read(&paths.cert)?,
-            Some(&read(&paths.key)?),
-            &ca_pem,
-        );
+            server_name,
+            &issued.cert_pem,
+            Some(&issued.key_pem),
+            ca.cert_pem(),
+        )?;
         // It holds the private key: as secret as key.pem.
         write_file(&dir.join("values.yaml"), &values, true)?;
         report.created_kits.push(dir);
@@ -377,129 +239,108 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
     Ok(report)
 }
 
+/// A kit's `values.yaml`: what `charts/participant` reads (its values.yaml documents each field).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HelmValues<'a> {
+    participant_id: &'a str,
+    coordinator: HelmCoordinator,
+    data: HelmData,
+    kit: HelmKit<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HelmCoordinator {
+    address: Commented<String>,
+    server_name: String,
+}
+
+#[derive(Serialize)]
+struct HelmData {
+    source: Commented<&'static str>,
+    pvc: HelmClaim,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HelmClaim {
+    claim_name: String,
+}
+
+#[derive(Serialize)]
+struct HelmKit<'a> {
+    cert: LitStr<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<LitStr<'a>>,
+    ca: LitStr<'a>,
+}
+
 /// The Helm values that install this participant with `charts/participant`: its id, the
 /// coordinator's address and the kit inline (without the key when the participant made its own:
 /// then `--set-file kit.key=key.pem` adds it at install). The data source is a placeholder to
 /// adapt.
-fn helm_values(id: &str, server_name: &str, cert: &str, key: Option<&str>, ca: &str) -> String {
-    let block = |pem: &str| {
-        pem.lines()
-            .map(|line| format!("    {line}\n"))
-            .collect::<String>()
-    };
+fn helm_values(
+    id: &str,
+    server_name: &str,
+    cert: &str,
+    key: Option<&str>,
+    ca: &str,
+) -> Result<String, Error> {
     let host = if server_name.contains(':') {
         format!("[{server_name}]")
     } else {
         server_name.to_string()
     };
-    let (install, key) = match key {
-        Some(key) => (
-            "# This file holds the participant's private key: keep it as secret as key.pem.\n"
-                .to_string(),
-            format!("  key: |\n{}", block(key)),
-        ),
-        None => (
-            "# The key stays at the participant's site: add it with --set-file kit.key=key.pem\n"
-                .to_string(),
-            String::new(),
-        ),
+    let values = HelmValues {
+        participant_id: id,
+        coordinator: HelmCoordinator {
+            address: Commented(
+                format!("https://{host}:7443"),
+                "the coordinator's gRPC endpoint".into(),
+            ),
+            server_name: server_name.to_string(),
+        },
+        data: HelmData {
+            source: Commented(
+                "pvc",
+                "or hostPath / initContainer (see the chart's values.yaml)".into(),
+            ),
+            pvc: HelmClaim {
+                claim_name: format!("{id}-data"),
+            },
+        },
+        kit: HelmKit {
+            cert: LitStr(cert),
+            key: key.map(LitStr),
+            ca: LitStr(ca),
+        },
     };
-    format!(
+    let body = serde_saphyr::to_string(&values)
+        .map_err(|e| Error::Provision(format!("writing the Helm values of {id}: {e}")))?;
+    let key_note = match key {
+        Some(_) => "# This file holds the participant's private key: keep it as secret as key.pem.",
+        None => "# The key stays at the participant's site: add it with --set-file kit.key=key.pem",
+    };
+    Ok(format!(
         "# Helm values for participant {id}: helm install {id} charts/participant -f values.yaml\n\
-         {install}\
-         participantId: {id}\n\
-         coordinator:\n  address: https://{host}:7443   # the coordinator's gRPC endpoint\n  serverName: {server_name}\n\
-         data:\n  source: pvc                     # or hostPath / initContainer (see the chart's values.yaml)\n  pvc:\n    claimName: {id}-data\n\
-         kit:\n  cert: |\n{}{key}  ca: |\n{}",
-        block(cert),
-        block(ca)
-    )
+         {key_note}\n{body}"
+    ))
 }
 
-/// Whether `name` is a DNS name: dot-separated labels of 1-63 letters, digits or `-`, not
-/// starting or ending with `-`, at most 253 characters in all.
-fn is_dns_name(name: &str) -> bool {
-    name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
-fn write_leaf(
-    dir: &Path,
-    params: &CertificateParams,
-    issuer: &Issuer<'_, KeyPair>,
-    ca_pem: &str,
-) -> Result<(), Error> {
-    let key = KeyPair::generate().map_err(|e| provision_error("key", e))?;
-    let cert = params
-        .signed_by(&key, issuer)
-        .map_err(|e| provision_error("signing", e))?;
+/// Writes a certificate, its key (owner-only) and the CA certificate into the kit `dir`.
+fn write_kit(dir: &Path, issued: &cairn_identity::Issued, ca_pem: &str) -> Result<(), Error> {
     let paths = KitPaths::in_dir(dir);
-    write_file(&paths.key, &key.serialize_pem(), true)?;
+    write_file(&paths.key, &issued.key_pem, true)?;
     write_file(&paths.ca, ca_pem, false)?;
-    write_file(&paths.cert, &cert.pem(), false)
-}
-
-/// Whether `signature` (ECDSA P-256, SHA-256, ASN.1) over `message` was made with the key of
-/// `certificate` (DER).
-pub fn verify_signature(certificate: &[u8], message: &[u8], signature: &[u8]) -> bool {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(certificate) else {
-        return false;
-    };
-    let point = cert.public_key().subject_public_key.data.as_ref();
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point)
-        .verify(message, signature)
-        .is_ok()
-}
-
-/// The identity in a verified client certificate (DER): its common name, its organisation, and
-/// whether it is marked as a participant certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateIdentity {
-    /// Common name: the participant id.
-    pub id: String,
-    /// Organisation name (empty when absent).
-    pub organisation: String,
-    /// Organisational unit (`participant` for participant kits).
-    pub unit: String,
-}
-
-/// Reads the identity out of a certificate that TLS has already verified against the CA.
-pub fn identity_of(der: &[u8]) -> Result<CertificateIdentity, Error> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| Error::Identity(format!("client certificate cannot be parsed: {e}")))?;
-    let subject = cert.subject();
-    let first =
-        |attributes: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
-            attributes
-                .next()
-                .and_then(|a| a.as_str().ok())
-                .unwrap_or_default()
-                .to_string()
-        };
-    let id = first(&mut subject.iter_common_name());
-    if id.is_empty() {
-        return Err(Error::Identity(
-            "client certificate has no common name".into(),
-        ));
-    }
-    Ok(CertificateIdentity {
-        id,
-        organisation: first(&mut subject.iter_organization()),
-        unit: first(&mut subject.iter_organizational_unit()),
-    })
+    write_file(&paths.cert, &issued.cert_pem, false)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_identity::{CertificateIdentity, identity_of};
+    use rcgen::{CertificateParams, DnType, KeyPair};
 
     fn request(dir: &Path, ids: &[&str]) -> ProvisionRequest {
         ProvisionRequest {
@@ -590,7 +431,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         provision(&request(dir.path(), &["alpha"])).unwrap();
         let (key, csr_pem) =
-            cairn_participant::client::identity::certificate_request("delta", "Delta Lab").unwrap();
+            cairn_identity::certificate_request("delta", "Delta Lab").unwrap();
         let sign = |csr_pem: &str| {
             sign_request(&SignRequest {
                 out_dir: dir.path().to_path_buf(),
@@ -625,7 +466,7 @@ mod tests {
             (csr_pem.clone(), "already holds a certificate for delta"),
             (tamper(&csr_pem), "not a valid, correctly signed"),
             (
-                cairn_participant::client::identity::certificate_request("Bad_Id", "x")
+                cairn_identity::certificate_request("Bad_Id", "x")
                     .unwrap()
                     .1,
                 "names participant \"Bad_Id\"",

@@ -202,7 +202,7 @@ impl Securing {
                 // whose own signature fails is dropped here instead.
                 let signed =
                     advertisement_message(&self.config, from, &ad.channel_public, &ad.mask_public);
-                if !crate::pki::verify_signature(&certificate, &signed, &ad.signature) {
+                if !cairn_identity::verify_signature(&certificate, &signed, &ad.signature) {
                     return Err(
                         "its advertisement's signature does not verify with its certificate".into(),
                     );

@@ -59,33 +59,6 @@ impl Signer for KitSigner {
     }
 }
 
-/// A fresh ECDSA P-256 key (PKCS#8 PEM) and a certificate signing request (PEM) for participant
-/// `id` of `organisation`, for the federation CA to sign: the key never leaves this site.
-pub fn certificate_request(id: &str, organisation: &str) -> Result<(String, String), Error> {
-    let failed = |e: rcgen::Error| identity_error(format!("certificate request: {e}"));
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(failed)?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, id);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, organisation);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationalUnitName, "participant");
-    let csr = params.serialize_request(&key).map_err(failed)?;
-    Ok((key.serialize_pem(), csr.pem().map_err(failed)?))
-}
-
-/// The DER bytes of the first certificate in `pem`.
-pub fn certificate_der(pem: &str) -> Result<Vec<u8>, String> {
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .map(|der| der.to_vec())
-        .map_err(|e| format!("holds no usable certificate: {e}"))
-}
-
 /// Verifies neighbours' signatures with their certificates, each checked against the CA.
 #[derive(Debug)]
 pub struct FederationVerifier {
@@ -127,7 +100,9 @@ impl FederationVerifier {
                     "certificate of participant {index} is not from the federation CA: {e}"
                 ))
             })?;
-            let name = common_name(&der).unwrap_or_default();
+            let name = cairn_identity::identity_of(&der)
+                .map(|identity| identity.id)
+                .unwrap_or_default();
             if name != expected_id {
                 return Err(identity_error(format!(
                     "certificate of participant {index} names {name:?}, expected {expected_id:?}"
@@ -137,18 +112,6 @@ impl FederationVerifier {
         }
         Ok(FederationVerifier { certificates })
     }
-}
-
-fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let name = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    Some(name)
 }
 
 impl Verifier for FederationVerifier {
@@ -167,57 +130,59 @@ impl Verifier for FederationVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_coordinator::pki::{ParticipantSpec, ProvisionRequest, provision};
+    use cairn_identity::{Authority, Issued};
     use cairn_secagg::graph::Graph;
     use cairn_secagg::protocol::{ParticipantMachine, ProtocolError, RoundConfig};
-    use std::path::Path;
 
     const IDS: [&str; 3] = ["alpha", "bravo", "charlie"];
 
-    fn federation(dir: &Path) {
-        provision(&ProvisionRequest {
-            out_dir: dir.to_path_buf(),
-            federation: "test".into(),
-            server_names: vec!["localhost".into()],
-            participants: IDS
-                .iter()
-                .map(|id| ParticipantSpec::parse(id).unwrap())
-                .collect(),
-            validity_days: 1,
-        })
-        .unwrap();
+    /// A federation's CA and its participants' kits, in memory.
+    struct Federation {
+        ca: Authority,
+        kits: Vec<Issued>,
+        server: Issued,
     }
 
-    fn read(path: std::path::PathBuf) -> String {
-        std::fs::read_to_string(path).unwrap()
-    }
-
-    fn cert_der(dir: &Path, id: &str) -> Vec<u8> {
-        let pem = read(dir.join("participants").join(id).join("cert.pem"));
-        CertificateDer::from_pem_slice(pem.as_bytes())
-            .unwrap()
-            .to_vec()
-    }
-
-    fn signer(dir: &Path, id: &str) -> KitSigner {
-        KitSigner::from_pem(&read(dir.join("participants").join(id).join("key.pem"))).unwrap()
-    }
-
-    fn verifier(dir: &Path) -> FederationVerifier {
-        let peers = IDS
+    fn federation() -> Federation {
+        let ca = Authority::generate("test", 1).unwrap();
+        let kits = IDS
             .iter()
-            .enumerate()
-            .map(|(i, id)| (i as u32, id.to_string(), cert_der(dir, id)))
+            .map(|id| ca.issue_participant(id, id, 1).unwrap())
             .collect();
-        FederationVerifier::new(&read(dir.join("ca/ca.pem")), peers).unwrap()
+        let server = ca.issue_server(&["localhost".into()], 1).unwrap();
+        Federation { ca, kits, server }
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        cairn_identity::certificate_der(pem, "test").unwrap()
+    }
+
+    impl Federation {
+        fn cert_der(&self, id: &str) -> Vec<u8> {
+            let index = IDS.iter().position(|i| *i == id).unwrap();
+            der(&self.kits[index].cert_pem)
+        }
+
+        fn signer(&self, id: &str) -> KitSigner {
+            let index = IDS.iter().position(|i| *i == id).unwrap();
+            KitSigner::from_pem(&self.kits[index].key_pem).unwrap()
+        }
+
+        fn verifier(&self) -> FederationVerifier {
+            let peers = IDS
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (i as u32, id.to_string(), self.cert_der(id)))
+                .collect();
+            FederationVerifier::new(self.ca.cert_pem(), peers).unwrap()
+        }
     }
 
     #[test]
     fn kit_signatures_verify_against_the_signers_certificate_only() {
-        let dir = tempfile::tempdir().unwrap();
-        federation(dir.path());
-        let verifier = verifier(dir.path());
-        let signature = signer(dir.path(), "alpha").sign(b"job|1|keys");
+        let federation = federation();
+        let verifier = federation.verifier();
+        let signature = federation.signer("alpha").sign(b"job|1|keys");
         assert!(verifier.verify(0, b"job|1|keys", &signature));
         assert!(
             !verifier.verify(0, b"job|2|keys", &signature),
@@ -235,43 +200,36 @@ mod tests {
 
     #[test]
     fn certificates_from_another_ca_of_another_identity_or_for_servers_are_refused() {
-        let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        federation(ours.path());
-        federation(theirs.path());
-        let ca = read(ours.path().join("ca/ca.pem"));
-        let err = FederationVerifier::new(
-            &ca,
-            vec![(0, "alpha".into(), cert_der(theirs.path(), "alpha"))],
-        )
+        let (ours, theirs) = (federation(), federation());
+        let ca = ours.ca.cert_pem();
+        let err = FederationVerifier::new(ca, vec![(0, "alpha".into(), theirs.cert_der("alpha"))])
         .unwrap_err();
         assert!(
             err.to_string()
                 .contains("participant 0 is not from the federation CA"),
             "{err}"
         );
-        let err = FederationVerifier::new(
-            &ca,
-            vec![(1, "bravo".into(), cert_der(ours.path(), "alpha"))],
-        )
+        let err = FederationVerifier::new(ca, vec![(1, "bravo".into(), ours.cert_der("alpha"))])
         .unwrap_err();
         assert!(
             err.to_string()
                 .contains("names \"alpha\", expected \"bravo\""),
             "{err}"
         );
-        let server = read(ours.path().join("coordinator/cert.pem"));
-        let server = CertificateDer::from_pem_slice(server.as_bytes())
-            .unwrap()
-            .to_vec();
-        assert!(FederationVerifier::new(&ca, vec![(0, "localhost".into(), server)]).is_err());
+        let server = der(&ours.server.cert_pem);
+        let err = FederationVerifier::new(ca, vec![(0, "localhost".into(), server)]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("participant 0 is not from the federation CA"),
+            "a server certificate is not for client authentication: {err}"
+        );
         assert!(KitSigner::from_pem("not a key").is_err());
     }
 
     #[test]
     fn advertisements_signed_with_kit_keys_pass_the_protocol_check_and_substitutions_do_not() {
-        let dir = tempfile::tempdir().unwrap();
-        federation(dir.path());
-        let verifier = verifier(dir.path());
+        let federation = federation();
+        let verifier = federation.verifier();
         let config = RoundConfig {
             job: "job".into(),
             round: 1,
@@ -285,7 +243,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, id)| {
-                ParticipantMachine::new(config.clone(), i as u32, &signer(dir.path(), id))
+                ParticipantMachine::new(config.clone(), i as u32, &federation.signer(id))
             })
             .unzip();
         assert_eq!(

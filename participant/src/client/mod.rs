@@ -75,7 +75,7 @@ impl Kit {
         let signer =
             identity::KitSigner::from_pem(&key).map_err(|e| kit_error("key.pem", e.to_string()))?;
         let certificate_der =
-            identity::certificate_der(&cert).map_err(|e| kit_error("cert.pem", e))?;
+            cairn_identity::certificate_der(&cert, "cert.pem").map_err(|e| kit_error("cert.pem", e.to_string()))?;
         Ok(Kit {
             dir: dir.to_path_buf(),
             identity: Identity::from_pem(cert, key),
