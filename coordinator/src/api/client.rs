@@ -1,10 +1,11 @@
 //! The client side of the monitoring API, for `cairn-coordinator status`: the job and its round
 //! table as text, and a follower of the live stream that prints each change as it happens.
 
-use super::{ApiEvent, JobView, ParticipantView, RoundPage};
+use super::{ApiEvent, JobState, JobView, ParticipantView, RoundPage};
 use crate::Error;
 use crate::store::RoundRecord;
-use futures_util::StreamExt;
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 /// A connection to one coordinator's API.
@@ -16,7 +17,7 @@ pub struct ApiClient {
 }
 
 fn api_error(what: impl Into<String>) -> Error {
-    Error::Server(what.into())
+    Error::ApiClient(what.into())
 }
 
 impl ApiClient {
@@ -91,38 +92,114 @@ impl ApiClient {
         Ok(render(&job, &rounds, &participants))
     }
 
-    /// Hands every change from now on to `on_event`, until the job ends or the stream closes.
-    pub async fn follow(&self, mut on_event: impl FnMut(ApiEvent)) -> Result<(), Error> {
-        let mut stream = self.send("/api/v1/events").await?.bytes_stream();
-        let mut buffer = String::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| api_error(format!("live stream broke: {e}")))?;
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let data: String = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .collect();
-                let Ok(event) = serde_json::from_str::<ApiEvent>(data.trim()) else {
-                    // Keep-alive comments carry no data.
-                    continue;
-                };
-                let over = matches!(event, ApiEvent::JobFinished { .. });
-                on_event(event);
-                if over {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
+    /// Subscribes to the live stream: every change from now on will be delivered by
+    /// [`LiveStream::follow`], however long the caller takes to start following.
+    pub async fn subscribe(&self) -> Result<LiveStream, Error> {
+        // The server subscribes to the job's changes before it answers, so once the answer's
+        // head has arrived no later change can be missed.
+        let response = self.send(EVENTS_PATH).await?;
+        Ok(LiveStream {
+            url: format!("{}{EVENTS_PATH}", self.base),
+            response,
+        })
     }
 
-    /// Prints the status, then one line per change until the job ends.
-    pub async fn watch(&self, mut print: impl FnMut(&str)) -> Result<(), Error> {
-        print(&self.status().await?);
-        self.follow(|event| print(&describe(&event))).await
+    /// Hands every change from now on to `on_event`, until the job ends. The stream closing before
+    /// the job's end is an error.
+    pub async fn follow(&self, on_event: impl FnMut(ApiEvent)) -> Result<(), Error> {
+        self.subscribe().await?.follow(on_event).await
     }
+
+    /// Prints the status, then one line per change until the job ends; only the status if the job
+    /// has already ended.
+    pub async fn watch(&self, mut print: impl FnMut(&str)) -> Result<(), Error> {
+        // Subscribing before reading the status means that a change in between is shown (perhaps
+        // twice: in the status and as a line), never lost.
+        let live = self.subscribe().await?;
+        let job = self.job().await?;
+        let rounds = self.rounds().await?;
+        let participants = self.participants().await?;
+        print(&render(&job, &rounds, &participants));
+        if matches!(job.state, JobState::Finished | JobState::Failed) {
+            // The stream carries changes from the subscription on, so an ended job's end never
+            // comes.
+            return Ok(());
+        }
+        live.follow(|event| print(&describe(&event))).await
+    }
+}
+
+/// Where the live stream is served.
+const EVENTS_PATH: &str = "/api/v1/events";
+
+/// The live stream, subscribed to and not yet read.
+#[derive(Debug)]
+pub struct LiveStream {
+    url: String,
+    response: reqwest::Response,
+}
+
+impl LiveStream {
+    /// Hands every change since the subscription to `on_event`, until the job ends. The stream
+    /// closing before the job's end, breaking, or carrying an event that is not a change is an
+    /// error.
+    pub async fn follow(self, on_event: impl FnMut(ApiEvent)) -> Result<(), Error> {
+        follow_events(&self.url, self.response.bytes_stream(), on_event).await
+    }
+}
+
+/// At most this many characters of an undecodable event's data go into the error.
+const DATA_EXCERPT_CHARS: usize = 200;
+
+/// Decodes the server-sent events in `chunks` (the body of `url`, split however the network split
+/// it) and hands each change to `on_event` until the job's end.
+async fn follow_events<S, B, E>(
+    url: &str,
+    chunks: S,
+    mut on_event: impl FnMut(ApiEvent),
+) -> Result<(), Error>
+where
+    S: Stream<Item = Result<B, E>>,
+    B: AsRef<[u8]>,
+    E: std::fmt::Display,
+{
+    // The event-stream decoder keeps a character split across chunks until its last byte arrives
+    // and accepts the line endings the format allows (LF, CRLF, CR).
+    let mut events = std::pin::pin!(chunks.eventsource());
+    let mut n_events = 0usize;
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| {
+            api_error(match e {
+                EventStreamError::Transport(e) => {
+                    format!("live stream {url} broke after {n_events} events: {e}")
+                }
+                EventStreamError::Utf8(e) => {
+                    format!("live stream {url} is not UTF-8 after {n_events} events: {e}")
+                }
+                EventStreamError::Parser(e) => format!(
+                    "live stream {url} is not a server-sent event stream after {n_events} events: {e}"
+                ),
+            })
+        })?;
+        n_events += 1;
+        let change: ApiEvent = serde_json::from_str(&event.data).map_err(|e| {
+            let excerpt: String = event.data.chars().take(DATA_EXCERPT_CHARS).collect();
+            api_error(format!(
+                "live stream {url}: event {n_events} (`{}`) is not a change the client knows: {e}; \
+                 its data begins {excerpt:?}",
+                event.event
+            ))
+        })?;
+        let over = matches!(change, ApiEvent::JobFinished { .. });
+        on_event(change);
+        if over {
+            return Ok(());
+        }
+    }
+    Err(api_error(format!(
+        "live stream {url} ended after {n_events} events; expected it to last until a \
+         job_finished event"
+    )))
 }
 
 fn or_dash(value: Option<f64>) -> String {
@@ -210,5 +287,151 @@ pub fn describe(event: &ApiEvent) -> String {
                 if *succeeded { "finished" } else { "failed" }
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "http://coordinator/api/v1/events";
+
+    /// The body the server sends for `events`, with `line_end` between lines, and a keep-alive
+    /// comment before each event.
+    fn body(events: &[ApiEvent], line_end: &str) -> Vec<u8> {
+        let mut body = String::new();
+        for event in events {
+            let data = serde_json::to_string(event).expect("an ApiEvent serialises");
+            body.push_str(&format!(
+                ":{line_end}{line_end}event: change{line_end}data: {data}{line_end}{line_end}"
+            ));
+        }
+        body.into_bytes()
+    }
+
+    /// What `follow_events` hands over, as JSON (`ApiEvent` has no `PartialEq`), and its result.
+    async fn decode(
+        chunks: Vec<Result<Vec<u8>, String>>,
+    ) -> (Vec<serde_json::Value>, Result<(), Error>) {
+        let mut seen = Vec::new();
+        let result = follow_events(URL, futures_util::stream::iter(chunks), |event| {
+            seen.push(serde_json::to_value(&event).expect("an ApiEvent serialises"));
+        })
+        .await;
+        (seen, result)
+    }
+
+    fn as_json(events: &[ApiEvent]) -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .map(|event| serde_json::to_value(event).expect("an ApiEvent serialises"))
+            .collect()
+    }
+
+    fn a_job() -> Vec<ApiEvent> {
+        vec![
+            ApiEvent::ParticipantConnected { id: "zoë".into() },
+            ApiEvent::ParticipantDisconnected {
+                id: "zoë".into(),
+                reason: "heartbeat missed — 3 s ✓".into(),
+            },
+            ApiEvent::JobFinished {
+                succeeded: true,
+                reason: "every round committed".into(),
+            },
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_character_split_across_chunks_is_decoded_whole() {
+        let events = a_job();
+        let body = body(&events, "\n");
+        let first_multibyte = body
+            .iter()
+            .position(|byte| !byte.is_ascii())
+            .expect("the body holds a multi-byte character");
+        // Every split point, and in particular the one inside the first multi-byte character.
+        for split in (1..body.len()).chain([first_multibyte + 1]) {
+            let chunks = vec![Ok(body[..split].to_vec()), Ok(body[split..].to_vec())];
+            let (seen, result) = decode(chunks).await;
+            assert!(result.is_ok(), "split at {split}: {result:?}");
+            assert_eq!(seen, as_json(&events), "split at {split}");
+        }
+    }
+
+    #[tokio::test]
+    async fn one_byte_at_a_time_is_decoded_whole() {
+        let events = a_job();
+        let chunks = body(&events, "\n")
+            .into_iter()
+            .map(|byte| Ok(vec![byte]))
+            .collect();
+        let (seen, result) = decode(chunks).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(seen, as_json(&events));
+    }
+
+    #[tokio::test]
+    async fn crlf_line_endings_are_accepted() {
+        let events = a_job();
+        let (seen, result) = decode(vec![Ok(body(&events, "\r\n"))]).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(seen, as_json(&events));
+    }
+
+    #[tokio::test]
+    async fn the_stream_ending_before_the_job_is_an_error() {
+        let events = a_job();
+        let (seen, result) = decode(vec![Ok(body(&events[..2], "\n"))]).await;
+        assert_eq!(seen, as_json(&events[..2]));
+        let message = result.expect_err("EOF before job_finished").to_string();
+        assert_eq!(
+            message,
+            format!(
+                "server: live stream {URL} ended after 2 events; expected it to last until a \
+                 job_finished event"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn an_event_that_is_not_a_change_is_an_error_naming_it() {
+        let mut stream = body(&a_job()[..1], "\n");
+        stream.extend_from_slice(b"event: round_started\ndata: {\"type\":\"round_started\"}\n\n");
+        stream.extend_from_slice(&body(&a_job()[2..], "\n"));
+        let (seen, result) = decode(vec![Ok(stream)]).await;
+        assert_eq!(seen, as_json(&a_job()[..1]), "nothing after the bad event");
+        let message = result.expect_err("an undecodable event").to_string();
+        assert!(
+            message.contains("event 2 (`round_started`)")
+                && message.contains("missing field `round`")
+                && message.contains(r#"its data begins "{\"type\":\"round_started\"}""#),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_is_an_error() {
+        let chunks = vec![
+            Ok(body(&a_job()[..1], "\n")),
+            Err("connection reset".to_string()),
+        ];
+        let (seen, result) = decode(chunks).await;
+        assert_eq!(seen, as_json(&a_job()[..1]));
+        assert_eq!(
+            result.expect_err("a transport error").to_string(),
+            format!("server: live stream {URL} broke after 1 events: connection reset")
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_after_the_job_finished_is_read() {
+        let mut chunks = vec![Ok(body(&a_job(), "\n"))];
+        // Never decoded: following stops at the job's end.
+        chunks.push(Ok(b"data: not json\n\n".to_vec()));
+        chunks.push(Err("never reached".to_string()));
+        let (seen, result) = decode(chunks).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(seen, as_json(&a_job()));
     }
 }
