@@ -1,10 +1,9 @@
-//! Aggregation strategies over flat parameter vectors (ndarray). The coordinator only ever sees
-//! the *sum* of the participants' weighted updates and the sum of their weights ([`UpdateSum`]);
-//! a strategy turns that sum into the next global model. Secure aggregation replaces how the sum
-//! is obtained, not what a strategy does with it.
+//! Aggregation strategies over flat parameter vectors (plain slices). The coordinator only ever
+//! sees the *sum* of the participants' weighted updates and the sum of their weights
+//! ([`UpdateSum`]); a strategy turns that sum into the next global model. Secure aggregation
+//! replaces how the sum is obtained, not what a strategy does with it.
 
 use crate::Error;
-use ndarray::{Array1, ArrayView1, Zip};
 
 /// One participant's contribution, before it is added to the sum: its model delta already
 /// multiplied by its weight, the weight (example count), and its weight times its mean training
@@ -41,7 +40,7 @@ pub fn check_weight_and_loss(weight: u64, weighted_train_loss: f64) -> Result<()
 pub struct UpdateSum {
     /// Element-wise sum of the weighted deltas. Summed in f64 so that the result does not depend
     /// on the order in which participants answered beyond the last f32 rounding.
-    weighted_delta: Array1<f64>,
+    weighted_delta: Vec<f64>,
     weight: u64,
     weighted_train_loss: f64,
     n_contributors: usize,
@@ -51,7 +50,7 @@ impl UpdateSum {
     /// An empty sum for a model of `n_values` parameters.
     pub fn new(n_values: usize) -> UpdateSum {
         UpdateSum {
-            weighted_delta: Array1::zeros(n_values),
+            weighted_delta: vec![0.0; n_values],
             weight: 0,
             weighted_train_loss: 0.0,
             n_contributors: 0,
@@ -73,7 +72,7 @@ impl UpdateSum {
             )));
         }
         Ok(UpdateSum {
-            weighted_delta: Array1::from(weighted_delta),
+            weighted_delta,
             weight,
             weighted_train_loss,
             n_contributors,
@@ -89,20 +88,12 @@ impl UpdateSum {
                 self.weighted_delta.len()
             )));
         }
-        if update.weight == 0 {
-            return Err(Error::InvalidUpdate(
-                "model update has weight 0; expected at least 1 example".into(),
-            ));
+        check_weight_and_loss(update.weight, update.weighted_train_loss)?;
+        // `zip` stops at the shorter vector; the lengths are equal (checked above), so every
+        // value is added.
+        for (sum, &value) in self.weighted_delta.iter_mut().zip(&update.weighted_delta) {
+            *sum += f64::from(value);
         }
-        if !update.weighted_train_loss.is_finite() || update.weighted_train_loss < 0.0 {
-            return Err(Error::InvalidUpdate(format!(
-                "weighted training loss is {}; expected a finite number >= 0",
-                update.weighted_train_loss
-            )));
-        }
-        Zip::from(&mut self.weighted_delta)
-            .and(ArrayView1::from(update.weighted_delta.as_slice()))
-            .for_each(|sum, &value| *sum += f64::from(value));
         self.weight += update.weight;
         self.weighted_train_loss += update.weighted_train_loss;
         self.n_contributors += 1;
@@ -160,11 +151,11 @@ impl Strategy for FedAvg {
             )));
         }
         let scale = self.server_learning_rate / sum.weight as f64;
-        let mut next = Array1::from(global.to_vec());
-        Zip::from(&mut next)
-            .and(&sum.weighted_delta)
-            .for_each(|value, &delta| *value = (f64::from(*value) + scale * delta) as f32);
-        Ok(next.into_raw_vec_and_offset().0)
+        Ok(global
+            .iter()
+            .zip(&sum.weighted_delta)
+            .map(|(&value, &delta)| (f64::from(value) + scale * delta) as f32)
+            .collect())
     }
 }
 
