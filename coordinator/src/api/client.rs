@@ -388,7 +388,7 @@ mod tests {
         assert_eq!(
             message,
             format!(
-                "server: live stream {URL} ended after 2 events; expected it to last until a \
+                "API client: live stream {URL} ended after 2 events; expected it to last until a \
                  job_finished event"
             )
         );
@@ -420,7 +420,7 @@ mod tests {
         assert_eq!(seen, as_json(&a_job()[..1]));
         assert_eq!(
             result.expect_err("a transport error").to_string(),
-            format!("server: live stream {URL} broke after 1 events: connection reset")
+            format!("API client: live stream {URL} broke after 1 events: connection reset")
         );
     }
 
