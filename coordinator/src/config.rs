@@ -114,17 +114,25 @@ impl SecureAggregationSpec {
         }
     }
 
-    /// How updates are encoded for `n_participants` listed participants.
+    /// How updates are encoded for `n_participants` listed participants; an error if the
+    /// encoding cannot hold the sum of their updates.
     pub fn encoding(
         &self,
         n_participants: usize,
-    ) -> Result<cairn_secagg::quantize::UpdateEncoding, cairn_secagg::Error> {
+    ) -> Result<cairn_secagg::quantize::UpdateEncoding, Error> {
+        let refused = |source| Error::JobEncoding {
+            n_participants,
+            source,
+        };
         let encoding = cairn_secagg::quantize::UpdateEncoding::new(
             self.clip,
             self.levels(n_participants),
             self.max_weight,
-        )?;
-        encoding.check_capacity(n_participants as u64)?;
+        )
+        .map_err(refused)?;
+        encoding
+            .check_capacity(n_participants as u64)
+            .map_err(refused)?;
         Ok(encoding)
     }
 
@@ -234,15 +242,16 @@ impl JobSpec {
             what: format!("reading job file {}", path.display()),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
-            Error::Job(reason) => Error::Job(format!("{}: {reason}", path.display())),
-            other => other,
+        Self::parse(&text).map_err(|source| Error::JobFile {
+            path: path.to_path_buf(),
+            source: Box::new(source),
         })
     }
 
     /// Parses and validates a job from YAML text.
     pub fn parse(text: &str) -> Result<JobSpec, Error> {
-        let job: JobSpec = serde_saphyr::from_str(text).map_err(|e| Error::Job(e.to_string()))?;
+        let job: JobSpec =
+            serde_saphyr::from_str(text).map_err(|source| Error::JobSyntax { source })?;
         job.validate()?;
         Ok(job)
     }
@@ -254,8 +263,16 @@ impl JobSpec {
 
     /// Checks every field; the error names the field, its value and what is allowed.
     pub fn validate(&self) -> Result<(), Error> {
-        fn invalid(field: &str, value: impl std::fmt::Display, allowed: &str) -> Result<(), Error> {
-            Err(Error::Job(format!("field `{field}` is {value}; {allowed}")))
+        fn invalid(
+            field: &'static str,
+            value: impl std::fmt::Display,
+            expected: &str,
+        ) -> Result<(), Error> {
+            Err(Error::JobField {
+                field,
+                value: value.to_string(),
+                expected: expected.to_string(),
+            })
         }
         if !is_valid_name(&self.name) {
             return invalid(
@@ -370,13 +387,7 @@ impl JobSpec {
                 "expected 2..=31",
             );
         }
-        if let Err(e) = secure.encoding(self.participants.len()) {
-            return invalid(
-                "secure_aggregation",
-                format!("set for {} participants", self.participants.len()),
-                &e.to_string(),
-            );
-        }
+        secure.encoding(self.participants.len())?;
         Ok(())
     }
 }

@@ -19,6 +19,8 @@ pub mod strategy;
 
 pub use grpc::{Coordinator, JobReport, ServeOptions, ServerTls, Stopper};
 
+use std::path::PathBuf;
+
 /// Binds a TCP listener on `address` for `what` ("the API", ...), returning it with the
 /// address it got (the port, when `address` asks for any).
 pub(crate) async fn bind(
@@ -38,38 +40,395 @@ pub(crate) async fn bind(
     Ok((listener, bound))
 }
 
-/// Everything that can go wrong in the coordinator.
+/// Everything that can go wrong in the coordinator. Each variant is one thing that happened,
+/// with the thing, the value and what was expected as fields, and the underlying error (when
+/// there is one) as its source, so that `std::error::Error::source` walks the whole chain.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The job file is invalid; the message names the field, the value and what is allowed.
-    #[error("job: {0}")]
-    Job(String),
-    /// A participant's update cannot be used.
-    #[error("invalid update: {0}")]
-    InvalidUpdate(String),
-    /// Certificates could not be created.
-    #[error("provision: {0}")]
-    Provision(String),
-    /// A certificate or key given to the server is unusable.
-    #[error("TLS: {0}")]
-    Tls(String),
+    /// The job text is not a job: not YAML, an unknown field, a value of the wrong type.
+    #[error("job: {source}")]
+    JobSyntax {
+        /// The YAML decoder's error, naming the field or line.
+        source: serde_saphyr::Error,
+    },
+    /// A job field holds a value it does not allow.
+    #[error("job: field `{field}` is {value}; {expected}")]
+    JobField {
+        /// The field, dotted for nested ones (`secure_aggregation.threshold`).
+        field: &'static str,
+        /// Its value, as the job file would write it.
+        value: String,
+        /// What the field allows.
+        expected: String,
+    },
+    /// The job's secure-aggregation encoding cannot sum updates of all its participants.
+    #[error("job: field `secure_aggregation` is set for {n_participants} participants; {source}")]
+    JobEncoding {
+        /// Participants the job lists.
+        n_participants: usize,
+        /// Why the encoding cannot hold their sum.
+        source: cairn_secagg::Error,
+    },
+    /// A job file is invalid.
+    #[error("{}: {source}", path.display())]
+    JobFile {
+        /// The job file.
+        path: PathBuf,
+        /// What is wrong with it ([`Error::JobSyntax`], [`Error::JobField`], ...).
+        source: Box<Error>,
+    },
+    /// An update (or a sum of updates) has another number of values than the model.
+    #[error("invalid update: {what} has {values} values, job expects {expected}")]
+    UpdateLength {
+        /// What was checked ("model update", "sum").
+        what: &'static str,
+        /// Values it has.
+        values: usize,
+        /// Values the job's model has.
+        expected: usize,
+    },
+    /// An update (or a sum of updates) was computed on no training example.
+    #[error("invalid update: {what} has weight 0; expected at least 1 example")]
+    ZeroWeight {
+        /// What was checked ("model update", "sum of updates").
+        what: &'static str,
+    },
+    /// An update's weighted training loss is negative or not finite.
+    #[error("invalid update: weighted training loss is {value}; expected a finite number >= 0")]
+    TrainLoss {
+        /// The loss.
+        value: f64,
+    },
+    /// The securely aggregated sum holds a NaN or an infinity.
+    #[error(
+        "invalid update: securely aggregated sum holds a non-finite value at position {position}"
+    )]
+    NonFiniteSum {
+        /// Index of the first non-finite value.
+        position: usize,
+    },
+    /// A participant given to `provision` has no organisation.
+    #[error("provision: participant {id:?} has an empty organisation")]
+    EmptyOrganisation {
+        /// The participant.
+        id: String,
+    },
+    /// Certificates were asked for with a validity of 0 days.
+    #[error("provision: validity of {days} days; expected at least 1")]
+    Validity {
+        /// The validity asked for.
+        days: u32,
+    },
+    /// A participant's kit already holds a certificate, which signing would replace.
+    #[error(
+        "provision: {} already holds a certificate for {id}; remove it first to issue a new one",
+        dir.display()
+    )]
+    KitExists {
+        /// The kit directory.
+        dir: PathBuf,
+        /// The participant.
+        id: String,
+    },
+    /// A participant's Helm values cannot be written as YAML.
+    #[error("provision: writing the Helm values of {id}: {source}")]
+    HelmValues {
+        /// The participant.
+        id: String,
+        /// The YAML encoder's error.
+        source: serde_saphyr::SerializeError,
+    },
+    /// A file of the server's TLS directory holds no PEM block of the kind it should.
+    #[error("TLS: {} holds no PEM block with {marker:?}", path.display())]
+    NoPemBlock {
+        /// The file.
+        path: PathBuf,
+        /// The PEM header line expected in it.
+        marker: &'static str,
+    },
+    /// The server's certificate or key is refused by the TLS layer.
+    #[error("TLS: server certificate or key unusable: {source}")]
+    ServerTls {
+        /// The TLS layer's error.
+        source: tonic::transport::Error,
+    },
     /// A certificate, key or signing request cannot be made or used.
     #[error(transparent)]
     Identity(#[from] cairn_identity::Error),
-    /// A checkpoint cannot be written or read.
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
-    /// The state directory cannot be used.
-    #[error("state dir: {0}")]
-    StateDir(String),
-    /// The Kubernetes API or the operator's lease failed.
-    #[error("Kubernetes: {0}")]
-    Kubernetes(String),
-    /// The gRPC server failed.
-    #[error("server: {0}")]
-    Server(String),
-    /// A file system operation failed.
+    /// A model cannot be encoded as safetensors.
+    #[error("checkpoint: encoding {what} as safetensors: {source}")]
+    ModelEncoding {
+        /// What was being encoded ("tensor fc1.weight", "the model").
+        what: String,
+        /// The safetensors error.
+        source: safetensors::SafeTensorError,
+    },
+    /// A model file is not in the safetensors format.
+    #[error("checkpoint: {}: not a safetensors file: {source}", path.display())]
+    NotSafetensors {
+        /// The file.
+        path: PathBuf,
+        /// The safetensors error.
+        source: safetensors::SafeTensorError,
+    },
+    /// A model file holds another number of tensors than the model.
+    #[error("checkpoint: {}: holds {found} tensors, the model has {expected}", path.display())]
+    TensorCount {
+        /// The file.
+        path: PathBuf,
+        /// Tensors in the file.
+        found: usize,
+        /// Tensors in the model.
+        expected: usize,
+    },
+    /// A model file lacks one of the model's tensors.
+    #[error("checkpoint: {}: has no tensor {tensor:?}", path.display())]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// A tensor of a model file has another type or shape than the model's.
+    #[error(
+        "checkpoint: {}: tensor {tensor} is {dtype:?} {shape:?}, expected F32 {expected:?}",
+        path.display()
+    )]
+    TensorShape {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// Its element type in the file.
+        dtype: safetensors::Dtype,
+        /// Its shape in the file.
+        shape: Vec<usize>,
+        /// Its shape in the model.
+        expected: Vec<usize>,
+    },
+    /// The state directory was asked to keep no checkpoint, so no round could be resumed.
+    #[error(
+        "state dir: {value} checkpoints to keep; expected at least 1 (--keep-checkpoints), or no round could be resumed"
+    )]
+    KeepCheckpoints {
+        /// Checkpoints asked for.
+        value: usize,
+    },
+    /// A state directory holds round records but no `state.json`.
+    #[error(
+        "state dir: {}: holds round records but no state.json; it was not written by this coordinator",
+        dir.display()
+    )]
+    StateWithoutHeader {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    /// Something to be written to the state directory cannot be encoded as JSON.
+    #[error("state dir: {}: encoding {what}: {source}", dir.display())]
+    StateEncoding {
+        /// The state directory.
+        dir: PathBuf,
+        /// What was being encoded ("state.json", "the record of round 3").
+        what: String,
+        /// The JSON encoder's error.
+        source: serde_json::Error,
+    },
+    /// A file of the state directory is not valid JSON of what it should hold.
+    #[error("state dir: {}: {file} is corrupt ({source})", dir.display())]
+    StateCorrupt {
+        /// The state directory.
+        dir: PathBuf,
+        /// The file, and the line where it has lines ("state.json", "rounds.jsonl line 2").
+        file: String,
+        /// The JSON decoder's error.
+        source: serde_json::Error,
+    },
+    /// A state directory was written in another state schema version.
+    #[error(
+        "state dir: {}: written with state schema version {}, this coordinator reads version {expected}",
+        dir.display(),
+        found.map_or("(none)".to_string(), |v| v.to_string())
+    )]
+    StateSchema {
+        /// The state directory.
+        dir: PathBuf,
+        /// The version in its `state.json`, if it has one.
+        found: Option<u64>,
+        /// The version this coordinator reads.
+        expected: u32,
+    },
+    /// A state directory belongs to another job.
+    #[error(
+        "state dir: {}: belongs to job {found:?}, not {expected:?}; use another --state-dir for a different job",
+        dir.display()
+    )]
+    StateOfOtherJob {
+        /// The state directory.
+        dir: PathBuf,
+        /// The job it belongs to.
+        found: String,
+        /// The job being started.
+        expected: String,
+    },
+    /// A state directory belongs to this job's name with another definition.
+    #[error(
+        "state dir: {}: belongs to job {job:?} with a different definition; a job cannot change while it runs \
+         (state.json holds the definition it started with)",
+        dir.display()
+    )]
+    JobChanged {
+        /// The state directory.
+        dir: PathBuf,
+        /// The job's name.
+        job: String,
+    },
+    /// `rounds.jsonl` ends with a complete record but no newline: a crash cannot do that.
+    #[error(
+        "state dir: {}: rounds.jsonl ends without a newline; it was edited by hand",
+        dir.display()
+    )]
+    RoundsEdited {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    /// A line of `rounds.jsonl` holds another round than its position says.
+    #[error(
+        "state dir: {}: rounds.jsonl line {line} holds round {round}, expected round {expected}",
+        dir.display()
+    )]
+    RoundOutOfOrder {
+        /// The state directory.
+        dir: PathBuf,
+        /// The line (from 1).
+        line: usize,
+        /// The round it holds.
+        round: u64,
+        /// The round it should hold.
+        expected: u64,
+    },
+    /// The checkpoint of a committed round cannot be read.
+    #[error(
+        "state dir: {}: checkpoint of committed round {round} ({}) cannot be read: {source}",
+        dir.display(),
+        path.display()
+    )]
+    CheckpointUnreadable {
+        /// The state directory.
+        dir: PathBuf,
+        /// The round.
+        round: u64,
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The file system's error.
+        source: std::io::Error,
+    },
+    /// The checkpoint of a committed round does not have the hash its record holds.
+    #[error(
+        "state dir: {}: checkpoint of committed round {round} ({}) is corrupt: sha256 {found}, the round record says {expected}",
+        dir.display(),
+        path.display()
+    )]
+    CheckpointCorrupt {
+        /// The state directory.
+        dir: PathBuf,
+        /// The round.
+        round: u64,
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The checkpoint's SHA-256 (hex).
+        found: String,
+        /// The SHA-256 in the round's record (hex).
+        expected: String,
+    },
+    /// No Kubernetes API client could be made (in-cluster or from the kubeconfig).
+    #[cfg(feature = "kubernetes")]
+    #[error("Kubernetes: connecting to the Kubernetes API (in-cluster or kubeconfig): {source}")]
+    KubeConnect {
+        /// kube's error.
+        source: kube::Error,
+    },
+    /// The operator's lease duration is too short to renew it in time.
+    #[error("Kubernetes: lease duration is {seconds} s; expected at least 2 s")]
+    LeaseDuration {
+        /// The lease duration asked for.
+        seconds: u64,
+    },
+    /// The operator's lease manager cannot be set up.
+    #[cfg(feature = "kubernetes")]
+    #[error("Kubernetes: lease {lease}: {source}")]
+    Lease {
+        /// The Lease's name.
+        lease: String,
+        /// The lease manager's error.
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    /// The lease manager stopped renewing the operator's lease.
+    #[error("Kubernetes: lease {lease} is no longer renewed")]
+    LeaseLost {
+        /// The Lease's name.
+        lease: String,
+    },
+    /// The operator's FederatedJob watch or its lease task ended, which they never should.
+    #[error("Kubernetes: the FederatedJob watch or the lease task for {lease} ended")]
+    WatchEnded {
+        /// The Lease's name.
+        lease: String,
+    },
+    /// The heartbeat interval is zero.
+    #[error("server: heartbeat interval is 0; expected at least 1 second")]
+    ZeroHeartbeat,
+    /// The round driver's task panicked or was cancelled.
+    #[error("server: round driver stopped: {source}")]
+    DriverStopped {
+        /// The task's error.
+        source: tokio::task::JoinError,
+    },
+    /// The round driver's event channel closed while the job was still running.
+    #[error("server: event channel closed before the job finished")]
+    EventsClosed,
+    /// A line of an API token file has another number of fields than a role and a token.
+    #[error("line {line}: expected `<role> <token>`, found {fields} fields")]
+    TokenFields {
+        /// The line (from 1).
+        line: usize,
+        /// Fields on it.
+        fields: usize,
+    },
+    /// A line of an API token file names an unknown role.
+    #[error("line {line}: role {role:?}; expected \"admin\" or \"viewer\"")]
+    TokenRole {
+        /// The line (from 1).
+        line: usize,
+        /// The role it names.
+        role: String,
+    },
+    /// A token of an API token file is short enough to be guessed.
+    #[error("line {line}: token has {length} characters; expected at least {minimum}")]
+    TokenTooShort {
+        /// The line (from 1).
+        line: usize,
+        /// Characters in the token.
+        length: usize,
+        /// The fewest characters a token may have.
+        minimum: usize,
+    },
+    /// An API token file holds no token.
+    #[error("no tokens; expected at least one `<role> <token>` line")]
+    NoTokens,
+    /// An API token file is invalid.
+    #[error("API token file {}: {source}", path.display())]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it ([`Error::TokenRole`], ...).
+        source: Box<Error>,
+    },
+    /// The monitoring API could not be reached or answered what the client cannot use; the
+    /// message names the URL.
+    #[error("API client: {0}")]
+    ApiClient(String),
+    /// A file system or socket operation failed.
     #[error("{what}: {source}")]
     Io {
         /// What was being done.

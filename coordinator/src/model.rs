@@ -104,13 +104,20 @@ pub fn encode_safetensors(layout: &[TensorShape], values: &[f32]) -> Result<Vec<
     let mut views = Vec::with_capacity(layout.len());
     for tensor in layout {
         let end = offset + 4 * tensor.len();
-        let view = TensorView::new(Dtype::F32, tensor.shape.clone(), &bytes[offset..end])
-            .map_err(|e| Error::Checkpoint(format!("tensor {}: {e}", tensor.name)))?;
+        let view = TensorView::new(Dtype::F32, tensor.shape.clone(), &bytes[offset..end]).map_err(
+            |source| Error::ModelEncoding {
+                what: format!("tensor {}", tensor.name),
+                source,
+            },
+        )?;
         views.push((tensor.name.clone(), view));
         offset = end;
     }
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint(e.to_string()))
+    safetensors::serialize(views, Some(metadata)).map_err(|source| Error::ModelEncoding {
+        what: "the model".into(),
+        source,
+    })
 }
 
 /// Reads a safetensors file and checks that it holds exactly `layout` as f32.
@@ -119,29 +126,33 @@ pub fn load_safetensors(path: &Path, layout: &[TensorShape]) -> Result<Vec<f32>,
         what: format!("reading model {}", path.display()),
         source,
     })?;
-    let fail = |reason: String| Error::Checkpoint(format!("{}: {reason}", path.display()));
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| fail(format!("not a safetensors file: {e}")))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|source| Error::NotSafetensors {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if file.len() != layout.len() {
-        return Err(fail(format!(
-            "holds {} tensors, the model has {}",
-            file.len(),
-            layout.len()
-        )));
+        return Err(Error::TensorCount {
+            path: path.to_path_buf(),
+            found: file.len(),
+            expected: layout.len(),
+        });
     }
     let mut values = Vec::with_capacity(n_values(layout));
     for tensor in layout {
         let view = file
             .tensor(&tensor.name)
-            .map_err(|_| fail(format!("has no tensor {:?}", tensor.name)))?;
+            .map_err(|_| Error::MissingTensor {
+                path: path.to_path_buf(),
+                tensor: tensor.name.clone(),
+            })?;
         if view.dtype() != Dtype::F32 || view.shape() != tensor.shape.as_slice() {
-            return Err(fail(format!(
-                "tensor {} is {:?} {:?}, expected F32 {:?}",
-                tensor.name,
-                view.dtype(),
-                view.shape(),
-                tensor.shape
-            )));
+            return Err(Error::TensorShape {
+                path: path.to_path_buf(),
+                tensor: tensor.name.clone(),
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                expected: tensor.shape.clone(),
+            });
         }
         values.extend(
             view.data()

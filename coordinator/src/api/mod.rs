@@ -72,7 +72,7 @@ impl ApiTokens {
 
     /// Parses a token file: one `<role> <token>` per line (`admin` or `viewer`); blank lines and
     /// lines starting with `#` are skipped.
-    pub fn parse(text: &str) -> Result<ApiTokens, String> {
+    pub fn parse(text: &str) -> Result<ApiTokens, Error> {
         let mut tokens = Vec::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -81,33 +81,32 @@ impl ApiTokens {
             }
             let fields: Vec<&str> = line.split_whitespace().collect();
             let [role, token] = fields[..] else {
-                return Err(format!(
-                    "line {}: expected `<role> <token>`, found {} fields",
-                    number + 1,
-                    fields.len()
-                ));
+                return Err(Error::TokenFields {
+                    line: number + 1,
+                    fields: fields.len(),
+                });
             };
             let role = match role {
                 "admin" => Role::Admin,
                 "viewer" => Role::Viewer,
                 other => {
-                    return Err(format!(
-                        "line {}: role {other:?}; expected \"admin\" or \"viewer\"",
-                        number + 1
-                    ));
+                    return Err(Error::TokenRole {
+                        line: number + 1,
+                        role: other.to_string(),
+                    });
                 }
             };
             if token.len() < MIN_TOKEN_LEN {
-                return Err(format!(
-                    "line {}: token has {} characters; expected at least {MIN_TOKEN_LEN}",
-                    number + 1,
-                    token.len()
-                ));
+                return Err(Error::TokenTooShort {
+                    line: number + 1,
+                    length: token.len(),
+                    minimum: MIN_TOKEN_LEN,
+                });
             }
             tokens.push((role, token.to_string()));
         }
         if tokens.is_empty() {
-            return Err("no tokens; expected at least one `<role> <token>` line".into());
+            return Err(Error::NoTokens);
         }
         Ok(ApiTokens { tokens })
     }
@@ -118,8 +117,10 @@ impl ApiTokens {
             what: format!("reading API token file {}", path.display()),
             source,
         })?;
-        ApiTokens::parse(&text)
-            .map_err(|reason| Error::Server(format!("API token file {}: {reason}", path.display())))
+        ApiTokens::parse(&text).map_err(|source| Error::TokenFile {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
     }
 
     /// The role of `token`, compared in constant time against every known token.

@@ -27,6 +27,7 @@ fn token_files_are_parsed_and_bad_lines_named() {
     ];
     for (text, expected) in cases {
         let err = ApiTokens::parse(text).unwrap_err();
+        let err = err.to_string();
         assert!(err.contains(expected), "{text:?}: {err}");
     }
     let (random, token) = ApiTokens::random_admin();

@@ -6,7 +6,8 @@ use super::{Connection, Shared};
 use crate::Error;
 use crate::model::{initialize, save_safetensors};
 use crate::round::{
-    Command, Event, ParticipantId, RoundMachine, RoundSettings, SecureOutbound, SecureSettings,
+    Command, Event, ParticipantId, Phase, RoundMachine, RoundOutcome, RoundSettings,
+    SecureOutbound, SecureSettings, SecureSetup,
 };
 use crate::store::{Resume, RoundRecord, Store};
 use crate::strategy::FedAvg;
@@ -16,7 +17,7 @@ use cairn_proto::v1::{
 };
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// When the running round started and the byte counters at that moment.
@@ -33,222 +34,289 @@ pub(super) async fn run(
     resume: Resume,
     mut events: mpsc::UnboundedReceiver<Event>,
 ) -> Result<super::JobReport, Error> {
-    let job = &shared.job;
-    let settings = RoundSettings {
-        rounds: job.rounds,
-        min_participants: job.min_participants,
-        fraction: job.fraction,
-        phase_deadline: job.phase_deadline(),
-        max_round_attempts: job.max_round_attempts,
-        seed: job.seed,
-        secure: match job.secure_aggregation.enabled {
-            false => None,
-            true => Some(SecureSettings {
-                job: job.name.clone(),
-                spec: job.secure_aggregation.clone(),
-                encoding: job
-                    .secure_aggregation
-                    .encoding(job.participants.len())
-                    .map_err(|e| Error::Job(format!("secure_aggregation: {e}")))?,
-            }),
-        },
+    let mut driver = match Driver::start(shared, store, resume)? {
+        Started::Running(driver) => driver,
+        Started::AlreadyComplete(report) => return Ok(report),
     };
-    let mut rounds = resume.rounds;
-    let committed = rounds.len() as u64;
-    let global = resume
-        .global
-        .unwrap_or_else(|| initialize(&shared.layout, job.seed));
-    let mut machine =
-        RoundMachine::new(settings, Box::new(FedAvg::default()), global, committed + 1);
-    shared.monitor.set_model(machine.global().clone());
-    if machine.is_finished() {
-        shared.finished.store(true, Ordering::SeqCst);
-        let model_path = store.final_model_path();
-        save_safetensors(&model_path, &shared.layout, machine.global())?;
-        let reason = format!(
-            "all {} rounds were already committed in {}",
-            job.rounds,
-            store.dir().display()
-        );
-        tracing::info!("job {} is complete: {reason}; nothing to run", job.name);
-        return Ok(super::JobReport {
-            rounds,
-            succeeded: true,
-            reason,
-            model_path,
-        });
-    }
-    if committed > 0 {
-        tracing::info!(
-            "resuming job {} at round {} of {} ({committed} rounds committed in {})",
-            job.name,
-            committed + 1,
-            job.rounds,
-            store.dir().display()
-        );
-    }
-    let mut clock: Option<RoundClock> = None;
     while let Some(event) = events.recv().await {
-        for command in machine.handle(event) {
-            match command {
-                Command::SendTrain {
-                    round,
-                    to,
-                    model,
-                    secure,
-                } => {
-                    if clock.as_ref().is_none_or(|c| c.round != round) {
-                        clock = Some(RoundClock {
-                            round,
-                            started: Instant::now(),
-                            bytes_in: shared.monitor.metrics.bytes_received.get(),
-                            bytes_out: shared.monitor.metrics.bytes_sent.get(),
-                        });
-                    }
-                    let how = if secure.is_some() {
-                        "secure aggregation"
-                    } else {
-                        "plaintext updates"
-                    };
-                    tracing::info!(round, participants = ?to, "round {round}: training on {} participants ({how})", to.len());
-                    let secure_aggregation = secure.as_ref().map(super::secure::setup);
-                    shared.monitor.round_started(round, &to);
-                    let config = TrainingConfig {
-                        model: job.model.name().to_string(),
-                        local_epochs: job.local_epochs,
-                        batch_size: job.batch_size,
-                        learning_rate: job.learning_rate,
-                        seed: job.seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                    };
-                    send_model(&shared, &to, round, &model, |header| {
-                        Body::Train(TrainInstruction {
-                            config: Some(config.clone()),
-                            model: Some(header),
-                            deadline_ms: job.phase_deadline().as_millis() as u64,
-                            secure_aggregation: secure_aggregation.clone(),
-                        })
-                    });
-                }
-                Command::SendSecure {
-                    round,
-                    attempt,
-                    messages,
-                } => send_secure(&shared, round, attempt, messages),
-                Command::SendEvaluate { round, to, model } => {
-                    send_model(&shared, &to, round, &model, |header| {
-                        Body::Evaluate(EvaluateInstruction {
-                            model_name: job.model.name().to_string(),
-                            model: Some(header),
-                            deadline_ms: job.phase_deadline().as_millis() as u64,
-                        })
-                    });
-                }
-                Command::StartDeadline {
-                    round,
-                    attempt,
-                    phase,
-                    after,
-                } => {
-                    shared.monitor.phase_started(round, attempt, phase);
-                    let events = shared.events.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(after).await;
-                        let _ = events.send(Event::DeadlineExpired {
-                            round,
-                            attempt,
-                            phase,
-                        });
-                    });
-                }
-                Command::Commit { outcome, model } => {
-                    let (duration_s, bytes_in, bytes_out) = match &clock {
-                        Some(c) => (
-                            c.started.elapsed().as_secs_f64(),
-                            shared.monitor.metrics.bytes_received.get() - c.bytes_in,
-                            shared.monitor.metrics.bytes_sent.get() - c.bytes_out,
-                        ),
-                        None => (0.0, 0, 0),
-                    };
-                    let record = RoundRecord {
-                        outcome,
-                        duration_s,
-                        bytes_in,
-                        bytes_out,
-                        committed_at: now_rfc3339(),
-                        checkpoint_sha256: String::new(),
-                        phase_durations: shared.monitor.take_phase_timings(),
-                    };
-                    let record = store.commit(&record, &shared.layout, &model)?;
-                    log_round(&record, job.rounds);
-                    shared.monitor.round_committed(&record, model);
-                    rounds.push(record);
-                }
-                Command::RoundFailed {
-                    round,
-                    attempt,
-                    reason,
-                } => {
-                    tracing::warn!(
-                        round,
-                        attempt,
-                        "round {round} attempt {attempt} failed: {reason}; global model unchanged, retrying"
-                    );
-                    shared.monitor.round_failed(round, attempt, &reason);
-                }
-                Command::Ignored { id, reason } => {
-                    tracing::warn!(participant = %id, "ignored a message from {id}: {reason}");
-                }
-                Command::Finish {
-                    rounds_completed,
-                    succeeded,
-                    reason,
-                } => {
-                    shared.finished.store(true, Ordering::SeqCst);
-                    let model_path = store.final_model_path();
-                    save_safetensors(&model_path, &shared.layout, machine.global())?;
-                    shared.monitor.job_finished(succeeded, &reason);
-                    let connections: Vec<Connection> = {
-                        let mut map = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
-                        map.drain().map(|(_, c)| c).collect()
-                    };
-                    let hand_over = shared.hand_over.load(Ordering::SeqCst);
-                    for connection in connections {
-                        let message = match hand_over {
-                            // The job goes on under another coordinator: participants reconnect.
-                            true => Err(tonic::Status::unavailable(format!("{reason}; reconnect"))),
-                            false => Ok(CoordinatorMessage {
-                                body: Some(Body::Finished(JobFinished {
-                                    rounds_completed,
-                                    reason: reason.clone(),
-                                })),
-                            }),
-                        };
-                        tokio::spawn(async move {
-                            let _ = connection.outbox.send(message).await;
-                        });
-                    }
-                    if succeeded {
-                        tracing::info!(
-                            "job {} finished: {reason}; final model at {}",
-                            job.name,
-                            model_path.display()
-                        );
-                    } else {
-                        tracing::error!("job {} stopped: {reason}", job.name);
-                    }
-                    return Ok(super::JobReport {
-                        rounds,
-                        succeeded,
-                        reason,
-                        model_path,
-                    });
-                }
+        for command in driver.machine.handle(event) {
+            if let Some(report) = driver.execute(command)? {
+                return Ok(report);
             }
         }
     }
-    Err(Error::Server(
-        "event channel closed before the job finished".into(),
-    ))
+    Err(Error::EventsClosed)
+}
+
+/// What starting the driver found.
+enum Started {
+    /// Rounds remain to be run.
+    Running(Box<Driver>),
+    /// Every round was already committed in the state directory.
+    AlreadyComplete(super::JobReport),
+}
+
+/// The round machine and what carrying out its commands needs; one method per command.
+struct Driver {
+    shared: Arc<Shared>,
+    store: Store,
+    machine: RoundMachine,
+    /// Every committed round, the resumed ones first.
+    rounds: Vec<RoundRecord>,
+    clock: Option<RoundClock>,
+}
+
+impl Driver {
+    /// Builds the round machine from the job and what the state directory holds.
+    fn start(shared: Arc<Shared>, store: Store, resume: Resume) -> Result<Started, Error> {
+        let job = &shared.job;
+        let settings = RoundSettings {
+            rounds: job.rounds,
+            min_participants: job.min_participants,
+            fraction: job.fraction,
+            phase_deadline: job.phase_deadline(),
+            max_round_attempts: job.max_round_attempts,
+            seed: job.seed,
+            secure: match job.secure_aggregation.enabled {
+                false => None,
+                true => Some(SecureSettings {
+                    job: job.name.clone(),
+                    spec: job.secure_aggregation.clone(),
+                    encoding: job.secure_aggregation.encoding(job.participants.len())?,
+                }),
+            },
+        };
+        let rounds = resume.rounds;
+        let committed = rounds.len() as u64;
+        let global = resume
+            .global
+            .unwrap_or_else(|| initialize(&shared.layout, job.seed));
+        let machine =
+            RoundMachine::new(settings, Box::new(FedAvg::default()), global, committed + 1);
+        shared.monitor.set_model(machine.global().clone());
+        if machine.is_finished() {
+            shared.finished.store(true, Ordering::SeqCst);
+            let model_path = store.final_model_path();
+            save_safetensors(&model_path, &shared.layout, machine.global())?;
+            let reason = format!(
+                "all {} rounds were already committed in {}",
+                job.rounds,
+                store.dir().display()
+            );
+            tracing::info!("job {} is complete: {reason}; nothing to run", job.name);
+            return Ok(Started::AlreadyComplete(super::JobReport {
+                rounds,
+                succeeded: true,
+                reason,
+                model_path,
+            }));
+        }
+        if committed > 0 {
+            tracing::info!(
+                "resuming job {} at round {} of {} ({committed} rounds committed in {})",
+                job.name,
+                committed + 1,
+                job.rounds,
+                store.dir().display()
+            );
+        }
+        Ok(Started::Running(Box::new(Driver {
+            shared,
+            store,
+            machine,
+            rounds,
+            clock: None,
+        })))
+    }
+
+    /// Carries out one command; the job's report once the machine has finished it.
+    fn execute(&mut self, command: Command) -> Result<Option<super::JobReport>, Error> {
+        match command {
+            Command::SendTrain {
+                round,
+                to,
+                model,
+                secure,
+            } => self.send_train(round, &to, &model, secure.as_ref()),
+            Command::SendSecure {
+                round,
+                attempt,
+                messages,
+            } => send_secure(&self.shared, round, attempt, messages),
+            Command::SendEvaluate { round, to, model } => self.send_evaluate(round, &to, &model),
+            Command::StartDeadline {
+                round,
+                attempt,
+                phase,
+                after,
+            } => self.start_deadline(round, attempt, phase, after),
+            Command::Commit { outcome, model } => self.commit(outcome, model)?,
+            Command::RoundFailed {
+                round,
+                attempt,
+                reason,
+            } => {
+                tracing::warn!(
+                    round,
+                    attempt,
+                    "round {round} attempt {attempt} failed: {reason}; global model unchanged, retrying"
+                );
+                self.shared.monitor.round_failed(round, attempt, &reason);
+            }
+            Command::Ignored { id, reason } => {
+                tracing::warn!(participant = %id, "ignored a message from {id}: {reason}");
+            }
+            Command::Finish {
+                rounds_completed,
+                succeeded,
+                reason,
+            } => return self.finish(rounds_completed, succeeded, reason).map(Some),
+        }
+        Ok(None)
+    }
+
+    /// Starts the round's clock (on its first attempt) and sends the training instruction with
+    /// the global model to the selected participants.
+    fn send_train(
+        &mut self,
+        round: u64,
+        to: &[ParticipantId],
+        model: &[f32],
+        secure: Option<&SecureSetup>,
+    ) {
+        let shared = &self.shared;
+        let job = &shared.job;
+        if self.clock.as_ref().is_none_or(|c| c.round != round) {
+            self.clock = Some(RoundClock {
+                round,
+                started: Instant::now(),
+                bytes_in: shared.monitor.metrics.bytes_received.get(),
+                bytes_out: shared.monitor.metrics.bytes_sent.get(),
+            });
+        }
+        let how = if secure.is_some() {
+            "secure aggregation"
+        } else {
+            "plaintext updates"
+        };
+        tracing::info!(round, participants = ?to, "round {round}: training on {} participants ({how})", to.len());
+        let secure_aggregation = secure.map(super::secure::setup);
+        shared.monitor.round_started(round, to);
+        let config = TrainingConfig {
+            local_epochs: job.local_epochs,
+            batch_size: job.batch_size,
+            learning_rate: job.learning_rate,
+            seed: job.seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        };
+        send_model(shared, to, round, model, |header| {
+            Body::Train(TrainInstruction {
+                config: Some(config),
+                model: Some(header),
+                secure_aggregation: secure_aggregation.clone(),
+            })
+        });
+    }
+
+    /// Sends the new global model to the participants that evaluate it.
+    fn send_evaluate(&self, round: u64, to: &[ParticipantId], model: &[f32]) {
+        send_model(&self.shared, to, round, model, |header| {
+            Body::Evaluate(EvaluateInstruction {
+                model: Some(header),
+            })
+        });
+    }
+
+    /// Starts a phase's deadline: its expiry arrives at the machine as an event.
+    fn start_deadline(&self, round: u64, attempt: u32, phase: Phase, after: Duration) {
+        self.shared.monitor.phase_started(round, attempt, phase);
+        let events = self.shared.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = events.send(Event::DeadlineExpired {
+                round,
+                attempt,
+                phase,
+            });
+        });
+    }
+
+    /// Makes the round durable with what it cost (time, bytes), then shows it.
+    fn commit(&mut self, outcome: RoundOutcome, model: Arc<Vec<f32>>) -> Result<(), Error> {
+        let shared = &self.shared;
+        let (duration_s, bytes_in, bytes_out) = match &self.clock {
+            Some(c) => (
+                c.started.elapsed().as_secs_f64(),
+                shared.monitor.metrics.bytes_received.get() - c.bytes_in,
+                shared.monitor.metrics.bytes_sent.get() - c.bytes_out,
+            ),
+            None => (0.0, 0, 0),
+        };
+        let record = RoundRecord {
+            outcome,
+            duration_s,
+            bytes_in,
+            bytes_out,
+            committed_at: now_rfc3339(),
+            checkpoint_sha256: String::new(),
+            phase_durations: shared.monitor.take_phase_timings(),
+        };
+        let record = self.store.commit(&record, &shared.layout, &model)?;
+        log_round(&record, shared.job.rounds);
+        shared.monitor.round_committed(&record, model);
+        self.rounds.push(record);
+        Ok(())
+    }
+
+    /// Writes the final model and tells every connected participant that the job is over (or,
+    /// when it is handed over, to reconnect).
+    fn finish(
+        &mut self,
+        rounds_completed: u64,
+        succeeded: bool,
+        reason: String,
+    ) -> Result<super::JobReport, Error> {
+        let shared = &self.shared;
+        let job = &shared.job;
+        shared.finished.store(true, Ordering::SeqCst);
+        let model_path = self.store.final_model_path();
+        save_safetensors(&model_path, &shared.layout, self.machine.global())?;
+        shared.monitor.job_finished(succeeded, &reason);
+        let connections: Vec<Connection> = {
+            let mut map = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+            map.drain().map(|(_, c)| c).collect()
+        };
+        let hand_over = shared.hand_over.load(Ordering::SeqCst);
+        for connection in connections {
+            let message = match hand_over {
+                // The job goes on under another coordinator: participants reconnect.
+                true => Err(tonic::Status::unavailable(format!("{reason}; reconnect"))),
+                false => Ok(CoordinatorMessage {
+                    body: Some(Body::Finished(JobFinished {
+                        rounds_completed,
+                        reason: reason.clone(),
+                    })),
+                }),
+            };
+            tokio::spawn(async move {
+                let _ = connection.outbox.send(message).await;
+            });
+        }
+        if succeeded {
+            tracing::info!(
+                "job {} finished: {reason}; final model at {}",
+                job.name,
+                model_path.display()
+            );
+        } else {
+            tracing::error!("job {} stopped: {reason}", job.name);
+        }
+        Ok(super::JobReport {
+            rounds: std::mem::take(&mut self.rounds),
+            succeeded,
+            reason,
+            model_path,
+        })
+    }
 }
 
 /// Sends `model` to each of `to`: the instruction `make` builds around the transfer header,

@@ -47,17 +47,14 @@ impl ServerTls {
     /// Reads `cert.pem`, `key.pem` and `ca.pem` from a directory written by `provision`
     /// (`<out>/coordinator`).
     pub fn from_dir(dir: &Path) -> Result<ServerTls, Error> {
-        let read = |name: &str, marker: &str| -> Result<String, Error> {
+        let read = |name: &str, marker: &'static str| -> Result<String, Error> {
             let path = dir.join(name);
             let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
                 what: format!("reading {}", path.display()),
                 source,
             })?;
             if !text.contains(marker) {
-                return Err(Error::Tls(format!(
-                    "{} holds no PEM block with {marker:?}",
-                    path.display()
-                )));
+                return Err(Error::NoPemBlock { path, marker });
             }
             Ok(text)
         };
@@ -169,17 +166,12 @@ impl Coordinator {
         let _ = rustls::crypto::ring::default_provider().install_default();
         options.job.validate()?;
         if options.heartbeat_interval.is_zero() {
-            return Err(Error::Server(
-                "heartbeat interval is 0; expected at least 1 second".into(),
-            ));
+            return Err(Error::ZeroHeartbeat);
         }
         let layout = model::layout(options.job.model, options.job.dataset);
         let wire_layout = layout
             .iter()
-            .map(|t| TensorSpec {
-                name: t.name.clone(),
-                shape: t.shape.iter().map(|&d| d as u64).collect(),
-            })
+            .map(|t| TensorSpec::new(&*t.name, &t.shape))
             .collect();
         let (store, resume) = Store::open(
             &options.state_dir,
@@ -237,7 +229,7 @@ impl Coordinator {
         .max_encoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES);
         let router = Server::builder()
             .tls_config(tls)
-            .map_err(|e| Error::Tls(format!("server certificate or key unusable: {e}")))?
+            .map_err(|source| Error::ServerTls { source })?
             .http2_keepalive_interval(Some(options.heartbeat_interval))
             .tcp_nodelay(true)
             .add_service(service);
@@ -306,6 +298,6 @@ impl Coordinator {
     pub async fn wait(self) -> Result<JobReport, Error> {
         self.driver
             .await
-            .map_err(|e| Error::Server(format!("round driver stopped: {e}")))?
+            .map_err(|source| Error::DriverStopped { source })?
     }
 }

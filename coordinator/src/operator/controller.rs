@@ -32,7 +32,7 @@ pub enum ReconcileError {
     /// The job's coordinator could not start (its address is taken, its state directory is
     /// unusable, ...).
     #[error("starting the job: {0}")]
-    Start(String),
+    Start(#[source] Box<crate::Error>),
 }
 
 /// How a job is stopped.
@@ -272,7 +272,7 @@ async fn start(job: Arc<FederatedJob>, ctx: &Arc<Context>) -> Result<(), Reconci
         Err(e) => {
             ctx.publish(&job, EventType::Warning, "StartFailed", e.to_string())
                 .await;
-            return Err(ReconcileError::Start(e.to_string()));
+            return Err(ReconcileError::Start(Box::new(e)));
         }
     };
     tracing::info!(

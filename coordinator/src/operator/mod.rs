@@ -113,11 +113,9 @@ async fn lease_lost(leases: Api<Lease>, options: &OperatorOptions) -> String {
 /// installed first: with none installed, rustls would pick one, and aws-lc-rs must stay out.
 pub async fn connect() -> Result<Client, Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::try_default().await.map_err(|e| {
-        Error::Kubernetes(format!(
-            "connecting to the Kubernetes API (in-cluster or kubeconfig): {e}"
-        ))
-    })
+    Client::try_default()
+        .await
+        .map_err(|source| Error::KubeConnect { source })
 }
 
 /// Runs the operator until `shutdown` completes: waits for the Lease, runs `FederatedJob`s while
@@ -130,9 +128,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let seconds = options.lease_duration.as_secs();
     if seconds < 2 {
-        return Err(Error::Kubernetes(format!(
-            "lease duration is {seconds} s; expected at least 2 s"
-        )));
+        return Err(Error::LeaseDuration { seconds });
     }
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &options.lease_name)
         .with_namespace(&options.namespace)
@@ -141,7 +137,10 @@ pub async fn run(
         .with_grace((seconds / 3).max(1))
         .build()
         .await
-        .map_err(|e| Error::Kubernetes(format!("lease {}: {e}", options.lease_name)))?;
+        .map_err(|source| Error::Lease {
+            lease: options.lease_name.clone(),
+            source,
+        })?;
     let (mut leading, lease_task) = manager.watch().await;
     tracing::info!(
         "operator {} watching FederatedJobs in namespace {}; waiting for lease {}",
@@ -156,7 +155,7 @@ pub async fn run(
             tokio::select! {
                 changed = leading.changed() => match changed {
                     Ok(()) => continue,
-                    Err(_) => break Err(Error::Kubernetes(format!("lease {} is no longer renewed", options.lease_name))),
+                    Err(_) => break Err(Error::LeaseLost { lease: options.lease_name.clone() }),
                 },
                 () = &mut shutdown => break Ok(()),
             }
@@ -220,10 +219,9 @@ pub async fn run(
             Lead::WatchEnded | Lead::LeaseTaskEnded => {
                 ctx.stop_running("the operator's watch or lease task ended", hand_over)
                     .await;
-                break Err(Error::Kubernetes(format!(
-                    "the FederatedJob watch or the lease task for {} ended",
-                    options.lease_name
-                )));
+                break Err(Error::WatchEnded {
+                    lease: options.lease_name.clone(),
+                });
             }
         }
     };

@@ -32,9 +32,7 @@ impl ParticipantSpec {
         };
         check_participant_id(id)?;
         if organisation.is_empty() {
-            return Err(Error::Provision(format!(
-                "participant {id:?} has an empty organisation"
-            )));
+            return Err(Error::EmptyOrganisation { id: id.to_string() });
         }
         Ok(ParticipantSpec {
             id: id.to_string(),
@@ -164,11 +162,7 @@ pub fn sign_request(request: &SignRequest) -> Result<PathBuf, Error> {
     let dir = request.out_dir.join("participants").join(&signed.id);
     let paths = KitPaths::in_dir(&dir);
     if paths.cert.exists() {
-        return Err(Error::Provision(format!(
-            "{} already holds a certificate for {}; remove it first to issue a new one",
-            dir.display(),
-            signed.id
-        )));
+        return Err(Error::KitExists { dir, id: signed.id });
     }
     write_file(&paths.cert, &signed.cert_pem, false)?;
     write_file(&paths.ca, ca.cert_pem(), false)?;
@@ -189,9 +183,9 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
         return Err(cairn_identity::Error::NoServerName.into());
     };
     if request.validity_days == 0 {
-        return Err(Error::Provision(
-            "validity of 0 days; expected at least 1".into(),
-        ));
+        return Err(Error::Validity {
+            days: request.validity_days,
+        });
     }
     let mut report = ProvisionReport::default();
     let ca_dir = request.out_dir.join("ca");
@@ -316,8 +310,10 @@ fn helm_values(
             ca: LitStr(ca),
         },
     };
-    let body = serde_saphyr::to_string(&values)
-        .map_err(|e| Error::Provision(format!("writing the Helm values of {id}: {e}")))?;
+    let body = serde_saphyr::to_string(&values).map_err(|source| Error::HelmValues {
+        id: id.to_string(),
+        source,
+    })?;
     let key_note = match key {
         Some(_) => "# This file holds the participant's private key: keep it as secret as key.pem.",
         None => "# The key stays at the participant's site: add it with --set-file kit.key=key.pem",
@@ -430,8 +426,7 @@ mod tests {
     fn a_certificate_request_is_signed_without_the_key_leaving_its_site() {
         let dir = tempfile::tempdir().unwrap();
         provision(&request(dir.path(), &["alpha"])).unwrap();
-        let (key, csr_pem) =
-            cairn_identity::certificate_request("delta", "Delta Lab").unwrap();
+        let (key, csr_pem) = cairn_identity::certificate_request("delta", "Delta Lab").unwrap();
         let sign = |csr_pem: &str| {
             sign_request(&SignRequest {
                 out_dir: dir.path().to_path_buf(),

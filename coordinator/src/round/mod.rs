@@ -16,7 +16,7 @@
 
 mod secure;
 
-pub use secure::{SecureMessage, SecureOutbound, SecureSettings, SecureSetup};
+pub use secure::{SecureError, SecureMessage, SecureOutbound, SecureSettings, SecureSetup};
 
 use crate::strategy::{EvaluationSum, Strategy, Update, UpdateSum};
 use rand::SeedableRng;
@@ -533,14 +533,17 @@ impl RoundMachine {
             commands.push(Command::Ignored { id, reason });
             return;
         }
-        if let Err(reason) = securing.on_message(&id, message) {
+        if let Err(error) = securing.on_message(&id, message) {
             securing.pending.remove(&id);
             securing.dropouts.push(Dropout {
                 id: id.clone(),
                 phase: securing.phase,
-                reason: format!("broke the protocol: {reason}"),
+                reason: format!("broke the protocol: {error}"),
             });
-            commands.push(Command::Ignored { id, reason });
+            commands.push(Command::Ignored {
+                id,
+                reason: error.to_string(),
+            });
         }
     }
 
@@ -638,7 +641,7 @@ impl RoundMachine {
                     commands.push(self.deadline(Phase::AdvertiseKeys));
                     self.state = State::Securing(Box::new(securing));
                 }
-                Err(reason) => self.fail_attempt(reason, commands),
+                Err(error) => self.fail_attempt(error.to_string(), commands),
             }
             return true;
         }
@@ -710,11 +713,11 @@ impl RoundMachine {
                 } = *securing;
                 self.aggregate(selected, contributors, dropouts, &sum, commands);
             }
-            Err(reason) => {
+            Err(error) => {
                 let phase = securing.phase;
                 self.state = State::AwaitingParticipants;
                 self.fail_attempt(
-                    format!("secure aggregation failed in {}: {reason}", phase.name()),
+                    format!("secure aggregation failed in {}: {error}", phase.name()),
                     commands,
                 );
             }

@@ -18,6 +18,48 @@ use cairn_secagg::shamir::Share;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+/// Why secure aggregation refused a participant's message or failed a round attempt. These are
+/// outcomes, not failures of the coordinator: the round machine records them as the reason a
+/// participant left the round or an attempt failed, and the job goes on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecureError {
+    /// A message or a phase's end came after the protocol had ended.
+    #[error("secure aggregation is over")]
+    Over,
+    /// The selected participants cannot form a neighbourhood graph or a round configuration.
+    #[error("secure aggregation cannot start: {0}")]
+    CannotStart(#[source] cairn_secagg::Error),
+    /// A participant's advertisement is not signed by the key of the certificate it sent.
+    #[error("its advertisement's signature does not verify with its certificate")]
+    BadSignature,
+    /// A message of another phase than the current one.
+    #[error("{message} arrived during {phase}; expected {expected}")]
+    OutOfPhase {
+        /// The message's kind.
+        message: &'static str,
+        /// The current phase.
+        phase: &'static str,
+        /// The message the phase waits for.
+        expected: &'static str,
+    },
+    /// The protocol machine refused a message or could not close a phase.
+    #[error(transparent)]
+    Protocol(#[from] cairn_secagg::protocol::ProtocolError),
+    /// A phase outside secure aggregation was to be closed as one of its phases.
+    #[error("{phase} is not a secure aggregation phase")]
+    NotSecurePhase {
+        /// The phase.
+        phase: &'static str,
+    },
+    /// The unmasked sum cannot be decoded from its quantised form.
+    #[error(transparent)]
+    Decode(cairn_secagg::Error),
+    /// The decoded sum is no usable sum of updates (no weight, a bad loss, a non-finite value).
+    #[error("the unmasked sum is unusable: {0}")]
+    UnusableSum(#[source] crate::Error),
+}
+
 /// What the round machine needs to run secure aggregation.
 #[derive(Debug, Clone)]
 pub struct SecureSettings {
@@ -139,10 +181,10 @@ impl Securing {
         attempt: u32,
         selected: Vec<ParticipantId>,
         n_values: usize,
-    ) -> Result<(Securing, SecureSetup), String> {
+    ) -> Result<(Securing, SecureSetup), SecureError> {
         let n = selected.len();
         let degree = settings.spec.degree(n);
-        let neighbours = neighbourhood_size(n as u32, degree).map_err(|e| e.to_string())?;
+        let neighbours = neighbourhood_size(n as u32, degree).map_err(SecureError::CannotStart)?;
         let threshold = threshold_for(neighbours, settings.spec.threshold);
         let config = RoundConfig::derive(
             &settings.job,
@@ -153,7 +195,7 @@ impl Securing {
             threshold,
             UpdateEncoding::vector_len(n_values),
         )
-        .map_err(|e| format!("secure aggregation cannot start: {e}"))?;
+        .map_err(SecureError::CannotStart)?;
         let setup = SecureSetup {
             attempt,
             roster: selected.clone(),
@@ -189,12 +231,9 @@ impl Securing {
         &mut self,
         id: &ParticipantId,
         message: SecureMessage,
-    ) -> Result<(), String> {
+    ) -> Result<(), SecureError> {
         let from = self.index[id];
-        let machine = self
-            .machine
-            .as_mut()
-            .ok_or_else(|| "secure aggregation is over".to_string())?;
+        let machine = self.machine.as_mut().ok_or(SecureError::Over)?;
         let result = match (self.phase, message) {
             (Phase::AdvertiseKeys, SecureMessage::Advertisement(ad, certificate)) => {
                 // The neighbours check this too, but they cannot tell a bad signature from a
@@ -203,9 +242,7 @@ impl Securing {
                 let signed =
                     advertisement_message(&self.config, from, &ad.channel_public, &ad.mask_public);
                 if !cairn_identity::verify_signature(&certificate, &signed, &ad.signature) {
-                    return Err(
-                        "its advertisement's signature does not verify with its certificate".into(),
-                    );
+                    return Err(SecureError::BadSignature);
                 }
                 machine.on_advertisement(from, ad).map(|()| {
                     self.certificates.insert(from, certificate);
@@ -230,15 +267,14 @@ impl Securing {
                 mask_key_shares,
             }),
             (phase, message) => {
-                return Err(format!(
-                    "{} arrived during {}; expected {}",
-                    message.name(),
-                    phase.name(),
-                    expected_in(phase)
-                ));
+                return Err(SecureError::OutOfPhase {
+                    message: message.name(),
+                    phase: phase.name(),
+                    expected: expected_in(phase),
+                });
             }
         };
-        result.map_err(|e| e.to_string())?;
+        result?;
         self.pending.remove(id);
         self.answered.insert(id.clone());
         Ok(())
@@ -246,16 +282,15 @@ impl Securing {
 
     /// Ends the current phase (everyone answered or the deadline passed) and moves to the next.
     /// `connected` are the participants with a live session. An error fails the round.
-    pub(super) fn close(&mut self, connected: &BTreeSet<ParticipantId>) -> Result<Step, String> {
-        let machine = self
-            .machine
-            .as_mut()
-            .ok_or_else(|| "secure aggregation is over".to_string())?;
-        let fail = |e: cairn_secagg::protocol::ProtocolError| e.to_string();
+    pub(super) fn close(
+        &mut self,
+        connected: &BTreeSet<ParticipantId>,
+    ) -> Result<Step, SecureError> {
+        let machine = self.machine.as_mut().ok_or(SecureError::Over)?;
         let id_of = |index: u32| self.selected[index as usize].clone();
         let messages: Vec<(ParticipantId, SecureOutbound)> = match self.phase {
             Phase::AdvertiseKeys => {
-                let ads = machine.close_advertisements().map_err(fail)?;
+                let ads = machine.close_advertisements()?;
                 let with_certificates: Vec<(Advertisement, Vec<u8>)> = ads
                     .into_iter()
                     .map(|ad| {
@@ -278,20 +313,19 @@ impl Securing {
                     .collect()
             }
             Phase::ShareKeys => machine
-                .close_shares()
-                .map_err(fail)?
+                .close_shares()?
                 .into_iter()
                 .map(|(i, mail)| (id_of(i), SecureOutbound::Shares(mail)))
                 .collect(),
             Phase::CollectMasked => {
-                let survivors = Arc::new(machine.close_masked_inputs().map_err(fail)?);
+                let survivors = Arc::new(machine.close_masked_inputs()?);
                 survivors
                     .iter()
                     .map(|&i| (id_of(i), SecureOutbound::Survivors(survivors.clone())))
                     .collect()
             }
             Phase::ConsistencyCheck => {
-                let signatures = Arc::new(machine.close_signatures().map_err(fail)?);
+                let signatures = Arc::new(machine.close_signatures()?);
                 signatures
                     .iter()
                     .map(|s| {
@@ -304,10 +338,9 @@ impl Securing {
             }
             Phase::Unmask => return self.finish(),
             Phase::Train | Phase::Evaluate => {
-                return Err(format!(
-                    "{} is not a secure aggregation phase",
-                    self.phase.name()
-                ));
+                return Err(SecureError::NotSecurePhase {
+                    phase: self.phase.name(),
+                });
             }
         };
         self.phase = match self.phase {
@@ -325,23 +358,20 @@ impl Securing {
         Ok(Step::Next(messages))
     }
 
-    fn finish(&mut self) -> Result<Step, String> {
-        let machine = self
-            .machine
-            .take()
-            .ok_or_else(|| "secure aggregation is over".to_string())?;
-        let (sum, survivors) = machine.finish().map_err(|e| e.to_string())?;
+    fn finish(&mut self) -> Result<Step, SecureError> {
+        let machine = self.machine.take().ok_or(SecureError::Over)?;
+        let (sum, survivors) = machine.finish()?;
         let decoded = self
             .encoding
             .decode(&sum, survivors.len() as u64)
-            .map_err(|e| e.to_string())?;
+            .map_err(SecureError::Decode)?;
         let update = UpdateSum::from_totals(
             decoded.weighted_delta,
             decoded.weight,
             decoded.weighted_loss,
             survivors.len(),
         )
-        .map_err(|e| format!("the unmasked sum is unusable: {e}"))?;
+        .map_err(SecureError::UnusableSum)?;
         let mut contributors: Vec<ParticipantId> = survivors
             .iter()
             .map(|&i| self.selected[i as usize].clone())

@@ -85,10 +85,6 @@ pub struct Store {
     keep_checkpoints: usize,
 }
 
-fn state_error(dir: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::StateDir(format!("{}: {reason}", dir.display()))
-}
-
 impl Store {
     /// Opens (or creates) `dir` for `job` and reads what it already holds; `layout` is the
     /// model's, used to load the last checkpoint.
@@ -99,9 +95,9 @@ impl Store {
         keep_checkpoints: usize,
     ) -> Result<(Store, Resume), Error> {
         if keep_checkpoints == 0 {
-            return Err(Error::StateDir(
-                "0 checkpoints to keep; expected at least 1 (--keep-checkpoints), or no round could be resumed".into(),
-            ));
+            return Err(Error::KeepCheckpoints {
+                value: keep_checkpoints,
+            });
         }
         std::fs::create_dir_all(dir.join("checkpoints")).map_err(|source| Error::Io {
             what: format!("creating state dir {}", dir.display()),
@@ -116,16 +112,20 @@ impl Store {
             Ok(bytes) => store.check_header(&bytes, job)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if store.rounds_path().exists() {
-                    return Err(state_error(
-                        dir,
-                        "holds round records but no state.json; it was not written by this coordinator",
-                    ));
+                    return Err(Error::StateWithoutHeader {
+                        dir: dir.to_path_buf(),
+                    });
                 }
                 let header = StateHeader {
                     schema_version: SCHEMA_VERSION,
                     job: job.clone(),
                 };
-                let bytes = serde_json::to_vec_pretty(&header).map_err(|e| state_error(dir, e))?;
+                let bytes =
+                    serde_json::to_vec_pretty(&header).map_err(|source| Error::StateEncoding {
+                        dir: dir.to_path_buf(),
+                        what: "state.json".into(),
+                        source,
+                    })?;
                 write_atomically(&header_path, &bytes)?;
             }
             Err(source) => {
@@ -144,38 +144,33 @@ impl Store {
     }
 
     fn check_header(&self, bytes: &[u8], job: &JobSpec) -> Result<(), Error> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| state_error(&self.dir, format!("state.json is corrupt ({e})")))?;
+        let corrupt = |source| Error::StateCorrupt {
+            dir: self.dir.clone(),
+            file: "state.json".into(),
+            source,
+        };
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(corrupt)?;
         let version = value.get("schema_version").and_then(|v| v.as_u64());
         if version != Some(u64::from(SCHEMA_VERSION)) {
-            return Err(state_error(
-                &self.dir,
-                format!(
-                    "written with state schema version {}, this coordinator reads version {SCHEMA_VERSION}",
-                    version.map_or("(none)".to_string(), |v| v.to_string())
-                ),
-            ));
+            return Err(Error::StateSchema {
+                dir: self.dir.clone(),
+                found: version,
+                expected: SCHEMA_VERSION,
+            });
         }
-        let header: StateHeader = serde_json::from_value(value)
-            .map_err(|e| state_error(&self.dir, format!("state.json is corrupt ({e})")))?;
+        let header: StateHeader = serde_json::from_value(value).map_err(corrupt)?;
         if header.job.name != job.name {
-            return Err(state_error(
-                &self.dir,
-                format!(
-                    "belongs to job {:?}, not {:?}; use another --state-dir for a different job",
-                    header.job.name, job.name
-                ),
-            ));
+            return Err(Error::StateOfOtherJob {
+                dir: self.dir.clone(),
+                found: header.job.name,
+                expected: job.name.clone(),
+            });
         }
         if header.job != *job {
-            return Err(state_error(
-                &self.dir,
-                format!(
-                    "belongs to job {:?} with a different definition; a job cannot change while it runs \
-                     (state.json holds the definition it started with)",
-                    job.name
-                ),
-            ));
+            return Err(Error::JobChanged {
+                dir: self.dir.clone(),
+                job: job.name.clone(),
+            });
         }
         Ok(())
     }
@@ -217,7 +212,11 @@ impl Store {
             checkpoint_sha256: hex(digest(&SHA256, &bytes).as_ref()),
             ..record.clone()
         };
-        let mut line = serde_json::to_vec(&record).map_err(|e| Error::StateDir(e.to_string()))?;
+        let mut line = serde_json::to_vec(&record).map_err(|source| Error::StateEncoding {
+            dir: self.dir.clone(),
+            what: format!("the record of round {round}"),
+            source,
+        })?;
         line.push(b'\n');
         let path = self.rounds_path();
         std::fs::OpenOptions::new()
@@ -256,10 +255,9 @@ impl Store {
         if complete < text.len() {
             let torn = String::from_utf8_lossy(&text[complete..]);
             if serde_json::from_str::<RoundRecord>(&torn).is_ok() {
-                return Err(state_error(
-                    &self.dir,
-                    "rounds.jsonl ends without a newline; it was edited by hand",
-                ));
+                return Err(Error::RoundsEdited {
+                    dir: self.dir.clone(),
+                });
             }
             tracing::warn!(
                 "{}: removing a round record cut short by a crash ({} bytes); that round runs again",
@@ -278,22 +276,20 @@ impl Store {
         let text = String::from_utf8_lossy(&text[..complete]);
         let mut rounds = Vec::new();
         for (index, line) in text.lines().enumerate() {
-            let record: RoundRecord = serde_json::from_str(line).map_err(|e| {
-                state_error(
-                    &self.dir,
-                    format!("rounds.jsonl line {} is corrupt ({e})", index + 1),
-                )
-            })?;
+            let record: RoundRecord =
+                serde_json::from_str(line).map_err(|source| Error::StateCorrupt {
+                    dir: self.dir.clone(),
+                    file: format!("rounds.jsonl line {}", index + 1),
+                    source,
+                })?;
             let expected = index as u64 + 1;
             if record.outcome.round != expected {
-                return Err(state_error(
-                    &self.dir,
-                    format!(
-                        "rounds.jsonl line {} holds round {}, expected round {expected}",
-                        index + 1,
-                        record.outcome.round
-                    ),
-                ));
+                return Err(Error::RoundOutOfOrder {
+                    dir: self.dir.clone(),
+                    line: index + 1,
+                    round: record.outcome.round,
+                    expected,
+                });
             }
             rounds.push(record);
         }
@@ -308,25 +304,21 @@ impl Store {
     ) -> Result<Vec<f32>, Error> {
         let round = record.outcome.round;
         let path = self.checkpoint_path(round);
-        let bytes = std::fs::read(&path).map_err(|e| {
-            state_error(
-                &self.dir,
-                format!(
-                    "checkpoint of committed round {round} ({}) cannot be read: {e}",
-                    path.display()
-                ),
-            )
+        let bytes = std::fs::read(&path).map_err(|source| Error::CheckpointUnreadable {
+            dir: self.dir.clone(),
+            round,
+            path: path.clone(),
+            source,
         })?;
         let actual = hex(digest(&SHA256, &bytes).as_ref());
         if actual != record.checkpoint_sha256 {
-            return Err(state_error(
-                &self.dir,
-                format!(
-                    "checkpoint of committed round {round} ({}) is corrupt: sha256 {actual}, the round record says {}",
-                    path.display(),
-                    record.checkpoint_sha256
-                ),
-            ));
+            return Err(Error::CheckpointCorrupt {
+                dir: self.dir.clone(),
+                round,
+                path,
+                found: actual,
+                expected: record.checkpoint_sha256.clone(),
+            });
         }
         load_safetensors(&path, layout)
     }
