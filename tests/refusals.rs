@@ -84,7 +84,7 @@ async fn raw_session(
     let options = federation.client(coordinator, id);
     let channel = client::connect(&options)
         .await
-        .map_err(Status::unavailable)?;
+        .map_err(|e| Status::unavailable(error_chain(&e)))?;
     let (outbox, mut inbound) = say_hello(channel).await?;
     match inbound.message().await?.and_then(|m| m.body) {
         Some(coordinator_message::Body::Welcome(welcome)) => assert_eq!(welcome.participant_id, id),
@@ -110,10 +110,7 @@ fn model_layout() -> Vec<TensorSpec> {
         cairn_coordinator::config::DatasetKind::Digits,
     )
     .into_iter()
-    .map(|t| TensorSpec {
-        name: t.name,
-        shape: t.shape.into_iter().map(|d| d as u64).collect(),
-    })
+    .map(|t| TensorSpec::new(t.name, &t.shape))
     .collect()
 }
 
@@ -342,6 +339,7 @@ async fn a_certificate_from_another_ca_cannot_connect() {
     let err = client::connect(&wrong_trust)
         .await
         .map(|_| ())
+        .map_err(|e| error_chain(&e))
         .expect_err("server certificate not trusted");
     assert!(
         err.contains("cannot connect") && err.contains("invalid peer certificate"),
@@ -433,10 +431,7 @@ async fn malformed_secure_aggregation_messages_are_refused_by_name() {
         transfer: Some(
             split(
                 1,
-                &[TensorSpec {
-                    name: "masked_input".into(),
-                    shape: vec![3],
-                }],
+                &cairn_proto::transfer::masked_input_layout(3),
                 &[0.0; 3],
             )
             .0,

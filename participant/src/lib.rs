@@ -41,6 +41,60 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A certificate or key used to sign or check secure-aggregation messages is unusable, or
+    /// a neighbour's certificate is not what the federation CA issued for it.
+    #[error("{subject} {reason}")]
+    Identity {
+        /// What was checked ("key.pem", "CA certificate", "certificate of participant 3").
+        subject: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--backend` names no backend.
+    #[error("backend {name:?} is unknown; expected cpu, wgpu or cuda")]
+    UnknownBackend {
+        /// The name given.
+        name: String,
+    },
+    /// `--partition` names no partitioning scheme.
+    #[error("partition scheme {scheme:?} is unknown; expected iid, dirichlet:ALPHA or none")]
+    UnknownPartitionScheme {
+        /// The scheme given.
+        scheme: String,
+    },
+    /// `--partition dirichlet:ALPHA` with an ALPHA that is not a positive number.
+    #[error("Dirichlet concentration {alpha:?} must be a positive number, as in dirichlet:0.5")]
+    DirichletConcentration {
+        /// The ALPHA given.
+        alpha: String,
+    },
+    /// The coordinator's URL cannot be parsed.
+    #[error("coordinator URL {url:?} is invalid")]
+    CoordinatorUrl {
+        /// The URL given.
+        url: String,
+        /// Why it is refused.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The kit cannot be made into a TLS configuration.
+    #[error("TLS configuration for {coordinator} is unusable")]
+    Tls {
+        /// The coordinator's URL.
+        coordinator: String,
+        /// Why it is refused.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The coordinator cannot be reached, or its certificate is not the federation's.
+    #[error("cannot connect to {coordinator}")]
+    Unreachable {
+        /// The coordinator's URL.
+        coordinator: String,
+        /// The transport's error (its causes name the TLS or network failure).
+        #[source]
+        source: tonic::transport::Error,
+    },
     /// The coordinator refused this participant for good (wrong identity, wrong protocol, bad
     /// update); retrying would not help.
     #[error("the coordinator refused this participant: {0}")]
@@ -54,6 +108,7 @@ pub enum Error {
         /// What was being done.
         what: String,
         /// The underlying error.
+        #[source]
         source: std::io::Error,
     },
 }

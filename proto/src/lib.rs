@@ -1,10 +1,13 @@
 //! `cairn-proto`: the `cairn.v1` gRPC schema, the tonic/prost code generated from it, and the
-//! chunked tensor transfer that is part of that wire format. Only the coordinator's `grpc/`
-//! module and the participant's `client/` module use these types; everything else works on the
-//! crates' own domain types.
+//! chunked tensor transfer that is part of that wire format; with the `secagg` feature, the
+//! conversions of secure-aggregation messages to and from `cairn-secagg`'s types. Only the
+//! coordinator's `grpc/` module and the participant's `client/` module use these types;
+//! everything else works on the crates' own domain types.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))] // Tests fail loudly by design.
 
+#[cfg(feature = "secagg")]
+pub mod secagg;
 pub mod transfer;
 
 /// Version 1 of the wire protocol (generated code).

@@ -108,6 +108,26 @@ pub enum TransferError {
     },
 }
 
+impl TensorSpec {
+    /// The wire form of a named tensor's shape (`fc1.weight`, `[out, in]`); both roles build
+    /// their layouts with it, so that they compare equal exactly when the tensors agree.
+    pub fn new(name: impl Into<String>, shape: &[usize]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            shape: shape.iter().map(|&d| d as u64).collect(),
+        }
+    }
+}
+
+/// Name of the one tensor a secure-aggregation masked input is sent as.
+pub const MASKED_INPUT_TENSOR: &str = "masked_input";
+
+/// The layout of a masked input of `len` values: one tensor [`MASKED_INPUT_TENSOR`] of shape
+/// `[len]`, its payload little-endian `u32` ([`split_words`]).
+pub fn masked_input_layout(len: usize) -> Vec<TensorSpec> {
+    vec![TensorSpec::new(MASKED_INPUT_TENSOR, &[len])]
+}
+
 /// Number of values a tensor spec describes.
 pub fn spec_len(spec: &TensorSpec) -> u64 {
     spec.shape.iter().product()
@@ -351,10 +371,7 @@ mod tests {
         lengths
             .iter()
             .enumerate()
-            .map(|(i, &n)| TensorSpec {
-                name: format!("t{i}"),
-                shape: vec![n],
-            })
+            .map(|(i, &n)| TensorSpec::new(format!("t{i}"), &[n as usize]))
             .collect()
     }
 

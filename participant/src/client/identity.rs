@@ -11,11 +11,10 @@ use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-fn identity_error(reason: String) -> Error {
-    Error::Kit {
-        path: PathBuf::from("(identity)"),
+fn identity_error(subject: impl Into<String>, reason: String) -> Error {
+    Error::Identity {
+        subject: subject.into(),
         reason,
     }
 }
@@ -36,14 +35,14 @@ impl KitSigner {
     /// The signer for a PKCS#8 PEM private key (`key.pem` of a kit).
     pub fn from_pem(key_pem: &str) -> Result<KitSigner, Error> {
         let der = PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| identity_error(format!("key.pem is not a PKCS#8 private key: {e}")))?;
+            .map_err(|e| identity_error("key.pem", format!("is not a PKCS#8 private key: {e}")))?;
         let random = SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(
             &ECDSA_P256_SHA256_ASN1_SIGNING,
             der.secret_pkcs8_der(),
             &random,
         )
-        .map_err(|e| identity_error(format!("key.pem is not an ECDSA P-256 key: {e}")))?;
+        .map_err(|e| identity_error("key.pem", format!("is not an ECDSA P-256 key: {e}")))?;
         Ok(KitSigner { key, random })
     }
 }
@@ -74,17 +73,18 @@ impl FederationVerifier {
         peers: Vec<(u32, String, Vec<u8>)>,
     ) -> Result<FederationVerifier, Error> {
         let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
-            .map_err(|e| identity_error(format!("CA certificate is not PEM: {e}")))?;
+            .map_err(|e| identity_error("CA certificate", format!("is not PEM: {e}")))?;
         let anchor = webpki::anchor_from_trusted_cert(&ca)
-            .map_err(|e| identity_error(format!("CA certificate is unusable: {e}")))?
+            .map_err(|e| identity_error("CA certificate", format!("is unusable: {e}")))?
             .to_owned();
         let mut certificates = BTreeMap::new();
         for (index, expected_id, der) in peers {
             let der = CertificateDer::from(der);
             let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| {
-                identity_error(format!(
-                    "certificate of participant {index} cannot be parsed: {e}"
-                ))
+                identity_error(
+                    format!("certificate of participant {index}"),
+                    format!("cannot be parsed: {e}"),
+                )
             })?;
             cert.verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
@@ -96,17 +96,19 @@ impl FederationVerifier {
                 None,
             )
             .map_err(|e| {
-                identity_error(format!(
-                    "certificate of participant {index} is not from the federation CA: {e}"
-                ))
+                identity_error(
+                    format!("certificate of participant {index}"),
+                    format!("is not from the federation CA: {e}"),
+                )
             })?;
             let name = cairn_identity::identity_of(&der)
                 .map(|identity| identity.id)
                 .unwrap_or_default();
             if name != expected_id {
-                return Err(identity_error(format!(
-                    "certificate of participant {index} names {name:?}, expected {expected_id:?}"
-                )));
+                return Err(identity_error(
+                    format!("certificate of participant {index}"),
+                    format!("names {name:?}, expected {expected_id:?}"),
+                ));
             }
             certificates.insert(index, der.into_owned());
         }
@@ -203,14 +205,14 @@ mod tests {
         let (ours, theirs) = (federation(), federation());
         let ca = ours.ca.cert_pem();
         let err = FederationVerifier::new(ca, vec![(0, "alpha".into(), theirs.cert_der("alpha"))])
-        .unwrap_err();
+            .unwrap_err();
         assert!(
             err.to_string()
                 .contains("participant 0 is not from the federation CA"),
             "{err}"
         );
         let err = FederationVerifier::new(ca, vec![(1, "bravo".into(), ours.cert_der("alpha"))])
-        .unwrap_err();
+            .unwrap_err();
         assert!(
             err.to_string()
                 .contains("names \"alpha\", expected \"bravo\""),

@@ -13,8 +13,8 @@ use cairn_proto::v1::coordinator_message::Body as Inbound;
 use cairn_proto::v1::federation_client::FederationClient;
 use cairn_proto::v1::participant_message::Body as Outbound;
 use cairn_proto::v1::{
-    CoordinatorMessage, EvaluationReport, Heartbeat, Hello, ParticipantMessage, TensorSpec,
-    TransferHeader, UpdateHeader, Welcome,
+    CoordinatorMessage, EvaluateInstruction, EvaluationReport, Heartbeat, Hello,
+    ParticipantMessage, TensorSpec, TrainInstruction, TransferHeader, UpdateHeader, Welcome,
 };
 use rand::Rng;
 use std::path::{Path, PathBuf};
@@ -74,8 +74,8 @@ impl Kit {
         };
         let signer =
             identity::KitSigner::from_pem(&key).map_err(|e| kit_error("key.pem", e.to_string()))?;
-        let certificate_der =
-            cairn_identity::certificate_der(&cert, "cert.pem").map_err(|e| kit_error("cert.pem", e.to_string()))?;
+        let certificate_der = cairn_identity::certificate_der(&cert, "cert.pem")
+            .map_err(|e| kit_error("cert.pem", e.to_string()))?;
         Ok(Kit {
             dir: dir.to_path_buf(),
             identity: Identity::from_pem(cert, key),
@@ -105,6 +105,7 @@ pub struct ClientOptions {
     /// Give up after this many failed connection attempts in a row (`None`: never).
     pub max_attempts: Option<u32>,
     /// Fault injection: a filter that may drop, delay or cut messages in either direction.
+    #[cfg(feature = "fault-injection")]
     pub filter: Option<Arc<dyn Filter>>,
     /// After a job ends, wait for the coordinator's next one instead of returning, and wait
     /// out a job that does not list this participant: for a coordinator that runs job after
@@ -113,6 +114,7 @@ pub struct ClientOptions {
 }
 
 /// What a [`Filter`] does with one message.
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Deliver it.
@@ -126,7 +128,9 @@ pub enum Verdict {
 }
 
 /// Fault injection in the participant's transport, for tests of dropouts, partitions and slow
-/// participants: it sees every message in both directions and decides its fate.
+/// participants: it sees every message in both directions and decides its fate. Only in builds
+/// with the `fault-injection` feature (the tests').
+#[cfg(feature = "fault-injection")]
 pub trait Filter: Send + Sync + std::fmt::Debug {
     /// A message about to be sent to the coordinator.
     fn outbound(&self, _message: &ParticipantMessage) -> Verdict {
@@ -153,6 +157,7 @@ impl ClientOptions {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             max_attempts: None,
+            #[cfg(feature = "fault-injection")]
             filter: None,
             keep_going: false,
         }
@@ -181,6 +186,39 @@ enum SessionEnd {
     /// Connection trouble; worth reconnecting. `welcomed` tells whether the session got as far
     /// as the coordinator's `Welcome` (then the backoff starts over).
     Retry { reason: String, welcomed: bool },
+}
+
+/// What stops a session before its loop is done: the session ended (the job finished, or the
+/// connection is worth retrying), or this participant cannot go on at all.
+enum Interrupt {
+    /// The session is over; [`run`] decides whether to reconnect.
+    End(SessionEnd),
+    /// An error that no reconnection cures (a refusal, a model that does not fit).
+    Failed(Error),
+}
+
+impl From<Error> for Interrupt {
+    fn from(error: Error) -> Interrupt {
+        Interrupt::Failed(error)
+    }
+}
+
+impl Interrupt {
+    /// A session to retry after the coordinator's `Welcome`, with the reason for the logs.
+    fn retry(reason: impl Into<String>) -> Interrupt {
+        Interrupt::End(SessionEnd::Retry {
+            reason: reason.into(),
+            welcomed: true,
+        })
+    }
+
+    /// The session's outcome for [`run`].
+    fn outcome(self) -> Result<SessionEnd, Error> {
+        match self {
+            Interrupt::End(end) => Ok(end),
+            Interrupt::Failed(error) => Err(error),
+        }
+    }
 }
 
 /// Runs one participant until the coordinator says the job is finished.
@@ -259,15 +297,23 @@ fn is_refusal(code: Code) -> bool {
     )
 }
 
-fn retry(reason: String, welcomed: bool) -> Result<SessionEnd, Error> {
-    Ok(SessionEnd::Retry { reason, welcomed })
+/// A session that ends before the coordinator's `Welcome`, to be retried.
+fn retry_unwelcomed(reason: String) -> Result<SessionEnd, Error> {
+    Ok(SessionEnd::Retry {
+        reason,
+        welcomed: false,
+    })
 }
 
 /// Connects with the kit's identity; the coordinator's certificate must chain to the kit's CA
 /// and name `server_name`.
-pub async fn connect(options: &ClientOptions) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(options.coordinator.clone())
-        .map_err(|e| format!("coordinator URL {:?} is invalid: {e}", options.coordinator))?;
+pub async fn connect(options: &ClientOptions) -> Result<Channel, Error> {
+    let coordinator = &options.coordinator;
+    let endpoint =
+        Endpoint::from_shared(coordinator.clone()).map_err(|source| Error::CoordinatorUrl {
+            url: coordinator.clone(),
+            source,
+        })?;
     let server_name = match &options.server_name {
         Some(name) => name.clone(),
         None => endpoint
@@ -283,22 +329,24 @@ pub async fn connect(options: &ClientOptions) -> Result<Channel, String> {
         .domain_name(server_name);
     endpoint
         .tls_config(tls)
-        .map_err(|e| format!("TLS configuration: {e}"))?
+        .map_err(|source| Error::Tls {
+            coordinator: coordinator.clone(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| {
-            format!(
-                "cannot connect to {}: {}",
-                options.coordinator,
-                error_chain(&e)
-            )
+        .map_err(|source| Error::Unreachable {
+            coordinator: coordinator.clone(),
+            source,
         })
 }
 
+/// `error` and its causes, outermost first: the transport's own message alone ("transport
+/// error") does not say what failed.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -322,12 +370,13 @@ async fn session(
     let label = &options.label;
     let channel = match connect(options).await {
         Ok(channel) => channel,
-        Err(reason) => return retry(reason, false),
+        Err(error) => return retry_unwelcomed(error_chain(&error)),
     };
     let mut client = FederationClient::new(channel)
         .max_decoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES)
         .max_encoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES);
     let (outbox, receiver) = mpsc::channel::<ParticipantMessage>(16);
+    #[cfg(feature = "fault-injection")]
     let receiver = match &options.filter {
         None => receiver,
         Some(filter) => filtered(receiver, filter.clone()),
@@ -341,30 +390,30 @@ async fn session(
     let mut inbound = match client.session(ReceiverStream::new(receiver)).await {
         Ok(response) => Inbox {
             stream: response.into_inner(),
+            #[cfg(feature = "fault-injection")]
             filter: options.filter.clone(),
         },
         Err(status) if is_refusal(status.code()) => {
             let (key, value) = cairn_proto::NOT_IN_JOB;
             let not_in_job = status.metadata().get(key).is_some_and(|v| v == value);
             if options.keep_going && not_in_job {
-                return retry(
-                    format!(
-                        "{}; waiting for a job that lists this participant",
-                        status.message()
-                    ),
-                    false,
-                );
+                return retry_unwelcomed(format!(
+                    "{}; waiting for a job that lists this participant",
+                    status.message()
+                ));
             }
             return Err(Error::Refused(status.message().to_string()));
         }
-        Err(status) => return retry(format!("session refused: {}", status.message()), false),
+        Err(status) => return retry_unwelcomed(format!("session refused: {}", status.message())),
     };
     let welcome = match inbound.next().await {
         Ok(Some(Inbound::Welcome(welcome))) => welcome,
         Ok(Some(Inbound::Finished(finished))) => return Ok(SessionEnd::Finished(finished.reason)),
-        Ok(Some(_)) => return retry("the coordinator did not start with Welcome".into(), false),
-        Ok(None) => return retry("the coordinator closed the session".into(), false),
-        Err(end) => return end,
+        Ok(Some(_)) => {
+            return retry_unwelcomed("the coordinator did not start with Welcome".into());
+        }
+        Ok(None) => return retry_unwelcomed("the coordinator closed the session".into()),
+        Err(interrupt) => return interrupt.outcome(),
     };
     tracing::info!(
         participant = %label,
@@ -374,9 +423,18 @@ async fn session(
     );
     let interval = Duration::from_secs(u64::from(welcome.heartbeat_interval_s.max(1)));
     let heartbeats = tokio::spawn(send_heartbeats(outbox.clone(), interval));
-    let result = serve(options, &welcome, &mut inbound, &outbox, task, summary).await;
+    let mut serving = Serving {
+        options,
+        welcome,
+        inbound,
+        outbox,
+        task,
+        summary,
+        secure: None,
+    };
+    let interrupt = serving.serve().await;
     heartbeats.abort();
-    result
+    interrupt.outcome()
 }
 
 async fn send_heartbeats(outbox: mpsc::Sender<ParticipantMessage>, interval: Duration) {
@@ -397,6 +455,7 @@ async fn send_heartbeats(outbox: mpsc::Sender<ParticipantMessage>, interval: Dur
 }
 
 /// Forwards outbound messages through `filter`, returning the receiving end for the gRPC stream.
+#[cfg(feature = "fault-injection")]
 fn filtered(
     mut receiver: mpsc::Receiver<ParticipantMessage>,
     filter: Arc<dyn Filter>,
@@ -422,26 +481,29 @@ fn filtered(
 /// The coordinator's messages, through the fault-injection filter when there is one.
 struct Inbox {
     stream: Streaming<CoordinatorMessage>,
+    #[cfg(feature = "fault-injection")]
     filter: Option<Arc<dyn Filter>>,
 }
 
 impl Inbox {
-    /// The next message that is not a heartbeat; `Err` carries how the session ends.
-    async fn next(&mut self) -> Result<Option<Inbound>, Result<SessionEnd, Error>> {
+    /// The next message that is not a heartbeat; `Ok(None)` when the coordinator closed the
+    /// stream.
+    async fn next(&mut self) -> Result<Option<Inbound>, Interrupt> {
         loop {
             let message = match self.stream.message().await {
                 Ok(Some(message)) => message,
                 Ok(None) => return Ok(None),
                 Err(status) if is_refusal(status.code()) => {
-                    return Err(Err(Error::Refused(status.message().to_string())));
+                    return Err(Error::Refused(status.message().to_string()).into());
                 }
                 Err(status) => {
-                    return Err(retry(
-                        format!("connection lost: {}", status.message()),
-                        true,
-                    ));
+                    return Err(Interrupt::retry(format!(
+                        "connection lost: {}",
+                        status.message()
+                    )));
                 }
             };
+            #[cfg(feature = "fault-injection")]
             match self
                 .filter
                 .as_ref()
@@ -451,9 +513,8 @@ impl Inbox {
                 Verdict::Drop => continue,
                 Verdict::Delay(delay) => tokio::time::sleep(delay).await,
                 Verdict::Cut => {
-                    return Err(retry(
-                        "connection cut by the fault-injection filter".into(),
-                        true,
+                    return Err(Interrupt::retry(
+                        "connection cut by the fault-injection filter",
                     ));
                 }
             }
@@ -463,48 +524,44 @@ impl Inbox {
             }
         }
     }
-}
 
-/// Reads the chunks of a transfer that `header` announced.
-async fn receive(
-    inbound: &mut Inbox,
-    header: TransferHeader,
-    what: String,
-) -> Result<Vec<f32>, Result<SessionEnd, Error>> {
-    let mut assembler = Assembler::new(header, what.clone(), None)
-        .map_err(|e| retry(format!("{what}: {e}"), true))?;
-    loop {
-        match inbound.next().await? {
-            Some(Inbound::Chunk(chunk)) => match assembler.push(chunk) {
-                Ok(Some(values)) => return Ok(values),
-                Ok(None) => continue,
-                Err(e) => return Err(retry(format!("{what}: {e}"), true)),
-            },
-            Some(Inbound::Finished(finished)) => {
-                return Err(Ok(SessionEnd::Finished(finished.reason)));
+    /// Reads the chunks of a transfer that `header` announced.
+    async fn receive(
+        &mut self,
+        header: TransferHeader,
+        what: String,
+    ) -> Result<Vec<f32>, Interrupt> {
+        let mut assembler = Assembler::new(header, what.clone(), None)
+            .map_err(|e| Interrupt::retry(format!("{what}: {e}")))?;
+        loop {
+            match self.next().await? {
+                Some(Inbound::Chunk(chunk)) => match assembler.push(chunk) {
+                    Ok(Some(values)) => return Ok(values),
+                    Ok(None) => continue,
+                    Err(e) => return Err(Interrupt::retry(format!("{what}: {e}"))),
+                },
+                Some(Inbound::Finished(finished)) => {
+                    return Err(Interrupt::End(SessionEnd::Finished(finished.reason)));
+                }
+                _ => return Err(Interrupt::retry(format!("{what}: transfer interrupted"))),
             }
-            _ => return Err(retry(format!("{what}: transfer interrupted"), true)),
         }
     }
 }
 
 /// Checks that the coordinator's model has exactly this participant's layout.
 fn check_layout(header: &TransferHeader, layout: &[TensorShape]) -> Result<(), Error> {
-    let theirs: Vec<(String, Vec<u64>)> = header
-        .tensors
+    let ours: Vec<TensorSpec> = layout
         .iter()
-        .map(|t| (t.name.clone(), t.shape.clone()))
+        .map(|t| TensorSpec::new(&*t.name, &t.shape))
         .collect();
-    let ours: Vec<(String, Vec<u64>)> = layout
-        .iter()
-        .map(|t| (t.name.clone(), t.shape.iter().map(|&d| d as u64).collect()))
-        .collect();
-    if theirs != ours {
+    let theirs = &header.tensors;
+    if *theirs != ours {
         let first = theirs.iter().zip(&ours).find(|(a, b)| a != b);
         let detail = match first {
             Some((a, b)) => format!(
                 "the job's {} is {:?}, this participant's network has {} {:?}",
-                a.0, a.1, b.0, b.1
+                a.name, a.shape, b.name, b.shape
             ),
             None => format!(
                 "the job's model has {} tensors, this participant's {}",
@@ -537,215 +594,260 @@ async fn with_task<T: Send + 'static>(
     Ok(result)
 }
 
-async fn serve(
-    options: &ClientOptions,
-    welcome: &Welcome,
-    inbound: &mut Inbox,
-    outbox: &mpsc::Sender<ParticipantMessage>,
-    task: &mut Option<Box<dyn Task>>,
-    summary: &mut RunSummary,
-) -> Result<SessionEnd, Error> {
-    let label = options.label.clone();
-    let closed = || retry("the coordinator closed the session".into(), true);
-    let mut secure: Option<secure::SecureRound> = None;
-    loop {
-        let message = match inbound.next().await {
-            Ok(Some(message)) => message,
-            Ok(None) => return closed(),
-            Err(end) => return end,
-        };
-        match message {
-            Inbound::Train(instruction) => {
-                let (Some(config), Some(header)) = (instruction.config, instruction.model) else {
-                    return retry("train instruction without config or model".into(), true);
-                };
-                let round = header.round;
-                if let Some(task) = task.as_ref() {
-                    check_layout(&header, &task.layout())?;
-                }
-                let specs = header.tensors.clone();
-                let global =
-                    match receive(inbound, header, format!("global model for round {round}")).await
-                    {
-                        Ok(values) => values,
-                        Err(end) => return end,
-                    };
-                let training = TrainingConfig {
-                    local_epochs: config.local_epochs,
-                    batch_size: config.batch_size,
-                    learning_rate: config.learning_rate,
-                    seed: config.seed,
-                };
-                tracing::info!(participant = %label, "{label}: round {round}: training ({} epochs)", training.local_epochs);
-                let progress_label = label.clone();
-                let update = with_task(task, move |task| -> Result<(Vec<f32>, u64, f64), Error> {
-                    task.set_parameters(&global)?;
-                    let mut report = |p: EpochProgress| {
-                        tracing::info!(
-                            participant = %progress_label,
-                            "{progress_label}: round {round} epoch {}/{} loss {:.4} ({:.0} examples/s)",
-                            p.epoch,
-                            p.epochs,
-                            p.mean_loss,
-                            p.examples_per_second
-                        );
-                    };
-                    let outcome = task.train(&training, &mut report)?;
-                    let delta: Vec<f32> =
-                        task.parameters().iter().zip(&global).map(|(local, global)| local - global).collect();
-                    Ok((delta, outcome.n_examples, outcome.mean_loss))
-                })
-                .await??;
-                let (delta, weight, mean_loss) = update;
-                if let Some(setup) = &instruction.secure_aggregation {
-                    secure = None;
-                    match secure::SecureRound::start(
-                        &options.kit,
-                        &welcome.job_name,
-                        &welcome.participant_id,
-                        round,
-                        setup,
-                        &delta,
-                        weight,
-                        mean_loss,
-                    ) {
-                        Ok((started, advertisement)) => {
-                            if outbox.send(advertisement).await.is_err() {
-                                return closed();
-                            }
-                            tracing::info!(participant = %label, roster = ?setup.participants, "{label}: round {round}: trained (weight {weight}, train loss {mean_loss:.4}); secure aggregation with {} participants, threshold {}", setup.participants.len(), setup.threshold);
-                            secure = Some(started);
-                        }
-                        Err(reason) => {
-                            tracing::error!(participant = %label, "{label}: round {round}: not taking part in secure aggregation: {reason}");
-                        }
-                    }
-                    summary.rounds_trained += 1;
-                    continue;
-                }
-                let weighted_delta: Vec<f32> = delta.iter().map(|d| weight as f32 * d).collect();
-                if send_update(outbox, round, &specs, &weighted_delta, weight, mean_loss)
-                    .await
-                    .is_err()
-                {
-                    return closed();
-                }
-                tracing::info!(
-                    participant = %label,
-                    "{label}: round {round}: update sent ({} values, weight {weight}, train loss {mean_loss:.4})",
-                    weighted_delta.len()
-                );
-                summary.rounds_trained += 1;
-            }
-            Inbound::Evaluate(instruction) => {
-                let Some(header) = instruction.model else {
-                    return retry("evaluate instruction without model".into(), true);
-                };
-                let round = header.round;
-                tracing::info!(participant = %label, "{label}: round {round}: evaluating the new global model");
-                if let Some(task) = task.as_ref() {
-                    check_layout(&header, &task.layout())?;
-                }
-                let model = match receive(
-                    inbound,
-                    header,
-                    format!("model to evaluate for round {round}"),
-                )
-                .await
-                {
-                    Ok(values) => values,
-                    Err(end) => return end,
-                };
-                let evaluation = with_task(task, move |task| {
-                    task.set_parameters(&model)?;
-                    task.evaluate()
-                })
-                .await??;
-                tracing::info!(
-                    participant = %label,
-                    "{label}: round {round}: global model accuracy {:.4}, loss {:.4} on {} local test examples",
-                    evaluation.accuracy,
-                    evaluation.loss,
-                    evaluation.n_examples
-                );
-                let report = EvaluationReport {
-                    round,
-                    n_examples: evaluation.n_examples,
-                    loss: evaluation.loss,
-                    accuracy: evaluation.accuracy,
-                };
-                if outbox
-                    .send(outbound(Outbound::Evaluation(report)))
-                    .await
-                    .is_err()
-                {
-                    return closed();
-                }
-                summary.evaluations += 1;
-                summary.last_evaluation = Some(evaluation);
-            }
-            Inbound::Finished(finished) => return Ok(SessionEnd::Finished(finished.reason)),
-            Inbound::Welcome(_) => return retry("Welcome received twice".into(), true),
-            Inbound::Chunk(chunk) => {
-                return retry(
-                    format!(
-                        "chunk {} of round {} arrived without a transfer",
-                        chunk.index, chunk.round
-                    ),
-                    true,
-                );
-            }
-            Inbound::Heartbeat(_) => {}
-            body @ (Inbound::Advertisements(_)
-            | Inbound::Shares(_)
-            | Inbound::Survivors(_)
-            | Inbound::SurvivorSignatures(_)) => {
-                let (round, attempt) = secure::round_of(&body).unwrap_or_default();
-                let Some(current) = secure.as_mut().filter(|s| s.is_for(round, attempt)) else {
-                    tracing::warn!(participant = %label, "{label}: ignored a secure aggregation message for round {round} attempt {attempt}, which this participant is not running");
-                    continue;
-                };
-                match current.on_message(body) {
-                    Ok((messages, done)) => {
-                        for message in messages {
-                            if outbox.send(message).await.is_err() {
-                                return closed();
-                            }
-                        }
-                        if done {
-                            tracing::info!(participant = %label, "{label}: round {round}: secure aggregation done (shares revealed)");
-                            secure = None;
-                        }
-                    }
-                    Err(reason) => {
-                        let (round, attempt) = current.round();
-                        tracing::error!(participant = %label, "{label}: round {round} attempt {attempt}: aborting secure aggregation, nothing more is revealed: {reason}");
-                        secure = None;
-                    }
-                }
+/// A session past the coordinator's `Welcome`: it carries out the coordinator's instructions,
+/// one method per kind of message, until the session ends.
+struct Serving<'a> {
+    options: &'a ClientOptions,
+    welcome: Welcome,
+    inbound: Inbox,
+    outbox: mpsc::Sender<ParticipantMessage>,
+    task: &'a mut Option<Box<dyn Task>>,
+    summary: &'a mut RunSummary,
+    /// This round's secure aggregation, from training until this participant's part is over.
+    secure: Option<secure::SecureRound>,
+}
+
+impl Serving<'_> {
+    async fn serve(&mut self) -> Interrupt {
+        loop {
+            let message = match self.inbound.next().await {
+                Ok(Some(message)) => message,
+                Ok(None) => return closed(),
+                Err(interrupt) => return interrupt,
+            };
+            if let Err(interrupt) = self.on_message(message).await {
+                return interrupt;
             }
         }
     }
+
+    async fn on_message(&mut self, message: Inbound) -> Result<(), Interrupt> {
+        match message {
+            Inbound::Train(instruction) => self.on_train(instruction).await,
+            Inbound::Evaluate(instruction) => self.on_evaluate(instruction).await,
+            Inbound::Finished(finished) => {
+                Err(Interrupt::End(SessionEnd::Finished(finished.reason)))
+            }
+            Inbound::Welcome(_) => Err(Interrupt::retry("Welcome received twice")),
+            Inbound::Chunk(chunk) => Err(Interrupt::retry(format!(
+                "chunk {} of round {} arrived without a transfer",
+                chunk.index, chunk.round
+            ))),
+            Inbound::Heartbeat(_) => Ok(()),
+            body @ (Inbound::Advertisements(_)
+            | Inbound::Shares(_)
+            | Inbound::Survivors(_)
+            | Inbound::SurvivorSignatures(_)) => self.on_secure(body).await,
+        }
+    }
+
+    /// Receives the global model, trains on it, and sends the update: in the clear, or as the
+    /// first message of secure aggregation.
+    async fn on_train(&mut self, instruction: TrainInstruction) -> Result<(), Interrupt> {
+        let label = self.options.label.clone();
+        let (Some(config), Some(header)) = (instruction.config, instruction.model) else {
+            return Err(Interrupt::retry(
+                "train instruction without config or model",
+            ));
+        };
+        let round = header.round;
+        if let Some(task) = self.task.as_ref() {
+            check_layout(&header, &task.layout())?;
+        }
+        let specs = header.tensors.clone();
+        let global = self
+            .inbound
+            .receive(header, format!("global model for round {round}"))
+            .await?;
+        let training = TrainingConfig {
+            local_epochs: config.local_epochs,
+            batch_size: config.batch_size,
+            learning_rate: config.learning_rate,
+            seed: config.seed,
+        };
+        tracing::info!(participant = %label, "{label}: round {round}: training ({} epochs)", training.local_epochs);
+        let progress_label = label.clone();
+        let (delta, weight, mean_loss) = with_task(
+            self.task,
+            move |task| -> Result<(Vec<f32>, u64, f64), Error> {
+                task.set_parameters(&global)?;
+                let mut report = |p: EpochProgress| {
+                    tracing::info!(
+                        participant = %progress_label,
+                        "{progress_label}: round {round} epoch {}/{} loss {:.4} ({:.0} examples/s)",
+                        p.epoch,
+                        p.epochs,
+                        p.mean_loss,
+                        p.examples_per_second
+                    );
+                };
+                let outcome = task.train(&training, &mut report)?;
+                let delta: Vec<f32> = task
+                    .parameters()
+                    .iter()
+                    .zip(&global)
+                    .map(|(local, global)| local - global)
+                    .collect();
+                Ok((delta, outcome.n_examples, outcome.mean_loss))
+            },
+        )
+        .await??;
+        match &instruction.secure_aggregation {
+            Some(setup) => {
+                self.start_secure(round, setup, &delta, weight, mean_loss)
+                    .await?
+            }
+            None => {
+                self.send_update(round, &specs, &delta, weight, mean_loss)
+                    .await?
+            }
+        }
+        self.summary.rounds_trained += 1;
+        Ok(())
+    }
+
+    /// Starts this round's secure aggregation with the trained update; a setup this participant
+    /// refuses leaves it out of the round, not out of the session.
+    async fn start_secure(
+        &mut self,
+        round: u64,
+        setup: &cairn_proto::v1::SecureAggregation,
+        delta: &[f32],
+        weight: u64,
+        mean_loss: f64,
+    ) -> Result<(), Interrupt> {
+        let label = &self.options.label;
+        self.secure = None;
+        match secure::SecureRound::start(
+            &self.options.kit,
+            &self.welcome.job_name,
+            &self.welcome.participant_id,
+            round,
+            setup,
+            delta,
+            weight,
+            mean_loss,
+        ) {
+            Ok((started, advertisement)) => {
+                send(&self.outbox, advertisement).await?;
+                tracing::info!(participant = %label, roster = ?setup.participants, "{label}: round {round}: trained (weight {weight}, train loss {mean_loss:.4}); secure aggregation with {} participants, threshold {}", setup.participants.len(), setup.threshold);
+                self.secure = Some(started);
+            }
+            Err(reason) => {
+                tracing::error!(participant = %label, "{label}: round {round}: not taking part in secure aggregation: {reason}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends an update in the clear: its header, then its chunks.
+    async fn send_update(
+        &mut self,
+        round: u64,
+        specs: &[TensorSpec],
+        delta: &[f32],
+        weight: u64,
+        mean_loss: f64,
+    ) -> Result<(), Interrupt> {
+        let label = &self.options.label;
+        let weighted_delta: Vec<f32> = delta.iter().map(|d| weight as f32 * d).collect();
+        let (transfer, chunks) = split(round, specs, &weighted_delta);
+        let header = UpdateHeader {
+            transfer: Some(transfer),
+            weight,
+            weighted_train_loss: weight as f64 * mean_loss,
+        };
+        send(&self.outbox, outbound(Outbound::Update(header))).await?;
+        for chunk in chunks {
+            send(&self.outbox, outbound(Outbound::Chunk(chunk))).await?;
+        }
+        tracing::info!(
+            participant = %label,
+            "{label}: round {round}: update sent ({} values, weight {weight}, train loss {mean_loss:.4})",
+            weighted_delta.len()
+        );
+        Ok(())
+    }
+
+    /// Receives a model, evaluates it on the local test split and reports.
+    async fn on_evaluate(&mut self, instruction: EvaluateInstruction) -> Result<(), Interrupt> {
+        let label = &self.options.label;
+        let Some(header) = instruction.model else {
+            return Err(Interrupt::retry("evaluate instruction without model"));
+        };
+        let round = header.round;
+        tracing::info!(participant = %label, "{label}: round {round}: evaluating the new global model");
+        if let Some(task) = self.task.as_ref() {
+            check_layout(&header, &task.layout())?;
+        }
+        let model = self
+            .inbound
+            .receive(header, format!("model to evaluate for round {round}"))
+            .await?;
+        let evaluation = with_task(self.task, move |task| {
+            task.set_parameters(&model)?;
+            task.evaluate()
+        })
+        .await??;
+        tracing::info!(
+            participant = %label,
+            "{label}: round {round}: global model accuracy {:.4}, loss {:.4} on {} local test examples",
+            evaluation.accuracy,
+            evaluation.loss,
+            evaluation.n_examples
+        );
+        let report = EvaluationReport {
+            round,
+            n_examples: evaluation.n_examples,
+            loss: evaluation.loss,
+            accuracy: evaluation.accuracy,
+        };
+        send(&self.outbox, outbound(Outbound::Evaluation(report))).await?;
+        self.summary.evaluations += 1;
+        self.summary.last_evaluation = Some(evaluation);
+        Ok(())
+    }
+
+    /// Hands a secure-aggregation message to this round's [`secure::SecureRound`]; one for a
+    /// round or attempt this participant is not running is ignored, and an abort ends only its
+    /// part in the round.
+    async fn on_secure(&mut self, body: Inbound) -> Result<(), Interrupt> {
+        let label = &self.options.label;
+        let (round, attempt) = cairn_proto::secagg::round_of(&body).unwrap_or_default();
+        let Some(current) = self.secure.as_mut().filter(|s| s.is_for(round, attempt)) else {
+            tracing::warn!(participant = %label, "{label}: ignored a secure aggregation message for round {round} attempt {attempt}, which this participant is not running");
+            return Ok(());
+        };
+        match current.on_message(body) {
+            Ok((messages, done)) => {
+                for message in messages {
+                    send(&self.outbox, message).await?;
+                }
+                if done {
+                    tracing::info!(participant = %label, "{label}: round {round}: secure aggregation done (shares revealed)");
+                    self.secure = None;
+                }
+            }
+            Err(reason) => {
+                let (round, attempt) = current.round();
+                tracing::error!(participant = %label, "{label}: round {round} attempt {attempt}: aborting secure aggregation, nothing more is revealed: {reason}");
+                self.secure = None;
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Sends an update: its header, then its chunks.
-async fn send_update(
+/// Queues `message` for the coordinator. Takes the outbox rather than the session, since a
+/// reference to the session held across the await would need the task to be `Sync`.
+async fn send(
     outbox: &mpsc::Sender<ParticipantMessage>,
-    round: u64,
-    specs: &[TensorSpec],
-    weighted_delta: &[f32],
-    weight: u64,
-    mean_loss: f64,
-) -> Result<(), mpsc::error::SendError<ParticipantMessage>> {
-    let (transfer, chunks) = split(round, specs, weighted_delta);
-    let header = UpdateHeader {
-        transfer: Some(transfer),
-        weight,
-        weighted_train_loss: weight as f64 * mean_loss,
-    };
-    outbox.send(outbound(Outbound::Update(header))).await?;
-    for chunk in chunks {
-        outbox.send(outbound(Outbound::Chunk(chunk))).await?;
-    }
-    Ok(())
+    message: ParticipantMessage,
+) -> Result<(), Interrupt> {
+    outbox.send(message).await.map_err(|_| closed())
+}
+
+/// The coordinator closed the session (or its stream is gone).
+fn closed() -> Interrupt {
+    Interrupt::retry("the coordinator closed the session")
 }

@@ -7,17 +7,50 @@
 
 use super::Kit;
 use super::identity::FederationVerifier;
-use cairn_proto::transfer::split_words;
+use cairn_proto::secagg::WireError;
 use cairn_proto::v1::coordinator_message::Body as Inbound;
 use cairn_proto::v1::participant_message::Body as Outbound;
-use cairn_proto::v1::{self, ParticipantMessage, TensorSpec};
-use cairn_secagg::protocol::{
-    Advertisement, EncryptedShares, ParticipantMachine, RoundConfig, SurvivorSignature,
-};
+use cairn_proto::v1::{self, ParticipantMessage};
+use cairn_secagg::protocol::{ParticipantMachine, ProtocolError, RoundConfig};
 use cairn_secagg::quantize::UpdateEncoding;
 
 /// Why this participant stops taking part in a round's secure aggregation.
-pub(super) type Abort = String;
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Abort {
+    /// The round's participant list does not name this participant.
+    #[error("{id:?} is not in the round's participant list")]
+    NotListed {
+        /// This participant's id.
+        id: String,
+    },
+    /// The coordinator's setup (encoding, graph, threshold) is not one the protocol allows.
+    #[error("setup refused: {0}")]
+    Setup(#[source] cairn_secagg::Error),
+    /// An advertisement names an index outside the roster.
+    #[error("advertisement for unknown participant {index}, the roster has {roster}")]
+    UnknownParticipant {
+        /// The index it names.
+        index: u32,
+        /// Participants in the roster.
+        roster: usize,
+    },
+    /// A message is malformed on the wire.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A neighbour's certificate is not the federation's for it.
+    #[error(transparent)]
+    Identity(#[from] crate::Error),
+    /// The protocol machine refused a message (substituted keys, shares that do not decrypt,
+    /// survivor sets not signed by enough neighbours...).
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// A message arrived at a point of the protocol this participant is past or not yet at.
+    #[error("{0}")]
+    OutOfOrder(&'static str),
+    /// The message is not one of secure aggregation.
+    #[error("not a secure aggregation message")]
+    NotSecure,
+}
 
 /// One round's secure aggregation in progress.
 pub(super) struct SecureRound {
@@ -34,6 +67,10 @@ pub(super) struct SecureRound {
 fn message(body: Outbound) -> ParticipantMessage {
     ParticipantMessage { body: Some(body) }
 }
+
+/// What answering one coordinator message gives: messages to send, and whether this
+/// participant's part of the round is over.
+type Answer = (Vec<ParticipantMessage>, bool);
 
 impl SecureRound {
     /// Starts after training: checks the coordinator's setup, encodes the update (`delta` is
@@ -53,9 +90,9 @@ impl SecureRound {
             .participants
             .iter()
             .position(|id| id == me)
-            .ok_or_else(|| format!("{me:?} is not in the round's participant list"))?;
+            .ok_or_else(|| Abort::NotListed { id: me.into() })?;
         let encoding = UpdateEncoding::new(setup.clip, setup.quantization_levels, setup.max_weight)
-            .map_err(|e| format!("setup refused: {e}"))?;
+            .map_err(Abort::Setup)?;
         let config = RoundConfig::derive(
             job,
             round,
@@ -65,17 +102,10 @@ impl SecureRound {
             setup.threshold as usize,
             UpdateEncoding::vector_len(delta.len()),
         )
-        .map_err(|e| format!("setup refused: {e}"))?;
+        .map_err(Abort::Setup)?;
         let (machine, ad) = ParticipantMachine::new(config, index as u32, kit.signer.as_ref());
-        let advertisement = v1::Advertisement {
-            round,
-            attempt: setup.attempt,
-            index: ad.from,
-            channel_public: ad.channel_public.to_vec(),
-            mask_public: ad.mask_public.to_vec(),
-            signature: ad.signature,
-            certificate: kit.certificate_der.clone(),
-        };
+        let advertisement =
+            v1::Advertisement::new(round, setup.attempt, &ad, kit.certificate_der.clone());
         let secure = SecureRound {
             round,
             attempt: setup.attempt,
@@ -100,148 +130,78 @@ impl SecureRound {
 
     /// Takes the coordinator's next message; returns what to send and whether this participant's
     /// part is over.
-    pub(super) fn on_message(
-        &mut self,
-        body: Inbound,
-    ) -> Result<(Vec<ParticipantMessage>, bool), Abort> {
-        let (round, attempt) = (self.round, self.attempt);
+    pub(super) fn on_message(&mut self, body: Inbound) -> Result<Answer, Abort> {
         match body {
-            Inbound::Advertisements(list) => {
-                let mut ads = Vec::with_capacity(list.advertisements.len());
-                let mut peers = Vec::new();
-                // Only the neighbourhood's signatures are checked (see
-                // `ParticipantMachine::neighbourhood`), so only its certificates are verified.
-                let checked = self.machine.neighbourhood();
-                for ad in list.advertisements {
-                    let id = self.roster.get(ad.index as usize).ok_or_else(|| {
-                        format!("advertisement for unknown participant {}", ad.index)
-                    })?;
-                    let key = |bytes: &[u8]| -> Result<[u8; 32], Abort> {
-                        bytes.try_into().map_err(|_| {
-                            format!("participant {}'s advertised key is not 32 bytes", ad.index)
-                        })
-                    };
-                    ads.push(Advertisement {
-                        from: ad.index,
-                        channel_public: key(&ad.channel_public)?,
-                        mask_public: key(&ad.mask_public)?,
-                        signature: ad.signature,
-                    });
-                    if checked.contains(&ad.index) {
-                        peers.push((ad.index, id.clone(), ad.certificate));
-                    }
-                }
-                let verifier =
-                    FederationVerifier::new(&self.kit.ca_pem, peers).map_err(|e| e.to_string())?;
-                let shares = self
-                    .machine
-                    .on_advertisements(ads, &verifier)
-                    .map_err(|e| e.to_string())?;
-                self.verifier = Some(verifier);
-                let shares = v1::EncryptedShares {
-                    round,
-                    attempt,
-                    shares: shares
-                        .into_iter()
-                        .map(|s| v1::EncryptedShare {
-                            from: s.from,
-                            to: s.to,
-                            ciphertext: s.ciphertext,
-                        })
-                        .collect(),
-                };
-                Ok((vec![message(Outbound::Shares(shares))], false))
-            }
-            Inbound::Shares(list) => {
-                let shares = list
-                    .shares
-                    .into_iter()
-                    .map(|s| EncryptedShares {
-                        from: s.from,
-                        to: s.to,
-                        ciphertext: s.ciphertext,
-                    })
-                    .collect();
-                let input = self
-                    .input
-                    .take()
-                    .ok_or("shares arrived twice; the input is already masked")?;
-                let masked = self
-                    .machine
-                    .on_shares(shares, &input)
-                    .map_err(|e| e.to_string())?;
-                let layout = [TensorSpec {
-                    name: "masked_input".into(),
-                    shape: vec![masked.values.len() as u64],
-                }];
-                let (transfer, chunks) = split_words(round, &layout, &masked.values);
-                let mut out = vec![message(Outbound::MaskedInput(v1::MaskedInputHeader {
-                    round,
-                    attempt,
-                    transfer: Some(transfer),
-                }))];
-                out.extend(chunks.into_iter().map(|c| message(Outbound::Chunk(c))));
-                Ok((out, false))
-            }
-            Inbound::Survivors(list) => {
-                let signature = self
-                    .machine
-                    .on_survivors(list.survivors, self.kit.signer.as_ref())
-                    .map_err(|e| e.to_string())?;
-                let signature = v1::SurvivorSignature {
-                    round,
-                    attempt,
-                    index: signature.from,
-                    signature: signature.signature,
-                };
-                Ok((vec![message(Outbound::SurvivorSignature(signature))], false))
-            }
-            Inbound::SurvivorSignatures(list) => {
-                let verifier = self
-                    .verifier
-                    .as_ref()
-                    .ok_or("survivor signatures arrived before the advertisements")?;
-                let signatures = list
-                    .signatures
-                    .into_iter()
-                    .map(|s| SurvivorSignature {
-                        from: s.index,
-                        signature: s.signature,
-                    })
-                    .collect();
-                let reveal = self
-                    .machine
-                    .on_signatures(signatures, verifier)
-                    .map_err(|e| e.to_string())?;
-                let wire = |shares: Vec<(u32, cairn_secagg::shamir::Share)>| {
-                    shares
-                        .into_iter()
-                        .map(|(owner, share)| v1::RevealedShare {
-                            owner,
-                            share: share.as_bytes().to_vec(),
-                        })
-                        .collect()
-                };
-                let reveal = v1::Reveal {
-                    round,
-                    attempt,
-                    self_mask_shares: wire(reveal.self_mask_shares),
-                    mask_key_shares: wire(reveal.mask_key_shares),
-                };
-                Ok((vec![message(Outbound::Reveal(reveal))], true))
-            }
-            _ => Err("not a secure aggregation message".into()),
+            Inbound::Advertisements(list) => self.on_advertisements(list),
+            Inbound::Shares(list) => self.on_shares(list),
+            Inbound::Survivors(list) => self.on_survivors(list),
+            Inbound::SurvivorSignatures(list) => self.on_signatures(list),
+            _ => Err(Abort::NotSecure),
         }
     }
-}
 
-/// Round and attempt a coordinator's secure-aggregation message names, if it is one.
-pub(super) fn round_of(body: &Inbound) -> Option<(u64, u32)> {
-    match body {
-        Inbound::Advertisements(m) => Some((m.round, m.attempt)),
-        Inbound::Shares(m) => Some((m.round, m.attempt)),
-        Inbound::Survivors(m) => Some((m.round, m.attempt)),
-        Inbound::SurvivorSignatures(m) => Some((m.round, m.attempt)),
-        _ => None,
+    /// AdvertiseKeys -> ShareKeys: verifies the neighbourhood's certificates and advertisements,
+    /// and answers with a share pair for each neighbour.
+    fn on_advertisements(&mut self, list: v1::Advertisements) -> Result<Answer, Abort> {
+        let mut ads = Vec::with_capacity(list.advertisements.len());
+        let mut peers = Vec::new();
+        // Only the neighbourhood's signatures are checked (see
+        // `ParticipantMachine::neighbourhood`), so only its certificates are verified.
+        let checked = self.machine.neighbourhood();
+        for ad in list.advertisements {
+            let (ad, certificate) = ad.into_parts()?;
+            let id = self
+                .roster
+                .get(ad.from as usize)
+                .ok_or(Abort::UnknownParticipant {
+                    index: ad.from,
+                    roster: self.roster.len(),
+                })?;
+            if checked.contains(&ad.from) {
+                peers.push((ad.from, id.clone(), certificate));
+            }
+            ads.push(ad);
+        }
+        let verifier = FederationVerifier::new(&self.kit.ca_pem, peers)?;
+        let shares = self.machine.on_advertisements(ads, &verifier)?;
+        self.verifier = Some(verifier);
+        let shares = v1::EncryptedShares::new(self.round, self.attempt, &shares);
+        Ok((vec![message(Outbound::Shares(shares))], false))
+    }
+
+    /// ShareKeys -> CollectMasked: masks the input with the shares received and answers with it.
+    fn on_shares(&mut self, list: v1::EncryptedShares) -> Result<Answer, Abort> {
+        let shares = list.into_shares()?;
+        let input = self.input.take().ok_or(Abort::OutOfOrder(
+            "shares arrived twice; the input is already masked",
+        ))?;
+        let masked = self.machine.on_shares(shares, &input)?;
+        let (header, chunks) =
+            v1::MaskedInputHeader::split(self.round, self.attempt, &masked.values);
+        let mut out = vec![message(Outbound::MaskedInput(header))];
+        out.extend(chunks.into_iter().map(|c| message(Outbound::Chunk(c))));
+        Ok((out, false))
+    }
+
+    /// CollectMasked -> ConsistencyCheck: signs the survivor set.
+    fn on_survivors(&mut self, list: v1::Survivors) -> Result<Answer, Abort> {
+        let signature = self
+            .machine
+            .on_survivors(list.survivors, self.kit.signer.as_ref())?;
+        let signature = v1::SurvivorSignature::new(self.round, self.attempt, &signature);
+        Ok((vec![message(Outbound::SurvivorSignature(signature))], false))
+    }
+
+    /// ConsistencyCheck -> Unmask: checks the neighbourhood's signatures and reveals one share
+    /// per neighbour; this participant's part is then over.
+    fn on_signatures(&mut self, list: v1::SurvivorSignatures) -> Result<Answer, Abort> {
+        let verifier = self.verifier.as_ref().ok_or(Abort::OutOfOrder(
+            "survivor signatures arrived before the advertisements",
+        ))?;
+        let reveal = self
+            .machine
+            .on_signatures(list.into_signatures()?, verifier)?;
+        let reveal = v1::Reveal::new(self.round, self.attempt, &reveal);
+        Ok((vec![message(Outbound::Reveal(reveal))], true))
     }
 }

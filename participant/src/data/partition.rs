@@ -51,19 +51,20 @@ impl Partition {
     }
 
     /// Parses a scheme from the command line: `iid`, `dirichlet:ALPHA` or `none`.
-    pub fn parse_scheme(text: &str) -> Result<Scheme, String> {
+    pub fn parse_scheme(text: &str) -> Result<Scheme, Error> {
+        let unknown = || Error::UnknownPartitionScheme {
+            scheme: text.into(),
+        };
         match text.split_once(':') {
             None if text == "iid" => Ok(Scheme::Iid),
             None if text == "none" => Ok(Scheme::Whole),
             Some(("dirichlet", alpha)) => match alpha.parse::<f64>() {
                 Ok(alpha) if alpha > 0.0 && alpha.is_finite() => Ok(Scheme::Dirichlet { alpha }),
-                _ => Err(format!(
-                    "Dirichlet concentration {alpha:?} must be a positive number, as in dirichlet:0.5"
-                )),
+                _ => Err(Error::DirichletConcentration {
+                    alpha: alpha.into(),
+                }),
             },
-            _ => Err(format!(
-                "partition scheme {text:?} is unknown; expected iid, dirichlet:ALPHA or none"
-            )),
+            _ => Err(unknown()),
         }
     }
 
@@ -207,17 +208,19 @@ mod tests {
     #[test]
     fn bad_flags_are_refused_with_what_is_allowed() {
         assert_eq!(
-            Partition::parse_scheme("dirichlet:0.5"),
-            Ok(Scheme::Dirichlet { alpha: 0.5 })
+            Partition::parse_scheme("dirichlet:0.5").unwrap(),
+            Scheme::Dirichlet { alpha: 0.5 }
         );
         assert!(
             Partition::parse_scheme("dirichlet:-1")
                 .unwrap_err()
+                .to_string()
                 .contains("positive")
         );
         assert!(
             Partition::parse_scheme("zipf")
                 .unwrap_err()
+                .to_string()
                 .contains("iid, dirichlet:ALPHA")
         );
         let err = Partition {

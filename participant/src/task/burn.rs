@@ -39,14 +39,12 @@ pub enum Backend {
 
 impl Backend {
     /// Parses a command-line name: `cpu`, `wgpu` or `cuda`.
-    pub fn parse(text: &str) -> Result<Backend, String> {
+    pub fn parse(text: &str) -> Result<Backend, Error> {
         match text {
             "cpu" => Ok(Backend::Cpu),
             "wgpu" => Ok(Backend::Wgpu),
             "cuda" => Ok(Backend::Cuda),
-            _ => Err(format!(
-                "backend {text:?} is unknown; expected cpu, wgpu or cuda"
-            )),
+            _ => Err(Error::UnknownBackend { name: text.into() }),
         }
     }
 
@@ -596,6 +594,7 @@ mod tests {
         assert!(
             Backend::parse("tpu")
                 .unwrap_err()
+                .to_string()
                 .contains("cpu, wgpu or cuda")
         );
     }
