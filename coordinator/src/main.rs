@@ -9,7 +9,7 @@ use cairn_coordinator::config::JobSpec;
 use cairn_coordinator::operator::{self, OperatorOptions};
 use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
 use cairn_coordinator::{Coordinator, ServeOptions, ServerTls};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,115 +28,131 @@ struct Cli {
 enum Command {
     /// Create the federation CA, the coordinator's server certificate and one kit per
     /// participant. Re-running on the same directory reuses the CA and only adds missing kits.
-    Provision {
-        /// Directory to write into (ca/, coordinator/, participants/<id>/).
-        #[arg(long, default_value = "federation")]
-        out: PathBuf,
-        /// Name of the federation, shown in the CA's name.
-        #[arg(long, default_value = "cairn")]
-        federation: String,
-        /// DNS name or IP address participants use to reach the coordinator; repeat for several.
-        #[arg(long = "server-name", required = true)]
-        server_names: Vec<String>,
-        /// A participant to create a kit for, as `id` or `id=Organisation`; repeat for several.
-        #[arg(long = "participant", required = true)]
-        participants: Vec<String>,
-        /// Validity of the new certificates, in days.
-        #[arg(long, default_value_t = 365)]
-        validity_days: u32,
-    },
+    Provision(ProvisionArgs),
     /// Run a job: wait for participants, run its rounds, write the final model. With
     /// `--kubernetes`, run the namespace's FederatedJob resources instead, one at a time.
-    Serve {
-        /// Job file (YAML); see examples/jobs/ for annotated examples.
-        #[arg(
-            long,
-            required_unless_present = "kubernetes",
-            conflicts_with = "kubernetes"
-        )]
-        job: Option<PathBuf>,
-        /// Durable state: checkpoints, round records and the final model. Restarted with the same
-        /// job and directory, the coordinator resumes after the last committed round. With
-        /// `--kubernetes`, each FederatedJob gets `<state-dir>/<name>-<uid>`.
-        #[arg(long)]
-        state_dir: PathBuf,
-        /// Run as the FederatedJob operator (in a pod, or with a kubeconfig): elect a leader among
-        /// replicas on a Lease, run the namespace's FederatedJobs one at a time, write their
-        /// status and Events; a deleted FederatedJob is stopped before it goes.
-        #[arg(long)]
-        kubernetes: bool,
-        /// Namespace of the FederatedJobs (default: the pod's, or the kubeconfig's).
-        #[arg(long, env = "POD_NAMESPACE", requires = "kubernetes")]
-        namespace: Option<String>,
-        /// This replica's name in the Lease and in Events (default: the host name).
-        #[arg(long, env = "POD_NAME", requires = "kubernetes")]
-        identity: Option<String>,
-        /// Name of the Lease the replicas elect a leader on.
-        #[arg(long, default_value = "cairn-coordinator", requires = "kubernetes")]
-        lease_name: String,
-        /// Seconds a lease lasts without renewal; a standby replica takes over within that long.
-        #[arg(long, default_value_t = 15, requires = "kubernetes")]
-        lease_duration_s: u64,
-        /// The coordinator's TLS directory from `provision` (cert.pem, key.pem, ca.pem).
-        #[arg(long)]
-        tls: PathBuf,
-        /// Address to listen on for participants.
-        #[arg(long, default_value = "0.0.0.0:7443")]
-        listen: SocketAddr,
-        /// Seconds between heartbeats; a participant silent for three intervals is dropped.
-        #[arg(long, default_value_t = 10)]
-        heartbeat_s: u64,
-        /// Checkpoints of the global model to keep (one per committed round).
-        #[arg(long, default_value_t = 3)]
-        keep_checkpoints: usize,
-        /// Address of the monitoring API (dashboard, REST, live events, Prometheus metrics).
-        #[arg(long, default_value = "127.0.0.1:9464")]
-        api_listen: SocketAddr,
-        /// The API's bearer tokens: one `<role> <token>` per line, role `admin` or `viewer`
-        /// (at least 16 characters each). Without it, a random admin token is written to
-        /// `<state-dir>/api-token`.
-        #[arg(long)]
-        api_token_file: Option<PathBuf>,
-        /// Seconds the monitoring API keeps serving after the job ended (not with
-        /// `--kubernetes`, where the next job needs the address).
-        #[arg(long, default_value_t = 0, conflicts_with = "kubernetes")]
-        api_linger_s: u64,
-        /// Do not serve the monitoring API.
-        #[arg(long, conflicts_with_all = ["api_listen", "api_token_file", "api_linger_s"])]
-        no_api: bool,
-    },
+    Serve(ServeArgs),
     /// Sign a participant's certificate signing request (from `cairn-participant request`) with
     /// the federation CA, so that its key never leaves its site. Writes cert.pem, ca.pem and the
     /// Helm values into <federation>/participants/<id>/ to send back.
-    Sign {
-        /// The federation directory from `provision` (holding ca/).
-        #[arg(long)]
-        federation: PathBuf,
-        /// The request file.
-        #[arg(long)]
-        csr: PathBuf,
-        /// Name participants dial the coordinator at (for the Helm values).
-        #[arg(long)]
-        server_name: String,
-        /// Validity of the certificate, in days.
-        #[arg(long, default_value_t = 365)]
-        validity_days: u32,
-    },
+    Sign(SignArgs),
     /// Print the FederatedJob CustomResourceDefinition (YAML); its spec is the job file's schema.
     Crd,
     /// Print a running coordinator's job and round table from its monitoring API.
-    Status {
-        /// The API's address.
-        #[arg(long, default_value = "http://127.0.0.1:9464")]
-        api: String,
-        /// File holding the bearer token (a bare token, or a `<role> <token>` line), such as
-        /// `<state-dir>/api-token`.
-        #[arg(long)]
-        token_file: PathBuf,
-        /// Keep following the live stream, one line per change, until the job ends.
-        #[arg(long)]
-        watch: bool,
-    },
+    Status(StatusArgs),
+}
+
+// The options of `provision`; its help text is on the `Command` variant.
+#[derive(Debug, Args)]
+struct ProvisionArgs {
+    /// Directory to write into (ca/, coordinator/, participants/<id>/).
+    #[arg(long, default_value = "federation")]
+    out: PathBuf,
+    /// Name of the federation, shown in the CA's name.
+    #[arg(long, default_value = "cairn")]
+    federation: String,
+    /// DNS name or IP address participants use to reach the coordinator; repeat for several.
+    #[arg(long = "server-name", required = true)]
+    server_names: Vec<String>,
+    /// A participant to create a kit for, as `id` or `id=Organisation`; repeat for several.
+    #[arg(long = "participant", required = true)]
+    participants: Vec<String>,
+    /// Validity of the new certificates, in days.
+    #[arg(long, default_value_t = 365)]
+    validity_days: u32,
+}
+
+// The options of `serve`; its help text is on the `Command` variant.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Job file (YAML); see examples/jobs/ for annotated examples.
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    job: Option<PathBuf>,
+    /// Durable state: checkpoints, round records and the final model. Restarted with the same
+    /// job and directory, the coordinator resumes after the last committed round. With
+    /// `--kubernetes`, each FederatedJob gets `<state-dir>/<name>-<uid>`.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Run as the FederatedJob operator (in a pod, or with a kubeconfig): elect a leader among
+    /// replicas on a Lease, run the namespace's FederatedJobs one at a time, write their
+    /// status and Events; a deleted FederatedJob is stopped before it goes.
+    #[arg(long)]
+    kubernetes: bool,
+    /// Namespace of the FederatedJobs (default: the pod's, or the kubeconfig's).
+    #[arg(long, env = "POD_NAMESPACE", requires = "kubernetes")]
+    namespace: Option<String>,
+    /// This replica's name in the Lease and in Events (default: the host name).
+    #[arg(long, env = "POD_NAME", requires = "kubernetes")]
+    identity: Option<String>,
+    /// Name of the Lease the replicas elect a leader on.
+    #[arg(long, default_value = "cairn-coordinator", requires = "kubernetes")]
+    lease_name: String,
+    /// Seconds a lease lasts without renewal; a standby replica takes over within that long.
+    #[arg(long, default_value_t = 15, requires = "kubernetes")]
+    lease_duration_s: u64,
+    /// The coordinator's TLS directory from `provision` (cert.pem, key.pem, ca.pem).
+    #[arg(long)]
+    tls: PathBuf,
+    /// Address to listen on for participants.
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    listen: SocketAddr,
+    /// Seconds between heartbeats; a participant silent for three intervals is dropped.
+    #[arg(long, default_value_t = 10)]
+    heartbeat_s: u64,
+    /// Checkpoints of the global model to keep (one per committed round).
+    #[arg(long, default_value_t = 3)]
+    keep_checkpoints: usize,
+    /// Address of the monitoring API (dashboard, REST, live events, Prometheus metrics).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    api_listen: SocketAddr,
+    /// The API's bearer tokens: one `<role> <token>` per line, role `admin` or `viewer`
+    /// (at least 16 characters each). Without it, a random admin token is written to
+    /// `<state-dir>/api-token`.
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+    /// Seconds the monitoring API keeps serving after the job ended (not with
+    /// `--kubernetes`, where the next job needs the address).
+    #[arg(long, default_value_t = 0, conflicts_with = "kubernetes")]
+    api_linger_s: u64,
+    /// Do not serve the monitoring API.
+    #[arg(long, conflicts_with_all = ["api_listen", "api_token_file", "api_linger_s"])]
+    no_api: bool,
+}
+
+// The options of `sign`; its help text is on the `Command` variant.
+#[derive(Debug, Args)]
+struct SignArgs {
+    /// The federation directory from `provision` (holding ca/).
+    #[arg(long)]
+    federation: PathBuf,
+    /// The request file.
+    #[arg(long)]
+    csr: PathBuf,
+    /// Name participants dial the coordinator at (for the Helm values).
+    #[arg(long)]
+    server_name: String,
+    /// Validity of the certificate, in days.
+    #[arg(long, default_value_t = 365)]
+    validity_days: u32,
+}
+
+// The options of `status`; its help text is on the `Command` variant.
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The API's address.
+    #[arg(long, default_value = "http://127.0.0.1:9464")]
+    api: String,
+    /// File holding the bearer token (a bare token, or a `<role> <token>` line), such as
+    /// `<state-dir>/api-token`.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Keep following the live stream, one line per change, until the job ends.
+    #[arg(long)]
+    watch: bool,
 }
 
 /// The token in a token file: the last field of its first line that is not a comment.
@@ -230,145 +246,161 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Provision {
-            out,
-            federation,
-            server_names,
-            participants,
-            validity_days,
-        } => {
-            let participants = participants
-                .iter()
-                .map(|p| ParticipantSpec::parse(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            let request = ProvisionRequest {
-                out_dir: out.clone(),
-                federation,
-                server_names,
-                participants,
-                validity_days,
-            };
-            let report = pki::provision(&request)?;
-            println!(
-                "{} CA in {}",
-                if report.created_ca {
-                    "created"
-                } else {
-                    "reused"
-                },
-                out.join("ca").display()
-            );
-            if report.created_server {
-                println!(
-                    "coordinator certificate in {}",
-                    out.join("coordinator").display()
-                );
-            }
-            for kit in &report.created_kits {
-                println!("participant kit in {}", kit.display());
-            }
-            for kit in &report.kept_kits {
-                println!("kept existing kit {}", kit.display());
-            }
-            println!(
-                "keep {} secret: it can mint identities",
-                out.join("ca/ca-key.pem").display()
-            );
+        Command::Provision(args) => provision(args),
+        Command::Serve(args) => serve(args).await,
+        Command::Sign(args) => sign(args),
+        Command::Crd => {
+            print!("{}", cairn_coordinator::operator::crd_yaml());
+            Ok(())
         }
-        Command::Serve {
-            job,
-            state_dir,
-            kubernetes,
-            namespace,
-            identity,
-            lease_name,
-            lease_duration_s,
-            tls,
-            listen,
-            heartbeat_s,
-            keep_checkpoints,
-            api_listen,
-            api_token_file,
-            api_linger_s,
-            no_api,
-        } => {
-            anyhow::ensure!(
-                heartbeat_s >= 1,
-                "--heartbeat-s is 0; expected at least 1 second"
-            );
-            let tls =
-                ServerTls::from_dir(&tls).context("loading the coordinator's TLS directory")?;
-            let api = match no_api {
-                true => None,
-                false => Some(ApiOptions {
-                    linger: Duration::from_secs(api_linger_s),
-                    ..api_options(api_listen, api_token_file, &state_dir)?
-                }),
-            };
-            let heartbeat_interval = Duration::from_secs(heartbeat_s);
-            let Some(job) = job.filter(|_| !kubernetes) else {
-                let client = operator::connect().await?;
-                let options = OperatorOptions {
-                    namespace: namespace.unwrap_or_else(|| client.default_namespace().to_string()),
-                    identity: identity.unwrap_or_else(host_name),
-                    lease_name,
-                    lease_duration: Duration::from_secs(lease_duration_s),
-                    state_dir,
-                    tls,
-                    listen,
-                    heartbeat_interval,
-                    keep_checkpoints,
-                    api,
-                };
-                operator::run(client, options, shutdown_signal()).await?;
-                return Ok(());
-            };
-            let job = JobSpec::load(&job)?;
-            let options = ServeOptions {
-                job,
-                tls,
-                state_dir,
-                listen,
-                heartbeat_interval,
-                keep_checkpoints,
-                api,
-            };
-            let coordinator = Coordinator::start(options).await?;
-            let report = coordinator.wait().await?;
-            anyhow::ensure!(report.succeeded, "job did not complete: {}", report.reason);
-        }
-        Command::Sign {
-            federation,
-            csr,
-            server_name,
-            validity_days,
-        } => {
-            let csr_pem = std::fs::read_to_string(&csr)
-                .with_context(|| format!("reading {}", csr.display()))?;
-            let kit = pki::sign_request(&pki::SignRequest {
-                out_dir: federation,
-                csr_pem,
-                server_name,
-                validity_days,
-            })?;
-            println!(
-                "signed: {} holds cert.pem, ca.pem and values.yaml for the participant (its key stays at its site)",
-                kit.display()
-            );
-        }
-        Command::Crd => print!("{}", cairn_coordinator::operator::crd_yaml()),
-        Command::Status {
-            api,
-            token_file,
-            watch,
-        } => {
-            let client = ApiClient::new(&api, &read_token(&token_file)?);
-            if watch {
-                client.watch(|line| println!("{line}")).await?;
-            } else {
-                print!("{}", client.status().await?);
-            }
-        }
+        Command::Status(args) => status(args).await,
+    }
+}
+
+/// `provision`: the CA (made or reused), the server certificate and the missing kits.
+fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
+    let ProvisionArgs {
+        out,
+        federation,
+        server_names,
+        participants,
+        validity_days,
+    } = args;
+    let participants = participants
+        .iter()
+        .map(|p| ParticipantSpec::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = ProvisionRequest {
+        out_dir: out.clone(),
+        federation,
+        server_names,
+        participants,
+        validity_days,
+    };
+    let report = pki::provision(&request)?;
+    println!(
+        "{} CA in {}",
+        if report.created_ca {
+            "created"
+        } else {
+            "reused"
+        },
+        out.join("ca").display()
+    );
+    if report.created_server {
+        println!(
+            "coordinator certificate in {}",
+            out.join("coordinator").display()
+        );
+    }
+    for kit in &report.created_kits {
+        println!("participant kit in {}", kit.display());
+    }
+    for kit in &report.kept_kits {
+        println!("kept existing kit {}", kit.display());
+    }
+    println!(
+        "keep {} secret: it can mint identities",
+        out.join("ca/ca-key.pem").display()
+    );
+    Ok(())
+}
+
+/// `serve`: one job from its file, or, with `--kubernetes`, the namespace's FederatedJobs.
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.heartbeat_s >= 1,
+        "--heartbeat-s is 0; expected at least 1 second"
+    );
+    let tls = ServerTls::from_dir(&args.tls).context("loading the coordinator's TLS directory")?;
+    let api = match args.no_api {
+        true => None,
+        false => Some(ApiOptions {
+            linger: Duration::from_secs(args.api_linger_s),
+            ..api_options(
+                args.api_listen,
+                args.api_token_file.clone(),
+                &args.state_dir,
+            )?
+        }),
+    };
+    match args.job.clone().filter(|_| !args.kubernetes) {
+        Some(job) => serve_job(&job, args, tls, api).await,
+        None => serve_operator(args, tls, api).await,
+    }
+}
+
+/// `serve --job`: runs the job to its end; an error unless every round completed.
+async fn serve_job(
+    job: &std::path::Path,
+    args: ServeArgs,
+    tls: ServerTls,
+    api: Option<ApiOptions>,
+) -> anyhow::Result<()> {
+    let options = ServeOptions {
+        job: JobSpec::load(job)?,
+        tls,
+        state_dir: args.state_dir,
+        listen: args.listen,
+        heartbeat_interval: Duration::from_secs(args.heartbeat_s),
+        keep_checkpoints: args.keep_checkpoints,
+        api,
+    };
+    let coordinator = Coordinator::start(options).await?;
+    let report = coordinator.wait().await?;
+    anyhow::ensure!(report.succeeded, "job did not complete: {}", report.reason);
+    Ok(())
+}
+
+/// `serve --kubernetes`: the operator, until SIGTERM or Ctrl-C.
+async fn serve_operator(
+    args: ServeArgs,
+    tls: ServerTls,
+    api: Option<ApiOptions>,
+) -> anyhow::Result<()> {
+    let client = operator::connect().await?;
+    let options = OperatorOptions {
+        namespace: args
+            .namespace
+            .unwrap_or_else(|| client.default_namespace().to_string()),
+        identity: args.identity.unwrap_or_else(host_name),
+        lease_name: args.lease_name,
+        lease_duration: Duration::from_secs(args.lease_duration_s),
+        state_dir: args.state_dir,
+        tls,
+        listen: args.listen,
+        heartbeat_interval: Duration::from_secs(args.heartbeat_s),
+        keep_checkpoints: args.keep_checkpoints,
+        api,
+    };
+    operator::run(client, options, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `sign`: a participant's certificate from its signing request.
+fn sign(args: SignArgs) -> anyhow::Result<()> {
+    let csr_pem = std::fs::read_to_string(&args.csr)
+        .with_context(|| format!("reading {}", args.csr.display()))?;
+    let kit = pki::sign_request(&pki::SignRequest {
+        out_dir: args.federation,
+        csr_pem,
+        server_name: args.server_name,
+        validity_days: args.validity_days,
+    })?;
+    println!(
+        "signed: {} holds cert.pem, ca.pem and values.yaml for the participant (its key stays at its site)",
+        kit.display()
+    );
+    Ok(())
+}
+
+/// `status`: the job and its rounds once, or followed live with `--watch`.
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args.api, &read_token(&args.token_file)?);
+    if args.watch {
+        client.watch(|line| println!("{line}")).await?;
+    } else {
+        print!("{}", client.status().await?);
     }
     Ok(())
 }
