@@ -1,18 +1,19 @@
 //! Feeds arbitrary bytes, decoded as the secure-aggregation messages of the wire protocol, to
 //! both role machines: whatever the coordinator relays reaches a participant's machine, whatever
 //! a participant sends reaches the coordinator's. Bad keys, shares, ciphertexts, indices and
-//! survivor sets are refused with an error, never a panic.
+//! survivor sets are refused with an error, never a panic. Messages pass through
+//! `cairn_proto::secagg`'s checked conversions first, as they do in both roles.
 
 #![no_main]
 
+use cairn_proto::secagg::checked_certificate;
 use cairn_proto::v1::{
     CoordinatorMessage, ParticipantMessage, coordinator_message, participant_message,
 };
 use cairn_secagg::protocol::{
-    Advertisement, CoordinatorMachine, EncryptedShares, MaskedInput, ParticipantMachine, Reveal,
-    RoundConfig, Signer, SurvivorSignature, Verifier,
+    CoordinatorMachine, MaskedInput, ParticipantMachine, RoundConfig, Signer, SurvivorSignature,
+    Verifier,
 };
-use cairn_secagg::shamir::Share;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -28,26 +29,9 @@ impl Verifier for AcceptAll {
     }
 }
 
-fn key(bytes: &[u8]) -> [u8; 32] {
-    let mut key = [0u8; 32];
-    let n = bytes.len().min(32);
-    key[..n].copy_from_slice(&bytes[..n]);
-    key
-}
-
 fn config() -> RoundConfig {
     let roster: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
     RoundConfig::derive("fuzz", 1, 1, &roster, 3, 2, 8).expect("valid setup")
-}
-
-fn shares(list: Vec<cairn_proto::v1::RevealedShare>) -> Vec<(u32, Share)> {
-    list.into_iter()
-        .filter_map(|s| {
-            Share::from_bytes(s.share)
-                .ok()
-                .map(|share| (s.owner, share))
-        })
-        .collect()
 }
 
 fn to_participant(data: &[u8]) {
@@ -56,45 +40,30 @@ fn to_participant(data: &[u8]) {
     };
     let (mut machine, _) = ParticipantMachine::new(config(), 0, &AcceptAll);
     let input = vec![7u32; 8];
+    // The checked conversions both roles use: what they refuse never reaches a machine.
     match message.body {
         Some(coordinator_message::Body::Advertisements(list)) => {
-            let ads = list
+            let ads: Result<Vec<_>, _> = list
                 .advertisements
                 .into_iter()
-                .map(|ad| Advertisement {
-                    from: ad.index,
-                    channel_public: key(&ad.channel_public),
-                    mask_public: key(&ad.mask_public),
-                    signature: ad.signature,
-                })
+                .map(|ad| ad.into_parts().map(|(ad, _certificate)| ad))
                 .collect();
-            let _ = machine.on_advertisements(ads, &AcceptAll);
+            if let Ok(ads) = ads {
+                let _ = machine.on_advertisements(ads, &AcceptAll);
+            }
         }
         Some(coordinator_message::Body::Shares(list)) => {
-            let shares = list
-                .shares
-                .into_iter()
-                .map(|s| EncryptedShares {
-                    from: s.from,
-                    to: s.to,
-                    ciphertext: s.ciphertext,
-                })
-                .collect();
-            let _ = machine.on_shares(shares, &input);
+            if let Ok(shares) = list.into_shares() {
+                let _ = machine.on_shares(shares, &input);
+            }
         }
         Some(coordinator_message::Body::Survivors(list)) => {
             let _ = machine.on_survivors(list.survivors, &AcceptAll);
         }
         Some(coordinator_message::Body::SurvivorSignatures(list)) => {
-            let signatures = list
-                .signatures
-                .into_iter()
-                .map(|s| SurvivorSignature {
-                    from: s.index,
-                    signature: s.signature,
-                })
-                .collect();
-            let _ = machine.on_signatures(signatures, &AcceptAll);
+            if let Ok(signatures) = list.into_signatures() {
+                let _ = machine.on_signatures(signatures, &AcceptAll);
+            }
         }
         _ => {}
     }
@@ -107,52 +76,42 @@ fn to_coordinator(data: &[u8]) {
     let mut machine = CoordinatorMachine::new(config());
     match message.body {
         Some(participant_message::Body::Advertisement(ad)) => {
-            let advertisement = Advertisement {
-                from: ad.index,
-                channel_public: key(&ad.channel_public),
-                mask_public: key(&ad.mask_public),
-                signature: ad.signature,
-            };
-            let _ = machine.on_advertisement(ad.index, advertisement);
-            let _ = machine.close_advertisements();
+            if let Ok((advertisement, certificate)) = ad.into_parts()
+                && checked_certificate(certificate).is_ok()
+            {
+                let _ = machine.on_advertisement(advertisement.from, advertisement);
+                let _ = machine.close_advertisements();
+            }
         }
         Some(participant_message::Body::Shares(list)) => {
-            let shares = list
-                .shares
-                .into_iter()
-                .map(|s| EncryptedShares {
-                    from: s.from,
-                    to: s.to,
-                    ciphertext: s.ciphertext,
-                })
-                .collect();
             let from = list.attempt % 4;
-            let _ = machine.on_shares(from, shares);
+            if let Ok(shares) = list.into_shares() {
+                let _ = machine.on_shares(from, shares);
+            }
         }
         Some(participant_message::Body::Reveal(reveal)) => {
-            let reveal = Reveal {
-                from: (reveal.round % 4) as u32,
-                self_mask_shares: shares(reveal.self_mask_shares),
-                mask_key_shares: shares(reveal.mask_key_shares),
-            };
-            let _ = machine.on_reveal(reveal);
-            let _ = machine.finish();
+            let from = (reveal.round % 4) as u32;
+            if let Ok(reveal) = reveal.into_reveal(from) {
+                let _ = machine.on_reveal(reveal);
+                let _ = machine.finish();
+            }
         }
         Some(participant_message::Body::SurvivorSignature(s)) => {
-            let _ = machine.on_signature(SurvivorSignature {
-                from: s.index,
-                signature: s.signature,
-            });
+            if let Ok(signature) = SurvivorSignature::try_from(s) {
+                let _ = machine.on_signature(signature);
+            }
         }
         Some(participant_message::Body::MaskedInput(header)) => {
-            let values = header
+            let from = header.attempt;
+            // The header's own check first, as the coordinator's session makes it; the values
+            // fed to the machine come from the header's bytes, since no chunks follow here.
+            let values: Vec<u32> = header
                 .transfer
+                .as_ref()
                 .map(|t| t.sha256.iter().map(|&b| u32::from(b)).collect())
                 .unwrap_or_default();
-            let _ = machine.on_masked_input(MaskedInput {
-                from: header.attempt,
-                values,
-            });
+            let _ = header.checked_transfer(8);
+            let _ = machine.on_masked_input(MaskedInput { from, values });
         }
         _ => {}
     }
