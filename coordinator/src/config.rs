@@ -551,6 +551,31 @@ participants: [alpha, beta, gamma]
     }
 
     #[test]
+    fn a_bad_job_file_keeps_the_chain_down_to_the_decoder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.yaml");
+        std::fs::write(&path, format!("{VALID}epochs: 3\n")).unwrap();
+        let err = JobSpec::load(&path).unwrap_err();
+        assert!(
+            matches!(&err, Error::JobFile { path: p, .. } if *p == path),
+            "{err:?}"
+        );
+        let syntax = std::error::Error::source(&err).unwrap();
+        assert!(syntax.to_string().starts_with("job: "), "{syntax}");
+        let decoder = syntax.source().unwrap();
+        assert!(decoder.to_string().contains("epochs"), "{decoder}");
+        std::fs::write(&path, VALID.replace("rounds: 3", "rounds: 0")).unwrap();
+        let err = JobSpec::load(&path).unwrap_err();
+        let Error::JobFile { source, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(
+            matches!(**source, Error::JobField { field: "rounds", ref value, .. } if value == "0"),
+            "{source:?}"
+        );
+    }
+
+    #[test]
     fn unknown_models_fields_and_types_are_refused_by_name() {
         let err = error_of(&VALID.replace("model: mlp", "model: resnet"));
         assert!(

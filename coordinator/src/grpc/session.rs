@@ -5,9 +5,9 @@
 
 use super::secure;
 use super::{Connection, Shared};
-use cairn_identity::{PARTICIPANT_UNIT, identity_of};
 use crate::round::{Event, SecureMessage};
 use crate::strategy::{Update, check_weight_and_loss};
+use cairn_identity::{PARTICIPANT_UNIT, identity_of};
 use cairn_proto::transfer::Assembler;
 use cairn_proto::v1::federation_server::Federation;
 use cairn_proto::v1::participant_message::Body as Inbound;
@@ -335,95 +335,115 @@ async fn read(shared: &Shared, peer: &Peer, inbound: &mut Streaming<ParticipantM
             .bytes_received
             .inc_by(next.encoded_len() as u64);
         shared.monitor.seen(id);
-        let result = match next.body {
-            None => Err(Refusal::InvalidArgument("message has no body".into())),
-            Some(Inbound::Heartbeat(_)) => Ok(()),
-            Some(Inbound::Hello(_)) => Err(Refusal::FailedPrecondition(
-                "Hello sent twice; it is only the first message".into(),
-            )),
-            Some(Inbound::Update(header)) => no_transfer_pending(&pending)
-                .and_then(|()| start_update(shared, header))
-                .map(|p| pending = Some(Incoming::Update(p))),
-            Some(Inbound::MaskedInput(header)) => no_transfer_pending(&pending)
-                .and_then(|()| {
-                    let len = cairn_secagg::quantize::UpdateEncoding::vector_len(shared.n_values);
-                    secure::start_masked(header, len).map_err(Refusal::InvalidArgument)
-                })
-                .map(|p| pending = Some(Incoming::Masked(p))),
-            Some(Inbound::Chunk(chunk)) => match pending.take() {
-                None => Err(Refusal::FailedPrecondition(format!(
-                    "chunk {} of round {} arrived without an update or masked input header",
-                    chunk.index, chunk.round
-                ))),
-                Some(Incoming::Update(mut update)) => match update.assembler.push(chunk) {
-                    Err(e) => Err(Refusal::InvalidArgument(format!(
-                        "update for round {}: {e}",
-                        update.round
-                    ))),
-                    Ok(None) => {
-                        pending = Some(Incoming::Update(update));
-                        Ok(())
-                    }
-                    Ok(Some(weighted_delta)) => {
-                        let _ = shared.events.send(Event::UpdateReceived {
-                            id: id.to_string(),
-                            round: update.round,
-                            update: Update {
-                                weighted_delta,
-                                weight: update.weight,
-                                weighted_train_loss: update.weighted_train_loss,
-                            },
-                        });
-                        Ok(())
-                    }
-                },
-                Some(Incoming::Masked(mut masked)) => match masked.assembler.push_words(chunk) {
-                    Err(e) => Err(Refusal::InvalidArgument(format!(
-                        "masked input for round {}: {e}",
-                        masked.round
-                    ))),
-                    Ok(None) => {
-                        pending = Some(Incoming::Masked(masked));
-                        Ok(())
-                    }
-                    Ok(Some(values)) => {
-                        let _ = shared.events.send(Event::Secure {
-                            id: id.to_string(),
-                            round: masked.round,
-                            attempt: masked.attempt,
-                            message: SecureMessage::MaskedInput(values),
-                        });
-                        Ok(())
-                    }
-                },
-            },
-            // Its neighbours verify the advertised certificate; advertising another one than it
-            // authenticated with could only make them abort the round for everyone.
-            Some(Inbound::Advertisement(ad)) if ad.certificate != peer.certificate => {
-                Err(Refusal::InvalidArgument(
-                    "the advertised certificate is not the one this session authenticated with"
-                        .into(),
-                ))
-            }
-            Some(Inbound::Advertisement(ad)) => forward(shared, id, secure::advertisement(ad)),
-            Some(Inbound::Shares(shares)) => forward(shared, id, secure::encrypted_shares(shares)),
-            Some(Inbound::SurvivorSignature(signature)) => {
-                forward(shared, id, secure::survivor_signature(signature))
-            }
-            Some(Inbound::Reveal(reveal)) => forward(shared, id, secure::reveal(reveal)),
-            Some(Inbound::Evaluation(report)) => check_evaluation(&report).map(|()| {
-                let _ = shared.events.send(Event::EvaluationReceived {
-                    id: id.to_string(),
-                    round: report.round,
-                    n_examples: report.n_examples,
-                    loss: report.loss,
-                    accuracy: report.accuracy,
-                });
-            }),
-        };
-        if let Err(refusal) = result {
+        if let Err(refusal) = on_message(shared, peer, &mut pending, next.body) {
             return Ended::Refused(refusal);
         }
+    }
+}
+
+/// Checks one message of the session and turns it into a round event (or into the next part of
+/// a transfer); a refusal ends the session.
+fn on_message(
+    shared: &Shared,
+    peer: &Peer,
+    pending: &mut Option<Incoming>,
+    body: Option<Inbound>,
+) -> Result<(), Refusal> {
+    let id = peer.id.as_str();
+    match body {
+        None => Err(Refusal::InvalidArgument("message has no body".into())),
+        Some(Inbound::Heartbeat(_)) => Ok(()),
+        Some(Inbound::Hello(_)) => Err(Refusal::FailedPrecondition(
+            "Hello sent twice; it is only the first message".into(),
+        )),
+        Some(Inbound::Update(header)) => no_transfer_pending(pending)
+            .and_then(|()| start_update(shared, header))
+            .map(|p| *pending = Some(Incoming::Update(p))),
+        Some(Inbound::MaskedInput(header)) => no_transfer_pending(pending)
+            .and_then(|()| {
+                let len = cairn_secagg::quantize::UpdateEncoding::vector_len(shared.n_values);
+                secure::start_masked(header, len).map_err(Refusal::InvalidArgument)
+            })
+            .map(|p| *pending = Some(Incoming::Masked(p))),
+        Some(Inbound::Chunk(chunk)) => on_chunk(shared, id, pending, chunk),
+        // Its neighbours verify the advertised certificate; advertising another one than it
+        // authenticated with could only make them abort the round for everyone.
+        Some(Inbound::Advertisement(ad)) if ad.certificate != peer.certificate => {
+            Err(Refusal::InvalidArgument(
+                "the advertised certificate is not the one this session authenticated with".into(),
+            ))
+        }
+        Some(Inbound::Advertisement(ad)) => forward(shared, id, secure::advertisement(ad)),
+        Some(Inbound::Shares(shares)) => forward(shared, id, secure::encrypted_shares(shares)),
+        Some(Inbound::SurvivorSignature(signature)) => {
+            forward(shared, id, secure::survivor_signature(signature))
+        }
+        Some(Inbound::Reveal(reveal)) => forward(shared, id, secure::reveal(reveal)),
+        Some(Inbound::Evaluation(report)) => check_evaluation(&report).map(|()| {
+            let _ = shared.events.send(Event::EvaluationReceived {
+                id: id.to_string(),
+                round: report.round,
+                n_examples: report.n_examples,
+                loss: report.loss,
+                accuracy: report.accuracy,
+            });
+        }),
+    }
+}
+
+/// Adds a chunk to the transfer being received; a complete transfer becomes its round event.
+fn on_chunk(
+    shared: &Shared,
+    id: &str,
+    pending: &mut Option<Incoming>,
+    chunk: cairn_proto::v1::Chunk,
+) -> Result<(), Refusal> {
+    match pending.take() {
+        None => Err(Refusal::FailedPrecondition(format!(
+            "chunk {} of round {} arrived without an update or masked input header",
+            chunk.index, chunk.round
+        ))),
+        Some(Incoming::Update(mut update)) => match update.assembler.push(chunk) {
+            Err(e) => Err(Refusal::InvalidArgument(format!(
+                "update for round {}: {e}",
+                update.round
+            ))),
+            Ok(None) => {
+                *pending = Some(Incoming::Update(update));
+                Ok(())
+            }
+            Ok(Some(weighted_delta)) => {
+                let _ = shared.events.send(Event::UpdateReceived {
+                    id: id.to_string(),
+                    round: update.round,
+                    update: Update {
+                        weighted_delta,
+                        weight: update.weight,
+                        weighted_train_loss: update.weighted_train_loss,
+                    },
+                });
+                Ok(())
+            }
+        },
+        Some(Incoming::Masked(mut masked)) => match masked.assembler.push_words(chunk) {
+            Err(e) => Err(Refusal::InvalidArgument(format!(
+                "masked input for round {}: {e}",
+                masked.round
+            ))),
+            Ok(None) => {
+                *pending = Some(Incoming::Masked(masked));
+                Ok(())
+            }
+            Ok(Some(values)) => {
+                let _ = shared.events.send(Event::Secure {
+                    id: id.to_string(),
+                    round: masked.round,
+                    attempt: masked.attempt,
+                    message: SecureMessage::MaskedInput(values),
+                });
+                Ok(())
+            }
+        },
     }
 }
 
