@@ -22,14 +22,14 @@ pub struct Update {
 /// weighted training loss.
 pub fn check_weight_and_loss(weight: u64, weighted_train_loss: f64) -> Result<(), Error> {
     if weight == 0 {
-        return Err(Error::InvalidUpdate(
-            "model update has weight 0; expected at least 1 example".into(),
-        ));
+        return Err(Error::ZeroWeight {
+            what: "model update",
+        });
     }
     if !weighted_train_loss.is_finite() || weighted_train_loss < 0.0 {
-        return Err(Error::InvalidUpdate(format!(
-            "weighted training loss is {weighted_train_loss}; expected a finite number >= 0"
-        )));
+        return Err(Error::TrainLoss {
+            value: weighted_train_loss,
+        });
     }
     Ok(())
 }
@@ -67,9 +67,7 @@ impl UpdateSum {
     ) -> Result<UpdateSum, Error> {
         check_weight_and_loss(weight, weighted_train_loss)?;
         if let Some(position) = weighted_delta.iter().position(|v| !v.is_finite()) {
-            return Err(Error::InvalidUpdate(format!(
-                "securely aggregated sum holds a non-finite value at position {position}"
-            )));
+            return Err(Error::NonFiniteSum { position });
         }
         Ok(UpdateSum {
             weighted_delta,
@@ -82,11 +80,11 @@ impl UpdateSum {
     /// Adds one update, which is then dropped by the caller.
     pub fn add(&mut self, update: &Update) -> Result<(), Error> {
         if update.weighted_delta.len() != self.weighted_delta.len() {
-            return Err(Error::InvalidUpdate(format!(
-                "model update has {} values, job expects {}",
-                update.weighted_delta.len(),
-                self.weighted_delta.len()
-            )));
+            return Err(Error::UpdateLength {
+                what: "model update",
+                values: update.weighted_delta.len(),
+                expected: self.weighted_delta.len(),
+            });
         }
         check_weight_and_loss(update.weight, update.weighted_train_loss)?;
         // `zip` stops at the shorter vector; the lengths are equal (checked above), so every
@@ -141,14 +139,16 @@ impl Default for FedAvg {
 impl Strategy for FedAvg {
     fn aggregate(&self, global: &[f32], sum: &UpdateSum) -> Result<Vec<f32>, Error> {
         if sum.weight == 0 {
-            return Err(Error::InvalidUpdate("cannot average zero updates".into()));
+            return Err(Error::ZeroWeight {
+                what: "sum of updates",
+            });
         }
         if global.len() != sum.weighted_delta.len() {
-            return Err(Error::InvalidUpdate(format!(
-                "sum has {} values, the global model {}",
-                sum.weighted_delta.len(),
-                global.len()
-            )));
+            return Err(Error::UpdateLength {
+                what: "sum of updates",
+                values: sum.weighted_delta.len(),
+                expected: global.len(),
+            });
         }
         let scale = self.server_learning_rate / sum.weight as f64;
         Ok(global
