@@ -426,8 +426,9 @@ pub enum Error {
     },
     /// The monitoring API could not be reached or answered what the client cannot use; the
     /// message names the URL.
+    #[cfg(feature = "api-client")]
     #[error("API client: {0}")]
-    ApiClient(String),
+    ApiClient(#[from] api::client::ApiClientError),
     /// A file system or socket operation failed.
     #[error("{what}: {source}")]
     Io {

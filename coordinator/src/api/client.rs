@@ -16,8 +16,96 @@ pub struct ApiClient {
     http: reqwest::Client,
 }
 
-fn api_error(what: impl Into<String>) -> Error {
-    Error::ApiClient(what.into())
+/// What went wrong talking to the monitoring API; every variant names the URL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiClientError {
+    /// No HTTP answer came.
+    #[error("cannot reach the API at {url}: {source}")]
+    Unreachable {
+        /// The URL asked for.
+        url: String,
+        /// The HTTP client's error.
+        source: reqwest::Error,
+    },
+    /// The API answered with an error status.
+    #[error("{url} answered {status}: {body}")]
+    Refused {
+        /// The URL asked for.
+        url: String,
+        /// The HTTP status.
+        status: reqwest::StatusCode,
+        /// The answer's body (the API's error text).
+        body: String,
+    },
+    /// The answer's body is not what this client reads there.
+    #[error("{url} sent an unexpected body: {source}")]
+    UnexpectedBody {
+        /// The URL asked for.
+        url: String,
+        /// The decoder's error.
+        source: reqwest::Error,
+    },
+    /// The live stream's connection broke.
+    #[error("live stream {url} broke after {n_events} events: {source}")]
+    StreamBroken {
+        /// The stream's URL.
+        url: String,
+        /// Events decoded before.
+        n_events: usize,
+        /// The transport's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The live stream is not UTF-8.
+    #[error("live stream {url} is not UTF-8 after {n_events} events: {source}")]
+    StreamNotUtf8 {
+        /// The stream's URL.
+        url: String,
+        /// Events decoded before.
+        n_events: usize,
+        /// Where the bytes stopped being UTF-8.
+        source: std::string::FromUtf8Error,
+    },
+    /// The live stream does not follow the server-sent events format.
+    #[error(
+        "live stream {url} is not a server-sent event stream after {n_events} events: {reason}"
+    )]
+    StreamNotEvents {
+        /// The stream's URL.
+        url: String,
+        /// Events decoded before.
+        n_events: usize,
+        /// What the event-stream parser found.
+        reason: String,
+    },
+    /// An event's data is not a change this client knows.
+    #[error(
+        "live stream {url}: event {index} (`{name}`) is not a change the client knows: {source}; \
+         its data begins {excerpt:?}"
+    )]
+    UnknownEvent {
+        /// The stream's URL.
+        url: String,
+        /// The event's position in the stream, from 1.
+        index: usize,
+        /// The event's name (`event:` field).
+        name: String,
+        /// The first characters of its data.
+        excerpt: String,
+        /// The JSON decoder's error.
+        source: serde_json::Error,
+    },
+    /// The live stream ended while the job still ran.
+    #[error(
+        "live stream {url} ended after {n_events} events; expected it to last until a \
+         job_finished event"
+    )]
+    StreamEnded {
+        /// The stream's URL.
+        url: String,
+        /// Events decoded before it ended.
+        n_events: usize,
+    },
 }
 
 impl ApiClient {
@@ -39,21 +127,26 @@ impl ApiClient {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|e| api_error(format!("cannot reach the API at {url}: {e}")))?;
+            .map_err(|source| ApiClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            return Err(api_error(format!("{url} answered {status}: {body}")));
+            return Err(ApiClientError::Refused { url, status, body }.into());
         }
         Ok(response)
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
-        self.send(path)
-            .await?
-            .json()
-            .await
-            .map_err(|e| api_error(format!("{}{path} sent an unexpected body: {e}", self.base)))
+        self.send(path).await?.json().await.map_err(|source| {
+            ApiClientError::UnexpectedBody {
+                url: format!("{}{path}", self.base),
+                source,
+            }
+            .into()
+        })
     }
 
     /// The job.
@@ -161,45 +254,50 @@ async fn follow_events<S, B, E>(
 where
     S: Stream<Item = Result<B, E>>,
     B: AsRef<[u8]>,
-    E: std::fmt::Display,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // The event-stream decoder keeps a character split across chunks until its last byte arrives
     // and accepts the line endings the format allows (LF, CRLF, CR).
     let mut events = std::pin::pin!(chunks.eventsource());
     let mut n_events = 0usize;
     while let Some(event) = events.next().await {
-        let event = event.map_err(|e| {
-            api_error(match e {
-                EventStreamError::Transport(e) => {
-                    format!("live stream {url} broke after {n_events} events: {e}")
-                }
-                EventStreamError::Utf8(e) => {
-                    format!("live stream {url} is not UTF-8 after {n_events} events: {e}")
-                }
-                EventStreamError::Parser(e) => format!(
-                    "live stream {url} is not a server-sent event stream after {n_events} events: {e}"
-                ),
-            })
+        let event = event.map_err(|e| match e {
+            EventStreamError::Transport(e) => ApiClientError::StreamBroken {
+                url: url.to_string(),
+                n_events,
+                source: e.into(),
+            },
+            EventStreamError::Utf8(source) => ApiClientError::StreamNotUtf8 {
+                url: url.to_string(),
+                n_events,
+                source,
+            },
+            EventStreamError::Parser(e) => ApiClientError::StreamNotEvents {
+                url: url.to_string(),
+                n_events,
+                reason: e.to_string(),
+            },
         })?;
         n_events += 1;
-        let change: ApiEvent = serde_json::from_str(&event.data).map_err(|e| {
-            let excerpt: String = event.data.chars().take(DATA_EXCERPT_CHARS).collect();
-            api_error(format!(
-                "live stream {url}: event {n_events} (`{}`) is not a change the client knows: {e}; \
-                 its data begins {excerpt:?}",
-                event.event
-            ))
-        })?;
+        let change: ApiEvent =
+            serde_json::from_str(&event.data).map_err(|source| ApiClientError::UnknownEvent {
+                url: url.to_string(),
+                index: n_events,
+                name: event.event.clone(),
+                excerpt: event.data.chars().take(DATA_EXCERPT_CHARS).collect(),
+                source,
+            })?;
         let over = matches!(change, ApiEvent::JobFinished { .. });
         on_event(change);
         if over {
             return Ok(());
         }
     }
-    Err(api_error(format!(
-        "live stream {url} ended after {n_events} events; expected it to last until a \
-         job_finished event"
-    )))
+    Err(ApiClientError::StreamEnded {
+        url: url.to_string(),
+        n_events,
+    }
+    .into())
 }
 
 fn or_dash(value: Option<f64>) -> String {
