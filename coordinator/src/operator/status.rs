@@ -217,8 +217,13 @@ mod tests {
 
     #[test]
     fn transition_times_alone_are_no_change_and_are_kept() {
-        let before = not_running(JobPhase::Pending, "Queued", "behind mnist");
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut before = not_running(JobPhase::Pending, "Queued", "behind mnist");
+        // Conditions written a second ago, so that a time kept and a time made new differ.
+        for condition in before.conditions.iter_mut() {
+            let earlier =
+                condition.last_transition_time.0 - k8s_openapi::jiff::SignedDuration::from_secs(1);
+            condition.last_transition_time = Time(earlier);
+        }
         let again = not_running(JobPhase::Pending, "Queued", "behind mnist");
         assert!(!changed(Some(&before), &again));
         assert!(changed(None, &again));
