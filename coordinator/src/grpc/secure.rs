@@ -5,17 +5,28 @@
 //! by the checks of `cairn_proto::secagg`, which the participant shares.
 
 use crate::round::{SecureMessage, SecureOutbound, SecureSetup};
-use cairn_proto::secagg::checked_certificate;
-use cairn_proto::transfer::Assembler;
+use cairn_proto::secagg::{WireError, checked_certificate};
+use cairn_proto::transfer::{Assembler, TransferError};
 use cairn_proto::v1::coordinator_message::Body as Outbound;
 use cairn_proto::v1::{self, MaskedInputHeader};
 
+/// Why a participant's secure-aggregation message is refused as malformed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Malformed {
+    /// A field has the wrong size or form.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A masked input's transfer cannot be received as announced.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+}
+
 /// `(round, attempt, message)` from an advertisement; its certificate must be there (the
 /// session compares it with the one it authenticated with).
-pub(super) fn advertisement(ad: v1::Advertisement) -> Result<(u64, u32, SecureMessage), String> {
+pub(super) fn advertisement(ad: v1::Advertisement) -> Result<(u64, u32, SecureMessage), Malformed> {
     let (round, attempt) = (ad.round, ad.attempt);
-    let (advertisement, certificate) = ad.into_parts().map_err(|e| e.to_string())?;
-    let certificate = checked_certificate(certificate).map_err(|e| e.to_string())?;
+    let (advertisement, certificate) = ad.into_parts()?;
+    let certificate = checked_certificate(certificate)?;
     Ok((
         round,
         attempt,
@@ -26,9 +37,9 @@ pub(super) fn advertisement(ad: v1::Advertisement) -> Result<(u64, u32, SecureMe
 /// `(round, attempt, message)` from encrypted shares.
 pub(super) fn encrypted_shares(
     shares: v1::EncryptedShares,
-) -> Result<(u64, u32, SecureMessage), String> {
+) -> Result<(u64, u32, SecureMessage), Malformed> {
     let (round, attempt) = (shares.round, shares.attempt);
-    let list = shares.into_shares().map_err(|e| e.to_string())?;
+    let list = shares.into_shares()?;
     Ok((round, attempt, SecureMessage::Shares(list)))
 }
 
@@ -36,10 +47,9 @@ pub(super) fn encrypted_shares(
 /// participant, whatever index the message names.
 pub(super) fn survivor_signature(
     signature: v1::SurvivorSignature,
-) -> Result<(u64, u32, SecureMessage), String> {
+) -> Result<(u64, u32, SecureMessage), Malformed> {
     let (round, attempt) = (signature.round, signature.attempt);
-    let signature = cairn_secagg::protocol::SurvivorSignature::try_from(signature)
-        .map_err(|e| e.to_string())?;
+    let signature = cairn_secagg::protocol::SurvivorSignature::try_from(signature)?;
     Ok((
         round,
         attempt,
@@ -48,9 +58,9 @@ pub(super) fn survivor_signature(
 }
 
 /// `(round, attempt, message)` from a reveal.
-pub(super) fn reveal(reveal: v1::Reveal) -> Result<(u64, u32, SecureMessage), String> {
+pub(super) fn reveal(reveal: v1::Reveal) -> Result<(u64, u32, SecureMessage), Malformed> {
     let (round, attempt) = (reveal.round, reveal.attempt);
-    let (self_mask_shares, mask_key_shares) = reveal.into_shares().map_err(|e| e.to_string())?;
+    let (self_mask_shares, mask_key_shares) = reveal.into_shares()?;
     Ok((
         round,
         attempt,
@@ -72,14 +82,11 @@ pub(super) struct PendingMasked {
 pub(super) fn start_masked(
     header: MaskedInputHeader,
     expected_len: usize,
-) -> Result<PendingMasked, String> {
+) -> Result<PendingMasked, Malformed> {
     let (round, attempt) = (header.round, header.attempt);
-    let transfer = header
-        .checked_transfer(expected_len)
-        .map_err(|e| e.to_string())?;
+    let transfer = header.checked_transfer(expected_len)?;
     let what = format!("masked input for round {round}");
-    let assembler =
-        Assembler::new(transfer, what, Some(expected_len as u64)).map_err(|e| e.to_string())?;
+    let assembler = Assembler::new(transfer, what, Some(expected_len as u64))?;
     Ok(PendingMasked {
         round,
         attempt,

@@ -362,7 +362,8 @@ fn on_message(
         Some(Inbound::MaskedInput(header)) => no_transfer_pending(pending)
             .and_then(|()| {
                 let len = cairn_secagg::quantize::UpdateEncoding::vector_len(shared.n_values);
-                secure::start_masked(header, len).map_err(Refusal::InvalidArgument)
+                secure::start_masked(header, len)
+                    .map_err(|e| Refusal::InvalidArgument(e.to_string()))
             })
             .map(|p| *pending = Some(Incoming::Masked(p))),
         Some(Inbound::Chunk(chunk)) => on_chunk(shared, id, pending, chunk),
@@ -462,9 +463,9 @@ fn no_transfer_pending(pending: &Option<Incoming>) -> Result<(), Refusal> {
 fn forward(
     shared: &Shared,
     id: &str,
-    parsed: Result<(u64, u32, SecureMessage), String>,
+    parsed: Result<(u64, u32, SecureMessage), secure::Malformed>,
 ) -> Result<(), Refusal> {
-    let (round, attempt, message) = parsed.map_err(Refusal::InvalidArgument)?;
+    let (round, attempt, message) = parsed.map_err(|e| Refusal::InvalidArgument(e.to_string()))?;
     let _ = shared.events.send(Event::Secure {
         id: id.to_string(),
         round,
