@@ -428,14 +428,7 @@ async fn malformed_secure_aggregation_messages_are_refused_by_name() {
     let masked = cairn_proto::v1::MaskedInputHeader {
         round: 1,
         attempt: 1,
-        transfer: Some(
-            split(
-                1,
-                &cairn_proto::transfer::masked_input_layout(3),
-                &[0.0; 3],
-            )
-            .0,
-        ),
+        transfer: Some(split(1, &cairn_proto::transfer::masked_input_layout(3), &[0.0; 3]).0),
     };
     let reveal = cairn_proto::v1::Reveal {
         round: 1,

@@ -217,7 +217,11 @@ impl Authority {
 
     /// The coordinator's server certificate for `server_names` (DNS names or IP addresses; the
     /// first is also its common name), with a new key.
-    pub fn issue_server(&self, server_names: &[String], validity_days: u32) -> Result<Issued, Error> {
+    pub fn issue_server(
+        &self,
+        server_names: &[String],
+        validity_days: u32,
+    ) -> Result<Issued, Error> {
         let first = server_names.first().ok_or(Error::NoServerName)?;
         let mut params = CertificateParams::new(Vec::<String>::new())
             .map_err(rcgen_error("server certificate"))?;
@@ -355,8 +359,8 @@ fn is_dns_name(name: &str) -> bool {
 pub fn certificate_request(id: &str, organisation: &str) -> Result<(String, String), Error> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(rcgen_error("certificate request key"))?;
-    let mut params = CertificateParams::new(Vec::<String>::new())
-        .map_err(rcgen_error("certificate request"))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error("certificate request"))?;
     params.distinguished_name = participant_name(id, organisation);
     let csr = params
         .serialize_request(&key)
@@ -450,7 +454,10 @@ mod tests {
         }
         for bad in ["", "Alpha", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
             let err = check_participant_id(bad).unwrap_err().to_string();
-            assert!(err.contains(&format!("{bad:?}")) && err.contains(NAME_RULE), "{err}");
+            assert!(
+                err.contains(&format!("{bad:?}")) && err.contains(NAME_RULE),
+                "{err}"
+            );
         }
     }
 
@@ -485,10 +492,26 @@ mod tests {
         )
         .unwrap();
         let signature = signer.sign(&rng, b"message").unwrap();
-        assert!(verify_signature(&der(&alpha.cert_pem), b"message", signature.as_ref()));
-        assert!(!verify_signature(&der(&alpha.cert_pem), b"other", signature.as_ref()));
-        assert!(!verify_signature(&der(&server.cert_pem), b"message", signature.as_ref()));
-        assert!(!verify_signature(b"not a certificate", b"message", signature.as_ref()));
+        assert!(verify_signature(
+            &der(&alpha.cert_pem),
+            b"message",
+            signature.as_ref()
+        ));
+        assert!(!verify_signature(
+            &der(&alpha.cert_pem),
+            b"other",
+            signature.as_ref()
+        ));
+        assert!(!verify_signature(
+            &der(&server.cert_pem),
+            b"message",
+            signature.as_ref()
+        ));
+        assert!(!verify_signature(
+            b"not a certificate",
+            b"message",
+            signature.as_ref()
+        ));
 
         // The CA survives a round trip through its PEM files.
         let reloaded = Authority::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
@@ -503,8 +526,13 @@ mod tests {
         let err = ca.issue_server(&["not a host!".into()], 1).unwrap_err();
         assert!(matches!(err, Error::InvalidServerName { ref name } if name == "not a host!"));
         assert!(matches!(ca.issue_server(&[], 1), Err(Error::NoServerName)));
-        let err = certificate_der("not pem", "cert.pem").unwrap_err().to_string();
-        assert!(err.starts_with("cert.pem holds no usable certificate"), "{err}");
+        let err = certificate_der("not pem", "cert.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cert.pem holds no usable certificate"),
+            "{err}"
+        );
         let err = identity_of(b"garbage").unwrap_err().to_string();
         assert!(err.contains("cannot be parsed"), "{err}");
         assert!(Authority::from_pem("x", "y").is_err());
@@ -515,7 +543,10 @@ mod tests {
         let ca = Authority::generate("test", 1).unwrap();
         let (key, csr) = certificate_request("delta", "Delta Lab").unwrap();
         let signed = ca.sign_request(&csr, 1).unwrap();
-        assert_eq!((signed.id.as_str(), signed.organisation.as_str()), ("delta", "Delta Lab"));
+        assert_eq!(
+            (signed.id.as_str(), signed.organisation.as_str()),
+            ("delta", "Delta Lab")
+        );
         let cert_der = der(&signed.cert_pem);
         let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).unwrap();
         assert_eq!(

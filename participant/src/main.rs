@@ -167,10 +167,8 @@ async fn main() -> anyhow::Result<()> {
                 "{} already exists; a new request would replace this site's key",
                 key_path.display()
             );
-            let (key, csr) = cairn_identity::certificate_request(
-                &id,
-                organisation.as_deref().unwrap_or(&id),
-            )?;
+            let (key, csr) =
+                cairn_identity::certificate_request(&id, organisation.as_deref().unwrap_or(&id))?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create_new(true);
