@@ -16,8 +16,12 @@ pub mod v1 {
     tonic::include_proto!("cairn.v1");
 }
 
-/// The wire protocol version this build speaks; sent in `Hello` and `Welcome`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The wire protocol version this build speaks; sent in `Hello` and `Welcome`, and a party of
+/// another version is refused at `Hello`. Version 2: secure aggregation's neighbourhood graph is
+/// permuted by the shuffle `cairn-secagg` specifies, and its context label is
+/// `cairn secagg round setup v2`, so a version-1 party would derive another graph and context and
+/// every secure round with it would fail midway; unread fields were removed (`reserved`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest chunk payload in bytes (1 MiB).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
