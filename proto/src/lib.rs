@@ -2,10 +2,13 @@
 //! chunked tensor transfer that is part of that wire format; with the `secagg` feature, the
 //! conversions of secure-aggregation messages to and from `cairn-secagg`'s types. Only the
 //! coordinator's `grpc/` module and the participant's `client/` module use these types;
-//! everything else works on the crates' own domain types.
+//! everything else works on the crates' own domain types. [`metrics`] defines what an evaluation's
+//! sums mean, so that participants compute them and the coordinator adds and finishes them by one
+//! rule.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))] // Tests fail loudly by design.
 
+pub mod metrics;
 #[cfg(feature = "secagg")]
 pub mod secagg;
 pub mod transfer;
@@ -21,7 +24,9 @@ pub mod v1 {
 /// permuted by the shuffle `cairn-secagg` specifies, and its context label is
 /// `cairn secagg round setup v2`, so a version-1 party would derive another graph and context and
 /// every secure round with it would fail midway; unread fields were removed (`reserved`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: the job's `TaskSpec` (metrics, feature standardisation) arrives in `Welcome`, and an
+/// evaluation reports the sums of each metric it names instead of a fixed loss and accuracy.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest chunk payload in bytes (1 MiB).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
