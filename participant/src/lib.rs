@@ -24,6 +24,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A cell of a data table is missing or unusable.
+    #[error("{}, line {line}, column {column:?}: {reason}", path.display())]
+    Cell {
+        /// The table's file.
+        path: PathBuf,
+        /// 1-based line of the file (the header is line 1).
+        line: u64,
+        /// The column's name.
+        column: String,
+        /// What is wrong with the cell.
+        reason: String,
+    },
     /// The partitioning flags cannot be satisfied.
     #[error("partition: {0}")]
     Partition(String),

@@ -796,11 +796,20 @@ impl Serving<'_> {
             evaluation.loss,
             evaluation.n_examples
         );
+        let n = evaluation.n_examples as f64;
         let report = EvaluationReport {
             round,
             n_examples: evaluation.n_examples,
-            loss: evaluation.loss,
-            accuracy: evaluation.accuracy,
+            metrics: vec![
+                cairn_proto::v1::MetricSums {
+                    name: "loss".into(),
+                    sums: vec![evaluation.loss * n],
+                },
+                cairn_proto::v1::MetricSums {
+                    name: "accuracy".into(),
+                    sums: vec![evaluation.accuracy * n],
+                },
+            ],
         };
         send(&self.outbox, outbound(Outbound::Evaluation(report))).await?;
         self.summary.evaluations += 1;

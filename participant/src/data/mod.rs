@@ -1,8 +1,11 @@
 //! Local data: the gzip IDX reader (MNIST's format, also used for the 8x8 digits) and the
 //! partitioners that let several participants on one machine split one dataset.
 
+mod examples;
 mod idx;
 pub mod partition;
+
+pub use examples::{Examples, FeatureStatistics, Targets};
 
 pub use idx::{read_images, read_labels};
 pub use partition::Partition;
