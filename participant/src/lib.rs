@@ -42,6 +42,9 @@ pub enum Error {
     /// The model cannot be built, loaded or trained.
     #[error("model: {0}")]
     Model(String),
+    /// The job's model does not have this participant's tensors; nothing was trained.
+    #[error("the job's model does not match this participant's: {0}")]
+    Layout(task::LayoutDiff),
     /// The requested compute backend is not available.
     #[error("backend: {0}")]
     Backend(String),

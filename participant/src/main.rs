@@ -5,7 +5,8 @@
 use anyhow::Context;
 use cairn_participant::client::{self, ClientOptions, Kit};
 use cairn_participant::data::{LocalData, Partition};
-use cairn_participant::task::{Backend, BurnTask, Task};
+use cairn_participant::task::presets::{self, Preset};
+use cairn_participant::task::{Backend, Task};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -55,6 +56,22 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a built-in network's initial parameters to a safetensors file (PyTorch names and
+    /// layouts), for a job's `model: {initial: FILE}`. Seeded: the same flags give the same file.
+    InitModel {
+        /// Network: mlp (McMahan et al. 2017's 2NN) or cnn (their CNN).
+        #[arg(long, value_parser = Preset::parse)]
+        model: Preset,
+        /// The images it takes: mnist (28x28) or digits (8x8), one channel, ten classes.
+        #[arg(long, value_parser = presets::dataset_image)]
+        dataset: [usize; 3],
+        /// Seed of the initial values.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// File to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run N participants in one process, each with its own kit, mTLS connection and data
     /// partition (for development and scale tests).
     Simulate {
@@ -82,9 +99,10 @@ struct Common {
     /// t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz.
     #[arg(long)]
     data: PathBuf,
-    /// Network the job trains: mlp or cnn.
-    #[arg(long, default_value = "mlp")]
-    model: String,
+    /// Network this participant trains: mlp or cnn (its layout must be the job's model file's:
+    /// `init-model` makes that file).
+    #[arg(long, default_value = "mlp", value_parser = Preset::parse)]
+    model: Preset,
     /// How partitions are cut: iid, dirichlet:ALPHA (label skew) or none.
     #[arg(long, default_value = "iid", value_parser = Partition::parse_scheme)]
     partition: cairn_participant::data::partition::Scheme,
@@ -138,11 +156,7 @@ fn task(
         local.train.len(),
         local.test.len()
     );
-    Ok(Box::new(BurnTask::new(
-        &common.model,
-        local,
-        common.backend,
-    )?))
+    Ok(common.model.site(local, common.backend)?)
 }
 
 #[tokio::main]
@@ -189,6 +203,22 @@ async fn main() -> anyhow::Result<()> {
                 csr_path.display()
             );
         }
+        Command::InitModel {
+            model,
+            dataset,
+            seed,
+            out,
+        } => {
+            model.save_initial(dataset, 10, seed, &out)?;
+            println!(
+                "wrote the initial {} for {}x{} images to {}; name it in the job as model: {{initial: {}}}",
+                model.name(),
+                dataset[1],
+                dataset[2],
+                out.display(),
+                out.display()
+            );
+        }
         Command::Join {
             kit,
             common,
@@ -196,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
             partitions,
             keep_going,
         } => {
-            let data = LocalData::load(&common.data)?;
+            let data = LocalData::load_idx(&common.data)?;
             let label = kit
                 .file_name()
                 .map_or("participant".into(), |n| n.to_string_lossy().into_owned());
@@ -230,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
                 kits.display(),
                 ids.len()
             );
-            let data = LocalData::load(&common.data)?;
+            let data = LocalData::load_idx(&common.data)?;
             let mut clients = Vec::with_capacity(participants);
             for (index, id) in ids.iter().take(participants).enumerate() {
                 clients.push((
@@ -267,9 +297,15 @@ fn print_summary(summary: &client::RunSummary) {
         summary.rounds_trained, summary.evaluations, summary.finish_reason
     );
     if let Some(evaluation) = &summary.last_evaluation {
+        let metrics: Vec<String> = evaluation
+            .finish()
+            .into_iter()
+            .filter_map(|(metric, value)| Some(format!("{} {:.4}", metric.name(), value?)))
+            .collect();
         println!(
-            "last global model on local test data: accuracy {:.4}, loss {:.4} ({} examples)",
-            evaluation.accuracy, evaluation.loss, evaluation.n_examples
+            "last global model on local test data: {} ({} examples)",
+            metrics.join(", "),
+            evaluation.n_examples
         );
     }
 }

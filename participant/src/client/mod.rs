@@ -7,14 +7,16 @@ pub mod identity;
 mod secure;
 
 use crate::Error;
-use crate::task::{EpochProgress, Evaluation, Task, TensorShape, TrainingConfig};
+use crate::data::FeatureStatistics;
+use crate::task::{EpochProgress, JobTask, Task, TensorShape, TrainingConfig};
+use cairn_proto::metrics::{Metric, Totals};
 use cairn_proto::transfer::{Assembler, split};
 use cairn_proto::v1::coordinator_message::Body as Inbound;
 use cairn_proto::v1::federation_client::FederationClient;
 use cairn_proto::v1::participant_message::Body as Outbound;
 use cairn_proto::v1::{
-    CoordinatorMessage, EvaluateInstruction, EvaluationReport, Heartbeat, Hello,
-    ParticipantMessage, TensorSpec, TrainInstruction, TransferHeader, UpdateHeader, Welcome,
+    CoordinatorMessage, EvaluateInstruction, Heartbeat, Hello, ParticipantMessage, TensorSpec,
+    TrainInstruction, TransferHeader, UpdateHeader, Welcome,
 };
 use rand::Rng;
 use std::path::{Path, PathBuf};
@@ -171,8 +173,8 @@ pub struct RunSummary {
     pub rounds_trained: u64,
     /// Evaluations it reported.
     pub evaluations: u64,
-    /// Its last evaluation of a global model.
-    pub last_evaluation: Option<Evaluation>,
+    /// Its last evaluation of a global model: the metrics' sums over its test examples.
+    pub last_evaluation: Option<Totals>,
     /// The coordinator's reason for finishing (the last job's, with `keep_going`).
     pub finish_reason: String,
     /// Jobs that ended while it took part.
@@ -421,6 +423,10 @@ async fn session(
         welcome.job_name,
         welcome.participant_id
     );
+    let job = job_task(welcome.task.as_ref())?;
+    if let Some(task) = task.as_mut() {
+        task.prepare(&job)?;
+    }
     let interval = Duration::from_secs(u64::from(welcome.heartbeat_interval_s.max(1)));
     let heartbeats = tokio::spawn(send_heartbeats(outbox.clone(), interval));
     let mut serving = Serving {
@@ -549,31 +555,49 @@ impl Inbox {
     }
 }
 
-/// Checks that the coordinator's model has exactly this participant's layout.
-fn check_layout(header: &TransferHeader, layout: &[TensorShape]) -> Result<(), Error> {
-    let ours: Vec<TensorSpec> = layout
+/// The job's instructions from its `Welcome`, checked: known metrics, usable statistics.
+fn job_task(spec: Option<&cairn_proto::v1::TaskSpec>) -> Result<JobTask, Error> {
+    let Some(spec) = spec else {
+        return Err(Error::Protocol(
+            "the coordinator's Welcome carries no task (metrics, standardisation)".into(),
+        ));
+    };
+    let metrics = spec
+        .metrics
         .iter()
-        .map(|t| TensorSpec::new(&*t.name, &t.shape))
-        .collect();
-    let theirs = &header.tensors;
-    if *theirs != ours {
-        let first = theirs.iter().zip(&ours).find(|(a, b)| a != b);
-        let detail = match first {
-            Some((a, b)) => format!(
-                "the job's {} is {:?}, this participant's network has {} {:?}",
-                a.name, a.shape, b.name, b.shape
-            ),
-            None => format!(
-                "the job's model has {} tensors, this participant's {}",
-                theirs.len(),
-                ours.len()
-            ),
-        };
-        return Err(Error::Model(format!(
-            "global model does not match the local network: {detail}; does --data hold the job's dataset?"
-        )));
+        .map(|name| Metric::parse(name))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Protocol(format!("the job's metrics: {e}")))?;
+    let mut standardize = Vec::with_capacity(spec.standardize.len());
+    for statistic in &spec.standardize {
+        if !statistic.mean.is_finite() || !(statistic.std.is_finite() && statistic.std > 0.0) {
+            return Err(Error::Protocol(format!(
+                "the job standardises feature {:?} with mean {} and std {}; expected a finite mean and a positive std",
+                statistic.feature, statistic.mean, statistic.std
+            )));
+        }
+        standardize.push(FeatureStatistics {
+            feature: statistic.feature.clone(),
+            mean: statistic.mean,
+            std: statistic.std,
+        });
     }
-    Ok(())
+    Ok(JobTask {
+        metrics,
+        standardize,
+    })
+}
+
+/// The wire layout of a transfer.
+fn layout_of(header: &TransferHeader) -> Vec<TensorShape> {
+    header
+        .tensors
+        .iter()
+        .map(|spec| TensorShape {
+            name: spec.name.clone(),
+            shape: spec.shape.iter().map(|&d| d as usize).collect(),
+        })
+        .collect()
 }
 
 /// Runs a blocking task method off the async runtime, handing the task back afterwards.
@@ -651,8 +675,9 @@ impl Serving<'_> {
             ));
         };
         let round = header.round;
+        let layout = layout_of(&header);
         if let Some(task) = self.task.as_ref() {
-            check_layout(&header, &task.layout())?;
+            task.check_layout(&layout)?;
         }
         let specs = header.tensors.clone();
         let global = self
@@ -660,6 +685,7 @@ impl Serving<'_> {
             .receive(header, format!("global model for round {round}"))
             .await?;
         let training = TrainingConfig {
+            round,
             local_epochs: config.local_epochs,
             batch_size: config.batch_size,
             learning_rate: config.learning_rate,
@@ -670,7 +696,7 @@ impl Serving<'_> {
         let (delta, weight, mean_loss) = with_task(
             self.task,
             move |task| -> Result<(Vec<f32>, u64, f64), Error> {
-                task.set_parameters(&global)?;
+                task.set_parameters(&layout, &global)?;
                 let mut report = |p: EpochProgress| {
                     tracing::info!(
                         participant = %progress_label,
@@ -683,7 +709,7 @@ impl Serving<'_> {
                 };
                 let outcome = task.train(&training, &mut report)?;
                 let delta: Vec<f32> = task
-                    .parameters()
+                    .parameters(&layout)?
                     .iter()
                     .zip(&global)
                     .map(|(local, global)| local - global)
@@ -777,40 +803,34 @@ impl Serving<'_> {
         };
         let round = header.round;
         tracing::info!(participant = %label, "{label}: round {round}: evaluating the new global model");
+        let layout = layout_of(&header);
         if let Some(task) = self.task.as_ref() {
-            check_layout(&header, &task.layout())?;
+            task.check_layout(&layout)?;
         }
         let model = self
             .inbound
             .receive(header, format!("model to evaluate for round {round}"))
             .await?;
         let evaluation = with_task(self.task, move |task| {
-            task.set_parameters(&model)?;
+            task.set_parameters(&layout, &model)?;
             task.evaluate()
         })
         .await??;
+        let metrics: Vec<String> = evaluation
+            .finish()
+            .into_iter()
+            .map(|(metric, value)| match value {
+                Some(value) => format!("{} {value:.4}", metric.name()),
+                None => format!("{} undefined", metric.name()),
+            })
+            .collect();
         tracing::info!(
             participant = %label,
-            "{label}: round {round}: global model accuracy {:.4}, loss {:.4} on {} local test examples",
-            evaluation.accuracy,
-            evaluation.loss,
+            "{label}: round {round}: global model {} on {} local test examples",
+            metrics.join(", "),
             evaluation.n_examples
         );
-        let n = evaluation.n_examples as f64;
-        let report = EvaluationReport {
-            round,
-            n_examples: evaluation.n_examples,
-            metrics: vec![
-                cairn_proto::v1::MetricSums {
-                    name: "loss".into(),
-                    sums: vec![evaluation.loss * n],
-                },
-                cairn_proto::v1::MetricSums {
-                    name: "accuracy".into(),
-                    sums: vec![evaluation.accuracy * n],
-                },
-            ],
-        };
+        let report = evaluation.to_wire(round);
         send(&self.outbox, outbound(Outbound::Evaluation(report))).await?;
         self.summary.evaluations += 1;
         self.summary.last_evaluation = Some(evaluation);

@@ -1,132 +1,102 @@
-//! Local data: the gzip IDX reader (MNIST's format, also used for the 8x8 digits) and the
-//! partitioners that let several participants on one machine split one dataset.
+//! Local data: [`Examples`] (what every loader produces and every model trains on), the loaders
+//! (the gzip IDX reader for MNIST-format images), the fixed standardisation a job asks for, and
+//! the partitioners that let several participants on one machine split one dataset.
 
 mod examples;
 mod idx;
 pub mod partition;
 
 pub use examples::{Examples, FeatureStatistics, Targets};
-
 pub use idx::{read_images, read_labels};
 pub use partition::Partition;
 
 use crate::Error;
 use std::path::Path;
 
-/// A labelled image dataset held in memory: pixels scaled to `[0, 1]`, row-major, one image after
-/// the other.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Dataset {
-    /// Image height in pixels.
-    pub rows: usize,
-    /// Image width in pixels.
-    pub cols: usize,
-    /// `len() * rows * cols` pixel values in `[0, 1]`.
-    pub pixels: Vec<f32>,
-    /// One label in `0..10` per image.
-    pub labels: Vec<u8>,
-}
-
-impl Dataset {
-    /// Number of examples.
-    pub fn len(&self) -> usize {
-        self.labels.len()
+/// Reads `{prefix}-images-idx3-ubyte.gz` and `{prefix}-labels-idx1-ubyte.gz` from `dir` (`prefix`
+/// is `train` or `t10k`) and checks that they agree: images of one channel with pixels scaled to
+/// `[0, 1]`, and the ten digit classes `0`..`9`.
+pub fn read_idx(dir: &Path, prefix: &str) -> Result<Examples, Error> {
+    let images_path = dir.join(format!("{prefix}-images-idx3-ubyte.gz"));
+    let labels_path = dir.join(format!("{prefix}-labels-idx1-ubyte.gz"));
+    let images = read_images(&images_path)?;
+    let labels = read_labels(&labels_path)?;
+    if images.count != labels.len() {
+        return Err(Error::Data {
+            path: labels_path,
+            reason: format!(
+                "holds {} labels, but {} holds {} images",
+                labels.len(),
+                images_path.display(),
+                images.count
+            ),
+        });
     }
-
-    /// Whether the dataset holds no example.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+    if let Some((index, label)) = labels.iter().enumerate().find(|(_, l)| **l > 9) {
+        return Err(Error::Data {
+            path: labels_path,
+            reason: format!("label {index} is {label}, expected a digit 0..=9"),
+        });
     }
-
-    /// Pixels of one image.
-    pub fn image(&self, index: usize) -> &[f32] {
-        let size = self.rows * self.cols;
-        &self.pixels[index * size..(index + 1) * size]
-    }
-
-    /// The examples at `indices`, in that order.
-    pub fn select(&self, indices: &[usize]) -> Dataset {
-        Dataset {
-            rows: self.rows,
-            cols: self.cols,
-            pixels: indices
-                .iter()
-                .flat_map(|&i| self.image(i).iter().copied())
-                .collect(),
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
-        }
-    }
-
-    /// Reads `{prefix}-images-idx3-ubyte.gz` and `{prefix}-labels-idx1-ubyte.gz` from `dir`
-    /// (`prefix` is `train` or `t10k`) and checks that they agree.
-    pub fn load(dir: &Path, prefix: &str) -> Result<Dataset, Error> {
-        let images_path = dir.join(format!("{prefix}-images-idx3-ubyte.gz"));
-        let labels_path = dir.join(format!("{prefix}-labels-idx1-ubyte.gz"));
-        let images = read_images(&images_path)?;
-        let labels = read_labels(&labels_path)?;
-        if images.count != labels.len() {
-            return Err(Error::Data {
-                path: labels_path,
-                reason: format!(
-                    "holds {} labels, but {} holds {} images",
-                    labels.len(),
-                    images_path.display(),
-                    images.count
-                ),
-            });
-        }
-        if let Some((index, label)) = labels.iter().enumerate().find(|(_, l)| **l > 9) {
-            return Err(Error::Data {
-                path: labels_path,
-                reason: format!("label {index} is {label}, expected a digit 0..=9"),
-            });
-        }
-        Ok(Dataset {
-            rows: images.rows,
-            cols: images.cols,
-            pixels: images
-                .pixels
-                .iter()
-                .map(|&p| f32::from(p) / 255.0)
-                .collect(),
-            labels,
-        })
-    }
+    Ok(Examples {
+        feature_shape: vec![1, images.rows, images.cols],
+        feature_names: Vec::new(),
+        features: images
+            .pixels
+            .iter()
+            .map(|&p| f32::from(p) / 255.0)
+            .collect(),
+        targets: Targets::Classes {
+            labels: labels.into_iter().map(u32::from).collect(),
+            classes: (0..10).map(|digit| digit.to_string()).collect(),
+        },
+    })
 }
 
 /// A participant's local data: its training split and its test split.
 #[derive(Debug, Clone)]
 pub struct LocalData {
     /// Examples to train on.
-    pub train: Dataset,
+    pub train: Examples,
     /// Examples to evaluate the global model on.
-    pub test: Dataset,
+    pub test: Examples,
 }
 
 impl LocalData {
     /// Loads both splits (`train-*` and `t10k-*`) from an IDX directory, whole.
-    pub fn load(dir: &Path) -> Result<LocalData, Error> {
-        let train = Dataset::load(dir, "train")?;
-        let test = Dataset::load(dir, "t10k")?;
-        if (train.rows, train.cols) != (test.rows, test.cols) {
+    pub fn load_idx(dir: &Path) -> Result<LocalData, Error> {
+        let train = read_idx(dir, "train")?;
+        let test = read_idx(dir, "t10k")?;
+        if train.feature_shape != test.feature_shape {
             return Err(Error::Data {
                 path: dir.to_path_buf(),
                 reason: format!(
-                    "training images are {}x{} but test images are {}x{}",
-                    train.rows, train.cols, test.rows, test.cols
+                    "training images are {:?} but test images are {:?}",
+                    train.feature_shape, test.feature_shape
                 ),
             });
         }
         Ok(LocalData { train, test })
     }
 
-    /// This participant's `partition` of each split.
+    /// This participant's `partition` of each split. Label skew needs class labels; a
+    /// regression can only be cut IID.
     pub fn partition(&self, partition: &Partition) -> Result<LocalData, Error> {
-        let train_indices = partition.indices(&self.train.labels, 0)?;
-        let test_indices = partition.indices(&self.test.labels, 1)?;
+        let cut = |examples: &Examples, split| -> Result<Examples, Error> {
+            let labels = match examples.targets.labels() {
+                Some(labels) => labels.to_vec(),
+                None if matches!(partition.scheme, partition::Scheme::Dirichlet { .. }) => {
+                    return Err(Error::Partition(
+                        "Dirichlet label skew needs class labels, and these examples have real-valued targets; use iid".into(),
+                    ));
+                }
+                None => vec![0; examples.len()],
+            };
+            Ok(examples.select(&partition.indices(&labels, split)?))
+        };
         Ok(LocalData {
-            train: self.train.select(&train_indices),
-            test: self.test.select(&test_indices),
+            train: cut(&self.train, 0)?,
+            test: cut(&self.test, 1)?,
         })
     }
 }

@@ -70,7 +70,7 @@ impl Partition {
 
     /// Indices of this participant's examples, given every example's label. `split` (0 for
     /// training, 1 for test) varies the seed so the two splits are cut independently.
-    pub fn indices(&self, labels: &[u8], split: u64) -> Result<Vec<usize>, Error> {
+    pub fn indices(&self, labels: &[u32], split: u64) -> Result<Vec<usize>, Error> {
         if self.count == 0 || self.index >= self.count {
             return Err(Error::Partition(format!(
                 "partition index {} is out of range for {} partitions (expected 0..{})",
@@ -92,7 +92,8 @@ impl Partition {
                     Error::Partition(format!("Dirichlet concentration {alpha} is invalid: {e}"))
                 })?;
                 let mut mine = Vec::new();
-                for label in 0..=u8::MAX {
+                let n_labels = labels.iter().max().map_or(0, |&max| max + 1);
+                for label in 0..n_labels {
                     let mut of_label: Vec<usize> =
                         (0..labels.len()).filter(|&i| labels[i] == label).collect();
                     if of_label.is_empty() {
@@ -151,11 +152,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn labels(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i * 7 % 10) as u8).collect()
+    fn labels(n: usize) -> Vec<u32> {
+        (0..n).map(|i| (i * 7 % 10) as u32).collect()
     }
 
-    fn all_shares(scheme: Scheme, count: usize, seed: u64, labels: &[u8]) -> Vec<Vec<usize>> {
+    fn all_shares(scheme: Scheme, count: usize, seed: u64, labels: &[u32]) -> Vec<Vec<usize>> {
         (0..count)
             .map(|index| {
                 Partition {
