@@ -1,14 +1,87 @@
-//! `cairn-participant`: one organisation's side of a Cairn federation. It loads the
-//! organisation's private data ([`data`]), trains the global model on it with burn ([`task`]),
-//! and talks to the coordinator over mutual-TLS gRPC ([`client`]), sending back only its update,
-//! masked by secure aggregation unless the job turns it off.
-//! The participant only dials out: a partner site opens no inbound port.
+//! `cairn-participant`: one organisation's side of a Cairn federation, as a library and as the
+//! `cairn-participant` binary. It loads the organisation's private data ([`data`]), trains the
+//! global model on it with burn ([`task`]), and talks to the coordinator over mutual-TLS gRPC
+//! ([`client`]), sending back only its update, masked by secure aggregation unless the job turns
+//! it off. The participant only dials out: a partner site opens no inbound port.
+//!
+//! # Train your own model
+//!
+//! A site brings a burn module that implements [`Model`], its data as [`data::Examples`] (from
+//! [`data::read_csv`], [`data::read_image_folder`], [`data::read_idx`] or its own code), and
+//! joins with the kit the federation's host gave it. The job's initial model is the module's
+//! parameters, written once with [`save_model`]; the coordinator only ever sees those tensors.
+//!
+//! ```no_run
+//! use cairn_participant::burn::{self, module::Module, nn, tensor::Tensor};
+//! use cairn_participant::data::{LocalData, TableOptions, read_csv};
+//! use cairn_participant::{Backend, Model, Site};
+//!
+//! #[derive(Module, Debug)]
+//! struct Net {
+//!     hidden: nn::Linear,
+//!     output: nn::Linear,
+//! }
+//!
+//! impl Model for Net {
+//!     fn forward(&self, features: Tensor<2>) -> Tensor<2> {
+//!         self.output.forward(burn::tensor::activation::relu(self.hidden.forward(features)))
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), cairn_participant::Error> {
+//! let table = read_csv("patients.csv".as_ref(), &TableOptions::classification("diagnosis"))?;
+//! let (train, test) = table.split(0.2, 7);
+//! let device = Backend::Cpu.device()?;
+//! let net = Net {
+//!     hidden: nn::LinearConfig::new(train.example_size(), 16).init(&device),
+//!     output: nn::LinearConfig::new(16, 2).init(&device),
+//! };
+//! let site = Site::new(net, LocalData { train, test });
+//! let summary = cairn_participant::join("kit".as_ref(), "https://fl.example.org:7443", site).await?;
+//! println!("trained in {} rounds", summary.rounds_trained);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Training`] replaces parts of the default loop (a regularizer, a learning-rate schedule, or
+//! the whole round); with the `simulation` feature, [`simulation::LocalFederation`] runs a
+//! coordinator and several sites in one process to try a model before deploying it.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))] // Tests fail loudly by design.
 
 pub mod client;
 pub mod data;
+#[cfg(feature = "simulation")]
+pub mod simulation;
 pub mod task;
+
+/// The burn this crate is built with: a user's model must be built with the same.
+pub use ::burn;
+pub use client::{ClientOptions, Kit, RunSummary};
+pub use task::{
+    Backend, Batch, BatchTargets, DefaultTraining, JobTask, Metric, Model, Site, Task, Training,
+    TrainingConfig, default_loss, load_model, save_model,
+};
+
+/// Joins a federation as one site: connects to `coordinator` (`https://host:port`) with the kit
+/// in `kit_dir` (cert.pem, key.pem, ca.pem), trains `task` in every round it is selected for and
+/// evaluates each new global model, until the coordinator says the job is over. Reconnects after
+/// network trouble; gives up only when refused for good.
+pub async fn join(
+    kit_dir: &std::path::Path,
+    coordinator: &str,
+    task: impl Task + 'static,
+) -> Result<RunSummary, Error> {
+    let kit = Kit::load(kit_dir)?;
+    let label = kit_dir
+        .file_name()
+        .map_or("participant".into(), |name| name.to_string_lossy().into_owned());
+    client::run(
+        ClientOptions::new(coordinator.to_string(), kit, label),
+        Box::new(task),
+    )
+    .await
+}
 
 use std::path::PathBuf;
 
@@ -117,6 +190,9 @@ pub enum Error {
     /// The coordinator sent something this participant cannot accept.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// A local federation (the `simulation` feature) could not be set up or run.
+    #[error("local federation: {0}")]
+    Simulation(String),
     /// A file system operation failed.
     #[error("{what}: {source}")]
     Io {

@@ -114,6 +114,47 @@ impl Examples {
         }
     }
 
+    /// The same examples in a seeded random order.
+    pub fn shuffled(&self, seed: u64) -> Examples {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.shuffle(&mut ChaCha20Rng::seed_from_u64(seed));
+        self.select(&order)
+    }
+
+    /// The examples of several sets one after the other; they must have the same features and
+    /// the same kind of targets (the same classes).
+    pub fn concat(parts: &[Examples]) -> Result<Examples, Error> {
+        let Some((first, rest)) = parts.split_first() else {
+            return Err(Error::Data {
+                path: "(no examples)".into(),
+                reason: "nothing to concatenate".into(),
+            });
+        };
+        let mut all = first.clone();
+        for (index, part) in rest.iter().enumerate() {
+            let mismatch = |what: &str| Error::Data {
+                path: format!("(set {})", index + 1).into(),
+                reason: format!("its {what} differ from the first set's"),
+            };
+            if part.feature_shape != all.feature_shape || part.feature_names != all.feature_names {
+                return Err(mismatch("features"));
+            }
+            all.features.extend_from_slice(&part.features);
+            match (&mut all.targets, &part.targets) {
+                (
+                    Targets::Classes { labels, classes },
+                    Targets::Classes {
+                        labels: more,
+                        classes: their_classes,
+                    },
+                ) if classes == their_classes => labels.extend_from_slice(more),
+                (Targets::Values(values), Targets::Values(more)) => values.extend_from_slice(more),
+                _ => return Err(mismatch("targets")),
+            }
+        }
+        Ok(all)
+    }
+
     /// Splits off a held-out share: a seeded shuffle, then `test_fraction` of the examples (at
     /// least one, when there are two or more) go to the second set.
     pub fn split(&self, test_fraction: f64, seed: u64) -> (Examples, Examples) {
@@ -217,6 +258,19 @@ mod tests {
         };
         all.sort_by(f32::total_cmp);
         assert_eq!(all, vec![0.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn shuffles_are_seeded_and_concatenation_keeps_every_example() {
+        let examples = table();
+        assert_eq!(examples.shuffled(3), examples.shuffled(3));
+        let (a, b) = examples.split(0.34, 1);
+        let all = Examples::concat(&[a.clone(), b]).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all.select(&[0, 1]), a);
+        let mut other = table();
+        other.feature_names[0] = "z".into();
+        assert!(Examples::concat(&[a, other]).is_err());
     }
 
     #[test]

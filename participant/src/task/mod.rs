@@ -16,7 +16,7 @@ pub use self::site::{Site, load_model, save_model};
 
 use crate::Error;
 use crate::data::FeatureStatistics;
-use cairn_proto::metrics::{Metric, Totals};
+pub use cairn_proto::metrics::{Metric, Totals};
 
 /// A named tensor's shape, in the wire layout (PyTorch's convention: a linear layer's weight is
 /// `[out, in]`).
