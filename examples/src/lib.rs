@@ -1,115 +1,78 @@
-//! What the examples share: provision a federation into a directory, start a coordinator on
-//! loopback, run simulated participants on a partitioned dataset, and print the round table.
+//! What the examples share: run a job as a local federation of simulated participants, each on
+//! its own share of an IDX dataset with a built-in network, and print the round table.
 
-use anyhow::Context;
-use cairn_coordinator::api::{ApiOptions, ApiTokens};
 use cairn_coordinator::config::JobSpec;
-use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
 use cairn_coordinator::store::RoundRecord;
-use cairn_coordinator::{Coordinator, JobReport, ServeOptions, ServerTls};
-use cairn_participant::client::{ClientOptions, Kit, run_many};
 use cairn_participant::data::partition::Scheme;
 use cairn_participant::data::{LocalData, Partition};
-use cairn_participant::task::{Backend, BurnTask, Task};
+use cairn_participant::simulation::{JobReport, LocalFederation};
+use cairn_participant::task::Backend;
+use cairn_participant::task::presets::Preset;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
-/// Runs `job` as a local federation: certificates under `run_dir`, coordinator on loopback over
-/// mTLS, one simulated participant per job participant, each on its own IID share of `data`.
-/// The monitoring API listens on `api_listen` (an ephemeral port if that one is taken), with a
-/// fresh admin token; its dashboard URL is printed.
+/// Runs `job` as a local federation in `run_dir` (certificates, coordinator on loopback over
+/// mTLS, its state): one simulated participant per job participant, each training `preset` on
+/// its own IID share of the IDX data in `data_dir`. The monitoring API listens on `api_listen`
+/// (an ephemeral port if that one is taken), with a fresh admin token; its dashboard URL is
+/// printed.
 pub async fn run_local_federation(
     job: JobSpec,
+    preset: Preset,
     data_dir: &Path,
     run_dir: &Path,
     api_listen: SocketAddr,
 ) -> anyhow::Result<JobReport> {
-    if run_dir.exists() {
-        std::fs::remove_dir_all(run_dir)
-            .with_context(|| format!("clearing {}", run_dir.display()))?;
-    }
-    let request = ProvisionRequest {
-        out_dir: run_dir.join("federation"),
-        federation: job.name.clone(),
-        server_names: vec!["localhost".into(), "127.0.0.1".into()],
-        participants: job
-            .participants
-            .iter()
-            .map(|id| ParticipantSpec::parse(id))
-            .collect::<Result<_, _>>()?,
-        validity_days: 30,
-    };
-    pki::provision(&request)?;
-    println!(
-        "provisioned a federation CA and {} participant kits in {}",
-        job.participants.len(),
-        request.out_dir.display()
-    );
-
-    let api_listen = match std::net::TcpListener::bind(api_listen) {
-        Ok(_) => api_listen,
-        Err(_) => SocketAddr::new(api_listen.ip(), 0),
-    };
-    let (tokens, token) = ApiTokens::random_admin();
-    let options = ServeOptions {
-        job: job.clone(),
-        tls: ServerTls::from_dir(&request.out_dir.join("coordinator"))?,
-        state_dir: run_dir.join("state"),
-        listen: "127.0.0.1:0".parse()?,
-        heartbeat_interval: Duration::from_secs(5),
-        keep_checkpoints: 3,
-        api: Some(ApiOptions {
-            listen: api_listen,
-            tokens,
-            linger: Duration::ZERO,
-        }),
-    };
-    let coordinator = Coordinator::start(options).await?;
-    if let Some(address) = coordinator.api_addr() {
-        println!("dashboard: http://{address}/#token={token}");
-        println!("API: curl -H 'Authorization: Bearer {token}' http://{address}/api/v1/job");
-    }
-    let url = format!("https://127.0.0.1:{}", coordinator.local_addr().port());
-
-    let data = LocalData::load(data_dir)?;
+    let data = LocalData::load_idx(data_dir)?;
     let n = job.participants.len();
-    let mut clients: Vec<(ClientOptions, Box<dyn Task>)> = Vec::with_capacity(n);
-    for (index, id) in job.participants.iter().enumerate() {
+    let mut tasks = Vec::with_capacity(n);
+    for index in 0..n {
         let partition = Partition {
             scheme: Scheme::Iid,
             index,
             count: n,
             seed: job.seed,
         };
-        let task = BurnTask::new(job.model.name(), data.partition(&partition)?, Backend::Cpu)?;
-        let kit = Kit::load(&request.out_dir.join("participants").join(id))?;
-        let mut options = ClientOptions::new(url.clone(), kit, id.clone());
-        options.server_name = Some("localhost".into());
-        clients.push((options, Box::new(task)));
+        tasks.push(preset.site(data.partition(&partition)?, Backend::Cpu)?);
     }
-    for (id, result) in job.participants.iter().zip(run_many(clients).await) {
-        result.with_context(|| format!("participant {id}"))?;
-    }
-    Ok(coordinator.wait().await?)
+    let mut federation = LocalFederation::new(job, run_dir);
+    federation.api_listen = Some(api_listen);
+    Ok(federation.run(tasks).await?)
 }
 
-/// Prints one line per committed round.
+/// Prints one line per committed round, with every metric the job reports.
 pub fn print_round_table(rounds: &[RoundRecord]) {
+    let metrics: Vec<&String> = rounds
+        .iter()
+        .flat_map(|r| r.outcome.eval_metrics.keys())
+        .fold(Vec::new(), |mut names, name| {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+            names
+        });
     println!();
-    println!("round  participants  train loss  eval loss  eval accuracy  duration");
+    print!("round  participants  train loss");
+    for name in &metrics {
+        print!("  {:>10}", format!("eval {name}").chars().take(10).collect::<String>());
+    }
+    println!("  duration");
     for record in rounds {
         let o = &record.outcome;
-        println!(
-            "{:>5}  {:>5}/{:<6}  {:>10.4}  {:>9}  {:>13}  {:>7.2}s",
+        print!(
+            "{:>5}  {:>5}/{:<6}  {:>10.4}",
             o.round,
             o.contributors.len(),
             o.selected.len(),
-            o.train_loss,
-            o.eval_loss.map_or("-".into(), |l| format!("{l:.4}")),
-            o.eval_accuracy.map_or("-".into(), |a| format!("{a:.4}")),
-            record.duration_s
+            o.train_loss
         );
+        for name in &metrics {
+            match o.eval_metrics.get(*name) {
+                Some(value) => print!("  {value:>10.4}"),
+                None => print!("  {:>10}", "-"),
+            }
+        }
+        println!("  {:>7.2}s", record.duration_s);
     }
 }
 

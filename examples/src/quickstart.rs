@@ -6,6 +6,7 @@
 
 use cairn_coordinator::config::JobSpec;
 use cairn_examples::{init_logging, print_round_table, run_local_federation};
+use cairn_participant::task::presets::Preset;
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(about)]
 struct Cli {
-    /// Where certificates, checkpoints and the final model go (cleared first).
+    /// Where certificates, checkpoints and the final model go (their folders are cleared first).
     #[arg(long, default_value = "quickstart-run")]
     dir: PathBuf,
     /// Job file (default: examples/jobs/quickstart.yaml).
@@ -37,8 +38,14 @@ async fn main() -> anyhow::Result<()> {
         &cli.job
             .unwrap_or_else(|| examples.join("jobs/quickstart.yaml")),
     )?;
-    let report =
-        run_local_federation(job, &examples.join("data/digits"), &cli.dir, cli.api_listen).await?;
+    let report = run_local_federation(
+        job,
+        Preset::Mlp,
+        &examples.join("data/digits"),
+        &cli.dir,
+        cli.api_listen,
+    )
+    .await?;
     print_round_table(&report.rounds);
     anyhow::ensure!(
         report.succeeded,
@@ -48,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let accuracy = report
         .rounds
         .last()
-        .and_then(|r| r.outcome.eval_accuracy)
+        .and_then(|r| r.outcome.eval_metrics.get("accuracy").copied())
         .unwrap_or(f64::NAN);
     println!("\nfinal model: {}", report.model_path.display());
     println!("test accuracy: {accuracy:.4}");

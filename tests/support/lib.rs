@@ -14,7 +14,8 @@ use cairn_participant::client::{ClientOptions, Kit};
 use cairn_participant::client::{Filter, Verdict};
 use cairn_participant::data::partition::Scheme;
 use cairn_participant::data::{LocalData, Partition};
-use cairn_participant::task::{Backend, BurnTask, Task};
+use cairn_participant::task::presets::Preset;
+use cairn_participant::task::{Backend, Task};
 use cairn_proto::v1::{
     CoordinatorMessage, ParticipantMessage, coordinator_message, participant_message::Body,
 };
@@ -165,31 +166,39 @@ pub fn digits_job_with_deadline(
 ) -> JobSpec {
     let secure = min_participants >= 3;
     let yaml = format!(
-        "name: test-job\nmodel: mlp\ndataset: digits\nrounds: {rounds}\nmin_participants: {min_participants}\n\
+        "name: test-job\nmodel: {{initial: {}}}\nrounds: {rounds}\nmin_participants: {min_participants}\n\
          local_epochs: 2\nbatch_size: 16\nlearning_rate: 0.1\nphase_deadline_s: {phase_deadline_s}\nseed: 1\n\
          participants: [{}]\nsecure_aggregation: {{enabled: {secure}}}\n",
+        digits_model().display(),
         ids.join(", ")
     );
     JobSpec::parse(&yaml).expect("valid job")
 }
 
+/// The quickstart's initial model: the MLP for 8x8 digits, as `init-model` writes it.
+pub fn digits_model() -> PathBuf {
+    workspace_root().join("examples/jobs/digits-mlp.safetensors")
+}
+
+/// The layout of [`digits_model`], as the coordinator reads it.
+pub fn digits_layout() -> Vec<cairn_coordinator::model::TensorShape> {
+    cairn_coordinator::model::read_model(&digits_model())
+        .expect("the digits model")
+        .0
+}
+
 /// A burn MLP task on partition `index` of `count` of the digits data.
 pub fn digits_task(index: usize, count: usize) -> Box<dyn Task> {
-    let data = LocalData::load(&digits_dir()).expect("digits data");
+    let data = LocalData::load_idx(&digits_dir()).expect("digits data");
     let partition = Partition {
         scheme: Scheme::Iid,
         index,
         count,
         seed: 5,
     };
-    Box::new(
-        BurnTask::new(
-            "mlp",
-            data.partition(&partition).expect("partition"),
-            Backend::Cpu,
-        )
-        .expect("task"),
-    )
+    Preset::Mlp
+        .site(data.partition(&partition).expect("partition"), Backend::Cpu)
+        .expect("task")
 }
 
 /// Waits for the coordinator's job to end, failing the test instead of hanging if it does not end
