@@ -211,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             model.save_initial(dataset, 10, seed, &out)?;
             println!(
-                "wrote the initial {} for {}x{} images to {}; name it in the job as model: {{initial: {}}}",
+                "wrote the initial {} for {}x{} images to {}; name it in the job as model: {{initial: {}}} (a relative path is read from the job file's directory)",
                 model.name(),
                 dataset[1],
                 dataset[2],
