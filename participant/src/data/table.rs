@@ -88,10 +88,14 @@ pub fn read_csv(path: &Path, options: &TableOptions) -> Result<Examples, Error> 
         source,
     })?;
     // Flexible, so that a short or long row reaches our own check, which names the line and
-    // both counts in the house's words.
+    // both counts in the house's words. Records end at `\n` only: with the default CRLF
+    // terminator the reader ends a record at `\r` and counts its `\n` as part of the next
+    // one, whose line number then comes out one short; the `\r` left in the last cell goes
+    // with the trimming.
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
+        .terminator(csv::Terminator::Any(b'\n'))
         .from_reader(std::io::BufReader::new(file));
 
     let header: Vec<String> = reader
@@ -100,7 +104,7 @@ pub fn read_csv(path: &Path, options: &TableOptions) -> Result<Examples, Error> 
         .iter()
         .map(str::to_owned)
         .collect();
-    if header.is_empty() {
+    if header.is_empty() || header == [""] {
         return Err(data_error(
             "is empty; expected a header row naming the columns".into(),
         ));
@@ -186,6 +190,12 @@ pub fn read_csv(path: &Path, options: &TableOptions) -> Result<Examples, Error> 
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => return Err(csv_error(path, e, &header)),
+        }
+        // A blank line (or a CRLF file's bare `\r`): the reader skips empty lines itself, but
+        // not one that only trimming makes empty. A real row has at least two cells (a target
+        // and a feature), so this is never data.
+        if record.len() == 1 && record.get(0) == Some("") {
+            continue;
         }
         n_rows += 1;
         // The header is line 1; a quoted cell may span lines, so the reader's count is the
@@ -384,8 +394,10 @@ mod tests {
 
     #[test]
     fn empty_file_and_header_without_rows_are_refused() {
-        let err = error("", &TableOptions::regression("y"));
-        assert!(err.contains("is empty; expected a header row"), "{err}");
+        for empty in ["", "\n\n", " \r\n"] {
+            let err = error(empty, &TableOptions::regression("y"));
+            assert!(err.contains("is empty; expected a header row"), "{err}");
+        }
         let err = error("x,y\n", &TableOptions::regression("y"));
         assert!(err.contains("has a header but no rows"), "{err}");
     }
@@ -482,6 +494,42 @@ mod tests {
             &TableOptions::regression("y").with_features(["x"]),
         );
         assert!(err.contains("line 4, column \"y\": \"z\""), "{err}");
+    }
+
+    #[test]
+    fn crlf_files_and_blank_lines_keep_true_line_numbers() {
+        let text = "x , y\r\n1,\"a\"\r\n\r\n  \n2,b\r\n3,\"c\" \r\n4,\r\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "t.csv", &text[..text.len() - 6]);
+        let examples = read_csv(&path, &TableOptions::classification("y")).unwrap();
+        assert_eq!(examples.feature_names, vec!["x"]);
+        assert_eq!(examples.features, vec![1.0, 2.0, 3.0]);
+        assert_eq!(
+            examples.targets,
+            Targets::Classes {
+                labels: vec![0, 1, 2],
+                classes: vec!["a".into(), "b".into(), "c".into()],
+            }
+        );
+        let err = error(text, &TableOptions::classification("y"));
+        assert!(
+            err.contains("line 7, column \"y\": is empty, expected a class"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_cell_that_is_not_utf8_is_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, b"x,y\n1,2\n3,\xff\n").unwrap();
+        let err = read_csv(&path, &TableOptions::regression("y"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.csv, line 3, column \"y\": is not valid UTF-8 text"),
+            "{err}"
+        );
     }
 
     #[test]
