@@ -1,14 +1,19 @@
 //! Local data: [`Examples`] (what every loader produces and every model trains on), the loaders
-//! (the gzip IDX reader for MNIST-format images), the fixed standardisation a job asks for, and
-//! the partitioners that let several participants on one machine split one dataset.
+//! (CSV tables, image folders with one sub-folder per class, and the gzip IDX reader, MNIST's
+//! format, also used for the 8x8 digits), the fixed standardisation a job asks for, and the
+//! partitioners that let several participants on one machine split one dataset.
 
 mod examples;
 mod idx;
+pub mod images;
 pub mod partition;
+pub mod table;
 
 pub use examples::{Examples, FeatureStatistics, Targets};
 pub use idx::{read_images, read_labels};
+pub use images::{ImageFolderOptions, read_image_folder};
 pub use partition::Partition;
+pub use table::{TableOptions, TargetKind, read_csv};
 
 use crate::Error;
 use std::path::Path;
