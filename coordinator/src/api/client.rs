@@ -312,13 +312,9 @@ pub fn render(job: &JobView, rounds: &[RoundRecord], participants: &[Participant
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
     out.push_str(&format!(
-        "job {} ({} on {}): {state}, {}/{} rounds committed",
+        "job {} (model {}): {state}, {}/{} rounds committed",
         job.spec.name,
-        job.spec.model.name(),
-        serde_json::to_value(job.spec.dataset)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        job.spec.model.initial.display(),
         job.rounds_completed,
         job.spec.rounds
     ));
@@ -333,22 +329,33 @@ pub fn render(job: &JobView, rounds: &[RoundRecord], participants: &[Participant
         "\nparticipants connected: {connected}/{}\n",
         participants.len()
     ));
-    out.push_str(
-        "\nround  attempt  participants  dropped  train loss  eval loss  accuracy  duration\n",
-    );
+    // One column per metric the job names, each as wide as its heading (and at least 8).
+    let metrics: Vec<(&str, usize)> = job
+        .spec
+        .metrics
+        .iter()
+        .map(|name| (name.as_str(), name.len().max(8)))
+        .collect();
+    out.push_str("\nround  attempt  participants  dropped  train loss");
+    for (name, width) in &metrics {
+        out.push_str(&format!("  {name:>width$}"));
+    }
+    out.push_str("  duration\n");
     for r in rounds {
         let o = &r.outcome;
         out.push_str(&format!(
-            "{:>5}  {:>7}  {:>12}  {:>7}  {:>10.4}  {:>9}  {:>8}  {:>7.2}s\n",
+            "{:>5}  {:>7}  {:>12}  {:>7}  {:>10.4}",
             o.round,
             o.attempt,
             format!("{}/{}", o.contributors.len(), o.selected.len()),
             o.dropouts.len(),
             o.train_loss,
-            or_dash(o.eval_loss),
-            or_dash(o.eval_accuracy),
-            r.duration_s
         ));
+        for (name, width) in &metrics {
+            let value = or_dash(o.eval_metrics.get(*name).copied());
+            out.push_str(&format!("  {value:>width$}"));
+        }
+        out.push_str(&format!("  {:>7.2}s\n", r.duration_s));
     }
     out
 }
@@ -365,11 +372,11 @@ pub fn describe(event: &ApiEvent) -> String {
             phase,
         } => format!("round {round} attempt {attempt}: {}", phase.name()),
         ApiEvent::RoundCommitted { record } => format!(
-            "round {} committed: {}/{} participants, accuracy {}, {:.2} s",
+            "round {} committed: {}/{} participants, {}, {:.2} s",
             record.outcome.round,
             record.outcome.contributors.len(),
             record.outcome.selected.len(),
-            or_dash(record.outcome.eval_accuracy),
+            record.outcome.metrics_text(),
             record.duration_s
         ),
         ApiEvent::RoundFailed {
