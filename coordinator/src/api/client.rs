@@ -401,6 +401,57 @@ mod tests {
 
     const URL: &str = "http://coordinator/api/v1/events";
 
+    #[test]
+    fn the_status_table_has_a_column_per_metric_of_the_job() {
+        let spec = crate::config::JobSpec::parse(
+            "name: t\nmodel: {initial: /models/t.safetensors}\nmetrics: [roc_auc, loss]\n\
+             rounds: 2\nmin_participants: 1\nparticipants: [a]\n\
+             secure_aggregation: {enabled: false}\n",
+        )
+        .unwrap();
+        let monitor = crate::api::Monitor::new(spec, Vec::new());
+        let record = RoundRecord {
+            outcome: crate::round::RoundOutcome {
+                round: 1,
+                attempt: 1,
+                selected: vec!["a".into()],
+                contributors: vec!["a".into()],
+                dropouts: vec![],
+                train_examples: 10,
+                train_loss: 0.5,
+                evaluators: 1,
+                eval_examples: 4,
+                // roc_auc undefined this round (one class only): shown as a dash.
+                eval_metrics: [("loss".to_string(), 0.25)].into(),
+            },
+            duration_s: 1.5,
+            bytes_in: 0,
+            bytes_out: 0,
+            committed_at: "2026-01-01T00:00:00Z".into(),
+            checkpoint_sha256: String::new(),
+            phase_durations: Vec::new(),
+        };
+        let text = render(&monitor.job(), &[record.clone()], &monitor.participants());
+        assert!(text.contains("(model /models/t.safetensors)"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        let header = lines.iter().position(|l| l.starts_with("round ")).unwrap();
+        assert_eq!(
+            lines[header],
+            "round  attempt  participants  dropped  train loss   roc_auc      loss  duration"
+        );
+        assert_eq!(
+            lines[header + 1],
+            "    1        1           1/1        0      0.5000         -    0.2500     1.50s"
+        );
+        let event = describe(&ApiEvent::RoundCommitted {
+            record: Box::new(record),
+        });
+        assert_eq!(
+            event,
+            "round 1 committed: 1/1 participants, loss 0.2500, 1.50 s"
+        );
+    }
+
     /// The body the server sends for `events`, with `line_end` between lines, and a keep-alive
     /// comment before each event.
     fn body(events: &[ApiEvent], line_end: &str) -> Vec<u8> {

@@ -313,3 +313,55 @@ impl Coordinator {
             .map_err(|source| Error::DriverStopped { source })?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path, model: &Path) -> ServeOptions {
+        let job = JobSpec::parse(&format!(
+            "name: t\nmodel: {{initial: {}}}\nrounds: 1\nmin_participants: 1\nparticipants: [a]\n\
+             secure_aggregation: {{enabled: false}}\n",
+            model.display()
+        ))
+        .unwrap();
+        ServeOptions {
+            job,
+            // Never used: starting fails before the server is set up.
+            tls: ServerTls {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+                ca_pem: String::new(),
+            },
+            state_dir: dir.join("state"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            heartbeat_interval: Duration::from_secs(1),
+            keep_checkpoints: 1,
+            api: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_unusable_model_file_stops_the_start_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nowhere.safetensors");
+        let Err(err) = Coordinator::start(options(dir.path(), &missing)).await else {
+            panic!("started without its model file");
+        };
+        let message = err.to_string();
+        assert!(
+            message.contains("reading model file") && message.contains("nowhere.safetensors"),
+            "{message}"
+        );
+        assert!(
+            !dir.path().join("state").exists(),
+            "nothing is written before the model is read"
+        );
+        let garbage = dir.path().join("garbage.safetensors");
+        std::fs::write(&garbage, b"not a model").unwrap();
+        let Err(err) = Coordinator::start(options(dir.path(), &garbage)).await else {
+            panic!("started with a file that is no model");
+        };
+        assert!(matches!(err, Error::NotSafetensors { .. }), "{err:?}");
+    }
+}
