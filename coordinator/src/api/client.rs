@@ -431,7 +431,11 @@ mod tests {
             checkpoint_sha256: String::new(),
             phase_durations: Vec::new(),
         };
-        let text = render(&monitor.job(), &[record.clone()], &monitor.participants());
+        let text = render(
+            &monitor.job(),
+            std::slice::from_ref(&record),
+            &monitor.participants(),
+        );
         assert!(text.contains("(model /models/t.safetensors)"), "{text}");
         let lines: Vec<&str> = text.lines().collect();
         let header = lines.iter().position(|l| l.starts_with("round ")).unwrap();
