@@ -275,5 +275,5 @@ def test_a_malformed_federated_job_is_refused_by_the_crd_schema():
     del resource["spec"]["participants"]
     errors = " | ".join(federated_job_errors(resource))
     assert "'fifty' is not of type 'integer'" in errors, errors
-    assert "'transformer' is not one of" in errors, errors
+    assert "'transformer' is not of type 'object'" in errors, errors
     assert "'participants' is a required property" in errors, errors

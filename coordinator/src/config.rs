@@ -1,11 +1,30 @@
-//! The job file (YAML): what to train, on which data, for how many rounds, with whom. Every field
-//! is validated, and an error names the field, the value and what is allowed. The same type is
-//! the spec of the `FederatedJob` Kubernetes resource.
+//! The job file (YAML): which model to start from, how to evaluate it, for how many rounds, with
+//! whom. Every field is validated, and an error names the field, the value and what is allowed.
+//! The same type is the spec of the `FederatedJob` Kubernetes resource.
+//!
+//! The coordinator knows tensors, not networks: the job names a safetensors file holding the
+//! initial global model (`model: {initial: init.safetensors}`), whose tensors are the layout
+//! every update must have. Which network those tensors belong to is the participants' business
+//! (`cairn-participant init-model` writes such a file for its built-in networks). The job also
+//! names the evaluation metrics (`metrics:`) and, for tabular data, the fixed statistics every
+//! participant standardises its features with (`standardize:`).
+//!
+//! ```yaml
+//! name: digits-demo
+//! model: {initial: init.safetensors}   # relative to the job file's directory
+//! metrics: [loss, accuracy]            # the default
+//! standardize:                         # optional
+//!   - {feature: age, mean: 54.4, std: 9.1}
+//! rounds: 3
+//! min_participants: 3
+//! participants: [alpha, beta, gamma]
+//! ```
 
 use crate::Error;
 use cairn_identity::{NAME_RULE, is_valid_name};
+use cairn_proto::metrics::Metric;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A federated training job.
@@ -16,10 +35,19 @@ use std::time::Duration;
 pub struct JobSpec {
     /// Job name: lowercase letters, digits and `-`, at most 63 characters.
     pub name: String,
-    /// Network to train: `mlp` (McMahan et al. 2017's 2NN, two hidden layers of 200) or `cnn`.
-    pub model: ModelKind,
-    /// Dataset every participant holds a share of; fixes the input size.
-    pub dataset: DatasetKind,
+    /// The model to train, as its initial global model file.
+    pub model: ModelSpec,
+    /// Metrics every participant evaluates the global model with after each round, in this
+    /// order: `loss`, `accuracy`, `roc_auc`, `mse`, `mae` (default `[loss, accuracy]`). The
+    /// coordinator adds their sums across participants, so each is exact over all test sets.
+    #[serde(default = "default_metrics")]
+    pub metrics: Vec<String>,
+    /// Fixed statistics every participant standardises tabular features with,
+    /// `(x - mean) / std`, so that all sites transform alike and none reveals its own
+    /// statistics. The job's author agrees them with the sites (from a published reference, a
+    /// registry's data dictionary). Empty (the default): features are used as they are.
+    #[serde(default)]
+    pub standardize: Vec<FeatureStatistics>,
     /// Rounds to run.
     pub rounds: u64,
     /// Fewest participants a round needs to start and to complete.
@@ -47,13 +75,43 @@ pub struct JobSpec {
     pub max_round_attempts: u32,
     /// Participant ids allowed to join (each the identity in a participant's certificate).
     pub participants: Vec<String>,
-    /// Seed of the initial model and of participant selection.
+    /// Seed of participant selection; each round's local-training seed sent to the participants
+    /// is derived from it. (The initial model is the model file, not seeded here.)
     #[serde(default)]
     pub seed: u64,
     /// Secure aggregation (on unless disabled): the coordinator learns only the sum of the
     /// updates.
     #[serde(default)]
     pub secure_aggregation: SecureAggregationSpec,
+}
+
+/// The `model:` block of a job.
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ModelSpec {
+    /// Safetensors file of the initial global model (F32 tensors); its tensors, sorted by name,
+    /// are the layout of every model and update of the job. In a job file, a relative path is
+    /// relative to the job file's directory. In a `FederatedJob`, it is a path in the
+    /// coordinator's filesystem, such as a volume mounted into the coordinator pod
+    /// (`/models/init.safetensors`).
+    #[schema(value_type = String)]
+    pub initial: PathBuf,
+}
+
+/// One entry of a job's `standardize:` list.
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct FeatureStatistics {
+    /// The feature: a column name of the participants' tables.
+    pub feature: String,
+    /// The mean subtracted from it.
+    pub mean: f64,
+    /// The standard deviation it is divided by; positive.
+    pub std: f64,
 }
 
 /// The `secure_aggregation:` block of a job.
@@ -156,66 +214,9 @@ fn default_max_weight() -> u32 {
     10_000
 }
 
-/// Networks a job can train.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelKind {
-    /// Two hidden layers of 200 units (McMahan et al. 2017's "2NN").
-    Mlp,
-    /// Two 5x5 convolutions (32, 64 channels) with 2x2 max pooling, 512 fully connected units.
-    Cnn,
+fn default_metrics() -> Vec<String> {
+    vec![Metric::Loss.name().into(), Metric::Accuracy.name().into()]
 }
-
-impl ModelKind {
-    /// The name used on the wire and in job files.
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelKind::Mlp => "mlp",
-            ModelKind::Cnn => "cnn",
-        }
-    }
-}
-
-/// Datasets a job can name; each fixes the image size.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum DatasetKind {
-    /// MNIST, 28x28.
-    Mnist,
-    /// scikit-learn's 8x8 digits.
-    Digits,
-}
-
-impl DatasetKind {
-    /// Image height and width.
-    pub fn image_size(self) -> (usize, usize) {
-        match self {
-            DatasetKind::Mnist => (28, 28),
-            DatasetKind::Digits => (8, 8),
-        }
-    }
-}
-
 fn default_fraction() -> f64 {
     1.0
 }
@@ -236,24 +237,41 @@ fn default_max_round_attempts() -> u32 {
 }
 
 impl JobSpec {
-    /// Reads and validates a job file.
+    /// Reads and validates a job file; a relative `model.initial` is resolved against the job
+    /// file's directory (and stored resolved).
     pub fn load(path: &Path) -> Result<JobSpec, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             what: format!("reading job file {}", path.display()),
             source,
         })?;
-        Self::parse(&text).map_err(|source| Error::JobFile {
+        let mut job = Self::parse(&text).map_err(|source| Error::JobFile {
             path: path.to_path_buf(),
             source: Box::new(source),
-        })
+        })?;
+        if job.model.initial.is_relative() {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            job.model.initial = dir.join(&job.model.initial);
+        }
+        Ok(job)
     }
 
-    /// Parses and validates a job from YAML text.
+    /// Parses and validates a job from YAML text. A relative `model.initial` stays as written
+    /// (relative to the working directory).
     pub fn parse(text: &str) -> Result<JobSpec, Error> {
+        refuse_legacy_form(text)?;
         let job: JobSpec =
             serde_saphyr::from_str(text).map_err(|source| Error::JobSyntax { source })?;
         job.validate()?;
         Ok(job)
+    }
+
+    /// The job's metrics, in its order (validated at load; a name that is no metric, which
+    /// only a job built in code without [`JobSpec::validate`] can hold, is left out).
+    pub fn metrics(&self) -> Vec<Metric> {
+        self.metrics
+            .iter()
+            .filter_map(|name| Metric::parse(name).ok())
+            .collect()
     }
 
     /// Per-phase deadline.
@@ -348,6 +366,15 @@ impl JobSpec {
                 "expected 1..=1000",
             );
         }
+        if self.model.initial.as_os_str().is_empty() {
+            return invalid(
+                "model.initial",
+                "empty",
+                "expected the path of a safetensors file holding the initial model",
+            );
+        }
+        self.validate_metrics()?;
+        self.validate_standardize()?;
         let secure = &self.secure_aggregation;
         if !secure.enabled {
             return Ok(());
@@ -390,6 +417,90 @@ impl JobSpec {
         secure.encoding(self.participants.len())?;
         Ok(())
     }
+
+    fn validate_metrics(&self) -> Result<(), Error> {
+        let invalid = |value: String, expected: String| Error::JobField {
+            field: "metrics",
+            value,
+            expected,
+        };
+        if self.metrics.is_empty() {
+            return Err(invalid(
+                "empty".into(),
+                "expected at least one metric (loss, accuracy, roc_auc, mse, mae)".into(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for name in &self.metrics {
+            Metric::parse(name).map_err(|e| invalid(format!("{name:?}"), e.to_string()))?;
+            if !seen.insert(name) {
+                return Err(invalid(
+                    format!("{name:?} listed twice"),
+                    "each metric must be listed once".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_standardize(&self) -> Result<(), Error> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (index, entry) in self.standardize.iter().enumerate() {
+            let invalid = |what: String, expected: &str| Error::JobField {
+                field: "standardize",
+                value: format!("entry {} (feature {:?}) {what}", index + 1, entry.feature),
+                expected: expected.into(),
+            };
+            if entry.feature.is_empty() {
+                return Err(invalid(
+                    "with an empty name".into(),
+                    "expected a feature name (a column of the participants' tables)",
+                ));
+            }
+            if !seen.insert(&entry.feature) {
+                return Err(invalid(
+                    "listed twice".into(),
+                    "each feature must be listed once",
+                ));
+            }
+            if !entry.mean.is_finite() {
+                return Err(invalid(
+                    format!("with mean {}", entry.mean),
+                    "expected a finite mean",
+                ));
+            }
+            if !(entry.std.is_finite() && entry.std > 0.0) {
+                return Err(invalid(
+                    format!("with std {}", entry.std),
+                    "expected a finite std > 0",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a job of the old form, which named a built-in network (`model: mlp`) and a dataset,
+/// with how to convert it, before the generic decoder's error ("invalid type: string") could
+/// hide that. Text that is no YAML mapping is left to the decoder to name.
+fn refuse_legacy_form(text: &str) -> Result<(), Error> {
+    let Ok(serde_json::Value::Object(fields)) = serde_saphyr::from_str::<serde_json::Value>(text)
+    else {
+        return Ok(());
+    };
+    let scalar = |value: &serde_json::Value| match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(_) | serde_json::Value::Array(_) => None,
+        other => Some(other.to_string()),
+    };
+    let model = fields.get("model").and_then(scalar);
+    let dataset = fields
+        .get("dataset")
+        .map(|v| scalar(v).unwrap_or_else(|| v.to_string()));
+    if model.is_none() && dataset.is_none() {
+        return Ok(());
+    }
+    Err(Error::LegacyJob { model, dataset })
 }
 
 #[cfg(test)]
@@ -398,8 +509,7 @@ mod tests {
 
     const VALID: &str = "
 name: digits-demo
-model: mlp
-dataset: digits
+model: {initial: init.safetensors}
 rounds: 3
 min_participants: 3
 participants: [alpha, beta, gamma]
@@ -415,7 +525,9 @@ participants: [alpha, beta, gamma]
         assert_eq!(job.fraction, 1.0);
         assert_eq!(job.batch_size, 32);
         assert_eq!(job.phase_deadline(), Duration::from_secs(300));
-        assert_eq!(job.dataset.image_size(), (8, 8));
+        assert_eq!(job.model.initial, PathBuf::from("init.safetensors"));
+        assert_eq!(job.metrics(), vec![Metric::Loss, Metric::Accuracy]);
+        assert!(job.standardize.is_empty());
         assert!(
             job.secure_aggregation.enabled,
             "secure aggregation is on by default"
@@ -576,19 +688,134 @@ participants: [alpha, beta, gamma]
     }
 
     #[test]
-    fn unknown_models_fields_and_types_are_refused_by_name() {
-        let err = error_of(&VALID.replace("model: mlp", "model: resnet"));
-        assert!(
-            err.contains("resnet") && err.contains("mlp") && err.contains("cnn"),
-            "{err}"
-        );
-        let err = error_of(&VALID.replace("dataset: digits", "dataset: cifar"));
-        assert!(err.contains("cifar"), "{err}");
+    fn unknown_fields_and_types_are_refused_by_name() {
+        let err = error_of(&VALID.replace("initial:", "path:"));
+        assert!(err.contains("path") && err.contains("initial"), "{err}");
+        let err = error_of(&VALID.replace("init.safetensors", "''"));
+        assert!(err.contains("field `model.initial` is empty"), "{err}");
         let err = error_of(&format!("{VALID}epochs: 3\n"));
         assert!(err.contains("epochs"), "{err}");
         let err = error_of(&VALID.replace("rounds: 3", "rounds: three"));
         assert!(err.contains("rounds") || err.contains("three"), "{err}");
         let err = error_of(&VALID.replace("rounds: 3\n", ""));
         assert!(err.contains("rounds"), "{err}");
+    }
+
+    #[test]
+    fn a_job_of_the_old_form_says_how_to_convert_it() {
+        let old = VALID.replace(
+            "model: {initial: init.safetensors}",
+            "model: cnn\ndataset: mnist",
+        );
+        let err = JobSpec::parse(&old).unwrap_err();
+        assert!(matches!(err, Error::LegacyJob { .. }), "{err:?}");
+        let err = err.to_string();
+        assert!(
+            err.contains("model: \"cnn\" names a built-in network")
+                && err.contains(
+                    "cairn-participant init-model --model cnn --dataset mnist --out init.safetensors"
+                )
+                && err.contains("`model: {initial: init.safetensors}`")
+                && err.contains("remove `dataset: mnist`"),
+            "{err}"
+        );
+        let no_dataset = VALID.replace("model: {initial: init.safetensors}", "model: mlp");
+        let err = error_of(&no_dataset);
+        assert!(
+            err.contains("--model mlp --dataset DATASET") && err.contains("digits or mnist"),
+            "{err}"
+        );
+        let only_dataset = format!("{VALID}dataset: digits\n");
+        let err = error_of(&only_dataset);
+        assert!(
+            err.contains("field `dataset` is gone")
+                && err.contains("remove `dataset: digits`")
+                && err.contains("--model MODEL --dataset digits"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn metrics_are_checked_and_kept_in_the_jobs_order() {
+        let with = |list: &str| VALID.replace("rounds: 3", &format!("rounds: 3\nmetrics: {list}"));
+        let job = JobSpec::parse(&with("[roc_auc, loss, mae]")).unwrap();
+        assert_eq!(
+            job.metrics(),
+            vec![Metric::RocAuc, Metric::Loss, Metric::Mae]
+        );
+        let cases = [
+            (
+                "[]",
+                "field `metrics` is empty; expected at least one metric",
+            ),
+            (
+                "[loss, f1]",
+                "field `metrics` is \"f1\"; metric \"f1\" is unknown",
+            ),
+            ("[loss, accuracy, loss]", "\"loss\" listed twice"),
+        ];
+        for (list, expected) in cases {
+            let err = error_of(&with(list));
+            assert!(err.contains(expected), "{list}: {err}");
+        }
+    }
+
+    #[test]
+    fn standardize_entries_are_checked_by_entry() {
+        let with = |entries: &str| format!("{VALID}standardize: [{entries}]\n");
+        let job = JobSpec::parse(&with(
+            "{feature: age, mean: 54.4, std: 9.1}, {feature: chol, mean: -1, std: 0.5}",
+        ))
+        .unwrap();
+        assert_eq!(
+            job.standardize[1],
+            FeatureStatistics {
+                feature: "chol".into(),
+                mean: -1.0,
+                std: 0.5
+            }
+        );
+        let cases = [
+            (
+                "{feature: age, mean: 1, std: 0}",
+                "field `standardize` is entry 1 (feature \"age\") with std 0; expected a finite std > 0",
+            ),
+            ("{feature: age, mean: 1, std: -2}", "with std -2"),
+            (
+                "{feature: age, mean: .nan, std: 1}",
+                "with mean NaN; expected a finite mean",
+            ),
+            ("{feature: age, mean: 1, std: .inf}", "with std inf"),
+            (
+                "{feature: a, mean: 0, std: 1}, {feature: '', mean: 0, std: 1}",
+                "entry 2 (feature \"\") with an empty name",
+            ),
+            (
+                "{feature: a, mean: 0, std: 1}, {feature: a, mean: 2, std: 1}",
+                "entry 2 (feature \"a\") listed twice",
+            ),
+            ("{feature: a, mean: 0}", "std"),
+            ("{feature: a, mean: 0, std: 1, median: 3}", "median"),
+        ];
+        for (entries, expected) in cases {
+            let err = error_of(&with(entries));
+            assert!(err.contains(expected), "{entries}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_relative_model_path_is_relative_to_the_job_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.yaml");
+        std::fs::write(&path, VALID).unwrap();
+        let job = JobSpec::load(&path).unwrap();
+        assert_eq!(job.model.initial, dir.path().join("init.safetensors"));
+        std::fs::write(
+            &path,
+            VALID.replace("init.safetensors", "/models/init.safetensors"),
+        )
+        .unwrap();
+        let job = JobSpec::load(&path).unwrap();
+        assert_eq!(job.model.initial, PathBuf::from("/models/init.safetensors"));
     }
 }

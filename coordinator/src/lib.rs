@@ -40,6 +40,37 @@ pub(crate) async fn bind(
     Ok((listener, bound))
 }
 
+/// How to convert a job of the old form (`model: mlp`, `dataset: digits`).
+fn legacy_job_message(model: Option<&str>, dataset: Option<&str>) -> String {
+    let dataset_value = dataset.unwrap_or("DATASET");
+    let how = |network: &str| {
+        format!(
+            "a job now names its initial model file: run `cairn-participant init-model --model {network} \
+             --dataset {dataset_value} --out init.safetensors` and write `model: {{initial: init.safetensors}}`"
+        )
+    };
+    let placeholder = match dataset {
+        Some(_) => "",
+        None => " (DATASET: the data the network was built for, digits or mnist)",
+    };
+    let remove_dataset = match dataset {
+        Some(dataset) => format!(
+            "; remove `dataset: {dataset}` (the model file fixes the input, each participant names its data)"
+        ),
+        None => String::new(),
+    };
+    match model {
+        Some(network) => format!(
+            "model: {network:?} names a built-in network; {}{placeholder}{remove_dataset}",
+            how(network)
+        ),
+        None => format!(
+            "field `dataset` is gone{remove_dataset}; if the job's model is still a built-in network, {}",
+            how("MODEL")
+        ),
+    }
+}
+
 /// Everything that can go wrong in the coordinator. Each variant is one thing that happened,
 /// with the thing, the value and what was expected as fields, and the underlying error (when
 /// there is one) as its source, so that `std::error::Error::source` walks the whole chain.
@@ -51,6 +82,14 @@ pub enum Error {
     JobSyntax {
         /// The YAML decoder's error, naming the field or line.
         source: serde_saphyr::Error,
+    },
+    /// A job in the old form, which named a built-in network (`model: mlp`) and a dataset.
+    #[error("job: {}", legacy_job_message(model.as_deref(), dataset.as_deref()))]
+    LegacyJob {
+        /// The `model:` string, when the job has one.
+        model: Option<String>,
+        /// The `dataset:` value, when the job has one.
+        dataset: Option<String>,
     },
     /// A job field holds a value it does not allow.
     #[error("job: field `{field}` is {value}; {expected}")]
@@ -157,15 +196,44 @@ pub enum Error {
     #[error(transparent)]
     Identity(#[from] cairn_identity::Error),
     /// A model cannot be encoded as safetensors.
-    #[error("checkpoint: encoding {what} as safetensors: {source}")]
+    #[error("model: encoding {what} as safetensors: {source}")]
     ModelEncoding {
         /// What was being encoded ("tensor fc1.weight", "the model").
         what: String,
         /// The safetensors error.
         source: safetensors::SafeTensorError,
     },
+    /// A layout is not in the canonical order (tensors sorted by name, each name once).
+    #[error(
+        "model: tensor {second:?} comes after {first:?}; a layout lists its tensors sorted by name, each once"
+    )]
+    LayoutOrder {
+        /// The earlier tensor's name.
+        first: String,
+        /// The later tensor's name, which sorts before it or equals it.
+        second: String,
+    },
+    /// A model file holds no tensor.
+    #[error("model file {}: holds no tensors; expected the model's F32 tensors", path.display())]
+    EmptyModel {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A tensor of a model file is not F32.
+    #[error(
+        "model file {}: tensor {tensor} is {dtype:?}; only F32 is supported (convert the model to float32)",
+        path.display()
+    )]
+    TensorDtype {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// Its element type in the file.
+        dtype: safetensors::Dtype,
+    },
     /// A model file is not in the safetensors format.
-    #[error("checkpoint: {}: not a safetensors file: {source}", path.display())]
+    #[error("model file {}: not a safetensors file: {source}", path.display())]
     NotSafetensors {
         /// The file.
         path: PathBuf,
@@ -173,7 +241,7 @@ pub enum Error {
         source: safetensors::SafeTensorError,
     },
     /// A model file holds another number of tensors than the model.
-    #[error("checkpoint: {}: holds {found} tensors, the model has {expected}", path.display())]
+    #[error("model file {}: holds {found} tensors, the model has {expected}", path.display())]
     TensorCount {
         /// The file.
         path: PathBuf,
@@ -183,7 +251,7 @@ pub enum Error {
         expected: usize,
     },
     /// A model file lacks one of the model's tensors.
-    #[error("checkpoint: {}: has no tensor {tensor:?}", path.display())]
+    #[error("model file {}: has no tensor {tensor:?}", path.display())]
     MissingTensor {
         /// The file.
         path: PathBuf,
@@ -192,7 +260,7 @@ pub enum Error {
     },
     /// A tensor of a model file has another type or shape than the model's.
     #[error(
-        "checkpoint: {}: tensor {tensor} is {dtype:?} {shape:?}, expected F32 {expected:?}",
+        "model file {}: tensor {tensor} is {dtype:?} {shape:?}, expected F32 {expected:?}",
         path.display()
     )]
     TensorShape {
@@ -323,6 +391,23 @@ pub enum Error {
         /// The file system's error.
         source: std::io::Error,
     },
+    /// The checkpoint of a committed round has another layout than the job's model file.
+    #[error(
+        "state dir: {}: checkpoint of committed round {round} does not have the layout of the job's model file {} \
+         (the file changed since the job started; restore it or use another --state-dir): {source}",
+        dir.display(),
+        model.display()
+    )]
+    CheckpointLayout {
+        /// The state directory.
+        dir: PathBuf,
+        /// The round.
+        round: u64,
+        /// The job's initial model file.
+        model: PathBuf,
+        /// How the checkpoint differs ([`Error::TensorShape`], ...).
+        source: Box<Error>,
+    },
     /// The checkpoint of a committed round does not have the hash its record holds.
     #[error(
         "state dir: {}: checkpoint of committed round {round} ({}) is corrupt: sha256 {found}, the round record says {expected}",
@@ -437,4 +522,44 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    /// The coordinator knows tensors, not networks: neither burn nor the participant crate (which
+    /// links it) may enter its dependency tree, whatever feature is on.
+    #[test]
+    fn the_coordinator_depends_on_neither_burn_nor_the_participant() {
+        let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let output = std::process::Command::new(env!("CARGO"))
+            .current_dir(&workspace)
+            .args([
+                "tree",
+                "-p",
+                "cairn-coordinator",
+                "--all-features",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "--offline",
+            ])
+            .output()
+            .unwrap();
+        let tree = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            tree.lines().any(|l| l.starts_with("cairn-proto")),
+            "the tree should list the coordinator's dependencies: {tree}"
+        );
+        let banned: Vec<&str> = tree
+            .lines()
+            .filter(|l| l.starts_with("burn") || l.starts_with("cairn-participant"))
+            .collect();
+        assert!(banned.is_empty(), "the coordinator depends on {banned:?}");
+    }
 }

@@ -1,18 +1,17 @@
 //! The global model as the coordinator sees it: a flat `f32` vector plus its layout (named
-//! tensors in PyTorch's convention), its seeded initialisation, and safetensors files that
-//! PyTorch and burn both read. The coordinator never links burn; the participant checks that its
-//! burn network has exactly this layout before it trains.
+//! tensors), and safetensors files that PyTorch and burn both read. The coordinator knows
+//! tensors, not networks: it never links burn, and the job's initial model file
+//! ([`read_model`]) is the only source of the layout. The participant checks that its network
+//! has exactly this layout before it trains.
+//!
+//! Invariant: a layout lists its tensors sorted by name (byte-wise, as Rust orders `str`). That
+//! is the canonical wire order: the flat vector holds the tensors' values one after another in
+//! this order, each row-major, on the wire, in checkpoints and in updates.
 
 use crate::Error;
-use crate::config::{DatasetKind, ModelKind};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
-
-/// Number of output classes.
-const N_CLASSES: usize = 10;
 
 /// A named tensor's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +23,8 @@ pub struct TensorShape {
 }
 
 impl TensorShape {
-    fn new(name: &str, shape: &[usize]) -> TensorShape {
+    /// A tensor called `name` of `shape`.
+    pub fn new(name: &str, shape: &[usize]) -> TensorShape {
         TensorShape {
             name: name.to_string(),
             shape: shape.to_vec(),
@@ -47,46 +47,52 @@ pub fn n_values(layout: &[TensorShape]) -> usize {
     layout.iter().map(TensorShape::len).sum()
 }
 
-/// The tensors of `model` for images of `dataset`'s size, in wire order.
-pub fn layout(model: ModelKind, dataset: DatasetKind) -> Vec<TensorShape> {
-    let (rows, cols) = dataset.image_size();
-    match model {
-        ModelKind::Mlp => vec![
-            TensorShape::new("fc1.weight", &[200, rows * cols]),
-            TensorShape::new("fc1.bias", &[200]),
-            TensorShape::new("fc2.weight", &[200, 200]),
-            TensorShape::new("fc2.bias", &[200]),
-            TensorShape::new("fc3.weight", &[N_CLASSES, 200]),
-            TensorShape::new("fc3.bias", &[N_CLASSES]),
-        ],
-        ModelKind::Cnn => vec![
-            TensorShape::new("conv1.weight", &[32, 1, 5, 5]),
-            TensorShape::new("conv1.bias", &[32]),
-            TensorShape::new("conv2.weight", &[64, 32, 5, 5]),
-            TensorShape::new("conv2.bias", &[64]),
-            TensorShape::new("fc1.weight", &[512, 64 * (rows / 4) * (cols / 4)]),
-            TensorShape::new("fc1.bias", &[512]),
-            TensorShape::new("fc2.weight", &[N_CLASSES, 512]),
-            TensorShape::new("fc2.bias", &[N_CLASSES]),
-        ],
+/// Reads any safetensors file of `f32` tensors: its layout (the tensors sorted by name, the
+/// canonical wire order) and its values in that order. Refuses a missing or unreadable file, one
+/// that is not safetensors, one without tensors and one with a tensor of another type.
+pub fn read_model(path: &Path) -> Result<(Vec<TensorShape>, Vec<f32>), Error> {
+    let bytes = read(path)?;
+    let file = deserialize(path, &bytes)?;
+    let mut tensors = file.tensors();
+    if tensors.is_empty() {
+        return Err(Error::EmptyModel {
+            path: path.to_path_buf(),
+        });
     }
+    tensors.sort_by(|(a, _), (b, _)| a.cmp(b));
+    let mut layout = Vec::with_capacity(tensors.len());
+    let mut values = Vec::new();
+    for (name, view) in &tensors {
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::TensorDtype {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                dtype: view.dtype(),
+            });
+        }
+        layout.push(TensorShape::new(name, view.shape()));
+        values.extend(f32s(view.data()));
+    }
+    Ok((layout, values))
 }
 
-/// Initial values for `layout`: every tensor uniform in `±1/sqrt(fan_in)` (PyTorch's and burn's
-/// default for linear and convolution layers), where a bias takes the fan-in of the weight before
-/// it. Deterministic in `seed`.
-pub fn initialize(layout: &[TensorShape], seed: u64) -> Vec<f32> {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut values = Vec::with_capacity(n_values(layout));
-    let mut fan_in = 1usize;
-    for tensor in layout {
-        if tensor.shape.len() >= 2 {
-            fan_in = tensor.shape[1..].iter().product();
-        }
-        let bound = 1.0 / (fan_in as f32).sqrt();
-        values.extend((0..tensor.len()).map(|_| rng.random_range(-bound..bound)));
-    }
-    values
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Io {
+        what: format!("reading model file {}", path.display()),
+        source,
+    })
+}
+
+fn deserialize<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, Error> {
+    SafeTensors::deserialize(bytes).map_err(|source| Error::NotSafetensors {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn f32s(data: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    data.chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Writes `values` laid out as `layout` to a safetensors file, atomically: a temporary file in the
@@ -97,8 +103,23 @@ pub fn save_safetensors(path: &Path, layout: &[TensorShape], values: &[f32]) -> 
     crate::store::write_atomically(path, &bytes)
 }
 
-/// Encodes `values` laid out as `layout` as safetensors bytes.
+/// Encodes `values` laid out as `layout` as safetensors bytes; [`read_model`] of them gives back
+/// `layout` and `values`. `layout` must be in the canonical order (sorted by name, no name
+/// twice) and `values` must have its size.
 pub fn encode_safetensors(layout: &[TensorShape], values: &[f32]) -> Result<Vec<u8>, Error> {
+    if let Some(pair) = layout.windows(2).find(|pair| pair[0].name >= pair[1].name) {
+        return Err(Error::LayoutOrder {
+            first: pair[0].name.clone(),
+            second: pair[1].name.clone(),
+        });
+    }
+    if values.len() != n_values(layout) {
+        return Err(Error::UpdateLength {
+            what: "model to encode",
+            values: values.len(),
+            expected: n_values(layout),
+        });
+    }
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut offset = 0;
     let mut views = Vec::with_capacity(layout.len());
@@ -122,14 +143,8 @@ pub fn encode_safetensors(layout: &[TensorShape], values: &[f32]) -> Result<Vec<
 
 /// Reads a safetensors file and checks that it holds exactly `layout` as f32.
 pub fn load_safetensors(path: &Path, layout: &[TensorShape]) -> Result<Vec<f32>, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        what: format!("reading model {}", path.display()),
-        source,
-    })?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|source| Error::NotSafetensors {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read(path)?;
+    let file = deserialize(path, &bytes)?;
     if file.len() != layout.len() {
         return Err(Error::TensorCount {
             path: path.to_path_buf(),
@@ -154,64 +169,143 @@ pub fn load_safetensors(path: &Path, layout: &[TensorShape]) -> Result<Vec<f32>,
                 expected: tensor.shape.clone(),
             });
         }
-        values.extend(
-            view.data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
+        values.extend(f32s(view.data()));
     }
     Ok(values)
 }
 
+/// A small model file for tests: `fc.bias [3]` and `fc.weight [3, 4]`, values `0, 0.5, 1, ...`.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// The layout of [`write_model`]'s file.
+    pub fn tiny_layout() -> Vec<TensorShape> {
+        vec![
+            TensorShape::new("fc.bias", &[3]),
+            TensorShape::new("fc.weight", &[3, 4]),
+        ]
+    }
+
+    /// `n` values `0, 0.5, 1, ...` shifted by `offset`.
+    pub fn values(n: usize, offset: f32) -> Vec<f32> {
+        (0..n).map(|i| i as f32 * 0.5 + offset).collect()
+    }
+
+    /// Writes the tiny model to `dir/init.safetensors` and returns its path.
+    pub fn write_model(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("init.safetensors");
+        let layout = tiny_layout();
+        save_safetensors(&path, &layout, &values(n_values(&layout), 0.0)).unwrap();
+        path
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::*;
     use super::*;
 
     #[test]
-    fn layouts_have_the_published_sizes() {
-        // McMahan et al. 2017: the 2NN has 199,210 parameters on MNIST.
-        assert_eq!(
-            n_values(&layout(ModelKind::Mlp, DatasetKind::Mnist)),
-            199_210
-        );
-        // Their CNN has 1,663,370 parameters on MNIST.
-        assert_eq!(
-            n_values(&layout(ModelKind::Cnn, DatasetKind::Mnist)),
-            1_663_370
-        );
-        assert_eq!(
-            layout(ModelKind::Mlp, DatasetKind::Digits)[0].shape,
-            vec![200, 64]
-        );
-    }
-
-    #[test]
-    fn initialization_is_seeded_and_bounded() {
-        let layout = layout(ModelKind::Mlp, DatasetKind::Digits);
-        let a = initialize(&layout, 1);
-        assert_eq!(a, initialize(&layout, 1));
-        assert_ne!(a, initialize(&layout, 2));
-        let bound = 1.0 / 64f32.sqrt();
-        assert!(a[..200 * 64].iter().all(|v| v.abs() <= bound));
-        assert!(a[..200 * 64].iter().any(|v| v.abs() > bound * 0.9));
-    }
-
-    #[test]
-    fn safetensors_round_trip_and_mismatches_are_refused() {
+    fn a_written_model_reads_back_with_its_layout_and_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.safetensors");
-        let mlp = layout(ModelKind::Mlp, DatasetKind::Digits);
-        let values = initialize(&mlp, 3);
-        save_safetensors(&path, &mlp, &values).unwrap();
-        assert_eq!(load_safetensors(&path, &mlp).unwrap(), values);
-        let err = load_safetensors(&path, &layout(ModelKind::Mlp, DatasetKind::Mnist)).unwrap_err();
-        assert!(err.to_string().contains("fc1.weight"), "{err}");
-        std::fs::write(&path, b"garbage").unwrap();
-        assert!(
-            load_safetensors(&path, &mlp)
-                .unwrap_err()
-                .to_string()
-                .contains("not a safetensors file")
+        let layout = tiny_layout();
+        let values = values(15, 1.0);
+        save_safetensors(&path, &layout, &values).unwrap();
+        assert_eq!(read_model(&path).unwrap(), (layout.clone(), values.clone()));
+        assert_eq!(load_safetensors(&path, &layout).unwrap(), values);
+        assert_eq!(n_values(&layout), 15);
+    }
+
+    #[test]
+    fn the_layout_is_sorted_by_name_whatever_the_file_order() {
+        // Written by another tool: tensors in another order than their names'.
+        let data: Vec<u8> = (0..6u8).flat_map(|i| f32::from(i).to_le_bytes()).collect();
+        let views = vec![
+            (
+                "z.weight".to_string(),
+                TensorView::new(Dtype::F32, vec![2, 2], &data[..16]).unwrap(),
+            ),
+            (
+                "a.bias".to_string(),
+                TensorView::new(Dtype::F32, vec![2], &data[16..]).unwrap(),
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.safetensors");
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        let (layout, values) = read_model(&path).unwrap();
+        assert_eq!(
+            layout,
+            vec![
+                TensorShape::new("a.bias", &[2]),
+                TensorShape::new("z.weight", &[2, 2])
+            ]
         );
+        assert_eq!(values, vec![4.0, 5.0, 0.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn files_that_are_no_f32_model_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.safetensors");
+        let err = read_model(&missing).unwrap_err().to_string();
+        assert!(err.contains("missing.safetensors"), "{err}");
+
+        let garbage = dir.path().join("garbage.safetensors");
+        std::fs::write(&garbage, b"garbage").unwrap();
+        let err = read_model(&garbage).unwrap_err().to_string();
+        assert!(
+            err.contains("garbage.safetensors") && err.contains("not a safetensors file"),
+            "{err}"
+        );
+
+        let empty = dir.path().join("empty.safetensors");
+        let no_tensors: Vec<(String, TensorView)> = Vec::new();
+        std::fs::write(&empty, safetensors::serialize(no_tensors, None).unwrap()).unwrap();
+        let err = read_model(&empty).unwrap_err().to_string();
+        assert!(
+            err.contains("empty.safetensors") && err.contains("no tensors"),
+            "{err}"
+        );
+
+        let half = dir.path().join("half.safetensors");
+        let data = [0u8; 8];
+        let views = vec![(
+            "fc.weight".to_string(),
+            TensorView::new(Dtype::F16, vec![2, 2], &data).unwrap(),
+        )];
+        std::fs::write(&half, safetensors::serialize(views, None).unwrap()).unwrap();
+        let err = read_model(&half).unwrap_err().to_string();
+        assert!(
+            err.contains("fc.weight") && err.contains("F16") && err.contains("only F32"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_layout_or_a_layout_out_of_order_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_model(dir.path());
+        let wider = vec![
+            TensorShape::new("fc.bias", &[3]),
+            TensorShape::new("fc.weight", &[3, 5]),
+        ];
+        let err = load_safetensors(&path, &wider).unwrap_err().to_string();
+        assert!(err.contains("fc.weight") && err.contains("[3, 5]"), "{err}");
+        let mut reversed = tiny_layout();
+        reversed.reverse();
+        let err = encode_safetensors(&reversed, &values(15, 0.0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"fc.weight\"") && err.contains("\"fc.bias\""),
+            "{err}"
+        );
+        let err = encode_safetensors(&tiny_layout(), &values(14, 0.0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("14 values") && err.contains("15"), "{err}");
     }
 }

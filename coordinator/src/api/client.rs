@@ -312,13 +312,9 @@ pub fn render(job: &JobView, rounds: &[RoundRecord], participants: &[Participant
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
     out.push_str(&format!(
-        "job {} ({} on {}): {state}, {}/{} rounds committed",
+        "job {} (model {}): {state}, {}/{} rounds committed",
         job.spec.name,
-        job.spec.model.name(),
-        serde_json::to_value(job.spec.dataset)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        job.spec.model.initial.display(),
         job.rounds_completed,
         job.spec.rounds
     ));
@@ -333,22 +329,33 @@ pub fn render(job: &JobView, rounds: &[RoundRecord], participants: &[Participant
         "\nparticipants connected: {connected}/{}\n",
         participants.len()
     ));
-    out.push_str(
-        "\nround  attempt  participants  dropped  train loss  eval loss  accuracy  duration\n",
-    );
+    // One column per metric the job names, each as wide as its heading (and at least 8).
+    let metrics: Vec<(&str, usize)> = job
+        .spec
+        .metrics
+        .iter()
+        .map(|name| (name.as_str(), name.len().max(8)))
+        .collect();
+    out.push_str("\nround  attempt  participants  dropped  train loss");
+    for (name, width) in &metrics {
+        out.push_str(&format!("  {name:>width$}"));
+    }
+    out.push_str("  duration\n");
     for r in rounds {
         let o = &r.outcome;
         out.push_str(&format!(
-            "{:>5}  {:>7}  {:>12}  {:>7}  {:>10.4}  {:>9}  {:>8}  {:>7.2}s\n",
+            "{:>5}  {:>7}  {:>12}  {:>7}  {:>10.4}",
             o.round,
             o.attempt,
             format!("{}/{}", o.contributors.len(), o.selected.len()),
             o.dropouts.len(),
             o.train_loss,
-            or_dash(o.eval_loss),
-            or_dash(o.eval_accuracy),
-            r.duration_s
         ));
+        for (name, width) in &metrics {
+            let value = or_dash(o.eval_metrics.get(*name).copied());
+            out.push_str(&format!("  {value:>width$}"));
+        }
+        out.push_str(&format!("  {:>7.2}s\n", r.duration_s));
     }
     out
 }
@@ -365,11 +372,11 @@ pub fn describe(event: &ApiEvent) -> String {
             phase,
         } => format!("round {round} attempt {attempt}: {}", phase.name()),
         ApiEvent::RoundCommitted { record } => format!(
-            "round {} committed: {}/{} participants, accuracy {}, {:.2} s",
+            "round {} committed: {}/{} participants, {}, {:.2} s",
             record.outcome.round,
             record.outcome.contributors.len(),
             record.outcome.selected.len(),
-            or_dash(record.outcome.eval_accuracy),
+            record.outcome.metrics_text(),
             record.duration_s
         ),
         ApiEvent::RoundFailed {
@@ -393,6 +400,61 @@ mod tests {
     use super::*;
 
     const URL: &str = "http://coordinator/api/v1/events";
+
+    #[test]
+    fn the_status_table_has_a_column_per_metric_of_the_job() {
+        let spec = crate::config::JobSpec::parse(
+            "name: t\nmodel: {initial: /models/t.safetensors}\nmetrics: [roc_auc, loss]\n\
+             rounds: 2\nmin_participants: 1\nparticipants: [a]\n\
+             secure_aggregation: {enabled: false}\n",
+        )
+        .unwrap();
+        let monitor = crate::api::Monitor::new(spec, Vec::new());
+        let record = RoundRecord {
+            outcome: crate::round::RoundOutcome {
+                round: 1,
+                attempt: 1,
+                selected: vec!["a".into()],
+                contributors: vec!["a".into()],
+                dropouts: vec![],
+                train_examples: 10,
+                train_loss: 0.5,
+                evaluators: 1,
+                eval_examples: 4,
+                // roc_auc undefined this round (one class only): shown as a dash.
+                eval_metrics: [("loss".to_string(), 0.25)].into(),
+            },
+            duration_s: 1.5,
+            bytes_in: 0,
+            bytes_out: 0,
+            committed_at: "2026-01-01T00:00:00Z".into(),
+            checkpoint_sha256: String::new(),
+            phase_durations: Vec::new(),
+        };
+        let text = render(
+            &monitor.job(),
+            std::slice::from_ref(&record),
+            &monitor.participants(),
+        );
+        assert!(text.contains("(model /models/t.safetensors)"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        let header = lines.iter().position(|l| l.starts_with("round ")).unwrap();
+        assert_eq!(
+            lines[header],
+            "round  attempt  participants  dropped  train loss   roc_auc      loss  duration"
+        );
+        assert_eq!(
+            lines[header + 1],
+            "    1        1           1/1        0      0.5000         -    0.2500     1.50s"
+        );
+        let event = describe(&ApiEvent::RoundCommitted {
+            record: Box::new(record),
+        });
+        assert_eq!(
+            event,
+            "round 1 committed: 1/1 participants, loss 0.2500, 1.50 s"
+        );
+    }
 
     /// The body the server sends for `events`, with `line_end` between lines, and a keep-alive
     /// comment before each event.

@@ -3,8 +3,8 @@
 //! `prometheus` crate's process collector.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the coordinator exports.
@@ -26,10 +26,9 @@ pub struct Metrics {
     pub bytes_received: IntCounter,
     /// Bytes sent to participants.
     pub bytes_sent: IntCounter,
-    /// Evaluation accuracy of the last committed round.
-    pub eval_accuracy: Gauge,
-    /// Evaluation loss of the last committed round.
-    pub eval_loss: Gauge,
+    /// Each evaluation metric of the last committed round, by the job's metric name (label
+    /// `metric`).
+    pub eval_metric: GaugeVec,
     /// Training loss of the last committed round.
     pub train_loss: Gauge,
     /// Round running or next to run.
@@ -103,6 +102,17 @@ impl Metrics {
             )
             .expect("valid counter"),
         );
+        let eval_metric = registered(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "cairn_eval_metric",
+                    "Federated evaluation of the last committed round's model over every evaluator's test examples, by metric (loss, accuracy, roc_auc, mse, mae; the ones the job names).",
+                ),
+                &["metric"],
+            )
+            .expect("valid gauge"),
+        );
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -127,14 +137,7 @@ impl Metrics {
                 "Bytes received from participants.",
             ),
             bytes_sent: counter("cairn_sent_bytes_total", "Bytes sent to participants."),
-            eval_accuracy: gauge(
-                "cairn_eval_accuracy_ratio",
-                "Federated evaluation accuracy of the last committed round's model.",
-            ),
-            eval_loss: gauge(
-                "cairn_eval_loss",
-                "Federated evaluation loss of the last committed round's model.",
-            ),
+            eval_metric,
             train_loss: gauge(
                 "cairn_train_loss",
                 "Training loss of the last committed round, weighted by examples.",

@@ -184,6 +184,15 @@ impl Monitor {
         }
         let metrics = Metrics::new();
         metrics.rounds_completed.inc_by(rounds.len() as u64);
+        // A resumed job shows its last committed evaluation until the next round commits.
+        if let Some(last) = rounds.last() {
+            for (name, value) in &last.outcome.eval_metrics {
+                metrics
+                    .eval_metric
+                    .with_label_values(&[name.as_str()])
+                    .set(*value);
+            }
+        }
         let committed = rounds.len() as u64;
         let finished = committed >= job.rounds;
         let state = State {
@@ -329,11 +338,12 @@ impl Monitor {
         for dropout in &record.outcome.dropouts {
             m.dropouts.with_label_values(&[dropout.phase.name()]).inc();
         }
-        if let Some(accuracy) = record.outcome.eval_accuracy {
-            m.eval_accuracy.set(accuracy);
-        }
-        if let Some(loss) = record.outcome.eval_loss {
-            m.eval_loss.set(loss);
+        // A metric undefined in this round keeps no stale value from an earlier one.
+        m.eval_metric.reset();
+        for (name, value) in &record.outcome.eval_metrics {
+            m.eval_metric
+                .with_label_values(&[name.as_str()])
+                .set(*value);
         }
         m.train_loss.set(record.outcome.train_loss);
         self.with(|s| {

@@ -79,6 +79,10 @@ fn the_grafana_dashboard_queries_exported_metrics_only() {
         .with_label_values(&["train"])
         .observe(1.0);
     metrics.dropouts.with_label_values(&["train"]).inc();
+    metrics
+        .eval_metric
+        .with_label_values(&["accuracy"])
+        .set(0.5);
     let exported: std::collections::BTreeSet<String> = metrics
         .render()
         .lines()

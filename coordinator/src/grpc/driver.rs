@@ -4,7 +4,7 @@
 
 use super::{Connection, Shared};
 use crate::Error;
-use crate::model::{initialize, save_safetensors};
+use crate::model::save_safetensors;
 use crate::round::{
     Command, Event, ParticipantId, Phase, RoundMachine, RoundOutcome, RoundSettings,
     SecureOutbound, SecureSettings, SecureSetup,
@@ -32,9 +32,10 @@ pub(super) async fn run(
     shared: Arc<Shared>,
     store: Store,
     resume: Resume,
+    initial: Vec<f32>,
     mut events: mpsc::UnboundedReceiver<Event>,
 ) -> Result<super::JobReport, Error> {
-    let mut driver = match Driver::start(shared, store, resume)? {
+    let mut driver = match Driver::start(shared, store, resume, initial)? {
         Started::Running(driver) => driver,
         Started::AlreadyComplete(report) => return Ok(report),
     };
@@ -67,8 +68,14 @@ struct Driver {
 }
 
 impl Driver {
-    /// Builds the round machine from the job and what the state directory holds.
-    fn start(shared: Arc<Shared>, store: Store, resume: Resume) -> Result<Started, Error> {
+    /// Builds the round machine from the job and what the state directory holds; `initial` is
+    /// the job's model file, the global model until a round is committed.
+    fn start(
+        shared: Arc<Shared>,
+        store: Store,
+        resume: Resume,
+        initial: Vec<f32>,
+    ) -> Result<Started, Error> {
         let job = &shared.job;
         let settings = RoundSettings {
             rounds: job.rounds,
@@ -77,6 +84,7 @@ impl Driver {
             phase_deadline: job.phase_deadline(),
             max_round_attempts: job.max_round_attempts,
             seed: job.seed,
+            metrics: shared.metrics.clone(),
             secure: match job.secure_aggregation.enabled {
                 false => None,
                 true => Some(SecureSettings {
@@ -88,9 +96,7 @@ impl Driver {
         };
         let rounds = resume.rounds;
         let committed = rounds.len() as u64;
-        let global = resume
-            .global
-            .unwrap_or_else(|| initialize(&shared.layout, job.seed));
+        let global = resume.global.unwrap_or(initial);
         let machine =
             RoundMachine::new(settings, Box::new(FedAvg::default()), global, committed + 1);
         shared.monitor.set_model(machine.global().clone());
@@ -386,12 +392,10 @@ fn send_secure(
 
 fn log_round(record: &RoundRecord, rounds: u64) {
     let o = &record.outcome;
-    let accuracy = o
-        .eval_accuracy
-        .map_or("-".to_string(), |a| format!("{a:.4}"));
+    let metrics = o.metrics_text();
     tracing::info!(
         round = o.round,
-        "round {:>3}/{rounds} | participants {}/{} | train loss {:.4} | eval accuracy {accuracy} | {:.2} s | in {} out {}",
+        "round {:>3}/{rounds} | participants {}/{} | train loss {:.4} | eval {metrics} | {:.2} s | in {} out {}",
         o.round,
         o.contributors.len(),
         o.selected.len(),

@@ -16,6 +16,7 @@ use crate::Error;
 use crate::config::JobSpec;
 use crate::model::{self, TensorShape};
 use crate::store::{RoundRecord, Store};
+use cairn_proto::metrics::Metric;
 use cairn_proto::v1::federation_server::FederationServer;
 use cairn_proto::v1::{CoordinatorMessage, TensorSpec};
 use std::collections::HashMap;
@@ -103,6 +104,8 @@ pub struct JobReport {
 /// State shared by the sessions and the driver.
 struct Shared {
     job: JobSpec,
+    /// The job's evaluation metrics, in its order: what every evaluation report must carry.
+    metrics: Vec<Metric>,
     layout: Vec<TensorShape>,
     /// Values in the model, which every update must have.
     n_values: usize,
@@ -168,7 +171,15 @@ impl Coordinator {
         if options.heartbeat_interval.is_zero() {
             return Err(Error::ZeroHeartbeat);
         }
-        let layout = model::layout(options.job.model, options.job.dataset);
+        // The job's model file is the only source of the layout; a checkpoint resumed below must
+        // have the same.
+        let (layout, initial) = model::read_model(&options.job.model.initial)?;
+        tracing::info!(
+            "initial model {}: {} tensors, {} values",
+            options.job.model.initial.display(),
+            layout.len(),
+            model::n_values(&layout)
+        );
         let wire_layout = layout
             .iter()
             .map(|t| TensorSpec::new(&*t.name, &t.shape))
@@ -204,6 +215,7 @@ impl Coordinator {
         let (events, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             job: options.job.clone(),
+            metrics: options.job.metrics(),
             n_values: model::n_values(&layout),
             layout,
             wire_layout,
@@ -252,7 +264,7 @@ impl Coordinator {
         );
         let stopper = Stopper(shared.clone());
         let driver = tokio::spawn(async move {
-            let report = driver::run(shared.clone(), store, resume, events_rx).await;
+            let report = driver::run(shared.clone(), store, resume, initial, events_rx).await;
             // Give participants a moment to read `JobFinished` and hang up, then stop serving.
             let _ = stop_server.send(());
             let grace = tokio::time::timeout(Duration::from_secs(5), server);
@@ -299,5 +311,57 @@ impl Coordinator {
         self.driver
             .await
             .map_err(|source| Error::DriverStopped { source })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path, model: &Path) -> ServeOptions {
+        let job = JobSpec::parse(&format!(
+            "name: t\nmodel: {{initial: {}}}\nrounds: 1\nmin_participants: 1\nparticipants: [a]\n\
+             secure_aggregation: {{enabled: false}}\n",
+            model.display()
+        ))
+        .unwrap();
+        ServeOptions {
+            job,
+            // Never used: starting fails before the server is set up.
+            tls: ServerTls {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+                ca_pem: String::new(),
+            },
+            state_dir: dir.join("state"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            heartbeat_interval: Duration::from_secs(1),
+            keep_checkpoints: 1,
+            api: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_unusable_model_file_stops_the_start_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nowhere.safetensors");
+        let Err(err) = Coordinator::start(options(dir.path(), &missing)).await else {
+            panic!("started without its model file");
+        };
+        let message = err.to_string();
+        assert!(
+            message.contains("reading model file") && message.contains("nowhere.safetensors"),
+            "{message}"
+        );
+        assert!(
+            !dir.path().join("state").exists(),
+            "nothing is written before the model is read"
+        );
+        let garbage = dir.path().join("garbage.safetensors");
+        std::fs::write(&garbage, b"not a model").unwrap();
+        let Err(err) = Coordinator::start(options(dir.path(), &garbage)).await else {
+            panic!("started with a file that is no model");
+        };
+        assert!(matches!(err, Error::NotSafetensors { .. }), "{err:?}");
     }
 }

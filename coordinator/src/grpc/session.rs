@@ -8,12 +8,13 @@ use super::{Connection, Shared};
 use crate::round::{Event, SecureMessage};
 use crate::strategy::{Update, check_weight_and_loss};
 use cairn_identity::{PARTICIPANT_UNIT, identity_of};
+use cairn_proto::metrics::{Metric, Totals};
 use cairn_proto::transfer::Assembler;
 use cairn_proto::v1::federation_server::Federation;
 use cairn_proto::v1::participant_message::Body as Inbound;
 use cairn_proto::v1::{
-    CoordinatorMessage, EvaluationReport, JobFinished, ParticipantMessage, UpdateHeader, Welcome,
-    coordinator_message::Body as Outbound,
+    CoordinatorMessage, EvaluationReport, FeatureStatistics, JobFinished, ParticipantMessage,
+    TaskSpec, UpdateHeader, Welcome, coordinator_message::Body as Outbound,
 };
 use prost::Message;
 use std::sync::Arc;
@@ -256,12 +257,30 @@ async fn handshake(
         job_name: shared.job.name.clone(),
         participant_id: id.to_string(),
         heartbeat_interval_s: shared.heartbeat_interval.as_secs().max(1) as u32,
+        task: Some(task_spec(&shared.job)),
     };
     outbox
         .send(message(Outbound::Welcome(welcome)))
         .await
         .map_err(|_| Refusal::FailedPrecondition("session closed during the handshake".into()))?;
     Ok(hello.client_version.chars().take(200).collect())
+}
+
+/// What the job asks of every participant's data and evaluation: its metrics in its order and
+/// its fixed feature statistics.
+fn task_spec(job: &crate::config::JobSpec) -> TaskSpec {
+    TaskSpec {
+        metrics: job.metrics.clone(),
+        standardize: job
+            .standardize
+            .iter()
+            .map(|entry| FeatureStatistics {
+                feature: entry.feature.clone(),
+                mean: entry.mean,
+                std: entry.std,
+            })
+            .collect(),
+    }
 }
 
 async fn send_heartbeats(
@@ -380,15 +399,15 @@ fn on_message(
             forward(shared, id, secure::survivor_signature(signature))
         }
         Some(Inbound::Reveal(reveal)) => forward(shared, id, secure::reveal(reveal)),
-        Some(Inbound::Evaluation(report)) => check_evaluation(&report).map(|()| {
-            let _ = shared.events.send(Event::EvaluationReceived {
-                id: id.to_string(),
-                round: report.round,
-                n_examples: report.n_examples,
-                loss: report.loss,
-                accuracy: report.accuracy,
-            });
-        }),
+        Some(Inbound::Evaluation(report)) => {
+            check_evaluation(&report, &shared.metrics).map(|totals| {
+                let _ = shared.events.send(Event::EvaluationReceived {
+                    id: id.to_string(),
+                    round: report.round,
+                    totals,
+                });
+            })
+        }
     }
 }
 
@@ -508,23 +527,78 @@ fn start_update(shared: &Shared, header: UpdateHeader) -> Result<PendingUpdate, 
     })
 }
 
-fn check_evaluation(report: &EvaluationReport) -> Result<(), Refusal> {
+/// Reads an evaluation report: at least one example, and exactly the job's metrics in its order
+/// with sums that are possible for its example count.
+fn check_evaluation(report: &EvaluationReport, metrics: &[Metric]) -> Result<Totals, Refusal> {
     if report.n_examples == 0 {
-        return Err(Refusal::InvalidArgument(
-            "evaluation of 0 examples; expected at least 1".into(),
-        ));
-    }
-    if !report.loss.is_finite() || report.loss < 0.0 {
         return Err(Refusal::InvalidArgument(format!(
-            "evaluation loss is {}; expected a finite number >= 0",
-            report.loss
+            "evaluation for round {} of 0 examples; expected at least 1",
+            report.round
         )));
     }
-    if !(0.0..=1.0).contains(&report.accuracy) {
-        return Err(Refusal::InvalidArgument(format!(
-            "evaluation accuracy is {}; expected a number in [0, 1]",
-            report.accuracy
-        )));
+    Totals::from_wire(report, metrics).map_err(|e| {
+        Refusal::InvalidArgument(format!("evaluation for round {}: {e}", report.round))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(n_examples: u64, loss_sum: f64, correct: f64) -> EvaluationReport {
+        let mut totals = Totals::new(&[Metric::Loss, Metric::Accuracy]);
+        totals.n_examples = n_examples;
+        totals.metrics[0].1[0] = loss_sum;
+        totals.metrics[1].1[0] = correct;
+        totals.to_wire(3)
     }
-    Ok(())
+
+    fn refusal(result: Result<Totals, Refusal>) -> String {
+        match result {
+            Err(Refusal::InvalidArgument(message)) => message,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn evaluation_reports_must_carry_the_jobs_metrics() {
+        let job = [Metric::Loss, Metric::Accuracy];
+        let totals = check_evaluation(&report(10, 4.0, 9.0), &job).unwrap();
+        assert_eq!(totals.n_examples, 10);
+        assert_eq!(totals.metrics[1], (Metric::Accuracy, vec![9.0]));
+
+        let err = refusal(check_evaluation(&report(0, 0.0, 0.0), &job));
+        assert!(err.contains("round 3 of 0 examples"), "{err}");
+        let err = refusal(check_evaluation(&report(10, 4.0, 11.0), &job));
+        assert!(
+            err.contains("round 3") && err.contains("accuracy") && err.contains("11"),
+            "{err}"
+        );
+        let err = refusal(check_evaluation(&report(10, 4.0, 9.0), &[Metric::RocAuc]));
+        assert!(err.contains("roc_auc") && err.contains("loss"), "{err}");
+        let mut negative = report(10, -1.0, 9.0);
+        negative.metrics.swap(0, 1);
+        let err = refusal(check_evaluation(&negative, &job));
+        assert!(err.contains("the job asks for"), "{err}");
+    }
+
+    #[test]
+    fn the_welcome_carries_the_jobs_task() {
+        let job = crate::config::JobSpec::parse(
+            "name: t\nmodel: {initial: m.safetensors}\nmetrics: [roc_auc, loss]\n\
+             standardize: [{feature: age, mean: 50, std: 10}]\nrounds: 1\nmin_participants: 1\n\
+             participants: [a]\nsecure_aggregation: {enabled: false}\n",
+        )
+        .unwrap();
+        let task = task_spec(&job);
+        assert_eq!(task.metrics, ["roc_auc", "loss"]);
+        assert_eq!(
+            task.standardize,
+            [FeatureStatistics {
+                feature: "age".into(),
+                mean: 50.0,
+                std: 10.0
+            }]
+        );
+    }
 }

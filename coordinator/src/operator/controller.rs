@@ -153,7 +153,7 @@ impl Context {
         // A merge patch leaves out what it does not name: name the emptied fields as null.
         let mut status = serde_json::to_value(status).unwrap_or_default();
         if let Some(fields) = status.as_object_mut() {
-            for field in ["phase", "currentRound", "lastAccuracy"] {
+            for field in ["phase", "currentRound", "lastMetrics", "lastEvaluation"] {
                 fields.entry(field).or_insert(serde_json::Value::Null);
             }
         }
@@ -333,15 +333,12 @@ async fn follow(
         }
         match event.take() {
             Some(Ok(crate::api::ApiEvent::RoundCommitted { record })) => {
-                let accuracy = record
-                    .outcome
-                    .eval_accuracy
-                    .map_or("not evaluated".into(), |a| format!("accuracy {a:.4}"));
                 let note = format!(
-                    "round {} of {} committed: {} contributors, {accuracy}",
+                    "round {} of {} committed: {} contributors, {}",
                     record.outcome.round,
                     job.spec.job.rounds,
-                    record.outcome.contributors.len()
+                    record.outcome.contributors.len(),
+                    record.outcome.metrics_text()
                 );
                 ctx.publish(&job, EventType::Normal, "RoundCommitted", note)
                     .await;

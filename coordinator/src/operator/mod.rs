@@ -247,7 +247,7 @@ pub async fn run(
     printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
     printcolumn = r#"{"name": "Round", "type": "integer", "jsonPath": ".status.currentRound"}"#,
     printcolumn = r#"{"name": "Rounds", "type": "integer", "jsonPath": ".spec.rounds"}"#,
-    printcolumn = r#"{"name": "Accuracy", "type": "number", "jsonPath": ".status.lastAccuracy"}"#,
+    printcolumn = r#"{"name": "Evaluation", "type": "string", "jsonPath": ".status.lastEvaluation"}"#,
     printcolumn = r#"{"name": "Connected", "type": "integer", "jsonPath": ".status.connectedParticipants"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
@@ -270,15 +270,30 @@ pub struct FederatedJobStatus {
     /// Rounds committed.
     #[serde(default)]
     pub rounds_completed: u64,
-    /// Evaluation accuracy of the last committed round.
+    /// The job's evaluation metrics of the last committed round, sorted by name (those
+    /// undefined in that round left out). A list rather than a map because the status is
+    /// written by merge patch, which replaces a list whole but would keep a map's stale keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_metrics: Vec<MetricValue>,
+    /// The same as one line (`accuracy 0.9123, loss 0.2810`, or `not evaluated`), for
+    /// `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_accuracy: Option<f64>,
+    pub last_evaluation: Option<String>,
     /// Participants with a live session.
     #[serde(default)]
     pub connected_participants: u32,
     /// Standard conditions: `Ready` (the job succeeded) and `Progressing` (a coordinator runs it).
     #[serde(default)]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
+/// One evaluation metric's value in a `FederatedJob`'s status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct MetricValue {
+    /// The metric's name, as in the job (`accuracy`).
+    pub name: String,
+    /// Its value over every evaluator's test examples.
+    pub value: f64,
 }
 
 /// The CustomResourceDefinition of `FederatedJob`, as YAML.
@@ -310,7 +325,7 @@ mod tests {
     #[test]
     fn a_federated_job_is_a_job_file_under_spec() {
         let job = JobSpec::parse(
-            "name: mnist\nmodel: mlp\ndataset: mnist\nrounds: 3\nmin_participants: 3\nparticipants: [a, b, c]\n",
+            "name: mnist\nmodel: {initial: /models/mnist-mlp.safetensors}\nrounds: 3\nmin_participants: 3\nparticipants: [a, b, c]\n",
         )
         .unwrap();
         let resource: FederatedJob = serde_json::from_value(serde_json::json!({
@@ -333,7 +348,7 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Phase", "Round", "Rounds", "Accuracy", "Connected", "Age"]
+            ["Phase", "Round", "Rounds", "Evaluation", "Connected", "Age"]
         );
         let schema = serde_json::to_value(version.schema.as_ref().unwrap()).unwrap();
         let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
@@ -342,9 +357,15 @@ mod tests {
             spec["x-kubernetes-validations"][0]["rule"],
             "self == oldSelf"
         );
+        assert!(
+            spec["properties"]["model"]["properties"]["initial"].is_object(),
+            "model.initial missing: {spec}"
+        );
         for field in [
             "name",
             "model",
+            "metrics",
+            "standardize",
             "rounds",
             "participants",
             "secure_aggregation",

@@ -1,7 +1,7 @@
 //! What a `FederatedJob`'s `.status` says, computed from the job's [`Monitor`]: a pure function
 //! of the monitor's view, so that it is tested without a cluster.
 
-use super::FederatedJobStatus;
+use super::{FederatedJobStatus, MetricValue};
 use crate::api::{JobState, Monitor};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -55,9 +55,22 @@ pub fn observe(monitor: &Monitor) -> FederatedJobStatus {
         .iter()
         .filter(|p| p.connected)
         .count() as u32;
-    let last_accuracy = monitor
-        .round(view.rounds_completed)
-        .and_then(|record| record.outcome.eval_accuracy);
+    let last = monitor.round(view.rounds_completed);
+    let last_metrics = last
+        .as_ref()
+        .map(|record| {
+            record
+                .outcome
+                .eval_metrics
+                .iter()
+                .map(|(name, &value)| MetricValue {
+                    name: name.clone(),
+                    value,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let last_evaluation = last.map(|record| record.outcome.metrics_text());
     let rounds = view.spec.rounds;
     let (phase, reason, message) = match view.state {
         JobState::Waiting => (
@@ -91,7 +104,8 @@ pub fn observe(monitor: &Monitor) -> FederatedJobStatus {
         phase: Some(phase.name().into()),
         current_round: view.current_round,
         rounds_completed: view.rounds_completed,
-        last_accuracy,
+        last_metrics,
+        last_evaluation,
         connected_participants: connected,
         conditions: conditions(phase, reason, &message),
     }
@@ -162,7 +176,7 @@ mod tests {
 
     fn monitor() -> Monitor {
         let job = JobSpec::parse(
-            "name: t\nmodel: mlp\ndataset: digits\nrounds: 3\nmin_participants: 2\nparticipants: [a, b]\nsecure_aggregation: {enabled: false}\n",
+            "name: t\nmodel: {initial: /models/t.safetensors}\nrounds: 3\nmin_participants: 2\nparticipants: [a, b]\nsecure_aggregation: {enabled: false}\n",
         )
         .unwrap();
         Monitor::new(job, Vec::new())
@@ -180,7 +194,8 @@ mod tests {
         assert_eq!(status.phase.as_deref(), Some("Running"));
         assert_eq!(status.current_round, Some(1));
         assert_eq!(status.connected_participants, 1);
-        assert_eq!(status.last_accuracy, None);
+        assert!(status.last_metrics.is_empty());
+        assert_eq!(status.last_evaluation, None);
         let progressing = condition(&status, "Progressing");
         assert_eq!(progressing.status, "True");
         assert_eq!(progressing.reason, "WaitingForParticipants");
@@ -189,6 +204,55 @@ mod tests {
             "1 of the 2 participants needed are connected"
         );
         assert_eq!(condition(&status, "Ready").status, "False");
+    }
+
+    #[test]
+    fn the_last_committed_rounds_metrics_are_reported() {
+        let monitor = monitor();
+        let record = crate::store::RoundRecord {
+            outcome: crate::round::RoundOutcome {
+                round: 1,
+                attempt: 1,
+                selected: vec!["a".into(), "b".into()],
+                contributors: vec!["a".into(), "b".into()],
+                dropouts: vec![],
+                train_examples: 20,
+                train_loss: 0.5,
+                evaluators: 2,
+                eval_examples: 10,
+                eval_metrics: [("loss".to_string(), 0.25), ("accuracy".to_string(), 0.875)].into(),
+            },
+            duration_s: 1.0,
+            bytes_in: 0,
+            bytes_out: 0,
+            committed_at: "2026-01-01T00:00:00Z".into(),
+            checkpoint_sha256: String::new(),
+            phase_durations: Vec::new(),
+        };
+        monitor.round_committed(&record, std::sync::Arc::new(vec![0.0; 15]));
+        let status = observe(&monitor);
+        assert_eq!(
+            status.last_metrics,
+            [
+                MetricValue {
+                    name: "accuracy".into(),
+                    value: 0.875
+                },
+                MetricValue {
+                    name: "loss".into(),
+                    value: 0.25
+                }
+            ]
+        );
+        assert_eq!(
+            status.last_evaluation.as_deref(),
+            Some("accuracy 0.8750, loss 0.2500")
+        );
+        let exported = monitor.metrics.render();
+        assert!(
+            exported.contains("cairn_eval_metric{metric=\"accuracy\"} 0.875"),
+            "{exported}"
+        );
     }
 
     #[test]

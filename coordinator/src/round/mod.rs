@@ -19,11 +19,12 @@ mod secure;
 pub use secure::{SecureError, SecureMessage, SecureOutbound, SecureSettings, SecureSetup};
 
 use crate::strategy::{EvaluationSum, Strategy, Update, UpdateSum};
+use cairn_proto::metrics::{Metric, Totals};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
 use secure::{Securing, Step};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +95,8 @@ pub struct RoundSettings {
     pub max_round_attempts: u32,
     /// Seed of participant selection.
     pub seed: u64,
+    /// Metrics of the evaluation, in the job's order.
+    pub metrics: Vec<Metric>,
     /// Secure aggregation, when the job has it on.
     pub secure: Option<SecureSettings>,
 }
@@ -139,12 +142,8 @@ pub enum Event {
         id: ParticipantId,
         /// Round it is for.
         round: u64,
-        /// Test examples evaluated.
-        n_examples: u64,
-        /// Mean loss.
-        loss: f64,
-        /// Accuracy.
-        accuracy: f64,
+        /// Its sums of the job's metrics, checked against them (`Totals::from_wire`).
+        totals: Totals,
     },
     /// A deadline the machine asked for has passed.
     DeadlineExpired {
@@ -195,10 +194,26 @@ pub struct RoundOutcome {
     pub evaluators: usize,
     /// Test examples in the evaluation.
     pub eval_examples: u64,
-    /// Evaluation loss of the new model, weighted by examples (`None` when nobody reported).
-    pub eval_loss: Option<f64>,
-    /// Evaluation accuracy of the new model, weighted by examples.
-    pub eval_accuracy: Option<f64>,
+    /// The job's metrics of the new model over every evaluator's test examples, by name; a
+    /// metric is left out when undefined (nobody reported, or for ROC AUC one class missing).
+    /// Records written before metrics were named load with none.
+    #[serde(default)]
+    pub eval_metrics: BTreeMap<String, f64>,
+}
+
+impl RoundOutcome {
+    /// The evaluation as `accuracy 0.9123, loss 0.2810` for logs and events (`not evaluated`
+    /// when no metric is defined).
+    pub fn metrics_text(&self) -> String {
+        if self.eval_metrics.is_empty() {
+            return "not evaluated".into();
+        }
+        self.eval_metrics
+            .iter()
+            .map(|(name, value)| format!("{name} {value:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// What the machine asks its driver to do.
@@ -392,19 +407,13 @@ impl RoundMachine {
                 attempt,
                 message,
             } => self.on_secure(id, round, attempt, message, &mut commands),
-            Event::EvaluationReceived {
-                id,
-                round,
-                n_examples,
-                loss,
-                accuracy,
-            } => {
+            Event::EvaluationReceived { id, round, totals } => {
                 let current = round == self.round;
                 let accepted = match &mut self.state {
                     State::AwaitingEvaluations(eval) if current => {
                         let pending = eval.pending.remove(&id);
                         if pending {
-                            eval.sum.add(n_examples, loss, accuracy);
+                            eval.sum.add(&totals);
                         }
                         pending
                     }
@@ -757,8 +766,7 @@ impl RoundMachine {
             train_loss: sum.mean_train_loss(),
             evaluators: 0,
             eval_examples: 0,
-            eval_loss: None,
-            eval_accuracy: None,
+            eval_metrics: BTreeMap::new(),
         };
         let evaluators: Vec<ParticipantId> = self.connected.iter().cloned().collect();
         commands.push(Command::SendEvaluate {
@@ -771,7 +779,7 @@ impl RoundMachine {
             outcome,
             model: next,
             pending: evaluators.into_iter().collect(),
-            sum: EvaluationSum::default(),
+            sum: EvaluationSum::new(&self.settings.metrics),
         });
     }
 
@@ -804,11 +812,8 @@ impl RoundMachine {
             return;
         };
         eval.outcome.evaluators = eval.sum.n_reports();
-        if let Some((n, loss, accuracy)) = eval.sum.mean() {
-            eval.outcome.eval_examples = n;
-            eval.outcome.eval_loss = Some(loss);
-            eval.outcome.eval_accuracy = Some(accuracy);
-        }
+        eval.outcome.eval_examples = eval.sum.n_examples();
+        eval.outcome.eval_metrics = eval.sum.finish();
         self.global = eval.model.clone();
         commands.push(Command::Commit {
             outcome: eval.outcome,

@@ -11,6 +11,7 @@ fn settings(min: usize, rounds: u64) -> RoundSettings {
         phase_deadline: Duration::from_secs(60),
         max_round_attempts: 2,
         seed: 7,
+        metrics: vec![Metric::Loss, Metric::Accuracy],
         secure: None,
     }
 }
@@ -42,13 +43,16 @@ fn update(id: &str, round: u64, delta: [f32; 2], weight: u64) -> Event {
     }
 }
 
+/// An evaluation of 10 examples with the given accuracy and loss `1 - accuracy`.
 fn evaluation(id: &str, round: u64, accuracy: f64) -> Event {
+    let mut totals = Totals::new(&[Metric::Loss, Metric::Accuracy]);
+    totals.n_examples = 10;
+    totals.metrics[0].1[0] = 10.0 * (1.0 - accuracy);
+    totals.metrics[1].1[0] = 10.0 * accuracy;
     Event::EvaluationReceived {
         id: id.into(),
         round,
-        n_examples: 10,
-        loss: 1.0 - accuracy,
-        accuracy,
+        totals,
     }
 }
 
@@ -101,7 +105,13 @@ fn waits_for_enough_participants_then_runs_a_full_round() {
     assert_eq!(model, vec![2.5, -0.5]);
     assert_eq!(outcome.contributors, vec!["a", "b"]);
     assert_eq!(outcome.train_examples, 4);
-    assert!((outcome.eval_accuracy.unwrap() - 0.7).abs() < 1e-12);
+    assert_eq!(outcome.eval_examples, 20);
+    assert_eq!(
+        outcome.eval_metrics.keys().collect::<Vec<_>>(),
+        ["accuracy", "loss"]
+    );
+    assert!((outcome.eval_metrics["accuracy"] - 0.7).abs() < 1e-12);
+    assert!((outcome.eval_metrics["loss"] - 0.3).abs() < 1e-12);
     assert!(commands.iter().any(|c| matches!(
         c,
         Command::Finish {
@@ -175,7 +185,7 @@ fn a_participant_missing_the_deadline_is_dropped_and_the_round_completes() {
         ]
     );
     assert!(outcome.dropouts[0].reason.contains("60 s deadline"));
-    assert_eq!(outcome.eval_accuracy, None);
+    assert!(outcome.eval_metrics.is_empty(), "nobody evaluated");
     // The next round starts right away with everyone still connected.
     assert_eq!(selected(&commands), vec!["a", "b", "c"]);
     assert_eq!(m.round(), 3);

@@ -87,7 +87,7 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) `dir` for `job` and reads what it already holds; `layout` is the
-    /// model's, used to load the last checkpoint.
+    /// model's (from the job's model file), which the last checkpoint must have.
     pub fn open(
         dir: &Path,
         job: &JobSpec,
@@ -138,7 +138,19 @@ impl Store {
         let rounds = store.read_rounds()?;
         let global = match rounds.last() {
             None => None,
-            Some(last) => Some(store.load_checkpoint(last, layout)?),
+            Some(last) => Some(store.load_checkpoint(last, layout).map_err(|e| match e {
+                // Its hash matched, so the checkpoint is what was committed: it is the model
+                // file that no longer has the layout the job started with.
+                Error::TensorCount { .. }
+                | Error::MissingTensor { .. }
+                | Error::TensorShape { .. } => Error::CheckpointLayout {
+                    dir: dir.to_path_buf(),
+                    round: last.outcome.round,
+                    model: job.model.initial.clone(),
+                    source: Box::new(e),
+                },
+                other => other,
+            })?),
         };
         Ok((store, Resume { rounds, global }))
     }

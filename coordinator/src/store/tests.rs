@@ -1,19 +1,23 @@
 //! Unit tests of the state directory: commit, resume, and every way it can be wrong.
 
 use super::*;
-use crate::config::{DatasetKind, ModelKind};
-use crate::model::{initialize, layout};
+use crate::model::testing::{tiny_layout, values};
 
 fn job() -> JobSpec {
     JobSpec::parse(
-        "name: t\nmodel: mlp\ndataset: digits\nrounds: 5\nmin_participants: 1\nparticipants: [a]\n\
-         secure_aggregation: {enabled: false}\n",
+        "name: t\nmodel: {initial: /models/t.safetensors}\nrounds: 5\nmin_participants: 1\n\
+         participants: [a]\nsecure_aggregation: {enabled: false}\n",
     )
     .unwrap()
 }
 
 fn mlp() -> Vec<TensorShape> {
-    layout(ModelKind::Mlp, DatasetKind::Digits)
+    tiny_layout()
+}
+
+/// The model after `round` in these tests.
+fn initialize(layout: &[TensorShape], round: u64) -> Vec<f32> {
+    values(crate::model::n_values(layout), round as f32)
 }
 
 fn record(round: u64) -> RoundRecord {
@@ -28,8 +32,7 @@ fn record(round: u64) -> RoundRecord {
             train_loss: 0.5,
             evaluators: 1,
             eval_examples: 5,
-            eval_loss: Some(0.4),
-            eval_accuracy: Some(0.9),
+            eval_metrics: [("accuracy".to_string(), 0.9), ("loss".to_string(), 0.4)].into(),
         },
         duration_s: 1.5,
         bytes_in: 100,
@@ -167,4 +170,43 @@ fn a_record_cut_short_by_a_crash_is_dropped_and_its_round_reruns() {
         full,
         "the torn line is removed"
     );
+}
+
+#[test]
+fn a_checkpoint_of_another_layout_than_the_model_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    committed(dir.path(), 1);
+    let wider = vec![
+        TensorShape::new("fc.bias", &[3]),
+        TensorShape::new("fc.weight", &[3, 5]),
+    ];
+    let err = Store::open(dir.path(), &job(), &wider, 2).unwrap_err();
+    assert!(
+        matches!(err, Error::CheckpointLayout { round: 1, .. }),
+        "{err:?}"
+    );
+    let err = err.to_string();
+    assert!(
+        err.contains("/models/t.safetensors")
+            && err.contains("the file changed")
+            && err.contains("fc.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_record_written_before_metrics_were_named_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    committed(dir.path(), 1);
+    let path = dir.path().join("rounds.jsonl");
+    let mut line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+    let fields = line.as_object_mut().unwrap();
+    fields.remove("eval_metrics").unwrap();
+    fields.insert("eval_loss".into(), 0.4.into());
+    fields.insert("eval_accuracy".into(), 0.9.into());
+    std::fs::write(&path, format!("{line}\n")).unwrap();
+    let (_, resume) = Store::open(dir.path(), &job(), &mlp(), 2).unwrap();
+    assert_eq!(resume.rounds[0].outcome.round, 1);
+    assert!(resume.rounds[0].outcome.eval_metrics.is_empty());
 }

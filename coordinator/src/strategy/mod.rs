@@ -4,6 +4,8 @@
 //! replaces how the sum is obtained, not what a strategy does with it.
 
 use crate::Error;
+use cairn_proto::metrics::{Metric, Totals};
+use std::collections::BTreeMap;
 
 /// One participant's contribution, before it is added to the sum: its model delta already
 /// multiplied by its weight, the weight (example count), and its weight times its mean training
@@ -159,30 +161,47 @@ impl Strategy for FedAvg {
     }
 }
 
-/// Weighted average of evaluation reports (each weighted by its example count).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The evaluation reports of a round added up: each metric's sums over every participant's test
+/// examples (`cairn_proto::metrics`), so that the metrics are those of the pooled test sets.
+#[derive(Debug, Clone, PartialEq)]
 pub struct EvaluationSum {
-    n_examples: u64,
-    loss_sum: f64,
-    correct_sum: f64,
+    totals: Totals,
     n_reports: usize,
 }
 
 impl EvaluationSum {
-    /// Adds one participant's report.
-    pub fn add(&mut self, n_examples: u64, loss: f64, accuracy: f64) {
-        self.n_examples += n_examples;
-        self.loss_sum += loss * n_examples as f64;
-        self.correct_sum += accuracy * n_examples as f64;
+    /// No report yet, for the job's `metrics`.
+    pub fn new(metrics: &[Metric]) -> EvaluationSum {
+        EvaluationSum {
+            totals: Totals::new(metrics),
+            n_reports: 0,
+        }
+    }
+
+    /// Adds one participant's report, already checked against the job's metrics
+    /// (`Totals::from_wire`); a report of other metrics is a programming error and is ignored.
+    pub fn add(&mut self, report: &Totals) {
+        let same = |totals: &Totals| totals.metrics.iter().map(|(m, _)| *m).collect::<Vec<_>>();
+        if same(report) != same(&self.totals) {
+            return;
+        }
+        self.totals.add(report);
         self.n_reports += 1;
     }
 
-    /// `(examples, mean loss, accuracy)`, or `None` when nobody reported.
-    pub fn mean(&self) -> Option<(u64, f64, f64)> {
-        (self.n_examples > 0).then(|| {
-            let n = self.n_examples as f64;
-            (self.n_examples, self.loss_sum / n, self.correct_sum / n)
-        })
+    /// Test examples evaluated.
+    pub fn n_examples(&self) -> u64 {
+        self.totals.n_examples
+    }
+
+    /// Each metric's value by name, leaving out the undefined ones (no example, or for ROC AUC
+    /// one class missing).
+    pub fn finish(&self) -> BTreeMap<String, f64> {
+        self.totals
+            .finish()
+            .into_iter()
+            .filter_map(|(metric, value)| Some((metric.name().to_string(), value?)))
+            .collect()
     }
 
     /// Number of reports added.
@@ -229,15 +248,40 @@ mod tests {
         assert!(FedAvg::default().aggregate(&[0.0; 3], &sum).is_err());
     }
 
+    fn report(n_examples: u64, loss_sum: f64, correct: f64) -> Totals {
+        let mut totals = Totals::new(&[Metric::Loss, Metric::Accuracy]);
+        totals.n_examples = n_examples;
+        totals.metrics[0].1[0] = loss_sum;
+        totals.metrics[1].1[0] = correct;
+        totals
+    }
+
     #[test]
-    fn evaluation_is_weighted_by_examples() {
-        let mut eval = EvaluationSum::default();
-        assert_eq!(eval.mean(), None);
-        eval.add(100, 1.0, 0.5);
-        eval.add(300, 2.0, 0.9);
-        let (n, loss, accuracy) = eval.mean().unwrap();
-        assert_eq!(n, 400);
-        assert!((loss - 1.75).abs() < 1e-12 && (accuracy - 0.8).abs() < 1e-12);
+    fn evaluation_sums_are_those_of_the_pooled_examples() {
+        let mut eval = EvaluationSum::new(&[Metric::Loss, Metric::Accuracy]);
+        assert!(
+            eval.finish().is_empty(),
+            "no example: every metric undefined"
+        );
+        eval.add(&report(100, 100.0, 50.0));
+        eval.add(&report(300, 600.0, 270.0));
+        // Other metrics than the job's are not added.
+        eval.add(&Totals::new(&[Metric::Mse]));
+        assert_eq!(eval.n_reports(), 2);
+        assert_eq!(eval.n_examples(), 400);
+        let metrics = eval.finish();
+        assert!((metrics["loss"] - 1.75).abs() < 1e-12, "{metrics:?}");
+        assert!((metrics["accuracy"] - 0.8).abs() < 1e-12, "{metrics:?}");
+    }
+
+    #[test]
+    fn undefined_metrics_are_left_out() {
+        let mut eval = EvaluationSum::new(&[Metric::Loss, Metric::RocAuc]);
+        let mut only_positives = Totals::new(&[Metric::Loss, Metric::RocAuc]);
+        only_positives.n_examples = 2;
+        only_positives.metrics[1].1[cairn_proto::metrics::AUC_BINS - 1] = 2.0;
+        eval.add(&only_positives);
+        assert_eq!(eval.finish().keys().collect::<Vec<_>>(), ["loss"]);
     }
 
     proptest! {
