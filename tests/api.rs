@@ -8,7 +8,7 @@
 use cairn_coordinator::Coordinator;
 use cairn_coordinator::api::client::ApiClient;
 use cairn_coordinator::api::{ApiEvent, JobState, JobView, ParticipantView, RoundPage};
-use cairn_coordinator::model::{layout, load_safetensors};
+use cairn_coordinator::model::load_safetensors;
 use cairn_coordinator::round::Phase;
 use cairn_coordinator::store::RoundRecord;
 use cairn_participant::client::{Filter, run_many};
@@ -275,7 +275,7 @@ async fn the_api_reports_what_the_federation_did() {
     let bytes = response.bytes().await.expect("model bytes");
     let downloaded = federation.dir.path().join("downloaded.safetensors");
     std::fs::write(&downloaded, &bytes).expect("write");
-    let model_layout = layout(job.model, job.dataset);
+    let model_layout = cairn_tests::digits_layout();
     assert_eq!(
         load_safetensors(&downloaded, &model_layout).expect("a safetensors model"),
         load_safetensors(&report.model_path, &model_layout).expect("final model")

@@ -4,7 +4,7 @@
 //! themselves.
 
 use cairn_coordinator::config::JobSpec;
-use cairn_coordinator::model::{layout, load_safetensors};
+use cairn_coordinator::model::load_safetensors;
 use cairn_coordinator::store::Store;
 use cairn_participant::client::{ClientOptions, run_many};
 use cairn_participant::task::Task;
@@ -21,9 +21,10 @@ const ROUNDS: u64 = 6;
 
 fn job_yaml() -> String {
     format!(
-        "name: crash-test\nmodel: mlp\ndataset: digits\nrounds: {ROUNDS}\nmin_participants: 2\nlocal_epochs: 15\n\
+        "name: crash-test\nmodel: {{initial: {}}}\nrounds: {ROUNDS}\nmin_participants: 2\nlocal_epochs: 15\n\
          batch_size: 16\nlearning_rate: 0.05\nphase_deadline_s: 60\nseed: 3\nparticipants: [{}]\n\
          secure_aggregation: {{enabled: false}}\n",
+        cairn_tests::digits_model().display(),
         IDS.join(", ")
     )
 }
@@ -181,7 +182,7 @@ async fn a_coordinator_killed_mid_job_resumes_and_loses_no_round() {
     // Every round exactly once, in order (the store refuses gaps and duplicates), and every
     // kept checkpoint matches its recorded hash and loads.
     let job = JobSpec::parse(&job_yaml()).expect("job");
-    let model_layout = layout(job.model, job.dataset);
+    let model_layout = cairn_tests::digits_layout();
     let (store, resume) =
         Store::open(&dir.join("state"), &job, &model_layout, 3).expect("state dir reopens");
     let rounds: Vec<u64> = resume.rounds.iter().map(|r| r.outcome.round).collect();
@@ -202,7 +203,7 @@ async fn a_coordinator_killed_mid_job_resumes_and_loses_no_round() {
     let accuracy = resume
         .rounds
         .last()
-        .and_then(|r| r.outcome.eval_accuracy)
+        .and_then(|r| r.outcome.eval_metrics.get("accuracy").copied())
         .expect("evaluated");
     assert!(accuracy > 0.8, "final accuracy {accuracy}");
 

@@ -51,9 +51,10 @@ async fn a_killed_participant_is_dropped_and_rejoins_after_restart() {
     // Twenty local epochs, so that a participant killed on its "training" line is killed while
     // it trains, before its update is sent.
     let job = JobSpec::parse(&format!(
-        "name: kill-test\nmodel: mlp\ndataset: digits\nrounds: 25\nmin_participants: 2\nlocal_epochs: 20\n\
+        "name: kill-test\nmodel: {{initial: {}}}\nrounds: 25\nmin_participants: 2\nlocal_epochs: 20\n\
          batch_size: 16\nlearning_rate: 0.05\nphase_deadline_s: 30\nparticipants: [{}]\n\
          secure_aggregation: {{enabled: false}}\n",
+        cairn_tests::digits_model().display(),
         IDS.join(", ")
     ))
     .expect("job");

@@ -2,7 +2,7 @@
 //! tasks, each with its own certificate and connection) train the MLP on the digits data with
 //! secure aggregation; one participant's certificate comes from the certificate-request flow.
 
-use cairn_coordinator::model::{layout, load_safetensors};
+use cairn_coordinator::model::load_safetensors;
 use cairn_participant::client::run_many;
 use cairn_tests::{Federation, digits_job, digits_task};
 
@@ -44,7 +44,7 @@ async fn three_participants_train_digits_and_accuracy_improves() {
     let accuracies: Vec<f64> = report
         .rounds
         .iter()
-        .map(|r| r.outcome.eval_accuracy.expect("evaluated"))
+        .map(|r| r.outcome.eval_metrics["accuracy"])
         .collect();
     assert!(
         accuracies[2] > accuracies[0],
@@ -63,7 +63,7 @@ async fn three_participants_train_digits_and_accuracy_improves() {
         assert!(record.bytes_out > 0 && record.bytes_in > 0);
     }
     // The final model is a safetensors file with the job's layout.
-    let model = load_safetensors(&report.model_path, &layout(job.model, job.dataset))
+    let model = load_safetensors(&report.model_path, &cairn_tests::digits_layout())
         .expect("final model loads");
     assert!(model.iter().all(|v| v.is_finite()));
 }

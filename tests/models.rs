@@ -5,7 +5,7 @@
 //! that file; the final model reads in Python's `safetensors` with PyTorch's names and scores
 //! there exactly what it scores in Cairn.
 
-use cairn_participant::burn::{module::Module, nn, tensor::Device, tensor::Tensor};
+use cairn_participant::burn::{self, module::Module, nn, tensor::Device, tensor::Tensor};
 use cairn_participant::data::{LocalData, Partition, partition::Scheme};
 use cairn_participant::simulation::LocalFederation;
 use cairn_participant::task::{JobTask, Metric, Task};
@@ -151,17 +151,18 @@ async fn a_model_with_other_tensors_is_refused_before_training() {
         "{message}"
     );
     assert!(
-        message.contains("fc1.weight [200, 64] is in the job's model but not in this participant's"),
+        message
+            .contains("fc1.weight [200, 64] is in the job's model but not in this participant's"),
         "{message}"
     );
     assert_eq!(diff.extra.len(), 6, "{message}");
     assert!(diff.reshaped.is_empty());
-    coordinator.stop();
+    coordinator.stopper().stop("the test is over");
 }
 
 #[test]
 fn init_model_is_the_same_file_in_two_processes_and_the_quickstart_uses_it() {
-    let binary = cairn_tests::process::binary("cairn-participant");
+    let binary = cairn_tests::process::binary("cairn-participant", "cairn-participant");
     let dir = tempfile::tempdir().expect("temporary directory");
     let values = |path: &Path| -> Vec<(String, Vec<usize>, Vec<u8>)> {
         let bytes = std::fs::read(path).expect("model file");
@@ -178,7 +179,15 @@ fn init_model_is_the_same_file_in_two_processes_and_the_quickstart_uses_it() {
     for name in ["a", "b"] {
         let out = dir.path().join(name);
         let status = Command::new(&binary)
-            .args(["init-model", "--model", "mlp", "--dataset", "digits", "--seed", "42"])
+            .args([
+                "init-model",
+                "--model",
+                "mlp",
+                "--dataset",
+                "digits",
+                "--seed",
+                "42",
+            ])
             .arg("--out")
             .arg(&out)
             .status()
@@ -194,7 +203,14 @@ fn init_model_is_the_same_file_in_two_processes_and_the_quickstart_uses_it() {
     let names: Vec<&str> = written[0].iter().map(|(name, ..)| name.as_str()).collect();
     assert_eq!(
         names,
-        ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight", "fc3.bias", "fc3.weight"]
+        [
+            "fc1.bias",
+            "fc1.weight",
+            "fc2.bias",
+            "fc2.weight",
+            "fc3.bias",
+            "fc3.weight"
+        ]
     );
     assert_eq!(written[0][1].1, vec![200, 64]);
 }

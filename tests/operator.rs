@@ -269,7 +269,11 @@ async fn a_federated_job_runs_with_status_per_round_and_events_until_it_succeeds
     let status = &job["status"];
     assert_eq!(status["roundsCompleted"], 3);
     assert!(status["currentRound"].is_null(), "{status}");
-    let accuracy = status["lastAccuracy"].as_f64().expect("an accuracy");
+    let accuracy = status["lastMetrics"]
+        .as_array()
+        .and_then(|metrics| metrics.iter().find(|m| m["name"] == "accuracy"))
+        .and_then(|m| m["value"].as_f64())
+        .expect("an accuracy");
     assert!(accuracy > 0.8, "accuracy {accuracy}");
     let ready = status["conditions"]
         .as_array()

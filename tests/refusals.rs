@@ -105,13 +105,10 @@ async fn final_status(inbound: &mut Streaming<CoordinatorMessage>) -> Status {
 }
 
 fn model_layout() -> Vec<TensorSpec> {
-    cairn_coordinator::model::layout(
-        cairn_coordinator::config::ModelKind::Mlp,
-        cairn_coordinator::config::DatasetKind::Digits,
-    )
-    .into_iter()
-    .map(|t| TensorSpec::new(t.name, &t.shape))
-    .collect()
+    cairn_tests::digits_layout()
+        .into_iter()
+        .map(|t| TensorSpec::new(t.name, &t.shape))
+        .collect()
 }
 
 fn n_values(specs: &[TensorSpec]) -> usize {

@@ -6,15 +6,15 @@
 //! same updates. Faults are injected in round 2, when every participant has long connected.
 
 use cairn_coordinator::config::JobSpec;
-use cairn_coordinator::model::{layout, load_safetensors};
+use cairn_coordinator::model::load_safetensors;
 use cairn_coordinator::round::Phase;
 use cairn_coordinator::store::RoundRecord;
 use cairn_participant::Error;
 use cairn_participant::client::{Filter, run_many};
 use cairn_participant::task::{
-    EpochProgress, Evaluation, Task, TensorShape, TrainingConfig, TrainingOutcome,
+    EpochProgress, JobTask, Metric, Task, TensorShape, Totals, TrainingConfig, TrainingOutcome,
 };
-use cairn_tests::{CutIn, Federation, digits_task, finish};
+use cairn_tests::{CutIn, Federation, finish};
 use std::sync::Arc;
 
 const IDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
@@ -23,29 +23,32 @@ const IDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 /// `(i + 1) / 1000 * ((j mod 97) - 48) / 48`, with `100 (i + 1)` examples and loss `(i + 1) / 2`.
 struct FixedUpdate {
     index: usize,
-    layout: Vec<TensorShape>,
+    metrics: Vec<Metric>,
     parameters: Vec<f32>,
 }
 
 impl FixedUpdate {
     fn boxed(index: usize) -> Box<dyn Task> {
-        let layout = digits_task(0, 1).layout();
         Box::new(FixedUpdate {
             index,
-            layout,
+            metrics: Vec::new(),
             parameters: Vec::new(),
         })
     }
 }
 
 impl Task for FixedUpdate {
-    fn layout(&self) -> Vec<TensorShape> {
-        self.layout.clone()
+    fn prepare(&mut self, job: &JobTask) -> Result<(), Error> {
+        self.metrics = job.metrics.clone();
+        Ok(())
     }
-    fn parameters(&self) -> Vec<f32> {
-        self.parameters.clone()
+    fn check_layout(&self, _layout: &[TensorShape]) -> Result<(), Error> {
+        Ok(())
     }
-    fn set_parameters(&mut self, values: &[f32]) -> Result<(), Error> {
+    fn parameters(&self, _layout: &[TensorShape]) -> Result<Vec<f32>, Error> {
+        Ok(self.parameters.clone())
+    }
+    fn set_parameters(&mut self, _layout: &[TensorShape], values: &[f32]) -> Result<(), Error> {
         self.parameters = values.to_vec();
         Ok(())
     }
@@ -63,19 +66,26 @@ impl Task for FixedUpdate {
             mean_loss: (self.index + 1) as f64 / 2.0,
         })
     }
-    fn evaluate(&self) -> Result<Evaluation, Error> {
-        Ok(Evaluation {
-            n_examples: 10,
-            loss: 1.0,
-            accuracy: 0.5,
-        })
+    fn evaluate(&self) -> Result<Totals, Error> {
+        // Ten examples with loss 1 each, half of them right.
+        let mut totals = Totals::new(&self.metrics);
+        totals.n_examples = 10;
+        for (metric, sums) in &mut totals.metrics {
+            sums[0] = if *metric == Metric::Accuracy {
+                5.0
+            } else {
+                10.0
+            };
+        }
+        Ok(totals)
     }
 }
 
 fn job(ids: &[&str], secure: bool) -> JobSpec {
     JobSpec::parse(&format!(
-        "name: secure-test\nmodel: mlp\ndataset: digits\nrounds: 2\nmin_participants: 3\n\
+        "name: secure-test\nmodel: {{initial: {}}}\nrounds: 2\nmin_participants: 3\n\
          phase_deadline_s: 30\nseed: 9\nparticipants: [{}]\nsecure_aggregation: {{enabled: {secure}}}\n",
+        cairn_tests::digits_model().display(),
         ids.join(", ")
     ))
     .expect("job")
@@ -117,7 +127,7 @@ async fn run(
     }
     let report = report.expect("report");
     assert!(report.succeeded, "{}", report.reason);
-    let layout = layout(job.model, job.dataset);
+    let layout = cairn_tests::digits_layout();
     let checkpoints = federation.dir.path().join("state/checkpoints");
     let model = |round: u32| {
         load_safetensors(

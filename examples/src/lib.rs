@@ -54,7 +54,10 @@ pub fn print_round_table(rounds: &[RoundRecord]) {
     println!();
     print!("round  participants  train loss");
     for name in &metrics {
-        print!("  {:>10}", format!("eval {name}").chars().take(10).collect::<String>());
+        print!(
+            "  {:>10}",
+            format!("eval {name}").chars().take(10).collect::<String>()
+        );
     }
     println!("  duration");
     for record in rounds {

@@ -49,8 +49,11 @@ async fn main() -> anyhow::Result<()> {
     // The job names where its initial model is; this example writes it there for the network
     // asked for, seeded by the job.
     std::fs::create_dir_all(&cli.dir)?;
-    job.model.initial = cli.dir.join(format!("init-{}.safetensors", cli.model.name()));
-    cli.model.save_initial([1, 28, 28], 10, job.seed, &job.model.initial)?;
+    job.model.initial = cli
+        .dir
+        .join(format!("init-{}.safetensors", cli.model.name()));
+    cli.model
+        .save_initial([1, 28, 28], 10, job.seed, &job.model.initial)?;
     if let Some(rounds) = cli.rounds {
         job.rounds = rounds;
     }

@@ -73,9 +73,9 @@ pub async fn join(
     task: impl Task + 'static,
 ) -> Result<RunSummary, Error> {
     let kit = Kit::load(kit_dir)?;
-    let label = kit_dir
-        .file_name()
-        .map_or("participant".into(), |name| name.to_string_lossy().into_owned());
+    let label = kit_dir.file_name().map_or("participant".into(), |name| {
+        name.to_string_lossy().into_owned()
+    });
     client::run(
         ClientOptions::new(coordinator.to_string(), kit, label),
         Box::new(task),

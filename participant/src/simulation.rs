@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cairn_coordinator::JobReport;
-pub pub use cairn_coordinator::store::RoundRecord;
+pub use cairn_coordinator::config::JobSpec;
+pub use cairn_coordinator::store::RoundRecord;
 
 /// Where a local federation runs and what it shows.
 #[derive(Debug, Clone)]

@@ -326,7 +326,10 @@ mod tests {
         let mut too_many_correct = good.clone();
         too_many_correct.metrics[0].sums[0] = 3.0;
         let err = Totals::from_wire(&too_many_correct, &metrics).unwrap_err();
-        assert!(err.to_string().contains("impossible for 2 examples"), "{err}");
+        assert!(
+            err.to_string().contains("impossible for 2 examples"),
+            "{err}"
+        );
 
         let mut short = good.clone();
         short.metrics[1].sums.pop();

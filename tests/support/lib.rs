@@ -51,6 +51,32 @@ pub fn missing(what: &str, how_to_get_it: &str) {
     eprintln!("skipping a check: {what} is missing ({how_to_get_it})");
 }
 
+/// The test venv's Python (`$CAIRN_VENV`, by default `.venv` at the workspace root), if it can
+/// import every one of `modules`; otherwise says so through [`missing`] (a failure in CI).
+pub fn venv_python(modules: &[&str]) -> Option<PathBuf> {
+    let venv = std::env::var("CAIRN_VENV")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv").into());
+    let python = Path::new(&venv).join("bin/python");
+    let imports = std::process::Command::new(&python)
+        .args(["-c", &format!("import {}", modules.join(", "))])
+        .status()
+        .is_ok_and(|status| status.success());
+    if imports {
+        Some(python)
+    } else {
+        missing(
+            &format!("a venv at {venv} with {}", modules.join(" and ")),
+            "bash .ci/run makes it",
+        );
+        None
+    }
+}
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// A provisioned federation in a temporary directory.
 pub struct Federation {
     /// Holds every file; removed on drop.
@@ -164,12 +190,30 @@ pub fn digits_job_with_deadline(
     min_participants: usize,
     phase_deadline_s: u64,
 ) -> JobSpec {
+    job_with_model(
+        &digits_model(),
+        ids,
+        rounds,
+        min_participants,
+        phase_deadline_s,
+    )
+}
+
+/// A job training the initial model in `model` with `ids`, reporting loss and accuracy; secure
+/// aggregation is on when `min_participants` allows it (three or more), off otherwise.
+pub fn job_with_model(
+    model: &Path,
+    ids: &[&str],
+    rounds: u64,
+    min_participants: usize,
+    phase_deadline_s: u64,
+) -> JobSpec {
     let secure = min_participants >= 3;
     let yaml = format!(
         "name: test-job\nmodel: {{initial: {}}}\nrounds: {rounds}\nmin_participants: {min_participants}\n\
          local_epochs: 2\nbatch_size: 16\nlearning_rate: 0.1\nphase_deadline_s: {phase_deadline_s}\nseed: 1\n\
          participants: [{}]\nsecure_aggregation: {{enabled: {secure}}}\n",
-        digits_model().display(),
+        model.display(),
         ids.join(", ")
     );
     JobSpec::parse(&yaml).expect("valid job")

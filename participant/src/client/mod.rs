@@ -570,7 +570,7 @@ fn job_task(spec: Option<&cairn_proto::v1::TaskSpec>) -> Result<JobTask, Error> 
         .map_err(|e| Error::Protocol(format!("the job's metrics: {e}")))?;
     let mut standardize = Vec::with_capacity(spec.standardize.len());
     for statistic in &spec.standardize {
-        if !statistic.mean.is_finite() || !(statistic.std.is_finite() && statistic.std > 0.0) {
+        if !(statistic.mean.is_finite() && statistic.std.is_finite() && statistic.std > 0.0) {
             return Err(Error::Protocol(format!(
                 "the job standardises feature {:?} with mean {} and std {}; expected a finite mean and a positive std",
                 statistic.feature, statistic.mean, statistic.std
