@@ -237,6 +237,23 @@ fn default_max_round_attempts() -> u32 {
 }
 
 impl JobSpec {
+    /// What the job asks of every participant's data and evaluation, as its `Welcome` says it:
+    /// its metrics in its order and its fixed feature statistics.
+    pub fn task_spec(&self) -> cairn_proto::v1::TaskSpec {
+        cairn_proto::v1::TaskSpec {
+            metrics: self.metrics.clone(),
+            standardize: self
+                .standardize
+                .iter()
+                .map(|entry| cairn_proto::v1::FeatureStatistics {
+                    feature: entry.feature.clone(),
+                    mean: entry.mean,
+                    std: entry.std,
+                })
+                .collect(),
+        }
+    }
+
     /// Reads and validates a job file; a relative `model.initial` is resolved against the job
     /// file's directory (and stored resolved).
     pub fn load(path: &Path) -> Result<JobSpec, Error> {
@@ -817,5 +834,25 @@ participants: [alpha, beta, gamma]
         .unwrap();
         let job = JobSpec::load(&path).unwrap();
         assert_eq!(job.model.initial, PathBuf::from("/models/init.safetensors"));
+    }
+
+    #[test]
+    fn the_welcome_carries_the_jobs_task() {
+        let job = JobSpec::parse(
+            "name: t\nmodel: {initial: m.safetensors}\nmetrics: [roc_auc, loss]\n\
+             standardize: [{feature: age, mean: 50, std: 10}]\nrounds: 1\nmin_participants: 1\n\
+             participants: [a]\nsecure_aggregation: {enabled: false}\n",
+        )
+        .unwrap();
+        let task = job.task_spec();
+        assert_eq!(task.metrics, ["roc_auc", "loss"]);
+        assert_eq!(
+            task.standardize,
+            [cairn_proto::v1::FeatureStatistics {
+                feature: "age".into(),
+                mean: 50.0,
+                std: 10.0
+            }]
+        );
     }
 }

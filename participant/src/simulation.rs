@@ -7,7 +7,7 @@
 
 use crate::Error;
 use crate::client::{ClientOptions, Kit, run_many};
-use crate::task::Task;
+use crate::task::{JobTask, Task};
 use cairn_coordinator::api::{ApiOptions, ApiTokens};
 use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
 use cairn_coordinator::{Coordinator, ServeOptions, ServerTls};
@@ -18,6 +18,12 @@ use std::time::Duration;
 pub use cairn_coordinator::JobReport;
 pub use cairn_coordinator::config::JobSpec;
 pub use cairn_coordinator::store::RoundRecord;
+
+/// What every site of `job` is told when it joins (its metrics and standardisation), checked as
+/// a participant checks it: for scoring a model outside the federation the way its sites do.
+pub fn job_task(job: &JobSpec) -> Result<JobTask, Error> {
+    crate::client::job_task(Some(&job.task_spec()))
+}
 
 /// Where a local federation runs and what it shows.
 #[derive(Debug, Clone)]

@@ -13,8 +13,8 @@ use cairn_proto::transfer::Assembler;
 use cairn_proto::v1::federation_server::Federation;
 use cairn_proto::v1::participant_message::Body as Inbound;
 use cairn_proto::v1::{
-    CoordinatorMessage, EvaluationReport, FeatureStatistics, JobFinished, ParticipantMessage,
-    TaskSpec, UpdateHeader, Welcome, coordinator_message::Body as Outbound,
+    CoordinatorMessage, EvaluationReport, JobFinished, ParticipantMessage, UpdateHeader, Welcome,
+    coordinator_message::Body as Outbound,
 };
 use prost::Message;
 use std::sync::Arc;
@@ -257,30 +257,13 @@ async fn handshake(
         job_name: shared.job.name.clone(),
         participant_id: id.to_string(),
         heartbeat_interval_s: shared.heartbeat_interval.as_secs().max(1) as u32,
-        task: Some(task_spec(&shared.job)),
+        task: Some(shared.job.task_spec()),
     };
     outbox
         .send(message(Outbound::Welcome(welcome)))
         .await
         .map_err(|_| Refusal::FailedPrecondition("session closed during the handshake".into()))?;
     Ok(hello.client_version.chars().take(200).collect())
-}
-
-/// What the job asks of every participant's data and evaluation: its metrics in its order and
-/// its fixed feature statistics.
-fn task_spec(job: &crate::config::JobSpec) -> TaskSpec {
-    TaskSpec {
-        metrics: job.metrics.clone(),
-        standardize: job
-            .standardize
-            .iter()
-            .map(|entry| FeatureStatistics {
-                feature: entry.feature.clone(),
-                mean: entry.mean,
-                std: entry.std,
-            })
-            .collect(),
-    }
 }
 
 async fn send_heartbeats(
@@ -580,25 +563,5 @@ mod tests {
         negative.metrics.swap(0, 1);
         let err = refusal(check_evaluation(&negative, &job));
         assert!(err.contains("the job asks for"), "{err}");
-    }
-
-    #[test]
-    fn the_welcome_carries_the_jobs_task() {
-        let job = crate::config::JobSpec::parse(
-            "name: t\nmodel: {initial: m.safetensors}\nmetrics: [roc_auc, loss]\n\
-             standardize: [{feature: age, mean: 50, std: 10}]\nrounds: 1\nmin_participants: 1\n\
-             participants: [a]\nsecure_aggregation: {enabled: false}\n",
-        )
-        .unwrap();
-        let task = task_spec(&job);
-        assert_eq!(task.metrics, ["roc_auc", "loss"]);
-        assert_eq!(
-            task.standardize,
-            [FeatureStatistics {
-                feature: "age".into(),
-                mean: 50.0,
-                std: 10.0
-            }]
-        );
     }
 }

@@ -11,9 +11,9 @@
 
 use anyhow::Context;
 use cairn_participant::burn::{self, module::Module, nn, tensor::Device, tensor::Tensor};
-use cairn_participant::data::{Examples, FeatureStatistics, LocalData, TableOptions, read_csv};
-use cairn_participant::simulation::{JobSpec, LocalFederation};
-use cairn_participant::task::{JobTask, Metric, Task};
+use cairn_participant::data::{Examples, LocalData, TableOptions, read_csv};
+use cairn_participant::simulation::{JobSpec, LocalFederation, job_task};
+use cairn_participant::task::{JobTask, Task};
 use cairn_participant::{Backend, Model, Site, TrainingConfig, load_model, save_model};
 use clap::Parser;
 use std::path::{Path, PathBuf};
@@ -95,19 +95,8 @@ async fn main() -> anyhow::Result<()> {
         report.reason
     );
 
-    // Both models scored on the held-out patients, with the job's standardisation.
-    let scoring = JobTask {
-        metrics: vec![Metric::Accuracy, Metric::RocAuc],
-        standardize: job
-            .standardize
-            .iter()
-            .map(|s| FeatureStatistics {
-                feature: s.feature.clone(),
-                mean: s.mean,
-                std: s.std,
-            })
-            .collect(),
-    };
+    // Both models scored on the held-out patients, with the job's metrics and standardisation.
+    let scoring = job_task(&job)?;
     let federated = load_model(Net::new(&device), &report.model_path)?;
     let federated = score(
         Site::new(
@@ -153,13 +142,21 @@ async fn main() -> anyhow::Result<()> {
         held_out.len(),
         malignant(&held_out)
     );
-    println!("model       accuracy  ROC AUC");
-    println!("federated   {:>8.4}  {:>7.4}", federated[0], federated[1]);
-    println!("pooled      {:>8.4}  {:>7.4}", pooled[0], pooled[1]);
+    print!("model    ");
+    for metric in &scoring.metrics {
+        print!("  {:>8}", metric.name());
+    }
+    for (model, values) in [("federated", federated), ("pooled", pooled)] {
+        print!("\n{model:<9}");
+        for value in values {
+            print!("  {value:>8.4}");
+        }
+    }
+    println!();
     Ok(())
 }
 
-/// The held-out accuracy and ROC AUC of a site's model.
+/// Each of the job's metrics for a site's model on its test rows (NaN where undefined).
 fn score<T: Task>(mut site: T, scoring: &JobTask) -> anyhow::Result<Vec<f64>> {
     site.prepare(scoring)?;
     let totals = site.evaluate()?;

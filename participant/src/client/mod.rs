@@ -556,7 +556,7 @@ impl Inbox {
 }
 
 /// The job's instructions from its `Welcome`, checked: known metrics, usable statistics.
-fn job_task(spec: Option<&cairn_proto::v1::TaskSpec>) -> Result<JobTask, Error> {
+pub(crate) fn job_task(spec: Option<&cairn_proto::v1::TaskSpec>) -> Result<JobTask, Error> {
     let Some(spec) = spec else {
         return Err(Error::Protocol(
             "the coordinator's Welcome carries no task (metrics, standardisation)".into(),
