@@ -9,6 +9,7 @@ use cairn_participant::burn::{self, module::Module, nn, tensor::Device, tensor::
 use cairn_participant::data::{LocalData, Partition, partition::Scheme};
 use cairn_participant::simulation::LocalFederation;
 use cairn_participant::task::{JobTask, Metric, Task};
+use cairn_participant::task::presets::Preset;
 use cairn_participant::{Backend, Error, Model, Site, load_model, save_model};
 use cairn_tests::{Federation, digits_dir, digits_job, digits_model, job_with_model};
 use std::path::Path;
@@ -128,6 +129,38 @@ print((logits.argmax(axis=1) == labels).mean())
     let ours = cairn_accuracy(&report.model_path);
     assert!((numpy - ours).abs() < 1e-9, "numpy {numpy}, Cairn {ours}");
     assert!(ours > 0.85, "{ours}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cnn_preset_trains_through_a_federation() {
+    let run = tempfile::tempdir().expect("temporary directory");
+    let initial = run.path().join("init-cnn.safetensors");
+    Preset::Cnn
+        .save_initial([1, 8, 8], 10, 7, &initial)
+        .expect("initial model");
+    let ids = ["east", "west"];
+    let job = job_with_model(&initial, &ids, 3, 2, 120);
+    let sites: Vec<Box<dyn Task>> = (0..ids.len())
+        .map(|index| {
+            Preset::Cnn
+                .site(share(index, ids.len()), Backend::Cpu)
+                .expect("task")
+        })
+        .collect();
+    let report = LocalFederation::new(job, run.path())
+        .run(sites)
+        .await
+        .expect("the federation runs");
+    assert!(report.succeeded, "{}", report.reason);
+    let accuracies: Vec<f64> = report
+        .rounds
+        .iter()
+        .map(|r| r.outcome.eval_metrics["accuracy"])
+        .collect();
+    assert_eq!(accuracies.len(), 3);
+    assert!(accuracies[2] > accuracies[0], "{accuracies:?}");
+    // Chance is 0.1; 0.5 is far above it and leaves room for three short rounds.
+    assert!(accuracies[2] > 0.5, "{accuracies:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,6 +55,12 @@ pub mod data;
 pub mod simulation;
 pub mod task;
 
+/// The README's programs compile as doctests, so "Train your own model" stays a working
+/// program.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 /// The burn this crate is built with: a user's model must be built with the same.
 pub use ::burn;
 pub use client::{ClientOptions, Kit, RunSummary};
