@@ -8,8 +8,8 @@
 use cairn_participant::burn::{self, module::Module, nn, tensor::Device, tensor::Tensor};
 use cairn_participant::data::{LocalData, Partition, partition::Scheme};
 use cairn_participant::simulation::LocalFederation;
-use cairn_participant::task::{JobTask, Metric, Task};
 use cairn_participant::task::presets::Preset;
+use cairn_participant::task::{JobTask, Metric, Task};
 use cairn_participant::{Backend, Error, Model, Site, load_model, save_model};
 use cairn_tests::{Federation, digits_dir, digits_job, digits_model, job_with_model};
 use std::path::Path;
