@@ -7,7 +7,7 @@
 
 use cairn_participant::burn::{self, module::Module, nn, tensor::Device, tensor::Tensor};
 use cairn_participant::data::{LocalData, Partition, partition::Scheme};
-use cairn_participant::simulation::LocalFederation;
+use cairn_participant::simulation::{JobReport, JobSpec, LocalFederation};
 use cairn_participant::task::presets::Preset;
 use cairn_participant::task::{JobTask, Metric, Task};
 use cairn_participant::{Backend, Error, Model, Site, load_model, save_model};
@@ -61,6 +61,26 @@ fn cairn_accuracy(path: &Path) -> f64 {
         .expect("accuracy")
 }
 
+/// Runs `job` to its end with `sites` in `run_dir`, requiring success; the report and each
+/// round's federated accuracy.
+async fn federate(
+    job: JobSpec,
+    run_dir: &Path,
+    sites: Vec<Box<dyn Task>>,
+) -> (JobReport, Vec<f64>) {
+    let report = LocalFederation::new(job, run_dir)
+        .run(sites)
+        .await
+        .expect("the federation runs");
+    assert!(report.succeeded, "{}", report.reason);
+    let accuracies = report
+        .rounds
+        .iter()
+        .map(|r| r.outcome.eval_metrics["accuracy"])
+        .collect();
+    (report, accuracies)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_defined_here_trains_through_a_secure_federation() {
     let run = tempfile::tempdir().expect("temporary directory");
@@ -73,16 +93,7 @@ async fn a_model_defined_here_trains_through_a_secure_federation() {
     let sites: Vec<Box<dyn Task>> = (0..ids.len())
         .map(|index| Box::new(Site::new(Softmax::new(&device), share(index, ids.len()))) as _)
         .collect();
-    let report = LocalFederation::new(job, run.path())
-        .run(sites)
-        .await
-        .expect("the federation runs");
-    assert!(report.succeeded, "{}", report.reason);
-    let accuracies: Vec<f64> = report
-        .rounds
-        .iter()
-        .map(|r| r.outcome.eval_metrics["accuracy"])
-        .collect();
+    let (report, accuracies) = federate(job, run.path(), sites).await;
     assert_eq!(accuracies.len(), 4);
     assert!(accuracies[3] > accuracies[0], "{accuracies:?}");
     // Logistic regression reaches about 0.95 on the digits; 0.85 leaves room for the few rounds.
@@ -147,16 +158,7 @@ async fn the_cnn_preset_trains_through_a_federation() {
                 .expect("task")
         })
         .collect();
-    let report = LocalFederation::new(job, run.path())
-        .run(sites)
-        .await
-        .expect("the federation runs");
-    assert!(report.succeeded, "{}", report.reason);
-    let accuracies: Vec<f64> = report
-        .rounds
-        .iter()
-        .map(|r| r.outcome.eval_metrics["accuracy"])
-        .collect();
+    let (_, accuracies) = federate(job, run.path(), sites).await;
     assert_eq!(accuracies.len(), 3);
     assert!(accuracies[2] > accuracies[0], "{accuracies:?}");
     // Chance is 0.1; 0.5 is far above it and leaves room for three short rounds.
