@@ -145,7 +145,7 @@ pub enum Error {
         reason: String,
     },
     /// `--backend` names no backend.
-    #[error("backend {name:?} is unknown; expected cpu, wgpu or cuda")]
+    #[error("backend {name:?} is unknown; expected cpu, tch, wgpu or cuda")]
     UnknownBackend {
         /// The name given.
         name: String,

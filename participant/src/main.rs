@@ -109,9 +109,14 @@ struct Common {
     /// Seed of the partitioning; every participant of a federation must use the same.
     #[arg(long, default_value_t = 0)]
     partition_seed: u64,
-    /// Compute backend: cpu, wgpu or cuda (the last two need the matching build feature).
+    /// Compute backend: cpu (burn's flex), tch (LibTorch), wgpu or cuda; all but cpu need the
+    /// build feature of the same name.
     #[arg(long, default_value = "cpu", value_parser = Backend::parse)]
     backend: Backend,
+    /// CPU threads that training computes with, shared by every participant of this process
+    /// (default: one per core the process may use, which honours a container's CPU limit).
+    #[arg(long, env = "CAIRN_THREADS")]
+    threads: Option<usize>,
     /// Give up after this many failed connection attempts in a row (default: retry forever).
     #[arg(long)]
     max_attempts: Option<u32>,
@@ -132,6 +137,19 @@ fn options(
     options.server_name = common.server_name.clone();
     options.max_attempts = common.max_attempts;
     Ok(options)
+}
+
+/// Applies `--threads`, and says what training will run on.
+fn set_threads(common: &Common) -> anyhow::Result<()> {
+    if let Some(threads) = common.threads {
+        cairn_participant::task::set_threads(threads)?;
+    }
+    tracing::info!(
+        "training on backend {} with {} CPU threads",
+        common.backend.name(),
+        cairn_participant::task::threads()
+    );
+    Ok(())
 }
 
 fn task(
@@ -226,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
             partitions,
             keep_going,
         } => {
+            set_threads(&common)?;
             let data = LocalData::load_idx(&common.data)?;
             let label = kit
                 .file_name()
@@ -260,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
                 kits.display(),
                 ids.len()
             );
+            set_threads(&common)?;
             let data = LocalData::load_idx(&common.data)?;
             let mut clients = Vec::with_capacity(participants);
             for (index, id) in ids.iter().take(participants).enumerate() {

@@ -10,7 +10,7 @@ mod model;
 pub mod presets;
 mod site;
 
-pub use self::backend::Backend;
+pub use self::backend::{Backend, set_threads, threads};
 pub use self::model::{Batch, BatchTargets, DefaultTraining, Model, Training, default_loss};
 pub use self::site::{Site, load_model, save_model};
 
