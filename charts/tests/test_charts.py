@@ -93,6 +93,8 @@ def test_participant_default_has_no_gpu_and_egress_only_to_the_coordinator():
     container = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert "--backend=cpu" in container["args"]
+    threads = next(e for e in container["env"] if e["name"] == "CAIRN_THREADS")
+    assert threads["valueFrom"]["resourceFieldRef"] == {"resource": "limits.cpu", "divisor": "1"}
     assert "--coordinator=https://fl.example.org:7443" in container["args"]
     assert "--keep-going" not in container["args"]
     following = render("participant", with_change(values_of(CHARTS / "participant/ci/default-values.yaml"), "coordinator.followJobs", True))

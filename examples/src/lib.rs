@@ -6,8 +6,8 @@ use cairn_coordinator::store::RoundRecord;
 use cairn_participant::data::partition::Scheme;
 use cairn_participant::data::{LocalData, Partition};
 use cairn_participant::simulation::{JobReport, LocalFederation};
-use cairn_participant::task::Backend;
 use cairn_participant::task::presets::Preset;
+use cairn_participant::task::{Backend, Task};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -23,21 +23,33 @@ pub async fn run_local_federation(
     run_dir: &Path,
     api_listen: SocketAddr,
 ) -> anyhow::Result<JobReport> {
-    let data = LocalData::load_idx(data_dir)?;
-    let n = job.participants.len();
-    let mut tasks = Vec::with_capacity(n);
-    for index in 0..n {
-        let partition = Partition {
-            scheme: Scheme::Iid,
-            index,
-            count: n,
-            seed: job.seed,
-        };
-        tasks.push(preset.site(data.partition(&partition)?, Backend::Cpu)?);
-    }
+    let tasks = site_tasks(&job, preset, data_dir, Backend::Cpu)?;
     let mut federation = LocalFederation::new(job, run_dir);
     federation.api_listen = Some(api_listen);
     Ok(federation.run(tasks).await?)
+}
+
+/// One task per participant of `job`, in order: `preset` on `backend`, each with its own IID
+/// share (seeded by the job) of the IDX data in `data_dir`.
+pub fn site_tasks(
+    job: &JobSpec,
+    preset: Preset,
+    data_dir: &Path,
+    backend: Backend,
+) -> anyhow::Result<Vec<Box<dyn Task>>> {
+    let data = LocalData::load_idx(data_dir)?;
+    let n = job.participants.len();
+    (0..n)
+        .map(|index| {
+            let partition = Partition {
+                scheme: Scheme::Iid,
+                index,
+                count: n,
+                seed: job.seed,
+            };
+            Ok(preset.site(data.partition(&partition)?, backend)?)
+        })
+        .collect()
 }
 
 /// Prints one line per committed round, with every metric the job reports.

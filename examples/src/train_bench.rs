@@ -2,19 +2,26 @@
 //! per backend and batch size, and where a step's time goes (batching, forward, backward,
 //! optimiser step). Each result is printed beside a floor measured in the same run: the
 //! backend's own throughput on a square matrix product, so that a model's arithmetic rate reads
-//! as a fraction of what the machine's best kernel reaches. Not part of the test suite.
+//! as a fraction of what the machine's best kernel reaches. `--federation` also runs one round
+//! of the MNIST job (ten sites, secure aggregation, over loopback mTLS) and splits its wall time
+//! into local training, evaluation and the protocol. Not part of the test suite.
 //!
 //! `cargo run --release -p cairn-examples --bin train-bench -- --data-dir ../shared/data/mnist`
 //! `cargo run --release -p cairn-examples --bin train-bench -- --models cnn --batch-sizes 50 --breakdown`
+//! `cargo run --release -p cairn-examples --bin train-bench -- --models mlp --federation`
 
-use cairn_examples::init_logging;
+use cairn_coordinator::config::JobSpec;
+use cairn_examples::{init_logging, site_tasks};
 use cairn_participant::burn::optim::{GradientsParams, SgdConfig};
 use cairn_participant::burn::tensor::{Device, Distribution, Tensor};
 use cairn_participant::data::{LocalData, Partition, partition::Scheme};
+use cairn_participant::simulation::LocalFederation;
 use cairn_participant::task::presets::{Cnn, Mlp, Preset};
-use cairn_participant::{Backend, Batch, Model, TrainingConfig, default_loss};
+use cairn_participant::task::{EpochProgress, JobTask, TensorShape, Totals, TrainingOutcome};
+use cairn_participant::{Backend, Batch, Error, Model, Task, TrainingConfig, default_loss};
 use clap::Parser;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Examples per second of local training, per network, backend and batch size.
@@ -42,9 +49,14 @@ struct Cli {
     /// Also time each part of a training step (batching, forward, backward, optimiser).
     #[arg(long)]
     breakdown: bool,
+    /// Then run one round of examples/jobs/mnist.yaml with each network on the first backend,
+    /// and split its wall time into training, evaluation and protocol.
+    #[arg(long)]
+    federation: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging("warn");
     if let Some(threads) = cli.threads {
@@ -86,6 +98,11 @@ fn main() -> anyhow::Result<()> {
                     breakdown(model, backend, &share, batch_size as usize)?;
                 }
             }
+        }
+    }
+    if cli.federation {
+        for &model in &cli.models {
+            one_round(model, cli.backends[0], &cli.data_dir).await?;
         }
     }
     Ok(())
@@ -222,4 +239,113 @@ fn time_steps<M: Model>(
         shares.join(", ")
     );
     Ok(())
+}
+
+/// One round of the MNIST job with `model`: its wall time, and the parts of it during which
+/// some site was training or evaluating.
+async fn one_round(model: Preset, backend: Backend, data_dir: &Path) -> anyhow::Result<()> {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut job = JobSpec::load(&examples.join("jobs/mnist.yaml"))?;
+    let run_dir = std::env::temp_dir().join(format!("cairn-train-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir)?;
+    job.model.initial = run_dir.join("init.safetensors");
+    model.save_initial([1, 28, 28], 10, job.seed, &job.model.initial)?;
+    job.rounds = 1;
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let tasks = site_tasks(&job, model, data_dir, backend)?
+        .into_iter()
+        .map(|inner| {
+            Box::new(Timed {
+                inner,
+                spans: spans.clone(),
+            }) as Box<dyn Task>
+        })
+        .collect();
+    let secure = job.secure_aggregation.enabled;
+    let n = job.participants.len();
+    let report = LocalFederation::new(job, &run_dir).run(tasks).await;
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let report = report?;
+    let round = report
+        .rounds
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the round did not commit"))?;
+    let spans = spans
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a site panicked"))?;
+    // From the first site starting the part to the last one finishing it.
+    let wall = |part: Part| {
+        let of_part = spans.iter().filter(|(p, ..)| *p == part);
+        let start = of_part.clone().map(|(_, start, _)| *start).min();
+        let end = of_part.map(|(_, _, end)| *end).max();
+        start
+            .zip(end)
+            .map_or(0.0, |(start, end)| (end - start).as_secs_f64())
+    };
+    let (training, evaluation) = (wall(Part::Training), wall(Part::Evaluation));
+    println!(
+        "\none round of {n} {} sites ({}secure aggregation): {:.1} s = training {training:.1} s + evaluation {evaluation:.1} s + protocol {:.1} s",
+        model.name(),
+        if secure { "" } else { "no " },
+        round.duration_s,
+        (round.duration_s - training - evaluation).max(0.0)
+    );
+    Ok(())
+}
+
+/// What a site was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Training,
+    Evaluation,
+}
+
+/// A site's task that notes when it trains and evaluates.
+struct Timed {
+    inner: Box<dyn Task>,
+    spans: Arc<Mutex<Vec<(Part, Instant, Instant)>>>,
+}
+
+impl Timed {
+    fn note(&self, part: Part, start: Instant) {
+        if let Ok(mut spans) = self.spans.lock() {
+            spans.push((part, start, Instant::now()));
+        }
+    }
+}
+
+impl Task for Timed {
+    fn prepare(&mut self, job: &JobTask) -> Result<(), Error> {
+        self.inner.prepare(job)
+    }
+
+    fn check_layout(&self, layout: &[TensorShape]) -> Result<(), Error> {
+        self.inner.check_layout(layout)
+    }
+
+    fn set_parameters(&mut self, layout: &[TensorShape], values: &[f32]) -> Result<(), Error> {
+        self.inner.set_parameters(layout, values)
+    }
+
+    fn parameters(&self, layout: &[TensorShape]) -> Result<Vec<f32>, Error> {
+        self.inner.parameters(layout)
+    }
+
+    fn train(
+        &mut self,
+        config: &TrainingConfig,
+        progress: &mut dyn FnMut(EpochProgress),
+    ) -> Result<TrainingOutcome, Error> {
+        let start = Instant::now();
+        let outcome = self.inner.train(config, progress);
+        self.note(Part::Training, start);
+        outcome
+    }
+
+    fn evaluate(&self) -> Result<Totals, Error> {
+        let start = Instant::now();
+        let totals = self.inner.evaluate();
+        self.note(Part::Evaluation, start);
+        totals
+    }
 }

@@ -600,7 +600,10 @@ fn layout_of(header: &TransferHeader) -> Vec<TensorShape> {
         .collect()
 }
 
-/// Runs a blocking task method off the async runtime, handing the task back afterwards.
+/// Runs a blocking task method off the async runtime, handing the task back afterwards. The
+/// work runs on rayon's global pool, where burn's CPU kernels run too: however many sites
+/// train at once in this process, they compute on that pool's threads (`--threads`) and no
+/// more, instead of each bringing a thread of its own on top.
 async fn with_task<T: Send + 'static>(
     task: &mut Option<Box<dyn Task>>,
     work: impl FnOnce(&mut Box<dyn Task>) -> T + Send + 'static,
@@ -608,12 +611,25 @@ async fn with_task<T: Send + 'static>(
     let mut owned = task
         .take()
         .ok_or_else(|| Error::Model("task lost after a failed training run".into()))?;
-    let (owned, result) = tokio::task::spawn_blocking(move || {
-        let result = work(&mut owned);
-        (owned, result)
-    })
-    .await
-    .map_err(|e| Error::Model(format!("training thread failed: {e}")))?;
+    let (done, result) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let result = work(&mut owned);
+            (owned, result)
+        }));
+        let _ = done.send(outcome);
+    });
+    let (owned, result) = result
+        .await
+        .map_err(|_| Error::Model("training thread ended without an answer".into()))?
+        .map_err(|panic| {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Error::Model(format!("training failed: {reason}"))
+        })?;
     *task = Some(owned);
     Ok(result)
 }
