@@ -383,7 +383,14 @@ mod tests {
             Backend::parse("tpu")
                 .unwrap_err()
                 .to_string()
-                .contains("cpu, wgpu or cuda")
+                .contains("cpu, tch, wgpu or cuda")
         );
+        #[cfg(not(feature = "tch"))]
+        {
+            let err = Backend::Tch.device().unwrap_err().to_string();
+            assert!(err.contains("rebuild with `--features tch`"), "{err}");
+        }
+        let err = crate::task::set_threads(0).unwrap_err().to_string();
+        assert!(err.contains("expected at least 1"), "{err}");
     }
 }
