@@ -69,6 +69,14 @@ async fn main() -> anyhow::Result<()> {
         count: (all.train.len() / cli.examples.max(1)).max(1),
         seed: 7,
     })?;
+    let largest = cli.batch_sizes.iter().copied().max().unwrap_or(0) as usize;
+    if cli.batch_sizes.contains(&0) || largest > share.train.len() {
+        anyhow::bail!(
+            "batch sizes {:?} for {} training examples; expected each between 1 and the number of examples",
+            cli.batch_sizes,
+            share.train.len()
+        );
+    }
     println!(
         "{} training examples, {} threads",
         share.train.len(),
@@ -206,7 +214,7 @@ fn time_steps<M: Model>(
     let mut parts = [0.0f64; 4];
     let steps = 55;
     for step in 0..steps {
-        let start = (step * batch_size) % (data.train.len() - batch_size);
+        let start = (step * batch_size) % (data.train.len() - batch_size + 1);
         let indices: Vec<usize> = (start..start + batch_size).collect();
         let mut clock = Instant::now();
         let mut lap = |part: usize, clock: &mut Instant| {
