@@ -17,7 +17,7 @@ fn spawn_charlie(federation: &Federation, url: &str) -> Process {
     command
         .args(["join", "--coordinator", url, "--server-name", "localhost"])
         .args(["--partitions", "3", "--partition-index", "2"])
-        .args(["--max-attempts", "50"])
+        .args(["--max-attempts", "50", "--allow-plaintext"])
         .arg("--kit")
         .arg(federation.kit_dir("charlie"))
         .arg("--data")

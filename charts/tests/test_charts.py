@@ -107,6 +107,29 @@ def test_participant_default_has_no_gpu_and_egress_only_to_the_coordinator():
     assert len(destinations) == 2
 
 
+def test_participant_policy_is_strict_by_default_and_set_by_values():
+    base = values_of(CHARTS / "participant/ci/default-values.yaml")
+    args = by_kind(render("participant", base), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--allow-plaintext" not in args
+    assert {"--min-participants=3", "--min-neighbours=2", "--min-threshold=0.5"} <= set(args)
+    assert not any(a.startswith("--partners") for a in args)
+    partners = "# agreed on 2026-11-30\nst-marys sha256:" + "ab" * 32 + "\nhopital-nord\n"
+    values = with_change(with_change(base, "policy.partners", partners), "policy.minParticipants", 5)
+    values = with_change(values, "policy.allowPlaintext", True)
+    objects = render("participant", values)
+    pod = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert {"--allow-plaintext", "--min-participants=5", "--partners=/etc/cairn/policy/partners"} <= set(args)
+    config_map = by_kind(objects, "ConfigMap")[0]
+    assert config_map["data"]["partners"] == partners
+    volume = next(v for v in pod["volumes"] if v["name"] == "policy")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "policy")
+    assert mount["mountPath"] == "/etc/cairn/policy" and mount["readOnly"] is True
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
 def test_a_kit_from_provision_is_the_whole_installation():
     path = os.environ.get("CAIRN_KIT_VALUES")
     if not path:
@@ -207,6 +230,11 @@ PARTICIPANT_BAD = [
     ("image.pullPolicy", "Sometimes", "image/pullPolicy"),
     ("replicas", 2, "replicas"),
     ("coordinator.followJobs", "yes", "coordinator/followJobs"),
+    ("policy.minParticipants", 2, "policy/minParticipants"),
+    ("policy.minThreshold", 0.4, "policy/minThreshold"),
+    ("policy.partners", "St Marys\n", "policy/partners"),
+    ("policy.partners", "alpha sha1:00\n", "policy/partners"),
+    ("policy.trustCoordinator", True, "policy"),
 ]
 
 COORDINATOR_BAD = [

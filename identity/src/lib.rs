@@ -391,6 +391,14 @@ pub fn verify_signature(certificate: &[u8], message: &[u8], signature: &[u8]) ->
         .is_ok()
 }
 
+/// A certificate's fingerprint: `sha256:` and the lowercase hex SHA-256 of its DER, the form in
+/// which sites exchange and pin each other's certificates (a participant's `--partners` file).
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// The identity in a certificate (DER): its common name, its organisation, and its
 /// organisational unit.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -51,6 +51,7 @@
 
 pub mod client;
 pub mod data;
+pub mod policy;
 #[cfg(feature = "simulation")]
 pub mod simulation;
 pub mod task;
@@ -64,6 +65,7 @@ pub struct ReadmeDoctests;
 /// The burn this crate is built with: a user's model must be built with the same.
 pub use ::burn;
 pub use client::{ClientOptions, Kit, RunSummary};
+pub use policy::{Partners, Policy};
 pub use task::{
     Backend, Batch, BatchTargets, DefaultTraining, JobTask, Metric, Model, Site, Task, Training,
     TrainingConfig, default_loss, load_model, save_model,

@@ -5,6 +5,7 @@
 use anyhow::Context;
 use cairn_participant::client::{self, ClientOptions, Kit};
 use cairn_participant::data::{LocalData, Partition};
+use cairn_participant::policy::{Partners, Policy};
 use cairn_participant::task::presets::{self, Preset};
 use cairn_participant::task::{Backend, Task};
 use clap::{Args, Parser, Subcommand};
@@ -55,6 +56,14 @@ enum Command {
         /// Kit directory to create (key.pem and request.csr go there).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Print this site's line for its partners' `--partners` files: its id and its certificate's
+    /// fingerprint, to be exchanged out of band (the coordinator relays certificates, so a site
+    /// that pins its partners' fingerprints does not have to trust it or the CA's host).
+    Fingerprint {
+        /// This participant's kit directory (cert.pem).
+        #[arg(long)]
+        kit: PathBuf,
     },
     /// Write a built-in network's initial parameters to a safetensors file (PyTorch names and
     /// layouts), for a job's `model: {initial: FILE}`. Seeded: the same flags give the same file.
@@ -120,6 +129,72 @@ struct Common {
     /// Give up after this many failed connection attempts in a row (default: retry forever).
     #[arg(long)]
     max_attempts: Option<u32>,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+/// This site's rules for taking part in a round, checked before it trains; the coordinator
+/// cannot change them. A round that breaks one is refused and logged with the rule, and this
+/// participant sends nothing for it.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Site policy")]
+struct PolicyArgs {
+    /// Take part in rounds that ask for the update in the clear (default: refuse them, since the
+    /// coordinator would then see this site's update).
+    #[arg(long)]
+    allow_plaintext: bool,
+    /// Refuse securely aggregated rounds with fewer participants: with n, the coordinator and
+    /// n - 2 colluding participants learn the last one's update, so set this above the largest
+    /// coalition you fear plus one.
+    #[arg(long, default_value_t = 3, value_parser = at_least_3)]
+    min_participants: usize,
+    /// Refuse rounds whose graph gives each participant fewer neighbours.
+    #[arg(long, default_value_t = 2, value_parser = at_least_2)]
+    min_neighbours: usize,
+    /// Refuse rounds whose threshold is below this fraction of the neighbours (0.5 to 1); a
+    /// higher one tolerates more colluding neighbours, fewer dropouts.
+    #[arg(long, default_value_t = 0.5, value_parser = threshold_fraction)]
+    min_threshold: f64,
+    /// File of the partners this site aggregates with, agreed out of band: one per line, `ID`
+    /// or `ID sha256:HEX` to pin the certificate (`cairn-participant fingerprint` prints a
+    /// site's line). Rounds naming anyone else are refused (default: anyone the federation CA
+    /// certified).
+    #[arg(long)]
+    partners: Option<PathBuf>,
+}
+
+impl PolicyArgs {
+    fn policy(&self) -> anyhow::Result<Policy> {
+        Ok(Policy {
+            allow_plaintext: self.allow_plaintext,
+            min_participants: self.min_participants,
+            min_neighbours: self.min_neighbours,
+            min_threshold: self.min_threshold,
+            partners: self.partners.as_deref().map(Partners::load).transpose()?,
+        })
+    }
+}
+
+fn at_least(value: &str, least: usize) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n >= least => Ok(n),
+        _ => Err(format!("expected a whole number of at least {least}")),
+    }
+}
+
+fn at_least_3(value: &str) -> Result<usize, String> {
+    at_least(value, 3)
+}
+
+fn at_least_2(value: &str) -> Result<usize, String> {
+    at_least(value, 2)
+}
+
+fn threshold_fraction(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(f) if (0.5..=1.0).contains(&f) => Ok(f),
+        _ => Err("expected a fraction from 0.5 to 1".into()),
+    }
 }
 
 /// Parses `--id`: a participant id by the federation's rule.
@@ -136,6 +211,7 @@ fn options(
     let mut options = ClientOptions::new(common.coordinator.clone(), kit, label);
     options.server_name = common.server_name.clone();
     options.max_attempts = common.max_attempts;
+    options.policy = common.policy.policy()?;
     Ok(options)
 }
 
@@ -220,6 +296,15 @@ async fn main() -> anyhow::Result<()> {
                 key_path.display(),
                 csr_path.display()
             );
+        }
+        Command::Fingerprint { kit } => {
+            let path = kit.join("cert.pem");
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let der = cairn_identity::certificate_der(&pem, "cert.pem")
+                .with_context(|| path.display().to_string())?;
+            let identity = cairn_identity::identity_of(&der)?;
+            println!("{} {}", identity.id, cairn_identity::fingerprint(&der));
         }
         Command::InitModel {
             model,

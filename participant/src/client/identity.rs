@@ -101,13 +101,23 @@ impl FederationVerifier {
                     format!("is not from the federation CA: {e}"),
                 )
             })?;
-            let name = cairn_identity::identity_of(&der)
-                .map(|identity| identity.id)
-                .unwrap_or_default();
-            if name != expected_id {
+            let identity = cairn_identity::identity_of(&der).map_err(|e| {
+                identity_error(format!("certificate of participant {index}"), e.to_string())
+            })?;
+            if identity.id != expected_id {
                 return Err(identity_error(
                     format!("certificate of participant {index}"),
-                    format!("names {name:?}, expected {expected_id:?}"),
+                    format!("names {:?}, expected {expected_id:?}", identity.id),
+                ));
+            }
+            if !identity.is_participant() {
+                return Err(identity_error(
+                    format!("certificate of participant {index}"),
+                    format!(
+                        "is marked OU={:?}, expected OU={:?}: the CA issued it to something other than a participant",
+                        identity.unit,
+                        cairn_identity::PARTICIPANT_UNIT
+                    ),
                 ));
             }
             certificates.insert(index, der.into_owned());

@@ -8,6 +8,7 @@ mod secure;
 
 use crate::Error;
 use crate::data::FeatureStatistics;
+use crate::policy::{Policy, Started};
 use crate::task::{EpochProgress, JobTask, Task, TensorShape, TrainingConfig};
 use cairn_proto::metrics::{Metric, Totals};
 use cairn_proto::transfer::{Assembler, split};
@@ -113,6 +114,9 @@ pub struct ClientOptions {
     /// out a job that does not list this participant: for a coordinator that runs job after
     /// job (the FederatedJob operator).
     pub keep_going: bool,
+    /// What this site accepts from the coordinator (secure aggregation required, the least
+    /// roster, its partners); nothing the coordinator sends changes it.
+    pub policy: Policy,
 }
 
 /// What a [`Filter`] does with one message.
@@ -162,6 +166,7 @@ impl ClientOptions {
             #[cfg(feature = "fault-injection")]
             filter: None,
             keep_going: false,
+            policy: Policy::default(),
         }
     }
 }
@@ -231,9 +236,11 @@ pub async fn run(options: ClientOptions, task: Box<dyn Task>) -> Result<RunSumma
     let mut summary = RunSummary::default();
     let mut backoff = options.initial_backoff;
     let mut failures = 0u32;
+    let mut started = Started::default();
     loop {
-        match session(&options, &mut task, &mut summary).await? {
+        match session(&options, &mut task, &mut summary, &mut started).await? {
             SessionEnd::Finished(reason) => {
+                started = Started::default();
                 tracing::info!(participant = %label, "{label}: job finished ({reason})");
                 summary.finish_reason = reason;
                 summary.jobs_finished += 1;
@@ -368,6 +375,7 @@ async fn session(
     options: &ClientOptions,
     task: &mut Option<Box<dyn Task>>,
     summary: &mut RunSummary,
+    started: &mut Started,
 ) -> Result<SessionEnd, Error> {
     let label = &options.label;
     let channel = match connect(options).await {
@@ -436,6 +444,7 @@ async fn session(
         outbox,
         task,
         summary,
+        started,
         secure: None,
     };
     let interrupt = serving.serve().await;
@@ -643,6 +652,8 @@ struct Serving<'a> {
     outbox: mpsc::Sender<ParticipantMessage>,
     task: &'a mut Option<Box<dyn Task>>,
     summary: &'a mut RunSummary,
+    /// The rounds this participant started in this job, across sessions.
+    started: &'a mut Started,
     /// This round's secure aggregation, from training until this participant's part is over.
     secure: Option<secure::SecureRound>,
 }
@@ -691,6 +702,20 @@ impl Serving<'_> {
             ));
         };
         let round = header.round;
+        let setup = instruction.secure_aggregation.as_ref();
+        let admitted = self
+            .options
+            .policy
+            .check_round(&self.welcome.participant_id, setup)
+            .and_then(|()| self.started.admit(round));
+        if let Err(refusal) = admitted {
+            tracing::error!(participant = %label, "{label}: round {round}: refused, nothing is sent for this round: {refusal}");
+            // The model still arrives; it is read and dropped, untrained.
+            self.inbound
+                .receive(header, format!("global model for round {round}"))
+                .await?;
+            return Ok(());
+        }
         let layout = layout_of(&header);
         if let Some(task) = self.task.as_ref() {
             task.check_layout(&layout)?;
@@ -762,6 +787,7 @@ impl Serving<'_> {
         self.secure = None;
         match secure::SecureRound::start(
             &self.options.kit,
+            &self.options.policy,
             &self.welcome.job_name,
             &self.welcome.participant_id,
             round,

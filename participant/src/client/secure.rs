@@ -7,6 +7,7 @@
 
 use super::Kit;
 use super::identity::FederationVerifier;
+use crate::policy::Policy;
 use cairn_proto::secagg::WireError;
 use cairn_proto::v1::coordinator_message::Body as Inbound;
 use cairn_proto::v1::participant_message::Body as Outbound;
@@ -47,6 +48,9 @@ pub(super) enum Abort {
     /// A message arrived at a point of the protocol this participant is past or not yet at.
     #[error("{0}")]
     OutOfOrder(&'static str),
+    /// A neighbour broke this site's policy (a certificate other than the one pinned).
+    #[error("refused by this site's policy: {0}")]
+    Policy(#[from] crate::policy::Refusal),
     /// The message is not one of secure aggregation.
     #[error("not a secure aggregation message")]
     NotSecure,
@@ -62,6 +66,7 @@ pub(super) struct SecureRound {
     input: Option<Vec<u32>>,
     verifier: Option<FederationVerifier>,
     kit: Kit,
+    policy: Policy,
 }
 
 fn message(body: Outbound) -> ParticipantMessage {
@@ -78,6 +83,7 @@ impl SecureRound {
     #[allow(clippy::too_many_arguments)] // One round's public setup and one update.
     pub(super) fn start(
         kit: &Kit,
+        policy: &Policy,
         job: &str,
         me: &str,
         round: u64,
@@ -114,6 +120,7 @@ impl SecureRound {
             input: Some(encoding.encode(delta, n_examples, mean_loss)),
             verifier: None,
             kit: kit.clone(),
+            policy: policy.clone(),
         };
         Ok((secure, message(Outbound::Advertisement(advertisement))))
     }
@@ -158,6 +165,7 @@ impl SecureRound {
                     roster: self.roster.len(),
                 })?;
             if checked.contains(&ad.from) {
+                self.policy.check_certificate(id, &certificate)?;
                 peers.push((ad.from, id.clone(), certificate));
             }
             ads.push(ad);

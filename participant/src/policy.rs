@@ -1,0 +1,467 @@
+//! This site's own rules for taking part in a round, which nothing the coordinator sends can
+//! change. Before it trains, the participant checks the round's setup against its [`Policy`]:
+//! secure aggregation on (unless the site allows updates in the clear), enough participants,
+//! neighbours and threshold, a roster that is sorted, free of duplicates and made of the site's
+//! partners, and no round before one it already started. Before it shares keys, it checks
+//! each neighbour's certificate against the fingerprint the site pinned for it, if any. A round
+//! that breaks a rule is refused whole: the participant logs the rule and sends nothing for it.
+//!
+//! The rules live here, once; `main.rs` maps flags onto them and the chart maps values onto the
+//! flags.
+
+use cairn_proto::v1::SecureAggregation;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// What this site accepts; [`Policy::default`] is the strictest that still lets the protocol
+/// run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Send the update in the clear when a round asks for it (default: refuse such rounds, as a
+    /// coordinator that turns secure aggregation off would otherwise see every update).
+    pub allow_plaintext: bool,
+    /// Fewest participants in a securely aggregated round (default 3, the protocol's least).
+    /// Secure aggregation hides an update only among the others: with `n` participants, a
+    /// coordinator and `n - 2` colluders learn the last one's update, so a site that fears a
+    /// coalition of `c` sets this above `c + 1`.
+    pub min_participants: usize,
+    /// Fewest neighbours in the round's graph (default 2, the protocol's least).
+    pub min_neighbours: usize,
+    /// Least threshold, as a fraction of the neighbours (default 0.5; the protocol also
+    /// requires a strict majority). A higher threshold tolerates more colluding neighbours
+    /// (fewer than `2t - k` of `k`) and fewer dropouts.
+    pub min_threshold: f64,
+    /// The partners this site aggregates with, agreed out of band; `None`: any participant the
+    /// federation CA certified.
+    pub partners: Option<Partners>,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            allow_plaintext: false,
+            min_participants: 3,
+            min_neighbours: 2,
+            min_threshold: 0.5,
+            partners: None,
+        }
+    }
+}
+
+/// A site's list of partners: participant ids, each optionally with the fingerprint of its
+/// certificate (`sha256:HEX`, as `cairn-participant fingerprint` prints it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Partners {
+    pinned: BTreeMap<String, Option<String>>,
+}
+
+impl Partners {
+    /// Reads a partners file: one partner per line, `ID` or `ID sha256:HEX`; `#` starts a
+    /// comment.
+    pub fn load(path: &Path) -> Result<Partners, crate::Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::Data {
+            path: path.to_path_buf(),
+            reason: format!("cannot read the partners file: {e}"),
+        })?;
+        Partners::parse(&text).map_err(|reason| crate::Error::Data {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    /// Parses the text of a partners file; the error names the line.
+    pub fn parse(text: &str) -> Result<Partners, String> {
+        let mut pinned = BTreeMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let at = |reason: String| format!("line {}: {reason}", number + 1);
+            let mut words = line.split_whitespace();
+            let id = words.next().unwrap_or_default();
+            cairn_identity::check_participant_id(id).map_err(|e| at(e.to_string()))?;
+            let fingerprint = match words.next() {
+                None => None,
+                Some(word) if is_fingerprint(word) => Some(word.to_ascii_lowercase()),
+                Some(word) => {
+                    return Err(at(format!(
+                        "{word:?} is not a certificate fingerprint; expected sha256: and 64 hex digits"
+                    )));
+                }
+            };
+            if let Some(extra) = words.next() {
+                return Err(at(format!(
+                    "unexpected {extra:?}; expected `ID` or `ID sha256:HEX`"
+                )));
+            }
+            if pinned.insert(id.to_string(), fingerprint).is_some() {
+                return Err(at(format!("{id:?} is listed twice")));
+            }
+        }
+        if pinned.is_empty() {
+            return Err("lists no partner; expected one `ID [sha256:HEX]` per line".into());
+        }
+        Ok(Partners { pinned })
+    }
+
+    /// Whether `id` is a partner.
+    pub fn contains(&self, id: &str) -> bool {
+        self.pinned.contains_key(id)
+    }
+
+    /// The fingerprint pinned for `id`, if any.
+    pub fn fingerprint(&self, id: &str) -> Option<&str> {
+        self.pinned.get(id).and_then(|f| f.as_deref())
+    }
+
+    /// The partners' ids, sorted.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.pinned.keys().map(String::as_str)
+    }
+}
+
+fn is_fingerprint(word: &str) -> bool {
+    word.strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A rule of the [`Policy`] that a round or a neighbour broke; its message names the rule and,
+/// where the site may relax it, the flag that does.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// The round asks for the update in the clear.
+    #[error(
+        "the round asks for the update in the clear; this site requires secure aggregation (--allow-plaintext relaxes it)"
+    )]
+    Plaintext,
+    /// The roster does not name this participant.
+    #[error("the roster does not name this participant ({id:?})")]
+    NotListed {
+        /// This participant's id.
+        id: String,
+    },
+    /// The roster is out of order or names someone twice.
+    #[error(
+        "the roster lists {first:?} before {second:?}; expected ids sorted and each listed once"
+    )]
+    Roster {
+        /// The earlier id.
+        first: String,
+        /// The id after it, not greater.
+        second: String,
+    },
+    /// Too few participants.
+    #[error(
+        "the round has {participants} participants; this site requires at least {min} (--min-participants)"
+    )]
+    TooFewParticipants {
+        /// In the roster.
+        participants: usize,
+        /// The policy's least.
+        min: usize,
+    },
+    /// The roster names someone outside the site's partners.
+    #[error("the roster names {id:?}, who is not among this site's partners (--partners)")]
+    Stranger {
+        /// The id.
+        id: String,
+    },
+    /// The graph or threshold is not one the protocol allows.
+    #[error("the round's graph or threshold is invalid: {0}")]
+    Setup(String),
+    /// Too few neighbours.
+    #[error(
+        "the round gives each participant {neighbours} neighbours; this site requires at least {min} (--min-neighbours)"
+    )]
+    TooFewNeighbours {
+        /// In the round's graph.
+        neighbours: usize,
+        /// The policy's least.
+        min: usize,
+    },
+    /// The threshold is below the site's fraction.
+    #[error(
+        "the round's threshold is {threshold} of {neighbours} neighbours; this site requires at least {min} (--min-threshold {fraction})"
+    )]
+    LowThreshold {
+        /// The round's threshold.
+        threshold: u32,
+        /// Neighbours per participant.
+        neighbours: usize,
+        /// The least this site accepts.
+        min: usize,
+        /// The policy's fraction.
+        fraction: f64,
+    },
+    /// A round before one this participant already started.
+    #[error(
+        "round {round} comes after round {latest} was started; expected round {latest} or a later one"
+    )]
+    Replayed {
+        /// The round asked for.
+        round: u64,
+        /// The latest round started.
+        latest: u64,
+    },
+    /// A neighbour's certificate is not the one pinned for it.
+    #[error("{id:?} presents certificate {found}; this site pinned {expected} for it (--partners)")]
+    Unpinned {
+        /// The neighbour.
+        id: String,
+        /// Its certificate's fingerprint.
+        found: String,
+        /// The pinned one.
+        expected: String,
+    },
+}
+
+impl Policy {
+    /// Checks a round's setup (`None`: the update in the clear) for participant `me`.
+    pub fn check_round(&self, me: &str, setup: Option<&SecureAggregation>) -> Result<(), Refusal> {
+        let Some(setup) = setup else {
+            return match self.allow_plaintext {
+                true => Ok(()),
+                false => Err(Refusal::Plaintext),
+            };
+        };
+        let roster = &setup.participants;
+        if let Some(pair) = roster.windows(2).find(|pair| pair[0] >= pair[1]) {
+            return Err(Refusal::Roster {
+                first: pair[0].clone(),
+                second: pair[1].clone(),
+            });
+        }
+        if !roster.iter().any(|id| id == me) {
+            return Err(Refusal::NotListed { id: me.into() });
+        }
+        if roster.len() < self.min_participants {
+            return Err(Refusal::TooFewParticipants {
+                participants: roster.len(),
+                min: self.min_participants,
+            });
+        }
+        if let Some(partners) = &self.partners
+            && let Some(stranger) = roster.iter().find(|id| !partners.contains(id))
+        {
+            return Err(Refusal::Stranger {
+                id: stranger.clone(),
+            });
+        }
+        let n = u32::try_from(roster.len())
+            .map_err(|_| Refusal::Setup(format!("{} participants", roster.len())))?;
+        let neighbours = cairn_secagg::protocol::neighbourhood_size(n, setup.degree)
+            .map_err(|e| Refusal::Setup(e.to_string()))?;
+        if neighbours < self.min_neighbours {
+            return Err(Refusal::TooFewNeighbours {
+                neighbours,
+                min: self.min_neighbours,
+            });
+        }
+        let min = (self.min_threshold * neighbours as f64).ceil() as usize;
+        if (setup.threshold as usize) < min {
+            return Err(Refusal::LowThreshold {
+                threshold: setup.threshold,
+                neighbours,
+                min,
+                fraction: self.min_threshold,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a neighbour's certificate (DER, already verified against the federation CA)
+    /// against the fingerprint pinned for `id`, if the site pinned one.
+    pub fn check_certificate(&self, id: &str, der: &[u8]) -> Result<(), Refusal> {
+        let Some(expected) = self.partners.as_ref().and_then(|p| p.fingerprint(id)) else {
+            return Ok(());
+        };
+        let found = cairn_identity::fingerprint(der);
+        match found == expected {
+            true => Ok(()),
+            false => Err(Refusal::Unpinned {
+                id: id.into(),
+                found,
+                expected: expected.into(),
+            }),
+        }
+    }
+}
+
+/// The latest round this participant started in the current job, so that it never goes back:
+/// a coordinator that sends an earlier round's instruction again is fishing for a second update
+/// of a model this site already trained on. The same round may come again, as a new attempt
+/// after a failure or a coordinator that restarted; attempts are the coordinator's to number,
+/// so refusing a repeated one would protect nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Started {
+    latest: Option<u64>,
+}
+
+impl Started {
+    /// Records that `round` starts now, unless a later one was started before.
+    pub(crate) fn admit(&mut self, round: u64) -> Result<(), Refusal> {
+        if let Some(latest) = self.latest
+            && round < latest
+        {
+            return Err(Refusal::Replayed { round, latest });
+        }
+        self.latest = Some(round);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(roster: &[&str], degree: u32, threshold: u32) -> SecureAggregation {
+        SecureAggregation {
+            attempt: 1,
+            participants: roster.iter().map(|s| s.to_string()).collect(),
+            degree,
+            threshold,
+            clip: 1.0,
+            quantization_levels: 1 << 20,
+            max_weight: 1000,
+        }
+    }
+
+    #[test]
+    fn the_default_refuses_plaintext_and_accepts_a_sound_round() {
+        let policy = Policy::default();
+        assert_eq!(policy.check_round("b", None), Err(Refusal::Plaintext));
+        let relaxed = Policy {
+            allow_plaintext: true,
+            ..Policy::default()
+        };
+        assert_eq!(relaxed.check_round("b", None), Ok(()));
+        assert_eq!(
+            policy.check_round("b", Some(&setup(&["a", "b", "c"], 2, 2))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn rosters_must_be_sorted_unique_long_enough_and_of_partners() {
+        let policy = Policy {
+            min_participants: 4,
+            partners: Some(Partners::parse("a\nb\nc\nd\n").unwrap()),
+            ..Policy::default()
+        };
+        let refusal = |roster: &[&str]| policy.check_round("b", Some(&setup(roster, 3, 2)));
+        assert_eq!(
+            refusal(&["a", "b", "b", "c"]),
+            Err(Refusal::Roster {
+                first: "b".into(),
+                second: "b".into()
+            })
+        );
+        assert!(matches!(
+            refusal(&["b", "a", "c", "d"]),
+            Err(Refusal::Roster { .. })
+        ));
+        assert_eq!(
+            refusal(&["a", "c", "d", "e"]),
+            Err(Refusal::NotListed { id: "b".into() })
+        );
+        assert_eq!(
+            refusal(&["a", "b", "c"]),
+            Err(Refusal::TooFewParticipants {
+                participants: 3,
+                min: 4
+            })
+        );
+        assert_eq!(
+            refusal(&["a", "b", "c", "m"]),
+            Err(Refusal::Stranger { id: "m".into() })
+        );
+        assert_eq!(refusal(&["a", "b", "c", "d"]), Ok(()));
+    }
+
+    #[test]
+    fn neighbours_and_threshold_meet_the_sites_least() {
+        let roster: Vec<String> = (0..20).map(|i| format!("p{i:02}")).collect();
+        let roster: Vec<&str> = roster.iter().map(String::as_str).collect();
+        let policy = Policy {
+            min_neighbours: 6,
+            min_threshold: 2.0 / 3.0,
+            ..Policy::default()
+        };
+        assert_eq!(
+            policy.check_round("p03", Some(&setup(&roster, 4, 3))),
+            Err(Refusal::TooFewNeighbours {
+                neighbours: 4,
+                min: 6
+            })
+        );
+        assert!(matches!(
+            policy.check_round("p03", Some(&setup(&roster, 6, 3))),
+            Err(Refusal::LowThreshold { min: 4, .. })
+        ));
+        assert_eq!(
+            policy.check_round("p03", Some(&setup(&roster, 6, 4))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn rounds_never_go_back() {
+        let mut started = Started::default();
+        assert_eq!(started.admit(2), Ok(()));
+        assert_eq!(started.admit(2), Ok(()), "a new attempt of the same round");
+        assert_eq!(
+            started.admit(1),
+            Err(Refusal::Replayed {
+                round: 1,
+                latest: 2
+            })
+        );
+        assert_eq!(started.admit(3), Ok(()));
+        assert!(started.admit(2).is_err());
+    }
+
+    #[test]
+    fn partners_files_name_the_line_at_fault() {
+        let fingerprint = format!("sha256:{}", "ab".repeat(32));
+        let partners = Partners::parse(&format!(
+            "# partners\nalpha {fingerprint}\nbravo  # unpinned\n"
+        ))
+        .unwrap();
+        assert_eq!(partners.ids().collect::<Vec<_>>(), ["alpha", "bravo"]);
+        assert_eq!(partners.fingerprint("alpha"), Some(fingerprint.as_str()));
+        assert_eq!(partners.fingerprint("bravo"), None);
+        for (text, error) in [
+            ("alpha\nalpha\n", "line 2: \"alpha\" is listed twice"),
+            (
+                "alpha sha1:00\n",
+                "line 1: \"sha1:00\" is not a certificate fingerprint",
+            ),
+            ("Alpha\n", "line 1: participant id \"Alpha\" is invalid"),
+            (
+                "alpha x y\n",
+                "line 1: \"x\" is not a certificate fingerprint",
+            ),
+            ("# none\n", "lists no partner"),
+        ] {
+            let found = Partners::parse(text).unwrap_err();
+            assert!(found.starts_with(error), "{text:?}: {found}");
+        }
+    }
+
+    #[test]
+    fn pinned_certificates_must_match() {
+        let der = b"a certificate".to_vec();
+        let pinned = cairn_identity::fingerprint(&der);
+        let policy = Policy {
+            partners: Some(Partners::parse(&format!("alpha {pinned}\nbravo\n")).unwrap()),
+            ..Policy::default()
+        };
+        assert_eq!(policy.check_certificate("alpha", &der), Ok(()));
+        assert_eq!(policy.check_certificate("bravo", b"anything"), Ok(()));
+        assert!(matches!(
+            policy.check_certificate("alpha", b"another certificate"),
+            Err(Refusal::Unpinned { .. })
+        ));
+    }
+}

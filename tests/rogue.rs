@@ -1,0 +1,468 @@
+//! A rogue coordinator: a gRPC server that speaks the real wire protocol over mutual TLS to a real
+//! participant and deviates from the protocol on purpose. Each test asserts on what the
+//! participant sent back (nothing beyond what the protocol allows at that point) and on the log
+//! line naming the rule it applied.
+
+use cairn_identity::Authority;
+use cairn_participant::client::identity::KitSigner;
+use cairn_participant::client::{self, ClientOptions};
+use cairn_participant::policy::{Partners, Policy};
+use cairn_proto::v1::coordinator_message::Body as Outbound;
+use cairn_proto::v1::federation_server::{Federation as FederationService, FederationServer};
+use cairn_proto::v1::participant_message::Body as Inbound;
+use cairn_proto::v1::{
+    self, CoordinatorMessage, JobFinished, ParticipantMessage, SecureAggregation, TaskSpec,
+    TensorSpec, TrainInstruction, TrainingConfig, Welcome,
+};
+use cairn_secagg::protocol::{ParticipantMachine, RoundConfig};
+use cairn_secagg::quantize::UpdateEncoding;
+use cairn_tests::{Federation, digits_layout, digits_model, digits_task};
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+const IDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
+const JOB: &str = "rogue-job";
+
+/// Every log line of this test binary, for the tests to wait on.
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Buffer(buffer.clone());
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .init();
+        buffer
+    })
+}
+
+#[derive(Clone)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        std::io::stderr().write(bytes)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Waits (up to a minute) for a log line that contains every one of `parts`, and returns it.
+async fn log_line(parts: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = String::from_utf8_lossy(&logs().lock().expect("log buffer")).into_owned();
+        if let Some(line) = text
+            .lines()
+            .find(|line| parts.iter().all(|part| line.contains(part)))
+        {
+            return line.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line with {parts:?} within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+type Outbox = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+/// The rogue coordinator's service: it hands each session to the test.
+struct Rogue {
+    sessions: mpsc::Sender<(Streaming<ParticipantMessage>, Outbox)>,
+}
+
+#[tonic::async_trait]
+impl FederationService for Rogue {
+    type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<ParticipantMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let (outbox, receiver) = mpsc::channel(64);
+        let _ = self.sessions.send((request.into_inner(), outbox)).await;
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+/// One participant connected to the rogue coordinator.
+struct Session {
+    inbound: Streaming<ParticipantMessage>,
+    outbox: Outbox,
+    participant: tokio::task::JoinHandle<Result<client::RunSummary, cairn_participant::Error>>,
+}
+
+/// A provisioned federation, a rogue coordinator on loopback and `me` connected to it with
+/// `policy`, past `Hello` and `Welcome`.
+async fn connect(federation: &Federation, me: &str, policy: Policy) -> Session {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    logs();
+    let dir = federation.dir.path().join("coordinator");
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("coordinator kit");
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read("cert.pem"), read("key.pem")))
+        .client_ca_root(Certificate::from_pem(read("ca.pem")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let url = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().expect("address").port()
+    );
+    let (sessions, mut accepted) = mpsc::channel(4);
+    let server = Server::builder()
+        .tls_config(tls)
+        .expect("server TLS")
+        .add_service(FederationServer::new(Rogue { sessions }));
+    tokio::spawn(
+        server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut options: ClientOptions = federation.client_at(&url, me);
+    options.policy = policy;
+    let participant = tokio::spawn(client::run(options, digits_task(0, 4)));
+    let (mut inbound, outbox) = accepted.recv().await.expect("a session");
+    match next(&mut inbound).await {
+        Some(Inbound::Hello(_)) => {}
+        other => panic!("expected Hello first, got {other:?}"),
+    }
+    let welcome = Welcome {
+        protocol_version: cairn_proto::PROTOCOL_VERSION,
+        job_name: JOB.into(),
+        participant_id: me.into(),
+        heartbeat_interval_s: 60,
+        task: Some(TaskSpec {
+            metrics: vec!["loss".into(), "accuracy".into()],
+            standardize: vec![],
+        }),
+    };
+    let session = Session {
+        inbound,
+        outbox,
+        participant,
+    };
+    session.send(Outbound::Welcome(welcome)).await;
+    session
+}
+
+/// The participant's next message that is not a heartbeat; `None` once its stream ended.
+async fn next(inbound: &mut Streaming<ParticipantMessage>) -> Option<Inbound> {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(120), inbound.message())
+            .await
+            .expect("the participant answers within two minutes")
+            .ok()??;
+        match message.body {
+            Some(Inbound::Heartbeat(_)) => continue,
+            body => return body,
+        }
+    }
+}
+
+impl Session {
+    async fn send(&self, body: Outbound) {
+        self.outbox
+            .send(Ok(CoordinatorMessage { body: Some(body) }))
+            .await
+            .expect("the session is open");
+    }
+
+    /// Sends a `Train` for `round` with the digits model, and `setup` (`None`: in the clear).
+    async fn train(&self, round: u64, setup: Option<SecureAggregation>) {
+        let (layout, values) =
+            cairn_coordinator::model::read_model(&digits_model()).expect("the digits model");
+        let specs: Vec<TensorSpec> = layout
+            .iter()
+            .map(|t| TensorSpec {
+                name: t.name.clone(),
+                shape: t.shape.iter().map(|&d| d as u64).collect(),
+            })
+            .collect();
+        let (header, chunks) = cairn_proto::transfer::split(round, &specs, &values);
+        let config = TrainingConfig {
+            local_epochs: 1,
+            batch_size: 16,
+            learning_rate: 0.1,
+            seed: 1,
+        };
+        self.send(Outbound::Train(TrainInstruction {
+            config: Some(config),
+            model: Some(header),
+            secure_aggregation: setup,
+        }))
+        .await;
+        for chunk in chunks {
+            self.send(Outbound::Chunk(chunk)).await;
+        }
+    }
+
+    /// Ends the job and returns everything the participant sent until its stream closed.
+    async fn finish(mut self) -> Vec<Inbound> {
+        self.send(Outbound::Finished(JobFinished {
+            reason: "the rogue coordinator is done".into(),
+            ..Default::default()
+        }))
+        .await;
+        let mut sent = Vec::new();
+        while let Some(body) = next(&mut self.inbound).await {
+            sent.push(body);
+        }
+        let summary = self.participant.await.expect("participant task");
+        assert!(summary.is_ok(), "the participant ends cleanly: {summary:?}");
+        sent
+    }
+}
+
+/// A secure-aggregation setup for `roster` (complete graph, strict-majority threshold).
+fn setup(roster: &[&str], attempt: u32) -> SecureAggregation {
+    let n = roster.len() as u32;
+    SecureAggregation {
+        attempt,
+        participants: roster.iter().map(|id| id.to_string()).collect(),
+        degree: n - 1,
+        threshold: (n - 1) / 2 + 1,
+        clip: 1.0,
+        quantization_levels: 1 << 20,
+        max_weight: 10_000,
+    }
+}
+
+fn kinds(sent: &[Inbound]) -> Vec<&'static str> {
+    sent.iter()
+        .map(|body| match body {
+            Inbound::Hello(_) => "hello",
+            Inbound::Heartbeat(_) => "heartbeat",
+            Inbound::Update(_) => "update",
+            Inbound::Chunk(_) => "chunk",
+            Inbound::Evaluation(_) => "evaluation",
+            Inbound::Advertisement(_) => "advertisement",
+            Inbound::Shares(_) => "shares",
+            Inbound::MaskedInput(_) => "masked input",
+            Inbound::SurvivorSignature(_) => "survivor signature",
+            Inbound::Reveal(_) => "reveal",
+        })
+        .collect()
+}
+
+/// Runs one round that `me` must refuse under `policy`, and checks that it logged `rule` and
+/// sent nothing for the round.
+async fn refused(me: &str, policy: Policy, setup: Option<SecureAggregation>, rule: &[&str]) {
+    let federation = Federation::provision(&IDS);
+    let session = connect(&federation, me, policy).await;
+    session.train(1, setup).await;
+    let mut parts = vec![me, "round 1: refused, nothing is sent for this round"];
+    parts.extend_from_slice(rule);
+    log_line(&parts).await;
+    let sent = session.finish().await;
+    assert!(
+        sent.is_empty(),
+        "{me} sent {:?} for a refused round",
+        kinds(&sent)
+    );
+}
+
+#[tokio::test]
+async fn a_round_in_the_clear_is_refused_by_default() {
+    refused(
+        "alpha",
+        Policy::default(),
+        None,
+        &["asks for the update in the clear", "--allow-plaintext"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_roster_with_a_duplicate_id_is_refused() {
+    // One colluder in two neighbour slots would see two of the victim's pairwise masks.
+    refused(
+        "bravo",
+        Policy::default(),
+        Some(setup(&["alpha", "bravo", "delta", "delta"], 1)),
+        &["lists \"delta\" before \"delta\"", "each listed once"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_roster_of_three_is_refused_by_a_site_that_asks_for_four() {
+    // With the victim and two colluders, the coordinator learns the victim's update from the sum.
+    let policy = Policy {
+        min_participants: 4,
+        ..Policy::default()
+    };
+    refused(
+        "charlie",
+        policy,
+        Some(setup(&["alpha", "bravo", "charlie"], 1)),
+        &["has 3 participants", "at least 4 (--min-participants)"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_roster_naming_someone_outside_the_partners_is_refused() {
+    let policy = Policy {
+        partners: Some(Partners::parse("alpha\nbravo\ncharlie\n").expect("partners")),
+        ..Policy::default()
+    };
+    refused(
+        "alpha",
+        policy,
+        Some(setup(&["alpha", "bravo", "delta"], 1)),
+        &["names \"delta\"", "not among this site's partners"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn replayed_messages_and_an_earlier_round_get_nothing() {
+    let federation = Federation::provision(&IDS);
+    let mut session = connect(&federation, "alpha", Policy::default()).await;
+    let roster = ["alpha", "bravo", "charlie"];
+    session.train(2, Some(setup(&roster, 2))).await;
+    // The participant trains and advertises its keys, as the protocol says.
+    let real = match next(&mut session.inbound).await {
+        Some(Inbound::Advertisement(ad)) => ad,
+        other => panic!("expected an advertisement, got {other:?}"),
+    };
+    assert_eq!((real.round, real.attempt), (2, 2));
+    // Advertisements of an earlier attempt, then of an earlier round, replayed at it.
+    for (round, attempt) in [(2, 1), (1, 2)] {
+        let replayed = forged_advertisements(&federation, &roster, round, attempt, real.clone());
+        session.send(Outbound::Advertisements(replayed)).await;
+        log_line(&[
+            &format!(
+                "alpha: ignored a secure aggregation message for round {round} attempt {attempt}"
+            ),
+            "which this participant is not running",
+        ])
+        .await;
+    }
+    // An earlier round's instruction: this site already trained past it.
+    session.train(1, Some(setup(&roster, 5))).await;
+    log_line(&[
+        "alpha: round 1: refused",
+        "round 1 comes after round 2 was started; expected round 2 or a later one",
+    ])
+    .await;
+    let sent = session.finish().await;
+    assert!(
+        sent.is_empty(),
+        "alpha answered replays with {:?}",
+        kinds(&sent)
+    );
+}
+
+/// Advertisements for `roster` as the rogue host forges them: the others' keys signed with
+/// certificates it minted for their ids with the federation CA's key, so that they chain to the
+/// CA and name the right participants.
+fn forged_advertisements(
+    federation: &Federation,
+    roster: &[&str],
+    round: u64,
+    attempt: u32,
+    real: v1::Advertisement,
+) -> v1::Advertisements {
+    let ca_dir = federation.dir.path().join("ca");
+    let read = |name: &str| std::fs::read_to_string(ca_dir.join(name)).expect("CA files");
+    let ca = Authority::from_pem(&read("ca.pem"), &read("ca-key.pem")).expect("the CA");
+    let setup = setup(roster, attempt);
+    let n_values: usize = digits_layout()
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>())
+        .sum();
+    let config = RoundConfig::derive(
+        JOB,
+        round,
+        attempt,
+        &setup.participants,
+        setup.degree,
+        setup.threshold as usize,
+        UpdateEncoding::vector_len(n_values),
+    )
+    .expect("round config");
+    let mut advertisements = vec![real];
+    for (index, id) in roster.iter().enumerate().skip(1) {
+        let minted = ca
+            .issue_participant(id, id, 1)
+            .expect("a minted certificate");
+        let signer = KitSigner::from_pem(&minted.key_pem).expect("the minted key");
+        let (_, ad) = ParticipantMachine::new(config.clone(), index as u32, &signer);
+        let der = cairn_identity::certificate_der(&minted.cert_pem, "minted").expect("DER");
+        advertisements.push(v1::Advertisement::new(round, attempt, &ad, der));
+    }
+    v1::Advertisements {
+        round,
+        attempt,
+        advertisements,
+    }
+}
+
+/// The fingerprint of `id`'s real certificate, as `cairn-participant fingerprint` prints it.
+fn fingerprint(federation: &Federation, id: &str) -> String {
+    let pem = std::fs::read_to_string(federation.kit_dir(id).join("cert.pem")).expect("cert");
+    cairn_identity::fingerprint(&cairn_identity::certificate_der(&pem, "cert.pem").expect("DER"))
+}
+
+/// Alpha trains in a round with bravo and charlie, whose advertisements the host then forges;
+/// returns the session once alpha has them.
+async fn with_forged_neighbours(federation: &Federation, policy: Policy) -> Session {
+    let roster = ["alpha", "bravo", "charlie"];
+    let mut session = connect(federation, "alpha", policy).await;
+    session.train(1, Some(setup(&roster, 1))).await;
+    let real = match next(&mut session.inbound).await {
+        Some(Inbound::Advertisement(ad)) => ad,
+        other => panic!("expected an advertisement, got {other:?}"),
+    };
+    let forged = forged_advertisements(federation, &roster, 1, 1, real);
+    session.send(Outbound::Advertisements(forged)).await;
+    session
+}
+
+#[tokio::test]
+async fn a_neighbour_whose_certificate_is_not_the_pinned_one_gets_nothing() {
+    // Without pins, the host that holds the CA key can stand in for every neighbour: alpha
+    // shares its secrets with the minted keys.
+    let federation = Federation::provision(&IDS);
+    let mut session = with_forged_neighbours(&federation, Policy::default()).await;
+    match next(&mut session.inbound).await {
+        Some(Inbound::Shares(_)) => {}
+        other => panic!("unpinned, the forgery goes through to shares; got {other:?}"),
+    }
+
+    // Pinned: the fingerprints are exchanged out of band, so the same forgery is caught before
+    // alpha shares anything.
+    let federation = Federation::provision(&IDS);
+    let pins: String = ["alpha", "bravo", "charlie"]
+        .iter()
+        .map(|id| format!("{id} {}\n", fingerprint(&federation, id)))
+        .collect();
+    let policy = Policy {
+        partners: Some(Partners::parse(&pins).expect("partners")),
+        ..Policy::default()
+    };
+    let session = with_forged_neighbours(&federation, policy).await;
+    let line = log_line(&[
+        "alpha: round 1 attempt 1: aborting secure aggregation",
+        "\"bravo\" presents certificate sha256:",
+        "this site pinned",
+    ])
+    .await;
+    assert!(line.contains(&fingerprint(&federation, "bravo")), "{line}");
+    let sent = session.finish().await;
+    assert!(
+        sent.is_empty(),
+        "alpha sent {:?} to forged neighbours",
+        kinds(&sent)
+    );
+}
