@@ -143,7 +143,8 @@ pub struct SecureAggregationSpec {
     /// the 2^32 modulus with every listed participant.
     #[serde(default)]
     pub quantization_bits: Option<u32>,
-    /// An update's weight is its example count, capped at this.
+    /// An update's weight is its example count, capped at this; it caps updates in the clear
+    /// too, when `enabled` is `false`.
     #[serde(default = "default_max_weight")]
     pub max_weight: u32,
 }

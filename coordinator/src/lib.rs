@@ -133,6 +133,20 @@ pub enum Error {
         /// What was checked ("model update", "sum of updates").
         what: &'static str,
     },
+    /// The weights of a round's updates add up past what a `u64` holds.
+    #[error("invalid update: the round's weights overflow when adding {weight}")]
+    WeightOverflow {
+        /// The weight that did not fit.
+        weight: u64,
+    },
+    /// The next global model holds a value that is not finite: the round is not committed.
+    #[error(
+        "the new global model holds a non-finite value at position {position}; the round is not committed"
+    )]
+    NonFiniteModel {
+        /// Index of the first non-finite value.
+        position: usize,
+    },
     /// An update's weighted training loss is negative or not finite.
     #[error("invalid update: weighted training loss is {value}; expected a finite number >= 0")]
     TrainLoss {

@@ -25,7 +25,7 @@
 use aes::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use cairn_secagg::graph::default_degree;
 use cairn_secagg::protocol::{
-    CoordinatorMachine, MaskedInput, ParticipantMachine, RoundConfig, Signer, Verifier,
+    CoordinatorMachine, MaskedInput, ParticipantMachine, RoundConfig, Signer, Unmasked, Verifier,
     neighbourhood_size, threshold_for,
 };
 use rayon::prelude::*;
@@ -303,7 +303,8 @@ fn round(config: &RoundConfig, dropped: &[u32], threads: usize) -> Sample {
             coordinator.on_reveal(reveal).expect("reveal");
         }
     }
-    let ((unmasked, _), unmask) = seconds(|| coordinator.finish().expect("unmasking"));
+    let (Unmasked { sum: unmasked, .. }, unmask) =
+        seconds(|| coordinator.finish().expect("unmasking"));
     assert_eq!(
         unmasked[..PREFIX],
         exact,

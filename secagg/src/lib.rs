@@ -49,6 +49,23 @@ pub enum Error {
     /// A ciphertext failed authentication (tampered, or for another sender, receiver or round).
     #[error("ciphertext does not authenticate for its associated data")]
     Decryption,
+    /// A decoded sum that no `n` honest inputs can produce: some participant's masked input was
+    /// out of range (shifted values, a wrapped weight).
+    #[error(
+        "the sum's {what} is {value}, while {n_participants} honest inputs give {min}..={max}: a masked input was out of range"
+    )]
+    OutOfRange {
+        /// Which part of the sum (`value 17`, `weight`, `loss`).
+        what: String,
+        /// The sum found.
+        value: u64,
+        /// The least honest inputs give.
+        min: u64,
+        /// The most honest inputs give.
+        max: u64,
+        /// Inputs in the sum.
+        n_participants: u64,
+    },
     /// Vectors of different lengths were combined.
     #[error("vector has {actual} values, expected {expected}")]
     Length {

@@ -187,7 +187,11 @@ impl UpdateEncoding {
         out
     }
 
-    /// Decodes the sum of `n_participants` encoded updates.
+    /// Decodes the sum of `n_participants` encoded updates, after checking that honest inputs
+    /// can produce it: each value and the loss at most `n * (levels - 1)`, the weight between
+    /// `n` and `n * max_weight`. An input masked out of range is caught here unless the sum
+    /// lands back in that range (a wrap of the modulus); bounding each hidden input needs
+    /// zero-knowledge range proofs, which are out of scope.
     pub fn decode(&self, sum: &[u32], n_participants: u64) -> Result<DecodedSum, Error> {
         let [values @ .., weight, loss] = sum else {
             return Err(Error::Length {
@@ -195,6 +199,35 @@ impl UpdateEncoding {
                 expected: 2,
             });
         };
+        let out_of_range = |what: String, value: u32, min: u64, max: u64| Error::OutOfRange {
+            what,
+            value: u64::from(value),
+            min,
+            max,
+            n_participants,
+        };
+        let most = n_participants.saturating_mul(u64::from(self.values.levels - 1));
+        if let Some(position) = values.iter().position(|&s| u64::from(s) > most) {
+            return Err(out_of_range(
+                format!("value {position}"),
+                values[position],
+                0,
+                most,
+            ));
+        }
+        let heaviest = n_participants.saturating_mul(u64::from(self.max_weight));
+        if !(n_participants..=heaviest).contains(&u64::from(*weight)) {
+            return Err(out_of_range(
+                "weight".into(),
+                *weight,
+                n_participants,
+                heaviest,
+            ));
+        }
+        let most_loss = n_participants.saturating_mul(u64::from(self.loss.levels - 1));
+        if u64::from(*loss) > most_loss {
+            return Err(out_of_range("loss".into(), *loss, 0, most_loss));
+        }
         let scale = f64::from(self.max_weight);
         let dequantize = |q: &Quantizer, s: u32| {
             (f64::from(s) * q.step() - n_participants as f64 * f64::from(q.clip)) * scale
@@ -232,6 +265,56 @@ mod tests {
         assert_eq!(q.quantize(1.0), (1 << 16) - 1);
         assert_eq!(q.quantize(f32::INFINITY), (1 << 16) - 1);
         assert_eq!(q.quantize(f32::NAN), q.quantize(0.0));
+    }
+
+    #[test]
+    fn a_sum_no_honest_inputs_give_is_refused() {
+        let encoding = UpdateEncoding::new(1.0, 1 << 8, 100).unwrap();
+        let honest = |d: f32, n: u64| encoding.encode(&[d, -d], n, 0.5);
+        let add = |inputs: &[Vec<u32>]| -> Vec<u32> {
+            (0..inputs[0].len())
+                .map(|i| inputs.iter().fold(0u32, |s, v| s.wrapping_add(v[i])))
+                .collect()
+        };
+        let fine = add(&[honest(1.0, 100), honest(-1.0, 1)]);
+        assert!(encoding.decode(&fine, 2).is_ok());
+        // A shifted value: one participant adds far more than the largest level.
+        let mut shifted = honest(0.5, 10);
+        shifted[1] = shifted[1].wrapping_add(1 << 20);
+        let err = encoding
+            .decode(&add(&[honest(0.5, 10), shifted]), 2)
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("the sum's value 1 is 1048"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("2 honest inputs give 0..=510"),
+            "{err}"
+        );
+        // A weight slot wrapped below zero, or pushed past the cap.
+        let mut wrapped = honest(0.5, 10);
+        wrapped[2] = u32::MAX - 20;
+        let err = encoding
+            .decode(&add(&[honest(0.5, 10), wrapped]), 2)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("the sum's weight is 4294967285"),
+            "{err}"
+        );
+        let mut heavy = honest(0.5, 100);
+        heavy[2] = 1_000;
+        let err = encoding
+            .decode(&add(&[honest(0.5, 100), heavy]), 2)
+            .unwrap_err();
+        assert!(err.to_string().contains("give 2..=200"), "{err}");
+        let mut lossy = honest(0.5, 100);
+        lossy[3] = u32::MAX / 2;
+        assert!(
+            encoding
+                .decode(&add(&[honest(0.5, 100), lossy]), 2)
+                .is_err()
+        );
     }
 
     #[test]

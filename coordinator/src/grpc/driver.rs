@@ -85,6 +85,7 @@ impl Driver {
             max_round_attempts: job.max_round_attempts,
             seed: job.seed,
             metrics: shared.metrics.clone(),
+            max_weight: job.secure_aggregation.max_weight,
             secure: match job.secure_aggregation.enabled {
                 false => None,
                 true => Some(SecureSettings {

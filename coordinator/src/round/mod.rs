@@ -99,6 +99,9 @@ pub struct RoundSettings {
     pub metrics: Vec<Metric>,
     /// Secure aggregation, when the job has it on.
     pub secure: Option<SecureSettings>,
+    /// An update's weight is its example count, capped at this (updates in the clear; secure
+    /// aggregation caps in its encoding, with the same value).
+    pub max_weight: u32,
 }
 
 /// Something that happened, fed to the machine.
@@ -489,7 +492,10 @@ impl RoundMachine {
             commands.push(Command::Ignored { id, reason });
             return;
         }
-        match training.sum.add(&update) {
+        match training
+            .sum
+            .add(&update.capped(u64::from(self.settings.max_weight)))
+        {
             Ok(()) => {
                 training.pending.remove(&id);
                 training.contributors.push(id);

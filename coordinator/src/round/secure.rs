@@ -11,7 +11,7 @@ use crate::config::SecureAggregationSpec;
 use crate::strategy::UpdateSum;
 use cairn_secagg::protocol::{
     Advertisement, CoordinatorMachine, EncryptedShares, MaskedInput, Reveal, RoundConfig,
-    SurvivorSignature, advertisement_message, neighbourhood_size, threshold_for,
+    SurvivorSignature, Unmasked, advertisement_message, neighbourhood_size, threshold_for,
 };
 use cairn_secagg::quantize::UpdateEncoding;
 use cairn_secagg::shamir::Share;
@@ -360,7 +360,18 @@ impl Securing {
 
     fn finish(&mut self) -> Result<Step, SecureError> {
         let machine = self.machine.take().ok_or(SecureError::Over)?;
-        let (sum, survivors) = machine.finish()?;
+        let Unmasked {
+            sum,
+            survivors,
+            bad_revealers,
+        } = machine.finish()?;
+        for bad in bad_revealers {
+            tracing::warn!(
+                participant = %self.selected[bad as usize],
+                "{} revealed a share that does not fit its neighbours'; it was set aside and the secret rebuilt without it",
+                self.selected[bad as usize]
+            );
+        }
         let decoded = self
             .encoding
             .decode(&sum, survivors.len() as u64)

@@ -13,6 +13,7 @@ fn settings(min: usize, rounds: u64) -> RoundSettings {
         seed: 7,
         metrics: vec![Metric::Loss, Metric::Accuracy],
         secure: None,
+        max_weight: 10_000,
     }
 }
 
@@ -243,6 +244,57 @@ fn the_job_gives_up_after_its_attempts_and_never_hangs() {
         "{commands:?}"
     );
     assert!(m.is_finished());
+}
+
+#[test]
+fn an_update_claiming_more_examples_than_the_cap_counts_as_the_cap() {
+    let mut m = RoundMachine::new(
+        RoundSettings {
+            max_weight: 100,
+            ..settings(2, 1)
+        },
+        Box::new(FedAvg::default()),
+        vec![0.0; 2],
+        1,
+    );
+    connect(&mut m, &["a", "b"]);
+    m.handle(update("a", 1, [1.0, 2.0], 1_000_000));
+    m.handle(update("b", 1, [-1.0, -2.0], 100));
+    let commands = m.handle(evaluation("a", 1, 0.5));
+    let commands = [commands, m.handle(evaluation("b", 1, 0.5))].concat();
+    let (outcome, model) = committed(&commands).expect("committed");
+    assert_eq!(outcome.train_examples, 200, "a's weight is capped at 100");
+    assert_eq!(
+        model,
+        vec![0.0, 0.0],
+        "a million claimed examples outweigh nobody"
+    );
+}
+
+#[test]
+fn a_round_whose_new_model_is_not_finite_fails_and_commits_nothing() {
+    let mut m = RoundMachine::new(
+        settings(2, 1),
+        Box::new(FedAvg::default()),
+        vec![3.0e38, 0.0],
+        1,
+    );
+    connect(&mut m, &["a", "b"]);
+    m.handle(update("a", 1, [3.0e38, 0.0], 1));
+    let commands = m.handle(update("b", 1, [3.0e38, 0.0], 1));
+    assert!(committed(&commands).is_none());
+    assert!(
+        commands.iter().any(
+            |c| matches!(c, Command::RoundFailed { round: 1, reason, .. }
+            if reason.contains("non-finite value at position 0; the round is not committed"))
+        ),
+        "{commands:?}"
+    );
+    assert_eq!(
+        m.global().as_ref(),
+        &vec![3.0e38, 0.0],
+        "the model is unchanged"
+    );
 }
 
 #[test]

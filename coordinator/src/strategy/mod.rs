@@ -20,6 +20,23 @@ pub struct Update {
     pub weighted_train_loss: f64,
 }
 
+impl Update {
+    /// The update with its weight capped at `max_weight` examples: the weighted delta and loss
+    /// are scaled down with it, so one site's influence on the average is bounded however many
+    /// examples it claims.
+    pub fn capped(mut self, max_weight: u64) -> Update {
+        if self.weight > max_weight {
+            let scale = max_weight as f64 / self.weight as f64;
+            for value in &mut self.weighted_delta {
+                *value = (f64::from(*value) * scale) as f32;
+            }
+            self.weighted_train_loss *= scale;
+            self.weight = max_weight;
+        }
+        self
+    }
+}
+
 /// Checks an update's scalars: a weight of at least one example and a finite, non-negative
 /// weighted training loss.
 pub fn check_weight_and_loss(weight: u64, weighted_train_loss: f64) -> Result<(), Error> {
@@ -94,7 +111,12 @@ impl UpdateSum {
         for (sum, &value) in self.weighted_delta.iter_mut().zip(&update.weighted_delta) {
             *sum += f64::from(value);
         }
-        self.weight += update.weight;
+        self.weight = self
+            .weight
+            .checked_add(update.weight)
+            .ok_or(Error::WeightOverflow {
+                weight: update.weight,
+            })?;
         self.weighted_train_loss += update.weighted_train_loss;
         self.n_contributors += 1;
         Ok(())
@@ -113,6 +135,15 @@ impl UpdateSum {
     /// Mean training loss weighted by examples.
     pub fn mean_train_loss(&self) -> f64 {
         self.weighted_train_loss / self.weight.max(1) as f64
+    }
+}
+
+/// Refuses a model with a value that is not finite (an overflow to infinity in f32, a NaN), so
+/// that a round never commits one.
+pub fn check_finite(model: &[f32]) -> Result<(), Error> {
+    match model.iter().position(|v| !v.is_finite()) {
+        Some(position) => Err(Error::NonFiniteModel { position }),
+        None => Ok(()),
     }
 }
 
@@ -153,11 +184,13 @@ impl Strategy for FedAvg {
             });
         }
         let scale = self.server_learning_rate / sum.weight as f64;
-        Ok(global
+        let next: Vec<f32> = global
             .iter()
             .zip(&sum.weighted_delta)
             .map(|(&value, &delta)| (f64::from(value) + scale * delta) as f32)
-            .collect())
+            .collect();
+        check_finite(&next)?;
+        Ok(next)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::{
     Advertisement, EncryptedShares, MaskedInput, ProtocolError, Reveal, RoundConfig,
-    SurvivorSignature,
+    SurvivorSignature, Unmasked,
 };
 use crate::crypto::agree;
 use crate::mask::{SessionId, pairwise_mask_removal, self_mask_removal};
@@ -38,8 +38,9 @@ pub struct CoordinatorMachine {
     sum: Vec<u32>,
     survivors: BTreeSet<u32>,
     signatures: BTreeMap<u32, SurvivorSignature>,
-    self_mask_shares: BTreeMap<u32, Vec<Share>>,
-    mask_key_shares: BTreeMap<u32, Vec<Share>>,
+    /// Revealed shares by owner, each with its revealer.
+    self_mask_shares: BTreeMap<u32, Vec<(u32, Share)>>,
+    mask_key_shares: BTreeMap<u32, Vec<(u32, Share)>>,
     revealed: BTreeSet<u32>,
 }
 
@@ -236,31 +237,98 @@ impl CoordinatorMachine {
         if !self.signatures.contains_key(&from) {
             return Err(ProtocolError::RevealFromNonSigner { from });
         }
-        if !self.revealed.insert(from) {
+        if self.revealed.contains(&from) {
             return Err(ProtocolError::DuplicateReveal { from });
         }
-        for (owner, share) in reveal.self_mask_shares {
-            if !self.survivors.contains(&owner) {
-                return Err(ProtocolError::SelfMaskShareOfNonSurvivor { from, owner });
+        // Everything is checked before anything is kept, so that a reveal refused halfway
+        // leaves no share behind.
+        let mut owners = BTreeSet::new();
+        for (owner, share) in &reveal.self_mask_shares {
+            if !self.survivors.contains(owner) {
+                return Err(ProtocolError::SelfMaskShareOfNonSurvivor {
+                    from,
+                    owner: *owner,
+                });
             }
-            self.self_mask_shares.entry(owner).or_default().push(share);
+            self.check_share(from, *owner, share, &mut owners)?;
+        }
+        for (owner, share) in &reveal.mask_key_shares {
+            if self.survivors.contains(owner) {
+                return Err(ProtocolError::MaskKeyShareOfSurvivor {
+                    from,
+                    owner: *owner,
+                });
+            }
+            if !self.shared.contains_key(owner) {
+                return Err(ProtocolError::MaskKeyShareOfNonSharer {
+                    from,
+                    owner: *owner,
+                });
+            }
+            self.check_share(from, *owner, share, &mut owners)?;
+        }
+        self.revealed.insert(from);
+        for (owner, share) in reveal.self_mask_shares {
+            self.self_mask_shares
+                .entry(owner)
+                .or_default()
+                .push((from, share));
         }
         for (owner, share) in reveal.mask_key_shares {
-            if self.survivors.contains(&owner) {
-                return Err(ProtocolError::MaskKeyShareOfSurvivor { from, owner });
-            }
-            if !self.shared.contains_key(&owner) {
-                return Err(ProtocolError::MaskKeyShareOfNonSharer { from, owner });
-            }
-            self.mask_key_shares.entry(owner).or_default().push(share);
+            self.mask_key_shares
+                .entry(owner)
+                .or_default()
+                .push((from, share));
+        }
+        Ok(())
+    }
+
+    /// Checks that `from` holds a share of `owner`'s secrets and that `share` carries the
+    /// identifier `owner` gave it (its 1-based place among the neighbours `owner` shared with),
+    /// once per owner.
+    fn check_share(
+        &self,
+        from: u32,
+        owner: u32,
+        share: &Share,
+        owners: &mut BTreeSet<u32>,
+    ) -> Result<(), ProtocolError> {
+        if !owners.insert(owner) {
+            return Err(ProtocolError::DuplicateShare { from, owner });
+        }
+        let holders = self.shared.get(&owner);
+        if !holders.is_some_and(|to| to.contains(&from)) {
+            return Err(ProtocolError::ShareNotHeld { from, owner });
+        }
+        // `owner` numbered its shares in the order of its graph neighbours that advertised keys.
+        let expected = self
+            .config
+            .graph
+            .neighbours(owner)
+            .iter()
+            .filter(|v| self.advertisements.contains_key(v))
+            .position(|&v| v == from)
+            .and_then(|p| u8::try_from(p + 1).ok())
+            .ok_or(ProtocolError::ShareNotHeld { from, owner })?;
+        if share.id() != expected {
+            return Err(ProtocolError::ShareIndex {
+                from,
+                owner,
+                found: share.id(),
+                expected,
+            });
         }
         Ok(())
     }
 
     /// Ends round 4: reconstructs the survivors' self-mask seeds and the dropped participants'
     /// mask keys, removes every mask, and returns the sum of the survivors' inputs and who they
-    /// are. The work is spread over rayon's thread pool (every core by default).
-    pub fn finish(mut self) -> Result<(Vec<u32>, Vec<u32>), ProtocolError> {
+    /// are. Each secret is checked before it is used: a mask key against the public key its
+    /// owner advertised, a self-mask seed by the shares beyond the threshold agreeing with the
+    /// first `t`; a share that does not fit is set aside when the others rebuild a checked
+    /// secret without it, and its revealer is named in the result. The work is spread over
+    /// rayon's thread pool (every core by default).
+    pub fn finish(mut self) -> Result<Unmasked, ProtocolError> {
         self.require_phase(Phase::AwaitingReveals, "end of reveals")?;
         self.phase = Phase::Done;
         let keys: Vec<(u32, [u8; 32], [u8; 32])> = self
@@ -270,16 +338,7 @@ impl CoordinatorMachine {
             .collect();
         let session = SessionId::derive(&self.config.job, self.config.round, &keys);
         let threshold = self.config.threshold;
-        let reconstruct =
-            |owner: u32, shares: Option<&Vec<Share>>| -> Result<[u8; 32], ProtocolError> {
-                let shares = shares.map(Vec::as_slice).unwrap_or_default();
-                shamir::combine(&shares[..shares.len().min(threshold)], threshold).map_err(|e| {
-                    ProtocolError::Reconstruction {
-                        owner,
-                        reason: e.to_string(),
-                    }
-                })
-            };
+        let advertisements = &self.advertisements;
         let survivors: Vec<u32> = self.survivors.iter().copied().collect();
         let dropped: Vec<u32> = self
             .shared
@@ -290,13 +349,49 @@ impl CoordinatorMachine {
         // Reconstructions and key agreements are independent of each other, so they run on every
         // core too; errors are still reported in the order of survivors, then dropped
         // participants, so the outcome does not depend on scheduling.
+        let shares_of = |shares: &BTreeMap<u32, Vec<(u32, Share)>>, owner: u32| {
+            shares.get(&owner).cloned().unwrap_or_default()
+        };
         let seeds: Vec<_> = survivors
             .par_iter()
-            .map(|&u| reconstruct(u, self.self_mask_shares.get(&u)))
+            .map(|&u| {
+                reconstruct_checked(u, &shares_of(&self.self_mask_shares, u), threshold, None)
+            })
             .collect();
         let mask_keys: Vec<_> = dropped
             .par_iter()
-            .map(|&v| reconstruct(v, self.mask_key_shares.get(&v)).map(StaticSecret::from))
+            .map(|&v| {
+                let advertised = advertisements[&v].mask_public;
+                let matches = move |secret: &[u8; 32]| {
+                    x25519_dalek::PublicKey::from(&StaticSecret::from(*secret)).to_bytes()
+                        == advertised
+                };
+                reconstruct_checked(
+                    v,
+                    &shares_of(&self.mask_key_shares, v),
+                    threshold,
+                    Some(&matches),
+                )
+            })
+            .collect();
+        let mut bad_revealers = BTreeSet::new();
+        let seeds: Vec<Result<[u8; 32], ProtocolError>> = seeds
+            .into_iter()
+            .map(|r| {
+                r.map(|(secret, bad)| {
+                    bad_revealers.extend(bad);
+                    secret
+                })
+            })
+            .collect();
+        let mask_keys: Vec<Result<StaticSecret, ProtocolError>> = mask_keys
+            .into_iter()
+            .map(|r| {
+                r.map(|(secret, bad)| {
+                    bad_revealers.extend(bad);
+                    StaticSecret::from(secret)
+                })
+            })
             .collect();
         // Survivors masked with v exactly when v's shares reached them: v shared with them.
         let pairs: Vec<(usize, &StaticSecret, u32)> = dropped
@@ -335,8 +430,72 @@ impl CoordinatorMachine {
         let mut sum = std::mem::take(&mut self.sum);
         // One pass over the sum, its tiles spread over rayon's pool, each tile taking every mask.
         apply_masks_parallel(&mut sum, &masks);
-        Ok((sum, survivors))
+        Ok(Unmasked {
+            sum,
+            survivors,
+            bad_revealers: bad_revealers.into_iter().collect(),
+        })
     }
+}
+
+/// Tells whether a reconstructed secret is the right one, where the secret can be checked by
+/// itself (a mask key against its advertised public key).
+type SecretCheck = dyn Fn(&[u8; 32]) -> bool + Sync;
+
+/// Whether `shares` (at least `threshold`) lie on one polynomial whose secret passes `check`,
+/// and that secret. Without a check, only shares beyond the threshold can vouch for it: any `t`
+/// points of a polynomial of degree `t - 1` give the same secret, so the first `t - 1` with each
+/// further share must give the secret of the first `t`.
+fn consistent(shares: &[Share], threshold: usize, check: Option<&SecretCheck>) -> Option<[u8; 32]> {
+    let secret = shamir::combine(shares.get(..threshold)?, threshold).ok()?;
+    if check.is_some_and(|check| !check(&secret)) {
+        return None;
+    }
+    let base = &shares[..threshold - 1];
+    for extra in &shares[threshold..] {
+        let mut subset = base.to_vec();
+        subset.push(extra.clone());
+        if shamir::combine(&subset, threshold).ok()? != secret {
+            return None;
+        }
+    }
+    Some(secret)
+}
+
+/// Rebuilds `owner`'s secret from its revealed `(revealer, share)` pairs, checked (see
+/// [`consistent`]); when they do not agree, the one share whose removal leaves a confirmed
+/// secret (by `check`, or by more than `t` agreeing shares) is set aside and its revealer
+/// returned. Written here rather than taken from a library: verifiable secret sharing schemes
+/// need commitments in the protocol, while this needs only the shares a round already has.
+fn reconstruct_checked(
+    owner: u32,
+    revealed: &[(u32, Share)],
+    threshold: usize,
+    check: Option<&SecretCheck>,
+) -> Result<([u8; 32], Option<u32>), ProtocolError> {
+    let failed = |reason: String| ProtocolError::Reconstruction { owner, reason };
+    if revealed.len() < threshold {
+        return Err(failed(format!(
+            "{} shares revealed, the threshold is {threshold}",
+            revealed.len()
+        )));
+    }
+    let shares: Vec<Share> = revealed.iter().map(|(_, share)| share.clone()).collect();
+    if let Some(secret) = consistent(&shares, threshold, check) {
+        return Ok((secret, None));
+    }
+    for (i, (revealer, _)) in revealed.iter().enumerate() {
+        let mut rest = shares.clone();
+        rest.remove(i);
+        let confirmed = check.is_some() || rest.len() > threshold;
+        if confirmed && let Some(secret) = consistent(&rest, threshold, check) {
+            return Ok((secret, Some(*revealer)));
+        }
+    }
+    Err(failed(format!(
+        "the {} revealed shares do not agree, and no single one explains it",
+        revealed.len()
+    )))
 }
 
 /// Values per piece of work when a masked input is added: below this, handing a piece to

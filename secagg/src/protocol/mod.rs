@@ -176,6 +176,18 @@ pub struct Reveal {
     pub mask_key_shares: Vec<(u32, Share)>,
 }
 
+/// What unmasking gives: the sum of the survivors' inputs, who they are, and who revealed a
+/// share that did not fit the others' (set aside, and the secret rebuilt without it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmasked {
+    /// Sum of the survivors' inputs, modulo 2^32.
+    pub sum: Vec<u32>,
+    /// The survivors, ascending.
+    pub survivors: Vec<u32>,
+    /// Participants that revealed a bad share, ascending.
+    pub bad_revealers: Vec<u32>,
+}
+
 /// Signs with the participant's identity key (the key of its mTLS certificate).
 pub trait Signer {
     /// A signature over `message`.
@@ -444,6 +456,38 @@ pub enum ProtocolError {
         /// Who revealed it.
         from: u32,
         /// Whose secret it is a share of.
+        owner: u32,
+    },
+    /// A revealed share of `owner`'s secrets comes from a participant that does not hold one.
+    #[error(
+        "participant {from} revealed a share of participant {owner}'s secrets, which {owner} did not give it"
+    )]
+    ShareNotHeld {
+        /// Who revealed it.
+        from: u32,
+        /// Whose secret it claims to be a share of.
+        owner: u32,
+    },
+    /// A revealed share carries another identifier than the one made for its revealer.
+    #[error(
+        "participant {from} revealed share {found} of participant {owner}'s secrets; the share {owner} made for it is {expected}"
+    )]
+    ShareIndex {
+        /// Who revealed it.
+        from: u32,
+        /// Whose secret.
+        owner: u32,
+        /// Identifier found.
+        found: u8,
+        /// Identifier of the share made for `from`.
+        expected: u8,
+    },
+    /// A reveal carries two shares for one owner.
+    #[error("participant {from} revealed two shares of participant {owner}'s secrets")]
+    DuplicateShare {
+        /// Who revealed them.
+        from: u32,
+        /// Whose secret.
         owner: u32,
     },
     /// Reconstructing a secret failed.

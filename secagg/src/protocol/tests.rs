@@ -69,6 +69,9 @@ type Dropouts = BTreeMap<u32, u8>;
 /// What a round produced: the unmasked sum, the survivors, and the exact sum of their inputs.
 type Outcome = (Vec<u32>, Vec<u32>, Vec<u32>);
 
+/// What [`run_altering_reveals`] produced, and who revealed a share that was set aside.
+type Checked = (Outcome, Vec<u32>);
+
 /// Runs a whole honest round.
 fn run(
     n: u32,
@@ -76,7 +79,10 @@ fn run(
     graph: Graph,
     dropouts: &Dropouts,
 ) -> Result<Outcome, ProtocolError> {
-    run_altering_reveals(n, threshold, graph, dropouts, |_| {})
+    run_altering_reveals(n, threshold, graph, dropouts, |_| {}).map(|(outcome, bad)| {
+        assert!(bad.is_empty(), "honest revealers set aside: {bad:?}");
+        outcome
+    })
 }
 
 /// Runs a round in which `alter` may change each revealed share set on its way to the
@@ -87,7 +93,7 @@ fn run_altering_reveals(
     graph: Graph,
     dropouts: &Dropouts,
     mut alter: impl FnMut(&mut Reveal),
-) -> Result<Outcome, ProtocolError> {
+) -> Result<Checked, ProtocolError> {
     let ids = Identities::new(n);
     let cfg = config(n, threshold, graph, 1);
     let answers = |i: u32, phase: u8| dropouts.get(&i).is_none_or(|&p| p > phase);
@@ -138,14 +144,15 @@ fn run_altering_reveals(
             coordinator.on_reveal(reveal)?;
         }
     }
-    let (sum, survivors) = coordinator.finish()?;
+    let unmasked = coordinator.finish()?;
+    let (sum, survivors) = (unmasked.sum, unmasked.survivors);
     let mut exact = vec![0u32; 64];
     for &i in &survivors {
         for (e, v) in exact.iter_mut().zip(input(i)) {
             *e = e.wrapping_add(v);
         }
     }
-    Ok((sum, survivors, exact))
+    Ok(((sum, survivors, exact), unmasked.bad_revealers))
 }
 
 #[test]
@@ -349,6 +356,98 @@ fn a_participant_never_reveals_twice_or_both_shares_of_one_neighbour() {
         s.parties[0].on_signatures(signatures, &s.ids),
         Err(ProtocolError::WrongPhase { .. })
     ));
+}
+
+/// `share` with its value bytes flipped, its identifier kept.
+fn corrupted(share: &crate::shamir::Share) -> crate::shamir::Share {
+    let mut bytes = share.as_bytes().to_vec();
+    for byte in &mut bytes[1..] {
+        *byte ^= 0x5a;
+    }
+    crate::shamir::Share::from_bytes(bytes).unwrap()
+}
+
+#[test]
+fn a_bad_self_mask_share_is_set_aside_and_its_revealer_named() {
+    // Seven participants, complete graph: six holders per owner, threshold 4, so the shares
+    // beyond the threshold show which one does not fit.
+    let ((sum, survivors, exact), bad) =
+        run_altering_reveals(7, 4, Graph::complete(7), &Dropouts::new(), |reveal| {
+            if reveal.from == 5 {
+                let (_, share) = &mut reveal.self_mask_shares[0];
+                *share = corrupted(share);
+            }
+        })
+        .unwrap();
+    assert_eq!(bad, vec![5]);
+    assert_eq!(survivors.len(), 7);
+    assert_eq!(sum, exact, "the sum is right without the bad share");
+}
+
+#[test]
+fn a_bad_share_with_too_few_others_to_outvote_it_fails_the_round() {
+    // Four participants, complete graph: three holders per owner, threshold 2. A bad share
+    // among three shows, but two good ones cannot tell which of the three it is.
+    let err = run_altering_reveals(4, 2, Graph::complete(4), &Dropouts::new(), |reveal| {
+        if reveal.from == 1 {
+            let (_, share) = &mut reveal.self_mask_shares[0];
+            *share = corrupted(share);
+        }
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the 3 revealed shares do not agree, and no single one explains it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_mask_key_share_is_caught_against_the_advertised_key() {
+    // Participant 0 drops after sharing its keys; its mask key is rebuilt from its neighbours'
+    // shares and checked against the public key it advertised, so that one share beyond the
+    // threshold is enough to find a bad one (four holders, threshold 3).
+    let dropouts = Dropouts::from([(0, 2)]);
+    let ((sum, _, exact), bad) =
+        run_altering_reveals(5, 3, Graph::complete(5), &dropouts, |reveal| {
+            if reveal.from == 2
+                && let Some((_, share)) = reveal.mask_key_shares.first_mut()
+            {
+                *share = corrupted(share);
+            }
+        })
+        .unwrap();
+    assert_eq!(bad, vec![2]);
+    assert_eq!(sum, exact);
+}
+
+#[test]
+fn reveals_carry_only_the_shares_their_revealer_was_given() {
+    // The share made for another holder, a second share of one owner.
+    let err = run_altering_reveals(5, 3, Graph::complete(5), &Dropouts::new(), |reveal| {
+        if reveal.from == 3 {
+            let (_, share) = &mut reveal.self_mask_shares[0];
+            let mut bytes = share.as_bytes().to_vec();
+            bytes[0] = if bytes[0] == 1 { 2 } else { 1 };
+            *share = crate::shamir::Share::from_bytes(bytes).unwrap();
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::ShareIndex { from: 3, .. }),
+        "{err}"
+    );
+    let err = run_altering_reveals(5, 3, Graph::complete(5), &Dropouts::new(), |reveal| {
+        if reveal.from == 3 {
+            let first = reveal.self_mask_shares[0].clone();
+            reveal.self_mask_shares.push(first);
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::DuplicateShare { from: 3, .. }),
+        "{err}"
+    );
 }
 
 #[test]
