@@ -13,17 +13,18 @@ use std::path::Path;
 
 /// Runs `job` as a local federation in `run_dir` (certificates, coordinator on loopback over
 /// mTLS, its state): one simulated participant per job participant, each training `preset` on
-/// its own IID share of the IDX data in `data_dir`. The monitoring API listens on `api_listen`
+/// its own IID share of the IDX data in `data_dir`, on `backend`. The monitoring API listens on `api_listen`
 /// (an ephemeral port if that one is taken), with a fresh admin token; its dashboard URL is
 /// printed.
 pub async fn run_local_federation(
     job: JobSpec,
     preset: Preset,
+    backend: Backend,
     data_dir: &Path,
     run_dir: &Path,
     api_listen: SocketAddr,
 ) -> anyhow::Result<JobReport> {
-    let tasks = site_tasks(&job, preset, data_dir, Backend::Cpu)?;
+    let tasks = site_tasks(&job, preset, data_dir, backend)?;
     let mut federation = LocalFederation::new(job, run_dir);
     federation.api_listen = Some(api_listen);
     Ok(federation.run(tasks).await?)

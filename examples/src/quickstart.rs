@@ -6,6 +6,7 @@
 
 use cairn_coordinator::config::JobSpec;
 use cairn_examples::{init_logging, print_round_table, run_local_federation};
+use cairn_participant::task::Backend;
 use cairn_participant::task::presets::Preset;
 use clap::Parser;
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let report = run_local_federation(
         job,
         Preset::Mlp,
+        Backend::Cpu,
         &examples.join("data/digits"),
         &cli.dir,
         cli.api_listen,

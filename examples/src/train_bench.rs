@@ -40,7 +40,7 @@ struct Cli {
     /// Batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "10,32,50")]
     batch_sizes: Vec<u32>,
-    /// Backends: cpu, and wgpu or cuda when compiled in.
+    /// Backends: cpu, and tch, wgpu or cuda when compiled in.
     #[arg(long, value_delimiter = ',', default_value = "cpu", value_parser = Backend::parse)]
     backends: Vec<Backend>,
     /// CPU threads to train with (default: one per core this process may use).
