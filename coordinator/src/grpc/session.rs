@@ -116,11 +116,17 @@ impl FederationService {
             )));
         }
         if !self.shared.job.participants.contains(&identity.id) {
-            return Err(Refusal::NotInJob(format!(
-                "participant {:?} is not in job {:?}; the job allows {}",
+            // The operator's log says which job it was; the caller learns nothing about the job
+            // (its name, who else takes part) beyond its own refusal.
+            tracing::warn!(
+                participant = %identity.id,
+                "refused {:?}: job {:?} does not list it",
                 identity.id,
-                self.shared.job.name,
-                self.shared.job.participants.join(", ")
+                self.shared.job.name
+            );
+            return Err(Refusal::NotInJob(format!(
+                "participant {:?} is not in the job this coordinator runs; the federation's host adds participants to a job",
+                identity.id
             )));
         }
         Ok(Peer {
