@@ -1,8 +1,9 @@
 //! `cairn-participant`: one organisation's side of a Cairn federation, as a library and as the
 //! `cairn-participant` binary. It loads the organisation's private data ([`data`]), trains the
 //! global model on it with burn ([`task`]), and talks to the coordinator over mutual-TLS gRPC
-//! ([`client`]), sending back only its update, masked by secure aggregation unless the job turns
-//! it off. The participant only dials out: a partner site opens no inbound port.
+//! ([`client`]), sending back only its update, masked by secure aggregation: a round in the
+//! clear, or one that breaks another rule of the site's [`Policy`], is refused. The participant
+//! only dials out: a partner site opens no inbound port.
 //!
 //! # Train your own model
 //!
@@ -74,7 +75,8 @@ pub use task::{
 /// Joins a federation as one site: connects to `coordinator` (`https://host:port`) with the kit
 /// in `kit_dir` (cert.pem, key.pem, ca.pem), trains `task` in every round it is selected for and
 /// evaluates each new global model, until the coordinator says the job is over. Reconnects after
-/// network trouble; gives up only when refused for good.
+/// network trouble; gives up only when refused for good. It takes part under
+/// [`Policy::default`]; [`client::run`] with [`ClientOptions::policy`] sets another.
 pub async fn join(
     kit_dir: &std::path::Path,
     coordinator: &str,
