@@ -1,5 +1,5 @@
 """An independent reimplementation of cairn-secagg's derived protocol values (the graph's
-permutation and neighbours, the round context and graph seed, the session id, the mask and
+permutation and neighbours, the round context, nonce commitments and graph seed, the session id, the mask and
 channel keys, the byte layouts that are signed or authenticated, Shamir shares made by hand),
 written from the crate's doc comments with Python's standard library only. It prints the
 expected outputs that the crate's tests pin (graph.rs, mask.rs, shamir.rs, protocol/tests.rs);
@@ -66,13 +66,19 @@ def regular(n, degree, seed):
 def lp(b): return be64(len(b)) + b
 
 def context(job, rnd, attempt, roster, degree, threshold, vector_len):
-    parts = [b"cairn secagg round setup v2", lp(job.encode()), lp(be64(rnd)), lp(be32(attempt)),
+    parts = [b"cairn secagg round setup v3", lp(job.encode()), lp(be64(rnd)), lp(be32(attempt)),
              be64(len(roster))]
     parts += [lp(i.encode()) for i in roster]
     parts += [be32(degree), be64(threshold), be64(vector_len)]
     return sha256(*parts)
 
-def graph_seed(ctx): return hkdf(ctx, b"", b"cairn graph seed", 32)
+def graph_seed(ctx, nonces):
+    parts = [b"cairn secagg graph seed v1", ctx]
+    for index in sorted(nonces):
+        parts += [be32(index), nonces[index]]
+    return sha256(*parts)
+
+def nonce_commitment(ctx, index, nonce): return sha256(b"cairn secagg graph nonce v1", ctx, be32(index), nonce)
 
 def session(job, rnd, keys):
     parts = [b"cairn-secagg session v1", be64(len(job)), job.encode(), be64(rnd)]
@@ -121,22 +127,20 @@ if __name__ == "__main__":
     print("regular 10 3 seq", regular(10, 3, seq))
     print("regular 9 3 zero", regular(9, 3, bytes(32)))
     roster = ["alice", "bob", "carol", "dave"]
-    ctx = context("job", 7, 2, roster, 3, 3, 1000)
-    print("context", h(ctx))
-    print("seed", h(graph_seed(ctx)))
-    print("derived graph", regular(4, 3, graph_seed(ctx)))
     roster10 = ["participant-%d" % i for i in range(10)]
     ctx10 = context("job", 7, 2, roster10, 4, 3, 1000)
+    nonces10 = {i: bytes([i]*32) for i in range(10) if i != 4}
     print("context10", h(ctx10))
-    print("seed10", h(graph_seed(ctx10)))
-    print("derived graph10", regular(10, 4, graph_seed(ctx10)))
+    print("commitment10 of 3", h(nonce_commitment(ctx10, 3, bytes([3]*32))))
+    print("seed10", h(graph_seed(ctx10, nonces10)))
+    print("derived graph10", regular(10, 4, graph_seed(ctx10, nonces10)))
     keys = [(1, bytes([3]*32), bytes([4]*32)), (0, bytes([1]*32), bytes([2]*32))]
     sid = session("job", 1, keys)
     print("session", h(sid))
     print("self mask key", h(self_mask_key(bytes([9]*32), sid, 5)))
     print("pairwise mask key", h(pairwise_mask_key(bytes([8]*32), sid, 5, 2)))
     print("channel key", h(channel_key(bytes([7]*32), sid, 2, 5)))
-    print("adv", h(header(b"cairn secagg advertise v1", "job", 7, bytes([0xaa]*32)) + be32(2) + bytes([1]*32) + bytes([2]*32)))
+    print("adv", h(header(b"cairn secagg advertise v2", "job", 7, bytes([0xaa]*32)) + be32(2) + bytes([1]*32) + bytes([2]*32) + bytes([3]*32)))
     print("surv", h(header(b"cairn secagg survivors v1", "job", 7, bytes([0xaa]*32)) + be32(0) + be32(2) + be32(3)))
     secret = bytes(range(32))
     for x in (2, 3):
@@ -144,4 +148,4 @@ if __name__ == "__main__":
     for x in (1, 4, 255):
         print("shamir t=3 share", x,
               h(shamir_share(secret, x, lambda i: [0xCA ^ i, (1 + 7 * i) & 0xFF or 1])))
-    print("aad", h(header(b"cairn secagg shares v1", "job", 7, bytes([0xaa]*32)) + be32(2) + be32(5)))
+    print("aad", h(header(b"cairn secagg shares v2", "job", 7, bytes([0xaa]*32)) + bytes([0xbb]*32) + be32(2) + be32(5)))

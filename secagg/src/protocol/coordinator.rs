@@ -3,9 +3,10 @@
 //! reconstructs from what the survivors reveal.
 
 use super::{
-    Advertisement, EncryptedShares, MaskedInput, ProtocolError, Reveal, RoundConfig,
-    SurvivorSignature, Unmasked,
+    Advertisement, EncryptedShares, GraphNonce, MaskedInput, ProtocolError, Reveal, RoundConfig,
+    SurvivorSignature, Unmasked, nonce_commitment,
 };
+use crate::graph::Graph;
 use crate::crypto::agree;
 use crate::mask::{SessionId, pairwise_mask_removal, self_mask_removal};
 use crate::prg::{PrgKey, Sign, apply_masks_parallel};
@@ -18,6 +19,7 @@ use x25519_dalek::StaticSecret;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     AwaitingAdvertisements,
+    AwaitingNonces,
     AwaitingShares,
     AwaitingMaskedInputs,
     AwaitingSignatures,
@@ -31,6 +33,9 @@ pub struct CoordinatorMachine {
     config: RoundConfig,
     phase: Phase,
     advertisements: BTreeMap<u32, Advertisement>,
+    nonces: BTreeMap<u32, [u8; 32]>,
+    /// The neighbourhood graph, once the nonces have drawn it.
+    graph: Option<Graph>,
     /// Ciphertexts to route, by receiver.
     mailboxes: BTreeMap<u32, Vec<EncryptedShares>>,
     /// Who sent shares (U2), and to whom.
@@ -52,6 +57,8 @@ impl CoordinatorMachine {
             config,
             phase: Phase::AwaitingAdvertisements,
             advertisements: BTreeMap::new(),
+            nonces: BTreeMap::new(),
+            graph: None,
             mailboxes: BTreeMap::new(),
             shared: BTreeMap::new(),
             sum,
@@ -117,8 +124,67 @@ impl CoordinatorMachine {
     pub fn close_advertisements(&mut self) -> Result<Vec<Advertisement>, ProtocolError> {
         self.require_phase(Phase::AwaitingAdvertisements, "end of advertisements")?;
         self.require_threshold("advertisements", self.advertisements.len())?;
-        self.phase = Phase::AwaitingShares;
+        self.phase = Phase::AwaitingNonces;
         Ok(self.advertisements.values().cloned().collect())
+    }
+
+    /// Takes participant `from`'s revealed graph nonce, checked against the commitment it
+    /// advertised, so that a participant that reveals another is named.
+    pub fn on_nonce(&mut self, from: u32, nonce: GraphNonce) -> Result<(), ProtocolError> {
+        self.require_phase(Phase::AwaitingNonces, "graph nonce")?;
+        if nonce.from != from {
+            return Err(ProtocolError::NonceSenderMismatch {
+                received_from: from,
+                claimed: nonce.from,
+            });
+        }
+        let Some(ad) = self.advertisements.get(&from) else {
+            return Err(ProtocolError::NonceFromUnadvertised { from });
+        };
+        if nonce_commitment(&self.config, from, &nonce.nonce) != ad.nonce_commitment {
+            return Err(ProtocolError::NonceMismatch { from });
+        }
+        if self.nonces.insert(from, nonce.nonce).is_some() {
+            return Err(ProtocolError::DuplicateNonce { from });
+        }
+        Ok(())
+    }
+
+    /// Ends round 1: draws the graph from every advertiser's nonce and returns the nonces to
+    /// show every participant. Without every advertiser's nonce there is no graph: an advertiser
+    /// that withholds its nonce fails the attempt, and the next draws again with fresh keys.
+    pub fn close_nonces(&mut self) -> Result<Vec<GraphNonce>, ProtocolError> {
+        self.require_phase(Phase::AwaitingNonces, "end of graph nonces")?;
+        let missing: Vec<u32> = self
+            .advertisements
+            .keys()
+            .copied()
+            .filter(|from| !self.nonces.contains_key(from))
+            .collect();
+        if !missing.is_empty() {
+            return Err(ProtocolError::MissingNonces {
+                participants: missing,
+            });
+        }
+        self.graph = Some(self.config.graph(self.config.graph_seed(&self.nonces))?);
+        self.phase = Phase::AwaitingShares;
+        Ok(self
+            .nonces
+            .iter()
+            .map(|(&from, &nonce)| GraphNonce { from, nonce })
+            .collect())
+    }
+
+    /// The neighbourhood graph, once the nonces have drawn it.
+    pub fn graph(&self) -> Option<&Graph> {
+        self.graph.as_ref()
+    }
+
+    /// Whether `a` and `b` neighbour each other in the drawn graph (never before it is drawn).
+    fn are_neighbours(&self, a: u32, b: u32) -> bool {
+        self.graph
+            .as_ref()
+            .is_some_and(|graph| graph.are_neighbours(a, b))
     }
 
     /// Takes the encrypted shares participant `from` sends its neighbours.
@@ -146,7 +212,7 @@ impl CoordinatorMachine {
             if !self.advertisements.contains_key(&to) {
                 return Err(ProtocolError::SharesToUnadvertised { from, to });
             }
-            if !self.config.graph.are_neighbours(from, to) {
+            if !self.are_neighbours(from, to) {
                 return Err(ProtocolError::ShareToNonNeighbour { from, to });
             }
             if !receivers.insert(to) {
@@ -302,10 +368,9 @@ impl CoordinatorMachine {
         }
         // `owner` numbered its shares in the order of its graph neighbours that advertised keys.
         let expected = self
-            .config
             .graph
-            .neighbours(owner)
             .iter()
+            .flat_map(|graph| graph.neighbours(owner))
             .filter(|v| self.advertisements.contains_key(v))
             .position(|&v| v == from)
             .and_then(|p| u8::try_from(p + 1).ok())
@@ -516,6 +581,7 @@ fn add_parallel(sum: &mut [u32], values: &[u32]) {
 fn phase_name(phase: Phase) -> &'static str {
     match phase {
         Phase::AwaitingAdvertisements => "awaiting advertisements",
+        Phase::AwaitingNonces => "awaiting graph nonces",
         Phase::AwaitingShares => "awaiting shares",
         Phase::AwaitingMaskedInputs => "awaiting masked inputs",
         Phase::AwaitingSignatures => "awaiting survivor signatures",

@@ -4,18 +4,32 @@
 //! decides when a phase's deadline has passed; these machines hold no socket and read no clock.
 //!
 //! Rounds of the protocol:
-//! 0. **AdvertiseKeys**: each participant sends two fresh X25519 public keys (channel, mask),
-//!    signed with its identity key over (job, round, index, keys).
-//! 1. **ShareKeys**: each verifies its neighbours' advertisements and finds its own unchanged,
-//!    derives the session id from all of them, and sends each neighbour, encrypted under their pairwise channel key with (job, round,
-//!    sender, receiver) as associated data, a share of its self-mask seed and of its mask key.
-//! 2. **CollectMasked**: each masks its quantised input with its self mask and the pairwise masks
+//! 0. **AdvertiseKeys**: each participant sends two fresh X25519 public keys (channel, mask) and
+//!    a commitment to a fresh graph nonce, signed with its identity key over (job, round, index,
+//!    keys, commitment).
+//! 1. **DrawGraph**: each finds its own advertisement unchanged among everyone's and reveals its
+//!    nonce; the neighbourhood graph is drawn from all advertisers' nonces (see [`RoundConfig::graph_seed`]),
+//!    so neither the coordinator nor any coalition can choose it (see below).
+//! 2. **ShareKeys**: each checks every nonce against its commitment, verifies its neighbours'
+//!    advertisements, derives the session id from all of them, and sends each neighbour,
+//!    encrypted under their pairwise channel key with (job, round, sender, receiver) as
+//!    associated data, a share of its self-mask seed and of its mask key.
+//! 3. **CollectMasked**: each masks its quantised input with its self mask and the pairwise masks
 //!    of the neighbours whose shares it received; the coordinator adds the masked inputs.
-//! 3. **ConsistencyCheck**: each signs the survivor set it is shown.
-//! 4. **Unmask**: each verifies that at least `t` of its neighbourhood (itself included) signed
+//! 4. **ConsistencyCheck**: each signs the survivor set it is shown.
+//! 5. **Unmask**: each verifies that at least `t` of its neighbourhood (itself included) signed
 //!    the survivor set it saw, then reveals,
 //!    for each neighbour whose shares it holds, the self-mask share if that neighbour survived or
 //!    the mask-key share if it dropped out, never both, and only once.
+//!
+//! Why the graph is drawn this way: a graph derived from the round's public setup alone could be
+//! ground by whoever writes the setup (the coordinator tries rosters and attempt numbers until a
+//! target's neighbours are its colluders), and one derived from the advertised keys by whoever
+//! advertises last. Here every advertiser commits to its nonce before anyone's is revealed, and
+//! the seed covers the nonce of every advertiser the coordinator listed, so one honest nonce
+//! makes the graph uniformly random. What is left to a cheating party is to abort (withhold a
+//! nonce, or fail the attempt) and draw again with fresh keys, which the participant's policy
+//! bounds per round: `a` draws make a bad neighbourhood at most `a` times as likely as one.
 
 mod coordinator;
 mod participant;
@@ -25,6 +39,7 @@ pub use participant::ParticipantMachine;
 
 use crate::graph::Graph;
 use crate::shamir::Share;
+use std::collections::BTreeMap;
 
 /// Public parameters of one round, the same for every party.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,8 +56,9 @@ pub struct RoundConfig {
     pub n_participants: u32,
     /// Shares needed to reconstruct a secret (Shamir threshold `t`).
     pub threshold: usize,
-    /// The neighbourhood graph over the participants.
-    pub graph: Graph,
+    /// Degree of the neighbourhood graph, drawn once the nonces are revealed (see
+    /// [`RoundConfig::graph`]); the complete graph when it is at least `n - 1`.
+    pub degree: u32,
     /// Values per input vector.
     pub vector_len: usize,
 }
@@ -51,9 +67,7 @@ impl RoundConfig {
     /// The configuration every party derives from the round's public setup: `roster` lists the
     /// selected participants' ids (a participant's index is its position), `degree` is the
     /// neighbourhood graph's degree (the complete graph when it is at least `n - 1`) and
-    /// `threshold` the shares needed to reconstruct a secret. The graph's permutation comes from
-    /// the setup's digest, so every party computes the same graph and the coordinator cannot pick
-    /// one. A threshold that is not a strict majority of the neighbourhood is refused: below it, a
+    /// `threshold` the shares needed to reconstruct a secret. A threshold that is not a strict majority of the neighbourhood is refused: below it, a
     /// coordinator that shows two survivor sets could collect both shares of one participant.
     pub fn derive(
         job: &str,
@@ -75,10 +89,11 @@ impl RoundConfig {
             )));
         }
         let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-        // Version 2: since then the graph's permutation is the crate's own (see
-        // `graph::permutation`), so a build that still derives another graph fails every
-        // signature check of its neighbours at once rather than later and obscurely.
-        hash.update(b"cairn secagg round setup v2");
+        // Version 3: since then the graph is drawn from the participants' nonces (version 2
+        // made the graph's permutation the crate's own, see `graph::permutation`), so a build
+        // that still derives another graph fails every signature check of its neighbours at
+        // once rather than later and obscurely.
+        hash.update(b"cairn secagg round setup v3");
         for part in [job.as_bytes(), &round.to_be_bytes(), &attempt.to_be_bytes()] {
             hash.update(&(part.len() as u64).to_be_bytes());
             hash.update(part);
@@ -99,16 +114,47 @@ impl RoundConfig {
             context,
             n_participants: n,
             threshold,
-            graph: Graph::regular(n, degree, graph_seed(&context))?,
+            degree,
             vector_len,
         })
     }
+
+    /// The seed of the neighbourhood graph's permutation that `nonces` (every advertiser's
+    /// revealed nonce, by index) give: SHA-256 of the label `cairn secagg graph seed v1`, the
+    /// context digest and, by ascending index, each advertiser's index (4 bytes big-endian) and
+    /// nonce. A hash of the whole list rather than, say, an XOR of the nonces: a colluder that
+    /// copies an honest commitment cannot cancel that nonce out.
+    pub fn graph_seed(&self, nonces: &BTreeMap<u32, [u8; 32]>) -> [u8; 32] {
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        hash.update(b"cairn secagg graph seed v1");
+        hash.update(&self.context);
+        for (index, nonce) in nonces {
+            hash.update(&index.to_be_bytes());
+            hash.update(nonce);
+        }
+        let mut seed = [0u8; 32];
+        seed.copy_from_slice(hash.finish().as_ref());
+        seed
+    }
+
+    /// The neighbourhood graph that `seed` ([`RoundConfig::graph_seed`]) draws.
+    pub fn graph(&self, seed: [u8; 32]) -> Result<Graph, crate::Error> {
+        Graph::regular(self.n_participants, self.degree, seed)
+    }
 }
 
-/// The seed of the neighbourhood graph's permutation: HKDF-SHA256 of the context digest with an
-/// empty salt and the info `cairn graph seed`.
-fn graph_seed(context: &[u8; 32]) -> [u8; 32] {
-    crate::crypto::hkdf(context, b"", &[b"cairn graph seed"])
+/// The commitment to participant `from`'s graph nonce that its advertisement carries: SHA-256
+/// of the label `cairn secagg graph nonce v1`, the context digest, `from` (4 bytes big-endian)
+/// and the nonce.
+pub fn nonce_commitment(config: &RoundConfig, from: u32, nonce: &[u8; 32]) -> [u8; 32] {
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    hash.update(b"cairn secagg graph nonce v1");
+    hash.update(&config.context);
+    hash.update(&from.to_be_bytes());
+    hash.update(nonce);
+    let mut commitment = [0u8; 32];
+    commitment.copy_from_slice(hash.finish().as_ref());
+    commitment
 }
 
 /// How many neighbours each of `n` participants has in a graph of `degree` (see
@@ -132,11 +178,22 @@ pub struct Advertisement {
     pub channel_public: [u8; 32],
     /// Key for pairwise masks.
     pub mask_public: [u8; 32],
+    /// Commitment to the sender's graph nonce ([`nonce_commitment`]).
+    pub nonce_commitment: [u8; 32],
     /// Identity-key signature over [`advertisement_message`].
     pub signature: Vec<u8>,
 }
 
-/// Shares from one participant for one neighbour, encrypted (protocol round 1).
+/// A participant's revealed graph nonce (protocol round 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphNonce {
+    /// Sender.
+    pub from: u32,
+    /// The nonce its advertisement committed to.
+    pub nonce: [u8; 32],
+}
+
+/// Shares from one participant for one neighbour, encrypted (protocol round 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncryptedShares {
     /// Sender (the owner of the shared secrets).
@@ -147,7 +204,7 @@ pub struct EncryptedShares {
     pub ciphertext: Vec<u8>,
 }
 
-/// A masked input (protocol round 2).
+/// A masked input (protocol round 3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaskedInput {
     /// Sender.
@@ -156,7 +213,7 @@ pub struct MaskedInput {
     pub values: Vec<u32>,
 }
 
-/// A signature over the survivor set (protocol round 3).
+/// A signature over the survivor set (protocol round 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SurvivorSignature {
     /// Signer.
@@ -165,7 +222,7 @@ pub struct SurvivorSignature {
     pub signature: Vec<u8>,
 }
 
-/// The shares one participant reveals (protocol round 4).
+/// The shares one participant reveals (protocol round 5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reveal {
     /// Sender.
@@ -257,6 +314,39 @@ pub enum ProtocolError {
         received_from: u32,
         /// The sender the advertisement names.
         claimed: u32,
+    },
+    /// A graph nonce arrived on one participant's session but names another as its sender.
+    #[error("graph nonce received from participant {received_from} names participant {claimed} as its sender")]
+    NonceSenderMismatch {
+        /// The participant whose session it arrived on.
+        received_from: u32,
+        /// The sender the nonce names.
+        claimed: u32,
+    },
+    /// A graph nonce from a participant whose advertisement was not part of the round.
+    #[error("graph nonce from participant {from}, which did not advertise keys this round")]
+    NonceFromUnadvertised {
+        /// Sender.
+        from: u32,
+    },
+    /// A second graph nonce from the same sender.
+    #[error("duplicate graph nonce from participant {from}")]
+    DuplicateNonce {
+        /// Sender.
+        from: u32,
+    },
+    /// A revealed nonce does not open the commitment its sender advertised.
+    #[error("the graph nonce of participant {from} does not match the commitment it advertised")]
+    NonceMismatch {
+        /// Whose nonce.
+        from: u32,
+    },
+    /// Advertisers revealed no nonce: the graph drawn without theirs would be one the others
+    /// could choose, so it is not drawn at all.
+    #[error("participants {participants:?} advertised keys but revealed no graph nonce; the graph is drawn from every advertiser's nonce")]
+    MissingNonces {
+        /// The advertisers without a nonce, ascending.
+        participants: Vec<u32>,
     },
     /// Encrypted shares sent by one participant name another as their sender.
     #[error(
@@ -512,17 +602,14 @@ fn header(label: &[u8], config: &RoundConfig) -> Vec<u8> {
     message
 }
 
-/// What an advertisement's signature covers: (job, round, sender, keys).
-pub fn advertisement_message(
-    config: &RoundConfig,
-    from: u32,
-    channel_public: &[u8; 32],
-    mask_public: &[u8; 32],
-) -> Vec<u8> {
-    let mut message = header(b"cairn secagg advertise v1", config);
-    message.extend_from_slice(&from.to_be_bytes());
-    message.extend_from_slice(channel_public);
-    message.extend_from_slice(mask_public);
+/// What an advertisement's signature covers: (job, round, setup, sender, keys, nonce
+/// commitment).
+pub fn advertisement_message(config: &RoundConfig, advertisement: &Advertisement) -> Vec<u8> {
+    let mut message = header(b"cairn secagg advertise v2", config);
+    message.extend_from_slice(&advertisement.from.to_be_bytes());
+    message.extend_from_slice(&advertisement.channel_public);
+    message.extend_from_slice(&advertisement.mask_public);
+    message.extend_from_slice(&advertisement.nonce_commitment);
     message
 }
 
@@ -537,9 +624,19 @@ pub fn survivors_message(config: &RoundConfig, survivors: &[u32]) -> Vec<u8> {
     message
 }
 
-/// Associated data of the shares `from` sends `to`.
-fn shares_associated_data(config: &RoundConfig, from: u32, to: u32) -> Vec<u8> {
-    let mut data = header(b"cairn secagg shares v1", config);
+/// Associated data of the shares `from` sends `to`: (job, round, setup, graph seed, sender,
+/// receiver). The session id covers every advertiser's keys but not its nonce commitment, and a
+/// colluder can sign two advertisements that differ only there; with the graph seed in the
+/// associated data, neighbours shown different commitments (so drawing different graphs) cannot
+/// open each other's shares, and abort before masking.
+fn shares_associated_data(
+    config: &RoundConfig,
+    graph_seed: &[u8; 32],
+    from: u32,
+    to: u32,
+) -> Vec<u8> {
+    let mut data = header(b"cairn secagg shares v2", config);
+    data.extend_from_slice(graph_seed);
     data.extend_from_slice(&from.to_be_bytes());
     data.extend_from_slice(&to.to_be_bytes());
     data

@@ -1,10 +1,11 @@
 //! The participant's side of the protocol.
 
 use super::{
-    Advertisement, EncryptedShares, MaskedInput, ProtocolError, Reveal, RoundConfig, Signer,
-    SurvivorSignature, Verifier, advertisement_message, channel_key, shares_associated_data,
-    survivors_message,
+    Advertisement, EncryptedShares, GraphNonce, MaskedInput, ProtocolError, Reveal, RoundConfig,
+    Signer, SurvivorSignature, Verifier, advertisement_message, channel_key, nonce_commitment,
+    shares_associated_data, survivors_message,
 };
+use crate::graph::Graph;
 use crate::crypto::{agree, generate_key_pair, open, random_bytes, seal};
 use crate::mask::{SessionId, mask_input};
 use crate::shamir::{self, SHARE_BYTES, Share};
@@ -15,11 +16,16 @@ use x25519_dalek::StaticSecret;
 enum State {
     /// Sent its advertisement; waits for everyone's.
     AwaitingAdvertisements,
+    /// Revealed its graph nonce; waits for everyone's.
+    AwaitingNonces {
+        advertisements: BTreeMap<u32, Advertisement>,
+    },
     /// Sent its encrypted shares; waits for the shares addressed to it.
     AwaitingShares {
         advertisements: BTreeMap<u32, Advertisement>,
         session: SessionId,
         self_seed: [u8; 32],
+        graph_seed: [u8; 32],
     },
     /// Sent its masked input; waits for the survivor set.
     AwaitingSurvivors { held: BTreeMap<u32, (Share, Share)> },
@@ -36,6 +42,7 @@ impl State {
     fn name(&self) -> &'static str {
         match self {
             State::AwaitingAdvertisements => "awaiting advertisements",
+            State::AwaitingNonces { .. } => "awaiting graph nonces",
             State::AwaitingShares { .. } => "awaiting shares",
             State::AwaitingSurvivors { .. } => "awaiting the survivor set",
             State::AwaitingSignatures { .. } => "awaiting survivor signatures",
@@ -50,7 +57,10 @@ pub struct ParticipantMachine {
     me: u32,
     channel_secret: StaticSecret,
     mask_secret: StaticSecret,
+    nonce: [u8; 32],
     advertisement: Advertisement,
+    /// The neighbourhood graph, once the nonces have drawn it.
+    graph: Option<Graph>,
     state: State,
 }
 
@@ -64,7 +74,8 @@ impl std::fmt::Debug for ParticipantMachine {
 }
 
 impl ParticipantMachine {
-    /// Starts participant `me`'s round: fresh key pairs, and the signed advertisement to send.
+    /// Starts participant `me`'s round: fresh key pairs and graph nonce, and the signed
+    /// advertisement to send.
     pub fn new(
         config: RoundConfig,
         me: u32,
@@ -72,24 +83,23 @@ impl ParticipantMachine {
     ) -> (ParticipantMachine, Advertisement) {
         let (channel_secret, channel_public) = generate_key_pair();
         let (mask_secret, mask_public) = generate_key_pair();
-        let signature = signer.sign(&advertisement_message(
-            &config,
-            me,
-            &channel_public,
-            &mask_public,
-        ));
-        let advertisement = Advertisement {
+        let nonce: [u8; 32] = random_bytes();
+        let mut advertisement = Advertisement {
             from: me,
             channel_public,
             mask_public,
-            signature,
+            nonce_commitment: nonce_commitment(&config, me, &nonce),
+            signature: Vec::new(),
         };
+        advertisement.signature = signer.sign(&advertisement_message(&config, &advertisement));
         let machine = ParticipantMachine {
             config,
             me,
             channel_secret,
             mask_secret,
+            nonce,
             advertisement: advertisement.clone(),
+            graph: None,
             state: State::AwaitingAdvertisements,
         };
         (machine, advertisement)
@@ -101,17 +111,31 @@ impl ParticipantMachine {
     /// among the `t`. Everyone else's keys enter only the session id, a public hash: a
     /// substituted one there reveals nothing, and if it gives neighbours different session ids,
     /// their shares fail to decrypt and they abort before masking. Checking `k + 1` signatures
-    /// instead of `n` keeps a participant's work independent of the federation's size.
+    /// instead of `n` keeps a participant's work independent of the federation's size. Until the
+    /// nonces have drawn the graph, the neighbourhood is this participant alone.
     pub fn neighbourhood(&self) -> std::collections::BTreeSet<u32> {
         let mut set: std::collections::BTreeSet<u32> = self
-            .config
             .graph
-            .neighbours(self.me)
             .iter()
-            .copied()
+            .flat_map(|graph| graph.neighbours(self.me).iter().copied())
             .collect();
         set.insert(self.me);
         set
+    }
+
+    /// The neighbourhood graph, once the nonces have drawn it.
+    pub fn graph(&self) -> Option<&Graph> {
+        self.graph.as_ref()
+    }
+
+    /// The nonce this participant reveals, for tests that play several rounds' worth of
+    /// parties without a coordinator.
+    #[cfg(test)]
+    pub(super) fn nonce(&self) -> GraphNonce {
+        GraphNonce {
+            from: self.me,
+            nonce: self.nonce,
+        }
     }
 
     fn wrong_phase(&self, message: &'static str) -> ProtocolError {
@@ -127,18 +151,16 @@ impl ParticipantMachine {
         Err(error)
     }
 
-    /// Round 1: checks the advertisements (every neighbour's signature, see
-    /// [`ParticipantMachine::neighbourhood`]), then shares this participant's secrets with its
-    /// neighbours, encrypted.
+    /// Round 1: checks that the advertisements name participants of the round, once each, and
+    /// include this participant's own unchanged, then reveals its graph nonce. Signatures are
+    /// checked once the graph says whose count (see [`ParticipantMachine::on_nonces`]).
     pub fn on_advertisements(
         &mut self,
         advertisements: Vec<Advertisement>,
-        verifier: &dyn Verifier,
-    ) -> Result<Vec<EncryptedShares>, ProtocolError> {
+    ) -> Result<GraphNonce, ProtocolError> {
         if !matches!(self.state, State::AwaitingAdvertisements) {
             return Err(self.wrong_phase("advertisements"));
         }
-        let checked = self.neighbourhood();
         let mut by_sender = BTreeMap::new();
         for ad in advertisements {
             if ad.from >= self.config.n_participants {
@@ -147,11 +169,6 @@ impl ParticipantMachine {
                     participant: ad.from,
                     n_participants: self.config.n_participants,
                 });
-            }
-            let message =
-                advertisement_message(&self.config, ad.from, &ad.channel_public, &ad.mask_public);
-            if checked.contains(&ad.from) && !verifier.verify(ad.from, &message, &ad.signature) {
-                return self.abort(ProtocolError::BadAdvertisement { from: ad.from });
             }
             let from = ad.from;
             if by_sender.insert(from, ad).is_some() {
@@ -171,13 +188,66 @@ impl ParticipantMachine {
             }
             Some(_) => {}
         }
-        let neighbours: Vec<u32> = self
-            .config
-            .graph
-            .neighbours(self.me)
-            .iter()
+        self.state = State::AwaitingNonces {
+            advertisements: by_sender,
+        };
+        Ok(GraphNonce {
+            from: self.me,
+            nonce: self.nonce,
+        })
+    }
+
+    /// Round 2: checks that every advertiser revealed the nonce it committed to (and no one
+    /// else revealed one), draws the graph from them, checks every neighbour's signature (see
+    /// [`ParticipantMachine::neighbourhood`]), then shares this participant's secrets with its
+    /// neighbours, encrypted.
+    pub fn on_nonces(
+        &mut self,
+        nonces: Vec<GraphNonce>,
+        verifier: &dyn Verifier,
+    ) -> Result<Vec<EncryptedShares>, ProtocolError> {
+        let State::AwaitingNonces { advertisements } = &self.state else {
+            return Err(self.wrong_phase("graph nonces"));
+        };
+        let by_sender = advertisements.clone();
+        let mut revealed = BTreeMap::new();
+        for GraphNonce { from, nonce } in nonces {
+            let Some(ad) = by_sender.get(&from) else {
+                return self.abort(ProtocolError::NonceFromUnadvertised { from });
+            };
+            if nonce_commitment(&self.config, from, &nonce) != ad.nonce_commitment {
+                return self.abort(ProtocolError::NonceMismatch { from });
+            }
+            if revealed.insert(from, nonce).is_some() {
+                return self.abort(ProtocolError::DuplicateNonce { from });
+            }
+        }
+        let missing: Vec<u32> = by_sender
+            .keys()
             .copied()
-            .filter(|v| by_sender.contains_key(v))
+            .filter(|from| !revealed.contains_key(from))
+            .collect();
+        if !missing.is_empty() {
+            return self.abort(ProtocolError::MissingNonces {
+                participants: missing,
+            });
+        }
+        let graph_seed = self.config.graph_seed(&revealed);
+        match self.config.graph(graph_seed) {
+            Ok(graph) => self.graph = Some(graph),
+            Err(error) => return self.abort(error.into()),
+        }
+        let neighbourhood = self.neighbourhood();
+        for &from in &neighbourhood {
+            if let Some(ad) = by_sender.get(&from)
+                && !verifier.verify(from, &advertisement_message(&self.config, ad), &ad.signature)
+            {
+                return self.abort(ProtocolError::BadAdvertisement { from });
+            }
+        }
+        let neighbours: Vec<u32> = neighbourhood
+            .into_iter()
+            .filter(|&v| v != self.me && by_sender.contains_key(&v))
             .collect();
         if neighbours.len() < self.config.threshold {
             return self.abort(ProtocolError::BelowThreshold {
@@ -208,7 +278,7 @@ impl ParticipantMachine {
             let key = channel_key(&secret, &session, self.me, *holder);
             let mut plaintext = seed_share.as_bytes().to_vec();
             plaintext.extend_from_slice(key_share.as_bytes());
-            let data = shares_associated_data(&self.config, self.me, *holder);
+            let data = shares_associated_data(&self.config, &graph_seed, self.me, *holder);
             out.push(EncryptedShares {
                 from: self.me,
                 to: *holder,
@@ -219,11 +289,12 @@ impl ParticipantMachine {
             advertisements: by_sender,
             session,
             self_seed,
+            graph_seed,
         };
         Ok(out)
     }
 
-    /// Round 2: takes the shares addressed to this participant and returns its masked input.
+    /// Round 3: takes the shares addressed to this participant and returns its masked input.
     pub fn on_shares(
         &mut self,
         shares: Vec<EncryptedShares>,
@@ -233,11 +304,13 @@ impl ParticipantMachine {
             advertisements,
             session,
             self_seed,
+            graph_seed,
         } = &self.state
         else {
             return Err(self.wrong_phase("shares"));
         };
-        let (advertisements, session, self_seed) = (advertisements.clone(), *session, *self_seed);
+        let (advertisements, session, self_seed, graph_seed) =
+            (advertisements.clone(), *session, *self_seed, *graph_seed);
         if input.len() != self.config.vector_len {
             return self.abort(ProtocolError::WrongLength {
                 from: self.me,
@@ -255,7 +328,11 @@ impl ParticipantMachine {
                     receiver: self.me,
                 });
             }
-            if !self.config.graph.are_neighbours(self.me, from) {
+            if !self
+                .graph
+                .as_ref()
+                .is_some_and(|graph| graph.are_neighbours(self.me, from))
+            {
                 return self.abort(ProtocolError::ShareFromNonNeighbour { from, to: self.me });
             }
             let Some(peer) = advertisements.get(&from) else {
@@ -263,7 +340,7 @@ impl ParticipantMachine {
             };
             let secret = agree(&self.channel_secret, &peer.channel_public, from)?;
             let key = channel_key(&secret, &session, from, self.me);
-            let data = shares_associated_data(&self.config, from, self.me);
+            let data = shares_associated_data(&self.config, &graph_seed, from, self.me);
             let Ok(plaintext) = open(&key, &data, &message.ciphertext) else {
                 return self.abort(ProtocolError::UndecryptableShares { from });
             };
@@ -318,7 +395,7 @@ impl ParticipantMachine {
         })
     }
 
-    /// Round 3: signs the survivor set the coordinator shows.
+    /// Round 4: signs the survivor set the coordinator shows.
     pub fn on_survivors(
         &mut self,
         survivors: Vec<u32>,
@@ -366,7 +443,7 @@ impl ParticipantMachine {
         })
     }
 
-    /// Round 4: checks that at least `t` survivors of its neighbourhood (itself included) signed
+    /// Round 5: checks that at least `t` survivors of its neighbourhood (itself included) signed
     /// the same survivor set, then reveals,
     /// for each neighbour whose shares it holds, exactly one of its two shares.
     pub fn on_signatures(

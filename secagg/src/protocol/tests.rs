@@ -47,16 +47,38 @@ impl Identities {
     }
 }
 
-fn config(n: u32, threshold: usize, graph: Graph, round: u64) -> RoundConfig {
+fn config(n: u32, threshold: usize, degree: u32, round: u64) -> RoundConfig {
     RoundConfig {
         job: "job".into(),
         round,
         context: [0; 32],
         n_participants: n,
         threshold,
-        graph,
+        degree,
         vector_len: 64,
     }
+}
+
+/// The nonces `parties` reveal.
+fn nonces_of(parties: &[ParticipantMachine]) -> Vec<GraphNonce> {
+    parties.iter().map(ParticipantMachine::nonce).collect()
+}
+
+/// The graph that `nonces` draw for `cfg`.
+fn drawn(cfg: &RoundConfig, nonces: &[GraphNonce]) -> Graph {
+    let nonces = nonces.iter().map(|n| (n.from, n.nonce)).collect();
+    cfg.graph(cfg.graph_seed(&nonces)).unwrap()
+}
+
+/// Rounds 1 and 2 for `party`: shown `ads`, it reveals its nonce; shown `nonces`, it shares.
+fn share(
+    party: &mut ParticipantMachine,
+    ads: Vec<Advertisement>,
+    nonces: &[GraphNonce],
+    verifier: &dyn Verifier,
+) -> Result<Vec<EncryptedShares>, ProtocolError> {
+    party.on_advertisements(ads)?;
+    party.on_nonces(nonces.to_vec(), verifier)
 }
 
 fn input(i: u32) -> Vec<u32> {
@@ -76,10 +98,10 @@ type Checked = (Outcome, Vec<u32>);
 fn run(
     n: u32,
     threshold: usize,
-    graph: Graph,
+    degree: u32,
     dropouts: &Dropouts,
 ) -> Result<Outcome, ProtocolError> {
-    run_altering_reveals(n, threshold, graph, dropouts, |_| {}).map(|(outcome, bad)| {
+    run_altering_reveals(n, threshold, degree, dropouts, |_| {}).map(|(outcome, bad)| {
         assert!(bad.is_empty(), "honest revealers set aside: {bad:?}");
         outcome
     })
@@ -90,12 +112,12 @@ fn run(
 fn run_altering_reveals(
     n: u32,
     threshold: usize,
-    graph: Graph,
+    degree: u32,
     dropouts: &Dropouts,
     mut alter: impl FnMut(&mut Reveal),
 ) -> Result<Checked, ProtocolError> {
     let ids = Identities::new(n);
-    let cfg = config(n, threshold, graph, 1);
+    let cfg = config(n, threshold, degree, 1);
     let answers = |i: u32, phase: u8| dropouts.get(&i).is_none_or(|&p| p > phase);
     let mut coordinator = CoordinatorMachine::new(cfg.clone());
     let mut parties = BTreeMap::new();
@@ -108,7 +130,11 @@ fn run_altering_reveals(
     }
     let ads = coordinator.close_advertisements()?;
     for (&i, party) in parties.iter_mut() {
-        let shares = party.on_advertisements(ads.clone(), &ids)?;
+        coordinator.on_nonce(i, party.on_advertisements(ads.clone())?)?;
+    }
+    let nonces = coordinator.close_nonces()?;
+    for (&i, party) in parties.iter_mut() {
+        let shares = party.on_nonces(nonces.clone(), &ids)?;
         if answers(i, 1) {
             coordinator.on_shares(i, shares)?;
         }
@@ -157,7 +183,7 @@ fn run_altering_reveals(
 
 #[test]
 fn without_dropouts_the_coordinator_learns_exactly_the_sum() {
-    let (sum, survivors, exact) = run(5, 3, Graph::complete(5), &Dropouts::new()).unwrap();
+    let (sum, survivors, exact) = run(5, 3, 4, &Dropouts::new()).unwrap();
     assert_eq!(survivors, vec![0, 1, 2, 3, 4]);
     assert_eq!(sum, exact);
 }
@@ -167,16 +193,15 @@ fn dropouts_in_every_phase_still_give_the_survivors_sum() {
     // 0 never advertises, 1 never shares, 2 never sends its masked input, 3 never signs,
     // 4 never reveals: the sum covers exactly the participants whose masked input arrived.
     let dropouts = Dropouts::from([(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]);
-    let (sum, survivors, exact) = run(10, 4, Graph::complete(10), &dropouts).unwrap();
+    let (sum, survivors, exact) = run(10, 4, 9, &dropouts).unwrap();
     assert_eq!(survivors, vec![3, 4, 5, 6, 7, 8, 9]);
     assert_eq!(sum, exact);
 }
 
 #[test]
 fn a_sparse_neighbourhood_graph_works_with_dropouts() {
-    let graph = Graph::regular(20, 8, [4u8; 32]).unwrap();
     let dropouts = Dropouts::from([(3, 2), (11, 2), (17, 1)]);
-    let (sum, survivors, exact) = run(20, 4, graph, &dropouts).unwrap();
+    let (sum, survivors, exact) = run(20, 4, 8, &dropouts).unwrap();
     assert_eq!(survivors.len(), 17);
     assert_eq!(sum, exact);
 }
@@ -184,7 +209,7 @@ fn a_sparse_neighbourhood_graph_works_with_dropouts() {
 #[test]
 fn too_few_survivors_fail_the_round_cleanly() {
     let dropouts = Dropouts::from([(0, 2), (1, 2), (2, 2)]);
-    let err = run(5, 3, Graph::complete(5), &dropouts).unwrap_err();
+    let err = run(5, 3, 4, &dropouts).unwrap_err();
     assert!(
         matches!(
             err,
@@ -204,19 +229,22 @@ struct Setup {
     cfg: RoundConfig,
     parties: Vec<ParticipantMachine>,
     ads: Vec<Advertisement>,
+    nonces: Vec<GraphNonce>,
 }
 
 fn setup(n: u32, round: u64) -> Setup {
     let ids = Identities::new(n);
-    let cfg = config(n, 2, Graph::complete(n), round);
-    let (parties, ads) = (0..n)
+    let cfg = config(n, 2, n - 1, round);
+    let (parties, ads): (Vec<_>, _) = (0..n)
         .map(|i| ParticipantMachine::new(cfg.clone(), i, &ids.signer(i)))
         .unzip();
+    let nonces = nonces_of(&parties);
     Setup {
         ids,
         cfg,
         parties,
         ads,
+        nonces,
     }
 }
 
@@ -225,7 +253,7 @@ fn a_coordinator_that_substitutes_a_public_key_is_caught() {
     let mut s = setup(3, 1);
     let mut ads = s.ads.clone();
     ads[1].mask_public = crate::crypto::generate_key_pair().1;
-    let err = s.parties[0].on_advertisements(ads, &s.ids).unwrap_err();
+    let err = share(&mut s.parties[0], ads, &s.nonces, &s.ids).unwrap_err();
     assert_eq!(err, ProtocolError::BadAdvertisement { from: 1 });
     // Having aborted, the participant takes nothing more.
     assert!(matches!(
@@ -236,12 +264,12 @@ fn a_coordinator_that_substitutes_a_public_key_is_caught() {
     let (_, other_keys) = ParticipantMachine::new(s.cfg.clone(), 2, &s.ids.signer(2));
     let mut ads = s.ads.clone();
     ads[2] = other_keys;
-    let err = s.parties[2].on_advertisements(ads, &s.ids).unwrap_err();
+    let err = s.parties[2].on_advertisements(ads).unwrap_err();
     assert_eq!(err, ProtocolError::OwnKeysSubstituted { participant: 2 });
     // As is leaving its advertisement out, or showing another participant's twice.
     let mut s = setup(3, 1);
     let err = s.parties[2]
-        .on_advertisements(s.ads[..2].to_vec(), &s.ids)
+        .on_advertisements(s.ads[..2].to_vec())
         .unwrap_err();
     assert_eq!(
         err,
@@ -249,7 +277,7 @@ fn a_coordinator_that_substitutes_a_public_key_is_caught() {
     );
     let mut ads = s.ads.clone();
     ads[2] = s.ads[1].clone();
-    let err = s.parties[1].on_advertisements(ads, &s.ids).unwrap_err();
+    let err = s.parties[1].on_advertisements(ads).unwrap_err();
     assert_eq!(err, ProtocolError::DuplicateAdvertisement { from: 1 });
 }
 
@@ -257,12 +285,91 @@ fn a_coordinator_that_substitutes_a_public_key_is_caught() {
 fn an_advertisement_replayed_from_an_earlier_round_is_caught() {
     let earlier = setup(3, 1);
     let mut now = setup(3, 2);
-    // Same identities, so the signature is genuine, but it covers round 1.
-    let (_, replayed) = ParticipantMachine::new(earlier.cfg.clone(), 1, &now.ids.signer(1));
+    // Same identities, so the signature is genuine, but it covers round 1; replayed with the
+    // nonce revealed then.
+    let (then, replayed) = ParticipantMachine::new(earlier.cfg.clone(), 1, &now.ids.signer(1));
     let mut ads = now.ads.clone();
     ads[1] = replayed;
-    let err = now.parties[0].on_advertisements(ads, &now.ids).unwrap_err();
+    let mut nonces = now.nonces.clone();
+    nonces[1] = then.nonce();
+    let err = share(&mut now.parties[0], ads, &nonces, &now.ids).unwrap_err();
     assert_eq!(err, ProtocolError::BadAdvertisement { from: 1 });
+}
+
+#[test]
+fn a_coordinator_that_withholds_alters_or_adds_a_nonce_is_caught() {
+    let s = setup(4, 1);
+    let fresh = || {
+        let mut s = setup(4, 1);
+        s.parties[0].on_advertisements(s.ads.clone()).unwrap();
+        s
+    };
+    // Leaving an advertiser's nonce out would let the coordinator choose among graphs.
+    let mut t = fresh();
+    let err = t.parties[0]
+        .on_nonces(t.nonces[..3].to_vec(), &t.ids)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ProtocolError::MissingNonces {
+            participants: vec![3]
+        }
+    );
+    // Having aborted, it takes nothing more.
+    assert!(matches!(
+        t.parties[0].on_nonces(t.nonces.clone(), &t.ids),
+        Err(ProtocolError::WrongPhase { .. })
+    ));
+    let mut t = fresh();
+    let mut nonces = t.nonces.clone();
+    nonces[2].nonce[31] ^= 1;
+    assert_eq!(
+        t.parties[0].on_nonces(nonces, &t.ids).unwrap_err(),
+        ProtocolError::NonceMismatch { from: 2 }
+    );
+    let mut t = fresh();
+    let mut nonces = t.nonces.clone();
+    nonces.push(t.nonces[1].clone());
+    assert_eq!(
+        t.parties[0].on_nonces(nonces, &t.ids).unwrap_err(),
+        ProtocolError::DuplicateNonce { from: 1 }
+    );
+    // A participant left out of the advertisements has no nonce to add.
+    let mut t = setup(4, 1);
+    t.parties[0].on_advertisements(t.ads[..3].to_vec()).unwrap();
+    assert_eq!(
+        t.parties[0].on_nonces(t.nonces.clone(), &t.ids).unwrap_err(),
+        ProtocolError::NonceFromUnadvertised { from: 3 }
+    );
+    // Nonces before the advertisements are out of order.
+    let mut t = setup(4, 1);
+    assert!(matches!(
+        t.parties[0].on_nonces(s.nonces.clone(), &t.ids),
+        Err(ProtocolError::WrongPhase { .. })
+    ));
+}
+
+#[test]
+fn neighbours_shown_different_commitments_of_a_colluder_cannot_open_each_others_shares() {
+    // Participant 2 colludes: it signs a second advertisement with the same keys and another
+    // nonce commitment, so the session id is the same for everyone but 0 and 1 draw different
+    // graphs. The graph seed in the shares' associated data makes each abort before masking.
+    let mut s = setup(3, 1);
+    let other_nonce = [0x77; 32];
+    let mut twin = s.ads[2].clone();
+    twin.nonce_commitment = nonce_commitment(&s.cfg, 2, &other_nonce);
+    twin.signature = s.ids.signer(2).sign(&advertisement_message(&s.cfg, &twin));
+    let mut ads_for_one = s.ads.clone();
+    ads_for_one[2] = twin;
+    let mut nonces_for_one = s.nonces.clone();
+    nonces_for_one[2].nonce = other_nonce;
+    let from_zero = share(&mut s.parties[0], s.ads.clone(), &s.nonces, &s.ids).unwrap();
+    share(&mut s.parties[1], ads_for_one, &nonces_for_one, &s.ids).unwrap();
+    let for_one: Vec<EncryptedShares> = from_zero.into_iter().filter(|m| m.to == 1).collect();
+    assert_eq!(
+        s.parties[1].on_shares(for_one, &input(1)).unwrap_err(),
+        ProtocolError::UndecryptableShares { from: 0 }
+    );
 }
 
 #[test]
@@ -271,7 +378,7 @@ fn tampered_or_misaddressed_shares_are_caught() {
     let shares: Vec<Vec<EncryptedShares>> = s
         .parties
         .iter_mut()
-        .map(|p| p.on_advertisements(s.ads.clone(), &s.ids).unwrap())
+        .map(|p| share(p, s.ads.clone(), &s.nonces, &s.ids).unwrap())
         .collect();
     let mut for_zero: Vec<EncryptedShares> = shares
         .iter()
@@ -300,7 +407,7 @@ fn signed(s: &mut Setup, survivor_views: [Vec<u32>; 3]) -> Vec<SurvivorSignature
     let shares: Vec<EncryptedShares> = s
         .parties
         .iter_mut()
-        .flat_map(|p| p.on_advertisements(s.ads.clone(), &s.ids).unwrap())
+        .flat_map(|p| share(p, s.ads.clone(), &s.nonces, &s.ids).unwrap())
         .collect();
     for (i, party) in s.parties.iter_mut().enumerate() {
         let mine = shares
@@ -372,7 +479,7 @@ fn a_bad_self_mask_share_is_set_aside_and_its_revealer_named() {
     // Seven participants, complete graph: six holders per owner, threshold 4, so the shares
     // beyond the threshold show which one does not fit.
     let ((sum, survivors, exact), bad) =
-        run_altering_reveals(7, 4, Graph::complete(7), &Dropouts::new(), |reveal| {
+        run_altering_reveals(7, 4, 6, &Dropouts::new(), |reveal| {
             if reveal.from == 5 {
                 let (_, share) = &mut reveal.self_mask_shares[0];
                 *share = corrupted(share);
@@ -388,7 +495,7 @@ fn a_bad_self_mask_share_is_set_aside_and_its_revealer_named() {
 fn a_bad_share_with_too_few_others_to_outvote_it_fails_the_round() {
     // Four participants, complete graph: three holders per owner, threshold 2. A bad share
     // among three shows, but two good ones cannot tell which of the three it is.
-    let err = run_altering_reveals(4, 2, Graph::complete(4), &Dropouts::new(), |reveal| {
+    let err = run_altering_reveals(4, 2, 3, &Dropouts::new(), |reveal| {
         if reveal.from == 1 {
             let (_, share) = &mut reveal.self_mask_shares[0];
             *share = corrupted(share);
@@ -409,7 +516,7 @@ fn a_bad_mask_key_share_is_caught_against_the_advertised_key() {
     // threshold is enough to find a bad one (four holders, threshold 3).
     let dropouts = Dropouts::from([(0, 2)]);
     let ((sum, _, exact), bad) =
-        run_altering_reveals(5, 3, Graph::complete(5), &dropouts, |reveal| {
+        run_altering_reveals(5, 3, 4, &dropouts, |reveal| {
             if reveal.from == 2
                 && let Some((_, share)) = reveal.mask_key_shares.first_mut()
             {
@@ -424,7 +531,7 @@ fn a_bad_mask_key_share_is_caught_against_the_advertised_key() {
 #[test]
 fn reveals_carry_only_the_shares_their_revealer_was_given() {
     // The share made for another holder, a second share of one owner.
-    let err = run_altering_reveals(5, 3, Graph::complete(5), &Dropouts::new(), |reveal| {
+    let err = run_altering_reveals(5, 3, 4, &Dropouts::new(), |reveal| {
         if reveal.from == 3 {
             let (_, share) = &mut reveal.self_mask_shares[0];
             let mut bytes = share.as_bytes().to_vec();
@@ -437,7 +544,7 @@ fn reveals_carry_only_the_shares_their_revealer_was_given() {
         matches!(err, ProtocolError::ShareIndex { from: 3, .. }),
         "{err}"
     );
-    let err = run_altering_reveals(5, 3, Graph::complete(5), &Dropouts::new(), |reveal| {
+    let err = run_altering_reveals(5, 3, 4, &Dropouts::new(), |reveal| {
         if reveal.from == 3 {
             let first = reveal.self_mask_shares[0].clone();
             reveal.self_mask_shares.push(first);
@@ -454,7 +561,7 @@ fn reveals_carry_only_the_shares_their_revealer_was_given() {
 fn the_coordinator_refuses_a_mask_key_share_of_a_survivor() {
     // A survivor's mask-key share would let the coordinator, which also gets the survivor's
     // self-mask seed, unmask that survivor's input alone: it must refuse rather than hold both.
-    let err = run_altering_reveals(4, 2, Graph::complete(4), &Dropouts::new(), |reveal| {
+    let err = run_altering_reveals(4, 2, 3, &Dropouts::new(), |reveal| {
         if let Some(share) = reveal.self_mask_shares.pop() {
             reveal.mask_key_shares.push(share);
         }
@@ -496,7 +603,7 @@ impl Verifier for Counting<'_> {
 fn a_participant_checks_only_its_neighbourhood_and_a_substituted_stranger_still_fails_the_round() {
     let n = 20;
     let ids = Identities::new(n);
-    let cfg = config(n, 5, Graph::regular(n, 8, [9u8; 32]).unwrap(), 1);
+    let cfg = config(n, 5, 8, 1);
     let mut coordinator = CoordinatorMachine::new(cfg.clone());
     let mut parties: Vec<ParticipantMachine> = (0..n)
         .map(|i| {
@@ -506,7 +613,16 @@ fn a_participant_checks_only_its_neighbourhood_and_a_substituted_stranger_still_
         })
         .collect();
     let ads = coordinator.close_advertisements().unwrap();
-    let neighbourhood = parties[0].neighbourhood();
+    let nonces = nonces_of(&parties);
+    for nonce in &nonces {
+        coordinator.on_nonce(nonce.from, nonce.clone()).unwrap();
+    }
+    assert_eq!(coordinator.close_nonces().unwrap(), nonces);
+    let graph = drawn(&cfg, &nonces);
+    assert_eq!(coordinator.graph(), Some(&graph));
+    let mut neighbourhood: std::collections::BTreeSet<u32> =
+        graph.neighbours(0).iter().copied().collect();
+    neighbourhood.insert(0);
     assert_eq!(neighbourhood.len(), 9);
     let stranger = (0..n).find(|j| !neighbourhood.contains(j)).unwrap();
 
@@ -517,7 +633,8 @@ fn a_participant_checks_only_its_neighbourhood_and_a_substituted_stranger_still_
         inner: &ids,
         checked: Default::default(),
     };
-    let shares = parties[0].on_advertisements(altered, &verifier).unwrap();
+    let shares = share(&mut parties[0], altered, &nonces, &verifier).unwrap();
+    assert_eq!(parties[0].neighbourhood(), neighbourhood);
     assert_eq!(
         *verifier.checked.borrow(),
         neighbourhood,
@@ -525,13 +642,13 @@ fn a_participant_checks_only_its_neighbourhood_and_a_substituted_stranger_still_
     );
     coordinator.on_shares(0, shares).unwrap();
     for (i, party) in parties.iter_mut().enumerate().skip(1) {
-        let shares = party.on_advertisements(ads.clone(), &ids).unwrap();
+        let shares = share(party, ads.clone(), &nonces, &ids).unwrap();
         coordinator.on_shares(i as u32, shares).unwrap();
     }
     // Participant 0's view of the session differs from its neighbours', so none of them can
     // open its shares, nor it theirs: each aborts before masking anything.
     let mut routed = coordinator.close_shares().unwrap();
-    for &i in &neighbourhood {
+    for &i in neighbourhood.iter().filter(|&&i| i != 0) {
         let mail = routed.remove(&i).unwrap();
         assert!(parties[i as usize].on_shares(mail, &input(i)).is_err());
     }
@@ -539,10 +656,13 @@ fn a_participant_checks_only_its_neighbourhood_and_a_substituted_stranger_still_
     let (mut fresh, own) = ParticipantMachine::new(cfg.clone(), 0, &ids.signer(0));
     let mut forged = ads.clone();
     forged[0] = own;
-    let neighbour = *neighbourhood.iter().find(|&&i| i != 0).unwrap();
+    let mut nonces = nonces;
+    nonces[0] = fresh.nonce();
+    let graph = drawn(&cfg, &nonces);
+    let neighbour = graph.neighbours(0)[0];
     forged[neighbour as usize].channel_public = crate::crypto::generate_key_pair().1;
     assert_eq!(
-        fresh.on_advertisements(forged, &ids).unwrap_err(),
+        share(&mut fresh, forged, &nonces, &ids).unwrap_err(),
         ProtocolError::BadAdvertisement { from: neighbour }
     );
 }
@@ -557,36 +677,49 @@ fn hex(bytes: &[u8]) -> String {
 // build; a change here is a change of the protocol.
 
 #[test]
-fn the_round_setup_derives_the_pinned_context_seed_and_graph() {
+fn the_round_setup_and_nonces_derive_the_pinned_context_seed_and_graph() {
     let roster: Vec<String> = (0..10).map(|i| format!("participant-{i}")).collect();
     let config = RoundConfig::derive("job", 7, 2, &roster, 4, 3, 1000).unwrap();
     assert_eq!(
         hex(&config.context),
-        "b62ea98ad20319e32cf77bfc63e11e4d095360f313dfe2c3131eca251cbb10bc"
+        "076d345f4cd25dcaaa121058edbbbeba2cb3f58bcc855faa1d14a7aa2f692a9d"
     );
     assert_eq!(
-        hex(&graph_seed(&config.context)),
-        "5047cb3155b48e2542c607f9021c142f57ea809e13c39f9bb3bce5307aa14190"
+        hex(&nonce_commitment(&config, 3, &[3; 32])),
+        "b59c0a3089dbc18c5c3d73bdc54cdb8fb38e3091ee6916ff603e682908d146e6"
+    );
+    // Participant 4 did not advertise: the seed covers the nine advertisers' nonces.
+    let nonces: BTreeMap<u32, [u8; 32]> = (0..10u32)
+        .filter(|&i| i != 4)
+        .map(|i| (i, [i as u8; 32]))
+        .collect();
+    let seed = config.graph_seed(&nonces);
+    assert_eq!(
+        hex(&seed),
+        "ec95e966e303ff763c5d1bae88318f6cb857e1129a7b5da8d27b43b7c0e89095"
     );
     let expected: [&[u32]; 10] = [
-        &[2, 3, 6, 7],
-        &[4, 5, 6, 7],
-        &[0, 3, 8, 9],
-        &[0, 2, 7, 8],
-        &[1, 5, 8, 9],
-        &[1, 4, 6, 9],
-        &[0, 1, 5, 7],
-        &[0, 1, 3, 6],
-        &[2, 3, 4, 9],
-        &[2, 4, 5, 8],
+        &[1, 2, 4, 7],
+        &[0, 4, 7, 8],
+        &[0, 3, 4, 5],
+        &[2, 4, 5, 9],
+        &[0, 1, 2, 3],
+        &[2, 3, 6, 9],
+        &[5, 7, 8, 9],
+        &[0, 1, 6, 8],
+        &[1, 6, 7, 9],
+        &[3, 5, 6, 8],
     ];
+    let graph = config.graph(seed).unwrap();
     for (i, neighbours) in expected.iter().enumerate() {
-        assert_eq!(
-            config.graph.neighbours(i as u32),
-            *neighbours,
-            "participant {i}"
-        );
+        assert_eq!(graph.neighbours(i as u32), *neighbours, "participant {i}");
     }
+    // Every nonce enters the seed.
+    let mut other = nonces.clone();
+    other.insert(9, [0; 32]);
+    assert_ne!(config.graph_seed(&other), seed);
+    other.remove(&9);
+    assert_ne!(config.graph_seed(&other), seed);
     // Every part of the setup enters the context.
     let context = |job: &str, round, attempt, roster: &[String], degree, threshold, len| {
         RoundConfig::derive(job, round, attempt, roster, degree, threshold, len)
@@ -614,7 +747,7 @@ fn layout_config() -> RoundConfig {
         context: [0xaa; 32],
         n_participants: 6,
         threshold: 3,
-        graph: Graph::complete(6),
+        degree: 5,
         vector_len: 8,
     }
 }
@@ -622,14 +755,22 @@ fn layout_config() -> RoundConfig {
 #[test]
 fn signed_messages_and_associated_data_have_the_pinned_layout() {
     let config = layout_config();
-    // "cairn secagg advertise v1", job length (8 bytes) and job, round (8 bytes), context,
-    // sender (4 bytes), channel key, mask key.
+    // "cairn secagg advertise v2", job length (8 bytes) and job, round (8 bytes), context,
+    // sender (4 bytes), channel key, mask key, nonce commitment; not the signature.
+    let advertisement = Advertisement {
+        from: 2,
+        channel_public: [1; 32],
+        mask_public: [2; 32],
+        nonce_commitment: [3; 32],
+        signature: vec![9; 64],
+    };
     assert_eq!(
-        hex(&advertisement_message(&config, 2, &[1; 32], &[2; 32])),
-        "636169726e207365636167672061647665727469736520763100000000000000036a6f620000000000000007\
+        hex(&advertisement_message(&config, &advertisement)),
+        "636169726e207365636167672061647665727469736520763200000000000000036a6f620000000000000007\
          aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa00000002\
          0101010101010101010101010101010101010101010101010101010101010101\
-         0202020202020202020202020202020202020202020202020202020202020202"
+         0202020202020202020202020202020202020202020202020202020202020202\
+         0303030303030303030303030303030303030303030303030303030303030303"
     );
     // The survivors in increasing order, however they were given.
     assert_eq!(
@@ -637,10 +778,12 @@ fn signed_messages_and_associated_data_have_the_pinned_layout() {
         "636169726e20736563616767207375727669766f727320763100000000000000036a6f620000000000000007\
          aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000000000000000200000003"
     );
+    // "cairn secagg shares v2", the header, graph seed, sender, receiver.
     assert_eq!(
-        hex(&shares_associated_data(&config, 2, 5)),
-        "636169726e207365636167672073686172657320763100000000000000036a6f620000000000000007\
-         aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa0000000200000005"
+        hex(&shares_associated_data(&config, &[0xbb; 32], 2, 5)),
+        "636169726e207365636167672073686172657320763200000000000000036a6f620000000000000007\
+         aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\
+         bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb0000000200000005"
     );
 }
 
@@ -663,7 +806,7 @@ fn the_channel_key_is_the_pinned_derivation() {
 fn the_coordinator_names_each_misrouted_or_repeated_message_for_what_it_is() {
     let n = 12;
     let ids = Identities::new(n);
-    let cfg = config(n, 3, Graph::regular(n, 4, [2u8; 32]).unwrap(), 1);
+    let cfg = config(n, 3, 4, 1);
     let mut coordinator = CoordinatorMachine::new(cfg.clone());
     let mut parties: Vec<ParticipantMachine> = Vec::new();
     let mut ads = Vec::new();
@@ -696,10 +839,54 @@ fn the_coordinator_names_each_misrouted_or_repeated_message_for_what_it_is() {
         Err(ProtocolError::DuplicateAdvertisement { from: 0 })
     );
     let shown = coordinator.close_advertisements().unwrap();
-    let shares = parties[0].on_advertisements(shown.clone(), &ids).unwrap();
-    let stranger = (1..n - 1)
-        .find(|&j| !cfg.graph.are_neighbours(0, j))
-        .unwrap();
+    let nonces: Vec<GraphNonce> = parties[..n as usize - 1]
+        .iter_mut()
+        .map(|p| p.on_advertisements(shown.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        coordinator.on_nonce(1, nonces[0].clone()),
+        Err(ProtocolError::NonceSenderMismatch {
+            received_from: 1,
+            claimed: 0
+        })
+    );
+    assert_eq!(
+        coordinator.on_nonce(n - 1, parties[n as usize - 1].nonce()),
+        Err(ProtocolError::NonceFromUnadvertised { from: n - 1 })
+    );
+    let mut other = nonces[2].clone();
+    other.nonce[0] ^= 1;
+    assert_eq!(
+        coordinator.on_nonce(2, other),
+        Err(ProtocolError::NonceMismatch { from: 2 })
+    );
+    for nonce in &nonces[1..] {
+        coordinator.on_nonce(nonce.from, nonce.clone()).unwrap();
+    }
+    assert_eq!(
+        coordinator.on_nonce(1, nonces[1].clone()),
+        Err(ProtocolError::DuplicateNonce { from: 1 })
+    );
+    // Without participant 0's nonce there is no graph; with it, the one the nonces draw.
+    let mut withheld = CoordinatorMachine::new(cfg.clone());
+    for ad in &ads[..n as usize - 1] {
+        withheld.on_advertisement(ad.from, ad.clone()).unwrap();
+    }
+    withheld.close_advertisements().unwrap();
+    for nonce in &nonces[1..] {
+        withheld.on_nonce(nonce.from, nonce.clone()).unwrap();
+    }
+    assert_eq!(
+        withheld.close_nonces(),
+        Err(ProtocolError::MissingNonces {
+            participants: vec![0]
+        })
+    );
+    coordinator.on_nonce(0, nonces[0].clone()).unwrap();
+    assert_eq!(coordinator.close_nonces().unwrap(), nonces);
+    let graph = drawn(&cfg, &nonces);
+    let shares = parties[0].on_nonces(nonces.clone(), &ids).unwrap();
+    let stranger = (1..n - 1).find(|&j| !graph.are_neighbours(0, j)).unwrap();
     let mut misaddressed = shares.clone();
     misaddressed[0].to = stranger;
     assert_eq!(
@@ -736,7 +923,7 @@ fn the_coordinator_names_each_misrouted_or_repeated_message_for_what_it_is() {
     );
     for i in 1..n - 1 {
         let shares = parties[i as usize]
-            .on_advertisements(shown.clone(), &ids)
+            .on_nonces(nonces.clone(), &ids)
             .unwrap();
         // Participant 1 never gets its shares through.
         if i != 1 {
@@ -764,15 +951,19 @@ fn a_participant_names_what_is_wrong_with_a_survivor_set() {
     let shares: Vec<EncryptedShares> = s
         .parties
         .iter_mut()
-        .flat_map(|p| p.on_advertisements(s.ads.clone(), &s.ids).unwrap())
+        .flat_map(|p| share(p, s.ads.clone(), &s.nonces, &s.ids).unwrap())
         .collect();
     let mine: Vec<EncryptedShares> = shares.iter().filter(|m| m.to == 0).cloned().collect();
     // Shares addressed to 1, handed to 0, are refused before any decryption.
     let theirs: Vec<EncryptedShares> = shares.iter().filter(|m| m.to == 1).cloned().collect();
     let mut other = setup(3, 1);
-    let err = other.parties[0]
-        .on_advertisements(other.ads.clone(), &other.ids)
-        .and_then(|_| other.parties[0].on_shares(theirs.clone(), &input(0)))
+    let err = share(
+        &mut other.parties[0],
+        other.ads.clone(),
+        &other.nonces,
+        &other.ids,
+    )
+    .and_then(|_| other.parties[0].on_shares(theirs.clone(), &input(0)))
         .unwrap_err();
     assert_eq!(
         err,
@@ -789,7 +980,7 @@ fn a_participant_names_what_is_wrong_with_a_survivor_set() {
         let shares: Vec<EncryptedShares> = s
             .parties
             .iter_mut()
-            .flat_map(|p| p.on_advertisements(s.ads.clone(), &s.ids).unwrap())
+            .flat_map(|p| share(p, s.ads.clone(), &s.nonces, &s.ids).unwrap())
             .collect();
         let mine = shares.iter().filter(|m| m.to == 0).cloned().collect();
         s.parties[0].on_shares(mine, &input(0)).unwrap();
