@@ -183,6 +183,7 @@ async fn the_api_reports_what_the_federation_did() {
         phases,
         [
             Phase::AdvertiseKeys,
+            Phase::DrawGraph,
             Phase::ShareKeys,
             Phase::CollectMasked,
             Phase::ConsistencyCheck,
@@ -232,6 +233,7 @@ async fn the_api_reports_what_the_federation_did() {
         .flat_map(|r| {
             [
                 "advertise_keys",
+                "draw_graph",
                 "share_keys",
                 "collect_masked",
                 "consistency_check",

@@ -426,6 +426,7 @@ async fn malformed_secure_aggregation_messages_are_refused_by_name() {
         mask_public: vec![2; 32],
         signature: vec![3; 70],
         certificate: own_certificate,
+        nonce_commitment: vec![4; 32],
     };
     let borrowed_certificate = cairn_proto::v1::Advertisement {
         channel_public: vec![1; 32],

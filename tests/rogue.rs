@@ -14,7 +14,10 @@ use cairn_proto::v1::{
     self, CoordinatorMessage, JobFinished, ParticipantMessage, SecureAggregation, TaskSpec,
     TensorSpec, TrainInstruction, TrainingConfig, Welcome,
 };
-use cairn_secagg::protocol::{ParticipantMachine, RoundConfig};
+use cairn_secagg::protocol::{
+    GraphNonce, ParticipantMachine, RoundConfig, Signer, SurvivorSignature, Verifier,
+    survivors_message,
+};
 use cairn_secagg::quantize::UpdateEncoding;
 use cairn_tests::{Federation, digits_layout, digits_model, digits_task};
 use std::io::Write;
@@ -245,6 +248,7 @@ fn kinds(sent: &[Inbound]) -> Vec<&'static str> {
             Inbound::Chunk(_) => "chunk",
             Inbound::Evaluation(_) => "evaluation",
             Inbound::Advertisement(_) => "advertisement",
+            Inbound::GraphNonce(_) => "graph nonce",
             Inbound::Shares(_) => "shares",
             Inbound::MaskedInput(_) => "masked input",
             Inbound::SurvivorSignature(_) => "survivor signature",
@@ -338,8 +342,8 @@ async fn replayed_messages_and_an_earlier_round_get_nothing() {
     assert_eq!((real.round, real.attempt), (2, 2));
     // Advertisements of an earlier attempt, then of an earlier round, replayed at it.
     for (round, attempt) in [(2, 1), (1, 2)] {
-        let replayed = forged_advertisements(&federation, &roster, round, attempt, real.clone());
-        session.send(Outbound::Advertisements(replayed)).await;
+        let replayed = Forged::new(&federation, &roster, round, attempt, real.clone());
+        session.send(Outbound::Advertisements(replayed.ads)).await;
         log_line(&[
             &format!(
                 "alpha: ignored a secure aggregation message for round {round} attempt {attempt}"
@@ -363,48 +367,147 @@ async fn replayed_messages_and_an_earlier_round_get_nothing() {
     );
 }
 
-/// Advertisements for `roster` as the rogue host forges them: the others' keys signed with
+#[tokio::test]
+async fn a_round_failed_on_purpose_is_drawn_again_only_as_often_as_the_site_allows() {
+    // Each attempt draws a fresh graph; a host that abandons attempts until the graph suits it
+    // gets `--max-round-attempts` draws.
+    let federation = Federation::provision(&IDS);
+    let policy = Policy {
+        max_round_attempts: 2,
+        ..Policy::default()
+    };
+    let mut session = connect(&federation, "alpha", policy).await;
+    let roster = ["alpha", "bravo", "charlie"];
+    for attempt in 1..=2 {
+        session.train(3, Some(setup(&roster, attempt))).await;
+        match next(&mut session.inbound).await {
+            Some(Inbound::Advertisement(ad)) => assert_eq!(ad.attempt, attempt),
+            other => panic!("expected an advertisement, got {other:?}"),
+        }
+    }
+    // A third attempt, numbered as a first one after a "restart": counted all the same.
+    session.train(3, Some(setup(&roster, 1))).await;
+    log_line(&[
+        "alpha: round 3: refused, nothing is sent for this round",
+        "at most 2 attempts of a round (--max-round-attempts)",
+    ])
+    .await;
+    let sent = session.finish().await;
+    assert!(sent.is_empty(), "alpha sent {:?}", kinds(&sent));
+}
+
+/// Checks no signature: the forged neighbours take whatever alpha signs.
+struct AcceptAll;
+
+impl Verifier for AcceptAll {
+    fn verify(&self, _: u32, _: &[u8], _: &[u8]) -> bool {
+        true
+    }
+}
+
+/// Alpha's neighbours as the rogue host forges them: protocol machines with keys signed by
 /// certificates it minted for their ids with the federation CA's key, so that they chain to the
 /// CA and name the right participants.
-fn forged_advertisements(
-    federation: &Federation,
-    roster: &[&str],
+struct Forged {
+    config: RoundConfig,
     round: u64,
     attempt: u32,
-    real: v1::Advertisement,
-) -> v1::Advertisements {
-    let ca_dir = federation.dir.path().join("ca");
-    let read = |name: &str| std::fs::read_to_string(ca_dir.join(name)).expect("CA files");
-    let ca = Authority::from_pem(&read("ca.pem"), &read("ca-key.pem")).expect("the CA");
-    let setup = setup(roster, attempt);
-    let n_values: usize = digits_layout()
-        .iter()
-        .map(|t| t.shape.iter().product::<usize>())
-        .sum();
-    let config = RoundConfig::derive(
-        JOB,
-        round,
-        attempt,
-        &setup.participants,
-        setup.degree,
-        setup.threshold as usize,
-        UpdateEncoding::vector_len(n_values),
-    )
-    .expect("round config");
-    let mut advertisements = vec![real];
-    for (index, id) in roster.iter().enumerate().skip(1) {
-        let minted = ca
-            .issue_participant(id, id, 1)
-            .expect("a minted certificate");
-        let signer = KitSigner::from_pem(&minted.key_pem).expect("the minted key");
-        let (_, ad) = ParticipantMachine::new(config.clone(), index as u32, &signer);
-        let der = cairn_identity::certificate_der(&minted.cert_pem, "minted").expect("DER");
-        advertisements.push(v1::Advertisement::new(round, attempt, &ad, der));
+    /// Alpha's real advertisement and the forged ones, as relayed (without certificates).
+    ads: v1::Advertisements,
+    /// Alpha's certificate and the minted ones, by index.
+    certificates: Vec<(u32, Vec<u8>)>,
+    /// The forged neighbours' machines and signers, for indices 1, 2, ...
+    machines: Vec<ParticipantMachine>,
+    signers: Vec<KitSigner>,
+}
+
+impl Forged {
+    fn new(
+        federation: &Federation,
+        roster: &[&str],
+        round: u64,
+        attempt: u32,
+        real: v1::Advertisement,
+    ) -> Forged {
+        let ca_dir = federation.dir.path().join("ca");
+        let read = |name: &str| std::fs::read_to_string(ca_dir.join(name)).expect("CA files");
+        let ca = Authority::from_pem(&read("ca.pem"), &read("ca-key.pem")).expect("the CA");
+        let setup = setup(roster, attempt);
+        let n_values: usize = digits_layout()
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum();
+        let config = RoundConfig::derive(
+            JOB,
+            round,
+            attempt,
+            &setup.participants,
+            setup.degree,
+            setup.threshold as usize,
+            UpdateEncoding::vector_len(n_values),
+        )
+        .expect("round config");
+        let mut certificates = vec![(0, real.certificate.clone())];
+        let mut advertisements = vec![v1::Advertisement {
+            certificate: Vec::new(),
+            ..real
+        }];
+        let (mut machines, mut signers) = (Vec::new(), Vec::new());
+        for (index, id) in roster.iter().enumerate().skip(1) {
+            let minted = ca
+                .issue_participant(id, id, 1)
+                .expect("a minted certificate");
+            let signer = KitSigner::from_pem(&minted.key_pem).expect("the minted key");
+            let (machine, ad) = ParticipantMachine::new(config.clone(), index as u32, &signer);
+            let der = cairn_identity::certificate_der(&minted.cert_pem, "minted").expect("DER");
+            certificates.push((index as u32, der));
+            advertisements.push(v1::Advertisement::new(round, attempt, &ad, Vec::new()));
+            machines.push(machine);
+            signers.push(signer);
+        }
+        let ads = v1::Advertisements {
+            round,
+            attempt,
+            advertisements,
+        };
+        Forged {
+            config,
+            round,
+            attempt,
+            ads,
+            certificates,
+            machines,
+            signers,
+        }
     }
-    v1::Advertisements {
-        round,
-        attempt,
-        advertisements,
+
+    /// Every party's graph nonce, alpha's `own` first, with every certificate.
+    fn nonces(&mut self, own: v1::GraphNonce) -> v1::GraphNonces {
+        let ads: Vec<_> = self
+            .ads
+            .advertisements
+            .iter()
+            .map(|ad| ad.clone().into_parts().expect("well-formed").0)
+            .collect();
+        let mut nonces = vec![own.into_nonce().expect("alpha's nonce")];
+        for machine in &mut self.machines {
+            nonces.push(
+                machine
+                    .on_advertisements(ads.clone())
+                    .expect("forged nonce"),
+            );
+        }
+        v1::GraphNonces::new(self.round, self.attempt, &nonces, self.certificates.clone())
+    }
+}
+
+/// Alpha's next message, chunks of a transfer skipped.
+async fn next_but_chunks(inbound: &mut Streaming<ParticipantMessage>) -> Option<Inbound> {
+    loop {
+        match next(inbound).await {
+            Some(Inbound::Chunk(_)) => continue,
+            body => return body,
+        }
     }
 }
 
@@ -415,8 +518,12 @@ fn fingerprint(federation: &Federation, id: &str) -> String {
 }
 
 /// Alpha trains in a round with bravo and charlie, whose advertisements the host then forges;
-/// returns the session once alpha has them.
-async fn with_forged_neighbours(federation: &Federation, policy: Policy) -> Session {
+/// returns the session once alpha has them, with alpha's nonce in the forged nonces.
+async fn with_forged_neighbours(
+    federation: &Federation,
+    policy: Policy,
+    alter: impl FnOnce(&mut v1::Advertisements),
+) -> (Session, Forged, Option<v1::GraphNonces>) {
     let roster = ["alpha", "bravo", "charlie"];
     let mut session = connect(federation, "alpha", policy).await;
     session.train(1, Some(setup(&roster, 1))).await;
@@ -424,9 +531,15 @@ async fn with_forged_neighbours(federation: &Federation, policy: Policy) -> Sess
         Some(Inbound::Advertisement(ad)) => ad,
         other => panic!("expected an advertisement, got {other:?}"),
     };
-    let forged = forged_advertisements(federation, &roster, 1, 1, real);
-    session.send(Outbound::Advertisements(forged)).await;
-    session
+    let mut forged = Forged::new(federation, &roster, 1, 1, real);
+    let mut shown = forged.ads.clone();
+    alter(&mut shown);
+    session.send(Outbound::Advertisements(shown)).await;
+    let nonces = match next(&mut session.inbound).await {
+        Some(Inbound::GraphNonce(own)) => Some(forged.nonces(own)),
+        _ => None,
+    };
+    (session, forged, nonces)
 }
 
 #[tokio::test]
@@ -434,7 +547,11 @@ async fn a_neighbour_whose_certificate_is_not_the_pinned_one_gets_nothing() {
     // Without pins, the host that holds the CA key can stand in for every neighbour: alpha
     // shares its secrets with the minted keys.
     let federation = Federation::provision(&IDS);
-    let mut session = with_forged_neighbours(&federation, Policy::default()).await;
+    let (mut session, _, nonces) =
+        with_forged_neighbours(&federation, Policy::default(), |_| {}).await;
+    session
+        .send(Outbound::GraphNonces(nonces.expect("alpha's nonce")))
+        .await;
     match next(&mut session.inbound).await {
         Some(Inbound::Shares(_)) => {}
         other => panic!("unpinned, the forgery goes through to shares; got {other:?}"),
@@ -451,7 +568,10 @@ async fn a_neighbour_whose_certificate_is_not_the_pinned_one_gets_nothing() {
         partners: Some(Partners::parse(&pins).expect("partners")),
         ..Policy::default()
     };
-    let session = with_forged_neighbours(&federation, policy).await;
+    let (session, _, nonces) = with_forged_neighbours(&federation, policy, |_| {}).await;
+    session
+        .send(Outbound::GraphNonces(nonces.expect("alpha's nonce")))
+        .await;
     let line = log_line(&[
         "alpha: round 1 attempt 1: aborting secure aggregation",
         "\"bravo\" presents certificate sha256:",
@@ -465,4 +585,124 @@ async fn a_neighbour_whose_certificate_is_not_the_pinned_one_gets_nothing() {
         "alpha sent {:?} to forged neighbours",
         kinds(&sent)
     );
+}
+
+#[tokio::test]
+async fn a_substituted_public_key_gets_nothing_past_the_nonce() {
+    // The host swaps bravo's mask key after bravo signed it: alpha reveals its nonce (the
+    // protocol allows that much before the graph says whose signatures count), then refuses.
+    let federation = Federation::provision(&IDS);
+    let (session, _, nonces) = with_forged_neighbours(&federation, Policy::default(), |ads| {
+        ads.advertisements[1].mask_public = vec![7; 32];
+    })
+    .await;
+    session
+        .send(Outbound::GraphNonces(nonces.expect("alpha's nonce")))
+        .await;
+    log_line(&[
+        "alpha: round 1 attempt 1: aborting secure aggregation",
+        "advertisement of participant 1 does not carry a valid signature",
+    ])
+    .await;
+    let sent = session.finish().await;
+    assert!(sent.is_empty(), "alpha sent {:?}", kinds(&sent));
+}
+
+#[tokio::test]
+async fn a_coordinator_that_withholds_or_alters_a_nonce_draws_no_graph() {
+    // Leaving charlie's nonce out would let the host pick among graphs; changing it, too.
+    for (alter, rule) in [
+        (
+            (|nonces: &mut v1::GraphNonces| {
+                nonces.nonces.pop();
+            }) as fn(&mut v1::GraphNonces),
+            "participants [2] advertised keys but revealed no graph nonce",
+        ),
+        (
+            |nonces: &mut v1::GraphNonces| nonces.nonces[2].nonce[0] ^= 1,
+            "the graph nonce of participant 2 does not match the commitment it advertised",
+        ),
+    ] {
+        let federation = Federation::provision(&IDS);
+        let (session, _, nonces) =
+            with_forged_neighbours(&federation, Policy::default(), |_| {}).await;
+        let mut nonces = nonces.expect("alpha's nonce");
+        alter(&mut nonces);
+        session.send(Outbound::GraphNonces(nonces)).await;
+        log_line(&[
+            "alpha: round 1 attempt 1: aborting secure aggregation",
+            rule,
+        ])
+        .await;
+        let sent = session.finish().await;
+        assert!(sent.is_empty(), "alpha sent {:?}", kinds(&sent));
+    }
+}
+
+#[tokio::test]
+async fn a_forged_survivor_signature_gets_no_reveal() {
+    // The host plays bravo and charlie through the whole protocol (it minted their keys), then
+    // shows alpha a survivor set that charlie "signed" over another set: alpha masks and signs,
+    // as the protocol allows, but reveals nothing.
+    let federation = Federation::provision(&IDS);
+    let (mut session, mut forged, nonces) =
+        with_forged_neighbours(&federation, Policy::default(), |_| {}).await;
+    let nonces = nonces.expect("alpha's nonce");
+    session.send(Outbound::GraphNonces(nonces.clone())).await;
+    let Some(Inbound::Shares(_)) = next(&mut session.inbound).await else {
+        panic!("alpha shares with its (unpinned) neighbours")
+    };
+    let (nonces, _) = nonces.into_parts().expect("nonces");
+    let mut for_alpha = Vec::new();
+    for machine in &mut forged.machines {
+        let shares: Vec<GraphNonce> = nonces.clone();
+        for message in machine
+            .on_nonces(shares, &AcceptAll)
+            .expect("forged shares")
+        {
+            if message.to == 0 {
+                for_alpha.push(message);
+            }
+        }
+    }
+    session
+        .send(Outbound::Shares(v1::EncryptedShares::new(1, 1, &for_alpha)))
+        .await;
+    let Some(Inbound::MaskedInput(_)) = next_but_chunks(&mut session.inbound).await else {
+        panic!("alpha masks its input")
+    };
+    let survivors = vec![0, 1, 2];
+    session
+        .send(Outbound::Survivors(v1::Survivors {
+            round: 1,
+            attempt: 1,
+            survivors: survivors.clone(),
+        }))
+        .await;
+    let own = match next_but_chunks(&mut session.inbound).await {
+        Some(Inbound::SurvivorSignature(own)) => SurvivorSignature::try_from(own).expect("own"),
+        other => panic!("alpha signs the survivor set, got {other:?}"),
+    };
+    let other_set = survivors_message(&forged.config, &[0, 2]);
+    let signatures = vec![
+        own,
+        SurvivorSignature {
+            from: 2,
+            signature: forged.signers[1].sign(&other_set),
+        },
+    ];
+    session
+        .send(Outbound::SurvivorSignatures(v1::SurvivorSignatures::new(
+            1,
+            1,
+            &signatures,
+        )))
+        .await;
+    log_line(&[
+        "alpha: round 1 attempt 1: aborting secure aggregation",
+        "survivor set signature of participant 2 does not match the set shown here",
+    ])
+    .await;
+    let sent = session.finish().await;
+    assert!(sent.is_empty(), "alpha revealed {:?}", kinds(&sent));
 }

@@ -111,7 +111,7 @@ def test_participant_policy_is_strict_by_default_and_set_by_values():
     base = values_of(CHARTS / "participant/ci/default-values.yaml")
     args = by_kind(render("participant", base), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--allow-plaintext" not in args
-    assert {"--min-participants=3", "--min-neighbours=2", "--min-threshold=0.5"} <= set(args)
+    assert {"--min-participants=3", "--min-neighbours=2", "--min-threshold=0.5", "--max-round-attempts=5"} <= set(args)
     assert not any(a.startswith("--partners") for a in args)
     partners = "# agreed on 2026-11-30\nst-marys sha256:" + "ab" * 32 + "\nhopital-nord\n"
     values = with_change(with_change(base, "policy.partners", partners), "policy.minParticipants", 5)
@@ -232,6 +232,7 @@ PARTICIPANT_BAD = [
     ("coordinator.followJobs", "yes", "coordinator/followJobs"),
     ("policy.minParticipants", 2, "policy/minParticipants"),
     ("policy.minThreshold", 0.4, "policy/minThreshold"),
+    ("policy.maxRoundAttempts", 0, "policy/maxRoundAttempts"),
     ("policy.partners", "St Marys\n", "policy/partners"),
     ("policy.partners", "alpha sha1:00\n", "policy/partners"),
     ("policy.trustCoordinator", True, "policy"),

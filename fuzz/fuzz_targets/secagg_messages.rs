@@ -49,7 +49,12 @@ fn to_participant(data: &[u8]) {
                 .map(|ad| ad.into_parts().map(|(ad, _certificate)| ad))
                 .collect();
             if let Ok(ads) = ads {
-                let _ = machine.on_advertisements(ads, &AcceptAll);
+                let _ = machine.on_advertisements(ads);
+            }
+        }
+        Some(coordinator_message::Body::GraphNonces(list)) => {
+            if let Ok((nonces, _certificates)) = list.into_parts() {
+                let _ = machine.on_nonces(nonces, &AcceptAll);
             }
         }
         Some(coordinator_message::Body::Shares(list)) => {
@@ -81,6 +86,12 @@ fn to_coordinator(data: &[u8]) {
             {
                 let _ = machine.on_advertisement(advertisement.from, advertisement);
                 let _ = machine.close_advertisements();
+            }
+        }
+        Some(participant_message::Body::GraphNonce(nonce)) => {
+            if let Ok(nonce) = nonce.into_nonce() {
+                let _ = machine.on_nonce(nonce.from, nonce);
+                let _ = machine.close_nonces();
             }
         }
         Some(participant_message::Body::Shares(list)) => {

@@ -161,6 +161,11 @@ struct PolicyArgs {
     /// certified).
     #[arg(long)]
     partners: Option<PathBuf>,
+    /// Take part in at most this many attempts of one round. Each attempt draws a fresh
+    /// neighbourhood graph, so a coordinator that fails attempts on purpose until the graph
+    /// suits it gets this many draws and no more.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    max_round_attempts: u32,
 }
 
 impl PolicyArgs {
@@ -171,6 +176,7 @@ impl PolicyArgs {
             min_neighbours: self.min_neighbours,
             min_threshold: self.min_threshold,
             partners: self.partners.as_deref().map(Partners::load).transpose()?,
+            max_round_attempts: self.max_round_attempts,
         })
     }
 }

@@ -34,6 +34,11 @@ pub struct Policy {
     /// The partners this site aggregates with, agreed out of band; `None`: any participant the
     /// federation CA certified.
     pub partners: Option<Partners>,
+    /// Most attempts of one round this site takes part in (default 5, the jobs' default). Each
+    /// attempt draws a fresh neighbourhood graph, so a coordinator that fails attempts on purpose
+    /// until a target's neighbours are its colluders makes that `a` times as likely in `a`
+    /// attempts, never more.
+    pub max_round_attempts: u32,
 }
 
 impl Default for Policy {
@@ -44,6 +49,7 @@ impl Default for Policy {
             min_neighbours: 2,
             min_threshold: 0.5,
             partners: None,
+            max_round_attempts: 5,
         }
     }
 }
@@ -204,6 +210,16 @@ pub enum Refusal {
         /// The latest round started.
         latest: u64,
     },
+    /// The round was started as often as the site allows.
+    #[error(
+        "round {round} was started {max} times already; this site takes part in at most {max} attempts of a round (--max-round-attempts)"
+    )]
+    TooManyAttempts {
+        /// The round.
+        round: u64,
+        /// The policy's most.
+        max: u32,
+    },
     /// A neighbour's certificate is not the one pinned for it.
     #[error("{id:?} presents certificate {found}; this site pinned {expected} for it (--partners)")]
     Unpinned {
@@ -288,23 +304,28 @@ impl Policy {
     }
 }
 
-/// The latest round this participant started in the current job, so that it never goes back:
-/// a coordinator that sends an earlier round's instruction again is fishing for a second update
-/// of a model this site already trained on. The same round may come again, as a new attempt
-/// after a failure or a coordinator that restarted; attempts are the coordinator's to number,
-/// so refusing a repeated one would protect nothing.
+/// The latest round this participant started in the current job, and how often, so that it
+/// never goes back: a coordinator that sends an earlier round's instruction again is fishing for
+/// a second update of a model this site already trained on. The same round may come again, as a
+/// new attempt after a failure or a coordinator that restarted, up to `max` times in all;
+/// attempts are the coordinator's to number, so they are counted here, not read.
 #[derive(Debug, Default)]
 pub(crate) struct Started {
     latest: Option<u64>,
+    attempts: u32,
 }
 
 impl Started {
-    /// Records that `round` starts now, unless a later one was started before.
-    pub(crate) fn admit(&mut self, round: u64) -> Result<(), Refusal> {
-        if let Some(latest) = self.latest
-            && round < latest
-        {
-            return Err(Refusal::Replayed { round, latest });
+    /// Records that `round` starts now, unless a later one was started before or this one
+    /// `max` times already.
+    pub(crate) fn admit(&mut self, round: u64, max: u32) -> Result<(), Refusal> {
+        match self.latest {
+            Some(latest) if round < latest => return Err(Refusal::Replayed { round, latest }),
+            Some(latest) if round == latest && self.attempts >= max => {
+                return Err(Refusal::TooManyAttempts { round, max });
+            }
+            Some(latest) if round == latest => self.attempts += 1,
+            _ => self.attempts = 1,
         }
         self.latest = Some(round);
         Ok(())
@@ -408,17 +429,35 @@ mod tests {
     #[test]
     fn rounds_never_go_back() {
         let mut started = Started::default();
-        assert_eq!(started.admit(2), Ok(()));
-        assert_eq!(started.admit(2), Ok(()), "a new attempt of the same round");
+        assert_eq!(started.admit(2, 3), Ok(()));
         assert_eq!(
-            started.admit(1),
+            started.admit(2, 3),
+            Ok(()),
+            "a new attempt of the same round"
+        );
+        assert_eq!(
+            started.admit(1, 3),
             Err(Refusal::Replayed {
                 round: 1,
                 latest: 2
             })
         );
-        assert_eq!(started.admit(3), Ok(()));
-        assert!(started.admit(2).is_err());
+        assert_eq!(started.admit(3, 3), Ok(()));
+        assert!(started.admit(2, 3).is_err());
+    }
+
+    #[test]
+    fn a_round_is_started_at_most_as_often_as_the_site_allows() {
+        // Each attempt draws a fresh graph: failing attempts on purpose is a way to draw again.
+        let mut started = Started::default();
+        for _ in 0..3 {
+            assert_eq!(started.admit(4, 3), Ok(()));
+        }
+        assert_eq!(
+            started.admit(4, 3),
+            Err(Refusal::TooManyAttempts { round: 4, max: 3 })
+        );
+        assert_eq!(started.admit(5, 3), Ok(()), "the next round counts afresh");
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub mod v1 {
 /// every secure round with it would fail midway; unread fields were removed (`reserved`).
 /// Version 3: the job's `TaskSpec` (metrics, feature standardisation) arrives in `Welcome`, and an
 /// evaluation reports the sums of each metric it names instead of a fixed loss and accuracy.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 4: secure aggregation's graph is drawn from nonces the participants commit to in their
+/// advertisements and reveal in `GraphNonce`, and neighbours' certificates travel in
+/// `GraphNonces`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest chunk payload in bytes (1 MiB).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;

@@ -6,7 +6,9 @@
 
 use crate::transfer::{MASKED_INPUT_TENSOR, masked_input_layout, split_words};
 use crate::v1;
-use cairn_secagg::protocol::{Advertisement, EncryptedShares, Reveal, SurvivorSignature};
+use cairn_secagg::protocol::{
+    Advertisement, EncryptedShares, GraphNonce, Reveal, SurvivorSignature,
+};
 use cairn_secagg::shamir::Share;
 
 /// Bytes of an X25519 public key.
@@ -157,6 +159,7 @@ impl v1::Advertisement {
             mask_public: advertisement.mask_public.to_vec(),
             signature: advertisement.signature.clone(),
             certificate,
+            nonce_commitment: advertisement.nonce_commitment.to_vec(),
         }
     }
 
@@ -169,9 +172,69 @@ impl v1::Advertisement {
             from: self.index,
             channel_public: key(&self.channel_public, MESSAGE, "channel_public")?,
             mask_public: key(&self.mask_public, MESSAGE, "mask_public")?,
+            nonce_commitment: key(&self.nonce_commitment, MESSAGE, "nonce_commitment")?,
             signature: bounded(self.signature, MESSAGE, "signature", MAX_SIGNATURE_BYTES)?,
         };
         Ok((advertisement, self.certificate))
+    }
+}
+
+impl v1::GraphNonce {
+    /// The wire form of `nonce` for `round` and `attempt`.
+    pub fn new(round: u64, attempt: u32, nonce: &GraphNonce) -> v1::GraphNonce {
+        v1::GraphNonce {
+            round,
+            attempt,
+            index: nonce.from,
+            nonce: nonce.nonce.to_vec(),
+        }
+    }
+
+    /// The protocol's nonce, of 32 bytes.
+    pub fn into_nonce(self) -> Result<GraphNonce, WireError> {
+        Ok(GraphNonce {
+            from: self.index,
+            nonce: key(&self.nonce, "graph nonce", "nonce")?,
+        })
+    }
+}
+
+impl v1::GraphNonces {
+    /// The wire form of every advertiser's `nonces` and the `certificates` (index, DER) of the
+    /// receiver's neighbourhood.
+    pub fn new(
+        round: u64,
+        attempt: u32,
+        nonces: &[GraphNonce],
+        certificates: Vec<(u32, Vec<u8>)>,
+    ) -> v1::GraphNonces {
+        v1::GraphNonces {
+            round,
+            attempt,
+            nonces: nonces
+                .iter()
+                .map(|n| v1::GraphNonce::new(round, attempt, n))
+                .collect(),
+            certificates: certificates
+                .into_iter()
+                .map(|(index, certificate)| v1::PeerCertificate { index, certificate })
+                .collect(),
+        }
+    }
+
+    /// The nonces and the certificates (index, DER; each non-empty and bounded).
+    pub fn into_parts(self) -> Result<(Vec<GraphNonce>, Vec<(u32, Vec<u8>)>), WireError> {
+        let nonces = self
+            .nonces
+            .into_iter()
+            .map(v1::GraphNonce::into_nonce)
+            .collect::<Result<_, _>>()?;
+        let certificates = self
+            .certificates
+            .into_iter()
+            .map(|c| checked_certificate(c.certificate).map(|der| (c.index, der)))
+            .collect::<Result<_, _>>()?;
+        Ok((nonces, certificates))
     }
 }
 
@@ -367,6 +430,7 @@ pub fn round_of(body: &v1::coordinator_message::Body) -> Option<(u64, u32)> {
     use v1::coordinator_message::Body;
     match body {
         Body::Advertisements(m) => Some((m.round, m.attempt)),
+        Body::GraphNonces(m) => Some((m.round, m.attempt)),
         Body::Shares(m) => Some((m.round, m.attempt)),
         Body::Survivors(m) => Some((m.round, m.attempt)),
         Body::SurvivorSignatures(m) => Some((m.round, m.attempt)),
@@ -384,6 +448,7 @@ mod tests {
             from: 2,
             channel_public: [1; 32],
             mask_public: [2; 32],
+            nonce_commitment: [4; 32],
             signature: vec![3; 70],
         }
     }
@@ -414,6 +479,36 @@ mod tests {
         assert!(checked_certificate(vec![]).is_err());
         assert!(checked_certificate(vec![0; MAX_CERTIFICATE_BYTES + 1]).is_err());
         assert_eq!(checked_certificate(vec![1; 5]).unwrap(), vec![1; 5]);
+    }
+
+    #[test]
+    fn graph_nonces_round_trip_and_a_short_nonce_or_empty_certificate_is_named() {
+        let nonces = [
+            GraphNonce {
+                from: 0,
+                nonce: [5; 32],
+            },
+            GraphNonce {
+                from: 3,
+                nonce: [6; 32],
+            },
+        ];
+        let wire = v1::GraphNonces::new(4, 1, &nonces, vec![(3, vec![9; 10])]);
+        assert_eq!(
+            wire.clone().into_parts().unwrap(),
+            (nonces.to_vec(), vec![(3, vec![9; 10])])
+        );
+        let mut short = wire.clone();
+        short.nonces[1].nonce.pop();
+        assert_eq!(
+            short.into_parts().unwrap_err().to_string(),
+            "graph nonce's nonce has 31 bytes, expected 32"
+        );
+        let mut empty = wire;
+        empty.certificates[0].certificate.clear();
+        assert!(empty.into_parts().is_err());
+        let own = v1::GraphNonce::new(4, 1, &nonces[0]);
+        assert_eq!(own.into_nonce().unwrap(), nonces[0]);
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! Run with `cargo bench -p cairn-secagg --bench secagg` (`-- --quick` for d = 100k only).
 
 use aes::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
-use cairn_secagg::graph::default_degree;
+use cairn_secagg::graph::{Graph, default_degree};
 use cairn_secagg::protocol::{
     CoordinatorMachine, MaskedInput, ParticipantMachine, RoundConfig, Signer, Unmasked, Verifier,
     neighbourhood_size, threshold_for,
@@ -175,19 +175,12 @@ fn each_parallel<T: Send, R: Send>(items: &mut [T], f: impl Fn(&mut T) -> R + Sy
 /// Masks the coordinator removes when `dropped` drop out after sharing their keys: each
 /// survivor's self mask, and each dropped participant's pairwise masks with its surviving
 /// neighbours.
-fn masks_to_remove(config: &RoundConfig, dropped: &[u32]) -> usize {
+fn masks_to_remove(graph: &Graph, dropped: &[u32]) -> usize {
     let survives = |u: &u32| !dropped.contains(u);
-    let survivors = (0..config.n_participants).filter(survives).count();
+    let survivors = (0..graph.len()).filter(survives).count();
     let pairwise: usize = dropped
         .iter()
-        .map(|&v| {
-            config
-                .graph
-                .neighbours(v)
-                .iter()
-                .filter(|u| survives(u))
-                .count()
-        })
+        .map(|&v| graph.neighbours(v).iter().filter(|u| survives(u)).count())
         .sum();
     survivors + pairwise
 }
@@ -219,14 +212,26 @@ fn round(config: &RoundConfig, dropped: &[u32], threads: usize) -> Sample {
         .collect();
     let ads = coordinator.close_advertisements().expect("advertisements");
 
-    let (my_shares, t) = seconds(|| mine.on_advertisements(ads.clone(), &Unsigned));
+    let (my_nonce, t) = seconds(|| mine.on_advertisements(ads.clone()));
+    participant += t;
+    coordinator
+        .on_nonce(me, my_nonce.expect("nonce"))
+        .expect("nonce");
+    for (i, machine) in &mut others {
+        let nonce = machine.on_advertisements(ads.clone()).expect("nonce");
+        coordinator.on_nonce(*i, nonce).expect("nonce");
+    }
+    let nonces = coordinator.close_nonces().expect("graph");
+    let graph = coordinator.graph().expect("graph").clone();
+
+    let (my_shares, t) = seconds(|| mine.on_nonces(nonces.clone(), &Unsigned));
     participant += t;
     coordinator
         .on_shares(me, my_shares.expect("shares"))
         .expect("shares");
     let shares = each_parallel(&mut others, |(_, machine)| {
         machine
-            .on_advertisements(ads.clone(), &Unsigned)
+            .on_nonces(nonces.clone(), &Unsigned)
             .expect("shares")
     });
     for ((i, _), shares) in others.iter().zip(shares) {
@@ -312,9 +317,9 @@ fn round(config: &RoundConfig, dropped: &[u32], threads: usize) -> Sample {
     );
     black_box(&unmasked);
 
-    let neighbours = config.graph.neighbours(me).len();
+    let neighbours = graph.neighbours(me).len();
     let participant_floor = prg_floor(1 + neighbours, d, 1);
-    let coordinator_floor = prg_floor(masks_to_remove(config, dropped), d, threads)
+    let coordinator_floor = prg_floor(masks_to_remove(&graph, dropped), d, threads)
         + sum_floor(&padding, survivors.len(), threads);
     Sample {
         participant,
@@ -387,7 +392,9 @@ fn main() {
                         .reduce(Sample::min)
                         .expect("at least one round");
                     let coordinator = best.sum + best.unmask;
-                    let masks = masks_to_remove(&config, &dropped);
+                    // Each round draws its own graph; the count is that of one of the same shape.
+                    let shape = config.graph([0; 32]).expect("graph");
+                    let masks = masks_to_remove(&shape, &dropped);
                     println!(
                         "| {n:>3} | {:>4} | {:>6.0}% | {:>8} | {rounds:>6} | {:>14.1} | {:>8.1} | {:>4.2}x | {masks:>5} | {:>6.1} | {:>9.1} | {:>14.1} | {:>8.1} | {:>4.2}x |",
                         if d >= 1_000_000 {

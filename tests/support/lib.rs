@@ -290,6 +290,7 @@ impl Filter for CutIn {
     fn outbound(&self, message: &ParticipantMessage) -> Verdict {
         let phase = match message.body {
             Some(Body::Advertisement(_)) => Phase::AdvertiseKeys,
+            Some(Body::GraphNonce(_)) => Phase::DrawGraph,
             Some(Body::Shares(_)) => Phase::ShareKeys,
             Some(Body::MaskedInput(_)) => Phase::CollectMasked,
             Some(Body::SurvivorSignature(_)) => Phase::ConsistencyCheck,

@@ -34,6 +34,14 @@ pub(super) fn advertisement(ad: v1::Advertisement) -> Result<(u64, u32, SecureMe
     ))
 }
 
+/// `(round, attempt, message)` from a graph nonce; the sender is the session's participant,
+/// whatever index the message names.
+pub(super) fn graph_nonce(nonce: v1::GraphNonce) -> Result<(u64, u32, SecureMessage), Malformed> {
+    let (round, attempt) = (nonce.round, nonce.attempt);
+    let nonce = nonce.into_nonce()?;
+    Ok((round, attempt, SecureMessage::Nonce(nonce.nonce)))
+}
+
 /// `(round, attempt, message)` from encrypted shares.
 pub(super) fn encrypted_shares(
     shares: v1::EncryptedShares,
@@ -110,23 +118,26 @@ pub(super) fn setup(setup: &SecureSetup) -> v1::SecureAggregation {
 /// The wire form of a message to one participant.
 pub(super) fn outbound(round: u64, attempt: u32, message: &SecureOutbound) -> Outbound {
     match message {
-        SecureOutbound::Advertisements { all, certified } => {
-            Outbound::Advertisements(v1::Advertisements {
-                round,
-                attempt,
-                advertisements: all
-                    .iter()
-                    .map(|(ad, certificate)| {
-                        // A certificate is most of an advertisement's bytes, and only the
-                        // recipient's neighbourhood's are checked.
-                        let certificate = match certified.contains(&ad.from) {
-                            true => certificate.clone(),
-                            false => Vec::new(),
-                        };
-                        v1::Advertisement::new(round, attempt, ad, certificate)
-                    })
-                    .collect(),
-            })
+        SecureOutbound::Advertisements(all) => Outbound::Advertisements(v1::Advertisements {
+            round,
+            attempt,
+            advertisements: all
+                .iter()
+                .map(|ad| v1::Advertisement::new(round, attempt, ad, Vec::new()))
+                .collect(),
+        }),
+        SecureOutbound::Nonces {
+            nonces,
+            certificates,
+            certified,
+        } => {
+            // A certificate is most of these bytes, and only the recipient's neighbourhood's
+            // are checked.
+            let certificates = certified
+                .iter()
+                .filter_map(|i| certificates.get(i).map(|der| (*i, der.clone())))
+                .collect();
+            Outbound::GraphNonces(v1::GraphNonces::new(round, attempt, nonces, certificates))
         }
         SecureOutbound::Shares(shares) => {
             Outbound::Shares(v1::EncryptedShares::new(round, attempt, shares))

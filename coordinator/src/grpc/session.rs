@@ -383,6 +383,7 @@ fn on_message(
             ))
         }
         Some(Inbound::Advertisement(ad)) => forward(shared, id, secure::advertisement(ad)),
+        Some(Inbound::GraphNonce(nonce)) => forward(shared, id, secure::graph_nonce(nonce)),
         Some(Inbound::Shares(shares)) => forward(shared, id, secure::encrypted_shares(shares)),
         Some(Inbound::SurvivorSignature(signature)) => {
             forward(shared, id, secure::survivor_signature(signature))

@@ -51,8 +51,10 @@ pub enum Phase {
     /// Local training; the participant answers with its update in the clear.
     Train,
     /// Local training, then secure aggregation's first step: the participant answers with its
-    /// signed public keys.
+    /// signed public keys and a commitment to a graph nonce.
     AdvertiseKeys,
+    /// Participants reveal their graph nonces, which draw the neighbourhood graph.
+    DrawGraph,
     /// Participants send their neighbours encrypted shares of their secrets.
     ShareKeys,
     /// Participants send their masked inputs.
@@ -71,6 +73,7 @@ impl Phase {
         match self {
             Phase::Train => "train",
             Phase::AdvertiseKeys => "advertise_keys",
+            Phase::DrawGraph => "draw_graph",
             Phase::ShareKeys => "share_keys",
             Phase::CollectMasked => "collect_masked",
             Phase::ConsistencyCheck => "consistency_check",

@@ -1,5 +1,6 @@
 //! Secure aggregation inside a round (SecAgg+): after training, the selected participants go
-//! through AdvertiseKeys → ShareKeys → CollectMasked → ConsistencyCheck → Unmask, each phase
+//! through AdvertiseKeys → DrawGraph → ShareKeys → CollectMasked → ConsistencyCheck → Unmask,
+//! each phase
 //! ending when every participant still in the protocol has answered or its deadline passed. The
 //! protocol itself is `cairn_secagg`'s [`CoordinatorMachine`]; this module maps participant ids
 //! to protocol indices, keeps who is expected in each phase, and turns the unmasked sum into the
@@ -10,8 +11,9 @@ use super::{Dropout, ParticipantId, Phase};
 use crate::config::SecureAggregationSpec;
 use crate::strategy::UpdateSum;
 use cairn_secagg::protocol::{
-    Advertisement, CoordinatorMachine, EncryptedShares, MaskedInput, Reveal, RoundConfig,
-    SurvivorSignature, Unmasked, advertisement_message, neighbourhood_size, threshold_for,
+    Advertisement, CoordinatorMachine, EncryptedShares, GraphNonce, MaskedInput, Reveal,
+    RoundConfig, SurvivorSignature, Unmasked, advertisement_message, neighbourhood_size,
+    threshold_for,
 };
 use cairn_secagg::quantize::UpdateEncoding;
 use cairn_secagg::shamir::Share;
@@ -93,8 +95,10 @@ pub struct SecureSetup {
 /// A secure-aggregation message from a participant, already decoded and checked for form.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SecureMessage {
-    /// Its signed keys and its certificate (DER).
+    /// Its signed keys and nonce commitment, and its certificate (DER).
     Advertisement(Advertisement, Vec<u8>),
+    /// Its revealed graph nonce.
+    Nonce([u8; 32]),
     /// Its encrypted shares, one per neighbour.
     Shares(Vec<EncryptedShares>),
     /// Its masked input.
@@ -115,6 +119,7 @@ impl SecureMessage {
     fn name(&self) -> &'static str {
         match self {
             SecureMessage::Advertisement(..) => "advertisement",
+            SecureMessage::Nonce(_) => "graph nonce",
             SecureMessage::Shares(_) => "encrypted shares",
             SecureMessage::MaskedInput(_) => "masked input",
             SecureMessage::Signature(_) => "survivor signature",
@@ -126,13 +131,16 @@ impl SecureMessage {
 /// A secure-aggregation message to one participant.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SecureOutbound {
-    /// Everyone's advertisements, each with its certificate (DER); on the wire, only the
-    /// certificates of the recipient's neighbourhood (`certified`) are sent, the only ones it
-    /// checks.
-    Advertisements {
-        /// Every advertisement and its sender's certificate.
-        all: Arc<Vec<(Advertisement, Vec<u8>)>>,
-        /// Whose certificates go with them.
+    /// Everyone's advertisements.
+    Advertisements(Arc<Vec<Advertisement>>),
+    /// Everyone's graph nonces, with the certificates (DER) of the recipient's neighbourhood
+    /// (`certified`), the only ones it checks.
+    Nonces {
+        /// Every advertiser's nonce.
+        nonces: Arc<Vec<GraphNonce>>,
+        /// Every advertiser's certificate, by index.
+        certificates: Arc<BTreeMap<u32, Vec<u8>>>,
+        /// Whose certificates go to this recipient.
         certified: BTreeSet<u32>,
     },
     /// The encrypted shares addressed to the recipient.
@@ -239,14 +247,16 @@ impl Securing {
                 // The neighbours check this too, but they cannot tell a bad signature from a
                 // coordinator's forgery and would abort the round for everyone: a participant
                 // whose own signature fails is dropped here instead.
-                let signed =
-                    advertisement_message(&self.config, from, &ad.channel_public, &ad.mask_public);
+                let signed = advertisement_message(&self.config, &ad);
                 if !cairn_identity::verify_signature(&certificate, &signed, &ad.signature) {
                     return Err(SecureError::BadSignature);
                 }
                 machine.on_advertisement(from, ad).map(|()| {
                     self.certificates.insert(from, certificate);
                 })
+            }
+            (Phase::DrawGraph, SecureMessage::Nonce(nonce)) => {
+                machine.on_nonce(from, GraphNonce { from, nonce })
             }
             (Phase::ShareKeys, SecureMessage::Shares(shares)) => machine.on_shares(from, shares),
             (Phase::CollectMasked, SecureMessage::MaskedInput(values)) => {
@@ -290,25 +300,28 @@ impl Securing {
         let id_of = |index: u32| self.selected[index as usize].clone();
         let messages: Vec<(ParticipantId, SecureOutbound)> = match self.phase {
             Phase::AdvertiseKeys => {
-                let ads = machine.close_advertisements()?;
-                let with_certificates: Vec<(Advertisement, Vec<u8>)> = ads
-                    .into_iter()
-                    .map(|ad| {
-                        let certificate = self.certificates[&ad.from].clone();
-                        (ad, certificate)
-                    })
-                    .collect();
-                let recipients: Vec<u32> =
-                    with_certificates.iter().map(|(ad, _)| ad.from).collect();
-                let shared = Arc::new(with_certificates);
-                recipients
-                    .into_iter()
-                    .map(|i| {
+                let ads = Arc::new(machine.close_advertisements()?);
+                ads.iter()
+                    .map(|ad| (id_of(ad.from), SecureOutbound::Advertisements(ads.clone())))
+                    .collect()
+            }
+            Phase::DrawGraph => {
+                let nonces = Arc::new(machine.close_nonces()?);
+                let graph = machine.graph().ok_or(SecureError::Over)?;
+                let certificates = Arc::new(std::mem::take(&mut self.certificates));
+                nonces
+                    .iter()
+                    .map(|nonce| {
+                        let i = nonce.from;
                         let mut certified: BTreeSet<u32> =
-                            self.config.graph.neighbours(i).iter().copied().collect();
+                            graph.neighbours(i).iter().copied().collect();
                         certified.insert(i);
-                        let all = shared.clone();
-                        (id_of(i), SecureOutbound::Advertisements { all, certified })
+                        let outbound = SecureOutbound::Nonces {
+                            nonces: nonces.clone(),
+                            certificates: certificates.clone(),
+                            certified,
+                        };
+                        (id_of(i), outbound)
                     })
                     .collect()
             }
@@ -344,7 +357,8 @@ impl Securing {
             }
         };
         self.phase = match self.phase {
-            Phase::AdvertiseKeys => Phase::ShareKeys,
+            Phase::AdvertiseKeys => Phase::DrawGraph,
+            Phase::DrawGraph => Phase::ShareKeys,
             Phase::ShareKeys => Phase::CollectMasked,
             Phase::CollectMasked => Phase::ConsistencyCheck,
             _ => Phase::Unmask,
@@ -398,6 +412,7 @@ impl Securing {
 fn expected_in(phase: Phase) -> &'static str {
     match phase {
         Phase::AdvertiseKeys => "an advertisement",
+        Phase::DrawGraph => "a graph nonce",
         Phase::ShareKeys => "encrypted shares",
         Phase::CollectMasked => "a masked input",
         Phase::ConsistencyCheck => "a survivor signature",

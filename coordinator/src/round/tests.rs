@@ -544,17 +544,19 @@ mod secure {
                 }
                 let machine = machines.get_mut(&id).unwrap();
                 let reply = match message {
-                    SecureOutbound::Advertisements { all, certified } => {
+                    SecureOutbound::Advertisements(all) => {
+                        SecureMessage::Nonce(machine.on_advertisements(all.to_vec()).unwrap().nonce)
+                    }
+                    SecureOutbound::Nonces {
+                        nonces,
+                        certificates,
+                        certified,
+                    } => {
+                        let shares = machine.on_nonces(nonces.to_vec(), &Unchecked).unwrap();
                         // Certificates go to the recipient's neighbourhood only.
                         assert_eq!(certified, machine.neighbourhood());
-                        SecureMessage::Shares(
-                            machine
-                                .on_advertisements(
-                                    all.iter().map(|(ad, _)| ad.clone()).collect(),
-                                    &Unchecked,
-                                )
-                                .unwrap(),
-                        )
+                        assert_eq!(certificates.len(), to.len());
+                        SecureMessage::Shares(shares)
                     }
                     SecureOutbound::Shares(shares) => {
                         let (delta, weight) = deltas(&id);
@@ -596,6 +598,18 @@ mod secure {
             assert!((f64::from(*got) - want).abs() < 1e-4, "{model:?}");
         }
         assert_eq!(m.phase(), Some(Phase::Evaluate));
+    }
+
+    #[test]
+    fn an_advertiser_that_withholds_its_graph_nonce_fails_the_attempt() {
+        // Drawing the graph without c's nonce would let whoever withholds choose among graphs;
+        // the attempt fails instead, and the round is retried with fresh keys.
+        let (m, commands) = run("c", Phase::DrawGraph);
+        assert!(
+            commands.iter().any(|c| matches!(c, Command::RoundFailed { attempt: 2, reason, .. } if reason.contains("secure aggregation failed in draw_graph") && reason.contains("revealed no graph nonce"))),
+            "{commands:?}"
+        );
+        assert!(m.phase().is_none() || m.phase() == Some(Phase::AdvertiseKeys));
     }
 
     #[test]

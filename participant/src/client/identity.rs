@@ -143,7 +143,6 @@ impl Verifier for FederationVerifier {
 mod tests {
     use super::*;
     use cairn_identity::{Authority, Issued};
-    use cairn_secagg::graph::Graph;
     use cairn_secagg::protocol::{ParticipantMachine, ProtocolError, RoundConfig};
 
     const IDS: [&str; 3] = ["alpha", "bravo", "charlie"];
@@ -248,7 +247,7 @@ mod tests {
             context: [0; 32],
             n_participants: 3,
             threshold: 2,
-            graph: Graph::complete(3),
+            degree: 2,
             vector_len: 8,
         };
         let (mut machines, ads): (Vec<ParticipantMachine>, Vec<_>) = IDS
@@ -258,18 +257,24 @@ mod tests {
                 ParticipantMachine::new(config.clone(), i as u32, &federation.signer(id))
             })
             .unzip();
+        let mut substituted = ads.clone();
+        substituted[2].channel_public = [9u8; 32];
+        let nonces: Vec<_> = machines
+            .iter_mut()
+            .enumerate()
+            .map(|(i, machine)| {
+                let shown = if i == 1 { &substituted } else { &ads };
+                machine.on_advertisements(shown.clone()).unwrap()
+            })
+            .collect();
         assert_eq!(
             machines[0]
-                .on_advertisements(ads.clone(), &verifier)
+                .on_nonces(nonces.clone(), &verifier)
                 .unwrap()
                 .len(),
             2
         );
-        let mut substituted = ads.clone();
-        substituted[2].channel_public = [9u8; 32];
-        let err = machines[1]
-            .on_advertisements(substituted, &verifier)
-            .unwrap_err();
+        let err = machines[1].on_nonces(nonces, &verifier).unwrap_err();
         assert_eq!(err, ProtocolError::BadAdvertisement { from: 2 });
     }
 }

@@ -686,6 +686,7 @@ impl Serving<'_> {
             ))),
             Inbound::Heartbeat(_) => Ok(()),
             body @ (Inbound::Advertisements(_)
+            | Inbound::GraphNonces(_)
             | Inbound::Shares(_)
             | Inbound::Survivors(_)
             | Inbound::SurvivorSignatures(_)) => self.on_secure(body).await,
@@ -707,7 +708,10 @@ impl Serving<'_> {
             .options
             .policy
             .check_round(&self.welcome.participant_id, setup)
-            .and_then(|()| self.started.admit(round));
+            .and_then(|()| {
+                let max = self.options.policy.max_round_attempts;
+                self.started.admit(round, max)
+            });
         if let Err(refusal) = admitted {
             tracing::error!(participant = %label, "{label}: round {round}: refused, nothing is sent for this round: {refusal}");
             // The model still arrives; it is read and dropped, untrained.

@@ -27,8 +27,8 @@ pub(super) enum Abort {
     /// The coordinator's setup (encoding, graph, threshold) is not one the protocol allows.
     #[error("setup refused: {0}")]
     Setup(#[source] cairn_secagg::Error),
-    /// An advertisement names an index outside the roster.
-    #[error("advertisement for unknown participant {index}, the roster has {roster}")]
+    /// A certificate names an index outside the roster.
+    #[error("certificate for unknown participant {index}, the roster has {roster}")]
     UnknownParticipant {
         /// The index it names.
         index: u32,
@@ -140,6 +140,7 @@ impl SecureRound {
     pub(super) fn on_message(&mut self, body: Inbound) -> Result<Answer, Abort> {
         match body {
             Inbound::Advertisements(list) => self.on_advertisements(list),
+            Inbound::GraphNonces(list) => self.on_nonces(list),
             Inbound::Shares(list) => self.on_shares(list),
             Inbound::Survivors(list) => self.on_survivors(list),
             Inbound::SurvivorSignatures(list) => self.on_signatures(list),
@@ -147,31 +148,39 @@ impl SecureRound {
         }
     }
 
-    /// AdvertiseKeys -> ShareKeys: verifies the neighbourhood's certificates and advertisements,
-    /// and answers with a share pair for each neighbour.
+    /// AdvertiseKeys -> DrawGraph: finds its own advertisement unchanged among everyone's and
+    /// answers with its graph nonce.
     fn on_advertisements(&mut self, list: v1::Advertisements) -> Result<Answer, Abort> {
-        let mut ads = Vec::with_capacity(list.advertisements.len());
-        let mut peers = Vec::new();
-        // Only the neighbourhood's signatures are checked (see
-        // `ParticipantMachine::neighbourhood`), so only its certificates are verified.
-        let checked = self.machine.neighbourhood();
-        for ad in list.advertisements {
-            let (ad, certificate) = ad.into_parts()?;
+        let ads = list
+            .advertisements
+            .into_iter()
+            .map(|ad| ad.into_parts().map(|(ad, _certificate)| ad))
+            .collect::<Result<Vec<_>, _>>()?;
+        let nonce = self.machine.on_advertisements(ads)?;
+        let nonce = v1::GraphNonce::new(self.round, self.attempt, &nonce);
+        Ok((vec![message(Outbound::GraphNonce(nonce))], false))
+    }
+
+    /// DrawGraph -> ShareKeys: verifies every certificate sent (the coordinator sends the
+    /// neighbourhood's, the only ones the machine checks signatures with, see
+    /// `ParticipantMachine::neighbourhood`), draws the graph from the nonces and answers with a
+    /// share pair for each neighbour.
+    fn on_nonces(&mut self, list: v1::GraphNonces) -> Result<Answer, Abort> {
+        let (nonces, certificates) = list.into_parts()?;
+        let mut peers = Vec::with_capacity(certificates.len());
+        for (index, certificate) in certificates {
             let id = self
                 .roster
-                .get(ad.from as usize)
+                .get(index as usize)
                 .ok_or(Abort::UnknownParticipant {
-                    index: ad.from,
+                    index,
                     roster: self.roster.len(),
                 })?;
-            if checked.contains(&ad.from) {
-                self.policy.check_certificate(id, &certificate)?;
-                peers.push((ad.from, id.clone(), certificate));
-            }
-            ads.push(ad);
+            self.policy.check_certificate(id, &certificate)?;
+            peers.push((index, id.clone(), certificate));
         }
         let verifier = FederationVerifier::new(&self.kit.ca_pem, peers)?;
-        let shares = self.machine.on_advertisements(ads, &verifier)?;
+        let shares = self.machine.on_nonces(nonces, &verifier)?;
         self.verifier = Some(verifier);
         let shares = v1::EncryptedShares::new(self.round, self.attempt, &shares);
         Ok((vec![message(Outbound::Shares(shares))], false))
@@ -204,7 +213,7 @@ impl SecureRound {
     /// per neighbour; this participant's part is then over.
     fn on_signatures(&mut self, list: v1::SurvivorSignatures) -> Result<Answer, Abort> {
         let verifier = self.verifier.as_ref().ok_or(Abort::OutOfOrder(
-            "survivor signatures arrived before the advertisements",
+            "survivor signatures arrived before the graph nonces",
         ))?;
         let reveal = self
             .machine

@@ -6,8 +6,8 @@ use super::{
     Advertisement, EncryptedShares, GraphNonce, MaskedInput, ProtocolError, Reveal, RoundConfig,
     SurvivorSignature, Unmasked, nonce_commitment,
 };
-use crate::graph::Graph;
 use crate::crypto::agree;
+use crate::graph::Graph;
 use crate::mask::{SessionId, pairwise_mask_removal, self_mask_removal};
 use crate::prg::{PrgKey, Sign, apply_masks_parallel};
 use crate::shamir::{self, Share};

@@ -316,7 +316,9 @@ pub enum ProtocolError {
         claimed: u32,
     },
     /// A graph nonce arrived on one participant's session but names another as its sender.
-    #[error("graph nonce received from participant {received_from} names participant {claimed} as its sender")]
+    #[error(
+        "graph nonce received from participant {received_from} names participant {claimed} as its sender"
+    )]
     NonceSenderMismatch {
         /// The participant whose session it arrived on.
         received_from: u32,
@@ -343,7 +345,9 @@ pub enum ProtocolError {
     },
     /// Advertisers revealed no nonce: the graph drawn without theirs would be one the others
     /// could choose, so it is not drawn at all.
-    #[error("participants {participants:?} advertised keys but revealed no graph nonce; the graph is drawn from every advertiser's nonce")]
+    #[error(
+        "participants {participants:?} advertised keys but revealed no graph nonce; the graph is drawn from every advertiser's nonce"
+    )]
     MissingNonces {
         /// The advertisers without a nonce, ascending.
         participants: Vec<u32>,

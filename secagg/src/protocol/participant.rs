@@ -5,8 +5,8 @@ use super::{
     Signer, SurvivorSignature, Verifier, advertisement_message, channel_key, nonce_commitment,
     shares_associated_data, survivors_message,
 };
-use crate::graph::Graph;
 use crate::crypto::{agree, generate_key_pair, open, random_bytes, seal};
+use crate::graph::Graph;
 use crate::mask::{SessionId, mask_input};
 use crate::shamir::{self, SHARE_BYTES, Share};
 use std::collections::BTreeMap;
@@ -240,7 +240,11 @@ impl ParticipantMachine {
         let neighbourhood = self.neighbourhood();
         for &from in &neighbourhood {
             if let Some(ad) = by_sender.get(&from)
-                && !verifier.verify(from, &advertisement_message(&self.config, ad), &ad.signature)
+                && !verifier.verify(
+                    from,
+                    &advertisement_message(&self.config, ad),
+                    &ad.signature,
+                )
             {
                 return self.abort(ProtocolError::BadAdvertisement { from });
             }

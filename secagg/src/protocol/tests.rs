@@ -338,7 +338,9 @@ fn a_coordinator_that_withholds_alters_or_adds_a_nonce_is_caught() {
     let mut t = setup(4, 1);
     t.parties[0].on_advertisements(t.ads[..3].to_vec()).unwrap();
     assert_eq!(
-        t.parties[0].on_nonces(t.nonces.clone(), &t.ids).unwrap_err(),
+        t.parties[0]
+            .on_nonces(t.nonces.clone(), &t.ids)
+            .unwrap_err(),
         ProtocolError::NonceFromUnadvertised { from: 3 }
     );
     // Nonces before the advertisements are out of order.
@@ -515,15 +517,14 @@ fn a_bad_mask_key_share_is_caught_against_the_advertised_key() {
     // shares and checked against the public key it advertised, so that one share beyond the
     // threshold is enough to find a bad one (four holders, threshold 3).
     let dropouts = Dropouts::from([(0, 2)]);
-    let ((sum, _, exact), bad) =
-        run_altering_reveals(5, 3, 4, &dropouts, |reveal| {
-            if reveal.from == 2
-                && let Some((_, share)) = reveal.mask_key_shares.first_mut()
-            {
-                *share = corrupted(share);
-            }
-        })
-        .unwrap();
+    let ((sum, _, exact), bad) = run_altering_reveals(5, 3, 4, &dropouts, |reveal| {
+        if reveal.from == 2
+            && let Some((_, share)) = reveal.mask_key_shares.first_mut()
+        {
+            *share = corrupted(share);
+        }
+    })
+    .unwrap();
     assert_eq!(bad, vec![2]);
     assert_eq!(sum, exact);
 }
@@ -922,9 +923,7 @@ fn the_coordinator_names_each_misrouted_or_repeated_message_for_what_it_is() {
         Err(ProtocolError::SharesSentTwice { from: 0 })
     );
     for i in 1..n - 1 {
-        let shares = parties[i as usize]
-            .on_nonces(nonces.clone(), &ids)
-            .unwrap();
+        let shares = parties[i as usize].on_nonces(nonces.clone(), &ids).unwrap();
         // Participant 1 never gets its shares through.
         if i != 1 {
             coordinator.on_shares(i, shares).unwrap();
@@ -964,7 +963,7 @@ fn a_participant_names_what_is_wrong_with_a_survivor_set() {
         &other.ids,
     )
     .and_then(|_| other.parties[0].on_shares(theirs.clone(), &input(0)))
-        .unwrap_err();
+    .unwrap_err();
     assert_eq!(
         err,
         ProtocolError::SharesForAnotherReceiver {
