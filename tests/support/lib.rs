@@ -95,6 +95,8 @@ impl Federation {
                 .iter()
                 .map(|id| ParticipantSpec::parse(id).expect("valid id"))
                 .collect(),
+            // The tests play every site, so the keys are made here.
+            with_keys: true,
             validity_days: 2,
         };
         pki::provision(&request).expect("provisioning");
@@ -113,6 +115,8 @@ impl Federation {
             csr_pem,
             server_name: "localhost".into(),
             validity_days: 2,
+            allowed: vec![id.to_string()],
+            replace: false,
         })
         .expect("request signed");
         std::fs::write(kit.join("key.pem"), key).expect("key written");
