@@ -115,6 +115,10 @@ struct ServeArgs {
     /// The coordinator's TLS directory from `provision` (cert.pem, key.pem, ca.pem).
     #[arg(long)]
     tls: PathBuf,
+    /// The federation CA's revocation list (<federation>/ca/crl.pem, from `revoke`): sessions
+    /// with a certificate on it are refused. It must be signed by the CA in --tls.
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
     /// Address to listen on for participants.
     #[arg(long, default_value = "0.0.0.0:7443")]
     listen: SocketAddr,
@@ -402,7 +406,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.heartbeat_s >= 1,
         "--heartbeat-s is 0; expected at least 1 second"
     );
-    let tls = ServerTls::from_dir(&args.tls).context("loading the coordinator's TLS directory")?;
+    let mut tls =
+        ServerTls::from_dir(&args.tls).context("loading the coordinator's TLS directory")?;
+    if let Some(crl) = &args.crl {
+        tls = tls.with_revocations(crl)?;
+    }
     let api = match args.no_api {
         true => None,
         false => Some(ApiOptions {

@@ -161,11 +161,20 @@ struct PolicyArgs {
     /// certified).
     #[arg(long)]
     partners: Option<PathBuf>,
+    /// The federation CA's revocation list (ca/crl.pem from `cairn-coordinator revoke`):
+    /// neighbours whose certificate is on it are refused. It must be signed by the kit's CA.
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
 }
 
 impl PolicyArgs {
-    fn policy(&self) -> anyhow::Result<Policy> {
+    fn policy(&self, kit: &Kit) -> anyhow::Result<Policy> {
         Ok(Policy {
+            revocations: self
+                .crl
+                .as_deref()
+                .map(|path| kit.revocations(path))
+                .transpose()?,
             allow_plaintext: self.allow_plaintext,
             min_participants: self.min_participants,
             min_neighbours: self.min_neighbours,
@@ -211,7 +220,7 @@ fn options(
     let mut options = ClientOptions::new(common.coordinator.clone(), kit, label);
     options.server_name = common.server_name.clone();
     options.max_attempts = common.max_attempts;
-    options.policy = common.policy.policy()?;
+    options.policy = common.policy.policy(&options.kit)?;
     Ok(options)
 }
 
