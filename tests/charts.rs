@@ -26,7 +26,12 @@ fn the_charts_render_validate_and_refuse_bad_values() {
     }
     let dir = tempfile::tempdir().expect("temporary directory");
     let provisioned = Command::new(binary("cairn-coordinator", "cairn-coordinator"))
-        .args(["provision", "--server-name", "fl.example.org"])
+        .args([
+            "provision",
+            "--with-keys",
+            "--server-name",
+            "fl.example.org",
+        ])
         .args(["--participant", "st-marys=St Mary's Hospital", "--out"])
         .arg(dir.path())
         .output()

@@ -130,6 +130,21 @@ def test_participant_policy_is_strict_by_default_and_set_by_values():
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
+def test_a_revocation_list_reaches_the_participant_as_a_file():
+    crl = "-----BEGIN X509 CRL-----\nMAMCAQA=\n-----END X509 CRL-----\n"
+    values = with_change(values_of(CHARTS / "participant/ci/default-values.yaml"), "policy.crl", crl)
+    objects = render("participant", values)
+    pod = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]
+    assert "--crl=/etc/cairn/policy/crl.pem" in pod["containers"][0]["args"]
+    assert not any(a.startswith("--partners") for a in pod["containers"][0]["args"])
+    config_map = by_kind(objects, "ConfigMap")[0]
+    assert config_map["data"] == {"crl.pem": crl}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "policy")
+    assert mount["mountPath"] == "/etc/cairn/policy"
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
 def test_a_kit_from_provision_is_the_whole_installation():
     path = os.environ.get("CAIRN_KIT_VALUES")
     if not path:
@@ -235,6 +250,7 @@ PARTICIPANT_BAD = [
     ("policy.maxRoundAttempts", 0, "policy/maxRoundAttempts"),
     ("policy.partners", "St Marys\n", "policy/partners"),
     ("policy.partners", "alpha sha1:00\n", "policy/partners"),
+    ("policy.crl", "not a revocation list", "policy/crl"),
     ("policy.trustCoordinator", True, "policy"),
 ]
 

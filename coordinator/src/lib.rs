@@ -175,7 +175,7 @@ pub enum Error {
     },
     /// A participant's kit already holds a certificate, which signing would replace.
     #[error(
-        "provision: {} already holds a certificate for {id}; remove it first to issue a new one",
+        "sign: {} already holds a certificate for {id}; pass --replace to issue a new one (the old one keeps working until `revoke` revokes it)",
         dir.display()
     )]
     KitExists {
@@ -183,6 +183,38 @@ pub enum Error {
         dir: PathBuf,
         /// The participant.
         id: String,
+    },
+    /// `sign` was given no participant it may sign for.
+    #[error(
+        "sign: no participant is allowed; name the ids to sign for with --participant ID (repeatable) or --job FILE (the job's participants)"
+    )]
+    NothingAllowed,
+    /// A signing request names a participant that `sign` was not allowed to sign for.
+    #[error("sign: the request is for participant {id:?}; allowed: {}", allowed.join(", "))]
+    NotAllowed {
+        /// The id in the request.
+        id: String,
+        /// The ids `sign` was allowed to sign for.
+        allowed: Vec<String>,
+    },
+    /// `revoke` was asked for a participant that has no kit with a certificate.
+    #[error(
+        "revoke: {} holds no certificate of participant {id:?}; expected a kit from `provision` or `sign` (or pass --cert FILE)",
+        path.display()
+    )]
+    NoCertificate {
+        /// The certificate file looked for.
+        path: PathBuf,
+        /// The participant.
+        id: String,
+    },
+    /// A revocation list file is malformed or not the federation CA's.
+    #[error("revocation list {}: {source}", path.display())]
+    RevocationList {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it, and what was expected.
+        source: cairn_identity::Error,
     },
     /// A participant's Helm values cannot be written as YAML.
     #[error("provision: writing the Helm values of {id}: {source}")]

@@ -1,5 +1,6 @@
 //! `cairn-coordinator`: the command line of the coordinator. `provision` creates the federation's
-//! certificates; `serve` runs a job from a job file over mutual-TLS gRPC, with the monitoring
+//! CA and the coordinator's certificate, `sign` signs a participant's certificate request for an
+//! allowed id, `revoke` adds a certificate to the CA's revocation list; `serve` runs a job from a job file over mutual-TLS gRPC, with the monitoring
 //! API next to it (or, with `--kubernetes`, the namespace's FederatedJobs); `status` reads that API.
 
 use anyhow::Context;
@@ -26,16 +27,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create the federation CA, the coordinator's server certificate and one kit per
-    /// participant. Re-running on the same directory reuses the CA and only adds missing kits.
+    /// Create the federation CA and the coordinator's server certificate. Participants' keys are
+    /// born at their sites: each site runs `cairn-participant request` and sends its request,
+    /// which `sign` turns into its kit; `provision` prints those steps for each `--participant`.
+    /// With `--with-keys` it writes full kits instead (for local testing and the quickstart: the
+    /// host then holds every participant's key). Re-running on the same directory reuses the CA
+    /// and only adds what is missing.
     Provision(ProvisionArgs),
     /// Run a job: wait for participants, run its rounds, write the final model. With
     /// `--kubernetes`, run the namespace's FederatedJob resources instead, one at a time.
     Serve(ServeArgs),
     /// Sign a participant's certificate signing request (from `cairn-participant request`) with
-    /// the federation CA, so that its key never leaves its site. Writes cert.pem, ca.pem and the
-    /// Helm values into <federation>/participants/<id>/ to send back.
+    /// the federation CA, so that its key never leaves its site. Only for the ids that
+    /// `--participant` or `--job` allow; a request for any other id is refused. Writes cert.pem,
+    /// ca.pem and the Helm values into <federation>/participants/<id>/ to send back.
     Sign(SignArgs),
+    /// Revoke a participant's certificate: add its serial number to the federation CA's
+    /// revocation list <federation>/ca/crl.pem (made on first use, signed again each time).
+    /// Give that file to `serve --crl` and to every site's `join --crl`; they then refuse the
+    /// certificate.
+    Revoke(RevokeArgs),
     /// Print the FederatedJob CustomResourceDefinition (YAML); its spec is the job file's schema.
     Crd,
     /// Print a running coordinator's job and round table from its monitoring API.
@@ -54,9 +65,16 @@ struct ProvisionArgs {
     /// DNS name or IP address participants use to reach the coordinator; repeat for several.
     #[arg(long = "server-name", required = true)]
     server_names: Vec<String>,
-    /// A participant to create a kit for, as `id` or `id=Organisation`; repeat for several.
-    #[arg(long = "participant", required = true)]
+    /// A participant of the federation, as `id` or `id=Organisation`; repeat for several.
+    /// Without `--with-keys`, `provision` prints the commands that make its kit with its key at
+    /// its site.
+    #[arg(long = "participant", required_if_eq("with_keys", "true"))]
     participants: Vec<String>,
+    /// Also make each participant's private key here and write full kits
+    /// (participants/<id>/{cert,key,ca}.pem): for local testing and the quickstart only, since
+    /// the host then holds every participant's key.
+    #[arg(long)]
+    with_keys: bool,
     /// Validity of the new certificates, in days.
     #[arg(long, default_value_t = 365)]
     validity_days: u32,
@@ -97,6 +115,10 @@ struct ServeArgs {
     /// The coordinator's TLS directory from `provision` (cert.pem, key.pem, ca.pem).
     #[arg(long)]
     tls: PathBuf,
+    /// The federation CA's revocation list (<federation>/ca/crl.pem, from `revoke`): sessions
+    /// with a certificate on it are refused. It must be signed by the CA in --tls.
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
     /// Address to listen on for participants.
     #[arg(long, default_value = "0.0.0.0:7443")]
     listen: SocketAddr,
@@ -135,7 +157,42 @@ struct SignArgs {
     /// Name participants dial the coordinator at (for the Helm values).
     #[arg(long)]
     server_name: String,
+    /// A participant id this signing may issue a certificate for; repeat for several. At least
+    /// one of --participant and --job is required.
+    #[arg(long = "participant", value_name = "ID")]
+    participants: Vec<String>,
+    /// A job file whose participants this signing may issue certificates for.
+    #[arg(long, value_name = "FILE")]
+    job: Option<PathBuf>,
+    /// Issue a certificate for an id whose kit already holds one. The old certificate moves
+    /// to participants/<id>/replaced/<serial>/ and keeps working until `revoke --cert` revokes
+    /// it.
+    #[arg(long)]
+    replace: bool,
     /// Validity of the certificate, in days.
+    #[arg(long, default_value_t = 365)]
+    validity_days: u32,
+}
+
+// The options of `revoke`; its help text is on the `Command` variant.
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    /// The federation directory from `provision` (holding ca/).
+    #[arg(long)]
+    federation: PathBuf,
+    /// The participant whose current certificate (participants/<ID>/cert.pem) to revoke.
+    #[arg(
+        long,
+        value_name = "ID",
+        required_unless_present = "cert",
+        conflicts_with = "cert"
+    )]
+    participant: Option<String>,
+    /// A certificate file (PEM) of the federation CA to revoke, such as one `sign --replace`
+    /// set aside.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Days until the list's next update, as it states; parties go on using an older list.
     #[arg(long, default_value_t = 365)]
     validity_days: u32,
 }
@@ -249,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Provision(args) => provision(args),
         Command::Serve(args) => serve(args).await,
         Command::Sign(args) => sign(args),
+        Command::Revoke(args) => revoke(args),
         Command::Crd => {
             print!("{}", cairn_coordinator::operator::crd_yaml());
             Ok(())
@@ -257,13 +315,15 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `provision`: the CA (made or reused), the server certificate and the missing kits.
+/// `provision`: the CA (made or reused), the server certificate, and either the missing kits
+/// (`--with-keys`) or the steps that make them at the sites.
 fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
     let ProvisionArgs {
         out,
         federation,
         server_names,
         participants,
+        with_keys,
         validity_days,
     } = args;
     let participants = participants
@@ -275,6 +335,7 @@ fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
         federation,
         server_names,
         participants,
+        with_keys,
         validity_days,
     };
     let report = pki::provision(&request)?;
@@ -294,10 +355,19 @@ fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
         );
     }
     for kit in &report.created_kits {
-        println!("participant kit in {}", kit.display());
+        println!(
+            "participant kit in {} (with its private key: send it over a secure channel)",
+            kit.display()
+        );
     }
     for kit in &report.kept_kits {
         println!("kept existing kit {}", kit.display());
+    }
+    if !report.awaiting_requests.is_empty() {
+        println!(
+            "{}",
+            site_steps(&out, &request.server_names[0], &report.awaiting_requests)
+        );
     }
     println!(
         "keep {} secret: it can mint identities",
@@ -306,13 +376,41 @@ fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the operator does next for participants without a kit: each site makes its own key and
+/// request, and the host signs the request for that id.
+fn site_steps(out: &std::path::Path, server_name: &str, awaiting: &[ParticipantSpec]) -> String {
+    let mut steps = String::from(
+        "participant keys are made at each site (pass --with-keys to make them here, for local testing):\n",
+    );
+    for participant in awaiting {
+        let id = &participant.id;
+        let organisation = match participant.organisation == *id {
+            true => String::new(),
+            false => format!(" --organisation {:?}", participant.organisation),
+        };
+        steps.push_str(&format!(
+            "  {id}: at the site, `cairn-participant request --id {id}{organisation} --out {id}`, \
+             which keeps key.pem there and writes {id}/request.csr to send to the host;\n    \
+             then here, `cairn-coordinator sign --federation {} --csr request.csr --server-name {server_name} --participant {id}`, \
+             and send back {}/{{cert.pem,ca.pem,values.yaml}}\n",
+            out.display(),
+            out.join("participants").join(id).display(),
+        ));
+    }
+    steps.trim_end().to_string()
+}
+
 /// `serve`: one job from its file, or, with `--kubernetes`, the namespace's FederatedJobs.
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.heartbeat_s >= 1,
         "--heartbeat-s is 0; expected at least 1 second"
     );
-    let tls = ServerTls::from_dir(&args.tls).context("loading the coordinator's TLS directory")?;
+    let mut tls =
+        ServerTls::from_dir(&args.tls).context("loading the coordinator's TLS directory")?;
+    if let Some(crl) = &args.crl {
+        tls = tls.with_revocations(crl)?;
+    }
     let api = match args.no_api {
         true => None,
         false => Some(ApiOptions {
@@ -377,8 +475,12 @@ async fn serve_operator(
     Ok(())
 }
 
-/// `sign`: a participant's certificate from its signing request.
+/// `sign`: a participant's certificate from its signing request, for an allowed id.
 fn sign(args: SignArgs) -> anyhow::Result<()> {
+    let mut allowed = args.participants.clone();
+    if let Some(job) = &args.job {
+        allowed.extend(JobSpec::load(job)?.participants);
+    }
     let csr_pem = std::fs::read_to_string(&args.csr)
         .with_context(|| format!("reading {}", args.csr.display()))?;
     let kit = pki::sign_request(&pki::SignRequest {
@@ -386,10 +488,31 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
         csr_pem,
         server_name: args.server_name,
         validity_days: args.validity_days,
+        allowed,
+        replace: args.replace,
     })?;
     println!(
         "signed: {} holds cert.pem, ca.pem and values.yaml for the participant (its key stays at its site)",
         kit.display()
+    );
+    Ok(())
+}
+
+/// `revoke`: a certificate onto the federation's revocation list.
+fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    let what = match (args.participant, args.cert) {
+        (Some(id), _) => pki::Revocation::Participant(id),
+        (None, Some(cert)) => pki::Revocation::Certificate(cert),
+        (None, None) => anyhow::bail!("revoke: pass --participant ID or --cert FILE"),
+    };
+    let revoked = pki::revoke(&args.federation, &what, args.validity_days)?;
+    println!(
+        "revoked the certificate of {} (serial {}); {} now lists {} revoked certificate(s): \
+         give it to `cairn-coordinator serve --crl` and to each site's `cairn-participant join --crl`",
+        revoked.id,
+        revoked.serial,
+        revoked.crl.display(),
+        revoked.n_revoked
     );
     Ok(())
 }

@@ -5,14 +5,19 @@
 //! ([`check_participant_id`]), how the CA issues certificates ([`Authority`]), how a site makes
 //! its own key and signing request ([`certificate_request`]), and how an identity is read back
 //! out of a certificate ([`identity_of`]) or a signature checked against one
-//! ([`verify_signature`]). Where certificates are written to disk is the coordinator's
-//! provisioning; checking a chain during secure aggregation is the participant's.
+//! ([`verify_signature`]), and the CA's revocation list: made by [`Authority::revoke`], read back
+//! verified by [`RevocationList::from_pem`]. Where certificates are written to disk is the
+//! coordinator's provisioning; checking a chain during secure aggregation is the participant's.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))] // Tests fail loudly by design.
 
+mod revocation;
+
+pub use revocation::{RevocationList, serial_of};
+
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -70,6 +75,22 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A certificate revocation list cannot be used: malformed, or not the federation CA's.
+    #[error("revocation list {reason}")]
+    UnusableRevocationList {
+        /// What is wrong with it, and what was expected.
+        reason: String,
+    },
+    /// A certificate is on the federation's revocation list.
+    #[error(
+        "certificate of {id:?} (serial {serial}) is revoked by the federation's revocation list"
+    )]
+    Revoked {
+        /// The participant id (common name) the certificate names.
+        id: String,
+        /// Its serial number, in lowercase hex.
+        serial: String,
+    },
     /// rcgen could not make or read a key, a certificate or a request.
     #[error("{what}: {source}")]
     Certificate {
@@ -113,6 +134,21 @@ fn validity(params: &mut CertificateParams, days: u32) {
     // Backdated an hour so that a peer whose clock is slightly behind accepts it.
     params.not_before = now - Duration::hours(1);
     params.not_after = now + Duration::days(i64::from(days));
+}
+
+/// A fresh random serial number (16 bytes, the top bit clear so that it stays positive).
+/// Without one, rcgen derives the serial from the public key, and two certificates for one key
+/// (a renewal from the same request) would share it: revoking one would revoke both, and RFC
+/// 5280 wants serials unique per CA.
+fn random_serial() -> Result<SerialNumber, Error> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| {
+        Error::UnusableCertificate {
+            reason: "serial number: the system's random generator failed".into(),
+        }
+    })?;
+    bytes[0] &= 0x7f;
+    Ok(SerialNumber::from_slice(&bytes))
 }
 
 /// A certificate and its freshly generated private key, both PEM (the key PKCS#8).
@@ -247,6 +283,7 @@ impl Authority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial()?);
         validity(&mut params, validity_days);
         self.issue(&params)
     }
@@ -316,6 +353,7 @@ fn participant_params(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial()?);
     validity(&mut params, validity_days);
     Ok(params)
 }

@@ -139,6 +139,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A revocation list file is malformed or not signed by the kit's federation CA.
+    #[error("revocation list {}: {source}", path.display())]
+    RevocationList {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it, and what was expected.
+        source: cairn_identity::Error,
+    },
     /// A certificate or key used to sign or check secure-aggregation messages is unusable, or
     /// a neighbour's certificate is not what the federation CA issued for it.
     #[error("{subject} {reason}")]

@@ -25,8 +25,9 @@ struct Cli {
 enum Command {
     /// Join a federation as one participant.
     Join {
-        /// This participant's kit directory from `cairn-coordinator provision`
-        /// (cert.pem, key.pem, ca.pem).
+        /// This participant's kit directory: key.pem from `request`, with the cert.pem and
+        /// ca.pem that the host's `cairn-coordinator sign` returned (or a whole kit from
+        /// `cairn-coordinator provision --with-keys`).
         #[arg(long)]
         kit: PathBuf,
         #[command(flatten)]
@@ -43,9 +44,9 @@ enum Command {
         #[arg(long)]
         keep_going: bool,
     },
-    /// Make this site's key and a certificate signing request for the federation CA: the
-    /// coordinator's side signs the request (`cairn-coordinator sign`) and sends back cert.pem
-    /// and ca.pem; the key never leaves this site.
+    /// Make this site's key and a certificate signing request for the federation CA: the host
+    /// signs the request for this id (`cairn-coordinator sign --participant ID`) and sends back
+    /// cert.pem, ca.pem and values.yaml; the key never leaves this site.
     Request {
         /// This participant's id (1-63 lowercase letters, digits or '-').
         #[arg(long, value_parser = participant_id)]
@@ -166,11 +167,20 @@ struct PolicyArgs {
     /// suits it gets this many draws and no more.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     max_round_attempts: u32,
+    /// The federation CA's revocation list (ca/crl.pem from `cairn-coordinator revoke`):
+    /// neighbours whose certificate is on it are refused. It must be signed by the kit's CA.
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
 }
 
 impl PolicyArgs {
-    fn policy(&self) -> anyhow::Result<Policy> {
+    fn policy(&self, kit: &Kit) -> anyhow::Result<Policy> {
         Ok(Policy {
+            revocations: self
+                .crl
+                .as_deref()
+                .map(|path| kit.revocations(path))
+                .transpose()?,
             allow_plaintext: self.allow_plaintext,
             min_participants: self.min_participants,
             min_neighbours: self.min_neighbours,
@@ -217,7 +227,7 @@ fn options(
     let mut options = ClientOptions::new(common.coordinator.clone(), kit, label);
     options.server_name = common.server_name.clone();
     options.max_attempts = common.max_attempts;
-    options.policy = common.policy.policy()?;
+    options.policy = common.policy.policy(&options.kit)?;
     Ok(options)
 }
 
@@ -298,7 +308,7 @@ async fn main() -> anyhow::Result<()> {
             std::fs::write(&csr_path, csr)
                 .with_context(|| format!("writing {}", csr_path.display()))?;
             println!(
-                "key in {} (keep it here); send {} to the federation's host, and put the cert.pem and ca.pem it returns next to the key",
+                "key in {} (keep it here); send {} to the federation's host, who signs it for {id} (cairn-coordinator sign --participant {id}), and put the cert.pem and ca.pem it returns next to the key",
                 key_path.display(),
                 csr_path.display()
             );

@@ -3,7 +3,8 @@
 //! secure aggregation on (unless the site allows updates in the clear), enough participants,
 //! neighbours and threshold, a roster that is sorted, free of duplicates and made of the site's
 //! partners, and no round before one it already started. Before it shares keys, it checks
-//! each neighbour's certificate against the fingerprint the site pinned for it, if any. A round
+//! each neighbour's certificate against the fingerprint the site pinned for it, if any, and
+//! against the federation CA's revocation list, if the site has one. A round
 //! that breaks a rule is refused whole: the participant logs the rule and sends nothing for it.
 //!
 //! The rules live here, once; `main.rs` maps flags onto them and the chart maps values onto the
@@ -39,6 +40,10 @@ pub struct Policy {
     /// until a target's neighbours are its colluders makes that `a` times as likely in `a`
     /// attempts, never more.
     pub max_round_attempts: u32,
+    /// The federation CA's revocation list, already verified against the CA
+    /// ([`Kit::revocations`](crate::client::Kit::revocations)); a neighbour whose certificate is
+    /// on it is refused. `None`: no certificate is taken for revoked.
+    pub revocations: Option<cairn_identity::RevocationList>,
 }
 
 impl Default for Policy {
@@ -50,6 +55,7 @@ impl Default for Policy {
             min_threshold: 0.5,
             partners: None,
             max_round_attempts: 5,
+            revocations: None,
         }
     }
 }
@@ -220,6 +226,14 @@ pub enum Refusal {
         /// The policy's most.
         max: u32,
     },
+    /// A neighbour's certificate is on the federation CA's revocation list.
+    #[error("{id:?} presents certificate serial {serial}, which the federation CA revoked (--crl)")]
+    Revoked {
+        /// The neighbour.
+        id: String,
+        /// The certificate's serial number (hex).
+        serial: String,
+    },
     /// A neighbour's certificate is not the one pinned for it.
     #[error("{id:?} presents certificate {found}; this site pinned {expected} for it (--partners)")]
     Unpinned {
@@ -286,9 +300,21 @@ impl Policy {
         Ok(())
     }
 
-    /// Checks a neighbour's certificate (DER, already verified against the federation CA)
-    /// against the fingerprint pinned for `id`, if the site pinned one.
+    /// Checks a neighbour's certificate (DER) against the site's revocation list, if it has
+    /// one, and against the fingerprint pinned for `id`, if the site pinned one. (Its chain to
+    /// the federation CA is checked by `client::identity`.)
     pub fn check_certificate(&self, id: &str, der: &[u8]) -> Result<(), Refusal> {
+        if let Some(revocations) = &self.revocations
+            && let Err(error) = revocations.check(der)
+        {
+            // A certificate that does not parse is refused by the chain check, with its reason.
+            if let cairn_identity::Error::Revoked { serial, .. } = error {
+                return Err(Refusal::Revoked {
+                    id: id.into(),
+                    serial,
+                });
+            }
+        }
         let Some(expected) = self.partners.as_ref().and_then(|p| p.fingerprint(id)) else {
             return Ok(());
         };
@@ -502,5 +528,40 @@ mod tests {
             policy.check_certificate("alpha", b"another certificate"),
             Err(Refusal::Unpinned { .. })
         ));
+    }
+
+    #[test]
+    fn revoked_neighbours_are_refused() {
+        let ca = cairn_identity::Authority::generate("test", 1).unwrap();
+        let der = |id: &str| {
+            let issued = ca.issue_participant(id, id, 1).unwrap();
+            cairn_identity::certificate_der(&issued.cert_pem, id).unwrap()
+        };
+        let (alpha, bravo) = (der("alpha"), der("bravo"));
+        let crl = ca.revoke(None, &[&alpha], 1).unwrap();
+        let policy = Policy {
+            revocations: Some(
+                cairn_identity::RevocationList::from_pem(&crl, ca.cert_pem()).unwrap(),
+            ),
+            ..Policy::default()
+        };
+        let serial = cairn_identity::serial_of(&alpha).unwrap();
+        assert_eq!(
+            policy.check_certificate("alpha", &alpha),
+            Err(Refusal::Revoked {
+                id: "alpha".into(),
+                serial: serial.clone()
+            })
+        );
+        let refusal = policy
+            .check_certificate("alpha", &alpha)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refusal.contains(&serial) && refusal.contains("--crl"),
+            "{refusal}"
+        );
+        assert_eq!(policy.check_certificate("bravo", &bravo), Ok(()));
+        assert_eq!(Policy::default().check_certificate("alpha", &alpha), Ok(()));
     }
 }

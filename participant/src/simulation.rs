@@ -82,6 +82,8 @@ impl LocalFederation {
                 .map(|id| ParticipantSpec::parse(id))
                 .collect::<Result<_, _>>()
                 .map_err(coordinator_error)?,
+            // Every participant runs in this process, so its key is made here too.
+            with_keys: true,
             validity_days: 30,
         };
         pki::provision(&request).map_err(coordinator_error)?;

@@ -86,6 +86,9 @@ pub enum WireError {
     },
 }
 
+/// Graph nonces and the certificates `(index, DER)` that came with them.
+pub type NoncesAndCertificates = (Vec<GraphNonce>, Vec<(u32, Vec<u8>)>);
+
 /// Revealed `(owner, share)` pairs: the self-mask seed shares, then the mask-key shares.
 pub type RevealedShares = (Vec<(u32, Share)>, Vec<(u32, Share)>);
 
@@ -223,7 +226,7 @@ impl v1::GraphNonces {
     }
 
     /// The nonces and the certificates (index, DER; each non-empty and bounded).
-    pub fn into_parts(self) -> Result<(Vec<GraphNonce>, Vec<(u32, Vec<u8>)>), WireError> {
+    pub fn into_parts(self) -> Result<NoncesAndCertificates, WireError> {
         let nonces = self
             .nonces
             .into_iter()

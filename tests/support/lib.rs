@@ -95,6 +95,8 @@ impl Federation {
                 .iter()
                 .map(|id| ParticipantSpec::parse(id).expect("valid id"))
                 .collect(),
+            // The tests play every site, so the keys are made here.
+            with_keys: true,
             validity_days: 2,
         };
         pki::provision(&request).expect("provisioning");
@@ -113,6 +115,8 @@ impl Federation {
             csr_pem,
             server_name: "localhost".into(),
             validity_days: 2,
+            allowed: vec![id.to_string()],
+            replace: false,
         })
         .expect("request signed");
         std::fs::write(kit.join("key.pem"), key).expect("key written");
@@ -135,9 +139,33 @@ impl Federation {
         job: JobSpec,
         heartbeat_interval: Duration,
     ) -> Coordinator {
+        self.start_with_tls(job, heartbeat_interval, self.server_tls())
+            .await
+    }
+
+    /// The coordinator's TLS material as `provision` wrote it.
+    pub fn server_tls(&self) -> ServerTls {
+        ServerTls::from_dir(&self.dir.path().join("coordinator")).expect("server TLS")
+    }
+
+    /// Revokes `id`'s certificate with the federation CA and returns the revocation list's path.
+    pub fn revoke(&self, id: &str) -> PathBuf {
+        let revocation = pki::Revocation::Participant(id.to_string());
+        pki::revoke(self.dir.path(), &revocation, 2)
+            .expect("certificate revoked")
+            .crl
+    }
+
+    /// Starts a coordinator for `job` with the TLS material `tls` (say, with a revocation list).
+    pub async fn start_with_tls(
+        &self,
+        job: JobSpec,
+        heartbeat_interval: Duration,
+        tls: ServerTls,
+    ) -> Coordinator {
         let options = ServeOptions {
             job,
-            tls: ServerTls::from_dir(&self.dir.path().join("coordinator")).expect("server TLS"),
+            tls,
             state_dir: self.dir.path().join("state"),
             listen: "127.0.0.1:0".parse().expect("address"),
             heartbeat_interval,
@@ -158,6 +186,19 @@ impl Federation {
     /// Client options for `id` against `coordinator`.
     pub fn client(&self, coordinator: &Coordinator, id: &str) -> ClientOptions {
         self.client_at(&url(coordinator), id)
+    }
+
+    /// Client options and a digits task for each of `ids` against `coordinator`, participant `i`
+    /// training on partition `i` of `ids.len()`.
+    pub fn clients(
+        &self,
+        coordinator: &Coordinator,
+        ids: &[&str],
+    ) -> Vec<(ClientOptions, Box<dyn Task>)> {
+        ids.iter()
+            .enumerate()
+            .map(|(index, id)| (self.client(coordinator, id), digits_task(index, ids.len())))
+            .collect()
     }
 
     /// Client options for `id` against the coordinator at `url`.

@@ -7,8 +7,10 @@
 //!   the `Hello` handshake, heartbeats, reassembling and checking updates.
 //! - `driver`: one task that owns the round machine and executes its commands.
 //! - `secure`: secure-aggregation messages between the wire and the round machine.
+//! - `revocation`: refuses a session whose certificate the federation CA revoked.
 
 mod driver;
+mod revocation;
 mod secure;
 mod session;
 
@@ -36,6 +38,8 @@ pub struct ServerTls {
     cert_pem: String,
     key_pem: String,
     ca_pem: String,
+    /// The federation CA's revocation list, verified against `ca_pem`; `None`: none given.
+    revocations: Option<Arc<cairn_identity::RevocationList>>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -63,6 +67,24 @@ impl ServerTls {
             cert_pem: read("cert.pem", "BEGIN CERTIFICATE")?,
             key_pem: read("key.pem", "PRIVATE KEY")?,
             ca_pem: read("ca.pem", "BEGIN CERTIFICATE")?,
+            revocations: None,
+        })
+    }
+
+    /// The same TLS material with the federation CA's revocation list at `crl` (`ca/crl.pem`
+    /// from `revoke`): sessions with a certificate on it are refused. The list must be signed by
+    /// this directory's CA; otherwise, or when it is malformed, an error names the file.
+    pub fn with_revocations(self, crl: &Path) -> Result<ServerTls, Error> {
+        let list = crate::pki::load_revocations(crl, &self.ca_pem)?;
+        tracing::info!(
+            "revocation list {} (number {}): {} revoked certificate(s)",
+            crl.display(),
+            list.number(),
+            list.serials().len()
+        );
+        Ok(ServerTls {
+            revocations: Some(Arc::new(list)),
+            ..self
         })
     }
 }
@@ -239,6 +261,12 @@ impl Coordinator {
         })
         .max_decoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES)
         .max_encoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES);
+        let service = tonic::service::interceptor::InterceptedService::new(
+            service,
+            revocation::RevocationCheck {
+                list: options.tls.revocations.clone(),
+            },
+        );
         let router = Server::builder()
             .tls_config(tls)
             .map_err(|source| Error::ServerTls { source })?
@@ -332,6 +360,7 @@ mod tests {
                 cert_pem: String::new(),
                 key_pem: String::new(),
                 ca_pem: String::new(),
+                revocations: None,
             },
             state_dir: dir.join("state"),
             listen: "127.0.0.1:0".parse().unwrap(),

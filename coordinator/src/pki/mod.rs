@@ -1,15 +1,23 @@
 //! Provisioning: the federation's CA, the coordinator's server certificate, and one kit per
-//! participant (client certificate whose common name is the participant id, private key, CA
-//! certificate, Helm values), written to disk. How certificates are made and read is
-//! `cairn_identity`'s; this module decides where they go.
+//! participant (client certificate whose common name is the participant id, CA certificate, Helm
+//! values), written to disk. How certificates are made and read is `cairn_identity`'s; this
+//! module decides where they go.
+//!
+//! A participant's key is born at its site: each site makes its key and a signing request
+//! (`cairn-participant request`), and [`sign_request`] turns the request into a kit without a key,
+//! for the participants the host allows. Only when asked ([`ProvisionRequest::with_keys`], for
+//! local testing and the quickstart) does [`provision`] make the participants' keys itself, and
+//! the host then holds every participant's key.
 //!
 //! Layout written under the output directory:
-//! `ca/ca.pem`, `ca/ca-key.pem` (keep secret: it mints identities),
-//! `coordinator/{cert,key,ca}.pem`, `participants/<id>/{cert,key,ca}.pem`.
+//! `ca/ca.pem`, `ca/ca-key.pem` (keep secret: it mints identities), `ca/crl.pem` (once
+//! [`revoke`] revoked a certificate), `coordinator/{cert,key,ca}.pem`,
+//! `participants/<id>/{cert,ca}.pem` (and `key.pem` with keys made here), and
+//! `participants/<id>/replaced/<serial>/` for a certificate a new one replaced.
 //! Running `provision` again on the same directory reuses the CA and adds only missing kits.
 
 use crate::Error;
-use cairn_identity::{Authority, COORDINATOR_UNIT, check_participant_id};
+use cairn_identity::{Authority, COORDINATOR_UNIT, RevocationList, check_participant_id};
 use serde::Serialize;
 use serde_saphyr::{Commented, LitStr};
 use std::path::{Path, PathBuf};
@@ -50,8 +58,13 @@ pub struct ProvisionRequest {
     pub federation: String,
     /// DNS names and IP addresses the coordinator is reached at (server certificate SANs).
     pub server_names: Vec<String>,
-    /// Participants to create kits for.
+    /// The participants of the federation: with [`with_keys`](Self::with_keys), each gets a
+    /// kit; without, they are only reported back as awaiting their sites' requests.
     pub participants: Vec<ParticipantSpec>,
+    /// Make each participant's private key here and write full kits (for local testing and
+    /// the quickstart): the host then holds every participant's key. Without it, no
+    /// participant key is made here; each site makes its own and sends a signing request.
+    pub with_keys: bool,
     /// Validity of new certificates, in days.
     pub validity_days: u32,
 }
@@ -67,6 +80,9 @@ pub struct ProvisionReport {
     pub created_kits: Vec<PathBuf>,
     /// Kits that already existed and were left alone.
     pub kept_kits: Vec<PathBuf>,
+    /// Participants without a kit, whose sites are to send a signing request (without
+    /// [`ProvisionRequest::with_keys`]).
+    pub awaiting_requests: Vec<ParticipantSpec>,
 }
 
 /// Paths of a kit directory's files.
@@ -147,22 +163,42 @@ pub struct SignRequest {
     pub server_name: String,
     /// Validity of the certificate, in days.
     pub validity_days: u32,
+    /// The participant ids this signing may issue a certificate for; a request for any other is
+    /// refused, and so is every request when it is empty.
+    pub allowed: Vec<String>,
+    /// Issue a certificate for an id whose kit already holds one; the old certificate (and key,
+    /// if the kit held one) moves to `participants/<id>/replaced/<serial>/`.
+    pub replace: bool,
 }
 
 /// Signs a participant's certificate signing request: the private key never left the
 /// participant's site. The request's signature must verify, its key must be ECDSA P-256 (the
 /// participant signs secure-aggregation messages with it), and its common name must be a valid
-/// participant id. The certificate's subject is rebuilt from those (id, organisation,
-/// `participant` unit) whatever else the request asks for. Writes `cert.pem`, `ca.pem` and the
-/// Helm values (without the key) into the kit directory and returns it; an existing kit is
-/// never replaced.
+/// participant id that [`SignRequest::allowed`] names. The certificate's subject is rebuilt from
+/// those (id, organisation, `participant` unit) whatever else the request asks for. Writes
+/// `cert.pem`, `ca.pem` and the Helm values (without the key) into the kit directory and returns
+/// it; a kit that already holds a certificate is replaced only with [`SignRequest::replace`].
 pub fn sign_request(request: &SignRequest) -> Result<PathBuf, Error> {
+    if request.allowed.is_empty() {
+        return Err(Error::NothingAllowed);
+    }
     let ca = load_ca(&request.out_dir.join("ca"))?;
+    // Signed before the checks below so that they see the id as the certificate will carry it;
+    // nothing is written unless they pass.
     let signed = ca.sign_request(&request.csr_pem, request.validity_days)?;
+    if !request.allowed.contains(&signed.id) {
+        return Err(Error::NotAllowed {
+            id: signed.id,
+            allowed: request.allowed.clone(),
+        });
+    }
     let dir = request.out_dir.join("participants").join(&signed.id);
     let paths = KitPaths::in_dir(&dir);
     if paths.cert.exists() {
-        return Err(Error::KitExists { dir, id: signed.id });
+        if !request.replace {
+            return Err(Error::KitExists { dir, id: signed.id });
+        }
+        set_aside(&dir)?;
     }
     write_file(&paths.cert, &signed.cert_pem, false)?;
     write_file(&paths.ca, ca.cert_pem(), false)?;
@@ -175,6 +211,103 @@ pub fn sign_request(request: &SignRequest) -> Result<PathBuf, Error> {
     )?;
     write_file(&dir.join("values.yaml"), &values, false)?;
     Ok(dir)
+}
+
+/// Moves a kit's files (certificate, key if any, CA, Helm values) to `replaced/<serial>/` in the
+/// kit, so that a new certificate can take their place and the old one can still be revoked
+/// (`revoke --cert <kit>/replaced/<serial>/cert.pem`).
+fn set_aside(dir: &Path) -> Result<(), Error> {
+    let paths = KitPaths::in_dir(dir);
+    let der = cairn_identity::certificate_der(&read_file(&paths.cert)?, "cert.pem")?;
+    let aside = dir.join("replaced").join(cairn_identity::serial_of(&der)?);
+    std::fs::create_dir_all(&aside).map_err(|source| Error::Io {
+        what: format!("creating {}", aside.display()),
+        source,
+    })?;
+    for name in ["cert.pem", "key.pem", "ca.pem", "values.yaml"] {
+        let from = dir.join(name);
+        if from.exists() {
+            let to = aside.join(name);
+            std::fs::rename(&from, &to).map_err(|source| Error::Io {
+                what: format!("moving {} to {}", from.display(), to.display()),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Which certificate to revoke.
+#[derive(Debug, Clone)]
+pub enum Revocation {
+    /// The certificate in participant `id`'s kit (`participants/<id>/cert.pem`).
+    Participant(String),
+    /// The certificate (PEM) in this file.
+    Certificate(PathBuf),
+}
+
+/// What [`revoke`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// The revocation list written (`ca/crl.pem`).
+    pub crl: PathBuf,
+    /// The participant id the revoked certificate names.
+    pub id: String,
+    /// Its serial number (lowercase hex).
+    pub serial: String,
+    /// How many certificates the list now revokes.
+    pub n_revoked: usize,
+}
+
+/// The federation's revocation list file in the federation directory `out_dir`.
+pub fn crl_path(out_dir: &Path) -> PathBuf {
+    out_dir.join("ca").join("crl.pem")
+}
+
+/// Reads the revocation list at `path` and verifies it against the CA certificate `ca_pem`;
+/// an error names the file and what was expected of it.
+pub fn load_revocations(path: &Path, ca_pem: &str) -> Result<RevocationList, Error> {
+    RevocationList::from_pem(&read_file(path)?, ca_pem).map_err(|source| Error::RevocationList {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Revokes a certificate of the federation CA in the federation directory `out_dir`: adds its
+/// serial number to `ca/crl.pem` (made on first use, otherwise verified, extended and signed
+/// again with a larger CRL number), valid for `validity_days`. Parties that read the list
+/// (`serve --crl`, `join --crl`) then refuse the certificate.
+pub fn revoke(out_dir: &Path, what: &Revocation, validity_days: u32) -> Result<Revoked, Error> {
+    let ca = load_ca(&out_dir.join("ca"))?;
+    let cert_path = match what {
+        Revocation::Participant(id) => {
+            let path = KitPaths::in_dir(&out_dir.join("participants").join(id)).cert;
+            if !path.exists() {
+                return Err(Error::NoCertificate {
+                    path,
+                    id: id.clone(),
+                });
+            }
+            path
+        }
+        Revocation::Certificate(path) => path.clone(),
+    };
+    let der =
+        cairn_identity::certificate_der(&read_file(&cert_path)?, &cert_path.display().to_string())?;
+    let crl = crl_path(out_dir);
+    let previous = match crl.exists() {
+        true => Some(load_revocations(&crl, ca.cert_pem())?),
+        false => None,
+    };
+    let pem = ca.revoke(previous.as_ref(), &[&der], validity_days)?;
+    crate::store::write_atomically(&crl, pem.as_bytes())?;
+    let list = RevocationList::from_pem(&pem, ca.cert_pem())?;
+    Ok(Revoked {
+        crl,
+        id: cairn_identity::identity_of(&der)?.id,
+        serial: cairn_identity::serial_of(&der)?,
+        n_revoked: list.serials().len(),
+    })
 }
 
 /// Creates (or reuses) the CA and writes the server certificate and the participant kits.
@@ -211,6 +344,10 @@ pub fn provision(request: &ProvisionRequest) -> Result<ProvisionReport, Error> {
         let dir = request.out_dir.join("participants").join(&participant.id);
         if KitPaths::in_dir(&dir).cert.exists() {
             report.kept_kits.push(dir);
+            continue;
+        }
+        if !request.with_keys {
+            report.awaiting_requests.push(participant.clone());
             continue;
         }
         let issued = ca.issue_participant(
@@ -347,6 +484,7 @@ mod tests {
                 .iter()
                 .map(|id| ParticipantSpec::parse(id).unwrap())
                 .collect(),
+            with_keys: true,
             validity_days: 30,
         }
     }
@@ -433,6 +571,8 @@ mod tests {
                 csr_pem: csr_pem.to_string(),
                 server_name: "fl.example.org".into(),
                 validity_days: 30,
+                allowed: vec!["delta".into(), "echo".into()],
+                replace: false,
             })
         };
         let kit = sign(&csr_pem).unwrap();
@@ -458,7 +598,10 @@ mod tests {
         );
 
         let refusals = [
-            (csr_pem.clone(), "already holds a certificate for delta"),
+            (
+                csr_pem.clone(),
+                "already holds a certificate for delta; pass --replace",
+            ),
             (tamper(&csr_pem), "not a valid, correctly signed"),
             (
                 cairn_identity::certificate_request("Bad_Id", "x")
@@ -477,6 +620,171 @@ mod tests {
         let csr = params.serialize_request(&p384).unwrap().pem().unwrap();
         let err = sign(&csr).unwrap_err().to_string();
         assert!(err.contains("not ECDSA P-256"), "{err}");
+    }
+
+    #[test]
+    fn without_keys_no_participant_key_is_made_at_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyless = ProvisionRequest {
+            with_keys: false,
+            ..request(dir.path(), &["alpha=Alpha Hospital", "beta"])
+        };
+        let report = provision(&keyless).unwrap();
+        assert!(report.created_ca && report.created_server);
+        assert!(report.created_kits.is_empty() && report.kept_kits.is_empty());
+        let ids: Vec<&str> = report
+            .awaiting_requests
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect();
+        assert_eq!(ids, ["alpha", "beta"]);
+        assert!(!dir.path().join("participants").exists());
+        assert!(
+            KitPaths::in_dir(&dir.path().join("coordinator"))
+                .key
+                .exists()
+        );
+
+        // With keys when asked: full kits, each with its key.
+        let report = provision(&request(dir.path(), &["alpha", "beta"])).unwrap();
+        assert!(!report.created_ca && report.awaiting_requests.is_empty());
+        assert_eq!(report.created_kits.len(), 2);
+        for kit in &report.created_kits {
+            let key = std::fs::read_to_string(KitPaths::in_dir(kit).key).unwrap();
+            assert!(key.contains("BEGIN PRIVATE KEY"), "{}", kit.display());
+        }
+    }
+
+    fn sign_as(
+        dir: &Path,
+        csr_pem: &str,
+        allowed: &[&str],
+        replace: bool,
+    ) -> Result<PathBuf, Error> {
+        sign_request(&SignRequest {
+            out_dir: dir.to_path_buf(),
+            csr_pem: csr_pem.to_string(),
+            server_name: "localhost".into(),
+            validity_days: 30,
+            allowed: allowed.iter().map(|id| id.to_string()).collect(),
+            replace,
+        })
+    }
+
+    #[test]
+    fn sign_refuses_ids_outside_its_allow_list_and_replaces_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        provision(&ProvisionRequest {
+            with_keys: false,
+            ..request(dir.path(), &["alpha"])
+        })
+        .unwrap();
+        let (_, csr) = cairn_identity::certificate_request("mallory", "Mallory").unwrap();
+        let err = sign_as(dir.path(), &csr, &["alpha", "bravo"], false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("request is for participant \"mallory\"; allowed: alpha, bravo"),
+            "{err}"
+        );
+        let err = sign_as(dir.path(), &csr, &[], false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--participant ID") && err.contains("--job FILE"),
+            "{err}"
+        );
+        assert!(!dir.path().join("participants/mallory").exists());
+
+        let (_, first) = cairn_identity::certificate_request("alpha", "Alpha").unwrap();
+        let kit = sign_as(dir.path(), &first, &["alpha"], false).unwrap();
+        let old = std::fs::read_to_string(kit.join("cert.pem")).unwrap();
+        let (_, second) = cairn_identity::certificate_request("alpha", "Alpha").unwrap();
+        let err = sign_as(dir.path(), &second, &["alpha"], false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("already holds a certificate for alpha"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(kit.join("cert.pem")).unwrap(), old);
+        sign_as(dir.path(), &second, &["alpha"], true).unwrap();
+        let new = std::fs::read_to_string(kit.join("cert.pem")).unwrap();
+        assert_ne!(new, old);
+        let old_serial =
+            cairn_identity::serial_of(&cairn_identity::certificate_der(&old, "old").unwrap())
+                .unwrap();
+        let aside = kit.join("replaced").join(&old_serial).join("cert.pem");
+        assert_eq!(
+            std::fs::read_to_string(aside).unwrap(),
+            old,
+            "the replaced certificate is kept, to be revoked"
+        );
+    }
+
+    #[test]
+    fn revoke_lists_the_serial_in_a_list_that_verifies_against_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        provision(&request(dir.path(), &["alpha", "bravo"])).unwrap();
+        let ca_pem = std::fs::read_to_string(dir.path().join("ca/ca.pem")).unwrap();
+        let alpha = der_of(&dir.path().join("participants/alpha/cert.pem"));
+        let bravo = der_of(&dir.path().join("participants/bravo/cert.pem"));
+
+        let revoked = revoke(dir.path(), &Revocation::Participant("alpha".into()), 30).unwrap();
+        assert_eq!(revoked.crl, dir.path().join("ca/crl.pem"));
+        assert_eq!((revoked.id.as_str(), revoked.n_revoked), ("alpha", 1));
+        assert_eq!(revoked.serial, cairn_identity::serial_of(&alpha).unwrap());
+        let list = load_revocations(&revoked.crl, &ca_pem).unwrap();
+        assert_eq!(list.serials(), std::slice::from_ref(&revoked.serial));
+        assert!(list.check(&alpha).is_err() && list.check(&bravo).is_ok());
+
+        let by_file = Revocation::Certificate(dir.path().join("participants/bravo/cert.pem"));
+        let revoked = revoke(dir.path(), &by_file, 30).unwrap();
+        assert_eq!(revoked.n_revoked, 2);
+        let list = load_revocations(&revoked.crl, &ca_pem).unwrap();
+        assert_eq!(list.number(), 2);
+        assert!(list.check(&bravo).is_err() && list.check(&alpha).is_err());
+
+        let err = revoke(dir.path(), &Revocation::Participant("zulu".into()), 30)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("holds no certificate of participant \"zulu\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_revocation_list_of_another_ca_is_refused_naming_the_file() {
+        let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        provision(&request(ours.path(), &["alpha"])).unwrap();
+        provision(&request(theirs.path(), &["alpha"])).unwrap();
+        let theirs_crl = revoke(theirs.path(), &Revocation::Participant("alpha".into()), 30)
+            .unwrap()
+            .crl;
+        let ca_pem = std::fs::read_to_string(ours.path().join("ca/ca.pem")).unwrap();
+        let err = load_revocations(&theirs_crl, &ca_pem)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("revocation list {}: ", theirs_crl.display()))
+                && err.contains("is not signed by the federation CA"),
+            "{err}"
+        );
+        // Nor does `revoke` extend a list that is not its CA's, or revoke another CA's
+        // certificate.
+        std::fs::copy(&theirs_crl, crl_path(ours.path())).unwrap();
+        let err = revoke(ours.path(), &Revocation::Participant("alpha".into()), 30)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not signed by the federation CA"), "{err}");
+        std::fs::remove_file(crl_path(ours.path())).unwrap();
+        let foreign = Revocation::Certificate(theirs.path().join("participants/alpha/cert.pem"));
+        let err = revoke(ours.path(), &foreign, 30).unwrap_err().to_string();
+        assert!(
+            err.contains("was not issued by this federation's CA"),
+            "{err}"
+        );
     }
 
     #[cfg(unix)]

@@ -90,6 +90,24 @@ impl Kit {
     }
 }
 
+impl Kit {
+    /// The federation CA's revocation list at `path` (`ca/crl.pem` from `cairn-coordinator
+    /// revoke`), verified against this kit's CA: a list signed by another CA, or malformed, is
+    /// refused with an error naming the file.
+    pub fn revocations(&self, path: &Path) -> Result<cairn_identity::RevocationList, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Kit {
+            path: path.to_path_buf(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        cairn_identity::RevocationList::from_pem(&text, &self.ca_pem).map_err(|source| {
+            Error::RevocationList {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    }
+}
+
 /// How to reach the coordinator and how hard to try.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {

@@ -924,8 +924,8 @@ fn the_coordinator_names_each_misrouted_or_repeated_message_for_what_it_is() {
     );
     for i in 1..n - 1 {
         let shares = parties[i as usize].on_nonces(nonces.clone(), &ids).unwrap();
-        // Participant 1 never gets its shares through.
-        if i != 1 {
+        // The stranger (not 0's neighbour, so 0 still has enough) never gets its shares through.
+        if i != stranger {
             coordinator.on_shares(i, shares).unwrap();
         }
     }
@@ -939,8 +939,11 @@ fn the_coordinator_names_each_misrouted_or_repeated_message_for_what_it_is() {
         Err(ProtocolError::DuplicateMaskedInput { from: 0 })
     );
     assert_eq!(
-        coordinator.on_masked_input(MaskedInput { from: 1, ..masked }),
-        Err(ProtocolError::MaskedInputWithoutShares { from: 1 })
+        coordinator.on_masked_input(MaskedInput {
+            from: stranger,
+            ..masked
+        }),
+        Err(ProtocolError::MaskedInputWithoutShares { from: stranger })
     );
 }
 
