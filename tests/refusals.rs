@@ -120,17 +120,28 @@ fn n_values(specs: &[TensorSpec]) -> usize {
 
 /// Sends an update as `mallory` after `tamper` had its way with it, and returns the status that
 /// ends mallory's session; then checks the honest job completes.
+/// A one-round job of alpha, bravo and mallory, with mallory in a raw session.
+async fn mallory_in_a_job() -> (
+    Federation,
+    Coordinator,
+    mpsc::Sender<ParticipantMessage>,
+    Streaming<CoordinatorMessage>,
+) {
+    let ids = ["alpha", "bravo", "mallory"];
+    let federation = Federation::provision(&ids);
+    let coordinator = federation.start(digits_job(&ids, 1, 2)).await;
+    let (outbox, inbound) = raw_session(&federation, &coordinator, "mallory")
+        .await
+        .expect("session");
+    (federation, coordinator, outbox, inbound)
+}
+
 async fn refused_update(
     tamper: impl FnOnce(&mut UpdateHeader, &mut Vec<cairn_proto::v1::Chunk>),
     specs: Vec<TensorSpec>,
     values: Vec<f32>,
 ) -> Status {
-    let ids = ["alpha", "bravo", "mallory"];
-    let federation = Federation::provision(&ids);
-    let coordinator = federation.start(digits_job(&ids, 1, 2)).await;
-    let (outbox, mut inbound) = raw_session(&federation, &coordinator, "mallory")
-        .await
-        .expect("session");
+    let (federation, coordinator, outbox, mut inbound) = mallory_in_a_job().await;
     let (transfer, mut chunks) = split(1, &specs, &values);
     let mut header = UpdateHeader {
         transfer: Some(transfer),
@@ -494,4 +505,34 @@ async fn malformed_secure_aggregation_messages_are_refused_by_name() {
     }
     let report = cairn_tests::finish(coordinator).await.expect("report");
     assert!(report.succeeded, "{}", report.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_keeps_sending_what_the_protocol_does_not_allow_is_dropped() {
+    // Stale survivor signatures, well formed but for no round in progress: each is ignored, the
+    // first few logged; at the bound the session is ended, and the job goes on without it.
+    let (federation, coordinator, outbox, mut inbound) = mallory_in_a_job().await;
+    let stale = cairn_proto::v1::SurvivorSignature {
+        round: 7,
+        attempt: 7,
+        index: 2,
+        signature: vec![1; 70],
+    };
+    for _ in 0..40 {
+        // The session may already be ended when the last ones are sent.
+        let body = Some(Body::SurvivorSignature(stale.clone()));
+        if outbox.send(ParticipantMessage { body }).await.is_err() {
+            break;
+        }
+    }
+    let status = final_status(&mut inbound).await;
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("32 messages this round that the protocol does not allow"),
+        "{}",
+        status.message()
+    );
+    honest_job_completes(&federation, coordinator).await;
 }

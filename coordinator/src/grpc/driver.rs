@@ -15,6 +15,7 @@ use cairn_proto::v1::coordinator_message::Body;
 use cairn_proto::v1::{
     CoordinatorMessage, EvaluateInstruction, JobFinished, TrainInstruction, TrainingConfig,
 };
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -65,7 +66,15 @@ struct Driver {
     /// Every committed round, the resumed ones first.
     rounds: Vec<RoundRecord>,
     clock: Option<RoundClock>,
+    /// How many of each participant's messages the round machine ignored this round.
+    ignored: HashMap<ParticipantId, u32>,
 }
+
+/// Ignored messages of one participant logged per round; the rest are counted.
+const LOGGED_IGNORED: u32 = 3;
+/// Ignored messages after which a participant's session is ended: a participant that keeps
+/// sending what the protocol does not allow is broken or hostile, and costs the others work.
+const MAX_IGNORED: u32 = 32;
 
 impl Driver {
     /// Builds the round machine from the job and what the state directory holds; `initial` is
@@ -133,6 +142,7 @@ impl Driver {
             machine,
             rounds,
             clock: None,
+            ignored: HashMap::new(),
         })))
     }
 
@@ -170,9 +180,7 @@ impl Driver {
                 );
                 self.shared.monitor.round_failed(round, attempt, &reason);
             }
-            Command::Ignored { id, reason } => {
-                tracing::warn!(participant = %id, "ignored a message from {id}: {reason}");
-            }
+            Command::Ignored { id, reason } => self.ignored(id, reason),
             Command::Finish {
                 rounds_completed,
                 succeeded,
@@ -248,7 +256,40 @@ impl Driver {
     }
 
     /// Makes the round durable with what it cost (time, bytes), then shows it.
+    /// Logs a message the round machine ignored, the first few per participant and round; ends
+    /// the session of a participant that sends [`MAX_IGNORED`] of them in one round.
+    fn ignored(&mut self, id: ParticipantId, reason: String) {
+        let count = self.ignored.entry(id.clone()).or_default();
+        *count += 1;
+        match *count {
+            n if n <= LOGGED_IGNORED => {
+                tracing::warn!(participant = %id, "ignored a message from {id}: {reason}");
+            }
+            n if n == LOGGED_IGNORED + 1 => tracing::warn!(
+                participant = %id,
+                "ignored another message from {id} ({reason}); further ones this round are counted, not logged"
+            ),
+            n if n >= MAX_IGNORED => {
+                self.ignored.remove(&id);
+                let reason = format!(
+                    "{MAX_IGNORED} messages this round that the protocol does not allow (the last: {reason}); the session is ended"
+                );
+                tracing::warn!(participant = %id, "dropping {id}: {reason}");
+                let connections = self
+                    .shared
+                    .connections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if let Some(connection) = connections.get(&id) {
+                    let _ = connection.expel.try_send(reason);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn commit(&mut self, outcome: RoundOutcome, model: Arc<Vec<f32>>) -> Result<(), Error> {
+        self.ignored.clear();
         let shared = &self.shared;
         let (duration_s, bytes_in, bytes_out) = match &self.clock {
             Some(c) => (

@@ -148,6 +148,8 @@ struct Shared {
 struct Connection {
     serial: u64,
     outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    /// Ends the session with the reason given, through the session's own refusal path.
+    expel: mpsc::Sender<String>,
 }
 
 /// A running coordinator.

@@ -176,6 +176,7 @@ async fn run(
         return;
     }
     let serial = shared.next_serial.fetch_add(1, Ordering::Relaxed);
+    let (expel, mut expelled) = mpsc::channel(1);
     {
         let mut connections = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
         let previous = connections.insert(
@@ -183,6 +184,7 @@ async fn run(
             Connection {
                 serial,
                 outbox: outbox.clone(),
+                expel,
             },
         );
         // Events are sent under the lock so that the machine sees them in connection order.
@@ -200,7 +202,7 @@ async fn run(
     tracing::info!(participant = %id, "{id} connected");
 
     let heartbeats = tokio::spawn(send_heartbeats(outbox.clone(), shared.heartbeat_interval));
-    let ended = read(&shared, &peer, &mut inbound).await;
+    let ended = read(&shared, &peer, &mut inbound, &mut expelled).await;
     heartbeats.abort();
     let reason = match ended {
         Ended::Refused(refusal) => {
@@ -322,12 +324,24 @@ struct PendingUpdate {
     assembler: Assembler,
 }
 
-async fn read(shared: &Shared, peer: &Peer, inbound: &mut Streaming<ParticipantMessage>) -> Ended {
+async fn read(
+    shared: &Shared,
+    peer: &Peer,
+    inbound: &mut Streaming<ParticipantMessage>,
+    expelled: &mut mpsc::Receiver<String>,
+) -> Ended {
     let id = peer.id.as_str();
     let silence = shared.heartbeat_interval * 3;
     let mut pending: Option<Incoming> = None;
     loop {
-        let next = match tokio::time::timeout(silence, inbound.message()).await {
+        let received = tokio::select! {
+            biased;
+            Some(reason) = expelled.recv() => {
+                return Ended::Refused(Refusal::FailedPrecondition(reason));
+            }
+            received = tokio::time::timeout(silence, inbound.message()) => received,
+        };
+        let next = match received {
             Err(_) => {
                 return Ended::Gone(format!("silent for {} s (no heartbeat)", silence.as_secs()));
             }
