@@ -396,6 +396,21 @@ async fn a_round_failed_on_purpose_is_drawn_again_only_as_often_as_the_site_allo
     assert!(sent.is_empty(), "alpha sent {:?}", kinds(&sent));
 }
 
+/// Waits for alpha's abort of round 1 naming `rule`, ends the job and checks that alpha sent
+/// nothing more; returns the log line.
+async fn aborted_with_nothing_more_sent(session: Session, rule: &[&str]) -> String {
+    let mut parts = vec!["alpha: round 1 attempt 1: aborting secure aggregation"];
+    parts.extend_from_slice(rule);
+    let line = log_line(&parts).await;
+    let sent = session.finish().await;
+    assert!(
+        sent.is_empty(),
+        "alpha sent {:?} after aborting",
+        kinds(&sent)
+    );
+    line
+}
+
 /// Checks no signature: the forged neighbours take whatever alpha signs.
 struct AcceptAll;
 
@@ -572,19 +587,12 @@ async fn a_neighbour_whose_certificate_is_not_the_pinned_one_gets_nothing() {
     session
         .send(Outbound::GraphNonces(nonces.expect("alpha's nonce")))
         .await;
-    let line = log_line(&[
-        "alpha: round 1 attempt 1: aborting secure aggregation",
-        "\"bravo\" presents certificate sha256:",
-        "this site pinned",
-    ])
+    let line = aborted_with_nothing_more_sent(
+        session,
+        &["\"bravo\" presents certificate sha256:", "this site pinned"],
+    )
     .await;
     assert!(line.contains(&fingerprint(&federation, "bravo")), "{line}");
-    let sent = session.finish().await;
-    assert!(
-        sent.is_empty(),
-        "alpha sent {:?} to forged neighbours",
-        kinds(&sent)
-    );
 }
 
 #[tokio::test]
@@ -599,13 +607,11 @@ async fn a_substituted_public_key_gets_nothing_past_the_nonce() {
     session
         .send(Outbound::GraphNonces(nonces.expect("alpha's nonce")))
         .await;
-    log_line(&[
-        "alpha: round 1 attempt 1: aborting secure aggregation",
-        "advertisement of participant 1 does not carry a valid signature",
-    ])
+    aborted_with_nothing_more_sent(
+        session,
+        &["advertisement of participant 1 does not carry a valid signature"],
+    )
     .await;
-    let sent = session.finish().await;
-    assert!(sent.is_empty(), "alpha sent {:?}", kinds(&sent));
 }
 
 #[tokio::test]
@@ -629,13 +635,7 @@ async fn a_coordinator_that_withholds_or_alters_a_nonce_draws_no_graph() {
         let mut nonces = nonces.expect("alpha's nonce");
         alter(&mut nonces);
         session.send(Outbound::GraphNonces(nonces)).await;
-        log_line(&[
-            "alpha: round 1 attempt 1: aborting secure aggregation",
-            rule,
-        ])
-        .await;
-        let sent = session.finish().await;
-        assert!(sent.is_empty(), "alpha sent {:?}", kinds(&sent));
+        aborted_with_nothing_more_sent(session, &[rule]).await;
     }
 }
 
@@ -698,11 +698,9 @@ async fn a_forged_survivor_signature_gets_no_reveal() {
             &signatures,
         )))
         .await;
-    log_line(&[
-        "alpha: round 1 attempt 1: aborting secure aggregation",
-        "survivor set signature of participant 2 does not match the set shown here",
-    ])
+    aborted_with_nothing_more_sent(
+        session,
+        &["survivor set signature of participant 2 does not match the set shown here"],
+    )
     .await;
-    let sent = session.finish().await;
-    assert!(sent.is_empty(), "alpha revealed {:?}", kinds(&sent));
 }

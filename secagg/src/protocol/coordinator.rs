@@ -4,7 +4,7 @@
 
 use super::{
     Advertisement, EncryptedShares, GraphNonce, MaskedInput, ProtocolError, Reveal, RoundConfig,
-    SurvivorSignature, Unmasked, nonce_commitment,
+    SurvivorSignature, Unmasked, check_nonce, require_every_nonce,
 };
 use crate::crypto::agree;
 use crate::graph::Graph;
@@ -138,12 +138,7 @@ impl CoordinatorMachine {
                 claimed: nonce.from,
             });
         }
-        let Some(ad) = self.advertisements.get(&from) else {
-            return Err(ProtocolError::NonceFromUnadvertised { from });
-        };
-        if nonce_commitment(&self.config, from, &nonce.nonce) != ad.nonce_commitment {
-            return Err(ProtocolError::NonceMismatch { from });
-        }
+        check_nonce(&self.config, &self.advertisements, &nonce)?;
         if self.nonces.insert(from, nonce.nonce).is_some() {
             return Err(ProtocolError::DuplicateNonce { from });
         }
@@ -155,17 +150,7 @@ impl CoordinatorMachine {
     /// that withholds its nonce fails the attempt, and the next draws again with fresh keys.
     pub fn close_nonces(&mut self) -> Result<Vec<GraphNonce>, ProtocolError> {
         self.require_phase(Phase::AwaitingNonces, "end of graph nonces")?;
-        let missing: Vec<u32> = self
-            .advertisements
-            .keys()
-            .copied()
-            .filter(|from| !self.nonces.contains_key(from))
-            .collect();
-        if !missing.is_empty() {
-            return Err(ProtocolError::MissingNonces {
-                participants: missing,
-            });
-        }
+        require_every_nonce(&self.advertisements, &self.nonces)?;
         self.graph = Some(self.config.graph(self.config.graph_seed(&self.nonces))?);
         self.phase = Phase::AwaitingShares;
         Ok(self

@@ -169,6 +169,41 @@ pub fn threshold_for(neighbours: usize, fraction: f64) -> usize {
     ((fraction * neighbours as f64).floor() as usize + 1).clamp(2, neighbours.max(2))
 }
 
+/// Checks that `nonce` comes from an advertiser and opens the commitment it advertised.
+fn check_nonce(
+    config: &RoundConfig,
+    advertisements: &BTreeMap<u32, Advertisement>,
+    nonce: &GraphNonce,
+) -> Result<(), ProtocolError> {
+    let from = nonce.from;
+    let Some(ad) = advertisements.get(&from) else {
+        return Err(ProtocolError::NonceFromUnadvertised { from });
+    };
+    if nonce_commitment(config, from, &nonce.nonce) != ad.nonce_commitment {
+        return Err(ProtocolError::NonceMismatch { from });
+    }
+    Ok(())
+}
+
+/// Checks that every advertiser revealed its nonce: the graph is drawn from all of them or not
+/// at all.
+fn require_every_nonce(
+    advertisements: &BTreeMap<u32, Advertisement>,
+    nonces: &BTreeMap<u32, [u8; 32]>,
+) -> Result<(), ProtocolError> {
+    let missing: Vec<u32> = advertisements
+        .keys()
+        .copied()
+        .filter(|from| !nonces.contains_key(from))
+        .collect();
+    match missing.is_empty() {
+        true => Ok(()),
+        false => Err(ProtocolError::MissingNonces {
+            participants: missing,
+        }),
+    }
+}
+
 /// A participant's signed public keys (protocol round 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Advertisement {

@@ -2,8 +2,8 @@
 
 use super::{
     Advertisement, EncryptedShares, GraphNonce, MaskedInput, ProtocolError, Reveal, RoundConfig,
-    Signer, SurvivorSignature, Verifier, advertisement_message, channel_key, nonce_commitment,
-    shares_associated_data, survivors_message,
+    Signer, SurvivorSignature, Verifier, advertisement_message, channel_key, check_nonce,
+    nonce_commitment, require_every_nonce, shares_associated_data, survivors_message,
 };
 use crate::crypto::{agree, generate_key_pair, open, random_bytes, seal};
 use crate::graph::Graph;
@@ -211,26 +211,16 @@ impl ParticipantMachine {
         };
         let by_sender = advertisements.clone();
         let mut revealed = BTreeMap::new();
-        for GraphNonce { from, nonce } in nonces {
-            let Some(ad) = by_sender.get(&from) else {
-                return self.abort(ProtocolError::NonceFromUnadvertised { from });
-            };
-            if nonce_commitment(&self.config, from, &nonce) != ad.nonce_commitment {
-                return self.abort(ProtocolError::NonceMismatch { from });
+        for nonce in nonces {
+            if let Err(error) = check_nonce(&self.config, &by_sender, &nonce) {
+                return self.abort(error);
             }
-            if revealed.insert(from, nonce).is_some() {
-                return self.abort(ProtocolError::DuplicateNonce { from });
+            if revealed.insert(nonce.from, nonce.nonce).is_some() {
+                return self.abort(ProtocolError::DuplicateNonce { from: nonce.from });
             }
         }
-        let missing: Vec<u32> = by_sender
-            .keys()
-            .copied()
-            .filter(|from| !revealed.contains_key(from))
-            .collect();
-        if !missing.is_empty() {
-            return self.abort(ProtocolError::MissingNonces {
-                participants: missing,
-            });
+        if let Err(error) = require_every_nonce(&by_sender, &revealed) {
+            return self.abort(error);
         }
         let graph_seed = self.config.graph_seed(&revealed);
         match self.config.graph(graph_seed) {
