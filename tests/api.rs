@@ -145,6 +145,8 @@ async fn the_api_reports_what_the_federation_did() {
     assert!(watched[0].contains("0/2 rounds committed"), "{watched:?}");
     for expected in [
         "round 2 attempt 1: unmask",
+        // The evaluation's secure aggregation shows as the attempt's one evaluate phase.
+        "round 2 attempt 1: evaluate",
         "round 2 committed: 3/4 participants",
         "job finished",
     ] {

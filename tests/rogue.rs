@@ -179,8 +179,14 @@ impl Session {
             .expect("the session is open");
     }
 
-    /// Sends a `Train` for `round` with the digits model, and `setup` (`None`: in the clear).
-    async fn train(&self, round: u64, setup: Option<SecureAggregation>) {
+    /// Sends the digits model for `round`, every value shifted by `shift`, as `instruction`
+    /// makes it known from its header.
+    async fn model(
+        &self,
+        round: u64,
+        shift: f32,
+        instruction: impl FnOnce(v1::TransferHeader) -> Outbound,
+    ) {
         let (layout, values) =
             cairn_coordinator::model::read_model(&digits_model()).expect("the digits model");
         let specs: Vec<TensorSpec> = layout
@@ -190,22 +196,42 @@ impl Session {
                 shape: t.shape.iter().map(|&d| d as u64).collect(),
             })
             .collect();
+        let values: Vec<f32> = values.iter().map(|v| v + shift).collect();
         let (header, chunks) = cairn_proto::transfer::split(round, &specs, &values);
+        self.send(instruction(header)).await;
+        for chunk in chunks {
+            self.send(Outbound::Chunk(chunk)).await;
+        }
+    }
+
+    /// Sends an `Evaluate` for `round` with the digits model shifted by `shift`, and `setup`
+    /// (`None`: the report in the clear).
+    async fn evaluate(&self, round: u64, shift: f32, setup: Option<SecureAggregation>) {
+        self.model(round, shift, |header| {
+            Outbound::Evaluate(v1::EvaluateInstruction {
+                model: Some(header),
+                secure_aggregation: setup,
+            })
+        })
+        .await;
+    }
+
+    /// Sends a `Train` for `round` with the digits model, and `setup` (`None`: in the clear).
+    async fn train(&self, round: u64, setup: Option<SecureAggregation>) {
         let config = TrainingConfig {
             local_epochs: 1,
             batch_size: 16,
             learning_rate: 0.1,
             seed: 1,
         };
-        self.send(Outbound::Train(TrainInstruction {
-            config: Some(config),
-            model: Some(header),
-            secure_aggregation: setup,
-        }))
+        self.model(round, 0.0, |header| {
+            Outbound::Train(TrainInstruction {
+                config: Some(config),
+                model: Some(header),
+                secure_aggregation: setup,
+            })
+        })
         .await;
-        for chunk in chunks {
-            self.send(Outbound::Chunk(chunk)).await;
-        }
     }
 
     /// Ends the job and returns everything the participant sent until its stream closed.
@@ -365,6 +391,88 @@ async fn replayed_messages_and_an_earlier_round_get_nothing() {
         "alpha answered replays with {:?}",
         kinds(&sent)
     );
+}
+
+#[tokio::test]
+async fn an_evaluation_in_the_clear_is_refused_by_default() {
+    // Each site's own metrics would be a query on its private test data.
+    let federation = Federation::provision(&IDS);
+    let session = connect(&federation, "alpha", Policy::default()).await;
+    session.evaluate(1, 0.0, None).await;
+    log_line(&[
+        "alpha: round 1: evaluation refused, nothing is sent for it",
+        "asks for an evaluation in the clear",
+        "--allow-plaintext",
+    ])
+    .await;
+    let sent = session.finish().await;
+    assert!(sent.is_empty(), "alpha sent {:?}", kinds(&sent));
+}
+
+#[tokio::test]
+async fn a_model_evaluated_that_the_federation_does_not_go_on_with_is_caught() {
+    // The host has alpha evaluate a model of its own as round 1's new one, then goes on with
+    // another: the evaluation was a query, and alpha takes no further part.
+    let federation = Federation::provision(&IDS);
+    let mut session = connect(&federation, "alpha", Policy::default()).await;
+    let roster = ["alpha", "bravo", "charlie"];
+    session.evaluate(1, 0.5, Some(setup(&roster, 2))).await;
+    // Its sums go only into secure aggregation: an advertisement, no report.
+    match next(&mut session.inbound).await {
+        Some(Inbound::Advertisement(ad)) => assert_eq!((ad.round, ad.attempt), (1, 2)),
+        other => panic!("expected an advertisement, got {other:?}"),
+    }
+    session.train(2, Some(setup(&roster, 1))).await;
+    log_line(&[
+        "alpha: round 2: refused, nothing is sent for this round",
+        "not the one this site evaluated as round 1's new model",
+    ])
+    .await;
+    let sent = session.finish().await;
+    assert!(sent.is_empty(), "alpha sent {:?}", kinds(&sent));
+}
+
+/// Sends `message` to a freshly connected alpha, and checks that alpha ends the session with
+/// a log line naming `rule`, having sent nothing.
+async fn ends_the_session(message: CoordinatorMessage, rule: &str) {
+    let federation = Federation::provision(&IDS);
+    let mut session = connect(&federation, "alpha", Policy::default()).await;
+    session.outbox.send(Ok(message)).await.expect("open");
+    log_line(&["alpha: ", rule, "reconnecting in"]).await;
+    let mut sent = Vec::new();
+    while let Some(body) = next(&mut session.inbound).await {
+        sent.push(body);
+    }
+    assert!(sent.is_empty(), "alpha sent {:?}", kinds(&sent));
+    session.participant.abort();
+}
+
+#[tokio::test]
+async fn an_unknown_message_ends_the_session_with_nothing_sent() {
+    // A message of a kind this build does not know decodes with no body.
+    ends_the_session(
+        CoordinatorMessage { body: None },
+        "a message of no kind this participant knows; expected one of protocol version",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_ends_the_session_with_nothing_sent() {
+    // gRPC's 4 MiB limit on a decoded message holds against the coordinator too.
+    let chunk = v1::Chunk {
+        round: 1,
+        index: 0,
+        data: vec![0u8; 5 << 20].into(),
+        sha256: vec![0; 32],
+    };
+    ends_the_session(
+        CoordinatorMessage {
+            body: Some(Outbound::Chunk(chunk)),
+        },
+        "message length too large",
+    )
+    .await;
 }
 
 #[tokio::test]

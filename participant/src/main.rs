@@ -140,8 +140,8 @@ struct Common {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Site policy")]
 struct PolicyArgs {
-    /// Take part in rounds that ask for the update in the clear (default: refuse them, since the
-    /// coordinator would then see this site's update).
+    /// Take part in rounds that ask for the update or the evaluation in the clear (default:
+    /// refuse them, since the coordinator would then see this site's update or metrics).
     #[arg(long)]
     allow_plaintext: bool,
     /// Refuse securely aggregated rounds with fewer participants: with n, the coordinator and

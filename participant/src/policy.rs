@@ -147,6 +147,21 @@ pub enum Refusal {
         "the round asks for the update in the clear; this site requires secure aggregation (--allow-plaintext relaxes it)"
     )]
     Plaintext,
+    /// The coordinator asks for an evaluation in the clear.
+    #[error(
+        "the coordinator asks for an evaluation in the clear; this site reports evaluations only inside secure aggregation (--allow-plaintext relaxes it)"
+    )]
+    PlaintextEvaluation,
+    /// The model to train on is not the one this site evaluated as the previous round's.
+    #[error(
+        "the model to train in round {round} is not the one this site evaluated as round {evaluated}'s new model; this site evaluates only models the federation goes on with"
+    )]
+    NotEvaluatedModel {
+        /// The round asked for.
+        round: u64,
+        /// The round whose model this site evaluated.
+        evaluated: u64,
+    },
     /// The roster does not name this participant.
     #[error("the roster does not name this participant ({id:?})")]
     NotListed {
@@ -247,6 +262,19 @@ pub enum Refusal {
 }
 
 impl Policy {
+    /// Checks the setup of a round's evaluation (`None`: the report in the clear) for
+    /// participant `me`: the rules of a round's training, with its own refusal of the clear.
+    pub fn check_evaluation(
+        &self,
+        me: &str,
+        setup: Option<&SecureAggregation>,
+    ) -> Result<(), Refusal> {
+        if setup.is_none() && !self.allow_plaintext {
+            return Err(Refusal::PlaintextEvaluation);
+        }
+        self.check_round(me, setup)
+    }
+
     /// Checks a round's setup (`None`: the update in the clear) for participant `me`.
     pub fn check_round(&self, me: &str, setup: Option<&SecureAggregation>) -> Result<(), Refusal> {
         let Some(setup) = setup else {
@@ -339,9 +367,32 @@ impl Policy {
 pub(crate) struct Started {
     latest: Option<u64>,
     attempts: u32,
+    /// The last round whose new model this participant evaluated, and that model's SHA-256.
+    evaluated: Option<(u64, Vec<u8>)>,
 }
 
 impl Started {
+    /// Records that this participant evaluated `round`'s new model, whose payload has SHA-256
+    /// `digest`.
+    pub(crate) fn evaluated(&mut self, round: u64, digest: Vec<u8>) {
+        self.evaluated = Some((round, digest));
+    }
+
+    /// Refuses to train in `round` on a model (SHA-256 `digest`) other than the one evaluated
+    /// as the round before's new model: a coordinator that had a site evaluate a model the
+    /// federation did not go on with used the evaluation as a query, and is caught here.
+    pub(crate) fn continues(&self, round: u64, digest: &[u8]) -> Result<(), Refusal> {
+        match &self.evaluated {
+            Some((evaluated, expected)) if evaluated + 1 == round && expected != digest => {
+                Err(Refusal::NotEvaluatedModel {
+                    round,
+                    evaluated: *evaluated,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Records that `round` starts now, unless a later one was started before or this one
     /// `max` times already.
     pub(crate) fn admit(&mut self, round: u64, max: u32) -> Result<(), Refusal> {
@@ -470,6 +521,47 @@ mod tests {
         );
         assert_eq!(started.admit(3, 3), Ok(()));
         assert!(started.admit(2, 3).is_err());
+    }
+
+    #[test]
+    fn evaluations_go_in_the_clear_only_where_allowed_and_a_model_evaluated_is_the_one_trained_next()
+     {
+        let policy = Policy::default();
+        assert_eq!(
+            policy.check_evaluation("b", None),
+            Err(Refusal::PlaintextEvaluation)
+        );
+        let roster = ["a", "b", "c"];
+        assert_eq!(
+            policy.check_evaluation("b", Some(&setup(&roster, 2, 2))),
+            Ok(())
+        );
+        let relaxed = Policy {
+            allow_plaintext: true,
+            ..Policy::default()
+        };
+        assert_eq!(relaxed.check_evaluation("b", None), Ok(()));
+
+        let mut started = Started::default();
+        assert_eq!(
+            started.continues(4, b"any"),
+            Ok(()),
+            "nothing evaluated yet"
+        );
+        started.evaluated(3, b"federation's".to_vec());
+        assert_eq!(started.continues(4, b"federation's"), Ok(()));
+        assert_eq!(
+            started.continues(4, b"another"),
+            Err(Refusal::NotEvaluatedModel {
+                round: 4,
+                evaluated: 3
+            })
+        );
+        assert_eq!(
+            started.continues(3, b"another"),
+            Ok(()),
+            "round 3 again, after a coordinator restart, starts from the model before it"
+        );
     }
 
     #[test]

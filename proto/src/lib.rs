@@ -28,8 +28,10 @@ pub mod v1 {
 /// evaluation reports the sums of each metric it names instead of a fixed loss and accuracy.
 /// Version 4: secure aggregation's graph is drawn from nonces the participants commit to in their
 /// advertisements and reveal in `GraphNonce`, and neighbours' certificates travel in
-/// `GraphNonces`.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// `GraphNonces`. Version 5: under secure aggregation an evaluation travels only as a secure
+/// sum (`EvaluateInstruction.secure_aggregation`), so a version-4 participant would answer in
+/// the clear and be ignored.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest chunk payload in bytes (1 MiB).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;

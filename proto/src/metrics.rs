@@ -57,6 +57,23 @@ pub enum MetricError {
         /// Sums the metric has.
         expected: usize,
     },
+    /// A secure sum holds more than honest evaluations can give, or has the wrong length.
+    #[error(
+        "the secure evaluation sum's {what} is {value}; {n_participants} honest evaluations give at most {most}"
+    )]
+    OutOfRange {
+        /// The slot ("examples", "sum 3 of loss", "length").
+        what: String,
+        /// Its value.
+        value: u64,
+        /// The most honest inputs give.
+        most: u64,
+        /// Evaluations in the sum.
+        n_participants: u64,
+    },
+    /// An encoding's settings are impossible.
+    #[error("secure evaluation encoding: {0}")]
+    Encoding(String),
     /// A sum is negative, not finite, or more than its examples allow.
     #[error("metric {metric}: sum {value} is impossible for {n_examples} examples")]
     Impossible {
@@ -254,6 +271,129 @@ impl Totals {
     }
 }
 
+/// Mean loss, squared error and absolute error per example above this are clipped in a secure
+/// evaluation (the training loss is clipped at the same value), so every sum has a known bound.
+pub const MEAN_CLIP: f64 = 32.0;
+
+/// How one evaluation becomes a vector of `Z_{2^32}`, so that the secure sum of every site's
+/// vector yields [`Totals`] and no site's sums travel on their own. A site with `n` test examples
+/// counts `w = min(n, max_examples)` of them, as a training update counts its weight: every sum
+/// is scaled by `w / n`. The vector is `[w, q(sum)...]` in the metrics' order, where `q` maps a
+/// scaled sum in `[0, w · bound]` to one of `levels` integers, `bound` being 1 for counts
+/// (correct examples, histogram bins) and [`MEAN_CLIP`] for losses and errors. The job's
+/// quantisation levels and weight cap already keep `n` such vectors from wrapping.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvaluationEncoding {
+    max_examples: u32,
+    levels: u32,
+}
+
+impl EvaluationEncoding {
+    /// An encoding counting at most `max_examples` per site, with `levels` quantisation levels.
+    pub fn new(max_examples: u32, levels: u32) -> Result<EvaluationEncoding, MetricError> {
+        if max_examples == 0 || levels < 2 {
+            return Err(MetricError::Encoding(format!(
+                "max_examples {max_examples} and {levels} levels; expected at least 1 and 2"
+            )));
+        }
+        Ok(EvaluationEncoding {
+            max_examples,
+            levels,
+        })
+    }
+
+    /// Length of the vector of an evaluation of `metrics`.
+    pub fn vector_len(metrics: &[Metric]) -> usize {
+        1 + metrics.iter().map(|m| m.n_sums()).sum::<usize>()
+    }
+
+    /// The largest scaled sum of `metric` one site can contribute.
+    fn bound(&self, metric: Metric) -> f64 {
+        let per_example = match metric {
+            Metric::Loss | Metric::Mse | Metric::Mae => MEAN_CLIP,
+            Metric::Accuracy | Metric::RocAuc => 1.0,
+        };
+        f64::from(self.max_examples) * per_example
+    }
+
+    fn step(&self, metric: Metric) -> f64 {
+        self.bound(metric) / f64::from(self.levels - 1)
+    }
+
+    /// Encodes one site's evaluation.
+    pub fn encode(&self, totals: &Totals) -> Vec<u32> {
+        let counted = totals.n_examples.min(u64::from(self.max_examples));
+        let ratio = if totals.n_examples == 0 {
+            0.0
+        } else {
+            counted as f64 / totals.n_examples as f64
+        };
+        let mut out = vec![counted as u32];
+        for (metric, sums) in &totals.metrics {
+            let most = counted as f64 * self.bound(*metric) / f64::from(self.max_examples);
+            for &sum in sums {
+                let scaled = if sum.is_finite() { ratio * sum } else { 0.0 };
+                let level = (scaled.clamp(0.0, most) / self.step(*metric)).round();
+                out.push((level as u32).min(self.levels - 1));
+            }
+        }
+        out
+    }
+
+    /// Decodes the secure sum of `n_participants` encoded evaluations of `metrics`, after
+    /// checking that honest encodings can give it.
+    pub fn decode(
+        &self,
+        sum: &[u32],
+        n_participants: u64,
+        metrics: &[Metric],
+    ) -> Result<Totals, MetricError> {
+        let out_of_range = |what: String, value: u64, most: u64| MetricError::OutOfRange {
+            what,
+            value,
+            most,
+            n_participants,
+        };
+        let expected = EvaluationEncoding::vector_len(metrics);
+        let Some((counted, mut rest)) = sum.split_first() else {
+            return Err(out_of_range("length".into(), 0, expected as u64));
+        };
+        if sum.len() != expected {
+            return Err(out_of_range(
+                "length".into(),
+                sum.len() as u64,
+                expected as u64,
+            ));
+        }
+        let most_examples = n_participants.saturating_mul(u64::from(self.max_examples));
+        if u64::from(*counted) > most_examples {
+            return Err(out_of_range(
+                "examples".into(),
+                u64::from(*counted),
+                most_examples,
+            ));
+        }
+        let most_level = n_participants.saturating_mul(u64::from(self.levels - 1));
+        let mut totals = Totals::new(metrics);
+        totals.n_examples = u64::from(*counted);
+        for (metric, sums) in &mut totals.metrics {
+            let (own, later) = rest.split_at(metric.n_sums());
+            rest = later;
+            for (position, (total, &level)) in sums.iter_mut().zip(own).enumerate() {
+                if u64::from(level) > most_level {
+                    return Err(out_of_range(
+                        format!("sum {position} of {}", metric.name()),
+                        u64::from(level),
+                        most_level,
+                    ));
+                }
+                *total = f64::from(level) * self.step(*metric);
+            }
+        }
+        Ok(totals)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +479,62 @@ mod tests {
         let mut nan = good;
         nan.metrics[0].sums[0] = f64::NAN;
         assert!(Totals::from_wire(&nan, &metrics).is_err());
+    }
+
+    #[test]
+    fn encoded_evaluations_sum_to_the_capped_totals() {
+        let metrics = [Metric::Loss, Metric::Accuracy, Metric::RocAuc];
+        let encoding = EvaluationEncoding::new(100, 1 << 20).unwrap();
+        let site = |n: u64, loss: f64, correct: f64| {
+            let mut totals = Totals::new(&metrics);
+            totals.n_examples = n;
+            totals.metrics[0].1[0] = loss;
+            totals.metrics[1].1[0] = correct;
+            totals.metrics[2].1[Metric::auc_bin(0.9)] = correct;
+            totals.metrics[2].1[AUC_BINS + Metric::auc_bin(0.1)] = n as f64 - correct;
+            encoding.encode(&totals)
+        };
+        // 50 examples count whole; 400 count as 100, every sum scaled by a quarter.
+        let a = site(50, 25.0, 40.0);
+        let b = site(400, 80.0, 200.0);
+        assert_eq!(a.len(), EvaluationEncoding::vector_len(&metrics));
+        let sum: Vec<u32> = a.iter().zip(&b).map(|(x, y)| x.wrapping_add(*y)).collect();
+        let totals = encoding.decode(&sum, 2, &metrics).unwrap();
+        assert_eq!(totals.n_examples, 150);
+        let close = |got: f64, want: f64| (got - want).abs() < 1e-3;
+        let finished = totals.finish();
+        assert!(
+            close(finished[0].1.unwrap(), (25.0 + 20.0) / 150.0),
+            "{finished:?}"
+        );
+        assert!(
+            close(finished[1].1.unwrap(), (40.0 + 50.0) / 150.0),
+            "{finished:?}"
+        );
+        assert!(close(finished[2].1.unwrap(), 1.0), "{finished:?}");
+
+        let mut shifted = sum.clone();
+        shifted[2] = u32::MAX - 3;
+        let err = encoding
+            .decode(&shifted, 2, &metrics)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sum 0 of accuracy"), "{err}");
+        let mut crowded = sum.clone();
+        crowded[0] = 201;
+        let err = encoding
+            .decode(&crowded, 2, &metrics)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("examples is 201") && err.contains("at most 200"),
+            "{err}"
+        );
+        let err = encoding
+            .decode(&sum[1..], 2, &metrics)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("length"), "{err}");
+        assert!(EvaluationEncoding::new(0, 16).is_err());
     }
 }

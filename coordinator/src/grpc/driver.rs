@@ -68,6 +68,8 @@ struct Driver {
     clock: Option<RoundClock>,
     /// How many of each participant's messages the round machine ignored this round.
     ignored: HashMap<ParticipantId, u32>,
+    /// The round and attempt of the secure evaluation running, if one is.
+    secure_evaluation: Option<(u64, u32)>,
 }
 
 /// Ignored messages of one participant logged per round; the rest are counted.
@@ -143,6 +145,7 @@ impl Driver {
             rounds,
             clock: None,
             ignored: HashMap::new(),
+            secure_evaluation: None,
         })))
     }
 
@@ -160,7 +163,15 @@ impl Driver {
                 attempt,
                 messages,
             } => send_secure(&self.shared, round, attempt, messages),
-            Command::SendEvaluate { round, to, model } => self.send_evaluate(round, &to, &model),
+            Command::SendEvaluate {
+                round,
+                to,
+                model,
+                secure,
+            } => {
+                self.secure_evaluation = secure.as_ref().map(|setup| (round, setup.attempt));
+                self.send_evaluate(round, &to, &model, secure.as_ref())
+            }
             Command::StartDeadline {
                 round,
                 attempt,
@@ -232,18 +243,42 @@ impl Driver {
         });
     }
 
-    /// Sends the new global model to the participants that evaluate it.
-    fn send_evaluate(&self, round: u64, to: &[ParticipantId], model: &[f32]) {
+    /// Sends the new global model to the participants that evaluate it, with the secure
+    /// aggregation their evaluations go through when the job has it on.
+    fn send_evaluate(
+        &self,
+        round: u64,
+        to: &[ParticipantId],
+        model: &[f32],
+        secure: Option<&SecureSetup>,
+    ) {
+        if secure.is_some() {
+            tracing::info!(round, participants = ?to, "round {round}: evaluating the new model on {} participants (secure aggregation)", to.len());
+        }
+        let secure_aggregation = secure.map(super::secure::setup);
         send_model(&self.shared, to, round, model, |header| {
             Body::Evaluate(EvaluateInstruction {
                 model: Some(header),
+                secure_aggregation: secure_aggregation.clone(),
             })
         });
     }
 
     /// Starts a phase's deadline: its expiry arrives at the machine as an event.
     fn start_deadline(&self, round: u64, attempt: u32, phase: Phase, after: Duration) {
-        self.shared.monitor.phase_started(round, attempt, phase);
+        match self.secure_evaluation {
+            // Operators see a secure evaluation as the round's one `evaluate` phase, of the
+            // attempt that trained the model (the round machine runs it under the next number).
+            Some(running) if running == (round, attempt) => {
+                if phase == Phase::AdvertiseKeys {
+                    let trained = attempt.saturating_sub(1).max(1);
+                    self.shared
+                        .monitor
+                        .phase_started(round, trained, Phase::Evaluate);
+                }
+            }
+            _ => self.shared.monitor.phase_started(round, attempt, phase),
+        }
         let events = self.shared.events.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;

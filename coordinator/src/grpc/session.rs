@@ -8,7 +8,7 @@ use super::{Connection, Shared};
 use crate::round::{Event, SecureMessage};
 use crate::strategy::{Update, check_weight_and_loss};
 use cairn_identity::{PARTICIPANT_UNIT, identity_of};
-use cairn_proto::metrics::{Metric, Totals};
+use cairn_proto::metrics::{EvaluationEncoding, Metric, Totals};
 use cairn_proto::transfer::Assembler;
 use cairn_proto::v1::federation_server::Federation;
 use cairn_proto::v1::participant_message::Body as Inbound;
@@ -383,7 +383,15 @@ fn on_message(
             .map(|p| *pending = Some(Incoming::Update(p))),
         Some(Inbound::MaskedInput(header)) => no_transfer_pending(pending)
             .and_then(|()| {
-                let len = cairn_secagg::quantize::UpdateEncoding::vector_len(shared.n_values);
+                // A masked update, or a masked evaluation when the round's evaluation is
+                // aggregated; which one the round is running, its protocol machine checks.
+                let update = cairn_secagg::quantize::UpdateEncoding::vector_len(shared.n_values);
+                let evaluation = EvaluationEncoding::vector_len(&shared.metrics);
+                let announced = header.transfer.as_ref().map(|t| t.total_bytes / 4);
+                let len = match announced == Some(evaluation as u64) {
+                    true => evaluation,
+                    false => update,
+                };
                 secure::start_masked(header, len)
                     .map_err(|e| Refusal::InvalidArgument(e.to_string()))
             })

@@ -12,13 +12,17 @@
 //! and the round is committed.
 //!
 //! With secure aggregation ([`secure`]), training is followed by the SecAgg+ phases and the sum
-//! comes out of the protocol, unmasked, instead of being added up from plaintext updates.
+//! comes out of the protocol, unmasked, instead of being added up from plaintext updates. The
+//! evaluation then runs the same phases again among the connected participants, under the
+//! round's next attempt number, with each one's metric sums as its input: the coordinator learns
+//! only their totals. If that secure evaluation fails, the round is committed unevaluated.
 
 mod secure;
 
 pub use secure::{SecureError, SecureMessage, SecureOutbound, SecureSettings, SecureSetup};
 
 use crate::strategy::{EvaluationSum, Strategy, Update, UpdateSum};
+use cairn_proto::metrics::EvaluationEncoding;
 use cairn_proto::metrics::{Metric, Totals};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -253,6 +257,8 @@ pub enum Command {
         to: Vec<ParticipantId>,
         /// The new global model.
         model: Arc<Vec<f32>>,
+        /// Secure aggregation's setup for the evaluation, when the job has it on.
+        secure: Option<SecureSetup>,
     },
     /// Feed back [`Event::DeadlineExpired`] with these values after `after`.
     StartDeadline {
@@ -310,6 +316,8 @@ enum State {
     Securing(Box<Securing>),
     /// Participants are evaluating the new model.
     AwaitingEvaluations(Evaluating),
+    /// Participants are evaluating the new model and aggregating their evaluations securely.
+    SecureEvaluation(Box<SecureEvaluating>),
     /// All rounds done, or the job gave up.
     Finished,
 }
@@ -329,6 +337,13 @@ struct Evaluating {
     model: Arc<Vec<f32>>,
     pending: BTreeSet<ParticipantId>,
     sum: EvaluationSum,
+}
+
+#[derive(Debug)]
+struct SecureEvaluating {
+    securing: Securing,
+    outcome: RoundOutcome,
+    model: Arc<Vec<f32>>,
 }
 
 /// The round state machine of one job.
@@ -378,6 +393,7 @@ impl RoundMachine {
         match self.state {
             State::AwaitingUpdates(_) => Some(Phase::Train),
             State::Securing(ref s) => Some(s.phase),
+            State::SecureEvaluation(ref e) => Some(e.securing.phase),
             State::AwaitingEvaluations(_) => Some(Phase::Evaluate),
             _ => None,
         }
@@ -453,9 +469,11 @@ impl RoundMachine {
                     let seconds = self.settings.phase_deadline.as_secs_f64();
                     let pending = match &mut self.state {
                         State::AwaitingUpdates(t) => std::mem::take(&mut t.pending),
-                        State::Securing(s) => std::mem::take(&mut s.pending),
                         State::AwaitingEvaluations(e) => std::mem::take(&mut e.pending),
-                        _ => BTreeSet::new(),
+                        _ => self
+                            .securing_mut()
+                            .map(|s| std::mem::take(&mut s.pending))
+                            .unwrap_or_default(),
                     };
                     for id in pending {
                         self.record_dropout(id, phase, format!("missed the {seconds} s deadline"));
@@ -527,7 +545,8 @@ impl RoundMachine {
         commands: &mut Vec<Command>,
     ) {
         let current = round == self.round && attempt == self.attempt;
-        let State::Securing(securing) = &mut self.state else {
+        let (this_round, this_attempt) = (self.round, self.attempt);
+        let Some(securing) = self.securing_mut() else {
             commands.push(Command::Ignored {
                 id,
                 reason: format!(
@@ -544,8 +563,7 @@ impl RoundMachine {
                 )
             } else {
                 format!(
-                    "secure aggregation message for round {round} attempt {attempt}, the current one is round {} attempt {}",
-                    self.round, self.attempt
+                    "secure aggregation message for round {round} attempt {attempt}, the current one is round {this_round} attempt {this_attempt}"
                 )
             };
             commands.push(Command::Ignored { id, reason });
@@ -565,6 +583,15 @@ impl RoundMachine {
         }
     }
 
+    /// The secure aggregation running, of updates or of evaluations.
+    fn securing_mut(&mut self) -> Option<&mut Securing> {
+        match &mut self.state {
+            State::Securing(s) => Some(s),
+            State::SecureEvaluation(e) => Some(&mut e.securing),
+            _ => None,
+        }
+    }
+
     fn drop_pending(&mut self, id: &ParticipantId, reason: String) {
         let phase = match &mut self.state {
             State::Securing(s) => {
@@ -572,6 +599,12 @@ impl RoundMachine {
                     return;
                 }
                 s.phase
+            }
+            State::SecureEvaluation(e) => {
+                if !e.securing.pending.remove(id) {
+                    return;
+                }
+                e.securing.phase
             }
             State::AwaitingUpdates(t) => {
                 if !t.pending.remove(id) {
@@ -595,6 +628,7 @@ impl RoundMachine {
         match &mut self.state {
             State::AwaitingUpdates(t) => t.dropouts.push(dropout),
             State::Securing(s) => s.dropouts.push(dropout),
+            State::SecureEvaluation(e) => e.securing.dropouts.push(dropout),
             State::AwaitingEvaluations(e) => e.outcome.dropouts.push(dropout),
             _ => {}
         }
@@ -614,8 +648,17 @@ impl RoundMachine {
                     self.close_secure_phase(commands);
                     true
                 }
+                State::SecureEvaluation(e) if e.securing.pending.is_empty() => {
+                    self.close_secure_phase(commands);
+                    true
+                }
                 State::AwaitingEvaluations(e) if e.pending.is_empty() => {
-                    self.commit(commands);
+                    let State::AwaitingEvaluations(eval) =
+                        std::mem::replace(&mut self.state, State::AwaitingParticipants)
+                    else {
+                        return;
+                    };
+                    self.commit(eval.outcome, eval.model, &eval.sum, commands);
                     true
                 }
                 _ => false,
@@ -646,7 +689,7 @@ impl RoundMachine {
                 self.round,
                 self.attempt,
                 candidates.clone(),
-                self.global.len(),
+                cairn_secagg::quantize::UpdateEncoding::vector_len(self.global.len()),
             );
             match started {
                 Ok((securing, setup)) => {
@@ -707,38 +750,75 @@ impl RoundMachine {
     }
 
     fn close_secure_phase(&mut self, commands: &mut Vec<Command>) {
-        let State::Securing(securing) = &mut self.state else {
-            return;
+        let securing = match &mut self.state {
+            State::Securing(s) => &mut **s,
+            State::SecureEvaluation(e) => &mut e.securing,
+            _ => return,
         };
-        match securing.close(&self.connected) {
-            Ok(Step::Next(messages)) => {
-                let phase = securing.phase;
-                commands.push(Command::SendSecure {
-                    round: self.round,
-                    attempt: self.attempt,
-                    messages,
+        let phase = securing.phase;
+        let step = securing.close(&self.connected);
+        let next_phase = securing.phase;
+        if let Ok(Step::Next(messages)) = step {
+            commands.push(Command::SendSecure {
+                round: self.round,
+                attempt: self.attempt,
+                messages,
+            });
+            commands.push(self.deadline(next_phase));
+            return;
+        }
+        let done = step.and_then(|step| match step {
+            Step::Done { sum, contributors } => Ok((sum, contributors)),
+            Step::Next(_) => Err(SecureError::Over),
+        });
+        match std::mem::replace(&mut self.state, State::AwaitingParticipants) {
+            State::Securing(securing) => {
+                let aggregated = done.and_then(|(sum, contributors)| {
+                    Ok((securing.updates(&sum, contributors.len())?, contributors))
                 });
-                commands.push(self.deadline(phase));
+                match aggregated {
+                    Ok((sum, contributors)) => {
+                        let Securing {
+                            selected, dropouts, ..
+                        } = *securing;
+                        self.aggregate(selected, contributors, dropouts, &sum, commands);
+                    }
+                    Err(error) => self.fail_attempt(
+                        format!("secure aggregation failed in {}: {error}", phase.name()),
+                        commands,
+                    ),
+                }
             }
-            Ok(Step::Done { sum, contributors }) => {
-                let State::Securing(securing) =
-                    std::mem::replace(&mut self.state, State::AwaitingParticipants)
-                else {
-                    return;
-                };
-                let Securing {
-                    selected, dropouts, ..
-                } = *securing;
-                self.aggregate(selected, contributors, dropouts, &sum, commands);
+            State::SecureEvaluation(evaluating) => {
+                let SecureEvaluating {
+                    securing,
+                    mut outcome,
+                    model,
+                } = *evaluating;
+                let evaluated = done.and_then(|(sum, contributors)| {
+                    let n = contributors.len();
+                    Ok((securing.evaluations(&sum, n, &self.settings.metrics)?, n))
+                });
+                // Who left the secure evaluation left the round's evaluation.
+                outcome
+                    .dropouts
+                    .extend(securing.dropouts.into_iter().map(|dropout| Dropout {
+                        phase: Phase::Evaluate,
+                        ..dropout
+                    }));
+                let mut sum = EvaluationSum::new(&self.settings.metrics);
+                match evaluated {
+                    Ok((totals, n)) => sum = EvaluationSum::from_secure(totals, n),
+                    Err(error) => tracing::warn!(
+                        round = self.round,
+                        "round {}: secure evaluation failed in {}: {error}; the round is committed unevaluated",
+                        self.round,
+                        phase.name()
+                    ),
+                }
+                self.commit(outcome, model, &sum, commands);
             }
-            Err(error) => {
-                let phase = securing.phase;
-                self.state = State::AwaitingParticipants;
-                self.fail_attempt(
-                    format!("secure aggregation failed in {}: {error}", phase.name()),
-                    commands,
-                );
-            }
+            other => self.state = other,
         }
     }
 
@@ -778,10 +858,14 @@ impl RoundMachine {
             eval_metrics: BTreeMap::new(),
         };
         let evaluators: Vec<ParticipantId> = self.connected.iter().cloned().collect();
+        if let Some(settings) = &self.settings.secure {
+            return self.evaluate_securely(settings.clone(), evaluators, outcome, next, commands);
+        }
         commands.push(Command::SendEvaluate {
             round: self.round,
             to: evaluators.clone(),
             model: next.clone(),
+            secure: None,
         });
         commands.push(self.deadline(Phase::Evaluate));
         self.state = State::AwaitingEvaluations(Evaluating {
@@ -790,6 +874,52 @@ impl RoundMachine {
             pending: evaluators.into_iter().collect(),
             sum: EvaluationSum::new(&self.settings.metrics),
         });
+    }
+
+    /// Starts the new model's evaluation as a secure aggregation among `evaluators` (sorted),
+    /// under the round's next attempt number, so that none of its messages can be taken for the
+    /// training's; a roster too small for the protocol commits the round unevaluated.
+    fn evaluate_securely(
+        &mut self,
+        settings: SecureSettings,
+        evaluators: Vec<ParticipantId>,
+        outcome: RoundOutcome,
+        model: Arc<Vec<f32>>,
+        commands: &mut Vec<Command>,
+    ) {
+        self.attempt += 1;
+        let started = Securing::start(
+            &settings,
+            self.round,
+            self.attempt,
+            evaluators.clone(),
+            EvaluationEncoding::vector_len(&self.settings.metrics),
+        );
+        match started {
+            Ok((securing, setup)) => {
+                commands.push(Command::SendEvaluate {
+                    round: self.round,
+                    to: evaluators,
+                    model: model.clone(),
+                    secure: Some(setup),
+                });
+                commands.push(self.deadline(Phase::AdvertiseKeys));
+                self.state = State::SecureEvaluation(Box::new(SecureEvaluating {
+                    securing,
+                    outcome,
+                    model,
+                }));
+            }
+            Err(error) => {
+                tracing::warn!(
+                    round = self.round,
+                    "round {}: the new model cannot be evaluated securely: {error}; the round is committed unevaluated",
+                    self.round
+                );
+                let sum = EvaluationSum::new(&self.settings.metrics);
+                self.commit(outcome, model, &sum, commands);
+            }
+        }
     }
 
     fn fail_attempt(&mut self, reason: String, commands: &mut Vec<Command>) {
@@ -814,20 +944,19 @@ impl RoundMachine {
         self.state = State::AwaitingParticipants;
     }
 
-    fn commit(&mut self, commands: &mut Vec<Command>) {
-        let State::AwaitingEvaluations(mut eval) =
-            std::mem::replace(&mut self.state, State::AwaitingParticipants)
-        else {
-            return;
-        };
-        eval.outcome.evaluators = eval.sum.n_reports();
-        eval.outcome.eval_examples = eval.sum.n_examples();
-        eval.outcome.eval_metrics = eval.sum.finish();
-        self.global = eval.model.clone();
-        commands.push(Command::Commit {
-            outcome: eval.outcome,
-            model: eval.model,
-        });
+    /// Commits the round: its outcome with the evaluation `sum`, and `model` as the global.
+    fn commit(
+        &mut self,
+        mut outcome: RoundOutcome,
+        model: Arc<Vec<f32>>,
+        sum: &EvaluationSum,
+        commands: &mut Vec<Command>,
+    ) {
+        outcome.evaluators = sum.n_reports();
+        outcome.eval_examples = sum.n_examples();
+        outcome.eval_metrics = sum.finish();
+        self.global = model.clone();
+        commands.push(Command::Commit { outcome, model });
         if self.round == self.settings.rounds {
             self.state = State::Finished;
             commands.push(Command::Finish {

@@ -4,12 +4,14 @@
 //! ending when every participant still in the protocol has answered or its deadline passed. The
 //! protocol itself is `cairn_secagg`'s [`CoordinatorMachine`]; this module maps participant ids
 //! to protocol indices, keeps who is expected in each phase, and turns the unmasked sum into the
-//! [`UpdateSum`] the strategy needs. No individual update exists here, masked or not: each
-//! masked input is added to the machine's running sum and dropped.
+//! [`UpdateSum`] the strategy needs, or, when the round's evaluation runs the same phases, into
+//! the evaluation's [`Totals`]. No individual input exists here, masked or not: each masked
+//! input is added to the machine's running sum and dropped.
 
 use super::{Dropout, ParticipantId, Phase};
 use crate::config::SecureAggregationSpec;
 use crate::strategy::UpdateSum;
+use cairn_proto::metrics::{EvaluationEncoding, Metric, MetricError, Totals};
 use cairn_secagg::protocol::{
     Advertisement, CoordinatorMachine, EncryptedShares, GraphNonce, MaskedInput, Reveal,
     RoundConfig, SurvivorSignature, Unmasked, advertisement_message, neighbourhood_size,
@@ -57,6 +59,9 @@ pub enum SecureError {
     /// The unmasked sum cannot be decoded from its quantised form.
     #[error(transparent)]
     Decode(cairn_secagg::Error),
+    /// The unmasked evaluation sum is not one honest evaluations give.
+    #[error(transparent)]
+    DecodeEvaluation(MetricError),
     /// The decoded sum is no usable sum of updates (no weight, a bad loss, a non-finite value).
     #[error("the unmasked sum is unusable: {0}")]
     UnusableSum(#[source] crate::Error),
@@ -157,8 +162,9 @@ pub(super) enum Step {
     Next(Vec<(ParticipantId, SecureOutbound)>),
     /// The protocol is complete.
     Done {
-        /// The survivors' securely aggregated updates.
-        sum: UpdateSum,
+        /// The survivors' inputs summed, still quantised: [`Securing::updates`] or
+        /// [`Securing::evaluations`] decodes it.
+        sum: Vec<u32>,
         /// Whose updates are in it, sorted.
         contributors: Vec<ParticipantId>,
     },
@@ -182,13 +188,15 @@ pub(super) struct Securing {
 }
 
 impl Securing {
-    /// Starts secure aggregation among `selected` (sorted) for a model of `n_values` values.
+    /// Starts secure aggregation among `selected` (sorted) of vectors of `vector_len` values
+    /// (`UpdateEncoding::vector_len` for updates, `EvaluationEncoding::vector_len` for
+    /// evaluations).
     pub(super) fn start(
         settings: &SecureSettings,
         round: u64,
         attempt: u32,
         selected: Vec<ParticipantId>,
-        n_values: usize,
+        vector_len: usize,
     ) -> Result<(Securing, SecureSetup), SecureError> {
         let n = selected.len();
         let degree = settings.spec.degree(n);
@@ -201,7 +209,7 @@ impl Securing {
             &selected,
             degree,
             threshold,
-            UpdateEncoding::vector_len(n_values),
+            vector_len,
         )
         .map_err(SecureError::CannotStart)?;
         let setup = SecureSetup {
@@ -386,26 +394,40 @@ impl Securing {
                 self.selected[bad as usize]
             );
         }
-        let decoded = self
-            .encoding
-            .decode(&sum, survivors.len() as u64)
-            .map_err(SecureError::Decode)?;
-        let update = UpdateSum::from_totals(
-            decoded.weighted_delta,
-            decoded.weight,
-            decoded.weighted_loss,
-            survivors.len(),
-        )
-        .map_err(SecureError::UnusableSum)?;
         let mut contributors: Vec<ParticipantId> = survivors
             .iter()
             .map(|&i| self.selected[i as usize].clone())
             .collect();
         contributors.sort();
-        Ok(Step::Done {
-            sum: update,
-            contributors,
-        })
+        Ok(Step::Done { sum, contributors })
+    }
+
+    /// Decodes the unmasked sum of `n` updates into what the strategy needs.
+    pub(super) fn updates(&self, sum: &[u32], n: usize) -> Result<UpdateSum, SecureError> {
+        let decoded = self
+            .encoding
+            .decode(sum, n as u64)
+            .map_err(SecureError::Decode)?;
+        UpdateSum::from_totals(
+            decoded.weighted_delta,
+            decoded.weight,
+            decoded.weighted_loss,
+            n,
+        )
+        .map_err(SecureError::UnusableSum)
+    }
+
+    /// Decodes the unmasked sum of `n` evaluations of `metrics`, encoded with the job's weight
+    /// cap and quantisation levels (which its settings were checked with for any listed count).
+    pub(super) fn evaluations(
+        &self,
+        sum: &[u32],
+        n: usize,
+        metrics: &[Metric],
+    ) -> Result<Totals, SecureError> {
+        EvaluationEncoding::new(self.encoding.max_weight(), self.encoding.levels())
+            .and_then(|encoding| encoding.decode(sum, n as u64, metrics))
+            .map_err(SecureError::DecodeEvaluation)
     }
 }
 

@@ -382,6 +382,7 @@ mod secure {
 
     use super::*;
     use crate::config::SecureAggregationSpec;
+    use cairn_proto::metrics::{EvaluationEncoding, Totals};
     use cairn_secagg::protocol::{ParticipantMachine, Signer, Verifier};
     use cairn_secagg::quantize::UpdateEncoding;
     use std::collections::BTreeMap;
@@ -482,25 +483,49 @@ mod secure {
         assert_eq!(to, &setup.roster, "the roster is who was selected");
         assert_eq!(to.len(), 4);
         assert_eq!(m.phase(), Some(Phase::AdvertiseKeys));
-        let config = cairn_secagg::protocol::RoundConfig::derive(
+        let config = config_of(setup, UpdateEncoding::vector_len(2));
+        (m, setup.clone(), config)
+    }
+
+    /// The protocol configuration of round 1 with `setup`, for vectors of `vector_len` values.
+    fn config_of(setup: &SecureSetup, vector_len: usize) -> cairn_secagg::protocol::RoundConfig {
+        cairn_secagg::protocol::RoundConfig::derive(
             "job",
             1,
             setup.attempt,
             &setup.roster,
             setup.degree,
             setup.threshold as usize,
-            UpdateEncoding::vector_len(2),
+            vector_len,
         )
-        .unwrap();
-        (m, setup.clone(), config)
+        .unwrap()
     }
 
-    /// Runs round 1 with participants a, b, c, d, where `silent` stops answering from phase
-    /// `silent_from` on; returns the commands that ended the secure phases.
+    /// Runs round 1's training with participants a, b, c, d, where `silent` stops answering
+    /// from phase `silent_from` on; returns the commands that ended the secure phases.
     fn run(silent: &str, silent_from: Phase) -> (RoundMachine, Vec<Command>) {
         let (mut m, setup, config) = second_attempt();
-        let to = &setup.roster;
         let encoding = UpdateEncoding::new(setup.clip, setup.levels, setup.max_weight).unwrap();
+        let input = |id: &str| {
+            let (delta, weight) = deltas(id);
+            encoding.encode(&delta, weight, 0.5)
+        };
+        let last = drive(&mut m, &setup, config, input, silent, silent_from);
+        (m, last)
+    }
+
+    /// Drives one secure aggregation of `setup` (protocol configuration `config`) with real
+    /// participant machines whose inputs `input` gives, where `silent` stops answering from
+    /// `silent_from` on; returns the commands that ended it.
+    fn drive(
+        m: &mut RoundMachine,
+        setup: &SecureSetup,
+        config: cairn_secagg::protocol::RoundConfig,
+        input: impl Fn(&str) -> Vec<u32>,
+        silent: &str,
+        silent_from: Phase,
+    ) -> Vec<Command> {
+        let (to, attempt) = (&setup.roster, setup.attempt);
         let mut machines = BTreeMap::new();
         let mut last = Vec::new();
         for (index, id) in to.iter().enumerate() {
@@ -509,34 +534,37 @@ mod secure {
             machines.insert(id.clone(), machine);
             if !(id == silent && silent_from == Phase::AdvertiseKeys) {
                 let advertisement = SecureMessage::Advertisement(ad, identity.certificate);
-                last = m.handle(secure(id, 2, advertisement));
+                last = m.handle(secure(id, attempt, advertisement));
             }
         }
-        let expire = |m: &mut RoundMachine, phase| {
-            m.handle(Event::DeadlineExpired {
-                round: 1,
-                attempt: 2,
-                phase,
-            })
-        };
         loop {
-            if last
-                .iter()
-                .any(|c| matches!(c, Command::SendEvaluate { .. }))
-            {
-                return (m, last);
-            }
             if !last.iter().any(|c| matches!(c, Command::SendSecure { .. })) {
+                if last
+                    .iter()
+                    .any(|c| matches!(c, Command::SendEvaluate { .. } | Command::Commit { .. }))
+                {
+                    return last;
+                }
                 let phase = m.phase().unwrap();
-                last = expire(&mut m, phase);
+                last = m.handle(Event::DeadlineExpired {
+                    round: 1,
+                    attempt,
+                    phase,
+                });
                 if !last.iter().any(|c| matches!(c, Command::SendSecure { .. })) {
-                    return (m, last);
+                    return last;
                 }
             }
             let Some(Command::SendSecure { messages, .. }) = last.first().cloned() else {
-                return (m, last);
+                return last;
             };
             let phase = m.phase().unwrap();
+            assert!(
+                last.iter().any(
+                    |c| matches!(c, Command::StartDeadline { phase: p, attempt: a, .. } if *p == phase && *a == attempt)
+                ),
+                "the next phase's deadline starts with it: {last:?}"
+            );
             last = Vec::new();
             for (id, message) in messages {
                 if id == silent && phase >= silent_from {
@@ -558,13 +586,9 @@ mod secure {
                         assert_eq!(certificates.len(), to.len());
                         SecureMessage::Shares(shares)
                     }
-                    SecureOutbound::Shares(shares) => {
-                        let (delta, weight) = deltas(&id);
-                        let input = encoding.encode(&delta, weight, 0.5);
-                        SecureMessage::MaskedInput(
-                            machine.on_shares(shares, &input).unwrap().values,
-                        )
-                    }
+                    SecureOutbound::Shares(shares) => SecureMessage::MaskedInput(
+                        machine.on_shares(shares, &input(&id)).unwrap().values,
+                    ),
                     SecureOutbound::Survivors(survivors) => SecureMessage::Signature(
                         machine
                             .on_survivors(survivors.to_vec(), &Unchecked)
@@ -581,9 +605,96 @@ mod secure {
                         }
                     }
                 };
-                last.extend(m.handle(secure(&id, 2, reply)));
+                last.extend(m.handle(secure(&id, attempt, reply)));
             }
         }
+    }
+
+    /// Runs round 1's training with everyone, then its evaluation, where `silent` stops
+    /// answering from `silent_from` on; returns the committed round.
+    fn evaluate(silent: &str, silent_from: Phase) -> RoundOutcome {
+        let (mut m, commands) = run("nobody", Phase::Train);
+        let Some(Command::SendEvaluate {
+            secure: Some(setup),
+            to,
+            ..
+        }) = commands.first()
+        else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(setup.attempt, 3, "the round's next attempt number");
+        assert_eq!(to, &setup.roster);
+        assert_eq!(setup.roster, ["a", "b", "c", "d"], "everyone connected");
+        let metrics = [Metric::Loss, Metric::Accuracy];
+        let config = config_of(setup, EvaluationEncoding::vector_len(&metrics));
+        let encoding = EvaluationEncoding::new(setup.max_weight, setup.levels).unwrap();
+        // a, b, c and d evaluate 10, 20, 30 and 40 examples, all of them correct but one each.
+        let input = |id: &str| {
+            let n = 10 * (u64::from(id.as_bytes()[0] - b'a') + 1);
+            let mut totals = Totals::new(&metrics);
+            totals.n_examples = n;
+            totals.metrics[0].1[0] = 0.5 * n as f64;
+            totals.metrics[1].1[0] = n as f64 - 1.0;
+            encoding.encode(&totals)
+        };
+        let commands = drive(&mut m, setup, config, input, silent, silent_from);
+        committed(&commands)
+            .unwrap_or_else(|| panic!("{commands:?}"))
+            .0
+    }
+
+    #[test]
+    fn the_evaluation_is_aggregated_securely_and_committed_with_the_round() {
+        let outcome = evaluate("nobody", Phase::Train);
+        assert_eq!((outcome.attempt, outcome.evaluators), (2, 4));
+        assert_eq!(outcome.eval_examples, 100);
+        let accuracy = outcome.eval_metrics["accuracy"];
+        assert!((accuracy - 0.96).abs() < 1e-6, "{outcome:?}");
+        assert!(
+            (outcome.eval_metrics["loss"] - 0.5).abs() < 1e-6,
+            "{outcome:?}"
+        );
+
+        // c leaves the evaluation after sharing its keys: the others' totals are committed and
+        // c is recorded as having left the evaluation.
+        let outcome = evaluate("c", Phase::CollectMasked);
+        assert_eq!((outcome.evaluators, outcome.eval_examples), (3, 70));
+        assert!((outcome.eval_metrics["accuracy"] - 67.0 / 70.0).abs() < 1e-6);
+        assert!(
+            outcome
+                .dropouts
+                .iter()
+                .any(|d| d.id == "c" && d.phase == Phase::Evaluate),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_secure_evaluation_commits_the_round_unevaluated() {
+        // No evaluator answers: too few advertise for any threshold.
+        let (mut m, commands) = run("nobody", Phase::Train);
+        let Some(Command::SendEvaluate { model, .. }) = commands.first() else {
+            panic!("{commands:?}")
+        };
+        let model = model.clone();
+        let commands = m.handle(Event::DeadlineExpired {
+            round: 1,
+            attempt: 3,
+            phase: Phase::AdvertiseKeys,
+        });
+        let (outcome, committed_model) =
+            committed(&commands).unwrap_or_else(|| panic!("{commands:?}"));
+        assert_eq!(committed_model, *model, "the new model is kept");
+        assert!(outcome.eval_metrics.is_empty(), "{outcome:?}");
+        assert_eq!(outcome.metrics_text(), "not evaluated");
+        assert!(
+            outcome
+                .dropouts
+                .iter()
+                .filter(|d| d.phase == Phase::Evaluate)
+                .count()
+                == 4
+        );
     }
 
     #[test]
@@ -597,7 +708,11 @@ mod secure {
         for (got, want) in model.iter().zip(expected) {
             assert!((f64::from(*got) - want).abs() < 1e-4, "{model:?}");
         }
-        assert_eq!(m.phase(), Some(Phase::Evaluate));
+        assert_eq!(
+            m.phase(),
+            Some(Phase::AdvertiseKeys),
+            "the evaluation's secure aggregation"
+        );
     }
 
     #[test]

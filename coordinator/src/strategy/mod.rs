@@ -211,6 +211,11 @@ impl EvaluationSum {
         }
     }
 
+    /// The securely aggregated `totals` of `n_reports` evaluations.
+    pub fn from_secure(totals: Totals, n_reports: usize) -> EvaluationSum {
+        EvaluationSum { totals, n_reports }
+    }
+
     /// Adds one participant's report, already checked against the job's metrics
     /// (`Totals::from_wire`); a report of other metrics is a programming error and is ignored.
     pub fn add(&mut self, report: &Totals) {

@@ -553,7 +553,14 @@ impl Inbox {
             }
             match message.body {
                 Some(Inbound::Heartbeat(_)) => continue,
-                body => return Ok(body),
+                Some(body) => return Ok(Some(body)),
+                // A message of a kind this build does not know decodes without a body.
+                None => {
+                    return Err(Interrupt::retry(format!(
+                        "the coordinator sent a message of no kind this participant knows; expected one of protocol version {}",
+                        cairn_proto::PROTOCOL_VERSION
+                    )));
+                }
             }
         }
     }
@@ -726,6 +733,7 @@ impl Serving<'_> {
             .options
             .policy
             .check_round(&self.welcome.participant_id, setup)
+            .and_then(|()| self.started.continues(round, &header.sha256))
             .and_then(|()| {
                 let max = self.options.policy.max_round_attempts;
                 self.started.admit(round, max)
@@ -807,17 +815,7 @@ impl Serving<'_> {
     ) -> Result<(), Interrupt> {
         let label = &self.options.label;
         self.secure = None;
-        match secure::SecureRound::start(
-            &self.options.kit,
-            &self.options.policy,
-            &self.welcome.job_name,
-            &self.welcome.participant_id,
-            round,
-            setup,
-            delta,
-            weight,
-            mean_loss,
-        ) {
+        match secure::SecureRound::for_update(self.site(round), setup, delta, weight, mean_loss) {
             Ok((started, advertisement)) => {
                 send(&self.outbox, advertisement).await?;
                 tracing::info!(participant = %label, roster = ?setup.participants, "{label}: round {round}: trained (weight {weight}, train loss {mean_loss:.4}); secure aggregation with {} participants, threshold {}", setup.participants.len(), setup.threshold);
@@ -828,6 +826,17 @@ impl Serving<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Who this participant is in `round`'s secure aggregation.
+    fn site(&self, round: u64) -> secure::Site<'_> {
+        secure::Site {
+            kit: &self.options.kit,
+            policy: &self.options.policy,
+            job: &self.welcome.job_name,
+            me: &self.welcome.participant_id,
+            round,
+        }
     }
 
     /// Sends an update in the clear: its header, then its chunks.
@@ -859,18 +868,36 @@ impl Serving<'_> {
         Ok(())
     }
 
-    /// Receives a model, evaluates it on the local test split and reports.
+    /// Receives a model, evaluates it on the local test split and reports the sums: as this
+    /// participant's input to a secure aggregation, or in the clear where the site allows it.
     async fn on_evaluate(&mut self, instruction: EvaluateInstruction) -> Result<(), Interrupt> {
-        let label = &self.options.label;
+        let label = self.options.label.clone();
         let Some(header) = instruction.model else {
             return Err(Interrupt::retry("evaluate instruction without model"));
         };
         let round = header.round;
+        let setup = instruction.secure_aggregation.as_ref();
+        let admitted = self
+            .options
+            .policy
+            .check_evaluation(&self.welcome.participant_id, setup)
+            .and_then(|()| {
+                let max = self.options.policy.max_round_attempts;
+                self.started.admit(round, max)
+            });
+        if let Err(refusal) = admitted {
+            tracing::error!(participant = %label, "{label}: round {round}: evaluation refused, nothing is sent for it: {refusal}");
+            self.inbound
+                .receive(header, format!("model to evaluate for round {round}"))
+                .await?;
+            return Ok(());
+        }
         tracing::info!(participant = %label, "{label}: round {round}: evaluating the new global model");
         let layout = layout_of(&header);
         if let Some(task) = self.task.as_ref() {
             task.check_layout(&layout)?;
         }
+        let digest = header.sha256.clone();
         let model = self
             .inbound
             .receive(header, format!("model to evaluate for round {round}"))
@@ -880,6 +907,7 @@ impl Serving<'_> {
             task.evaluate()
         })
         .await??;
+        self.started.evaluated(round, digest);
         let metrics: Vec<String> = evaluation
             .finish()
             .into_iter()
@@ -894,8 +922,25 @@ impl Serving<'_> {
             metrics.join(", "),
             evaluation.n_examples
         );
-        let report = evaluation.to_wire(round);
-        send(&self.outbox, outbound(Outbound::Evaluation(report))).await?;
+        match setup {
+            Some(setup) => {
+                self.secure = None;
+                match secure::SecureRound::for_evaluation(self.site(round), setup, &evaluation) {
+                    Ok((started, advertisement)) => {
+                        send(&self.outbox, advertisement).await?;
+                        tracing::info!(participant = %label, "{label}: round {round}: evaluation goes into secure aggregation with {} participants", setup.participants.len());
+                        self.secure = Some(started);
+                    }
+                    Err(reason) => {
+                        tracing::error!(participant = %label, "{label}: round {round}: not taking part in the secure evaluation: {reason}");
+                    }
+                }
+            }
+            None => {
+                let report = evaluation.to_wire(round);
+                send(&self.outbox, outbound(Outbound::Evaluation(report))).await?;
+            }
+        }
         self.summary.evaluations += 1;
         self.summary.last_evaluation = Some(evaluation);
         Ok(())

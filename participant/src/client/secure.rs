@@ -1,6 +1,6 @@
 //! The participant's side of secure aggregation on the wire: it drives `cairn_secagg`'s
-//! [`ParticipantMachine`] with the coordinator's messages and answers with its own. Its update
-//! leaves only as a masked vector. Anything the coordinator sends that the protocol does not
+//! [`ParticipantMachine`] with the coordinator's messages and answers with its own. Its update,
+//! and its evaluation of a new global model, leave only as masked vectors. Anything the coordinator sends that the protocol does not
 //! allow (a substituted key or certificate, shares that do not decrypt, inconsistent survivor
 //! sets, a threshold below a strict majority) aborts this participant's part of the round, and
 //! nothing more is revealed.
@@ -8,6 +8,7 @@
 use super::Kit;
 use super::identity::FederationVerifier;
 use crate::policy::Policy;
+use cairn_proto::metrics::{EvaluationEncoding, Totals};
 use cairn_proto::secagg::WireError;
 use cairn_proto::v1::coordinator_message::Body as Inbound;
 use cairn_proto::v1::participant_message::Body as Outbound;
@@ -56,6 +57,20 @@ pub(super) enum Abort {
     NotSecure,
 }
 
+/// Who runs a secure aggregation, and for which round.
+pub(super) struct Site<'a> {
+    /// This participant's kit (its signing key and certificate).
+    pub(super) kit: &'a Kit,
+    /// This site's policy.
+    pub(super) policy: &'a Policy,
+    /// The job's name.
+    pub(super) job: &'a str,
+    /// This participant's id.
+    pub(super) me: &'a str,
+    /// The round.
+    pub(super) round: u64,
+}
+
 /// One round's secure aggregation in progress.
 pub(super) struct SecureRound {
     round: u64,
@@ -80,25 +95,48 @@ type Answer = (Vec<ParticipantMessage>, bool);
 impl SecureRound {
     /// Starts after training: checks the coordinator's setup, encodes the update (`delta` is
     /// `local - global`) and returns the signed advertisement to send.
-    #[allow(clippy::too_many_arguments)] // One round's public setup and one update.
-    pub(super) fn start(
-        kit: &Kit,
-        policy: &Policy,
-        job: &str,
-        me: &str,
-        round: u64,
+    pub(super) fn for_update(
+        site: Site<'_>,
         setup: &v1::SecureAggregation,
         delta: &[f32],
         n_examples: u64,
         mean_loss: f64,
     ) -> Result<(SecureRound, ParticipantMessage), Abort> {
+        let encoding = UpdateEncoding::new(setup.clip, setup.quantization_levels, setup.max_weight)
+            .map_err(Abort::Setup)?;
+        SecureRound::start(site, setup, encoding.encode(delta, n_examples, mean_loss))
+    }
+
+    /// Starts after evaluating a new global model: encodes the evaluation's sums and returns
+    /// the signed advertisement to send.
+    pub(super) fn for_evaluation(
+        site: Site<'_>,
+        setup: &v1::SecureAggregation,
+        totals: &Totals,
+    ) -> Result<(SecureRound, ParticipantMessage), Abort> {
+        let encoding = EvaluationEncoding::new(setup.max_weight, setup.quantization_levels)
+            .map_err(|e| Abort::Setup(cairn_secagg::Error::Quantization(e.to_string())))?;
+        SecureRound::start(site, setup, encoding.encode(totals))
+    }
+
+    /// Checks the coordinator's setup for `input` and returns the signed advertisement to send.
+    fn start(
+        site: Site<'_>,
+        setup: &v1::SecureAggregation,
+        input: Vec<u32>,
+    ) -> Result<(SecureRound, ParticipantMessage), Abort> {
+        let Site {
+            kit,
+            policy,
+            job,
+            me,
+            round,
+        } = site;
         let index = setup
             .participants
             .iter()
             .position(|id| id == me)
             .ok_or_else(|| Abort::NotListed { id: me.into() })?;
-        let encoding = UpdateEncoding::new(setup.clip, setup.quantization_levels, setup.max_weight)
-            .map_err(Abort::Setup)?;
         let config = RoundConfig::derive(
             job,
             round,
@@ -106,7 +144,7 @@ impl SecureRound {
             &setup.participants,
             setup.degree,
             setup.threshold as usize,
-            UpdateEncoding::vector_len(delta.len()),
+            input.len(),
         )
         .map_err(Abort::Setup)?;
         let (machine, ad) = ParticipantMachine::new(config, index as u32, kit.signer.as_ref());
@@ -117,7 +155,7 @@ impl SecureRound {
             attempt: setup.attempt,
             roster: setup.participants.clone(),
             machine,
-            input: Some(encoding.encode(delta, n_examples, mean_loss)),
+            input: Some(input),
             verifier: None,
             kit: kit.clone(),
             policy: policy.clone(),
