@@ -454,7 +454,8 @@ async fn malformed_secure_aggregation_messages_are_refused_by_name() {
     let masked = cairn_proto::v1::MaskedInputHeader {
         round: 1,
         attempt: 1,
-        transfer: Some(split(1, &cairn_proto::transfer::masked_input_layout(3), &[0.0; 3]).0),
+        // Neither an update's length nor an evaluation's (three values for loss and accuracy).
+        transfer: Some(split(1, &cairn_proto::transfer::masked_input_layout(7), &[0.0; 7]).0),
     };
     let reveal = cairn_proto::v1::Reveal {
         round: 1,

@@ -130,19 +130,27 @@ def test_participant_policy_is_strict_by_default_and_set_by_values():
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
-def test_a_revocation_list_reaches_the_participant_as_a_file():
+@pytest.mark.parametrize("chart,field,kind,directory", [
+    ("participant", "policy.crl", "Deployment", "/etc/cairn/policy"),
+    ("coordinator", "crl", "StatefulSet", "/etc/cairn/crl"),
+])
+def test_a_revocation_list_reaches_the_process_as_a_file(chart, field, kind, directory):
     crl = "-----BEGIN X509 CRL-----\nMAMCAQA=\n-----END X509 CRL-----\n"
-    values = with_change(values_of(CHARTS / "participant/ci/default-values.yaml"), "policy.crl", crl)
-    objects = render("participant", values)
-    pod = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]
-    assert "--crl=/etc/cairn/policy/crl.pem" in pod["containers"][0]["args"]
-    assert not any(a.startswith("--partners") for a in pod["containers"][0]["args"])
-    config_map = by_kind(objects, "ConfigMap")[0]
+    default = values_of(CHARTS / chart / "ci/default-values.yaml")
+    objects = render(chart, with_change(default, field, crl))
+    pod = by_kind(objects, kind)[0]["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert f"--crl={directory}/crl.pem" in args
+    assert not any(a.startswith("--partners") for a in args)
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == directory)
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    config_map = next(c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"] == volume["configMap"]["name"])
     assert config_map["data"] == {"crl.pem": crl}
-    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "policy")
-    assert mount["mountPath"] == "/etc/cairn/policy"
     for obj in objects:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    args = by_kind(render(chart, default), kind)[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not any(a.startswith("--crl") for a in args), "no list, no flag"
 
 
 def test_a_kit_from_provision_is_the_whole_installation():
@@ -267,6 +275,7 @@ COORDINATOR_BAD = [
     ("operator.replicas", 5, "operator/replicas"),
     ("operator.leaseDurationSeconds", 1, "operator/leaseDurationSeconds"),
     ("operator.apiServer.cidr", "the cluster", "operator/apiServer/cidr"),
+    ("crl", "not a revocation list", "crl"),
 ]
 
 

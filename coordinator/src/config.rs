@@ -147,6 +147,11 @@ pub struct SecureAggregationSpec {
     /// too, when `enabled` is `false`.
     #[serde(default = "default_max_weight")]
     pub max_weight: u32,
+    /// Updates in the clear (`enabled: false`): a participant's delta (`local - global`) longer
+    /// than this L2 norm is scaled down to it, so one site's pull on the average is bounded;
+    /// omitted: not clipped. (Securely aggregated updates are clipped per value, at `clip`.)
+    #[serde(default)]
+    pub clip_norm: Option<f32>,
 }
 
 impl Default for SecureAggregationSpec {
@@ -158,6 +163,7 @@ impl Default for SecureAggregationSpec {
             clip: default_clip(),
             quantization_bits: None,
             max_weight: default_max_weight(),
+            clip_norm: None,
         }
     }
 }
@@ -394,6 +400,15 @@ impl JobSpec {
         self.validate_metrics()?;
         self.validate_standardize()?;
         let secure = &self.secure_aggregation;
+        if let Some(norm) = secure.clip_norm
+            && !(norm.is_finite() && norm > 0.0)
+        {
+            return invalid(
+                "secure_aggregation.clip_norm",
+                norm,
+                "expected a finite L2 norm > 0",
+            );
+        }
         if !secure.enabled {
             return Ok(());
         }

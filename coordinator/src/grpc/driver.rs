@@ -34,13 +34,14 @@ pub(super) async fn run(
     store: Store,
     resume: Resume,
     initial: Vec<f32>,
-    mut events: mpsc::UnboundedReceiver<Event>,
+    mut events: mpsc::UnboundedReceiver<super::events::Queued>,
 ) -> Result<super::JobReport, Error> {
     let mut driver = match Driver::start(shared, store, resume, initial)? {
         Started::Running(driver) => driver,
         Started::AlreadyComplete(report) => return Ok(report),
     };
-    while let Some(event) = events.recv().await {
+    // The permit an event holds is released once the machine has handled it.
+    while let Some((event, _permit)) = events.recv().await {
         for command in driver.machine.handle(event) {
             if let Some(report) = driver.execute(command)? {
                 return Ok(report);
@@ -97,6 +98,7 @@ impl Driver {
             seed: job.seed,
             metrics: shared.metrics.clone(),
             max_weight: job.secure_aggregation.max_weight,
+            clip_norm: job.secure_aggregation.clip_norm,
             secure: match job.secure_aggregation.enabled {
                 false => None,
                 true => Some(SecureSettings {
@@ -282,7 +284,7 @@ impl Driver {
         let events = self.shared.events.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            let _ = events.send(Event::DeadlineExpired {
+            events.send(Event::DeadlineExpired {
                 round,
                 attempt,
                 phase,

@@ -10,6 +10,7 @@
 //! - `revocation`: refuses a session whose certificate the federation CA revoked.
 
 mod driver;
+mod events;
 mod revocation;
 mod secure;
 mod session;
@@ -133,7 +134,7 @@ struct Shared {
     n_values: usize,
     wire_layout: Vec<TensorSpec>,
     heartbeat_interval: Duration,
-    events: mpsc::UnboundedSender<crate::round::Event>,
+    events: events::Events,
     connections: Mutex<HashMap<String, Connection>>,
     next_serial: AtomicU64,
     /// What the monitoring API shows; also holds the byte counters.
@@ -171,7 +172,7 @@ impl Stopper {
     /// and that the job is over, and the server stops. [`Coordinator::wait`] then reports the
     /// job as not succeeded.
     pub fn stop(&self, reason: &str) {
-        let _ = self.0.events.send(crate::round::Event::Stop {
+        self.0.events.send(crate::round::Event::Stop {
             reason: reason.to_string(),
         });
     }
@@ -236,7 +237,7 @@ impl Coordinator {
             .api
             .as_ref()
             .map_or(Duration::ZERO, |api| api.linger);
-        let (events, events_rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = events::inbox();
         let shared = Arc::new(Shared {
             job: options.job.clone(),
             metrics: options.job.metrics(),

@@ -20,7 +20,7 @@ use prost::Message;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -189,12 +189,12 @@ async fn run(
         );
         // Events are sent under the lock so that the machine sees them in connection order.
         if previous.is_some() {
-            let _ = shared.events.send(Event::Disconnected {
+            shared.events.send(Event::Disconnected {
                 id: id.clone(),
                 reason: "replaced by a new session".into(),
             });
         }
-        let _ = shared.events.send(Event::Connected { id: id.clone() });
+        shared.events.send(Event::Connected { id: id.clone() });
         shared
             .monitor
             .connected(&id, &peer.organisation, &client_version);
@@ -220,7 +220,7 @@ async fn run(
     if connections.get(&id).is_some_and(|c| c.serial == serial) {
         connections.remove(&id);
         shared.monitor.disconnected(&id, &reason);
-        let _ = shared.events.send(Event::Disconnected { id, reason });
+        shared.events.send(Event::Disconnected { id, reason });
     }
 }
 
@@ -333,6 +333,7 @@ async fn read(
     let id = peer.id.as_str();
     let silence = shared.heartbeat_interval * 3;
     let mut pending: Option<Incoming> = None;
+    let budget = super::events::session_budget();
     loop {
         let received = tokio::select! {
             biased;
@@ -357,19 +358,24 @@ async fn read(
             .bytes_received
             .inc_by(next.encoded_len() as u64);
         shared.monitor.seen(id);
-        if let Err(refusal) = on_message(shared, peer, &mut pending, next.body) {
+        // Waits while this session's earlier events fill its share of the machine's queue.
+        let Ok(permit) = budget.clone().acquire_owned().await else {
+            return Ended::Gone("the job is over".into());
+        };
+        if let Err(refusal) = on_message(shared, peer, &mut pending, next.body, permit) {
             return Ended::Refused(refusal);
         }
     }
 }
 
-/// Checks one message of the session and turns it into a round event (or into the next part of
-/// a transfer); a refusal ends the session.
+/// Checks one message of the session and turns it into a round event that holds `permit` (or
+/// into the next part of a transfer); a refusal ends the session.
 fn on_message(
     shared: &Shared,
     peer: &Peer,
     pending: &mut Option<Incoming>,
     body: Option<Inbound>,
+    permit: OwnedSemaphorePermit,
 ) -> Result<(), Refusal> {
     let id = peer.id.as_str();
     match body {
@@ -396,7 +402,7 @@ fn on_message(
                     .map_err(|e| Refusal::InvalidArgument(e.to_string()))
             })
             .map(|p| *pending = Some(Incoming::Masked(p))),
-        Some(Inbound::Chunk(chunk)) => on_chunk(shared, id, pending, chunk),
+        Some(Inbound::Chunk(chunk)) => on_chunk(shared, id, pending, chunk, permit),
         // Its neighbours verify the advertised certificate; advertising another one than it
         // authenticated with could only make them abort the round for everyone.
         Some(Inbound::Advertisement(ad)) if ad.certificate != peer.certificate => {
@@ -404,20 +410,23 @@ fn on_message(
                 "the advertised certificate is not the one this session authenticated with".into(),
             ))
         }
-        Some(Inbound::Advertisement(ad)) => forward(shared, id, secure::advertisement(ad)),
-        Some(Inbound::GraphNonce(nonce)) => forward(shared, id, secure::graph_nonce(nonce)),
-        Some(Inbound::Shares(shares)) => forward(shared, id, secure::encrypted_shares(shares)),
-        Some(Inbound::SurvivorSignature(signature)) => {
-            forward(shared, id, secure::survivor_signature(signature))
+        Some(Inbound::Advertisement(ad)) => forward(shared, id, secure::advertisement(ad), permit),
+        Some(Inbound::GraphNonce(nonce)) => forward(shared, id, secure::graph_nonce(nonce), permit),
+        Some(Inbound::Shares(shares)) => {
+            forward(shared, id, secure::encrypted_shares(shares), permit)
         }
-        Some(Inbound::Reveal(reveal)) => forward(shared, id, secure::reveal(reveal)),
+        Some(Inbound::SurvivorSignature(signature)) => {
+            forward(shared, id, secure::survivor_signature(signature), permit)
+        }
+        Some(Inbound::Reveal(reveal)) => forward(shared, id, secure::reveal(reveal), permit),
         Some(Inbound::Evaluation(report)) => {
             check_evaluation(&report, &shared.metrics).map(|totals| {
-                let _ = shared.events.send(Event::EvaluationReceived {
+                let event = Event::EvaluationReceived {
                     id: id.to_string(),
                     round: report.round,
                     totals,
-                });
+                };
+                shared.events.send_held(event, permit);
             })
         }
     }
@@ -429,6 +438,7 @@ fn on_chunk(
     id: &str,
     pending: &mut Option<Incoming>,
     chunk: cairn_proto::v1::Chunk,
+    permit: OwnedSemaphorePermit,
 ) -> Result<(), Refusal> {
     match pending.take() {
         None => Err(Refusal::FailedPrecondition(format!(
@@ -445,7 +455,7 @@ fn on_chunk(
                 Ok(())
             }
             Ok(Some(weighted_delta)) => {
-                let _ = shared.events.send(Event::UpdateReceived {
+                let event = Event::UpdateReceived {
                     id: id.to_string(),
                     round: update.round,
                     update: Update {
@@ -453,7 +463,8 @@ fn on_chunk(
                         weight: update.weight,
                         weighted_train_loss: update.weighted_train_loss,
                     },
-                });
+                };
+                shared.events.send_held(event, permit);
                 Ok(())
             }
         },
@@ -467,12 +478,13 @@ fn on_chunk(
                 Ok(())
             }
             Ok(Some(values)) => {
-                let _ = shared.events.send(Event::Secure {
+                let event = Event::Secure {
                     id: id.to_string(),
                     round: masked.round,
                     attempt: masked.attempt,
                     message: SecureMessage::MaskedInput(values),
-                });
+                };
+                shared.events.send_held(event, permit);
                 Ok(())
             }
         },
@@ -495,14 +507,16 @@ fn forward(
     shared: &Shared,
     id: &str,
     parsed: Result<(u64, u32, SecureMessage), secure::Malformed>,
+    permit: OwnedSemaphorePermit,
 ) -> Result<(), Refusal> {
     let (round, attempt, message) = parsed.map_err(|e| Refusal::InvalidArgument(e.to_string()))?;
-    let _ = shared.events.send(Event::Secure {
+    let event = Event::Secure {
         id: id.to_string(),
         round,
         attempt,
         message,
-    });
+    };
+    shared.events.send_held(event, permit);
     Ok(())
 }
 

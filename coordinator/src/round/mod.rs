@@ -109,6 +109,8 @@ pub struct RoundSettings {
     /// An update's weight is its example count, capped at this (updates in the clear; secure
     /// aggregation caps in its encoding, with the same value).
     pub max_weight: u32,
+    /// An update in the clear has its delta clipped to this L2 norm, if set.
+    pub clip_norm: Option<f32>,
 }
 
 /// Something that happened, fed to the machine.
@@ -513,10 +515,11 @@ impl RoundMachine {
             commands.push(Command::Ignored { id, reason });
             return;
         }
-        match training
-            .sum
-            .add(&update.capped(u64::from(self.settings.max_weight)))
-        {
+        let mut update = update.capped(u64::from(self.settings.max_weight));
+        if let Some(norm) = self.settings.clip_norm {
+            update = update.clipped(norm);
+        }
+        match training.sum.add(&update) {
             Ok(()) => {
                 training.pending.remove(&id);
                 training.contributors.push(id);

@@ -14,6 +14,7 @@ fn settings(min: usize, rounds: u64) -> RoundSettings {
         metrics: vec![Metric::Loss, Metric::Accuracy],
         secure: None,
         max_weight: 10_000,
+        clip_norm: None,
     }
 }
 
@@ -269,6 +270,30 @@ fn an_update_claiming_more_examples_than_the_cap_counts_as_the_cap() {
         vec![0.0, 0.0],
         "a million claimed examples outweigh nobody"
     );
+}
+
+#[test]
+fn an_update_longer_than_the_clipping_norm_counts_at_that_norm() {
+    let mut m = RoundMachine::new(
+        RoundSettings {
+            clip_norm: Some(5.0),
+            ..settings(2, 1)
+        },
+        Box::new(FedAvg::default()),
+        vec![0.0; 2],
+        1,
+    );
+    connect(&mut m, &["a", "b"]);
+    // a pulls with norm 500, b with norm 0.5 (within the bound, unchanged).
+    m.handle(update("a", 1, [300.0, 400.0], 10));
+    m.handle(update("b", 1, [0.3, -0.4], 10));
+    let commands = m.handle(evaluation("a", 1, 0.5));
+    let commands = [commands, m.handle(evaluation("b", 1, 0.5))].concat();
+    let (_, model) = committed(&commands).expect("committed");
+    // The average of [3, 4] (a clipped to norm 5) and [0.3, -0.4].
+    for (got, want) in model.iter().zip([1.65, 1.8]) {
+        assert!((got - want).abs() < 1e-5, "{model:?}");
+    }
 }
 
 #[test]

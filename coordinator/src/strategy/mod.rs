@@ -35,6 +35,25 @@ impl Update {
         }
         self
     }
+
+    /// The update with its delta (`weighted_delta / weight`) scaled down to L2 norm `max_norm`
+    /// if it is longer, so that one site's pull on the average is bounded whatever it sends.
+    pub fn clipped(mut self, max_norm: f32) -> Update {
+        let weighted_norm = self
+            .weighted_delta
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
+        let most = f64::from(max_norm) * self.weight.max(1) as f64;
+        if weighted_norm > most {
+            let scale = most / weighted_norm;
+            for value in &mut self.weighted_delta {
+                *value = (f64::from(*value) * scale) as f32;
+            }
+        }
+        self
+    }
 }
 
 /// Checks an update's scalars: a weight of at least one example and a finite, non-negative
