@@ -289,7 +289,7 @@ async fn refused(me: &str, policy: Policy, setup: Option<SecureAggregation>, rul
     let federation = Federation::provision(&IDS);
     let session = connect(&federation, me, policy).await;
     session.train(1, setup).await;
-    let mut parts = vec![me, "round 1: refused, nothing is sent for this round"];
+    let mut parts = vec![me, "round 1: training refused, nothing is sent for it"];
     parts.extend_from_slice(rule);
     log_line(&parts).await;
     let sent = session.finish().await;
@@ -381,7 +381,7 @@ async fn replayed_messages_and_an_earlier_round_get_nothing() {
     // An earlier round's instruction: this site already trained past it.
     session.train(1, Some(setup(&roster, 5))).await;
     log_line(&[
-        "alpha: round 1: refused",
+        "alpha: round 1: training refused",
         "round 1 comes after round 2 was started; expected round 2 or a later one",
     ])
     .await;
@@ -424,7 +424,7 @@ async fn a_model_evaluated_that_the_federation_does_not_go_on_with_is_caught() {
     }
     session.train(2, Some(setup(&roster, 1))).await;
     log_line(&[
-        "alpha: round 2: refused, nothing is sent for this round",
+        "alpha: round 2: training refused, nothing is sent for it",
         "not the one this site evaluated as round 1's new model",
     ])
     .await;
@@ -496,7 +496,7 @@ async fn a_round_failed_on_purpose_is_drawn_again_only_as_often_as_the_site_allo
     // A third attempt, numbered as a first one after a "restart": counted all the same.
     session.train(3, Some(setup(&roster, 1))).await;
     log_line(&[
-        "alpha: round 3: refused, nothing is sent for this round",
+        "alpha: round 3: training refused, nothing is sent for it",
         "at most 2 attempts of a round (--max-round-attempts)",
     ])
     .await;

@@ -83,9 +83,18 @@ def test_participant_gpu_and_cert_manager():
     assert certificate["subject"]["organizationalUnits"] == ["participant"]
     assert certificate["privateKey"] == {"algorithm": "ECDSA", "size": 256, "encoding": "PKCS8", "rotationPolicy": "Always"}
     assert "client auth" in certificate["usages"]
-    kit = next(v for v in pod["volumes"] if v["name"] == "kit")["secret"]
-    assert {i["path"] for i in kit["items"]} == {"cert.pem", "key.pem", "ca.pem"}
+    assert certificate["issuerRef"] == {"name": "federation-ca", "kind": "StepClusterIssuer", "group": "certmanager.step.sm"}
+    # The key and certificate come from cert-manager's Secret, the CA from the site's own copy.
+    sources = next(v for v in pod["volumes"] if v["name"] == "kit")["projected"]["sources"]
+    assert [i["key"] for i in sources[0]["secret"]["items"]] == ["tls.crt", "tls.key"]
+    anchor = sources[1]["configMap"]
+    assert [i["path"] for i in anchor["items"]] == ["ca.pem"]
+    ca = next(c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"] == anchor["name"])
+    assert ca["data"]["ca.pem"] == values_of(CHARTS / "participant/ci/gpu-certmanager-values.yaml")["kit"]["certManager"]["ca"]
     assert by_kind(objects, "Secret") == []
+    without_ca = with_change(values_of(CHARTS / "participant/ci/gpu-certmanager-values.yaml"), "kit.certManager.ca", "")
+    with pytest.raises(helm.HelmError, match="kit.certManager.ca is required"):
+        render("participant", without_ca)
 
 
 def test_participant_default_has_no_gpu_and_egress_only_to_the_coordinator():
@@ -250,6 +259,8 @@ PARTICIPANT_BAD = [
     ("gpu.count", 0, "gpu/count"),
     ("model", "resnet", "model"),
     ("kit.cert", "not a certificate", "kit/cert"),
+    ("kit.certManager.ca", "not a certificate", "kit/certManager/ca"),
+    ("kit.certManager.issuerGroup", "Step CA", "kit/certManager/issuerGroup"),
     ("image.pullPolicy", "Sometimes", "image/pullPolicy"),
     ("replicas", 2, "replicas"),
     ("coordinator.followJobs", "yes", "coordinator/followJobs"),

@@ -208,6 +208,15 @@ pub enum Error {
         /// The participant.
         id: String,
     },
+    /// `revoke --renew` found no list to sign again.
+    #[error(
+        "revoke --renew: there is no revocation list at {} to sign again; expected one made by revoking a certificate (--participant ID or --cert FILE)",
+        path.display()
+    )]
+    NoRevocationList {
+        /// Where the list was looked for.
+        path: PathBuf,
+    },
     /// A revocation list file is malformed or not the federation CA's.
     #[error("revocation list {}: {source}", path.display())]
     RevocationList {

@@ -45,7 +45,7 @@ enum Command {
     /// Revoke a participant's certificate: add its serial number to the federation CA's
     /// revocation list <federation>/ca/crl.pem (made on first use, signed again each time).
     /// Give that file to `serve --crl` and to every site's `join --crl`; they then refuse the
-    /// certificate.
+    /// certificate. The list states its next update; `--renew` signs it again before then.
     Revoke(RevokeArgs),
     /// Print the FederatedJob CustomResourceDefinition (YAML); its spec is the job file's schema.
     Crd,
@@ -116,7 +116,8 @@ struct ServeArgs {
     #[arg(long)]
     tls: PathBuf,
     /// The federation CA's revocation list (<federation>/ca/crl.pem, from `revoke`): sessions
-    /// with a certificate on it are refused. It must be signed by the CA in --tls.
+    /// with a certificate on it are refused. It must be signed by the CA in --tls and not be
+    /// past its next update (`revoke --renew` signs it again).
     #[arg(long, value_name = "FILE")]
     crl: Option<PathBuf>,
     /// Address to listen on for participants.
@@ -176,23 +177,24 @@ struct SignArgs {
 
 // The options of `revoke`; its help text is on the `Command` variant.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(false)))]
 struct RevokeArgs {
     /// The federation directory from `provision` (holding ca/).
     #[arg(long)]
     federation: PathBuf,
     /// The participant whose current certificate (participants/<ID>/cert.pem) to revoke.
-    #[arg(
-        long,
-        value_name = "ID",
-        required_unless_present = "cert",
-        conflicts_with = "cert"
-    )]
+    #[arg(long, value_name = "ID", group = "what")]
     participant: Option<String>,
     /// A certificate file (PEM) of the federation CA to revoke, such as one `sign --replace`
     /// set aside.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", group = "what")]
     cert: Option<PathBuf>,
-    /// Days until the list's next update, as it states; parties go on using an older list.
+    /// Revoke nothing new: sign the list again as it is, with a new next update. Parties
+    /// refuse a list past its next update, so renew it before then.
+    #[arg(long, group = "what")]
+    renew: bool,
+    /// Days until the list's next update, as it states; after it, `serve --crl` and
+    /// `join --crl` refuse to start with the list.
     #[arg(long, default_value_t = 365)]
     validity_days: u32,
 }
@@ -500,18 +502,28 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
 
 /// `revoke`: a certificate onto the federation's revocation list.
 fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
-    let what = match (args.participant, args.cert) {
-        (Some(id), _) => pki::Revocation::Participant(id),
-        (None, Some(cert)) => pki::Revocation::Certificate(cert),
-        (None, None) => anyhow::bail!("revoke: pass --participant ID or --cert FILE"),
+    let what = match (args.participant, args.cert, args.renew) {
+        (Some(id), _, _) => pki::Revocation::Participant(id),
+        (None, Some(cert), _) => pki::Revocation::Certificate(cert),
+        (None, None, true) => pki::Revocation::Renew,
+        (None, None, false) => {
+            anyhow::bail!("revoke: pass --participant ID, --cert FILE or --renew")
+        }
     };
     let revoked = pki::revoke(&args.federation, &what, args.validity_days)?;
+    let done = match &revoked.certificate {
+        Some(certificate) => format!(
+            "revoked the certificate of {} (serial {})",
+            certificate.id, certificate.serial
+        ),
+        None => "signed the revocation list again".to_string(),
+    };
     println!(
-        "revoked the certificate of {} (serial {}); {} now lists {} revoked certificate(s): \
+        "{done}; {} (number {}, next update in {} days) lists {} revoked certificate(s): \
          give it to `cairn-coordinator serve --crl` and to each site's `cairn-participant join --crl`",
-        revoked.id,
-        revoked.serial,
         revoked.crl.display(),
+        revoked.number,
+        args.validity_days.max(1),
         revoked.n_revoked
     );
     Ok(())

@@ -20,6 +20,8 @@ pub struct RevocationList {
     revoked: BTreeMap<Vec<u8>, i64>,
     /// The list's CRL number: each list the CA signs has a larger one than the last.
     number: u64,
+    /// The Unix time of the list's next update, after which it is stale; `None`: it states none.
+    next_update: Option<i64>,
 }
 
 /// A serial number as written in the certificate (DER INTEGER contents, possibly with a leading
@@ -102,7 +104,30 @@ impl RevocationList {
                 )
             })
             .collect();
-        Ok(RevocationList { revoked, number })
+        let next_update = crl.next_update().map(|at| at.timestamp());
+        Ok(RevocationList {
+            revoked,
+            number,
+            next_update,
+        })
+    }
+
+    /// `Ok` while the list is current: a list past its next update is refused, so that a
+    /// party handed an old list (which may lack later revocations) says so instead of trusting
+    /// it. The CA signs it again with `cairn-coordinator revoke --renew`.
+    pub fn ensure_current(&self) -> Result<(), Error> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        match self.next_update {
+            Some(next) if next < now => {
+                let at = OffsetDateTime::from_unix_timestamp(next)
+                    .map_or_else(|_| next.to_string(), |at| at.to_string());
+                Err(unusable(format!(
+                    "number {} expired at its next update, {at}; expected a current list: the host signs it again with `cairn-coordinator revoke --renew`",
+                    self.number
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The list's CRL number (0 when it has none).
@@ -143,9 +168,21 @@ impl Authority {
         certificates: &[&[u8]],
         validity_days: u32,
     ) -> Result<String, Error> {
+        let now = OffsetDateTime::now_utc();
+        let next_update = now + Duration::days(i64::from(validity_days.max(1)));
+        self.sign_list(previous, certificates, now, next_update)
+    }
+
+    /// [`Authority::revoke`] at the time `now`, stating `next_update`.
+    fn sign_list(
+        &self,
+        previous: Option<&RevocationList>,
+        certificates: &[&[u8]],
+        now: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<String, Error> {
         let ca_der = crate::certificate_der(self.cert_pem(), "the CA certificate")?;
         let ca = parse(&ca_der, "of the CA ")?;
-        let now = OffsetDateTime::now_utc();
         let mut revoked = previous
             .map(|list| list.revoked.clone())
             .unwrap_or_default();
@@ -183,7 +220,7 @@ impl Authority {
         let params = CertificateRevocationListParams {
             // Backdated a little, like the certificates, for peers whose clocks lag.
             this_update: now - Duration::hours(1),
-            next_update: now + Duration::days(i64::from(validity_days.max(1))),
+            next_update,
             crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
             issuing_distribution_point: None,
             revoked_certs,
@@ -230,6 +267,27 @@ mod tests {
             grown.revoked[&serial], list.revoked[&serial],
             "a certificate revoked again keeps its first revocation time"
         );
+    }
+
+    #[test]
+    fn a_list_past_its_next_update_is_refused_until_signed_again() {
+        let ca = Authority::generate("test", 1).unwrap();
+        let alpha = der(&ca.issue_participant("alpha", "Alpha", 1).unwrap().cert_pem);
+        let then = OffsetDateTime::now_utc() - Duration::days(10);
+        let stale = ca
+            .sign_list(None, &[&alpha], then, then + Duration::days(1))
+            .unwrap();
+        let list = RevocationList::from_pem(&stale, ca.cert_pem()).unwrap();
+        let err = list.ensure_current().unwrap_err().to_string();
+        assert!(
+            err.contains("number 1 expired at its next update") && err.contains("revoke --renew"),
+            "{err}"
+        );
+        let renewed = ca.revoke(Some(&list), &[], 30).unwrap();
+        let list = RevocationList::from_pem(&renewed, ca.cert_pem()).unwrap();
+        assert!(list.ensure_current().is_ok());
+        assert_eq!(list.number(), 2);
+        assert!(list.check(&alpha).is_err(), "renewing keeps every entry");
     }
 
     fn raw_serial(der: &[u8]) -> Vec<u8> {

@@ -168,7 +168,8 @@ struct PolicyArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     max_round_attempts: u32,
     /// The federation CA's revocation list (ca/crl.pem from `cairn-coordinator revoke`):
-    /// neighbours whose certificate is on it are refused. It must be signed by the kit's CA.
+    /// neighbours whose certificate is on it are refused. It must be signed by the kit's CA
+    /// and not past its next update.
     #[arg(long, value_name = "FILE")]
     crl: Option<PathBuf>,
 }

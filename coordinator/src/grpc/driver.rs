@@ -69,8 +69,19 @@ struct Driver {
     clock: Option<RoundClock>,
     /// How many of each participant's messages the round machine ignored this round.
     ignored: HashMap<ParticipantId, u32>,
-    /// The round and attempt of the secure evaluation running, if one is.
-    secure_evaluation: Option<(u64, u32)>,
+    /// The secure evaluation running, if one is.
+    secure_evaluation: Option<SecureEvaluation>,
+}
+
+/// A secure evaluation: operators see it as the `evaluate` phase of the attempt that trained
+/// the model, though the round machine runs it under the next attempt number.
+#[derive(Debug, Clone, Copy)]
+struct SecureEvaluation {
+    round: u64,
+    /// The attempt its messages carry.
+    attempt: u32,
+    /// The attempt that trained the model it evaluates.
+    trained: u32,
 }
 
 /// Ignored messages of one participant logged per round; the rest are counted.
@@ -167,11 +178,16 @@ impl Driver {
             } => send_secure(&self.shared, round, attempt, messages),
             Command::SendEvaluate {
                 round,
+                trained,
                 to,
                 model,
                 secure,
             } => {
-                self.secure_evaluation = secure.as_ref().map(|setup| (round, setup.attempt));
+                self.secure_evaluation = secure.as_ref().map(|setup| SecureEvaluation {
+                    round,
+                    attempt: setup.attempt,
+                    trained,
+                });
                 self.send_evaluate(round, &to, &model, secure.as_ref())
             }
             Command::StartDeadline {
@@ -269,14 +285,11 @@ impl Driver {
     /// Starts a phase's deadline: its expiry arrives at the machine as an event.
     fn start_deadline(&self, round: u64, attempt: u32, phase: Phase, after: Duration) {
         match self.secure_evaluation {
-            // Operators see a secure evaluation as the round's one `evaluate` phase, of the
-            // attempt that trained the model (the round machine runs it under the next number).
-            Some(running) if running == (round, attempt) => {
+            Some(running) if (running.round, running.attempt) == (round, attempt) => {
                 if phase == Phase::AdvertiseKeys {
-                    let trained = attempt.saturating_sub(1).max(1);
                     self.shared
                         .monitor
-                        .phase_started(round, trained, Phase::Evaluate);
+                        .phase_started(round, running.trained, Phase::Evaluate);
                 }
             }
             _ => self.shared.monitor.phase_started(round, attempt, phase),

@@ -244,6 +244,8 @@ pub enum Revocation {
     Participant(String),
     /// The certificate (PEM) in this file.
     Certificate(PathBuf),
+    /// None: the list is signed again as it is, with a new next update.
+    Renew,
 }
 
 /// What [`revoke`] did.
@@ -251,12 +253,21 @@ pub enum Revocation {
 pub struct Revoked {
     /// The revocation list written (`ca/crl.pem`).
     pub crl: PathBuf,
-    /// The participant id the revoked certificate names.
+    /// The certificate it added; `None` for [`Revocation::Renew`].
+    pub certificate: Option<RevokedCertificate>,
+    /// How many certificates the list now revokes.
+    pub n_revoked: usize,
+    /// The list's CRL number.
+    pub number: u64,
+}
+
+/// A certificate [`revoke`] added to the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedCertificate {
+    /// The participant id the certificate names.
     pub id: String,
     /// Its serial number (lowercase hex).
     pub serial: String,
-    /// How many certificates the list now revokes.
-    pub n_revoked: usize,
 }
 
 /// The federation's revocation list file in the federation directory `out_dir`.
@@ -264,9 +275,21 @@ pub fn crl_path(out_dir: &Path) -> PathBuf {
     out_dir.join("ca").join("crl.pem")
 }
 
-/// Reads the revocation list at `path` and verifies it against the CA certificate `ca_pem`;
-/// an error names the file and what was expected of it.
+/// Reads the revocation list at `path`, verifies it against the CA certificate `ca_pem` and
+/// requires it current (not past its next update); an error names the file and what was
+/// expected of it.
 pub fn load_revocations(path: &Path, ca_pem: &str) -> Result<RevocationList, Error> {
+    let list = read_revocations(path, ca_pem)?;
+    list.ensure_current()
+        .map_err(|source| Error::RevocationList {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(list)
+}
+
+/// The revocation list at `path`, verified against `ca_pem`, current or not.
+fn read_revocations(path: &Path, ca_pem: &str) -> Result<RevocationList, Error> {
     RevocationList::from_pem(&read_file(path)?, ca_pem).map_err(|source| Error::RevocationList {
         path: path.to_path_buf(),
         source,
@@ -276,7 +299,8 @@ pub fn load_revocations(path: &Path, ca_pem: &str) -> Result<RevocationList, Err
 /// Revokes a certificate of the federation CA in the federation directory `out_dir`: adds its
 /// serial number to `ca/crl.pem` (made on first use, otherwise verified, extended and signed
 /// again with a larger CRL number), valid for `validity_days`. Parties that read the list
-/// (`serve --crl`, `join --crl`) then refuse the certificate.
+/// (`serve --crl`, `join --crl`) then refuse the certificate. [`Revocation::Renew`] signs the
+/// list again as it is, for a list near or past its next update.
 pub fn revoke(out_dir: &Path, what: &Revocation, validity_days: u32) -> Result<Revoked, Error> {
     let ca = load_ca(&out_dir.join("ca"))?;
     let cert_path = match what {
@@ -288,25 +312,40 @@ pub fn revoke(out_dir: &Path, what: &Revocation, validity_days: u32) -> Result<R
                     id: id.clone(),
                 });
             }
-            path
+            Some(path)
         }
-        Revocation::Certificate(path) => path.clone(),
+        Revocation::Certificate(path) => Some(path.clone()),
+        Revocation::Renew => None,
     };
-    let der =
-        cairn_identity::certificate_der(&read_file(&cert_path)?, &cert_path.display().to_string())?;
+    let der = match &cert_path {
+        Some(path) => Some(cairn_identity::certificate_der(
+            &read_file(path)?,
+            &path.display().to_string(),
+        )?),
+        None => None,
+    };
     let crl = crl_path(out_dir);
     let previous = match crl.exists() {
-        true => Some(load_revocations(&crl, ca.cert_pem())?),
+        true => Some(read_revocations(&crl, ca.cert_pem())?),
+        false if der.is_none() => return Err(Error::NoRevocationList { path: crl }),
         false => None,
     };
-    let pem = ca.revoke(previous.as_ref(), &[&der], validity_days)?;
+    let certificates: Vec<&[u8]> = der.iter().map(Vec::as_slice).collect();
+    let pem = ca.revoke(previous.as_ref(), &certificates, validity_days)?;
     crate::store::write_atomically(&crl, pem.as_bytes())?;
     let list = RevocationList::from_pem(&pem, ca.cert_pem())?;
+    let certificate = match &der {
+        Some(der) => Some(RevokedCertificate {
+            id: cairn_identity::identity_of(der)?.id,
+            serial: cairn_identity::serial_of(der)?,
+        }),
+        None => None,
+    };
     Ok(Revoked {
         crl,
-        id: cairn_identity::identity_of(&der)?.id,
-        serial: cairn_identity::serial_of(&der)?,
+        certificate,
         n_revoked: list.serials().len(),
+        number: list.number(),
     })
 }
 
@@ -732,10 +771,14 @@ mod tests {
 
         let revoked = revoke(dir.path(), &Revocation::Participant("alpha".into()), 30).unwrap();
         assert_eq!(revoked.crl, dir.path().join("ca/crl.pem"));
-        assert_eq!((revoked.id.as_str(), revoked.n_revoked), ("alpha", 1));
-        assert_eq!(revoked.serial, cairn_identity::serial_of(&alpha).unwrap());
+        let certificate = revoked.certificate.unwrap();
+        assert_eq!((certificate.id.as_str(), revoked.n_revoked), ("alpha", 1));
+        assert_eq!(
+            certificate.serial,
+            cairn_identity::serial_of(&alpha).unwrap()
+        );
         let list = load_revocations(&revoked.crl, &ca_pem).unwrap();
-        assert_eq!(list.serials(), std::slice::from_ref(&revoked.serial));
+        assert_eq!(list.serials(), std::slice::from_ref(&certificate.serial));
         assert!(list.check(&alpha).is_err() && list.check(&bravo).is_ok());
 
         let by_file = Revocation::Certificate(dir.path().join("participants/bravo/cert.pem"));
@@ -750,6 +793,26 @@ mod tests {
             .to_string();
         assert!(
             err.contains("holds no certificate of participant \"zulu\""),
+            "{err}"
+        );
+        let renewed = revoke(dir.path(), &Revocation::Renew, 30).unwrap();
+        assert_eq!(
+            (renewed.certificate, renewed.n_revoked, renewed.number),
+            (None, 2, 3)
+        );
+        let list = load_revocations(&renewed.crl, &ca_pem).unwrap();
+        assert!(list.check(&bravo).is_err() && list.check(&alpha).is_err());
+    }
+
+    #[test]
+    fn renewing_needs_a_list() {
+        let dir = tempfile::tempdir().unwrap();
+        provision(&request(dir.path(), &["alpha"])).unwrap();
+        let err = revoke(dir.path(), &Revocation::Renew, 30)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("there is no revocation list at") && err.contains("--participant ID"),
             "{err}"
         );
     }

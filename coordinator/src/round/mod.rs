@@ -255,6 +255,8 @@ pub enum Command {
     SendEvaluate {
         /// Round number.
         round: u64,
+        /// The attempt that trained the model (a secure evaluation runs under the next one).
+        trained: u32,
         /// Participants to evaluate.
         to: Vec<ParticipantId>,
         /// The new global model.
@@ -761,19 +763,19 @@ impl RoundMachine {
         let phase = securing.phase;
         let step = securing.close(&self.connected);
         let next_phase = securing.phase;
-        if let Ok(Step::Next(messages)) = step {
-            commands.push(Command::SendSecure {
-                round: self.round,
-                attempt: self.attempt,
-                messages,
-            });
-            commands.push(self.deadline(next_phase));
-            return;
-        }
-        let done = step.and_then(|step| match step {
-            Step::Done { sum, contributors } => Ok((sum, contributors)),
-            Step::Next(_) => Err(SecureError::Over),
-        });
+        let done = match step {
+            Ok(Step::Next(messages)) => {
+                commands.push(Command::SendSecure {
+                    round: self.round,
+                    attempt: self.attempt,
+                    messages,
+                });
+                commands.push(self.deadline(next_phase));
+                return;
+            }
+            Ok(Step::Done { sum, contributors }) => Ok((sum, contributors)),
+            Err(error) => Err(error),
+        };
         match std::mem::replace(&mut self.state, State::AwaitingParticipants) {
             State::Securing(securing) => {
                 let aggregated = done.and_then(|(sum, contributors)| {
@@ -866,6 +868,7 @@ impl RoundMachine {
         }
         commands.push(Command::SendEvaluate {
             round: self.round,
+            trained: self.attempt,
             to: evaluators.clone(),
             model: next.clone(),
             secure: None,
@@ -902,6 +905,7 @@ impl RoundMachine {
             Ok((securing, setup)) => {
                 commands.push(Command::SendEvaluate {
                     round: self.round,
+                    trained: self.attempt - 1,
                     to: evaluators,
                     model: model.clone(),
                     secure: Some(setup),

@@ -8,7 +8,7 @@ mod secure;
 
 use crate::Error;
 use crate::data::FeatureStatistics;
-use crate::policy::{Policy, Started};
+use crate::policy::{Policy, Refusal, Started};
 use crate::task::{EpochProgress, JobTask, Task, TensorShape, TrainingConfig};
 use cairn_proto::metrics::{Metric, Totals};
 use cairn_proto::transfer::{Assembler, split};
@@ -92,19 +92,19 @@ impl Kit {
 
 impl Kit {
     /// The federation CA's revocation list at `path` (`ca/crl.pem` from `cairn-coordinator
-    /// revoke`), verified against this kit's CA: a list signed by another CA, or malformed, is
-    /// refused with an error naming the file.
+    /// revoke`), verified against this kit's CA and current: a list signed by another CA,
+    /// malformed, or past its next update is refused with an error naming the file.
     pub fn revocations(&self, path: &Path) -> Result<cairn_identity::RevocationList, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Kit {
             path: path.to_path_buf(),
             reason: format!("cannot read: {e}"),
         })?;
-        cairn_identity::RevocationList::from_pem(&text, &self.ca_pem).map_err(|source| {
-            Error::RevocationList {
+        cairn_identity::RevocationList::from_pem(&text, &self.ca_pem)
+            .and_then(|list| list.ensure_current().map(|()| list))
+            .map_err(|source| Error::RevocationList {
                 path: path.to_path_buf(),
                 source,
-            }
-        })
+            })
     }
 }
 
@@ -739,12 +739,7 @@ impl Serving<'_> {
                 self.started.admit(round, max)
             });
         if let Err(refusal) = admitted {
-            tracing::error!(participant = %label, "{label}: round {round}: refused, nothing is sent for this round: {refusal}");
-            // The model still arrives; it is read and dropped, untrained.
-            self.inbound
-                .receive(header, format!("global model for round {round}"))
-                .await?;
-            return Ok(());
+            return self.refuse(header, "training", refusal).await;
         }
         let layout = layout_of(&header);
         if let Some(task) = self.task.as_ref() {
@@ -800,6 +795,24 @@ impl Serving<'_> {
             }
         }
         self.summary.rounds_trained += 1;
+        Ok(())
+    }
+
+    /// Refuses an instruction (`what`: training or evaluation) for the rule it breaks: logs
+    /// the rule, then reads the model that still arrives and drops it, so the session goes on
+    /// and nothing is sent for it.
+    async fn refuse(
+        &mut self,
+        header: TransferHeader,
+        what: &str,
+        refusal: Refusal,
+    ) -> Result<(), Interrupt> {
+        let label = &self.options.label;
+        let round = header.round;
+        tracing::error!(participant = %label, "{label}: round {round}: {what} refused, nothing is sent for it: {refusal}");
+        self.inbound
+            .receive(header, format!("model for {what} in round {round}"))
+            .await?;
         Ok(())
     }
 
@@ -886,11 +899,7 @@ impl Serving<'_> {
                 self.started.admit(round, max)
             });
         if let Err(refusal) = admitted {
-            tracing::error!(participant = %label, "{label}: round {round}: evaluation refused, nothing is sent for it: {refusal}");
-            self.inbound
-                .receive(header, format!("model to evaluate for round {round}"))
-                .await?;
-            return Ok(());
+            return self.refuse(header, "evaluation", refusal).await;
         }
         tracing::info!(participant = %label, "{label}: round {round}: evaluating the new global model");
         let layout = layout_of(&header);
