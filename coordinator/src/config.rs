@@ -140,7 +140,8 @@ pub struct SecureAggregationSpec {
     #[serde(default = "default_clip")]
     pub clip: f32,
     /// Quantisation of a clipped value into `2^bits` levels; omitted: the most that cannot wrap
-    /// the 2^32 modulus with every listed participant.
+    /// the 2^32 modulus with every listed participant, less one bit kept free so that a masked
+    /// input out of range shows in the sum (k values shifted at random pass with chance 2^-k).
     #[serde(default)]
     pub quantization_bits: Option<u32>,
     /// An update's weight is its example count, capped at this; it caps updates in the clear
@@ -168,12 +169,19 @@ impl Default for SecureAggregationSpec {
     }
 }
 
+/// How many times the largest honest sum the 2^32 modulus holds by default: the decoded sum
+/// is checked against what honest inputs give, and the headroom is what makes a sum wrapped or
+/// shifted by a bad input fall outside that (with all 32 bits used, almost any sum looks
+/// honest). One bit: each further bit would halve the chance that one shifted value passes, at
+/// the cost of a bit of every honest value's precision.
+const RANGE_HEADROOM: u32 = 2;
+
 impl SecureAggregationSpec {
     /// Quantisation levels for `n_participants` listed participants.
     pub fn levels(&self, n_participants: usize) -> u32 {
         match self.quantization_bits {
             Some(bits) => 1u32.checked_shl(bits).unwrap_or(u32::MAX),
-            None => (u32::MAX / n_participants.max(1) as u32)
+            None => (u32::MAX / n_participants.max(1) as u32 / RANGE_HEADROOM)
                 .saturating_add(1)
                 .min(1 << 31),
         }
@@ -565,7 +573,7 @@ participants: [alpha, beta, gamma]
             job.secure_aggregation.enabled,
             "secure aggregation is on by default"
         );
-        assert_eq!(job.secure_aggregation.levels(3), u32::MAX / 3 + 1);
+        assert_eq!(job.secure_aggregation.levels(3), u32::MAX / 3 / 2 + 1);
         assert_eq!(job.secure_aggregation.degree(3), 8);
     }
 

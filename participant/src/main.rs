@@ -30,8 +30,6 @@ enum Command {
         /// `cairn-coordinator provision --with-keys`).
         #[arg(long)]
         kit: PathBuf,
-        #[command(flatten)]
-        common: Common,
         /// Which partition of the data this participant keeps, 0-based (with --partitions).
         #[arg(long, default_value_t = 0)]
         partition_index: usize,
@@ -43,6 +41,9 @@ enum Command {
         /// list this participant is waited out too.
         #[arg(long)]
         keep_going: bool,
+        // Last, because its site policy opens its own heading in --help.
+        #[command(flatten)]
+        common: Common,
     },
     /// Make this site's key and a certificate signing request for the federation CA: the host
     /// signs the request for this id (`cairn-coordinator sign --participant ID`) and sends back

@@ -564,10 +564,14 @@ mod secure {
         }
         loop {
             if !last.iter().any(|c| matches!(c, Command::SendSecure { .. })) {
-                if last
-                    .iter()
-                    .any(|c| matches!(c, Command::SendEvaluate { .. } | Command::Commit { .. }))
-                {
+                if last.iter().any(|c| {
+                    matches!(
+                        c,
+                        Command::SendEvaluate { .. }
+                            | Command::Commit { .. }
+                            | Command::RoundFailed { .. }
+                    )
+                }) {
                     return last;
                 }
                 let phase = m.phase().unwrap();
@@ -633,6 +637,35 @@ mod secure {
                 last.extend(m.handle(secure(&id, attempt, reply)));
             }
         }
+    }
+
+    #[test]
+    fn a_masked_input_out_of_range_fails_the_attempt_and_commits_nothing() {
+        // d masks an input whose first value is shifted by half the modulus: the protocol
+        // completes, and the decoded sum is one that no four honest inputs give.
+        let (mut m, setup, config) = second_attempt();
+        let encoding = UpdateEncoding::new(setup.clip, setup.levels, setup.max_weight).unwrap();
+        let input = |id: &str| {
+            let (delta, weight) = deltas(id);
+            let mut encoded = encoding.encode(&delta, weight, 0.5);
+            if id == "d" {
+                encoded[0] = encoded[0].wrapping_add(u32::MAX / 2);
+            }
+            encoded
+        };
+        let commands = drive(&mut m, &setup, config, input, "nobody", Phase::Train);
+        assert!(
+            commands.iter().any(|c| matches!(c, Command::RoundFailed { attempt: 2, reason, .. }
+                if reason.contains("secure aggregation failed in unmask") && reason.contains("honest inputs give"))),
+            "{commands:?}"
+        );
+        assert!(
+            committed(&commands).is_none()
+                && !commands
+                    .iter()
+                    .any(|c| matches!(c, Command::SendEvaluate { .. })),
+            "{commands:?}"
+        );
     }
 
     /// Runs round 1's training with everyone, then its evaluation, where `silent` stops
