@@ -4,8 +4,9 @@
 //! themselves.
 
 use cairn_coordinator::config::JobSpec;
-use cairn_coordinator::model::load_safetensors;
+use cairn_coordinator::model::{load_safetensors, n_values};
 use cairn_coordinator::store::Store;
+use cairn_coordinator::strategy::ServerOptimizer;
 use cairn_participant::client::{ClientOptions, run_many};
 use cairn_participant::task::Task;
 use cairn_tests::process::{Process, binary};
@@ -23,7 +24,8 @@ fn job_yaml() -> String {
     format!(
         "name: crash-test\nmodel: {{initial: {}}}\nrounds: {ROUNDS}\nmin_participants: 2\nlocal_epochs: 15\n\
          batch_size: 16\nlearning_rate: 0.05\nphase_deadline_s: 60\nseed: 3\nparticipants: [{}]\n\
-         secure_aggregation: {{enabled: false}}\n",
+         secure_aggregation: {{enabled: false}}\n\
+         server_optimizer: {{algorithm: fedavgm, learning_rate: 1.0, momentum: 0.5}}\n",
         cairn_tests::digits_model().display(),
         IDS.join(", ")
     )
@@ -183,8 +185,23 @@ async fn a_coordinator_killed_mid_job_resumes_and_loses_no_round() {
     // kept checkpoint matches its recorded hash and loads.
     let job = JobSpec::parse(&job_yaml()).expect("job");
     let model_layout = cairn_tests::digits_layout();
-    let (store, resume) =
-        Store::open(&dir.join("state"), &job, &model_layout, 3).expect("state dir reopens");
+    // The server momentum is checkpointed with every round and resumed with the model.
+    let optimizer_layout =
+        ServerOptimizer::state_layout(&job.server_optimizer, n_values(&model_layout));
+    let (store, resume) = Store::open(
+        &dir.join("state"),
+        &job,
+        &model_layout,
+        &optimizer_layout,
+        3,
+    )
+    .expect("state dir reopens");
+    let momentum = resume
+        .optimizer_state
+        .as_ref()
+        .expect("momentum checkpointed");
+    assert_eq!(momentum.len(), n_values(&model_layout));
+    assert!(momentum.iter().any(|m| *m != 0.0), "the momentum moved");
     let rounds: Vec<u64> = resume.rounds.iter().map(|r| r.outcome.round).collect();
     assert_eq!(rounds, (1..=ROUNDS).collect::<Vec<_>>());
     let mut kept = 0;

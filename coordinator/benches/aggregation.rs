@@ -4,7 +4,8 @@
 //!
 //! Run with `cargo bench -p cairn-coordinator --bench aggregation`.
 
-use cairn_coordinator::strategy::{FedAvg, Strategy, Update, UpdateSum};
+use cairn_coordinator::config::{ServerAlgorithm, ServerOptimizerSpec};
+use cairn_coordinator::strategy::{ServerOptimizer, Update, UpdateSum};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -45,16 +46,31 @@ fn main() {
         }
         black_box(&accumulator);
     });
+    let fedavg = ServerOptimizer::new(&ServerOptimizerSpec::default(), N_VALUES);
     let aggregate = best_of(|| {
         let mut sum = UpdateSum::new(N_VALUES);
         for update in &updates {
             sum.add(update).expect("updates have the right size");
         }
-        black_box(
-            FedAvg::default()
-                .aggregate(&global, &sum)
-                .expect("non-empty sum"),
-        );
+        black_box(fedavg.step(&global, &sum).expect("non-empty sum"));
+    });
+    // The server step alone, on one round's sum: FedAdam reads and writes two moments more.
+    let mut sum = UpdateSum::new(N_VALUES);
+    for update in &updates {
+        sum.add(update).expect("updates have the right size");
+    }
+    let fedadam = ServerOptimizer::new(
+        &ServerOptimizerSpec {
+            algorithm: ServerAlgorithm::FedAdam,
+            ..ServerOptimizerSpec::default()
+        },
+        N_VALUES,
+    );
+    let fedavg_step = best_of(|| {
+        black_box(fedavg.step(&global, &sum).expect("non-empty sum"));
+    });
+    let fedadam_step = best_of(|| {
+        black_box(fedadam.step(&global, &sum).expect("non-empty sum"));
     });
     let bytes = (N_PARTICIPANTS * N_VALUES * 4) as f64;
     println!(
@@ -71,4 +87,10 @@ fn main() {
         bytes / aggregate / 1e9
     );
     println!("  ratio to floor:         {:>8.2}x", aggregate / floor);
+    println!(
+        "  server step, d = {N_VALUES}: fedavg {:.1} ms, fedadam {:.1} ms ({:.2}x the floor per participant)",
+        fedavg_step * 1e3,
+        fedadam_step * 1e3,
+        fedadam_step / (floor / N_PARTICIPANTS as f64)
+    );
 }

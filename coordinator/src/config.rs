@@ -83,6 +83,113 @@ pub struct JobSpec {
     /// updates.
     #[serde(default)]
     pub secure_aggregation: SecureAggregationSpec,
+    /// How the coordinator turns each round's average update into the next global model
+    /// (default: FedAvg, the average added as it is).
+    #[serde(default)]
+    pub server_optimizer: ServerOptimizerSpec,
+}
+
+/// The `server_optimizer:` block of a job: the server side of Reddi et al. 2021, "Adaptive
+/// Federated Optimization" (Algorithm 2). Each round's average delta `Δ = sum / total weight`
+/// is a pseudo-gradient, and the coordinator steps the global model along it.
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ServerOptimizerSpec {
+    /// `fedavg` (default): `x + η Δ`. `fedavgm`: server momentum, `m = momentum · m + Δ`,
+    /// `x + η m`. `fedadagrad`, `fedadam`, `fedyogi`: `m = β1 m + (1 - β1) Δ`, a second moment
+    /// `v` (Adagrad: `v + Δ²`; Adam: `β2 v + (1 - β2) Δ²`; Yogi:
+    /// `v - (1 - β2) Δ² sign(v - Δ²)`), and `x + η m / (√v + τ)`.
+    #[serde(default)]
+    pub algorithm: ServerAlgorithm,
+    /// Server learning rate `η`, in `(0, 100]` (default 1.0: with `fedavg`, plain averaging;
+    /// the adaptive ones want about 0.01 to 0.1).
+    #[serde(default = "default_server_learning_rate")]
+    pub learning_rate: f64,
+    /// `fedavgm`'s momentum, in `[0, 1)` (default 0.9).
+    #[serde(default = "default_beta1")]
+    pub momentum: f64,
+    /// First-moment decay of `fedadagrad`, `fedadam` and `fedyogi`, in `[0, 1)` (default 0.9).
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// Second-moment decay of `fedadam` and `fedyogi`, in `[0, 1)` (default 0.99).
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// Adaptivity `τ` of `fedadagrad`, `fedadam` and `fedyogi`, in `(0, 1]` (default 0.001);
+    /// the second moment starts at `τ²`.
+    #[serde(default = "default_tau")]
+    pub tau: f64,
+}
+
+impl Default for ServerOptimizerSpec {
+    fn default() -> Self {
+        ServerOptimizerSpec {
+            algorithm: ServerAlgorithm::default(),
+            learning_rate: default_server_learning_rate(),
+            momentum: default_beta1(),
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            tau: default_tau(),
+        }
+    }
+}
+
+/// A server optimiser of [`ServerOptimizerSpec`].
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerAlgorithm {
+    /// Federated averaging (McMahan et al. 2017).
+    #[default]
+    FedAvg,
+    /// FedAvg with server momentum (Hsu et al. 2019).
+    FedAvgM,
+    /// FedAdagrad (Reddi et al. 2021).
+    FedAdagrad,
+    /// FedAdam (Reddi et al. 2021).
+    FedAdam,
+    /// FedYogi (Reddi et al. 2021).
+    FedYogi,
+}
+
+impl ServerAlgorithm {
+    /// Its name in a job file.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerAlgorithm::FedAvg => "fedavg",
+            ServerAlgorithm::FedAvgM => "fedavgm",
+            ServerAlgorithm::FedAdagrad => "fedadagrad",
+            ServerAlgorithm::FedAdam => "fedadam",
+            ServerAlgorithm::FedYogi => "fedyogi",
+        }
+    }
+}
+
+fn default_server_learning_rate() -> f64 {
+    1.0
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+
+fn default_beta2() -> f64 {
+    0.99
+}
+
+fn default_tau() -> f64 {
+    1e-3
 }
 
 /// The `model:` block of a job.
@@ -407,6 +514,30 @@ impl JobSpec {
         }
         self.validate_metrics()?;
         self.validate_standardize()?;
+        let server = &self.server_optimizer;
+        if !(server.learning_rate > 0.0 && server.learning_rate <= 100.0) {
+            return invalid(
+                "server_optimizer.learning_rate",
+                server.learning_rate,
+                "expected a number in (0, 100]",
+            );
+        }
+        for (field, value) in [
+            ("server_optimizer.momentum", server.momentum),
+            ("server_optimizer.beta1", server.beta1),
+            ("server_optimizer.beta2", server.beta2),
+        ] {
+            if !(0.0..1.0).contains(&value) {
+                return invalid(field, value, "expected a number in [0, 1)");
+            }
+        }
+        if !(server.tau > 0.0 && server.tau <= 1.0) {
+            return invalid(
+                "server_optimizer.tau",
+                server.tau,
+                "expected a number in (0, 1]",
+            );
+        }
         let secure = &self.secure_aggregation;
         if let Some(norm) = secure.clip_norm
             && !(norm.is_finite() && norm > 0.0)
@@ -575,6 +706,8 @@ participants: [alpha, beta, gamma]
         );
         assert_eq!(job.secure_aggregation.levels(3), u32::MAX / 3 / 2 + 1);
         assert_eq!(job.secure_aggregation.degree(3), 8);
+        assert_eq!(job.server_optimizer, ServerOptimizerSpec::default());
+        assert_eq!(job.server_optimizer.algorithm, ServerAlgorithm::FedAvg);
     }
 
     #[test]
@@ -691,6 +824,31 @@ participants: [alpha, beta, gamma]
                 "rounds: 3",
                 "rounds: 3\nmax_round_attempts: 0",
                 "field `max_round_attempts` is 0",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nserver_optimizer: {algorithm: fedadam, learning_rate: 0}",
+                "field `server_optimizer.learning_rate` is 0; expected a number in (0, 100]",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nserver_optimizer: {algorithm: fedavgm, momentum: 1}",
+                "field `server_optimizer.momentum` is 1; expected a number in [0, 1)",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nserver_optimizer: {beta2: -0.5}",
+                "field `server_optimizer.beta2` is -0.5",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nserver_optimizer: {tau: 0}",
+                "field `server_optimizer.tau` is 0",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nserver_optimizer: {algorithm: fedsgd}",
+                "unknown variant `fedsgd`, expected one of fedavg, fedavgm, fedadagrad, fedadam, fedyogi",
             ),
         ];
         for (from, to, expected) in cases {

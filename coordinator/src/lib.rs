@@ -147,6 +147,14 @@ pub enum Error {
         /// Index of the first non-finite value.
         position: usize,
     },
+    /// A server optimiser's moment overflowed.
+    #[error(
+        "the server optimiser's state holds a non-finite value at position {position}; the round is not committed"
+    )]
+    NonFiniteOptimizerState {
+        /// Index of the first non-finite value.
+        position: usize,
+    },
     /// An update's weighted training loss is negative or not finite.
     #[error("invalid update: weighted training loss is {value}; expected a finite number >= 0")]
     TrainLoss {

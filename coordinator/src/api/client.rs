@@ -429,6 +429,7 @@ mod tests {
             bytes_out: 0,
             committed_at: "2026-01-01T00:00:00Z".into(),
             checkpoint_sha256: String::new(),
+            optimizer_state_sha256: String::new(),
             phase_durations: Vec::new(),
         };
         let text = render(

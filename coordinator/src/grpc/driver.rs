@@ -9,8 +9,8 @@ use crate::round::{
     Command, Event, ParticipantId, Phase, RoundMachine, RoundOutcome, RoundSettings,
     SecureOutbound, SecureSettings, SecureSetup,
 };
-use crate::store::{Resume, RoundRecord, Store};
-use crate::strategy::FedAvg;
+use crate::store::{OptimizerState, Resume, RoundRecord, Store};
+use crate::strategy::ServerOptimizer;
 use cairn_proto::v1::coordinator_message::Body;
 use cairn_proto::v1::{
     CoordinatorMessage, EvaluateInstruction, JobFinished, TrainInstruction, TrainingConfig,
@@ -122,8 +122,12 @@ impl Driver {
         let rounds = resume.rounds;
         let committed = rounds.len() as u64;
         let global = resume.global.unwrap_or(initial);
-        let machine =
-            RoundMachine::new(settings, Box::new(FedAvg::default()), global, committed + 1);
+        let optimizer = match resume.optimizer_state {
+            Some(state) => ServerOptimizer::resumed(&job.server_optimizer, global.len(), state)?,
+            None => ServerOptimizer::new(&job.server_optimizer, global.len()),
+        };
+        tracing::info!("server optimiser: {}", optimizer.describe());
+        let machine = RoundMachine::new(settings, optimizer, global, committed + 1);
         shared.monitor.set_model(machine.global().clone());
         if machine.is_finished() {
             shared.finished.store(true, Ordering::SeqCst);
@@ -196,7 +200,11 @@ impl Driver {
                 phase,
                 after,
             } => self.start_deadline(round, attempt, phase, after),
-            Command::Commit { outcome, model } => self.commit(outcome, model)?,
+            Command::Commit {
+                outcome,
+                model,
+                optimizer_state,
+            } => self.commit(outcome, model, &optimizer_state)?,
             Command::RoundFailed {
                 round,
                 attempt,
@@ -338,7 +346,12 @@ impl Driver {
         }
     }
 
-    fn commit(&mut self, outcome: RoundOutcome, model: Arc<Vec<f32>>) -> Result<(), Error> {
+    fn commit(
+        &mut self,
+        outcome: RoundOutcome,
+        model: Arc<Vec<f32>>,
+        optimizer_state: &[f32],
+    ) -> Result<(), Error> {
         self.ignored.clear();
         let shared = &self.shared;
         let (duration_s, bytes_in, bytes_out) = match &self.clock {
@@ -356,9 +369,16 @@ impl Driver {
             bytes_out,
             committed_at: now_rfc3339(),
             checkpoint_sha256: String::new(),
+            optimizer_state_sha256: String::new(),
             phase_durations: shared.monitor.take_phase_timings(),
         };
-        let record = self.store.commit(&record, &shared.layout, &model)?;
+        let optimizer = OptimizerState {
+            layout: &shared.optimizer_layout,
+            values: optimizer_state,
+        };
+        let record = self
+            .store
+            .commit(&record, &shared.layout, &model, optimizer)?;
         log_round(&record, shared.job.rounds);
         shared.monitor.round_committed(&record, model);
         self.rounds.push(record);

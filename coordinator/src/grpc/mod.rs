@@ -19,6 +19,7 @@ use crate::Error;
 use crate::config::JobSpec;
 use crate::model::{self, TensorShape};
 use crate::store::{RoundRecord, Store};
+use crate::strategy::ServerOptimizer;
 use cairn_proto::metrics::Metric;
 use cairn_proto::v1::federation_server::FederationServer;
 use cairn_proto::v1::{CoordinatorMessage, TensorSpec};
@@ -130,6 +131,8 @@ struct Shared {
     /// The job's evaluation metrics, in its order: what every evaluation report must carry.
     metrics: Vec<Metric>,
     layout: Vec<TensorShape>,
+    /// The tensors the server optimiser's state is checkpointed as (none for FedAvg).
+    optimizer_layout: Vec<TensorShape>,
     /// Values in the model, which every update must have.
     n_values: usize,
     wire_layout: Vec<TensorSpec>,
@@ -209,10 +212,13 @@ impl Coordinator {
             .iter()
             .map(|t| TensorSpec::new(&*t.name, &t.shape))
             .collect();
+        let optimizer_layout =
+            ServerOptimizer::state_layout(&options.job.server_optimizer, model::n_values(&layout));
         let (store, resume) = Store::open(
             &options.state_dir,
             &options.job,
             &layout,
+            &optimizer_layout,
             options.keep_checkpoints,
         )?;
         let monitor = Arc::new(crate::api::Monitor::new(
@@ -243,6 +249,7 @@ impl Coordinator {
             metrics: options.job.metrics(),
             n_values: model::n_values(&layout),
             layout,
+            optimizer_layout,
             wire_layout,
             heartbeat_interval: options.heartbeat_interval,
             events,

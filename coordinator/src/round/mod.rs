@@ -6,7 +6,7 @@
 //!
 //! A round: select participants (a `fraction` of those connected, at least `min_participants`),
 //! send them the global model, add each answer to the running [`UpdateSum`], and once every
-//! selected participant answered or the deadline passed, let the strategy make the next global
+//! selected participant answered or the deadline passed, let the server optimiser make the next global
 //! model if at least `min_participants` contributed; otherwise the round is retried with the same
 //! global model. Then every connected participant evaluates the new model on its local test data,
 //! and the round is committed.
@@ -21,7 +21,7 @@ mod secure;
 
 pub use secure::{SecureError, SecureMessage, SecureOutbound, SecureSettings, SecureSetup};
 
-use crate::strategy::{EvaluationSum, Strategy, Update, UpdateSum};
+use crate::strategy::{EvaluationSum, ServerOptimizer, Update, UpdateSum};
 use cairn_proto::metrics::EvaluationEncoding;
 use cairn_proto::metrics::{Metric, Totals};
 use rand::SeedableRng;
@@ -281,6 +281,9 @@ pub enum Command {
         outcome: RoundOutcome,
         /// The new global model.
         model: Arc<Vec<f32>>,
+        /// The server optimiser's state after the round (empty for FedAvg), checkpointed with
+        /// the model.
+        optimizer_state: Arc<Vec<f32>>,
     },
     /// An attempt of a round failed; it is retried with the global model unchanged.
     RoundFailed {
@@ -354,7 +357,9 @@ struct SecureEvaluating {
 #[derive(Debug)]
 pub struct RoundMachine {
     settings: RoundSettings,
-    strategy: Box<dyn Strategy>,
+    optimizer: ServerOptimizer,
+    /// The optimiser's state after the round being evaluated, adopted when it commits.
+    pending_state: Option<Vec<f32>>,
     global: Arc<Vec<f32>>,
     connected: BTreeSet<ParticipantId>,
     /// Round being run (1-based); rounds before it are committed.
@@ -367,7 +372,7 @@ impl RoundMachine {
     /// A machine that starts at round `first_round` from `global`.
     pub fn new(
         settings: RoundSettings,
-        strategy: Box<dyn Strategy>,
+        optimizer: ServerOptimizer,
         global: Vec<f32>,
         first_round: u64,
     ) -> RoundMachine {
@@ -378,7 +383,8 @@ impl RoundMachine {
         };
         RoundMachine {
             settings,
-            strategy,
+            optimizer,
+            pending_state: None,
             global: Arc::new(global),
             connected: BTreeSet::new(),
             round: first_round,
@@ -846,8 +852,11 @@ impl RoundMachine {
             );
             return self.fail_attempt(reason, commands);
         }
-        let next = match self.strategy.aggregate(&self.global, sum) {
-            Ok(next) => Arc::new(next),
+        let next = match self.optimizer.step(&self.global, sum) {
+            Ok((next, state)) => {
+                self.pending_state = Some(state);
+                Arc::new(next)
+            }
             Err(e) => return self.fail_attempt(format!("aggregation failed: {e}"), commands),
         };
         let outcome = RoundOutcome {
@@ -963,7 +972,14 @@ impl RoundMachine {
         outcome.eval_examples = sum.n_examples();
         outcome.eval_metrics = sum.finish();
         self.global = model.clone();
-        commands.push(Command::Commit { outcome, model });
+        if let Some(state) = self.pending_state.take() {
+            self.optimizer.adopt(state);
+        }
+        commands.push(Command::Commit {
+            outcome,
+            model,
+            optimizer_state: Arc::new(self.optimizer.state().to_vec()),
+        });
         if self.round == self.settings.rounds {
             self.state = State::Finished;
             commands.push(Command::Finish {

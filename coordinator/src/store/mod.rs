@@ -5,6 +5,9 @@
 //!   SHA-256 of the round's checkpoint), appended and fsynced;
 //! - `checkpoints/round-NNNNNN.safetensors`: the global model after each committed round, the
 //!   last few kept;
+//! - `checkpoints/round-NNNNNN.optimizer.safetensors`: beside it, the server optimiser's
+//!   moments after that round (`m`, `v`), for the optimisers that keep any, so that a resumed
+//!   job steps exactly as one that never stopped;
 //! - `model.safetensors`: the final model.
 //!
 //! Files are replaced atomically (temporary file, fsync, rename, fsync of the directory). A
@@ -57,6 +60,10 @@ pub struct RoundRecord {
     /// SHA-256 (hex) of the round's checkpoint file.
     #[serde(default)]
     pub checkpoint_sha256: String,
+    /// SHA-256 (hex) of the server optimiser's state file of the round; empty when the
+    /// optimiser keeps no state (FedAvg).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub optimizer_state_sha256: String,
     /// The phases the round went through, in order (failed attempts included).
     #[serde(default)]
     pub phase_durations: Vec<PhaseTiming>,
@@ -76,6 +83,17 @@ pub struct Resume {
     pub rounds: Vec<RoundRecord>,
     /// The global model after the last committed round, if any round was committed.
     pub global: Option<Vec<f32>>,
+    /// The server optimiser's state after the last committed round, when it keeps one.
+    pub optimizer_state: Option<Vec<f32>>,
+}
+
+/// A server optimiser's state as checkpointed: its tensors and their values.
+#[derive(Debug, Clone, Copy)]
+pub struct OptimizerState<'a> {
+    /// The tensors (`m`, `v`); empty when the optimiser keeps no state.
+    pub layout: &'a [TensorShape],
+    /// Their values, one after the other.
+    pub values: &'a [f32],
 }
 
 /// The state directory of one job.
@@ -92,6 +110,7 @@ impl Store {
         dir: &Path,
         job: &JobSpec,
         layout: &[TensorShape],
+        optimizer_layout: &[TensorShape],
         keep_checkpoints: usize,
     ) -> Result<(Store, Resume), Error> {
         if keep_checkpoints == 0 {
@@ -152,7 +171,24 @@ impl Store {
                 other => other,
             })?),
         };
-        Ok((store, Resume { rounds, global }))
+        let optimizer_state = match rounds.last() {
+            // Checked against the hash in the record, like the model.
+            Some(last) if !optimizer_layout.is_empty() => Some(store.load_verified(
+                last.outcome.round,
+                &store.optimizer_state_path(last.outcome.round),
+                &last.optimizer_state_sha256,
+                optimizer_layout,
+            )?),
+            _ => None,
+        };
+        Ok((
+            store,
+            Resume {
+                rounds,
+                global,
+                optimizer_state,
+            },
+        ))
     }
 
     fn check_header(&self, bytes: &[u8], job: &JobSpec) -> Result<(), Error> {
@@ -203,6 +239,13 @@ impl Store {
             .join(format!("round-{round:06}.safetensors"))
     }
 
+    /// Path of the server optimiser's state after `round`.
+    pub fn optimizer_state_path(&self, round: u64) -> PathBuf {
+        self.dir
+            .join("checkpoints")
+            .join(format!("round-{round:06}.optimizer.safetensors"))
+    }
+
     /// Path of the final model.
     pub fn final_model_path(&self) -> PathBuf {
         self.dir.join("model.safetensors")
@@ -216,12 +259,22 @@ impl Store {
         record: &RoundRecord,
         layout: &[TensorShape],
         model: &[f32],
+        optimizer: OptimizerState<'_>,
     ) -> Result<RoundRecord, Error> {
         let round = record.outcome.round;
+        let optimizer_state_sha256 = match optimizer.layout.is_empty() {
+            true => String::new(),
+            false => {
+                let bytes = encode_safetensors(optimizer.layout, optimizer.values)?;
+                write_atomically(&self.optimizer_state_path(round), &bytes)?;
+                hex(digest(&SHA256, &bytes).as_ref())
+            }
+        };
         let bytes = encode_safetensors(layout, model)?;
         write_atomically(&self.checkpoint_path(round), &bytes)?;
         let record = RoundRecord {
             checkpoint_sha256: hex(digest(&SHA256, &bytes).as_ref()),
+            optimizer_state_sha256,
             ..record.clone()
         };
         let mut line = serde_json::to_vec(&record).map_err(|source| Error::StateEncoding {
@@ -241,9 +294,10 @@ impl Store {
                 source,
             })?;
         if round > self.keep_checkpoints as u64 {
-            let old = self.checkpoint_path(round - self.keep_checkpoints as u64);
+            let old = round - self.keep_checkpoints as u64;
             // A checkpoint that is already gone is fine: pruning is best effort.
-            let _ = std::fs::remove_file(old);
+            let _ = std::fs::remove_file(self.checkpoint_path(old));
+            let _ = std::fs::remove_file(self.optimizer_state_path(old));
         }
         Ok(record)
     }
@@ -315,24 +369,39 @@ impl Store {
         layout: &[TensorShape],
     ) -> Result<Vec<f32>, Error> {
         let round = record.outcome.round;
-        let path = self.checkpoint_path(round);
-        let bytes = std::fs::read(&path).map_err(|source| Error::CheckpointUnreadable {
+        self.load_verified(
+            round,
+            &self.checkpoint_path(round),
+            &record.checkpoint_sha256,
+            layout,
+        )
+    }
+
+    /// Loads a safetensors file of `round` whose SHA-256 must be `expected`, with `layout`.
+    fn load_verified(
+        &self,
+        round: u64,
+        path: &Path,
+        expected: &str,
+        layout: &[TensorShape],
+    ) -> Result<Vec<f32>, Error> {
+        let bytes = std::fs::read(path).map_err(|source| Error::CheckpointUnreadable {
             dir: self.dir.clone(),
             round,
-            path: path.clone(),
+            path: path.to_path_buf(),
             source,
         })?;
         let actual = hex(digest(&SHA256, &bytes).as_ref());
-        if actual != record.checkpoint_sha256 {
+        if actual != expected {
             return Err(Error::CheckpointCorrupt {
                 dir: self.dir.clone(),
                 round,
-                path,
+                path: path.to_path_buf(),
                 found: actual,
-                expected: record.checkpoint_sha256.clone(),
+                expected: expected.to_string(),
             });
         }
-        load_safetensors(&path, layout)
+        load_safetensors(path, layout)
     }
 }
 

@@ -39,29 +39,38 @@ fn record(round: u64) -> RoundRecord {
         bytes_out: 200,
         committed_at: "2026-01-01T00:00:00Z".into(),
         checkpoint_sha256: String::new(),
+        optimizer_state_sha256: String::new(),
         phase_durations: Vec::new(),
     }
 }
 
+/// The state of an optimiser that keeps none (FedAvg).
+const NO_STATE: OptimizerState<'static> = OptimizerState {
+    layout: &[],
+    values: &[],
+};
+
 fn committed(dir: &Path, rounds: u64) -> Store {
-    let (store, resume) = Store::open(dir, &job(), &mlp(), 2).unwrap();
+    let (store, resume) = Store::open(dir, &job(), &mlp(), &[], 2).unwrap();
     assert!(resume.rounds.is_empty() && resume.global.is_none());
     for round in 1..=rounds {
         store
-            .commit(&record(round), &mlp(), &initialize(&mlp(), round))
+            .commit(&record(round), &mlp(), &initialize(&mlp(), round), NO_STATE)
             .unwrap();
     }
     store
 }
 
 fn reopen_error(dir: &Path) -> String {
-    Store::open(dir, &job(), &mlp(), 2).unwrap_err().to_string()
+    Store::open(dir, &job(), &mlp(), &[], 2)
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
 fn keeping_no_checkpoint_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let err = Store::open(dir.path(), &job(), &mlp(), 0)
+    let err = Store::open(dir.path(), &job(), &mlp(), &[], 0)
         .unwrap_err()
         .to_string();
     assert!(err.contains("--keep-checkpoints"), "{err}");
@@ -75,7 +84,7 @@ fn resume_returns_every_round_and_the_last_model() {
         !store.checkpoint_path(2).exists(),
         "only the last 2 checkpoints are kept"
     );
-    let (_, resume) = Store::open(dir.path(), &job(), &mlp(), 2).unwrap();
+    let (_, resume) = Store::open(dir.path(), &job(), &mlp(), &[], 2).unwrap();
     assert_eq!(
         resume
             .rounds
@@ -95,13 +104,13 @@ fn another_job_or_schema_version_is_refused_and_nothing_is_overwritten() {
     let before = std::fs::read(dir.path().join("rounds.jsonl")).unwrap();
     let mut other = job();
     other.name = "other".into();
-    let err = Store::open(dir.path(), &other, &mlp(), 2)
+    let err = Store::open(dir.path(), &other, &mlp(), &[], 2)
         .unwrap_err()
         .to_string();
     assert!(err.contains("belongs to job \"t\", not \"other\""), "{err}");
     let mut changed = job();
     changed.rounds = 9;
-    let err = Store::open(dir.path(), &changed, &mlp(), 2)
+    let err = Store::open(dir.path(), &changed, &mlp(), &[], 2)
         .unwrap_err()
         .to_string();
     assert!(err.contains("different definition"), "{err}");
@@ -163,7 +172,7 @@ fn a_record_cut_short_by_a_crash_is_dropped_and_its_round_reruns() {
     let full = text.len();
     text.extend_from_slice(b"{\"round\": 3, \"attem");
     std::fs::write(&path, &text).unwrap();
-    let (_, resume) = Store::open(dir.path(), &job(), &mlp(), 2).unwrap();
+    let (_, resume) = Store::open(dir.path(), &job(), &mlp(), &[], 2).unwrap();
     assert_eq!(resume.rounds.len(), 2);
     assert_eq!(
         std::fs::read(&path).unwrap().len(),
@@ -180,7 +189,7 @@ fn a_checkpoint_of_another_layout_than_the_model_file_is_refused() {
         TensorShape::new("fc.bias", &[3]),
         TensorShape::new("fc.weight", &[3, 5]),
     ];
-    let err = Store::open(dir.path(), &job(), &wider, 2).unwrap_err();
+    let err = Store::open(dir.path(), &job(), &wider, &[], 2).unwrap_err();
     assert!(
         matches!(err, Error::CheckpointLayout { round: 1, .. }),
         "{err:?}"
@@ -206,7 +215,7 @@ fn a_record_written_before_metrics_were_named_still_loads() {
     fields.insert("eval_loss".into(), 0.4.into());
     fields.insert("eval_accuracy".into(), 0.9.into());
     std::fs::write(&path, format!("{line}\n")).unwrap();
-    let (_, resume) = Store::open(dir.path(), &job(), &mlp(), 2).unwrap();
+    let (_, resume) = Store::open(dir.path(), &job(), &mlp(), &[], 2).unwrap();
     assert_eq!(resume.rounds[0].outcome.round, 1);
     assert!(resume.rounds[0].outcome.eval_metrics.is_empty());
 }

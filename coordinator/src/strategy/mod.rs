@@ -4,6 +4,8 @@
 //! replaces how the sum is obtained, not what a strategy does with it.
 
 use crate::Error;
+use crate::config::{ServerAlgorithm, ServerOptimizerSpec};
+use crate::model::TensorShape;
 use cairn_proto::metrics::{Metric, Totals};
 use std::collections::BTreeMap;
 
@@ -166,30 +168,100 @@ pub fn check_finite(model: &[f32]) -> Result<(), Error> {
     }
 }
 
-/// Turns the sum of a round's updates into the next global model.
-pub trait Strategy: Send + std::fmt::Debug {
-    /// The next global model, given the current one and the round's sum.
-    fn aggregate(&self, global: &[f32], sum: &UpdateSum) -> Result<Vec<f32>, Error>;
+/// The server optimiser of a job ([`ServerOptimizerSpec`]), with its state: the moments it
+/// keeps across rounds (none for FedAvg, `m` for FedAvgM, `m` and `v` for the adaptive ones),
+/// one value per model parameter each. It needs only the round's sum: `Δ = sum / total
+/// weight` is the weighted average of the participants' deltas, the pseudo-gradient of Reddi
+/// et al. 2021, so it works the same whether the sum came from secure aggregation or not.
+/// The state is kept in f32, as it is checkpointed, so that a resumed job steps exactly as one
+/// that never stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerOptimizer {
+    spec: ServerOptimizerSpec,
+    /// The moments, one after the other (`m`, then `v`).
+    state: Vec<f32>,
 }
 
-/// Federated averaging (McMahan et al. 2017, Algorithm 1), with a server learning rate
-/// (Reddi et al. 2021's FedOpt form; 1.0 is plain FedAvg): `global + lr * sum / total weight`.
-#[derive(Debug, Clone)]
-pub struct FedAvg {
-    /// Step size applied to the averaged delta.
-    pub server_learning_rate: f64,
-}
-
-impl Default for FedAvg {
-    fn default() -> Self {
-        FedAvg {
-            server_learning_rate: 1.0,
+impl ServerOptimizer {
+    /// The optimiser before the first round, for a model of `n_values` parameters: `m = 0`,
+    /// `v = τ²`.
+    pub fn new(spec: &ServerOptimizerSpec, n_values: usize) -> ServerOptimizer {
+        let mut state = vec![0.0; Self::moments(spec) * n_values];
+        if Self::moments(spec) == 2 {
+            let start = (spec.tau * spec.tau) as f32;
+            state[n_values..].fill(start);
+        }
+        ServerOptimizer {
+            spec: spec.clone(),
+            state,
         }
     }
-}
 
-impl Strategy for FedAvg {
-    fn aggregate(&self, global: &[f32], sum: &UpdateSum) -> Result<Vec<f32>, Error> {
+    /// The optimiser with a checkpointed `state` (what [`ServerOptimizer::state`] gave);
+    /// refused when its length is not that of the moments of a model of `n_values` values.
+    pub fn resumed(
+        spec: &ServerOptimizerSpec,
+        n_values: usize,
+        state: Vec<f32>,
+    ) -> Result<ServerOptimizer, Error> {
+        let expected = Self::moments(spec) * n_values;
+        if state.len() != expected {
+            return Err(Error::UpdateLength {
+                what: "server optimiser state",
+                values: state.len(),
+                expected,
+            });
+        }
+        Ok(ServerOptimizer {
+            spec: spec.clone(),
+            state,
+        })
+    }
+
+    /// How many moments the algorithm keeps.
+    fn moments(spec: &ServerOptimizerSpec) -> usize {
+        match spec.algorithm {
+            ServerAlgorithm::FedAvg => 0,
+            ServerAlgorithm::FedAvgM => 1,
+            ServerAlgorithm::FedAdagrad | ServerAlgorithm::FedAdam | ServerAlgorithm::FedYogi => 2,
+        }
+    }
+
+    /// The tensors its state is checkpointed as, for a model of `n_values` values: `m` and
+    /// `v`, as many as the algorithm keeps.
+    pub fn state_layout(spec: &ServerOptimizerSpec, n_values: usize) -> Vec<TensorShape> {
+        ["m", "v"]
+            .into_iter()
+            .take(Self::moments(spec))
+            .map(|name| TensorShape::new(name, &[n_values]))
+            .collect()
+    }
+
+    /// The state to checkpoint with the model (empty for FedAvg).
+    pub fn state(&self) -> &[f32] {
+        &self.state
+    }
+
+    /// The algorithm and its parameters, for logs.
+    pub fn describe(&self) -> String {
+        let s = &self.spec;
+        let name = s.algorithm.name();
+        match s.algorithm {
+            ServerAlgorithm::FedAvg => format!("{name} (server learning rate {})", s.learning_rate),
+            ServerAlgorithm::FedAvgM => format!(
+                "{name} (server learning rate {}, momentum {})",
+                s.learning_rate, s.momentum
+            ),
+            _ => format!(
+                "{name} (server learning rate {}, beta1 {}, beta2 {}, tau {})",
+                s.learning_rate, s.beta1, s.beta2, s.tau
+            ),
+        }
+    }
+
+    /// The next global model and the optimiser's next state, from the current model and the
+    /// round's sum; `self` is unchanged until the round commits ([`ServerOptimizer::adopt`]).
+    pub fn step(&self, global: &[f32], sum: &UpdateSum) -> Result<(Vec<f32>, Vec<f32>), Error> {
         if sum.weight == 0 {
             return Err(Error::ZeroWeight {
                 what: "sum of updates",
@@ -202,14 +274,54 @@ impl Strategy for FedAvg {
                 expected: global.len(),
             });
         }
-        let scale = self.server_learning_rate / sum.weight as f64;
-        let next: Vec<f32> = global
-            .iter()
-            .zip(&sum.weighted_delta)
-            .map(|(&value, &delta)| (f64::from(value) + scale * delta) as f32)
-            .collect();
+        let s = &self.spec;
+        let n = global.len();
+        let lr = s.learning_rate;
+        let total = sum.weight as f64;
+        let average = |i: usize| sum.weighted_delta[i] / total;
+        let mut state = self.state.clone();
+        let mut next = Vec::with_capacity(n);
+        match s.algorithm {
+            ServerAlgorithm::FedAvg => {
+                next.extend((0..n).map(|i| (f64::from(global[i]) + lr * average(i)) as f32));
+            }
+            ServerAlgorithm::FedAvgM => {
+                for (i, m) in state.iter_mut().enumerate() {
+                    *m = (s.momentum * f64::from(*m) + average(i)) as f32;
+                    next.push((f64::from(global[i]) + lr * f64::from(*m)) as f32);
+                }
+            }
+            algorithm => {
+                let (first, second) = state.split_at_mut(n);
+                for i in 0..n {
+                    let delta = average(i);
+                    let m = s.beta1 * f64::from(first[i]) + (1.0 - s.beta1) * delta;
+                    let v = f64::from(second[i]);
+                    let squared = delta * delta;
+                    let v = match algorithm {
+                        ServerAlgorithm::FedAdagrad => v + squared,
+                        ServerAlgorithm::FedYogi => {
+                            v - (1.0 - s.beta2) * squared * (v - squared).signum()
+                        }
+                        _ => s.beta2 * v + (1.0 - s.beta2) * squared,
+                    };
+                    first[i] = m as f32;
+                    second[i] = v as f32;
+                    let (m, v) = (f64::from(first[i]), f64::from(second[i]));
+                    next.push((f64::from(global[i]) + lr * m / (v.max(0.0).sqrt() + s.tau)) as f32);
+                }
+            }
+        }
         check_finite(&next)?;
-        Ok(next)
+        if let Some(position) = state.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFiniteOptimizerState { position });
+        }
+        Ok((next, state))
+    }
+
+    /// Takes on the state [`ServerOptimizer::step`] gave, once its round is committed.
+    pub fn adopt(&mut self, state: Vec<f32>) {
+        self.state = state;
     }
 }
 
@@ -272,6 +384,10 @@ mod tests {
     use super::*;
     use proptest::prelude::{prop_assert, proptest};
 
+    fn fedavg() -> ServerOptimizer {
+        ServerOptimizer::new(&ServerOptimizerSpec::default(), 0)
+    }
+
     fn update(delta: Vec<f32>, weight: u64) -> Update {
         let weighted_delta = delta.iter().map(|d| d * weight as f32).collect();
         Update {
@@ -286,7 +402,7 @@ mod tests {
         let mut sum = UpdateSum::new(2);
         sum.add(&update(vec![1.0, 0.0], 1)).unwrap();
         sum.add(&update(vec![4.0, 3.0], 3)).unwrap();
-        let next = FedAvg::default().aggregate(&[10.0, 10.0], &sum).unwrap();
+        let next = fedavg().step(&[10.0, 10.0], &sum).unwrap().0;
         assert_eq!(next, vec![10.0 + 13.0 / 4.0, 10.0 + 9.0 / 4.0]);
         assert_eq!(sum.mean_train_loss(), 0.5);
         assert_eq!(sum.n_contributors(), 2);
@@ -302,7 +418,7 @@ mod tests {
         );
         assert!(sum.add(&update(vec![1.0; 3], 0)).is_err());
         assert_eq!(sum.n_contributors(), 0);
-        assert!(FedAvg::default().aggregate(&[0.0; 3], &sum).is_err());
+        assert!(fedavg().step(&[0.0; 3], &sum).is_err());
     }
 
     fn report(n_examples: u64, loss_sum: f64, correct: f64) -> Totals {
@@ -349,7 +465,7 @@ mod tests {
             for &w in &weights {
                 sum.add(&Update { weighted_delta: delta.iter().map(|d| d * w as f32).collect(), weight: w, weighted_train_loss: 0.0 }).unwrap();
             }
-            let next = FedAvg::default().aggregate(&global, &sum).unwrap();
+            let next = fedavg().step(&global, &sum).unwrap().0;
             for (n, d) in next.iter().zip(&delta) {
                 prop_assert!((n - (0.5 + d)).abs() <= 1e-4 * (1.0 + d.abs()), "{n} vs {}", 0.5 + d);
             }
@@ -362,7 +478,7 @@ mod tests {
                 for (delta, w) in order {
                     sum.add(&update(delta.clone(), *w)).unwrap();
                 }
-                FedAvg::default().aggregate(&[0.0; 8], &sum).unwrap()
+                fedavg().step(&[0.0; 8], &sum).unwrap().0
             };
             let forward = run(&updates);
             let mut reversed = updates.clone();
