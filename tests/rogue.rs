@@ -218,11 +218,17 @@ impl Session {
 
     /// Sends a `Train` for `round` with the digits model, and `setup` (`None`: in the clear).
     async fn train(&self, round: u64, setup: Option<SecureAggregation>) {
+        self.train_with_mu(round, setup, 0.0).await;
+    }
+
+    /// [`Session::train`] with FedProx's `proximal_mu`.
+    async fn train_with_mu(&self, round: u64, setup: Option<SecureAggregation>, proximal_mu: f64) {
         let config = TrainingConfig {
             local_epochs: 1,
             batch_size: 16,
             learning_rate: 0.1,
             seed: 1,
+            proximal_mu,
         };
         self.model(round, 0.0, |header| {
             Outbound::Train(TrainInstruction {
@@ -436,8 +442,14 @@ async fn a_model_evaluated_that_the_federation_does_not_go_on_with_is_caught() {
 /// a log line naming `rule`, having sent nothing.
 async fn ends_the_session(message: CoordinatorMessage, rule: &str) {
     let federation = Federation::provision(&IDS);
-    let mut session = connect(&federation, "alpha", Policy::default()).await;
+    let session = connect(&federation, "alpha", Policy::default()).await;
     session.outbox.send(Ok(message)).await.expect("open");
+    ended_with_nothing_sent(session, rule).await;
+}
+
+/// Checks that alpha ends `session` with a log line naming `rule` and reconnects, having sent
+/// nothing in it.
+async fn ended_with_nothing_sent(mut session: Session, rule: &str) {
     log_line(&["alpha: ", rule, "reconnecting in"]).await;
     let mut sent = Vec::new();
     while let Some(body) = next(&mut session.inbound).await {
@@ -471,6 +483,21 @@ async fn an_oversized_message_ends_the_session_with_nothing_sent() {
             body: Some(Outbound::Chunk(chunk)),
         },
         "message length too large",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_proximal_mu_that_is_no_number_ends_the_session_with_nothing_sent() {
+    let federation = Federation::provision(&IDS);
+    let session = connect(&federation, "alpha", Policy::default()).await;
+    let roster = ["alpha", "bravo", "charlie"];
+    session
+        .train_with_mu(1, Some(setup(&roster, 1)), f64::NAN)
+        .await;
+    ended_with_nothing_sent(
+        session,
+        "the coordinator asks for proximal_mu NaN; expected a finite number >= 0",
     )
     .await;
 }

@@ -65,6 +65,11 @@ pub struct JobSpec {
     /// Local SGD learning rate.
     #[serde(default = "default_learning_rate")]
     pub learning_rate: f64,
+    /// FedProx's `μ` (Li et al. 2020), in `[0, 1000]`: each site's local training minimises its
+    /// loss plus `μ/2 ‖w - w_global‖²`, which keeps local models near the global one when
+    /// sites' data differ. Default 0: plain local SGD (FedAvg).
+    #[serde(default)]
+    pub proximal_mu: f64,
     /// Seconds a participant has for each phase (training, evaluation) before it is dropped from
     /// the round.
     #[serde(default = "default_phase_deadline_s")]
@@ -491,6 +496,13 @@ impl JobSpec {
                 "expected a number in (0, 10]",
             );
         }
+        if !(0.0..=1000.0).contains(&self.proximal_mu) {
+            return invalid(
+                "proximal_mu",
+                self.proximal_mu,
+                "expected a number in [0, 1000]",
+            );
+        }
         if !(1..=7 * 24 * 3600).contains(&self.phase_deadline_s) {
             return invalid(
                 "phase_deadline_s",
@@ -814,6 +826,11 @@ participants: [alpha, beta, gamma]
                 "rounds: 3",
                 "rounds: 3\nlearning_rate: -0.1",
                 "field `learning_rate` is -0.1",
+            ),
+            (
+                "rounds: 3",
+                "rounds: 3\nproximal_mu: -1",
+                "field `proximal_mu` is -1; expected a number in [0, 1000]",
             ),
             (
                 "rounds: 3",

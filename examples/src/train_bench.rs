@@ -133,6 +133,7 @@ fn examples_per_second(
         batch_size,
         learning_rate: 0.05,
         seed: 7,
+        proximal_mu: 0.0,
     };
     let mut rate = 0.0;
     for (i, train) in [warm_up, data.train.clone()].into_iter().enumerate() {

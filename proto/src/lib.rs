@@ -30,8 +30,9 @@ pub mod v1 {
 /// advertisements and reveal in `GraphNonce`, and neighbours' certificates travel in
 /// `GraphNonces`. Version 5: under secure aggregation an evaluation travels only as a secure
 /// sum (`EvaluateInstruction.secure_aggregation`), so a version-4 participant would answer in
-/// the clear and be ignored.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// the clear and be ignored. Version 6: `TrainingConfig.proximal_mu` (FedProx), which a
+/// version-5 participant would not read, training without the proximal term.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest chunk payload in bytes (1 MiB).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;

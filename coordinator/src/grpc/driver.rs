@@ -259,6 +259,7 @@ impl Driver {
             batch_size: job.batch_size,
             learning_rate: job.learning_rate,
             seed: job.seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            proximal_mu: job.proximal_mu,
         };
         send_model(shared, to, round, model, |header| {
             Body::Train(TrainInstruction {

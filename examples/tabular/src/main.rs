@@ -132,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
             batch_size: job.batch_size,
             learning_rate: job.learning_rate,
             seed: job.seed + round,
+            proximal_mu: job.proximal_mu,
         };
         pooled.train(&config, &mut |_| {})?;
     }

@@ -750,12 +750,19 @@ impl Serving<'_> {
             .inbound
             .receive(header, format!("global model for round {round}"))
             .await?;
+        if !(config.proximal_mu.is_finite() && config.proximal_mu >= 0.0) {
+            return Err(Interrupt::retry(format!(
+                "the coordinator asks for proximal_mu {}; expected a finite number >= 0",
+                config.proximal_mu
+            )));
+        }
         let training = TrainingConfig {
             round,
             local_epochs: config.local_epochs,
             batch_size: config.batch_size,
             learning_rate: config.learning_rate,
             seed: config.seed,
+            proximal_mu: config.proximal_mu,
         };
         tracing::info!(participant = %label, "{label}: round {round}: training ({} epochs)", training.local_epochs);
         let progress_label = label.clone();

@@ -41,6 +41,9 @@ pub struct TrainingConfig {
     pub learning_rate: f64,
     /// Seed for this round's shuffling.
     pub seed: u64,
+    /// FedProx's `μ`: the default loop follows each SGD step with the proximal step of
+    /// `μ/2 ‖w - w_global‖²`. 0: none.
+    pub proximal_mu: f64,
 }
 
 /// What the job asks of every participant's data and evaluation (from the coordinator's

@@ -1,12 +1,13 @@
 //! What a user brings: a burn module that implements [`Model`] (its forward pass), and, when the
 //! default loop does not fit, a [`Training`] that changes the loss (a regularizer), the step size
 //! (a schedule) or the whole round of local training. [`DefaultTraining`] is plain mini-batch
-//! SGD on [`default_loss`], stateless, so that a fresh optimizer each round loses nothing.
+//! SGD on [`default_loss`], stateless, so that a fresh optimizer each round loses nothing, with
+//! FedProx's proximal step when the job sets `proximal_mu`.
 
 use super::{EpochProgress, TrainingConfig, TrainingOutcome};
 use crate::Error;
 use crate::data::{Examples, Targets};
-use ::burn::module::Module;
+use ::burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use ::burn::nn::loss::{CrossEntropyLossConfig, MseLoss, Reduction};
 use ::burn::optim::{GradientsParams, SgdConfig};
 use ::burn::tensor::{Device, Int, Tensor, TensorData};
@@ -153,6 +154,7 @@ fn sgd<M: Model, T: Training<M> + ?Sized>(
         return Err(Error::Model("no training example to train on".into()));
     }
     let mut optimizer = SgdConfig::new().init();
+    let mut proximal = (config.proximal_mu > 0.0).then(|| Proximal::around(&model));
     let mut rng = ChaCha20Rng::seed_from_u64(config.seed);
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let mut mean_loss = f64::NAN;
@@ -168,7 +170,11 @@ fn sgd<M: Model, T: Training<M> + ?Sized>(
             // device synchronisation per step.
             loss_sum = loss_sum + loss.clone().inner().mul_scalar(indices.len() as f64);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(training.learning_rate(config, step), model, grads);
+            let learning_rate = training.learning_rate(config, step);
+            model = optimizer.step(learning_rate, model, grads);
+            if let Some(proximal) = proximal.as_mut() {
+                model = proximal.step(model, learning_rate * config.proximal_mu);
+            }
             step += 1;
         }
         mean_loss = f64::from(loss_sum.into_scalar::<f32>()) / examples.len() as f64;
@@ -193,4 +199,60 @@ fn sgd<M: Model, T: Training<M> + ?Sized>(
             mean_loss,
         },
     ))
+}
+
+/// FedProx (Li et al. 2020) as proximal gradient descent: after each SGD step on the data loss
+/// with step size `η`, the proximal step of `μ/2 ‖w - w_global‖²`,
+/// `w ← (w + ημ w_global) / (1 + ημ)`, which pulls every trainable parameter towards the
+/// round's global model and is stable for any `μ ≥ 0` (an explicit gradient step on the term
+/// would overshoot once `ημ > 1`). It maps the module's parameters by id, so it works for any
+/// burn module; frozen parameters stay as they are.
+struct Proximal {
+    /// The global model's parameters, flattened, on the inner backend, by id.
+    anchors: std::collections::HashMap<ParamId, Tensor<1>>,
+    /// `ημ` of the step being applied.
+    pull: f64,
+}
+
+impl Proximal {
+    /// The proximal term around `model`'s current parameters (the round's global model).
+    fn around<M: Module>(model: &M) -> Proximal {
+        let mut proximal = Proximal {
+            anchors: std::collections::HashMap::new(),
+            pull: 0.0,
+        };
+        model.visit(&mut proximal);
+        proximal
+    }
+
+    /// `model` after the proximal step with `ημ = pull`.
+    fn step<M: Module>(&mut self, model: M, pull: f64) -> M {
+        self.pull = pull;
+        model.map(self)
+    }
+}
+
+impl ModuleVisitor for Proximal {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        // On the inner (non-autodiff) backend: the anchor takes no part in any gradient.
+        let anchor = param.val().inner().flatten::<1>(0, D - 1);
+        self.anchors.insert(param.id, anchor);
+    }
+}
+
+impl ModuleMapper for Proximal {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(anchor) = self.anchors.get(&param.id).cloned() else {
+            return param;
+        };
+        let pull = self.pull;
+        param.map(|tensor| {
+            if !tensor.is_require_grad() {
+                return tensor;
+            }
+            let anchor: Tensor<D> = anchor.reshape(tensor.dims());
+            let pulled = (tensor.inner() + anchor.mul_scalar(pull)).div_scalar(1.0 + pull);
+            Tensor::from_inner(pulled).require_grad()
+        })
+    }
 }

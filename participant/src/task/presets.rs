@@ -229,13 +229,12 @@ mod tests {
             batch_size: 16,
             learning_rate,
             seed: 1,
+            proximal_mu: 0.0,
         }
     }
 
-    #[test]
-    fn layouts_follow_pytorch_conventions_in_name_order() {
-        let task = Preset::Mlp.site(toy_data(8), Backend::Cpu).unwrap();
-        let ours = [
+    fn mlp_layout() -> Vec<TensorShape> {
+        [
             ("fc1.bias", vec![200]),
             ("fc1.weight", vec![200, 64]),
             ("fc2.bias", vec![200]),
@@ -246,7 +245,14 @@ mod tests {
         .map(|(name, shape)| TensorShape {
             name: name.into(),
             shape,
-        });
+        })
+        .to_vec()
+    }
+
+    #[test]
+    fn layouts_follow_pytorch_conventions_in_name_order() {
+        let task = Preset::Mlp.site(toy_data(8), Backend::Cpu).unwrap();
+        let ours = mlp_layout();
         task.check_layout(&ours).unwrap();
         let mut wrong = ours.to_vec();
         wrong[1].shape = vec![200, 784];
@@ -342,6 +348,34 @@ mod tests {
         let (loss_before, loss_after) = (before[0].1.unwrap(), after[0].1.unwrap());
         assert!(loss_after < loss_before, "{before:?} -> {after:?}");
         assert!(after[1].1.unwrap() > 0.9, "{after:?}");
+    }
+
+    #[test]
+    fn the_proximal_term_keeps_the_local_model_near_the_global_one() {
+        // The same start, data and seed; only mu differs. The distance the local model moves
+        // from the global one shrinks as mu grows, and a huge mu leaves it nearly in place.
+        let layout = mlp_layout();
+        let distance = |mu: f64| {
+            let mut task = Preset::Mlp.site(toy_data(128), Backend::Cpu).unwrap();
+            let global = task.parameters(&layout).unwrap();
+            let training = TrainingConfig {
+                proximal_mu: mu,
+                ..config(3, 0.1)
+            };
+            task.train(&training, &mut |_| {}).unwrap();
+            let local = task.parameters(&layout).unwrap();
+            local
+                .iter()
+                .zip(&global)
+                .map(|(l, g)| f64::from(l - g).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let (free, held, pinned) = (distance(0.0), distance(1.0), distance(1e6));
+        assert!(
+            free > 0.1 && held < 0.9 * free && pinned < 1e-3 * free,
+            "distances from the global model: mu 0 {free}, mu 1 {held}, mu 1e6 {pinned}"
+        );
     }
 
     #[test]
