@@ -163,7 +163,9 @@ pub enum Error {
         name: String,
     },
     /// `--partition` names no partitioning scheme.
-    #[error("partition scheme {scheme:?} is unknown; expected iid, dirichlet:ALPHA or none")]
+    #[error(
+        "partition scheme {scheme:?} is unknown; expected iid, dirichlet:ALPHA, shards:K or none"
+    )]
     UnknownPartitionScheme {
         /// The scheme given.
         scheme: String,
@@ -173,6 +175,12 @@ pub enum Error {
     DirichletConcentration {
         /// The ALPHA given.
         alpha: String,
+    },
+    /// `--partition shards:K` with a K that is not a whole number in 1..=1000.
+    #[error("shards per participant {k:?} must be a whole number from 1 to 1000, as in shards:2")]
+    ShardsPerParticipant {
+        /// The K given.
+        k: String,
     },
     /// The coordinator's URL cannot be parsed.
     #[error("coordinator URL {url:?} is invalid")]

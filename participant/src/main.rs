@@ -114,7 +114,8 @@ struct Common {
     /// `init-model` makes that file).
     #[arg(long, default_value = "mlp", value_parser = Preset::parse)]
     model: Preset,
-    /// How partitions are cut: iid, dirichlet:ALPHA (label skew) or none.
+    /// How partitions are cut: iid, dirichlet:ALPHA (label skew), shards:K (McMahan et al.'s
+    /// pathological non-IID: label-sorted shards, K per participant) or none.
     #[arg(long, default_value = "iid", value_parser = Partition::parse_scheme)]
     partition: cairn_participant::data::partition::Scheme,
     /// Seed of the partitioning; every participant of a federation must use the same.

@@ -5,6 +5,10 @@
 //! - Dirichlet(α) label skew (Hsu et al. 2019): for each label, the examples are shuffled and
 //!   divided among participants in proportions drawn from Dirichlet(α, …, α). Small α gives each
 //!   participant few labels; large α approaches IID.
+//! - Shards, McMahan et al. 2017's "pathological non-IID": the examples sorted by label, cut
+//!   into `count × k` equal shards, and `k` shards dealt to each participant at random (their
+//!   MNIST setup, 100 participants with 2 shards of 300, is `shards:2`). Most participants
+//!   then hold examples of only `k` labels.
 
 use crate::Error;
 use rand::SeedableRng;
@@ -23,6 +27,11 @@ pub enum Scheme {
     Dirichlet {
         /// Concentration α > 0.
         alpha: f64,
+    },
+    /// Label-sorted shards, this many per participant.
+    Shards {
+        /// Shards each participant gets, at least 1.
+        per_participant: usize,
     },
 }
 
@@ -50,7 +59,7 @@ impl Partition {
         }
     }
 
-    /// Parses a scheme from the command line: `iid`, `dirichlet:ALPHA` or `none`.
+    /// Parses a scheme from the command line: `iid`, `dirichlet:ALPHA`, `shards:K` or `none`.
     pub fn parse_scheme(text: &str) -> Result<Scheme, Error> {
         let unknown = || Error::UnknownPartitionScheme {
             scheme: text.into(),
@@ -63,6 +72,10 @@ impl Partition {
                 _ => Err(Error::DirichletConcentration {
                     alpha: alpha.into(),
                 }),
+            },
+            Some(("shards", k)) => match k.parse::<usize>() {
+                Ok(per_participant @ 1..=1000) => Ok(Scheme::Shards { per_participant }),
+                _ => Err(Error::ShardsPerParticipant { k: k.into() }),
             },
             _ => Err(unknown()),
         }
@@ -124,6 +137,24 @@ impl Partition {
                         cuts[self.index]
                     };
                     mine.extend_from_slice(&of_label[start..end.max(start)]);
+                }
+                mine.sort_unstable();
+                mine
+            }
+            Scheme::Shards { per_participant } => {
+                // Shuffled first so that the stable sort leaves each label's examples in a
+                // seeded order; then sorted by label and cut.
+                let mut sorted: Vec<usize> = (0..labels.len()).collect();
+                sorted.shuffle(&mut rng);
+                sorted.sort_by_key(|&i| labels[i]);
+                let n_shards = self.count * per_participant;
+                let mut shards: Vec<usize> = (0..n_shards).collect();
+                shards.shuffle(&mut rng);
+                let dealt = &shards[self.index * per_participant..][..per_participant];
+                let mut mine = Vec::new();
+                for &shard in dealt {
+                    let (start, end) = bounds(sorted.len(), n_shards, shard);
+                    mine.extend_from_slice(&sorted[start..end]);
                 }
                 mine.sort_unstable();
                 mine
@@ -207,7 +238,43 @@ mod tests {
     }
 
     #[test]
+    fn shards_give_each_participant_few_labels_as_in_mcmahan_et_al() {
+        // 100 participants with 2 shards each of 20000 examples: shards of 100, as the paper's
+        // MNIST split has 200 shards of 300.
+        let labels = labels(20_000);
+        let scheme = Scheme::Shards { per_participant: 2 };
+        let shares = all_shares(scheme, 100, 5, &labels);
+        assert_disjoint_cover(&shares, 20_000);
+        assert!(shares.iter().all(|s| s.len() == 200));
+        let distinct = |share: &Vec<usize>| {
+            let mut seen: Vec<u32> = share.iter().map(|&i| labels[i]).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            seen.len()
+        };
+        assert!(
+            shares.iter().all(|s| distinct(s) <= 2),
+            "at most 2 labels each"
+        );
+        let with_one = shares.iter().filter(|s| distinct(s) == 1).count();
+        assert!(
+            with_one < 30,
+            "{with_one} participants drew two shards of one label"
+        );
+        assert_eq!(shares, all_shares(scheme, 100, 5, &labels));
+        assert_ne!(shares, all_shares(scheme, 100, 6, &labels));
+    }
+
+    #[test]
     fn bad_flags_are_refused_with_what_is_allowed() {
+        assert_eq!(
+            Partition::parse_scheme("shards:2").unwrap(),
+            Scheme::Shards { per_participant: 2 }
+        );
+        for bad in ["shards:0", "shards:two", "shards:-1"] {
+            let err = Partition::parse_scheme(bad).unwrap_err().to_string();
+            assert!(err.contains("as in shards:2"), "{bad}: {err}");
+        }
         assert_eq!(
             Partition::parse_scheme("dirichlet:0.5").unwrap(),
             Scheme::Dirichlet { alpha: 0.5 }
@@ -222,7 +289,7 @@ mod tests {
             Partition::parse_scheme("zipf")
                 .unwrap_err()
                 .to_string()
-                .contains("iid, dirichlet:ALPHA")
+                .contains("iid, dirichlet:ALPHA, shards:K")
         );
         let err = Partition {
             scheme: Scheme::Iid,
