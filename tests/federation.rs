@@ -1,19 +1,17 @@
 //! End to end over loopback mTLS: a real coordinator and three real participants (separate
 //! tasks, each with its own certificate and connection) train the MLP on the digits data with
 //! secure aggregation; one participant's certificate comes from the certificate-request flow.
+//! Also with a server optimiser and FedProx, which work from the secure sum alike.
 
+use cairn_coordinator::config::{JobSpec, ServerAlgorithm, ServerOptimizerSpec};
+use cairn_coordinator::grpc::JobReport;
 use cairn_coordinator::model::load_safetensors;
 use cairn_participant::client::run_many;
 use cairn_tests::{Federation, digits_job, digits_task};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_participants_train_digits_and_accuracy_improves() {
-    let ids = ["alpha", "bravo", "charlie"];
-    let federation = Federation::provision(&ids);
-    // charlie's key was made at its site and only its certificate request was signed.
-    federation.reissue_by_request("charlie");
-    let job = digits_job(&ids, 3, 3);
-    let coordinator = federation.start(job.clone()).await;
+/// Runs `job` with `ids` on their shares of the digits; every participant must finish.
+async fn run(federation: &Federation, ids: &[&str], job: JobSpec) -> JobReport {
+    let coordinator = federation.start(job).await;
     let clients = ids
         .iter()
         .enumerate()
@@ -26,13 +24,50 @@ async fn three_participants_train_digits_and_accuracy_improves() {
         .collect();
     let results = run_many(clients).await;
     let report = cairn_tests::finish(coordinator).await.expect("job report");
-
     for result in &results {
         let summary = result.as_ref().expect("participant finished");
-        assert_eq!(summary.rounds_trained, 3);
-        assert_eq!(summary.evaluations, 3);
+        assert_eq!(summary.rounds_trained, report.rounds.len() as u64);
+        assert_eq!(summary.evaluations, report.rounds.len() as u64);
     }
     assert!(report.succeeded, "{}", report.reason);
+    report
+}
+
+fn accuracies(report: &JobReport) -> Vec<f64> {
+    report
+        .rounds
+        .iter()
+        .map(|r| r.outcome.eval_metrics["accuracy"])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedadam_and_fedprox_train_digits_under_secure_aggregation() {
+    let ids = ["alpha", "bravo", "charlie"];
+    let federation = Federation::provision(&ids);
+    let mut job = digits_job(&ids, 3, 3);
+    assert!(job.secure_aggregation.enabled);
+    job.server_optimizer = ServerOptimizerSpec {
+        algorithm: ServerAlgorithm::FedAdam,
+        learning_rate: 0.05,
+        ..ServerOptimizerSpec::default()
+    };
+    job.proximal_mu = 0.01;
+    let report = run(&federation, &ids, job).await;
+    let accuracies = accuracies(&report);
+    assert!(
+        accuracies[2] > accuracies[0] && accuracies[2] > 0.75,
+        "accuracy by round: {accuracies:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_participants_train_digits_and_accuracy_improves() {
+    let ids = ["alpha", "bravo", "charlie"];
+    let federation = Federation::provision(&ids);
+    // charlie's key was made at its site and only its certificate request was signed.
+    federation.reissue_by_request("charlie");
+    let report = run(&federation, &ids, digits_job(&ids, 3, 3)).await;
     assert_eq!(
         report
             .rounds
@@ -41,11 +76,7 @@ async fn three_participants_train_digits_and_accuracy_improves() {
             .collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
-    let accuracies: Vec<f64> = report
-        .rounds
-        .iter()
-        .map(|r| r.outcome.eval_metrics["accuracy"])
-        .collect();
+    let accuracies = accuracies(&report);
     assert!(
         accuracies[2] > accuracies[0],
         "accuracy did not improve: {accuracies:?}"

@@ -140,6 +140,31 @@ impl Default for ServerOptimizerSpec {
     }
 }
 
+impl ServerOptimizerSpec {
+    /// The algorithm and the parameters it uses, as logs and `status` show them.
+    pub fn describe(&self) -> String {
+        let name = self.algorithm.name();
+        let lr = self.learning_rate;
+        match self.algorithm {
+            ServerAlgorithm::FedAvg => format!("{name} (server learning rate {lr})"),
+            ServerAlgorithm::FedAvgM => {
+                format!(
+                    "{name} (server learning rate {lr}, momentum {})",
+                    self.momentum
+                )
+            }
+            ServerAlgorithm::FedAdagrad => format!(
+                "{name} (server learning rate {lr}, beta1 {}, tau {})",
+                self.beta1, self.tau
+            ),
+            ServerAlgorithm::FedAdam | ServerAlgorithm::FedYogi => format!(
+                "{name} (server learning rate {lr}, beta1 {}, beta2 {}, tau {})",
+                self.beta1, self.beta2, self.tau
+            ),
+        }
+    }
+}
+
 /// A server optimiser of [`ServerOptimizerSpec`].
 #[derive(
     Debug,

@@ -324,6 +324,15 @@ pub fn render(job: &JobView, rounds: &[RoundRecord], participants: &[Participant
     if let Some(reason) = &job.finish_reason {
         out.push_str(&format!("; {reason}"));
     }
+    let aggregation = match job.spec.secure_aggregation.enabled {
+        true => "secure aggregation",
+        false => "updates in the clear",
+    };
+    out.push_str(&format!(
+        "\ntraining: {aggregation}, server optimiser {}, FedProx mu {}",
+        job.spec.server_optimizer.describe(),
+        job.spec.proximal_mu
+    ));
     let connected = participants.iter().filter(|p| p.connected).count();
     out.push_str(&format!(
         "\nparticipants connected: {connected}/{}\n",
@@ -438,6 +447,12 @@ mod tests {
             &monitor.participants(),
         );
         assert!(text.contains("(model /models/t.safetensors)"), "{text}");
+        assert!(
+            text.contains(
+                "\ntraining: updates in the clear, server optimiser fedavg (server learning rate 1), FedProx mu 0\n"
+            ),
+            "{text}"
+        );
         let lines: Vec<&str> = text.lines().collect();
         let header = lines.iter().position(|l| l.starts_with("round ")).unwrap();
         assert_eq!(

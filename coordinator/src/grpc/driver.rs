@@ -126,7 +126,11 @@ impl Driver {
             Some(state) => ServerOptimizer::resumed(&job.server_optimizer, global.len(), state)?,
             None => ServerOptimizer::new(&job.server_optimizer, global.len()),
         };
-        tracing::info!("server optimiser: {}", optimizer.describe());
+        tracing::info!(
+            "server optimiser: {}; FedProx mu {}",
+            job.server_optimizer.describe(),
+            job.proximal_mu
+        );
         let machine = RoundMachine::new(settings, optimizer, global, committed + 1);
         shared.monitor.set_model(machine.global().clone());
         if machine.is_finished() {

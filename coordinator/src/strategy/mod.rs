@@ -242,23 +242,6 @@ impl ServerOptimizer {
         &self.state
     }
 
-    /// The algorithm and its parameters, for logs.
-    pub fn describe(&self) -> String {
-        let s = &self.spec;
-        let name = s.algorithm.name();
-        match s.algorithm {
-            ServerAlgorithm::FedAvg => format!("{name} (server learning rate {})", s.learning_rate),
-            ServerAlgorithm::FedAvgM => format!(
-                "{name} (server learning rate {}, momentum {})",
-                s.learning_rate, s.momentum
-            ),
-            _ => format!(
-                "{name} (server learning rate {}, beta1 {}, beta2 {}, tau {})",
-                s.learning_rate, s.beta1, s.beta2, s.tau
-            ),
-        }
-    }
-
     /// The next global model and the optimiser's next state, from the current model and the
     /// round's sum; `self` is unchanged until the round commits ([`ServerOptimizer::adopt`]).
     pub fn step(&self, global: &[f32], sum: &UpdateSum) -> Result<(Vec<f32>, Vec<f32>), Error> {
