@@ -194,6 +194,20 @@ pub enum ServerAlgorithm {
 }
 
 impl ServerAlgorithm {
+    /// Every algorithm, in the order the job file's documentation lists them.
+    pub const ALL: [ServerAlgorithm; 5] = [
+        ServerAlgorithm::FedAvg,
+        ServerAlgorithm::FedAvgM,
+        ServerAlgorithm::FedAdagrad,
+        ServerAlgorithm::FedAdam,
+        ServerAlgorithm::FedYogi,
+    ];
+
+    /// The algorithm of a job-file name (`fedadam`), if there is one.
+    pub fn parse(name: &str) -> Option<ServerAlgorithm> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
     /// Its name in a job file.
     pub fn name(self) -> &'static str {
         match self {
@@ -745,6 +759,15 @@ participants: [alpha, beta, gamma]
         assert_eq!(job.secure_aggregation.degree(3), 8);
         assert_eq!(job.server_optimizer, ServerOptimizerSpec::default());
         assert_eq!(job.server_optimizer.algorithm, ServerAlgorithm::FedAvg);
+        for algorithm in ServerAlgorithm::ALL {
+            // The names `parse` knows are those serde reads in a job file.
+            let read: ServerAlgorithm =
+                serde_json::from_value(serde_json::json!(algorithm.name())).unwrap();
+            assert_eq!(
+                (ServerAlgorithm::parse(algorithm.name()), read),
+                (Some(algorithm), algorithm)
+            );
+        }
     }
 
     #[test]

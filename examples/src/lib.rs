@@ -13,29 +13,31 @@ use std::path::Path;
 
 /// Runs `job` as a local federation in `run_dir` (certificates, coordinator on loopback over
 /// mTLS, its state): one simulated participant per job participant, each training `preset` on
-/// its own IID share of the IDX data in `data_dir`, on `backend`. The monitoring API listens on `api_listen`
-/// (an ephemeral port if that one is taken), with a fresh admin token; its dashboard URL is
-/// printed.
+/// its own share (cut by `scheme`) of the IDX data in `data_dir`, on `backend`. The monitoring
+/// API listens on `api_listen` (an ephemeral port if that one is taken), with a fresh admin
+/// token; its dashboard URL is printed.
 pub async fn run_local_federation(
     job: JobSpec,
     preset: Preset,
     backend: Backend,
     data_dir: &Path,
+    scheme: Scheme,
     run_dir: &Path,
     api_listen: SocketAddr,
 ) -> anyhow::Result<JobReport> {
-    let tasks = site_tasks(&job, preset, data_dir, backend)?;
+    let tasks = site_tasks(&job, preset, data_dir, scheme, backend)?;
     let mut federation = LocalFederation::new(job, run_dir);
     federation.api_listen = Some(api_listen);
     Ok(federation.run(tasks).await?)
 }
 
-/// One task per participant of `job`, in order: `preset` on `backend`, each with its own IID
-/// share (seeded by the job) of the IDX data in `data_dir`.
+/// One task per participant of `job`, in order: `preset` on `backend`, each with its own share
+/// (cut by `scheme`, seeded by the job) of the IDX data in `data_dir`.
 pub fn site_tasks(
     job: &JobSpec,
     preset: Preset,
     data_dir: &Path,
+    scheme: Scheme,
     backend: Backend,
 ) -> anyhow::Result<Vec<Box<dyn Task>>> {
     let data = LocalData::load_idx(data_dir)?;
@@ -43,7 +45,7 @@ pub fn site_tasks(
     (0..n)
         .map(|index| {
             let partition = Partition {
-                scheme: Scheme::Iid,
+                scheme,
                 index,
                 count: n,
                 seed: job.seed,

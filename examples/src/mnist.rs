@@ -6,10 +6,14 @@
 //! `cargo run --release -p cairn-examples --bin mnist -- --data-dir ../shared/data/mnist`
 //! `cargo run --release -p cairn-examples --bin mnist -- --model cnn --target 0.99`
 //! (add `--features tch` and `--backend tch` for LibTorch's CPU kernels, about four times as
-//! fast on the CNN)
+//! fast on the CNN). The flags after `--target` change the job for the setups of McMahan et al.
+//! 2017 and Reddi et al. 2021, e.g. their Table 2's 2NN, E=1, B=10, pathological non-IID:
+//! `... --participants 100 --fraction 0.1 --partition shards:2 --local-epochs 1 --batch-size 10`.
 
-use cairn_coordinator::config::JobSpec;
+use cairn_coordinator::config::{JobSpec, ServerAlgorithm};
 use cairn_examples::{init_logging, print_round_table, run_local_federation};
+use cairn_participant::data::Partition;
+use cairn_participant::data::partition::Scheme;
 use cairn_participant::task::Backend;
 use cairn_participant::task::presets::Preset;
 use clap::Parser;
@@ -39,6 +43,35 @@ struct Cli {
     /// Accuracy to report the first round reaching.
     #[arg(long, default_value_t = 0.97)]
     target: f64,
+    /// Participants (default: the job's ten), named site-000, site-001, ...
+    #[arg(long)]
+    participants: Option<usize>,
+    /// Fraction C of the participants selected per round (default: the job's); the job's
+    /// min_participants becomes C times the participants, at least 3.
+    #[arg(long)]
+    fraction: Option<f64>,
+    /// How MNIST is split among them: iid, shards:K (McMahan et al.'s pathological non-IID)
+    /// or dirichlet:ALPHA.
+    #[arg(long, default_value = "iid", value_parser = Partition::parse_scheme)]
+    partition: Scheme,
+    /// Local epochs E (default: the job's).
+    #[arg(long)]
+    local_epochs: Option<u32>,
+    /// Local batch size B (default: the job's).
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Local learning rate (default: the job's).
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// Server optimiser: fedavg, fedavgm, fedadagrad, fedadam or fedyogi (default: the job's).
+    #[arg(long, value_parser = server_algorithm)]
+    server_optimizer: Option<ServerAlgorithm>,
+    /// Server learning rate (default: the job's).
+    #[arg(long)]
+    server_learning_rate: Option<f64>,
+    /// FedProx's mu (default: the job's).
+    #[arg(long)]
+    proximal_mu: Option<f64>,
     /// Where certificates and checkpoints go (cleared first).
     #[arg(long, default_value = "mnist-run")]
     dir: PathBuf,
@@ -64,12 +97,42 @@ async fn main() -> anyhow::Result<()> {
     if let Some(rounds) = cli.rounds {
         job.rounds = rounds;
     }
+    if let Some(n) = cli.participants {
+        job.participants = (0..n).map(|i| format!("site-{i:03}")).collect();
+    }
+    if let Some(fraction) = cli.fraction {
+        job.fraction = fraction;
+    }
+    let n = job.participants.len();
+    job.min_participants = ((job.fraction * n as f64).ceil() as usize).clamp(3.min(n), n);
+    job.local_epochs = cli.local_epochs.unwrap_or(job.local_epochs);
+    job.batch_size = cli.batch_size.unwrap_or(job.batch_size);
+    job.learning_rate = cli.learning_rate.unwrap_or(job.learning_rate);
+    if let Some(algorithm) = cli.server_optimizer {
+        job.server_optimizer.algorithm = algorithm;
+    }
+    if let Some(rate) = cli.server_learning_rate {
+        job.server_optimizer.learning_rate = rate;
+    }
+    job.proximal_mu = cli.proximal_mu.unwrap_or(job.proximal_mu);
+    job.validate()?;
+    println!(
+        "{n} participants, C = {}, {:?}, E = {}, B = {}, learning rate {}, server optimiser {}, FedProx mu {}",
+        job.fraction,
+        cli.partition,
+        job.local_epochs,
+        job.batch_size,
+        job.learning_rate,
+        job.server_optimizer.describe(),
+        job.proximal_mu
+    );
     let started = Instant::now();
     let report = run_local_federation(
         job,
         cli.model,
         cli.backend,
         &cli.data_dir,
+        cli.partition,
         &cli.dir,
         cli.api_listen,
     )
@@ -97,4 +160,15 @@ async fn main() -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// A server optimiser by its job-file name.
+fn server_algorithm(name: &str) -> Result<ServerAlgorithm, String> {
+    ServerAlgorithm::parse(name).ok_or_else(|| {
+        let known: Vec<&str> = ServerAlgorithm::ALL.iter().map(|a| a.name()).collect();
+        format!(
+            "{name:?} is no server optimiser; expected one of {}",
+            known.join(", ")
+        )
+    })
 }

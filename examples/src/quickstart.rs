@@ -6,6 +6,7 @@
 
 use cairn_coordinator::config::JobSpec;
 use cairn_examples::{init_logging, print_round_table, run_local_federation};
+use cairn_participant::data::partition::Scheme;
 use cairn_participant::task::Backend;
 use cairn_participant::task::presets::Preset;
 use clap::Parser;
@@ -44,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         Preset::Mlp,
         Backend::Cpu,
         &examples.join("data/digits"),
+        Scheme::Iid,
         &cli.dir,
         cli.api_listen,
     )

@@ -261,7 +261,7 @@ async fn one_round(model: Preset, backend: Backend, data_dir: &Path) -> anyhow::
     model.save_initial([1, 28, 28], 10, job.seed, &job.model.initial)?;
     job.rounds = 1;
     let spans = Arc::new(Mutex::new(Vec::new()));
-    let tasks = site_tasks(&job, model, data_dir, backend)?
+    let tasks = site_tasks(&job, model, data_dir, Scheme::Iid, backend)?
         .into_iter()
         .map(|inner| {
             Box::new(Timed {
