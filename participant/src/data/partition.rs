@@ -104,39 +104,38 @@ impl Partition {
                 let gamma = Gamma::new(alpha, 1.0).map_err(|e| {
                     Error::Partition(format!("Dirichlet concentration {alpha} is invalid: {e}"))
                 })?;
-                let mut mine = Vec::new();
                 let n_labels = labels.iter().max().map_or(0, |&max| max + 1);
-                for label in 0..n_labels {
-                    let mut of_label: Vec<usize> =
-                        (0..labels.len()).filter(|&i| labels[i] == label).collect();
-                    if of_label.is_empty() {
-                        continue;
-                    }
-                    of_label.shuffle(&mut rng);
-                    let weights: Vec<f64> =
-                        (0..self.count).map(|_| gamma.sample(&mut rng)).collect();
-                    let total: f64 = weights.iter().sum::<f64>().max(f64::MIN_POSITIVE);
-                    // Cumulative cut points, so that the shares are disjoint and cover every example.
-                    let mut cumulative = 0.0;
-                    let cuts: Vec<usize> = weights
-                        .iter()
-                        .map(|w| {
-                            cumulative += w / total;
-                            ((cumulative * of_label.len() as f64).round() as usize)
-                                .min(of_label.len())
+                let mut by_label: Vec<Vec<usize>> = (0..n_labels)
+                    .map(|label| (0..labels.len()).filter(|&i| labels[i] == label).collect())
+                    .filter(|of_label: &Vec<usize>| !of_label.is_empty())
+                    .collect();
+                // Small α often leaves a participant with nothing; such a draw is drawn again
+                // (as is usual for this partition), from the same seeded stream, so that every
+                // participant still computes the same shares.
+                let mut draws = 0;
+                let cuts = loop {
+                    let cuts: Vec<Vec<usize>> = by_label
+                        .iter_mut()
+                        .map(|of_label| {
+                            of_label.shuffle(&mut rng);
+                            dirichlet_cuts(&gamma, self.count, of_label.len(), &mut rng)
                         })
                         .collect();
-                    let start = if self.index == 0 {
-                        0
-                    } else {
-                        cuts[self.index - 1]
-                    };
-                    let end = if self.index + 1 == self.count {
-                        of_label.len()
-                    } else {
-                        cuts[self.index]
-                    };
-                    mine.extend_from_slice(&of_label[start..end.max(start)]);
+                    let empty = (0..self.count).any(|p| {
+                        cuts.iter().all(|c| {
+                            let (start, end) = share_of(c, p);
+                            start == end
+                        })
+                    });
+                    draws += 1;
+                    if !empty || draws == MAX_DIRICHLET_DRAWS {
+                        break cuts;
+                    }
+                };
+                let mut mine = Vec::new();
+                for (of_label, cuts) in by_label.iter().zip(&cuts) {
+                    let (start, end) = share_of(cuts, self.index);
+                    mine.extend_from_slice(&of_label[start..end]);
                 }
                 mine.sort_unstable();
                 mine
@@ -171,6 +170,41 @@ impl Partition {
         }
         Ok(indices)
     }
+}
+
+/// Draws of a Dirichlet partition before one that leaves nobody empty is given up on (the
+/// participant left empty then says so).
+const MAX_DIRICHLET_DRAWS: usize = 1000;
+
+/// Cut points of `len` examples among `count` participants in proportions drawn from a
+/// symmetric Dirichlet (normalised Gamma draws): participant `p` gets `cuts[p - 1]..cuts[p]`,
+/// the last one up to `len`, so that the shares are disjoint and cover every example.
+fn dirichlet_cuts(
+    gamma: &Gamma<f64>,
+    count: usize,
+    len: usize,
+    rng: &mut ChaCha20Rng,
+) -> Vec<usize> {
+    let weights: Vec<f64> = (0..count).map(|_| gamma.sample(rng)).collect();
+    let total: f64 = weights.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+    let mut cumulative = 0.0;
+    let mut cuts: Vec<usize> = weights
+        .iter()
+        .map(|w| {
+            cumulative += w / total;
+            ((cumulative * len as f64).round() as usize).min(len)
+        })
+        .collect();
+    if let Some(last) = cuts.last_mut() {
+        *last = len;
+    }
+    cuts
+}
+
+/// Start and end of participant `index`'s share under `cuts` (from [`dirichlet_cuts`]).
+fn share_of(cuts: &[usize], index: usize) -> (usize, usize) {
+    let start = if index == 0 { 0 } else { cuts[index - 1] };
+    (start, cuts[index].max(start))
 }
 
 /// Start and end of share `index` when `len` items are cut into `count` nearly equal parts.
@@ -216,6 +250,16 @@ mod tests {
         assert!(shares.iter().all(|s| s.len() == 250));
         assert_eq!(shares, all_shares(Scheme::Iid, 4, 9, &labels));
         assert_ne!(shares, all_shares(Scheme::Iid, 4, 10, &labels));
+    }
+
+    #[test]
+    fn a_draw_that_leaves_a_participant_empty_is_drawn_again() {
+        // Dirichlet(0.1) among 100 participants often leaves someone with no example (seed 0's
+        // first draw does, on this many examples); every share is non-empty all the same.
+        let labels = labels(10_000);
+        let shares = all_shares(Scheme::Dirichlet { alpha: 0.1 }, 100, 0, &labels);
+        assert_disjoint_cover(&shares, 10_000);
+        assert!(shares.iter().all(|s| !s.is_empty()));
     }
 
     #[test]
