@@ -1,7 +1,7 @@
-//! Aggregation strategies over flat parameter vectors (plain slices). The coordinator only ever
-//! sees the *sum* of the participants' weighted updates and the sum of their weights
-//! ([`UpdateSum`]); a strategy turns that sum into the next global model. Secure aggregation
-//! replaces how the sum is obtained, not what a strategy does with it.
+//! Aggregation over flat parameter vectors (plain slices). The coordinator only ever sees the
+//! *sum* of the participants' weighted updates and the sum of their weights ([`UpdateSum`]);
+//! the job's [`ServerOptimizer`] turns that sum into the next global model. Secure aggregation
+//! replaces how the sum is obtained, not what the optimiser does with it.
 
 use crate::Error;
 use crate::config::{ServerAlgorithm, ServerOptimizerSpec};
