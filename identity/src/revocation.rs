@@ -112,10 +112,10 @@ impl RevocationList {
         })
     }
 
-    /// `Ok` while the list is current: a list past its next update is refused, so that a
-    /// party handed an old list (which may lack later revocations) says so instead of trusting
-    /// it. The CA signs it again with `cairn-coordinator revoke --renew`.
-    pub fn ensure_current(&self) -> Result<(), Error> {
+    /// The list while it is current: a list past its next update is refused, so that a party
+    /// handed an old list (which may lack later revocations) says so instead of trusting it.
+    /// The CA signs it again with `cairn-coordinator revoke --renew`.
+    pub fn current(self) -> Result<RevocationList, Error> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         match self.next_update {
             Some(next) if next < now => {
@@ -126,7 +126,7 @@ impl RevocationList {
                     self.number
                 )))
             }
-            _ => Ok(()),
+            _ => Ok(self),
         }
     }
 
@@ -278,14 +278,14 @@ mod tests {
             .sign_list(None, &[&alpha], then, then + Duration::days(1))
             .unwrap();
         let list = RevocationList::from_pem(&stale, ca.cert_pem()).unwrap();
-        let err = list.ensure_current().unwrap_err().to_string();
+        let err = list.clone().current().unwrap_err().to_string();
         assert!(
             err.contains("number 1 expired at its next update") && err.contains("revoke --renew"),
             "{err}"
         );
         let renewed = ca.revoke(Some(&list), &[], 30).unwrap();
         let list = RevocationList::from_pem(&renewed, ca.cert_pem()).unwrap();
-        assert!(list.ensure_current().is_ok());
+        let list = list.current().unwrap();
         assert_eq!(list.number(), 2);
         assert!(list.check(&alpha).is_err(), "renewing keeps every entry");
     }

@@ -279,13 +279,12 @@ pub fn crl_path(out_dir: &Path) -> PathBuf {
 /// requires it current (not past its next update); an error names the file and what was
 /// expected of it.
 pub fn load_revocations(path: &Path, ca_pem: &str) -> Result<RevocationList, Error> {
-    let list = read_revocations(path, ca_pem)?;
-    list.ensure_current()
+    read_revocations(path, ca_pem)?
+        .current()
         .map_err(|source| Error::RevocationList {
             path: path.to_path_buf(),
             source,
-        })?;
-    Ok(list)
+        })
 }
 
 /// The revocation list at `path`, verified against `ca_pem`, current or not.

@@ -290,6 +290,8 @@ impl ServerOptimizer {
                     };
                     first[i] = m as f32;
                     second[i] = v as f32;
+                    // The step uses the moments as stored, so that a resumed job, which reads
+                    // them back in f32, steps exactly alike.
                     let (m, v) = (f64::from(first[i]), f64::from(second[i]));
                     next.push((f64::from(global[i]) + lr * m / (v.max(0.0).sqrt() + s.tau)) as f32);
                 }

@@ -100,7 +100,7 @@ impl Kit {
             reason: format!("cannot read: {e}"),
         })?;
         cairn_identity::RevocationList::from_pem(&text, &self.ca_pem)
-            .and_then(|list| list.ensure_current().map(|()| list))
+            .and_then(cairn_identity::RevocationList::current)
             .map_err(|source| Error::RevocationList {
                 path: path.to_path_buf(),
                 source,
