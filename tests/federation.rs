@@ -1,9 +1,10 @@
 //! End to end over loopback mTLS: a real coordinator and three real participants (separate
 //! tasks, each with its own certificate and connection) train the MLP on the digits data with
 //! secure aggregation; one participant's certificate comes from the certificate-request flow.
-//! Also with a server optimiser and FedProx, which work from the secure sum alike.
+//! Also with a server optimiser and FedProx, which work from the secure sum alike, and with
+//! distributed differential privacy, which stops the job at its budget.
 
-use cairn_coordinator::config::{JobSpec, ServerAlgorithm, ServerOptimizerSpec};
+use cairn_coordinator::config::{JobSpec, PrivacySpec, ServerAlgorithm, ServerOptimizerSpec};
 use cairn_coordinator::grpc::JobReport;
 use cairn_coordinator::model::load_safetensors;
 use cairn_participant::client::run_many;
@@ -97,4 +98,51 @@ async fn three_participants_train_digits_and_accuracy_improves() {
     let model = load_safetensors(&report.model_path, &cairn_tests::digits_layout())
         .expect("final model loads");
     assert!(model.iter().all(|v| v.is_finite()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differential_privacy_records_epsilon_and_stops_the_job_at_its_budget() {
+    let ids = ["alpha", "bravo", "charlie"];
+    let federation = Federation::provision(&ids);
+    let mut job = digits_job(&ids, 5, 3);
+    let mut privacy = PrivacySpec {
+        epsilon_budget: f64::MAX,
+        delta: 1e-5,
+        // Little noise: three sites cannot hide much, and the test is of the mechanics.
+        noise_multiplier: 0.05,
+        clip_norm: 1.0,
+        min_contributors: None,
+    };
+    let n_values: usize = cairn_tests::digits_layout().iter().map(|t| t.len()).sum();
+    let mechanism = privacy.mechanism(3, n_values).expect("mechanism");
+    let delta = privacy.delta;
+    let epsilon = |rounds| cairn_secagg::privacy::Ledger::after(&mechanism, rounds).epsilon(delta);
+    // Room for two of the job's five rounds.
+    privacy.epsilon_budget = (epsilon(2) + epsilon(3)) / 2.0;
+    job.privacy = Some(privacy);
+    let report = run(&federation, &ids, job).await;
+    assert_eq!(report.rounds.len(), 2, "{}", report.reason);
+    assert!(
+        report
+            .reason
+            .starts_with("privacy budget spent: round 3 would take epsilon from"),
+        "{}",
+        report.reason
+    );
+    let spent: Vec<f64> = report
+        .rounds
+        .iter()
+        .map(|r| r.outcome.epsilon.expect("epsilon recorded"))
+        .collect();
+    assert_eq!(spent, vec![epsilon(1), epsilon(2)]);
+    for record in &report.rounds {
+        assert_eq!(record.outcome.contributors, ids);
+        // Each site counts as one under differential privacy.
+        assert_eq!(record.outcome.train_examples, 3);
+    }
+    let accuracies = accuracies(&report);
+    assert!(
+        accuracies[1] > 0.5,
+        "the noised rounds still train: {accuracies:?}"
+    );
 }

@@ -268,6 +268,7 @@ fn setup(roster: &[&str], attempt: u32) -> SecureAggregation {
         clip: 1.0,
         quantization_levels: 1 << 20,
         max_weight: 10_000,
+        privacy: None,
     }
 }
 

@@ -92,6 +92,78 @@ pub struct JobSpec {
     /// (default: FedAvg, the average added as it is).
     #[serde(default)]
     pub server_optimizer: ServerOptimizerSpec,
+    /// Distributed differential privacy on the secure sum (off unless present; needs secure
+    /// aggregation): each site clips and noises its update before masking it, and the job stops
+    /// before a round would spend more than its budget.
+    #[serde(default)]
+    pub privacy: Option<PrivacySpec>,
+}
+
+/// The `privacy:` block of a job: the distributed discrete Gaussian (Kairouz, Liu and Steinke
+/// 2021), accounted in Rényi DP (`cairn_secagg::privacy`). Every site clips its update to
+/// `clip_norm` and adds its share of noise before masking; the sum of `min_contributors` sites'
+/// noise has standard deviation `noise_multiplier` times one site's sensitivity. Each site
+/// counts as one (updates are averaged, not weighted by examples) and no training loss is
+/// reported. The guarantee is for one site's whole contribution (add or remove one site), over
+/// every round it takes part in; the coordinator's choice of sites is not assumed random, so no
+/// amplification by sampling is claimed.
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct PrivacySpec {
+    /// The job stops, recorded, before a round would take `ε` past this (at `delta`).
+    pub epsilon_budget: f64,
+    /// `δ` of the `(ε, δ)` guarantee (default 1e-5), in `(0, 0.1]`.
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    /// Standard deviation of the summed noise over the sensitivity, in `[0.01, 1000]`.
+    pub noise_multiplier: f64,
+    /// L2 norm each site's delta (`local - global`) is clipped to (default 1).
+    #[serde(default = "default_dp_clip_norm")]
+    pub clip_norm: f32,
+    /// Fewest sites whose noise must be in a released sum; each site adds `1/√m` of the noise
+    /// and refuses to let a round with fewer survivors be unmasked. Omitted: `min_participants`.
+    #[serde(default)]
+    pub min_contributors: Option<u32>,
+}
+
+impl PrivacySpec {
+    /// The mechanism for a model of `dim` parameters, the job's `min_participants` standing in
+    /// for an omitted `min_contributors`.
+    pub fn mechanism(
+        &self,
+        min_participants: usize,
+        dim: usize,
+    ) -> Result<cairn_secagg::privacy::DistributedDp, cairn_secagg::Error> {
+        cairn_secagg::privacy::DistributedDp::new(
+            self.clip_norm,
+            self.noise_multiplier,
+            self.min_contributors
+                .unwrap_or(min_participants.min(u32::MAX as usize) as u32),
+            dim,
+        )
+    }
+}
+
+/// A job field's value refused, with what is allowed.
+fn invalid(
+    field: &'static str,
+    value: impl std::fmt::Display,
+    expected: &str,
+) -> Result<(), Error> {
+    Err(Error::JobField {
+        field,
+        value: value.to_string(),
+        expected: expected.to_string(),
+    })
+}
+
+fn default_delta() -> f64 {
+    1e-5
+}
+fn default_dp_clip_norm() -> f32 {
+    1.0
 }
 
 /// The `server_optimizer:` block of a job: the server side of Reddi et al. 2021, "Adaptive
@@ -464,17 +536,6 @@ impl JobSpec {
 
     /// Checks every field; the error names the field, its value and what is allowed.
     pub fn validate(&self) -> Result<(), Error> {
-        fn invalid(
-            field: &'static str,
-            value: impl std::fmt::Display,
-            expected: &str,
-        ) -> Result<(), Error> {
-            Err(Error::JobField {
-                field,
-                value: value.to_string(),
-                expected: expected.to_string(),
-            })
-        }
         if !is_valid_name(&self.name) {
             return invalid(
                 "name",
@@ -600,7 +661,7 @@ impl JobSpec {
             );
         }
         if !secure.enabled {
-            return Ok(());
+            return self.validate_privacy();
         }
         if self.min_participants < 3 {
             return invalid(
@@ -638,6 +699,60 @@ impl JobSpec {
             );
         }
         secure.encoding(self.participants.len())?;
+        self.validate_privacy()
+    }
+
+    fn validate_privacy(&self) -> Result<(), Error> {
+        let Some(privacy) = &self.privacy else {
+            return Ok(());
+        };
+        if !self.secure_aggregation.enabled {
+            return invalid(
+                "privacy",
+                "present",
+                "differential privacy adds each site's noise before masking, so it needs secure_aggregation.enabled: true",
+            );
+        }
+        if !(privacy.epsilon_budget.is_finite() && privacy.epsilon_budget > 0.0) {
+            return invalid(
+                "privacy.epsilon_budget",
+                privacy.epsilon_budget,
+                "expected a finite number > 0",
+            );
+        }
+        if !(privacy.delta > 0.0 && privacy.delta <= 0.1) {
+            return invalid(
+                "privacy.delta",
+                privacy.delta,
+                "expected a number in (0, 0.1]",
+            );
+        }
+        if !(0.01..=1000.0).contains(&privacy.noise_multiplier) {
+            return invalid(
+                "privacy.noise_multiplier",
+                privacy.noise_multiplier,
+                "expected a number in [0.01, 1000]",
+            );
+        }
+        if !(privacy.clip_norm.is_finite() && privacy.clip_norm > 0.0) {
+            return invalid(
+                "privacy.clip_norm",
+                privacy.clip_norm,
+                "expected a finite L2 norm > 0",
+            );
+        }
+        if let Some(m) = privacy.min_contributors
+            && !(1..=self.participants.len()).contains(&(m as usize))
+        {
+            return invalid(
+                "privacy.min_contributors",
+                m,
+                &format!(
+                    "expected 1..={} (the job's participants)",
+                    self.participants.len()
+                ),
+            );
+        }
         Ok(())
     }
 

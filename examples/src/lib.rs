@@ -74,6 +74,10 @@ pub fn print_round_table(rounds: &[RoundRecord]) {
             format!("eval {name}").chars().take(10).collect::<String>()
         );
     }
+    let private = rounds.iter().any(|r| r.outcome.epsilon.is_some());
+    if private {
+        print!("     epsilon");
+    }
     println!("  duration");
     for record in rounds {
         let o = &record.outcome;
@@ -87,6 +91,12 @@ pub fn print_round_table(rounds: &[RoundRecord]) {
         for name in &metrics {
             match o.eval_metrics.get(*name) {
                 Some(value) => print!("  {value:>10.4}"),
+                None => print!("  {:>10}", "-"),
+            }
+        }
+        if private {
+            match o.epsilon {
+                Some(epsilon) => print!("  {epsilon:>10.4}"),
                 None => print!("  {:>10}", "-"),
             }
         }

@@ -10,7 +10,7 @@
 //! 2017 and Reddi et al. 2021, e.g. their Table 2's 2NN, E=1, B=10, pathological non-IID:
 //! `... --participants 100 --fraction 0.1 --partition shards:2 --local-epochs 1 --batch-size 10`.
 
-use cairn_coordinator::config::{JobSpec, ServerAlgorithm};
+use cairn_coordinator::config::{JobSpec, PrivacySpec, ServerAlgorithm};
 use cairn_examples::{init_logging, print_round_table, run_local_federation};
 use cairn_participant::data::Partition;
 use cairn_participant::data::partition::Scheme;
@@ -72,6 +72,17 @@ struct Cli {
     /// FedProx's mu (default: the job's).
     #[arg(long)]
     proximal_mu: Option<f64>,
+    /// Train with distributed differential privacy spending this epsilon over the job's rounds
+    /// (at --delta): the noise multiplier is the least that does, with the participants of
+    /// each round as the sites whose noise every sum carries (default: no differential privacy).
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// Delta of --epsilon.
+    #[arg(long, default_value_t = 1e-5)]
+    delta: f64,
+    /// L2 norm each site's update is clipped to under --epsilon.
+    #[arg(long, default_value_t = 1.0)]
+    clip_norm: f32,
     /// Where certificates and checkpoints go (cleared first).
     #[arg(long, default_value = "mnist-run")]
     dir: PathBuf,
@@ -115,6 +126,27 @@ async fn main() -> anyhow::Result<()> {
         job.server_optimizer.learning_rate = rate;
     }
     job.proximal_mu = cli.proximal_mu.unwrap_or(job.proximal_mu);
+    if let Some(epsilon) = cli.epsilon {
+        let dim = cairn_coordinator::model::read_model(&job.model.initial)?
+            .0
+            .iter()
+            .map(|tensor| tensor.len())
+            .sum();
+        let m = job.min_participants as u32;
+        let z =
+            cairn_secagg::privacy::noise_multiplier_for(epsilon, cli.delta, job.rounds, m, dim)?;
+        println!(
+            "differential privacy: epsilon {epsilon} at delta {} over {} rounds of {m} sites: noise multiplier {z:.4}, clip norm {}",
+            cli.delta, job.rounds, cli.clip_norm
+        );
+        job.privacy = Some(PrivacySpec {
+            epsilon_budget: epsilon,
+            delta: cli.delta,
+            noise_multiplier: z,
+            clip_norm: cli.clip_norm,
+            min_contributors: None,
+        });
+    }
     job.validate()?;
     println!(
         "{n} participants, C = {}, {:?}, E = {}, B = {}, learning rate {}, server optimiser {}, FedProx mu {}",

@@ -174,6 +174,15 @@ struct PolicyArgs {
     /// and not past its next update.
     #[arg(long, value_name = "FILE")]
     crl: Option<PathBuf>,
+    /// This site's differential-privacy budget in the job: epsilon at --privacy-delta, by the
+    /// site's own accounting of every noised update it sends. Rounds without noise are then
+    /// refused, and so is a round that would take the site past the budget (default: no
+    /// budget; noise only when the job asks for it).
+    #[arg(long, value_name = "EPSILON", value_parser = positive)]
+    max_epsilon: Option<f64>,
+    /// Delta of this site's differential-privacy budget.
+    #[arg(long, default_value_t = 1e-5, value_parser = privacy_delta)]
+    privacy_delta: f64,
 }
 
 impl PolicyArgs {
@@ -190,7 +199,23 @@ impl PolicyArgs {
             min_threshold: self.min_threshold,
             partners: self.partners.as_deref().map(Partners::load).transpose()?,
             max_round_attempts: self.max_round_attempts,
+            max_epsilon: self.max_epsilon,
+            privacy_delta: self.privacy_delta,
         })
+    }
+}
+
+fn positive(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err("expected a finite number > 0".into()),
+    }
+}
+
+fn privacy_delta(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 0.1 => Ok(x),
+        _ => Err("expected a number in (0, 0.1]".into()),
     }
 }
 

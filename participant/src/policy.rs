@@ -2,7 +2,8 @@
 //! change. Before it trains, the participant checks the round's setup against its [`Policy`]:
 //! secure aggregation on (unless the site allows updates in the clear), enough participants,
 //! neighbours and threshold, a roster that is sorted, free of duplicates and made of the site's
-//! partners, and no round before one it already started. Before it shares keys, it checks
+//! partners, no round before one it already started, and, with a privacy budget, the round's
+//! noise and what it would cost the site. Before it shares keys, it checks
 //! each neighbour's certificate against the fingerprint the site pinned for it, if any, and
 //! against the federation CA's revocation list, if the site has one. A round
 //! that breaks a rule is refused whole: the participant logs the rule and sends nothing for it.
@@ -11,6 +12,7 @@
 //! flags.
 
 use cairn_proto::v1::SecureAggregation;
+use cairn_secagg::privacy::{DistributedDp, Ledger};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -44,6 +46,14 @@ pub struct Policy {
     /// ([`Kit::revocations`](crate::client::Kit::revocations)); a neighbour whose certificate is
     /// on it is refused. `None`: no certificate is taken for revoked.
     pub revocations: Option<cairn_identity::RevocationList>,
+    /// This site's differential-privacy budget: `ε` at [`Policy::privacy_delta`] over every
+    /// round it sends an update in. When set, rounds without the job's noise are refused, and so
+    /// is a round that would take the site past it, by its own accounting (whatever noise
+    /// settings the coordinator sends, the site charges itself what they give). `None`: no
+    /// budget, and noise only when the round asks for it.
+    pub max_epsilon: Option<f64>,
+    /// `δ` of this site's budget (default 1e-5).
+    pub privacy_delta: f64,
 }
 
 impl Default for Policy {
@@ -56,6 +66,8 @@ impl Default for Policy {
             partners: None,
             max_round_attempts: 5,
             revocations: None,
+            max_epsilon: None,
+            privacy_delta: 1e-5,
         }
     }
 }
@@ -241,6 +253,31 @@ pub enum Refusal {
         /// The policy's most.
         max: u32,
     },
+    /// The round asks for updates without differential privacy, which this site requires.
+    #[error(
+        "the round asks for the update without differential privacy; this site sends updates only with noise, up to epsilon {max} (--max-epsilon)"
+    )]
+    NoPrivacy {
+        /// The site's budget.
+        max: f64,
+    },
+    /// The round's noise settings are not ones the mechanism allows.
+    #[error("the round's differential privacy settings are refused: {0}")]
+    PrivacySetup(String),
+    /// The round would take the site past its budget.
+    #[error(
+        "the round would take this site's epsilon from {spent:.3} to {next:.3} (at delta {delta}), past its budget of {max} (--max-epsilon)"
+    )]
+    PrivacyBudget {
+        /// Spent so far.
+        spent: f64,
+        /// Spent after this round.
+        next: f64,
+        /// The site's budget.
+        max: f64,
+        /// The site's `δ`.
+        delta: f64,
+    },
     /// A neighbour's certificate is on the federation CA's revocation list.
     #[error("{id:?} presents certificate serial {serial}, which the federation CA revoked (--crl)")]
     Revoked {
@@ -328,6 +365,44 @@ impl Policy {
         Ok(())
     }
 
+    /// Checks a training round's differential privacy for a model of `dim` parameters against
+    /// this site's budget, given what it has `spent`; the mechanism to encode the update with,
+    /// if the round has noise.
+    pub fn check_privacy(
+        &self,
+        setup: Option<&SecureAggregation>,
+        dim: usize,
+        spent: &Ledger,
+    ) -> Result<Option<DistributedDp>, Refusal> {
+        let privacy = setup.and_then(|setup| setup.privacy.as_ref());
+        let Some(privacy) = privacy else {
+            return match self.max_epsilon {
+                Some(max) => Err(Refusal::NoPrivacy { max }),
+                None => Ok(None),
+            };
+        };
+        let mechanism = DistributedDp::new(
+            privacy.clip_norm,
+            privacy.noise_multiplier,
+            privacy.min_contributors,
+            dim,
+        )
+        .map_err(|e| Refusal::PrivacySetup(e.to_string()))?;
+        if let Some(max) = self.max_epsilon {
+            let delta = self.privacy_delta;
+            let next = spent.with(&mechanism.round_rdp_curve()).epsilon(delta);
+            if next > max {
+                return Err(Refusal::PrivacyBudget {
+                    spent: spent.epsilon(delta),
+                    next,
+                    max,
+                    delta,
+                });
+            }
+        }
+        Ok(Some(mechanism))
+    }
+
     /// Checks a neighbour's certificate (DER) against the site's revocation list, if it has
     /// one, and against the fingerprint pinned for `id`, if the site pinned one. (Its chain to
     /// the federation CA is checked by `client::identity`.)
@@ -369,6 +444,9 @@ pub(crate) struct Started {
     attempts: u32,
     /// The last round whose new model this participant evaluated, and that model's SHA-256.
     evaluated: Option<(u64, Vec<u8>)>,
+    /// The differential privacy this site spent in the job: every noised update it started to
+    /// send, charged when it advertised its keys for it (before any of it left).
+    pub(crate) privacy: Ledger,
 }
 
 impl Started {
@@ -422,6 +500,7 @@ mod tests {
             clip: 1.0,
             quantization_levels: 1 << 20,
             max_weight: 1000,
+            privacy: None,
         }
     }
 
@@ -501,6 +580,71 @@ mod tests {
             policy.check_round("p03", Some(&setup(&roster, 6, 4))),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_privacy_budget_refuses_rounds_without_noise_and_rounds_past_it() {
+        let noised = |z: f64| {
+            let mut setup = setup(&["a", "b", "c"], 2, 2);
+            setup.privacy = Some(cairn_proto::v1::DifferentialPrivacy {
+                clip_norm: 1.0,
+                noise_multiplier: z,
+                min_contributors: 3,
+            });
+            setup
+        };
+        let none = Ledger::default();
+        // Without a budget, noise only when asked for; the settings are still checked.
+        let open = Policy::default();
+        assert_eq!(
+            open.check_privacy(Some(&setup(&["a"], 2, 2)), 10, &none),
+            Ok(None)
+        );
+        assert!(
+            open.check_privacy(Some(&noised(1.0)), 10, &none)
+                .unwrap()
+                .is_some()
+        );
+        assert!(matches!(
+            open.check_privacy(Some(&noised(f64::NAN)), 10, &none),
+            Err(Refusal::PrivacySetup(_))
+        ));
+        let strict = Policy {
+            max_epsilon: Some(2.3),
+            ..Policy::default()
+        };
+        assert_eq!(
+            strict.check_privacy(Some(&setup(&["a"], 2, 2)), 10, &none),
+            Err(Refusal::NoPrivacy { max: 2.3 })
+        );
+        assert_eq!(
+            strict.check_privacy(None, 10, &none),
+            Err(Refusal::NoPrivacy { max: 2.3 })
+        );
+        // z = 3 at δ = 1e-5: 1.386 for one round, 2.029 for two, 2.541 for three.
+        let mechanism = strict
+            .check_privacy(Some(&noised(3.0)), 10, &none)
+            .unwrap()
+            .unwrap();
+        let spent = Ledger::after(&mechanism, 2);
+        assert!(spent.epsilon(1e-5) < 2.3);
+        let refusal = strict
+            .check_privacy(Some(&noised(3.0)), 10, &spent)
+            .unwrap_err();
+        assert!(
+            matches!(refusal, Refusal::PrivacyBudget { next, max: 2.3, .. } if next > 2.3),
+            "{refusal}"
+        );
+        assert!(
+            refusal
+                .to_string()
+                .contains("past its budget of 2.3 (--max-epsilon)")
+        );
+        // A coordinator that lowers the noise is charged for it by the site.
+        assert!(matches!(
+            strict.check_privacy(Some(&noised(0.5)), 10, &none),
+            Err(Refusal::PrivacyBudget { .. })
+        ));
     }
 
     #[test]

@@ -31,8 +31,10 @@ pub mod v1 {
 /// `GraphNonces`. Version 5: under secure aggregation an evaluation travels only as a secure
 /// sum (`EvaluateInstruction.secure_aggregation`), so a version-4 participant would answer in
 /// the clear and be ignored. Version 6: `TrainingConfig.proximal_mu` (FedProx), which a
-/// version-5 participant would not read, training without the proximal term.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// version-5 participant would not read, training without the proximal term. Version 7:
+/// `SecureAggregation.privacy` (distributed differential privacy), which a version-6 participant
+/// would not read, sending its update without noise.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Largest chunk payload in bytes (1 MiB).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;

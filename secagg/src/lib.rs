@@ -3,7 +3,8 @@
 //! updates ([`quantize`]), add a self mask and pairwise masks expanded by a PRG ([`prg`],
 //! [`mask`]) from keys agreed over X25519 ([`crypto`]) with their neighbours ([`graph`]), and
 //! Shamir-share the secrets needed to remove the masks of participants who drop out
-//! ([`shamir`]). The coordinator only ever sees masked vectors and their sum.
+//! ([`shamir`]). Under differential privacy, a site clips, rounds and noises its update before
+//! masking it ([`privacy`]). The coordinator only ever sees masked vectors and their sum.
 //!
 //! The primitives come from kept libraries (x25519-dalek, ring, aes/ctr, vsss-rs); what is
 //! written here is the protocol's own arithmetic, which is the heart of the product.
@@ -14,6 +15,7 @@ pub mod crypto;
 pub mod graph;
 pub mod mask;
 pub mod prg;
+pub mod privacy;
 pub mod protocol;
 pub mod quantize;
 pub mod shamir;
@@ -37,6 +39,9 @@ pub enum Error {
     /// A quantisation setting is out of range.
     #[error("quantisation: {0}")]
     Quantization(String),
+    /// A differential-privacy setting is out of range, or noise could not be drawn.
+    #[error("differential privacy: {0}")]
+    Privacy(String),
     /// Shamir sharing parameters or shares are invalid.
     #[error("secret sharing: {0}")]
     Sharing(String),

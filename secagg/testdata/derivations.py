@@ -72,6 +72,11 @@ def context(job, rnd, attempt, roster, degree, threshold, vector_len):
     parts += [be32(degree), be64(threshold), be64(vector_len)]
     return sha256(*parts)
 
+def private_context(ctx, clip_norm, noise_multiplier, min_contributors):
+    """RoundConfig::with_privacy: the noise settings bound into the context."""
+    return sha256(b"cairn secagg differential privacy v1", ctx, struct.pack(">f", clip_norm),
+                  struct.pack(">d", noise_multiplier), be32(min_contributors))
+
 def graph_seed(ctx, nonces):
     parts = [b"cairn secagg graph seed v1", ctx]
     for index in sorted(nonces):
@@ -131,6 +136,7 @@ if __name__ == "__main__":
     ctx10 = context("job", 7, 2, roster10, 4, 3, 1000)
     nonces10 = {i: bytes([i]*32) for i in range(10) if i != 4}
     print("context10", h(ctx10))
+    print("private context10 (clip 1.5, z 0.75, m 6)", h(private_context(ctx10, 1.5, 0.75, 6)))
     print("commitment10 of 3", h(nonce_commitment(ctx10, 3, bytes([3]*32))))
     print("seed10", h(graph_seed(ctx10, nonces10)))
     print("derived graph10", regular(10, 4, graph_seed(ctx10, nonces10)))

@@ -432,6 +432,7 @@ mod tests {
                 eval_examples: 4,
                 // roc_auc undefined this round (one class only): shown as a dash.
                 eval_metrics: [("loss".to_string(), 0.25)].into(),
+                epsilon: None,
             },
             duration_s: 1.5,
             bytes_in: 0,

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub train_loss: Gauge,
     /// Round running or next to run.
     pub current_round: IntGauge,
+    /// Under differential privacy, the job's epsilon after the last committed round.
+    pub privacy_epsilon: Gauge,
 }
 
 /// `metric`, registered into `registry`.
@@ -143,6 +145,10 @@ impl Metrics {
                 "Training loss of the last committed round, weighted by examples.",
             ),
             current_round: int_gauge("cairn_round", "Round running or next to run."),
+            privacy_epsilon: gauge(
+                "cairn_privacy_epsilon",
+                "Differential privacy: the job's epsilon (at its delta) after the last committed round; 0 without it.",
+            ),
             registry,
         }
     }

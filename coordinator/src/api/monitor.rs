@@ -186,6 +186,9 @@ impl Monitor {
         metrics.rounds_completed.inc_by(rounds.len() as u64);
         // A resumed job shows its last committed evaluation until the next round commits.
         if let Some(last) = rounds.last() {
+            metrics
+                .privacy_epsilon
+                .set(last.outcome.epsilon.unwrap_or(0.0));
             for (name, value) in &last.outcome.eval_metrics {
                 metrics
                     .eval_metric
@@ -346,6 +349,9 @@ impl Monitor {
                 .set(*value);
         }
         m.train_loss.set(record.outcome.train_loss);
+        if let Some(epsilon) = record.outcome.epsilon {
+            m.privacy_epsilon.set(epsilon);
+        }
         self.with(|s| {
             for id in &record.outcome.contributors {
                 if let Some(p) = s.participants.get_mut(id) {

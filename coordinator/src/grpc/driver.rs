@@ -4,10 +4,11 @@
 
 use super::{Connection, Shared};
 use crate::Error;
+use crate::config::JobSpec;
 use crate::model::save_safetensors;
 use crate::round::{
-    Command, Event, ParticipantId, Phase, RoundMachine, RoundOutcome, RoundSettings,
-    SecureOutbound, SecureSettings, SecureSetup,
+    Command, Event, ParticipantId, Phase, PrivacySettings, RoundMachine, RoundOutcome,
+    RoundSettings, SecureOutbound, SecureSettings, SecureSetup,
 };
 use crate::store::{OptimizerState, Resume, RoundRecord, Store};
 use crate::strategy::ServerOptimizer;
@@ -84,6 +85,47 @@ struct SecureEvaluation {
     trained: u32,
 }
 
+/// The job's differential privacy for a model of `dim` parameters, checked to fit the 2^32
+/// modulus with every listed participant; logged, with what one round and the budget allow.
+fn privacy_settings(job: &JobSpec, dim: usize) -> Result<Option<PrivacySettings>, Error> {
+    let Some(spec) = &job.privacy else {
+        return Ok(None);
+    };
+    let refused = |source| Error::JobEncoding {
+        n_participants: job.participants.len(),
+        source,
+    };
+    let mechanism = spec.mechanism(job.min_participants, dim).map_err(refused)?;
+    mechanism
+        .check_capacity(job.participants.len() as u64)
+        .map_err(refused)?;
+    let privacy = PrivacySettings {
+        mechanism,
+        delta: spec.delta,
+        epsilon_budget: spec.epsilon_budget,
+    };
+    // ε grows with the rounds: the most that fit is found by bisection.
+    let (mut affordable, mut unaffordable) = (0, job.rounds + 1);
+    while unaffordable - affordable > 1 {
+        let mid = affordable + (unaffordable - affordable) / 2;
+        match privacy.epsilon_after(mid) <= spec.epsilon_budget {
+            true => affordable = mid,
+            false => unaffordable = mid,
+        }
+    }
+    tracing::info!(
+        "differential privacy: distributed discrete Gaussian, clip norm {}, noise multiplier {}, at least {} sites' noise per sum; one round costs epsilon {:.3} at delta {}; the budget {} allows {affordable} of the job's {} rounds",
+        spec.clip_norm,
+        spec.noise_multiplier,
+        mechanism.min_contributors(),
+        privacy.epsilon_after(1),
+        spec.delta,
+        spec.epsilon_budget,
+        job.rounds
+    );
+    Ok(Some(privacy))
+}
+
 /// Ignored messages of one participant logged per round; the rest are counted.
 const LOGGED_IGNORED: u32 = 3;
 /// Ignored messages after which a participant's session is ended: a participant that keeps
@@ -116,6 +158,7 @@ impl Driver {
                     job: job.name.clone(),
                     spec: job.secure_aggregation.clone(),
                     encoding: job.secure_aggregation.encoding(job.participants.len())?,
+                    privacy: privacy_settings(job, initial.len())?,
                 }),
             },
         };
@@ -133,13 +176,12 @@ impl Driver {
         );
         let machine = RoundMachine::new(settings, optimizer, global, committed + 1);
         shared.monitor.set_model(machine.global().clone());
-        if machine.is_finished() {
+        if let Some(finished) = machine.finished_because() {
             shared.finished.store(true, Ordering::SeqCst);
             let model_path = store.final_model_path();
             save_safetensors(&model_path, &shared.layout, machine.global())?;
             let reason = format!(
-                "all {} rounds were already committed in {}",
-                job.rounds,
+                "{finished} with the {committed} rounds committed in {}",
                 store.dir().display()
             );
             tracing::info!("job {} is complete: {reason}; nothing to run", job.name);

@@ -112,6 +112,11 @@ pub(super) fn setup(setup: &SecureSetup) -> v1::SecureAggregation {
         clip: setup.clip,
         quantization_levels: setup.levels,
         max_weight: setup.max_weight,
+        privacy: setup.privacy.map(|privacy| v1::DifferentialPrivacy {
+            clip_norm: privacy.clip_norm(),
+            noise_multiplier: privacy.noise_multiplier(),
+            min_contributors: privacy.min_contributors(),
+        }),
     }
 }
 

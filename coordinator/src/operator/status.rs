@@ -221,6 +221,7 @@ mod tests {
                 evaluators: 2,
                 eval_examples: 10,
                 eval_metrics: [("loss".to_string(), 0.25), ("accuracy".to_string(), 0.875)].into(),
+                epsilon: None,
             },
             duration_s: 1.0,
             bytes_in: 0,

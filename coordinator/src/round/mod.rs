@@ -19,7 +19,9 @@
 
 mod secure;
 
-pub use secure::{SecureError, SecureMessage, SecureOutbound, SecureSettings, SecureSetup};
+pub use secure::{
+    PrivacySettings, SecureError, SecureMessage, SecureOutbound, SecureSettings, SecureSetup,
+};
 
 use crate::strategy::{EvaluationSum, ServerOptimizer, Update, UpdateSum};
 use cairn_proto::metrics::EvaluationEncoding;
@@ -198,9 +200,11 @@ pub struct RoundOutcome {
     pub contributors: Vec<ParticipantId>,
     /// Participants that dropped out, and in which phase.
     pub dropouts: Vec<Dropout>,
-    /// Sum of the contributors' training examples.
+    /// Sum of the contributors' training examples (under differential privacy, where each
+    /// site counts as one, the number of contributors).
     pub train_examples: u64,
-    /// Training loss, mean over contributors weighted by examples.
+    /// Training loss, mean over contributors weighted by examples (0 under differential
+    /// privacy, where no loss is reported).
     pub train_loss: f64,
     /// Participants that reported an evaluation.
     pub evaluators: usize,
@@ -211,6 +215,10 @@ pub struct RoundOutcome {
     /// Records written before metrics were named load with none.
     #[serde(default)]
     pub eval_metrics: BTreeMap<String, f64>,
+    /// Under differential privacy, the job's `ε` (at its `δ`) once this round is released:
+    /// every round so far composed. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
 }
 
 impl RoundOutcome {
@@ -376,12 +384,7 @@ impl RoundMachine {
         global: Vec<f32>,
         first_round: u64,
     ) -> RoundMachine {
-        let state = if first_round > settings.rounds {
-            State::Finished
-        } else {
-            State::AwaitingParticipants
-        };
-        RoundMachine {
+        let mut machine = RoundMachine {
             settings,
             optimizer,
             pending_state: None,
@@ -389,8 +392,24 @@ impl RoundMachine {
             connected: BTreeSet::new(),
             round: first_round,
             attempt: 1,
-            state,
+            state: State::AwaitingParticipants,
+        };
+        if first_round > machine.settings.rounds || machine.budget_spent().is_some() {
+            machine.state = State::Finished;
         }
+        machine
+    }
+
+    /// Why a machine is finished before its first round: all rounds done, or the privacy budget
+    /// spent.
+    pub fn finished_because(&self) -> Option<String> {
+        if !self.is_finished() {
+            return None;
+        }
+        if self.round > self.settings.rounds {
+            return Some(format!("all {} rounds completed", self.settings.rounds));
+        }
+        self.budget_spent()
     }
 
     /// Round currently running (or next to run).
@@ -681,6 +700,15 @@ impl RoundMachine {
     }
 
     fn try_start_round(&mut self, commands: &mut Vec<Command>) -> bool {
+        if let Some(reason) = self.budget_spent() {
+            self.state = State::Finished;
+            commands.push(Command::Finish {
+                rounds_completed: self.round - 1,
+                succeeded: true,
+                reason,
+            });
+            return true;
+        }
         if self.connected.len() < self.settings.min_participants {
             return false;
         }
@@ -701,6 +729,7 @@ impl RoundMachine {
                 self.attempt,
                 candidates.clone(),
                 cairn_secagg::quantize::UpdateEncoding::vector_len(self.global.len()),
+                settings.privacy.map(|privacy| privacy.mechanism),
             );
             match started {
                 Ok((securing, setup)) => {
@@ -732,6 +761,26 @@ impl RoundMachine {
             sum: UpdateSum::new(self.global.len()),
         });
         true
+    }
+
+    /// The job's differential privacy, if it has it.
+    fn privacy(&self) -> Option<PrivacySettings> {
+        self.settings.secure.as_ref()?.privacy
+    }
+
+    /// Why the round to run cannot: it would take the job's `ε` past its budget.
+    fn budget_spent(&self) -> Option<String> {
+        let privacy = self.privacy()?;
+        let next = privacy.epsilon_after(self.round);
+        (next > privacy.epsilon_budget).then(|| {
+            format!(
+                "privacy budget spent: round {} would take epsilon from {:.3} to {next:.3}, past the budget of {} (delta {})",
+                self.round,
+                privacy.epsilon_after(self.round - 1),
+                privacy.epsilon_budget,
+                privacy.delta
+            )
+        })
     }
 
     fn deadline(&self, phase: Phase) -> Command {
@@ -870,6 +919,7 @@ impl RoundMachine {
             evaluators: 0,
             eval_examples: 0,
             eval_metrics: BTreeMap::new(),
+            epsilon: None,
         };
         let evaluators: Vec<ParticipantId> = self.connected.iter().cloned().collect();
         if let Some(settings) = &self.settings.secure {
@@ -909,6 +959,7 @@ impl RoundMachine {
             self.attempt,
             evaluators.clone(),
             EvaluationEncoding::vector_len(&self.settings.metrics),
+            None,
         );
         match started {
             Ok((securing, setup)) => {
@@ -971,6 +1022,9 @@ impl RoundMachine {
         outcome.evaluators = sum.n_reports();
         outcome.eval_examples = sum.n_examples();
         outcome.eval_metrics = sum.finish();
+        outcome.epsilon = self
+            .privacy()
+            .map(|privacy| privacy.epsilon_after(self.round));
         self.global = model.clone();
         if let Some(state) = self.pending_state.take() {
             self.optimizer.adopt(state);

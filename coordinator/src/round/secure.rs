@@ -12,6 +12,7 @@ use super::{Dropout, ParticipantId, Phase};
 use crate::config::SecureAggregationSpec;
 use crate::strategy::UpdateSum;
 use cairn_proto::metrics::{EvaluationEncoding, Metric, MetricError, Totals};
+use cairn_secagg::privacy::{DistributedDp, Ledger};
 use cairn_secagg::protocol::{
     Advertisement, CoordinatorMachine, EncryptedShares, GraphNonce, MaskedInput, Reveal,
     RoundConfig, SurvivorSignature, Unmasked, advertisement_message, neighbourhood_size,
@@ -76,6 +77,28 @@ pub struct SecureSettings {
     pub spec: SecureAggregationSpec,
     /// How updates are encoded (checked for every listed participant).
     pub encoding: UpdateEncoding,
+    /// Differential privacy, when the job has it: updates are then encoded by its mechanism.
+    pub privacy: Option<PrivacySettings>,
+}
+
+/// A job's differential privacy: the mechanism every update goes through and the budget the
+/// job stops at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrivacySettings {
+    /// The distributed discrete Gaussian, for the job's model.
+    pub mechanism: DistributedDp,
+    /// `δ` of the guarantee.
+    pub delta: f64,
+    /// The `ε` no round may take the job past.
+    pub epsilon_budget: f64,
+}
+
+impl PrivacySettings {
+    /// `ε` at the job's `δ` once `rounds` rounds are released (each costs the same, since the
+    /// mechanism's parameters are the job's).
+    pub fn epsilon_after(&self, rounds: u64) -> f64 {
+        Ledger::after(&self.mechanism, rounds).epsilon(self.delta)
+    }
 }
 
 /// The public setup of one round's secure aggregation, sent with the training instruction.
@@ -95,6 +118,8 @@ pub struct SecureSetup {
     pub levels: u32,
     /// Weight cap.
     pub max_weight: u32,
+    /// Differential privacy's noise, for a training round of a job that has it.
+    pub privacy: Option<DistributedDp>,
 }
 
 /// A secure-aggregation message from a participant, already decoded and checked for form.
@@ -185,18 +210,21 @@ pub(super) struct Securing {
     certificates: BTreeMap<u32, Vec<u8>>,
     pub(super) dropouts: Vec<Dropout>,
     encoding: UpdateEncoding,
+    /// The noise the inputs carry, when they are a training round's under differential privacy.
+    privacy: Option<DistributedDp>,
 }
 
 impl Securing {
     /// Starts secure aggregation among `selected` (sorted) of vectors of `vector_len` values
     /// (`UpdateEncoding::vector_len` for updates, `EvaluationEncoding::vector_len` for
-    /// evaluations).
+    /// evaluations), noised by `privacy` when given (a training round of a job that has it).
     pub(super) fn start(
         settings: &SecureSettings,
         round: u64,
         attempt: u32,
         selected: Vec<ParticipantId>,
         vector_len: usize,
+        privacy: Option<DistributedDp>,
     ) -> Result<(Securing, SecureSetup), SecureError> {
         let n = selected.len();
         let degree = settings.spec.degree(n);
@@ -212,6 +240,10 @@ impl Securing {
             vector_len,
         )
         .map_err(SecureError::CannotStart)?;
+        let config = match &privacy {
+            Some(mechanism) => config.with_privacy(mechanism),
+            None => config,
+        };
         let setup = SecureSetup {
             attempt,
             roster: selected.clone(),
@@ -221,6 +253,7 @@ impl Securing {
             clip: settings.encoding.clip(),
             levels: settings.encoding.levels(),
             max_weight: settings.encoding.max_weight(),
+            privacy,
         };
         let securing = Securing {
             index: selected
@@ -237,6 +270,7 @@ impl Securing {
             certificates: BTreeMap::new(),
             dropouts: Vec::new(),
             encoding: settings.encoding,
+            privacy,
         };
         Ok((securing, setup))
     }
@@ -404,10 +438,11 @@ impl Securing {
 
     /// Decodes the unmasked sum of `n` updates into what the strategy needs.
     pub(super) fn updates(&self, sum: &[u32], n: usize) -> Result<UpdateSum, SecureError> {
-        let decoded = self
-            .encoding
-            .decode(sum, n as u64)
-            .map_err(SecureError::Decode)?;
+        let decoded = match &self.privacy {
+            Some(mechanism) => mechanism.decode(sum, n as u64),
+            None => self.encoding.decode(sum, n as u64),
+        }
+        .map_err(SecureError::Decode)?;
         UpdateSum::from_totals(
             decoded.weighted_delta,
             decoded.weight,

@@ -530,6 +530,7 @@ mod server_optimizer {
                         evaluators: 2,
                         eval_examples: 20,
                         eval_metrics: BTreeMap::new(),
+                        epsilon: None,
                     },
                     duration_s: 0.0,
                     bytes_in: 0,
@@ -632,8 +633,70 @@ mod secure {
             job: "job".into(),
             encoding: spec.encoding(4).unwrap(),
             spec,
+            privacy: None,
         });
         RoundMachine::new(settings, fedavg(), vec![0.0; 2], 1)
+    }
+
+    #[test]
+    fn a_round_that_would_pass_the_privacy_budget_is_not_started() {
+        let spec = SecureAggregationSpec::default();
+        let mechanism = cairn_secagg::privacy::DistributedDp::new(1.0, 2.0, 3, 2).unwrap();
+        let mut privacy = PrivacySettings {
+            mechanism,
+            delta: 1e-5,
+            epsilon_budget: 0.0,
+        };
+        // Room for two rounds and not three.
+        privacy.epsilon_budget = (privacy.epsilon_after(2) + privacy.epsilon_after(3)) / 2.0;
+        let machine_at = |first_round| {
+            let mut settings = settings(3, 5);
+            settings.secure = Some(SecureSettings {
+                job: "job".into(),
+                encoding: spec.encoding(4).unwrap(),
+                spec: spec.clone(),
+                privacy: Some(privacy),
+            });
+            RoundMachine::new(settings, fedavg(), vec![0.0; 2], first_round)
+        };
+        let mut second = machine_at(2);
+        assert_eq!(second.finished_because(), None);
+        // Round 2 starts once three participants are there.
+        let commands = connect(&mut second, &["a", "b", "c"]);
+        let Some(Command::SendTrain {
+            secure: Some(setup),
+            ..
+        }) = commands.first()
+        else {
+            panic!("round 2 starts: {commands:?}");
+        };
+        assert_eq!(
+            setup.privacy,
+            Some(mechanism),
+            "the noise travels with the setup"
+        );
+        let third = machine_at(3);
+        let reason = third
+            .finished_because()
+            .expect("round 3 is past the budget");
+        assert!(
+            reason.starts_with("privacy budget spent: round 3 would take epsilon from"),
+            "{reason}"
+        );
+        // A machine that reaches the budget between rounds ends the job, recorded as a success.
+        let mut settings = settings(3, 5);
+        settings.secure = Some(SecureSettings {
+            job: "job".into(),
+            encoding: spec.encoding(4).unwrap(),
+            spec: spec.clone(),
+            privacy: Some(PrivacySettings {
+                epsilon_budget: privacy.epsilon_after(1) / 2.0,
+                ..privacy
+            }),
+        });
+        let mut none = RoundMachine::new(settings, fedavg(), vec![0.0; 2], 1);
+        assert!(none.is_finished());
+        assert!(connect(&mut none, &["a", "b", "c"]).is_empty());
     }
 
     fn deltas(id: &str) -> ([f32; 2], u64) {

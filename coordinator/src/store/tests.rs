@@ -33,6 +33,7 @@ fn record(round: u64) -> RoundRecord {
             evaluators: 1,
             eval_examples: 5,
             eval_metrics: [("accuracy".to_string(), 0.9), ("loss".to_string(), 0.4)].into(),
+            epsilon: None,
         },
         duration_s: 1.5,
         bytes_in: 100,

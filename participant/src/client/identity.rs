@@ -249,6 +249,7 @@ mod tests {
             threshold: 2,
             degree: 2,
             vector_len: 8,
+            min_survivors: 0,
         };
         let (mut machines, ads): (Vec<ParticipantMachine>, Vec<_>) = IDS
             .iter()

@@ -19,6 +19,7 @@ use cairn_proto::v1::{
     CoordinatorMessage, EvaluateInstruction, Heartbeat, Hello, ParticipantMessage, TensorSpec,
     TrainInstruction, TransferHeader, UpdateHeader, Welcome,
 };
+use cairn_secagg::privacy::DistributedDp;
 use rand::Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -668,6 +669,18 @@ async fn with_task<T: Send + 'static>(
     Ok(result)
 }
 
+/// An update clipped and noised by the round's differential privacy, and the mechanism.
+type Noised = (DistributedDp, Vec<u32>);
+
+/// A trained update: `delta` is `local - global`, over `weight` examples with mean training
+/// loss `mean_loss`.
+#[derive(Clone, Copy)]
+pub(super) struct Trained<'a> {
+    pub(super) delta: &'a [f32],
+    pub(super) weight: u64,
+    pub(super) mean_loss: f64,
+}
+
 /// A session past the coordinator's `Welcome`: it carries out the coordinator's instructions,
 /// one method per kind of message, until the session ends.
 struct Serving<'a> {
@@ -750,6 +763,17 @@ impl Serving<'_> {
             .inbound
             .receive(header, format!("global model for round {round}"))
             .await?;
+        let privacy = match self.options.policy.check_privacy(
+            setup,
+            global.len(),
+            &self.started.privacy,
+        ) {
+            Ok(privacy) => privacy,
+            Err(refusal) => {
+                tracing::error!(participant = %label, "{label}: round {round}: training refused, nothing is sent for it: {refusal}");
+                return Ok(());
+            }
+        };
         if !(config.proximal_mu.is_finite() && config.proximal_mu >= 0.0) {
             return Err(Interrupt::retry(format!(
                 "the coordinator asks for proximal_mu {}; expected a finite number >= 0",
@@ -766,9 +790,9 @@ impl Serving<'_> {
         };
         tracing::info!(participant = %label, "{label}: round {round}: training ({} epochs)", training.local_epochs);
         let progress_label = label.clone();
-        let (delta, weight, mean_loss) = with_task(
+        let (delta, weight, mean_loss, noised) = with_task(
             self.task,
-            move |task| -> Result<(Vec<f32>, u64, f64), Error> {
+            move |task| -> Result<(Vec<f32>, u64, f64, Option<Noised>), Error> {
                 task.set_parameters(&layout, &global)?;
                 let mut report = |p: EpochProgress| {
                     tracing::info!(
@@ -787,13 +811,31 @@ impl Serving<'_> {
                     .zip(&global)
                     .map(|(local, global)| local - global)
                     .collect();
-                Ok((delta, outcome.n_examples, outcome.mean_loss))
+                // Noise is drawn here, off the async runtime, like the training.
+                let noised = privacy
+                    .map(|mechanism| {
+                        mechanism
+                            .encode(&delta)
+                            .map(|input| (mechanism, input))
+                            .map_err(|e| Error::Model(format!("noising the update: {e}")))
+                    })
+                    .transpose()?;
+                Ok((delta, outcome.n_examples, outcome.mean_loss, noised))
             },
         )
         .await??;
         match &instruction.secure_aggregation {
             Some(setup) => {
-                self.start_secure(round, setup, &delta, weight, mean_loss)
+                let trained = Trained {
+                    delta: &delta,
+                    weight,
+                    mean_loss,
+                };
+                let contribution = match noised {
+                    Some((mechanism, input)) => secure::Contribution::Noised(mechanism, input),
+                    None => secure::Contribution::Update(trained),
+                };
+                self.start_secure(round, setup, trained, contribution)
                     .await?
             }
             None => {
@@ -829,14 +871,22 @@ impl Serving<'_> {
         &mut self,
         round: u64,
         setup: &cairn_proto::v1::SecureAggregation,
-        delta: &[f32],
-        weight: u64,
-        mean_loss: f64,
+        trained: Trained<'_>,
+        contribution: secure::Contribution<'_>,
     ) -> Result<(), Interrupt> {
         let label = &self.options.label;
+        let Trained {
+            weight, mean_loss, ..
+        } = trained;
+        let privacy = contribution.privacy();
         self.secure = None;
-        match secure::SecureRound::for_update(self.site(round), setup, delta, weight, mean_loss) {
+        match secure::SecureRound::for_update(self.site(round), setup, contribution) {
             Ok((started, advertisement)) => {
+                if let Some(mechanism) = privacy {
+                    self.started.privacy.add(&mechanism.round_rdp_curve(), 1);
+                    let delta = self.options.policy.privacy_delta;
+                    tracing::info!(participant = %label, "{label}: round {round}: the update carries differential privacy's noise (noise multiplier {}, at least {} sites); this site's epsilon in the job is now {:.3} at delta {delta}", mechanism.noise_multiplier(), mechanism.min_contributors(), self.started.privacy.epsilon(delta));
+                }
                 send(&self.outbox, advertisement).await?;
                 tracing::info!(participant = %label, roster = ?setup.participants, "{label}: round {round}: trained (weight {weight}, train loss {mean_loss:.4}); secure aggregation with {} participants, threshold {}", setup.participants.len(), setup.threshold);
                 self.secure = Some(started);

@@ -5,14 +5,15 @@
 //! sets, a threshold below a strict majority) aborts this participant's part of the round, and
 //! nothing more is revealed.
 
-use super::Kit;
 use super::identity::FederationVerifier;
+use super::{Kit, Trained};
 use crate::policy::Policy;
 use cairn_proto::metrics::{EvaluationEncoding, Totals};
 use cairn_proto::secagg::WireError;
 use cairn_proto::v1::coordinator_message::Body as Inbound;
 use cairn_proto::v1::participant_message::Body as Outbound;
 use cairn_proto::v1::{self, ParticipantMessage};
+use cairn_secagg::privacy::DistributedDp;
 use cairn_secagg::protocol::{ParticipantMachine, ProtocolError, RoundConfig};
 use cairn_secagg::quantize::UpdateEncoding;
 
@@ -57,6 +58,25 @@ pub(super) enum Abort {
     NotSecure,
 }
 
+/// What a site puts into a round's secure sum.
+pub(super) enum Contribution<'a> {
+    /// Its update, to quantise with the round's encoding.
+    Update(Trained<'a>),
+    /// Its update, already clipped and noised by the round's differential privacy
+    /// ([`DistributedDp::encode`]).
+    Noised(DistributedDp, Vec<u32>),
+}
+
+impl Contribution<'_> {
+    /// The differential privacy the contribution carries, if any.
+    pub(super) fn privacy(&self) -> Option<DistributedDp> {
+        match self {
+            Contribution::Update(_) => None,
+            Contribution::Noised(mechanism, _) => Some(*mechanism),
+        }
+    }
+}
+
 /// Who runs a secure aggregation, and for which round.
 pub(super) struct Site<'a> {
     /// This participant's kit (its signing key and certificate).
@@ -98,13 +118,24 @@ impl SecureRound {
     pub(super) fn for_update(
         site: Site<'_>,
         setup: &v1::SecureAggregation,
-        delta: &[f32],
-        n_examples: u64,
-        mean_loss: f64,
+        contribution: Contribution<'_>,
     ) -> Result<(SecureRound, ParticipantMessage), Abort> {
-        let encoding = UpdateEncoding::new(setup.clip, setup.quantization_levels, setup.max_weight)
-            .map_err(Abort::Setup)?;
-        SecureRound::start(site, setup, encoding.encode(delta, n_examples, mean_loss))
+        match contribution {
+            Contribution::Update(Trained {
+                delta,
+                weight,
+                mean_loss,
+            }) => {
+                let encoding =
+                    UpdateEncoding::new(setup.clip, setup.quantization_levels, setup.max_weight)
+                        .map_err(Abort::Setup)?;
+                let input = encoding.encode(delta, weight, mean_loss);
+                SecureRound::start(site, setup, None, input)
+            }
+            Contribution::Noised(mechanism, input) => {
+                SecureRound::start(site, setup, Some(&mechanism), input)
+            }
+        }
     }
 
     /// Starts after evaluating a new global model: encodes the evaluation's sums and returns
@@ -116,13 +147,16 @@ impl SecureRound {
     ) -> Result<(SecureRound, ParticipantMessage), Abort> {
         let encoding = EvaluationEncoding::new(setup.max_weight, setup.quantization_levels)
             .map_err(|e| Abort::Setup(cairn_secagg::Error::Quantization(e.to_string())))?;
-        SecureRound::start(site, setup, encoding.encode(totals))
+        SecureRound::start(site, setup, None, encoding.encode(totals))
     }
 
     /// Checks the coordinator's setup for `input` and returns the signed advertisement to send.
+    /// `privacy` is bound into the round's setup, and a survivor set smaller than it counts on
+    /// is refused.
     fn start(
         site: Site<'_>,
         setup: &v1::SecureAggregation,
+        privacy: Option<&DistributedDp>,
         input: Vec<u32>,
     ) -> Result<(SecureRound, ParticipantMessage), Abort> {
         let Site {
@@ -147,6 +181,10 @@ impl SecureRound {
             input.len(),
         )
         .map_err(Abort::Setup)?;
+        let config = match privacy {
+            Some(mechanism) => config.with_privacy(mechanism),
+            None => config,
+        };
         let (machine, ad) = ParticipantMachine::new(config, index as u32, kit.signer.as_ref());
         let advertisement =
             v1::Advertisement::new(round, setup.attempt, &ad, kit.certificate_der.clone());

@@ -256,6 +256,13 @@ impl CoordinatorMachine {
     pub fn close_masked_inputs(&mut self) -> Result<Vec<u32>, ProtocolError> {
         self.require_phase(Phase::AwaitingMaskedInputs, "end of masked inputs")?;
         self.require_threshold("masked inputs", self.survivors.len())?;
+        if self.survivors.len() < self.config.min_survivors {
+            return Err(ProtocolError::BelowThreshold {
+                what: "masked inputs (differential privacy's min_contributors)",
+                remaining: self.survivors.len(),
+                threshold: self.config.min_survivors,
+            });
+        }
         self.phase = Phase::AwaitingSignatures;
         Ok(self.survivors.iter().copied().collect())
     }

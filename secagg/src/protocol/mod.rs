@@ -61,6 +61,10 @@ pub struct RoundConfig {
     pub degree: u32,
     /// Values per input vector.
     pub vector_len: usize,
+    /// Fewest survivors whose inputs a participant lets the coordinator unmask, beyond the
+    /// threshold: under differential privacy, the sites whose noise the guarantee counts on
+    /// ([`RoundConfig::with_privacy`]); 0 otherwise.
+    pub min_survivors: usize,
 }
 
 impl RoundConfig {
@@ -116,7 +120,30 @@ impl RoundConfig {
             threshold,
             degree,
             vector_len,
+            min_survivors: 0,
         })
+    }
+
+    /// The configuration of a round whose inputs carry the noise of `privacy`: its parameters
+    /// are bound into the context digest (a party shown other noise settings than its
+    /// neighbours fails their signature checks, so no site is made to add less noise than its
+    /// neighbours count on) and a survivor set smaller than its `min_contributors` is refused.
+    pub fn with_privacy(mut self, privacy: &crate::privacy::DistributedDp) -> RoundConfig {
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        hash.update(b"cairn secagg differential privacy v1");
+        hash.update(&self.context);
+        hash.update(&privacy.clip_norm().to_bits().to_be_bytes());
+        hash.update(&privacy.noise_multiplier().to_bits().to_be_bytes());
+        hash.update(&privacy.min_contributors().to_be_bytes());
+        self.context.copy_from_slice(hash.finish().as_ref());
+        self.min_survivors = privacy.min_contributors() as usize;
+        self
+    }
+
+    /// Fewest survivors a round can complete with: the threshold, or more under differential
+    /// privacy.
+    pub fn least_survivors(&self) -> usize {
+        self.threshold.max(self.min_survivors)
     }
 
     /// The seed of the neighbourhood graph's permutation that `nonces` (every advertiser's

@@ -419,11 +419,11 @@ impl ParticipantMachine {
                 participant: self.me,
             });
         }
-        if sorted.len() < self.config.threshold {
+        if sorted.len() < self.config.least_survivors() {
             return self.abort(ProtocolError::BelowThreshold {
                 what: "survivors",
                 remaining: sorted.len(),
-                threshold: self.config.threshold,
+                threshold: self.config.least_survivors(),
             });
         }
         let signature = signer.sign(&survivors_message(&self.config, &sorted));

@@ -56,6 +56,7 @@ fn config(n: u32, threshold: usize, degree: u32, round: u64) -> RoundConfig {
         threshold,
         degree,
         vector_len: 64,
+        min_survivors: 0,
     }
 }
 
@@ -685,6 +686,11 @@ fn the_round_setup_and_nonces_derive_the_pinned_context_seed_and_graph() {
         hex(&config.context),
         "076d345f4cd25dcaaa121058edbbbeba2cb3f58bcc855faa1d14a7aa2f692a9d"
     );
+    let privacy = crate::privacy::DistributedDp::new(1.5, 0.75, 6, 1000).unwrap();
+    assert_eq!(
+        hex(&config.clone().with_privacy(&privacy).context),
+        "d3d308734fde77b87190639ada07cca7916c6f1b0727231081ddbe0e3bd37ff8"
+    );
     assert_eq!(
         hex(&nonce_commitment(&config, 3, &[3; 32])),
         "b59c0a3089dbc18c5c3d73bdc54cdb8fb38e3091ee6916ff603e682908d146e6"
@@ -750,6 +756,7 @@ fn layout_config() -> RoundConfig {
         threshold: 3,
         degree: 5,
         vector_len: 8,
+        min_survivors: 0,
     }
 }
 
@@ -1021,5 +1028,38 @@ fn error_messages_name_the_participants_involved() {
     assert_eq!(
         ProtocolError::DuplicateMaskedInput { from: 7 }.to_string(),
         "duplicate masked input from participant 7"
+    );
+}
+
+#[test]
+fn under_differential_privacy_a_participant_refuses_fewer_survivors_than_the_noise_counts_on() {
+    let n = 3;
+    let ids = Identities::new(n);
+    let privacy = crate::privacy::DistributedDp::new(1.0, 1.0, 3, 62).unwrap();
+    let plain = config(n, 2, n - 1, 1);
+    let cfg = plain.clone().with_privacy(&privacy);
+    assert_ne!(
+        cfg.context, plain.context,
+        "the noise settings are bound into the setup"
+    );
+    assert_eq!((cfg.min_survivors, cfg.least_survivors()), (3, 3));
+    let (mut parties, ads): (Vec<_>, Vec<_>) = (0..n)
+        .map(|i| ParticipantMachine::new(cfg.clone(), i, &ids.signer(i)))
+        .unzip();
+    let nonces = nonces_of(&parties);
+    let shares: Vec<EncryptedShares> = parties
+        .iter_mut()
+        .flat_map(|p| share(p, ads.clone(), &nonces, &ids).unwrap())
+        .collect();
+    let mine = shares.iter().filter(|m| m.to == 0).cloned().collect();
+    parties[0].on_shares(mine, &input(0)).unwrap();
+    // Two survivors meet the threshold of 2 but not the 3 sites whose noise the guarantee needs.
+    assert_eq!(
+        parties[0].on_survivors(vec![0, 1], &ids.signer(0)),
+        Err(ProtocolError::BelowThreshold {
+            what: "survivors",
+            remaining: 2,
+            threshold: 3
+        })
     );
 }
