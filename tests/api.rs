@@ -1,6 +1,6 @@
 //! The monitoring API against a real coordinator and real participants over loopback mTLS: four
-//! participants train two rounds with secure aggregation, one is cut off in round 2, and what the
-//! API says (REST, live stream, metrics) must match what the federation did. Then the access
+//! participants train two rounds with secure aggregation and differential privacy, one is cut off
+//! in round 2, and what the API says (REST, live stream, metrics) must match what the federation did. Then the access
 //! rules and the bad requests. Then `promtool` checks the metrics, schemathesis checks the live
 //! server against the OpenAPI document, and headless Chromium renders the dashboard; `.ci/run`
 //! installs them, and in CI a missing one fails the test (elsewhere its check is skipped).
@@ -8,6 +8,7 @@
 use cairn_coordinator::Coordinator;
 use cairn_coordinator::api::client::ApiClient;
 use cairn_coordinator::api::{ApiEvent, JobState, JobView, ParticipantView, RoundPage};
+use cairn_coordinator::config::PrivacySpec;
 use cairn_coordinator::model::load_safetensors;
 use cairn_coordinator::round::Phase;
 use cairn_coordinator::store::RoundRecord;
@@ -75,7 +76,16 @@ impl Api {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_reports_what_the_federation_did() {
     let federation = Federation::provision(&IDS);
-    let job = digits_job(&IDS, 2, 3);
+    let mut job = digits_job(&IDS, 2, 3);
+    // Under differential privacy, so that epsilon shows wherever the rounds do. Little noise:
+    // four sites cannot hide much, and the test is of what the operator sees.
+    job.privacy = Some(PrivacySpec {
+        epsilon_budget: 10_000.0,
+        delta: 1e-5,
+        noise_multiplier: 0.05,
+        clip_norm: 1.0,
+        min_contributors: None,
+    });
     let coordinator = federation.start(job.clone()).await;
     let api = Api::of(&coordinator);
     // Health needs no token; readiness holds while the job runs.
@@ -269,6 +279,21 @@ async fn the_api_reports_what_the_federation_did() {
         );
     }
     assert!(metrics.contains("process_resident_memory_bytes"));
+    let epsilon: Vec<f64> = report
+        .rounds
+        .iter()
+        .map(|r| r.outcome.epsilon.expect("epsilon recorded"))
+        .collect();
+    assert!(epsilon[0] > 0.0 && epsilon[1] > epsilon[0], "{epsilon:?}");
+    let gauge: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_privacy_epsilon "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cairn_privacy_epsilon missing from\n{metrics}"));
+    assert!(
+        (gauge - epsilon[1]).abs() <= 1e-9 * epsilon[1],
+        "{gauge} against {epsilon:?}"
+    );
 
     // The model: admins only, and it is the final model.
     let (status, message) = api.refused("/api/v1/model", Some(VIEWER_TOKEN)).await;
@@ -351,7 +376,7 @@ async fn the_api_reports_what_the_federation_did() {
     let served = api.text("/api/v1/openapi.json").await;
     assert_eq!(served, cairn_coordinator::api::openapi_json());
 
-    external_checks(&api, &federation).await;
+    external_checks(&api, &federation, epsilon[1]).await;
 }
 
 /// The first of `candidates` that runs, if any: a missing tool fails the test in CI and skips
@@ -369,8 +394,8 @@ fn tool(name: &str, candidates: &[&str]) -> Option<String> {
     found.map(|path| path.to_string())
 }
 
-/// The live server checked by other people's tools.
-async fn external_checks(api: &Api, federation: &Federation) {
+/// The live server checked by other people's tools; `epsilon` is what the job spent.
+async fn external_checks(api: &Api, federation: &Federation, epsilon: f64) {
     let dir = federation.dir.path();
     if let Some(promtool) = tool("promtool", &["promtool"]) {
         let metrics = api.text("/metrics").await;
@@ -454,11 +479,14 @@ async fn external_checks(api: &Api, federation: &Federation) {
                 .expect("chromium runs")
         };
         let dom = String::from_utf8_lossy(&headless(&["--dump-dom"]).stdout).into_owned();
+        // Accuracy and evaluation loss; no training loss is reported under differential privacy.
         assert_eq!(
             dom.matches("class=\"series\"").count(),
-            3,
+            2,
             "chart series missing:\n{dom}"
         );
+        let spent = format!("<b>{epsilon:.3} of 10000</b>");
+        assert!(dom.contains(&spent), "{spent} missing:\n{dom}");
         for id in IDS {
             assert!(
                 dom.contains(&format!("<td>{id}</td>")),

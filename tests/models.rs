@@ -124,21 +124,14 @@ labels = idx(sys.argv[2] + "/t10k-labels-idx1-ubyte.gz", 8)
 logits = images.astype(np.float32) @ model["linear.weight"].T + model["linear.bias"]
 print((logits.argmax(axis=1) == labels).mean())
 "#;
-    let output = Command::new(python)
-        .args(["-c", script])
-        .arg(&report.model_path)
-        .arg(digits_dir())
-        .output()
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let numpy: f64 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("an accuracy");
+    let numpy: f64 = cairn_tests::python_output(
+        &python,
+        script,
+        &[report.model_path.as_os_str(), digits_dir().as_os_str()],
+    )
+    .trim()
+    .parse()
+    .expect("an accuracy");
     let ours = cairn_accuracy(&report.model_path);
     assert!((numpy - ours).abs() < 1e-9, "numpy {numpy}, Cairn {ours}");
     assert!(ours > 0.85, "{ours}");

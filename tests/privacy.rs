@@ -32,16 +32,7 @@ fn the_accountant_gives_dp_accountings_epsilon() {
          \x20   print(repr(float(accountant.get_epsilon(delta))))\n",
         cases.join(", ")
     );
-    let output = std::process::Command::new(&python)
-        .args(["-c", &script])
-        .output()
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reference: Vec<f64> = String::from_utf8_lossy(&output.stdout)
+    let reference: Vec<f64> = cairn_tests::python_output(&python, &script, &[])
         .lines()
         .map(|line| line.parse().expect("an epsilon"))
         .collect();

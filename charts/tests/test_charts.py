@@ -121,14 +121,17 @@ def test_participant_policy_is_strict_by_default_and_set_by_values():
     args = by_kind(render("participant", base), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--allow-plaintext" not in args
     assert {"--min-participants=3", "--min-neighbours=2", "--min-threshold=0.5", "--max-round-attempts=5"} <= set(args)
-    assert not any(a.startswith("--partners") for a in args)
+    assert not any(a.startswith(("--partners", "--max-epsilon")) for a in args)
+    assert "--privacy-delta=1e-05" in args
     partners = "# agreed on 2026-11-30\nst-marys sha256:" + "ab" * 32 + "\nhopital-nord\n"
     values = with_change(with_change(base, "policy.partners", partners), "policy.minParticipants", 5)
     values = with_change(values, "policy.allowPlaintext", True)
+    values = with_change(with_change(values, "policy.maxEpsilon", 8), "policy.privacyDelta", 1e-6)
     objects = render("participant", values)
     pod = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]
     args = pod["containers"][0]["args"]
-    assert {"--allow-plaintext", "--min-participants=5", "--partners=/etc/cairn/policy/partners"} <= set(args)
+    assert {"--allow-plaintext", "--min-participants=5", "--partners=/etc/cairn/policy/partners",
+            "--max-epsilon=8", "--privacy-delta=1e-06"} <= set(args)
     config_map = by_kind(objects, "ConfigMap")[0]
     assert config_map["data"]["partners"] == partners
     volume = next(v for v in pod["volumes"] if v["name"] == "policy")
@@ -267,6 +270,8 @@ PARTICIPANT_BAD = [
     ("policy.minParticipants", 2, "policy/minParticipants"),
     ("policy.minThreshold", 0.4, "policy/minThreshold"),
     ("policy.maxRoundAttempts", 0, "policy/maxRoundAttempts"),
+    ("policy.maxEpsilon", 0, "policy/maxEpsilon"),
+    ("policy.privacyDelta", 0.5, "policy/privacyDelta"),
     ("policy.partners", "St Marys\n", "policy/partners"),
     ("policy.partners", "alpha sha1:00\n", "policy/partners"),
     ("policy.crl", "not a revocation list", "policy/crl"),

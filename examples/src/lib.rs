@@ -82,12 +82,16 @@ pub fn print_round_table(rounds: &[RoundRecord]) {
     for record in rounds {
         let o = &record.outcome;
         print!(
-            "{:>5}  {:>5}/{:<6}  {:>10.4}",
+            "{:>5}  {:>5}/{:<6}",
             o.round,
             o.contributors.len(),
-            o.selected.len(),
-            o.train_loss
+            o.selected.len()
         );
+        // No training loss is reported under differential privacy.
+        match o.epsilon {
+            Some(_) => print!("  {:>10}", "-"),
+            None => print!("  {:>10.4}", o.train_loss),
+        }
         for name in &metrics {
             match o.eval_metrics.get(*name) {
                 Some(value) => print!("  {value:>10.4}"),

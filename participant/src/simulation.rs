@@ -6,7 +6,7 @@
 //! participant that links the coordinator.
 
 use crate::Error;
-use crate::client::{ClientOptions, Kit, run_many};
+use crate::client::{ClientOptions, Kit};
 use crate::task::{JobTask, Task};
 use cairn_coordinator::api::{ApiOptions, ApiTokens};
 use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
@@ -129,7 +129,7 @@ impl LocalFederation {
             println!("API: curl -H 'Authorization: Bearer {token}' http://{address}/api/v1/job");
         }
         let url = format!("https://127.0.0.1:{}", coordinator.local_addr().port());
-        let mut clients = Vec::with_capacity(tasks.len());
+        let mut sites = tokio::task::JoinSet::new();
         for (id, task) in job.participants.iter().zip(tasks) {
             let kit = Kit::load(&request.out_dir.join("participants").join(id))?;
             let mut options = ClientOptions::new(url.clone(), kit, id.clone());
@@ -137,9 +137,14 @@ impl LocalFederation {
             // Whoever runs the simulation wrote the job: its sites take its choice of secure
             // aggregation instead of refusing a job in the clear.
             options.policy.allow_plaintext = !job.secure_aggregation.enabled;
-            clients.push((options, task));
+            let id = id.clone();
+            sites.spawn(async move { (crate::client::run(options, task).await, id) });
         }
-        for (id, result) in job.participants.iter().zip(run_many(clients).await) {
+        // A site that stops with an error stops the simulation at once, with that error: the
+        // job could otherwise wait for it forever (dropping the set stops the other sites).
+        while let Some(joined) = sites.join_next().await {
+            let (result, id) =
+                joined.map_err(|e| Error::Simulation(format!("a participant's task: {e}")))?;
             result.map_err(|e| Error::Simulation(format!("participant {id}: {e}")))?;
         }
         coordinator.wait().await.map_err(coordinator_error)

@@ -255,18 +255,16 @@ impl DistributedDp {
     /// Decodes the noisy sum of `n` encoded updates, after checking that honest inputs give it:
     /// every value within [`DistributedDp::sum_bound`], a weight of exactly `n` and a loss of 0.
     pub fn decode(&self, sum: &[u32], n: u64) -> Result<DecodedSum, Error> {
-        let [values @ .., weight, loss] = sum else {
+        let expected = DistributedDp::vector_len(self.dim);
+        let Some((values, [weight, loss])) = sum
+            .split_last_chunk::<2>()
+            .filter(|_| sum.len() == expected)
+        else {
             return Err(Error::Length {
                 actual: sum.len(),
-                expected: DistributedDp::vector_len(self.dim),
+                expected,
             });
         };
-        if values.len() != self.dim {
-            return Err(Error::Length {
-                actual: sum.len(),
-                expected: DistributedDp::vector_len(self.dim),
-            });
-        }
         let bound = self.sum_bound(n).floor() as u64;
         let out_of_range = |what: String, value: u32, min: u64, max: u64| Error::OutOfRange {
             what,

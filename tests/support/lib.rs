@@ -72,6 +72,21 @@ pub fn venv_python(modules: &[&str]) -> Option<PathBuf> {
     }
 }
 
+/// What `python -c script args…` prints on stdout; panics with its stderr when it fails.
+pub fn python_output(python: &Path, script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let output = std::process::Command::new(python)
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// The workspace's root directory.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
