@@ -1,7 +1,7 @@
 //! The monitoring API against a real coordinator and real participants over loopback mTLS: four
-//! participants train two rounds with secure aggregation and differential privacy, one is cut off
-//! in round 2, and what the API says (REST, live stream, metrics) must match what the federation did. Then the access
-//! rules and the bad requests. Then `promtool` checks the metrics, schemathesis checks the live
+//! participants train two rounds with secure aggregation and differential privacy, one is cut
+//! off in round 2, and what the API says (REST, live stream, metrics) must match what the
+//! federation did. Then the access rules and the bad requests. Then `promtool` checks the metrics, schemathesis checks the live
 //! server against the OpenAPI document, and headless Chromium renders the dashboard; `.ci/run`
 //! installs them, and in CI a missing one fails the test (elsewhere its check is skipped).
 

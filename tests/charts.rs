@@ -4,7 +4,7 @@
 //! installation at a partner site. Without the venv the check is skipped, except in CI, where it
 //! fails.
 
-use cairn_tests::process::binary;
+use cairn_tests::process::{binary, stdout_of};
 use std::path::Path;
 use std::process::Command;
 
@@ -25,21 +25,17 @@ fn the_charts_render_validate_and_refuse_bad_values() {
         return;
     }
     let dir = tempfile::tempdir().expect("temporary directory");
-    let provisioned = Command::new(binary("cairn-coordinator", "cairn-coordinator"))
-        .args([
-            "provision",
-            "--with-keys",
-            "--server-name",
-            "fl.example.org",
-        ])
-        .args(["--participant", "st-marys=St Mary's Hospital", "--out"])
-        .arg(dir.path())
-        .output()
-        .expect("provision runs");
-    assert!(
-        provisioned.status.success(),
-        "{}",
-        String::from_utf8_lossy(&provisioned.stderr)
+    stdout_of(
+        Command::new(binary("cairn-coordinator", "cairn-coordinator"))
+            .args([
+                "provision",
+                "--with-keys",
+                "--server-name",
+                "fl.example.org",
+            ])
+            .args(["--participant", "st-marys=St Mary's Hospital", "--out"])
+            .arg(dir.path()),
+        "cairn-coordinator provision",
     );
     let charts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts");
     let output = Command::new(&python)

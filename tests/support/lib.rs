@@ -74,17 +74,12 @@ pub fn venv_python(modules: &[&str]) -> Option<PathBuf> {
 
 /// What `python -c script args…` prints on stdout; panics with its stderr when it fails.
 pub fn python_output(python: &Path, script: &str, args: &[&std::ffi::OsStr]) -> String {
-    let output = std::process::Command::new(python)
-        .args(["-c", script])
-        .args(args)
-        .output()
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "python: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    process::stdout_of(
+        std::process::Command::new(python)
+            .args(["-c", script])
+            .args(args),
+        "python",
+    )
 }
 
 /// The workspace's root directory.

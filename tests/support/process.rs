@@ -33,23 +33,18 @@ pub fn binary(package: &str, bin: &str) -> PathBuf {
         .nth(3)
         .expect("the test binary lies in <target>/<profile>/deps/");
     let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let output = std::process::Command::new(env!("CARGO"))
-        .current_dir(workspace)
-        .args(["build", "--quiet", "--message-format=json", "--package"])
-        .arg(package)
-        .arg("--bin")
-        .arg(bin)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .stderr(Stdio::piped())
-        .output()
-        .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "cargo build --package {package} --bin {bin} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let messages = stdout_of(
+        std::process::Command::new(env!("CARGO"))
+            .current_dir(workspace)
+            .args(["build", "--quiet", "--message-format=json", "--package"])
+            .arg(package)
+            .arg("--bin")
+            .arg(bin)
+            .arg("--target-dir")
+            .arg(target_dir),
+        &format!("cargo build --package {package} --bin {bin}"),
     );
-    let path = String::from_utf8_lossy(&output.stdout)
+    let path = messages
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|message| message["reason"] == "compiler-artifact")
@@ -162,4 +157,18 @@ impl Process {
     pub fn log(&self) -> String {
         self.log.join("\n")
     }
+}
+
+/// What `command` prints on stdout once it has succeeded; panics naming it (`what`) with its
+/// stderr when it cannot run or fails.
+pub fn stdout_of(command: &mut std::process::Command, what: &str) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what} does not run: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
