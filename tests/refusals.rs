@@ -223,7 +223,7 @@ async fn a_chunk_whose_hash_does_not_match_is_refused() {
     assert!(
         status
             .message()
-            .contains("chunk 0's data does not match its sha256"),
+            .contains("chunk 0's data does not match the sha256 its transfer header lists"),
         "{}",
         status.message()
     );

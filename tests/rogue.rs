@@ -477,7 +477,6 @@ async fn an_oversized_message_ends_the_session_with_nothing_sent() {
         round: 1,
         index: 0,
         data: vec![0u8; 5 << 20].into(),
-        sha256: vec![0; 32],
     };
     ends_the_session(
         CoordinatorMessage {

@@ -1,11 +1,11 @@
 //! Benchmark of the plaintext weighted aggregation: n = 100 participants x d = 1M parameters
-//! added into the running sum, reported next to a memory-streaming floor measured in the same run
+//! added into the running sum (fixed point, in the 1 MiB pieces updates arrive in), reported next to a memory-streaming floor measured in the same run
 //! (reading the same bytes and summing them in the simplest loop), as a ratio.
 //!
 //! Run with `cargo bench -p cairn-coordinator --bench aggregation`.
 
 use cairn_coordinator::config::{ServerAlgorithm, ServerOptimizerSpec};
-use cairn_coordinator::strategy::{ServerOptimizer, Update, UpdateSum};
+use cairn_coordinator::strategy::{PlainSum, ServerOptimizer, UpdateSum};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -24,15 +24,25 @@ fn best_of(mut run: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let updates: Vec<Update> = (0..N_PARTICIPANTS)
-        .map(|p| Update {
-            weighted_delta: (0..N_VALUES)
+    let updates: Vec<Vec<f32>> = (0..N_PARTICIPANTS)
+        .map(|p| {
+            (0..N_VALUES)
                 .map(|i| ((i + p) % 17) as f32 * 0.01)
-                .collect(),
-            weight: 100 + p as u64,
-            weighted_train_loss: 1.0,
+                .collect()
         })
         .collect();
+    let sum_of = |updates: &[Vec<f32>]| -> UpdateSum {
+        let mut sum = PlainSum::new(N_VALUES);
+        for (p, update) in updates.iter().enumerate() {
+            for (i, piece) in update.chunks(cairn_proto::MAX_CHUNK_BYTES / 4).enumerate() {
+                let offset = i * cairn_proto::MAX_CHUNK_BYTES / 4;
+                sum.add(offset, piece).expect("updates have the right size");
+            }
+            sum.add_contributor(100 + p as u64, 1.0)
+                .expect("a valid weight");
+        }
+        sum.finish()
+    };
     let global = vec![0.0f32; N_VALUES];
 
     // Floor: stream every input byte once and add it into one f64 accumulator vector, the least
@@ -40,7 +50,7 @@ fn main() {
     let floor = best_of(|| {
         let mut accumulator = vec![0.0f64; N_VALUES];
         for update in &updates {
-            for (sum, value) in accumulator.iter_mut().zip(&update.weighted_delta) {
+            for (sum, value) in accumulator.iter_mut().zip(update) {
                 *sum += f64::from(*value);
             }
         }
@@ -48,17 +58,11 @@ fn main() {
     });
     let fedavg = ServerOptimizer::new(&ServerOptimizerSpec::default(), N_VALUES);
     let aggregate = best_of(|| {
-        let mut sum = UpdateSum::new(N_VALUES);
-        for update in &updates {
-            sum.add(update).expect("updates have the right size");
-        }
+        let sum = sum_of(&updates);
         black_box(fedavg.step(&global, &sum).expect("non-empty sum"));
     });
     // The server step alone, on one round's sum: FedAdam reads and writes two moments more.
-    let mut sum = UpdateSum::new(N_VALUES);
-    for update in &updates {
-        sum.add(update).expect("updates have the right size");
-    }
+    let sum = sum_of(&updates);
     let fedadam = ServerOptimizer::new(
         &ServerOptimizerSpec {
             algorithm: ServerAlgorithm::FedAdam,
@@ -82,7 +86,7 @@ fn main() {
         bytes / floor / 1e9
     );
     println!(
-        "  UpdateSum + FedAvg:     {:>8.1} ms  {:>6.2} GB/s",
+        "  PlainSum + FedAvg:      {:>8.1} ms  {:>6.2} GB/s",
         aggregate * 1e3,
         bytes / aggregate / 1e9
     );

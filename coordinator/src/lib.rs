@@ -127,6 +127,31 @@ pub enum Error {
         /// Values the job's model has.
         expected: usize,
     },
+    /// A piece of a plaintext update does not start where the previous one ended.
+    #[error("invalid update: a piece starts at value {offset}, expected {expected}")]
+    UpdatePieceOrder {
+        /// Where the piece starts.
+        offset: usize,
+        /// Where it must start.
+        expected: usize,
+    },
+    /// The pieces of an arriving update could not be set aside on disk (or read back), so it
+    /// could not be taken back out if it broke off.
+    #[error("update pieces could not be kept on disk: {0}")]
+    Spill(#[source] std::io::Error),
+    /// The round's sum of plaintext updates is no longer exact; the attempt fails.
+    #[error("the round's sum is unusable: {0}")]
+    BrokenSum(String),
+    /// A plaintext update carries a weighted value too large to be a trained delta.
+    #[error(
+        "invalid update: weighted value {value} at position {position} is outside +-2^50, more than any update of capped examples gives"
+    )]
+    UpdateValue {
+        /// Index of the value in the model's vector.
+        position: usize,
+        /// The value.
+        value: f32,
+    },
     /// An update (or a sum of updates) was computed on no training example.
     #[error("invalid update: {what} has weight 0; expected at least 1 example")]
     ZeroWeight {

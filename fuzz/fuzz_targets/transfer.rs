@@ -1,6 +1,7 @@
 //! Feeds arbitrary bytes to the participant-message decoder and, when they decode to an update
-//! header followed by chunks, to the chunked-transfer assembler: nothing may panic, and a
-//! completed transfer must hold exactly the values its header announced.
+//! header followed by chunks, to the chunked-transfer assembler: nothing may panic, every piece
+//! it hands over starts where the previous ended, and a completed transfer holds exactly the
+//! values its header announced.
 
 #![no_main]
 
@@ -23,24 +24,29 @@ fuzz_target!(|data: &[u8]| {
             messages.push(decoded);
         }
     }
-    let mut assembler: Option<Assembler> = None;
+    // The assembler and the values it has handed over, as the coordinator takes them.
+    let mut assembler: Option<(Assembler, usize)> = None;
     for message in messages {
         match message.body {
             Some(Body::Update(header)) => {
                 if let Some(transfer) = header.transfer {
-                    assembler = Assembler::new(transfer, "fuzzed update", Some(1 << 16)).ok();
+                    assembler = Assembler::new(transfer, "fuzzed update", Some(1 << 16))
+                        .ok()
+                        .map(|a| (a, 0));
                 }
             }
             Some(Body::Chunk(chunk)) => {
-                if let Some(current) = assembler.as_mut() {
-                    let expected = current.header().total_bytes as usize / 4;
-                    match current.push(chunk) {
-                        Ok(Some(values)) => {
-                            assert_eq!(values.len(), expected);
-                            assert!(values.iter().all(|v| v.is_finite()));
-                            assembler = None;
+                if let Some((current, received)) = assembler.as_mut() {
+                    match current.accept_floats(chunk) {
+                        Ok(piece) => {
+                            assert_eq!(piece.offset, *received);
+                            assert!(piece.values.iter().all(|v| v.is_finite()));
+                            *received += piece.values.len();
+                            if piece.last {
+                                assert_eq!(*received, current.n_values());
+                                assembler = None;
+                            }
                         }
-                        Ok(None) => {}
                         Err(_) => assembler = None,
                     }
                 }

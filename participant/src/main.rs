@@ -69,13 +69,17 @@ enum Command {
     },
     /// Write a built-in network's initial parameters to a safetensors file (PyTorch names and
     /// layouts), for a job's `model: {initial: FILE}`. Seeded: the same flags give the same file.
+    /// With --parameters instead, a model of that many zeros for `simulate --synthetic`.
     InitModel {
         /// Network: mlp (McMahan et al. 2017's 2NN) or cnn (their CNN).
-        #[arg(long, value_parser = Preset::parse)]
-        model: Preset,
+        #[arg(long, value_parser = Preset::parse, required_unless_present = "parameters")]
+        model: Option<Preset>,
         /// The images it takes: mnist (28x28) or digits (8x8), one channel, ten classes.
-        #[arg(long, value_parser = presets::dataset_image)]
-        dataset: [usize; 3],
+        #[arg(long, value_parser = presets::dataset_image, required_unless_present = "parameters")]
+        dataset: Option<[usize; 3]>,
+        /// Write a synthetic model of this many parameters (one tensor of zeros) instead.
+        #[arg(long, conflicts_with_all = ["model", "dataset"])]
+        parameters: Option<usize>,
         /// Seed of the initial values.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -89,6 +93,11 @@ enum Command {
         /// Number of participants.
         #[arg(long)]
         participants: usize,
+        /// Train nothing: each site moves every parameter of the job's model, whatever its
+        /// layout, by a small seeded random step, so the coordinator can be measured alone
+        /// (--data and --model are not used; `init-model --parameters N` makes a model).
+        #[arg(long)]
+        synthetic: bool,
         /// Directory holding one kit per participant (`<dir>/<id>/`), as `provision` writes
         /// under `participants/`; the first N ids in name order are used.
         #[arg(long)]
@@ -107,9 +116,10 @@ struct Common {
     #[arg(long)]
     server_name: Option<String>,
     /// Directory with gzip IDX files: train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,
-    /// t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz.
+    /// t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (required but with
+    /// `simulate --synthetic`).
     #[arg(long)]
-    data: PathBuf,
+    data: Option<PathBuf>,
     /// Network this participant trains: mlp or cnn (its layout must be the job's model file's:
     /// `init-model` makes that file).
     #[arg(long, default_value = "mlp", value_parser = Preset::parse)]
@@ -259,6 +269,13 @@ fn options(
     Ok(options)
 }
 
+/// `--data`, which every command that trains on images needs.
+fn data_dir(common: &Common) -> anyhow::Result<&std::path::Path> {
+    common.data.as_deref().context(
+        "--data DIR is required: the directory with MNIST's four gzip IDX files (train-images-idx3-ubyte.gz, ...)",
+    )
+}
+
 /// Applies `--threads`, and says what training will run on.
 fn set_threads(common: &Common) -> anyhow::Result<()> {
     if let Some(threads) = common.threads {
@@ -351,11 +368,29 @@ async fn main() -> anyhow::Result<()> {
             println!("{} {}", identity.id, cairn_identity::fingerprint(&der));
         }
         Command::InitModel {
+            model: None,
+            parameters: Some(n),
+            out,
+            ..
+        } => {
+            anyhow::ensure!(n >= 1, "--parameters is 0; expected at least 1");
+            cairn_participant::task::save_synthetic_model(n, &out)?;
+            println!(
+                "wrote a synthetic model of {n} parameters to {}; name it in the job as model: {{initial: {}}} and run its sites with simulate --synthetic",
+                out.display(),
+                out.display()
+            );
+        }
+        Command::InitModel {
             model,
             dataset,
             seed,
             out,
+            ..
         } => {
+            let (Some(model), Some(dataset)) = (model, dataset) else {
+                anyhow::bail!("init-model needs --model and --dataset, or --parameters");
+            };
             model.save_initial(dataset, 10, seed, &out)?;
             println!(
                 "wrote the initial {} for {}x{} images to {}; name it in the job as model: {{initial: {}}} (a relative path is read from the job file's directory)",
@@ -374,7 +409,7 @@ async fn main() -> anyhow::Result<()> {
             keep_going,
         } => {
             set_threads(&common)?;
-            let data = LocalData::load_idx(&common.data)?;
+            let data = LocalData::load_idx(data_dir(&common)?)?;
             let label = kit
                 .file_name()
                 .map_or("participant".into(), |n| n.to_string_lossy().into_owned());
@@ -388,6 +423,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Simulate {
             participants,
+            synthetic,
             kits,
             common,
         } => {
@@ -408,14 +444,20 @@ async fn main() -> anyhow::Result<()> {
                 kits.display(),
                 ids.len()
             );
-            set_threads(&common)?;
-            let data = LocalData::load_idx(&common.data)?;
+            let data = match synthetic {
+                true => None,
+                false => {
+                    set_threads(&common)?;
+                    Some(LocalData::load_idx(data_dir(&common)?)?)
+                }
+            };
             let mut clients = Vec::with_capacity(participants);
             for (index, id) in ids.iter().take(participants).enumerate() {
-                clients.push((
-                    options(&common, &kits.join(id), id.clone())?,
-                    task(&common, &data, index, participants)?,
-                ));
+                let task: Box<dyn Task> = match &data {
+                    None => Box::new(cairn_participant::task::Synthetic::new(index as u64)),
+                    Some(data) => task(&common, data, index, participants)?,
+                };
+                clients.push((options(&common, &kits.join(id), id.clone())?, task));
             }
             let results = client::run_many(clients).await;
             let mut failures = 0;

@@ -33,8 +33,10 @@ pub mod v1 {
 /// the clear and be ignored. Version 6: `TrainingConfig.proximal_mu` (FedProx), which a
 /// version-5 participant would not read, training without the proximal term. Version 7:
 /// `SecureAggregation.privacy` (distributed differential privacy), which a version-6 participant
-/// would not read, sending its update without noise.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// would not read, sending its update without noise. Version 8: a transfer's header commits to
+/// every chunk's SHA-256 (`TransferHeader.chunk_sha256`) and chunks no longer carry their own,
+/// so the coordinator adds each chunk into the round's sum as it arrives.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Largest chunk payload in bytes (1 MiB).
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;

@@ -1,11 +1,14 @@
 //! Chunked transfer of named tensors: a [`TransferHeader`] describing the tensors, the payload
-//! size and its SHA-256, followed by [`Chunk`]s of at most [`MAX_CHUNK_BYTES`] that each carry
-//! their own SHA-256. The payload is every tensor's values as little-endian f32, concatenated in
-//! header order, so a model of any size moves in messages far below gRPC's 4 MiB default.
+//! size, its SHA-256 and the SHA-256 of every chunk, followed by [`Chunk`]s of at most
+//! [`MAX_CHUNK_BYTES`]. The payload is every tensor's values as little-endian f32, concatenated
+//! in header order, so a model of any size moves in messages far below gRPC's 4 MiB default.
 //!
-//! [`split`] produces the messages; [`Assembler`] takes them back in, checking every hash, the
-//! order and the sizes, and refuses anything else with a [`TransferError`] that says what was
-//! wrong and what was expected.
+//! [`split`] produces the messages; [`Assembler`] takes them back in, checking the order, the
+//! sizes and each chunk against the hash its header committed to, and refuses anything else
+//! with a [`TransferError`] that says what was wrong and what was expected. Because the header
+//! commits to every chunk, a receiver can use each chunk as it arrives ([`Assembler::accept_floats`],
+//! [`Assembler::accept_words`]): the coordinator adds it into the round's sum and keeps nothing
+//! else of it.
 
 use crate::MAX_CHUNK_BYTES;
 use crate::v1::{Chunk, TensorSpec, TransferHeader};
@@ -48,6 +51,18 @@ pub enum TransferError {
     /// A header's hash field is not a SHA-256 digest.
     #[error("transfer header's sha256 has {0} bytes, expected 32")]
     MalformedHash(usize),
+    /// The header's chunk hashes are not one SHA-256 digest per chunk.
+    #[error(
+        "transfer header lists {listed} chunk hashes ({malformed} not of 32 bytes) for {n_chunks} chunks; expected one SHA-256 per chunk"
+    )]
+    MalformedChunkHashes {
+        /// Hashes in `chunk_sha256`.
+        listed: usize,
+        /// Of those, how many are not 32 bytes long.
+        malformed: usize,
+        /// `n_chunks` from the header.
+        n_chunks: u32,
+    },
     /// A tensor spec has an empty name or a zero dimension.
     #[error("tensor {index} ({name:?}) is malformed: {reason}")]
     MalformedTensor {
@@ -77,6 +92,12 @@ pub enum TransferError {
         /// Index the receiver waited for.
         expected: u32,
     },
+    /// A chunk arrived after the transfer was complete.
+    #[error("chunk {index} arrived after the transfer's last chunk")]
+    AfterLast {
+        /// Index the chunk carries.
+        index: u32,
+    },
     /// A chunk is larger than the 1 MiB limit or than what is left of the payload.
     #[error("chunk {index} has {actual} bytes, expected {expected}")]
     WrongChunkSize {
@@ -87,8 +108,8 @@ pub enum TransferError {
         /// Bytes this chunk must have.
         expected: usize,
     },
-    /// A chunk's data does not hash to the SHA-256 it carries.
-    #[error("chunk {index}'s data does not match its sha256")]
+    /// A chunk's data does not hash to the SHA-256 its header committed to.
+    #[error("chunk {index}'s data does not match the sha256 its transfer header lists for it")]
     ChunkHashMismatch {
         /// Chunk index.
         index: u32,
@@ -173,15 +194,15 @@ fn split_payload(
 ) -> (TransferHeader, Vec<Chunk>) {
     let n_values: u64 = specs.iter().map(spec_len).sum();
     assert_eq!(n_values, n_given as u64, "tensor specs and values disagree");
-    let payload: Vec<u8> = bytes.collect();
-    let chunks: Vec<Chunk> = payload
-        .chunks(MAX_CHUNK_BYTES)
+    // One buffer; every chunk is a view of it, and so is every recipient's copy of a chunk.
+    let payload = bytes::Bytes::from(bytes.collect::<Vec<u8>>());
+    let chunks: Vec<Chunk> = (0..payload.len())
+        .step_by(MAX_CHUNK_BYTES)
         .enumerate()
-        .map(|(index, data)| Chunk {
+        .map(|(index, start)| Chunk {
             round,
             index: index as u32,
-            sha256: digest(&SHA256, data).as_ref().to_vec(),
-            data: bytes::Bytes::copy_from_slice(data),
+            data: payload.slice(start..payload.len().min(start + MAX_CHUNK_BYTES)),
         })
         .collect();
     let header = TransferHeader {
@@ -190,15 +211,32 @@ fn split_payload(
         total_bytes: payload.len() as u64,
         sha256: digest(&SHA256, &payload).as_ref().to_vec(),
         n_chunks: chunks.len() as u32,
+        chunk_sha256: chunks
+            .iter()
+            .map(|c| digest(&SHA256, &c.data).as_ref().to_vec())
+            .collect(),
     };
     (header, chunks)
 }
 
-/// Reassembles one transfer from its header and chunks, verifying everything on the way.
+/// One chunk of a transfer, checked against its header: its values and where they start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece<T> {
+    /// Position of its first value in the payload.
+    pub offset: usize,
+    /// Its values.
+    pub values: Vec<T>,
+    /// Whether it was the last chunk (and the whole payload's hash matched).
+    pub last: bool,
+}
+
+/// Takes in one transfer from its header and chunks, verifying everything on the way.
 pub struct Assembler {
     header: TransferHeader,
     what: String,
     payload: Vec<u8>,
+    /// Bytes accepted so far.
+    received: u64,
     next_index: u32,
     hash: Context,
 }
@@ -278,11 +316,20 @@ impl Assembler {
         if header.sha256.len() != 32 {
             return Err(TransferError::MalformedHash(header.sha256.len()));
         }
+        let malformed = header.chunk_sha256.iter().filter(|h| h.len() != 32).count();
+        if header.chunk_sha256.len() != header.n_chunks as usize || malformed > 0 {
+            return Err(TransferError::MalformedChunkHashes {
+                listed: header.chunk_sha256.len(),
+                malformed,
+                n_chunks: header.n_chunks,
+            });
+        }
         // Reserve lazily: a hostile header must not make us allocate its announced size up front.
         Ok(Self {
             header,
             what,
             payload: Vec::new(),
+            received: 0,
             next_index: 0,
             hash: Context::new(&SHA256),
         })
@@ -293,42 +340,91 @@ impl Assembler {
         &self.header
     }
 
-    /// Takes the next chunk. Returns the values once the last chunk has arrived and every check
-    /// passed, `None` while more chunks are due.
+    /// Number of values the transfer carries.
+    pub fn n_values(&self) -> usize {
+        (self.header.total_bytes / 4) as usize
+    }
+
+    /// Takes the next chunk and keeps it. Returns the values once the last chunk has arrived
+    /// and every check passed, `None` while more chunks are due.
     pub fn push(&mut self, chunk: Chunk) -> Result<Option<Vec<f32>>, TransferError> {
-        let Some(payload) = self.push_bytes(chunk)? else {
-            return Ok(None);
-        };
-        let values: Vec<f32> = payload
-            .chunks_exact(4)
-            .map(|bytes| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-            .collect();
-        if let Some((position, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(TransferError::NonFinite {
-                what: self.what.clone(),
-                position,
-                value,
-            });
-        }
-        Ok(Some(values))
+        let piece = self.accept_floats(chunk)?;
+        self.keep(piece, f32::to_le_bytes, f32::from_le_bytes)
     }
 
     /// As [`Assembler::push`], for a payload of unsigned 32-bit values (see [`split_words`]).
     pub fn push_words(&mut self, chunk: Chunk) -> Result<Option<Vec<u32>>, TransferError> {
-        Ok(self.push_bytes(chunk)?.map(|payload| {
-            payload
-                .chunks_exact(4)
-                .map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-                .collect()
-        }))
+        let piece = self.accept_words(chunk)?;
+        self.keep(piece, u32::to_le_bytes, u32::from_le_bytes)
     }
 
-    fn push_bytes(&mut self, chunk: Chunk) -> Result<Option<Vec<u8>>, TransferError> {
+    fn keep<T>(
+        &mut self,
+        piece: Piece<T>,
+        to_bytes: fn(T) -> [u8; 4],
+        from_bytes: fn([u8; 4]) -> T,
+    ) -> Result<Option<Vec<T>>, TransferError> {
+        self.payload
+            .extend(piece.values.into_iter().flat_map(to_bytes));
+        if !piece.last {
+            return Ok(None);
+        }
+        let payload = std::mem::take(&mut self.payload);
+        Ok(Some(
+            payload
+                .chunks_exact(4)
+                .map(|b| from_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ))
+    }
+
+    /// Takes the next chunk of a float payload and hands it back checked, without keeping it:
+    /// every value finite, the data matching the hash the header lists for it (and, with the
+    /// last chunk, the whole payload matching the header's hash).
+    pub fn accept_floats(&mut self, chunk: Chunk) -> Result<Piece<f32>, TransferError> {
+        let (offset, data, last) = self.accept(chunk)?;
+        let values: Vec<f32> = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if let Some((i, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(TransferError::NonFinite {
+                what: self.what.clone(),
+                position: offset + i,
+                value,
+            });
+        }
+        Ok(Piece {
+            offset,
+            values,
+            last,
+        })
+    }
+
+    /// As [`Assembler::accept_floats`], for a payload of unsigned 32-bit values.
+    pub fn accept_words(&mut self, chunk: Chunk) -> Result<Piece<u32>, TransferError> {
+        let (offset, data, last) = self.accept(chunk)?;
+        let values = data
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Piece {
+            offset,
+            values,
+            last,
+        })
+    }
+
+    /// Checks the next chunk: its offset in values, its data, and whether it was the last.
+    fn accept(&mut self, chunk: Chunk) -> Result<(usize, bytes::Bytes, bool), TransferError> {
         if chunk.round != self.header.round {
             return Err(TransferError::WrongRound {
                 chunk_round: chunk.round,
                 header_round: self.header.round,
             });
+        }
+        if self.next_index == self.header.n_chunks {
+            return Err(TransferError::AfterLast { index: chunk.index });
         }
         if chunk.index != self.next_index {
             return Err(TransferError::OutOfOrder {
@@ -336,7 +432,7 @@ impl Assembler {
                 expected: self.next_index,
             });
         }
-        let remaining = self.header.total_bytes as usize - self.payload.len();
+        let remaining = (self.header.total_bytes - self.received) as usize;
         let expected_size = remaining.min(MAX_CHUNK_BYTES);
         if chunk.data.len() != expected_size {
             return Err(TransferError::WrongChunkSize {
@@ -345,20 +441,22 @@ impl Assembler {
                 expected: expected_size,
             });
         }
-        if digest(&SHA256, &chunk.data).as_ref() != chunk.sha256.as_slice() {
+        let committed = &self.header.chunk_sha256[chunk.index as usize];
+        if digest(&SHA256, &chunk.data).as_ref() != committed.as_slice() {
             return Err(TransferError::ChunkHashMismatch { index: chunk.index });
         }
         self.hash.update(&chunk.data);
-        self.payload.extend_from_slice(&chunk.data);
+        let offset = (self.received / 4) as usize;
+        self.received += chunk.data.len() as u64;
         self.next_index += 1;
-        if self.next_index < self.header.n_chunks {
-            return Ok(None);
+        let last = self.next_index == self.header.n_chunks;
+        if last {
+            let payload_hash = std::mem::replace(&mut self.hash, Context::new(&SHA256)).finish();
+            if payload_hash.as_ref() != self.header.sha256.as_slice() {
+                return Err(TransferError::PayloadHashMismatch);
+            }
         }
-        let payload_hash = std::mem::replace(&mut self.hash, Context::new(&SHA256)).finish();
-        if payload_hash.as_ref() != self.header.sha256.as_slice() {
-            return Err(TransferError::PayloadHashMismatch);
-        }
-        Ok(Some(std::mem::take(&mut self.payload)))
+        Ok((offset, chunk.data, last))
     }
 }
 
@@ -407,17 +505,54 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_whose_own_hash_was_recomputed_still_fails_the_payload_hash() {
+    fn a_header_whose_chunk_hash_was_recomputed_still_fails_the_payload_hash() {
         let values = vec![1.0f32; 1000];
-        let (header, mut chunks) = split(1, &specs(&[1000]), &values);
+        let (mut header, mut chunks) = split(1, &specs(&[1000]), &values);
         let mut data = chunks[0].data.to_vec();
         data[5] ^= 1;
-        chunks[0].sha256 = digest(&SHA256, &data).as_ref().to_vec();
+        header.chunk_sha256[0] = digest(&SHA256, &data).as_ref().to_vec();
         chunks[0].data = data.into();
         assert_eq!(
             receive(header, chunks),
             Err(TransferError::PayloadHashMismatch)
         );
+    }
+
+    #[test]
+    fn each_chunk_is_checked_on_its_own_and_handed_over_with_its_offset() {
+        let values: Vec<f32> = (0..600_000).map(|i| i as f32).collect();
+        let (header, mut chunks) = split(4, &specs(&[600_000]), &values);
+        let mut bad = chunks[2].data.to_vec();
+        bad[0] ^= 1;
+        chunks[2].data = bad.into();
+        let mut assembler = Assembler::new(header, "update", Some(600_000)).unwrap();
+        let first = assembler.accept_floats(chunks[0].clone()).unwrap();
+        assert_eq!((first.offset, first.last), (0, false));
+        assert_eq!(first.values[..], values[..MAX_CHUNK_BYTES / 4]);
+        let second = assembler.accept_floats(chunks[1].clone()).unwrap();
+        assert_eq!(second.offset, MAX_CHUNK_BYTES / 4);
+        // The third is refused before the transfer is over: its hash is the header's, not its own.
+        assert_eq!(
+            assembler.accept_floats(chunks[2].clone()),
+            Err(TransferError::ChunkHashMismatch { index: 2 })
+        );
+    }
+
+    #[test]
+    fn a_header_must_list_one_hash_per_chunk() {
+        let (mut header, _) = split(1, &specs(&[300_000]), &vec![0.0; 300_000]);
+        header.chunk_sha256.pop();
+        assert_eq!(
+            Assembler::new(header.clone(), "x", None).unwrap_err(),
+            TransferError::MalformedChunkHashes {
+                listed: 1,
+                malformed: 0,
+                n_chunks: 2
+            }
+        );
+        header.chunk_sha256.push(vec![0; 31]);
+        let err = Assembler::new(header, "x", None).unwrap_err();
+        assert!(err.to_string().contains("1 not of 32 bytes"), "{err}");
     }
 
     #[test]

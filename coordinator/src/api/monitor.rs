@@ -360,7 +360,10 @@ impl Monitor {
             }
             s.rounds.push(record.clone());
             s.job.rounds_completed = s.rounds.len() as u64;
-            s.job.current_round = Some(record.outcome.round + 1);
+            // After the job's last round there is no next one, even before the job is
+            // reported finished.
+            let next = record.outcome.round + 1;
+            s.job.current_round = (next <= s.job.spec.rounds).then_some(next);
             s.job.current_phase = None;
             s.job.current_attempt = None;
             s.job.phase_started_at = None;

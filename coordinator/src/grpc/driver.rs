@@ -1,6 +1,9 @@
-//! The round driver: one task that owns the round machine, feeds it events from the sessions and
-//! deadline timers, and carries out its commands. Sending a model to many participants happens in
-//! one task per recipient, so a slow reader never stalls the driver.
+//! The round driver: one thread that owns the round machine, feeds it events from the sessions and
+//! deadline timers, and carries out its commands. It runs on tokio's blocking pool, not on the
+//! async runtime: adding chunks into the sum, unmasking (spread over rayon's pool) and the
+//! commit's fsyncs take as long as the model is large, and the runtime's workers stay free for
+//! the sessions, their heartbeats and the monitoring API meanwhile. Sending a model to many
+//! participants happens in one task per recipient, so a slow reader never stalls the driver.
 
 use super::{Connection, Shared};
 use crate::Error;
@@ -30,7 +33,9 @@ struct RoundClock {
     bytes_out: u64,
 }
 
-pub(super) async fn run(
+/// Runs the job to its end; blocks, so it is called through `spawn_blocking` (where
+/// `tokio::spawn` still reaches the runtime, for sending and for deadlines).
+pub(super) fn run(
     shared: Arc<Shared>,
     store: Store,
     resume: Resume,
@@ -42,7 +47,7 @@ pub(super) async fn run(
         Started::AlreadyComplete(report) => return Ok(report),
     };
     // The permit an event holds is released once the machine has handled it.
-    while let Some((event, _permit)) = events.recv().await {
+    while let Some((event, _permit)) = events.blocking_recv() {
         for command in driver.machine.handle(event) {
             if let Some(report) = driver.execute(command)? {
                 return Ok(report);

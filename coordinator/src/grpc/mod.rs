@@ -302,7 +302,12 @@ impl Coordinator {
         );
         let stopper = Stopper(shared.clone());
         let driver = tokio::spawn(async move {
-            let report = driver::run(shared.clone(), store, resume, initial, events_rx).await;
+            let running = tokio::task::spawn_blocking(move || {
+                driver::run(shared, store, resume, initial, events_rx)
+            });
+            let report = running
+                .await
+                .unwrap_or_else(|source| Err(Error::DriverStopped { source }));
             // Give participants a moment to read `JobFinished` and hang up, then stop serving.
             let _ = stop_server.send(());
             let grace = tokio::time::timeout(Duration::from_secs(5), server);

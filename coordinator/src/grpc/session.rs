@@ -6,7 +6,7 @@
 use super::secure;
 use super::{Connection, Shared};
 use crate::round::{Event, SecureMessage};
-use crate::strategy::{Update, check_weight_and_loss};
+use crate::strategy::check_weight_and_loss;
 use cairn_identity::{PARTICIPANT_UNIT, identity_of};
 use cairn_proto::metrics::{EvaluationEncoding, Metric, Totals};
 use cairn_proto::transfer::Assembler;
@@ -316,11 +316,9 @@ impl Incoming {
     }
 }
 
-/// An update being received: its header and the chunks so far.
+/// An update being received: its header; its chunks go to the round machine as they arrive.
 struct PendingUpdate {
     round: u64,
-    weight: u64,
-    weighted_train_loss: f64,
     assembler: Assembler,
 }
 
@@ -386,7 +384,16 @@ fn on_message(
         )),
         Some(Inbound::Update(header)) => no_transfer_pending(pending)
             .and_then(|()| start_update(shared, header))
-            .map(|p| *pending = Some(Incoming::Update(p))),
+            .map(|(update, weight, weighted_train_loss)| {
+                let event = Event::UpdateStarted {
+                    id: id.to_string(),
+                    round: update.round,
+                    weight,
+                    weighted_train_loss,
+                };
+                shared.events.send_held(event, permit);
+                *pending = Some(Incoming::Update(update));
+            }),
         Some(Inbound::MaskedInput(header)) => no_transfer_pending(pending)
             .and_then(|()| {
                 // A masked update, or a masked evaluation when the round's evaluation is
@@ -432,7 +439,8 @@ fn on_message(
     }
 }
 
-/// Adds a chunk to the transfer being received; a complete transfer becomes its round event.
+/// Checks a chunk of the transfer being received and passes it on to the round machine, which
+/// adds it into the round's sum.
 fn on_chunk(
     shared: &Shared,
     id: &str,
@@ -445,49 +453,39 @@ fn on_chunk(
             "chunk {} of round {} arrived without an update or masked input header",
             chunk.index, chunk.round
         ))),
-        Some(Incoming::Update(mut update)) => match update.assembler.push(chunk) {
-            Err(e) => Err(Refusal::InvalidArgument(format!(
-                "update for round {}: {e}",
-                update.round
-            ))),
-            Ok(None) => {
+        Some(Incoming::Update(mut update)) => {
+            let piece = update.assembler.accept_floats(chunk).map_err(|e| {
+                Refusal::InvalidArgument(format!("update for round {}: {e}", update.round))
+            })?;
+            let round = update.round;
+            if !piece.last {
                 *pending = Some(Incoming::Update(update));
-                Ok(())
             }
-            Ok(Some(weighted_delta)) => {
-                let event = Event::UpdateReceived {
-                    id: id.to_string(),
-                    round: update.round,
-                    update: Update {
-                        weighted_delta,
-                        weight: update.weight,
-                        weighted_train_loss: update.weighted_train_loss,
-                    },
-                };
-                shared.events.send_held(event, permit);
-                Ok(())
-            }
-        },
-        Some(Incoming::Masked(mut masked)) => match masked.assembler.push_words(chunk) {
-            Err(e) => Err(Refusal::InvalidArgument(format!(
-                "masked input for round {}: {e}",
-                masked.round
-            ))),
-            Ok(None) => {
+            let event = Event::UpdatePiece {
+                id: id.to_string(),
+                round,
+                piece,
+            };
+            shared.events.send_held(event, permit);
+            Ok(())
+        }
+        Some(Incoming::Masked(mut masked)) => {
+            let piece = masked.assembler.accept_words(chunk).map_err(|e| {
+                Refusal::InvalidArgument(format!("masked input for round {}: {e}", masked.round))
+            })?;
+            let (round, attempt) = (masked.round, masked.attempt);
+            if !piece.last {
                 *pending = Some(Incoming::Masked(masked));
-                Ok(())
             }
-            Ok(Some(values)) => {
-                let event = Event::Secure {
-                    id: id.to_string(),
-                    round: masked.round,
-                    attempt: masked.attempt,
-                    message: SecureMessage::MaskedInput(values),
-                };
-                shared.events.send_held(event, permit);
-                Ok(())
-            }
-        },
+            let event = Event::Secure {
+                id: id.to_string(),
+                round,
+                attempt,
+                message: SecureMessage::MaskedInput(piece),
+            };
+            shared.events.send_held(event, permit);
+            Ok(())
+        }
     }
 }
 
@@ -520,7 +518,12 @@ fn forward(
     Ok(())
 }
 
-fn start_update(shared: &Shared, header: UpdateHeader) -> Result<PendingUpdate, Refusal> {
+/// Checks an update's header against the model: the transfer to receive, the weight and the
+/// weighted loss.
+fn start_update(
+    shared: &Shared,
+    header: UpdateHeader,
+) -> Result<(PendingUpdate, u64, f64), Refusal> {
     let transfer = header
         .transfer
         .ok_or_else(|| Refusal::InvalidArgument("update header has no transfer header".into()))?;
@@ -545,12 +548,11 @@ fn start_update(shared: &Shared, header: UpdateHeader) -> Result<PendingUpdate, 
     }
     check_weight_and_loss(header.weight, header.weighted_train_loss)
         .map_err(|e| Refusal::InvalidArgument(e.to_string()))?;
-    Ok(PendingUpdate {
-        round,
-        weight: header.weight,
-        weighted_train_loss: header.weighted_train_loss,
-        assembler,
-    })
+    Ok((
+        PendingUpdate { round, assembler },
+        header.weight,
+        header.weighted_train_loss,
+    ))
 }
 
 /// Reads an evaluation report: at least one example, and exactly the job's metrics in its order

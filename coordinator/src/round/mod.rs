@@ -5,8 +5,8 @@
 //! by hand.
 //!
 //! A round: select participants (a `fraction` of those connected, at least `min_participants`),
-//! send them the global model, add each answer to the running [`UpdateSum`], and once every
-//! selected participant answered or the deadline passed, let the server optimiser make the next
+//! send them the global model, add each answer into the running sum piece by piece as it
+//! arrives ([`plain`]), and once every selected participant answered or the deadline passed, let the server optimiser make the next
 //! global model if at least `min_participants` contributed; otherwise the round is retried with
 //! the same global model. Then every connected participant evaluates the new model on its local
 //! test data, and the round is committed.
@@ -17,15 +17,18 @@
 //! round's next attempt number, with each one's metric sums as its input: the coordinator learns
 //! only their totals. If that secure evaluation fails, the round is committed unevaluated.
 
+mod inflight;
+mod plain;
 mod secure;
 
 pub use secure::{
     PrivacySettings, SecureError, SecureMessage, SecureOutbound, SecureSettings, SecureSetup,
 };
 
-use crate::strategy::{EvaluationSum, ServerOptimizer, Update, UpdateSum};
+use crate::strategy::{EvaluationSum, ServerOptimizer, UpdateSum};
 use cairn_proto::metrics::EvaluationEncoding;
 use cairn_proto::metrics::{Metric, Totals};
+use cairn_proto::transfer::Piece;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
@@ -130,14 +133,26 @@ pub enum Event {
         /// Why, for the round record.
         reason: String,
     },
-    /// A participant's update arrived complete and well formed.
-    UpdateReceived {
+    /// A participant's plaintext update begins: its header, checked against the model.
+    UpdateStarted {
         /// Who.
         id: ParticipantId,
         /// Round it is for.
         round: u64,
-        /// The update; the machine adds it to the sum and drops it.
-        update: Update,
+        /// Examples it trained on.
+        weight: u64,
+        /// Its weight times its mean training loss.
+        weighted_train_loss: f64,
+    },
+    /// The next piece of a participant's plaintext update, `weight * (local - global)`,
+    /// checked against its header's hashes; the machine adds it into the sum and drops it.
+    UpdatePiece {
+        /// Who.
+        id: ParticipantId,
+        /// Round it is for.
+        round: u64,
+        /// The values and where they start.
+        piece: Piece<f32>,
     },
     /// A participant's secure-aggregation message.
     Secure {
@@ -320,6 +335,14 @@ pub enum Command {
     },
 }
 
+/// What of a plaintext update an event brings.
+enum Arriving {
+    /// Its header: weight and weighted training loss.
+    Header(u64, f64),
+    /// A piece of its values.
+    Piece(Piece<f32>),
+}
+
 /// Where the machine is.
 #[derive(Debug)]
 enum State {
@@ -343,7 +366,7 @@ struct Training {
     pending: BTreeSet<ParticipantId>,
     contributors: Vec<ParticipantId>,
     dropouts: Vec<Dropout>,
-    sum: UpdateSum,
+    updates: plain::PlainUpdates,
 }
 
 #[derive(Debug)]
@@ -449,8 +472,19 @@ impl RoundMachine {
                 self.connected.remove(&id);
                 self.drop_pending(&id, format!("disconnected: {reason}"));
             }
-            Event::UpdateReceived { id, round, update } => {
-                self.on_update(id, round, update, &mut commands)
+            Event::UpdateStarted {
+                id,
+                round,
+                weight,
+                weighted_train_loss,
+            } => self.on_update(
+                id,
+                round,
+                Arriving::Header(weight, weighted_train_loss),
+                &mut commands,
+            ),
+            Event::UpdatePiece { id, round, piece } => {
+                self.on_update(id, round, Arriving::Piece(piece), &mut commands)
             }
             Event::Secure {
                 id,
@@ -518,39 +552,62 @@ impl RoundMachine {
         &mut self,
         id: ParticipantId,
         round: u64,
-        update: Update,
+        arriving: Arriving,
         commands: &mut Vec<Command>,
     ) {
+        // One refusal per update: the pieces after its first are dropped without a word.
+        let quiet = matches!(&arriving, Arriving::Piece(piece) if piece.offset > 0);
         let State::AwaitingUpdates(training) = &mut self.state else {
-            commands.push(Command::Ignored {
-                id,
-                reason: format!("update for round {round} arrived outside training"),
-            });
+            if !quiet {
+                commands.push(Command::Ignored {
+                    id,
+                    reason: format!("update for round {round} arrived outside training"),
+                });
+            }
             return;
         };
-        if round != self.round || !training.pending.contains(&id) {
-            let reason = if round != self.round {
-                format!(
-                    "update is for round {round}, the current round is {}",
-                    self.round
-                )
-            } else if training.contributors.contains(&id) {
-                format!("second update for round {round}")
-            } else {
-                format!("not selected for round {round}, or dropped from it")
-            };
-            commands.push(Command::Ignored { id, reason });
+        let started = training.updates.has_started(&id);
+        let refusal = if round != self.round {
+            Some(format!(
+                "update is for round {round}, the current round is {}",
+                self.round
+            ))
+        } else if training.contributors.contains(&id) {
+            Some(format!("second update for round {round}"))
+        } else if !training.pending.contains(&id) {
+            Some(format!(
+                "not selected for round {round}, or dropped from it"
+            ))
+        } else {
+            match (&arriving, started) {
+                (Arriving::Header(..), true) => {
+                    Some(format!("second update header for round {round}"))
+                }
+                (Arriving::Piece(_), false) => {
+                    Some(format!("update values for round {round} before its header"))
+                }
+                _ => None,
+            }
+        };
+        if let Some(reason) = refusal {
+            if !quiet {
+                commands.push(Command::Ignored { id, reason });
+            }
             return;
         }
-        let mut update = update.capped(u64::from(self.settings.max_weight));
-        if let Some(norm) = self.settings.clip_norm {
-            update = update.clipped(norm);
-        }
-        match training.sum.add(&update) {
-            Ok(()) => {
+        let added = match arriving {
+            Arriving::Header(weight, loss) => {
+                training.updates.start(&id, weight, loss).map(|()| false)
+            }
+            Arriving::Piece(piece) => training.updates.add(&id, piece),
+        };
+        match added {
+            Ok(false) => {}
+            Ok(true) => {
                 training.pending.remove(&id);
                 training.contributors.push(id);
             }
+            // What it added so far is taken out when training ends.
             Err(e) => {
                 training.pending.remove(&id);
                 training.dropouts.push(Dropout {
@@ -576,7 +633,12 @@ impl RoundMachine {
     ) {
         let current = round == self.round && attempt == self.attempt;
         let (this_round, this_attempt) = (self.round, self.attempt);
+        // One refusal per masked input: the pieces after its first go without a word.
+        let quiet = matches!(&message, SecureMessage::MaskedInput(piece) if piece.offset > 0);
         let Some(securing) = self.securing_mut() else {
+            if quiet {
+                return;
+            }
             commands.push(Command::Ignored {
                 id,
                 reason: format!(
@@ -586,6 +648,9 @@ impl RoundMachine {
             return;
         };
         if !current || !securing.pending.contains(&id) {
+            if quiet {
+                return;
+            }
             let reason = if current {
                 format!(
                     "secure aggregation message during {} from a participant not expected in it",
@@ -758,7 +823,11 @@ impl RoundMachine {
             selected: candidates,
             contributors: Vec::new(),
             dropouts: Vec::new(),
-            sum: UpdateSum::new(self.global.len()),
+            updates: plain::PlainUpdates::new(
+                self.global.len(),
+                self.settings.max_weight,
+                self.settings.clip_norm,
+            ),
         });
         true
     }
@@ -800,11 +869,15 @@ impl RoundMachine {
         };
         // Sorted, so that records do not depend on who answered first.
         training.contributors.sort();
+        let sum = match training.updates.finish() {
+            Ok(sum) => sum,
+            Err(e) => return self.fail_attempt(e.to_string(), commands),
+        };
         self.aggregate(
             training.selected,
             training.contributors,
             training.dropouts,
-            &training.sum,
+            &sum,
             commands,
         );
     }

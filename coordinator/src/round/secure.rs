@@ -5,18 +5,21 @@
 //! protocol itself is `cairn_secagg`'s [`CoordinatorMachine`]; this module maps participant ids
 //! to protocol indices, keeps who is expected in each phase, and turns the unmasked sum into the
 //! [`UpdateSum`] the strategy needs, or, when the round's evaluation runs the same phases, into
-//! the evaluation's [`Totals`]. No individual input exists here, masked or not: each masked
-//! input is added to the machine's running sum and dropped.
+//! the evaluation's [`Totals`]. No individual input exists here, masked or not: each piece of a
+//! masked input is added to the machine's running sum as it arrives and set aside on disk
+//! ([`InFlight`]) only until the input is complete, so that one that breaks off is subtracted
+//! back out before the survivor set is drawn.
 
+use super::inflight::InFlight;
 use super::{Dropout, ParticipantId, Phase};
 use crate::config::SecureAggregationSpec;
 use crate::strategy::UpdateSum;
 use cairn_proto::metrics::{EvaluationEncoding, Metric, MetricError, Totals};
+use cairn_proto::transfer::Piece;
 use cairn_secagg::privacy::{DistributedDp, Ledger};
 use cairn_secagg::protocol::{
-    Advertisement, CoordinatorMachine, EncryptedShares, GraphNonce, MaskedInput, Reveal,
-    RoundConfig, SurvivorSignature, Unmasked, advertisement_message, neighbourhood_size,
-    threshold_for,
+    Advertisement, CoordinatorMachine, EncryptedShares, GraphNonce, Reveal, RoundConfig,
+    SurvivorSignature, Unmasked, advertisement_message, neighbourhood_size, threshold_for,
 };
 use cairn_secagg::quantize::UpdateEncoding;
 use cairn_secagg::shamir::Share;
@@ -66,6 +69,9 @@ pub enum SecureError {
     /// The decoded sum is no usable sum of updates (no weight, a bad loss, a non-finite value).
     #[error("the unmasked sum is unusable: {0}")]
     UnusableSum(#[source] crate::Error),
+    /// A masked input's pieces could not be set aside on disk, or read back to take it out.
+    #[error("masked input pieces could not be kept on disk: {0}")]
+    Spill(#[source] std::io::Error),
 }
 
 /// What the round machine needs to run secure aggregation.
@@ -131,8 +137,8 @@ pub enum SecureMessage {
     Nonce([u8; 32]),
     /// Its encrypted shares, one per neighbour.
     Shares(Vec<EncryptedShares>),
-    /// Its masked input.
-    MaskedInput(Vec<u32>),
+    /// The next piece of its masked input, checked against its transfer header's hashes.
+    MaskedInput(Piece<u32>),
     /// Its signature over the survivor set.
     Signature(Vec<u8>),
     /// Its revealed shares: (owner, share) of survivors' self-mask seeds and of dropped
@@ -212,6 +218,8 @@ pub(super) struct Securing {
     encoding: UpdateEncoding,
     /// The noise the inputs carry, when they are a training round's under differential privacy.
     privacy: Option<DistributedDp>,
+    /// Masked inputs partly in the machine's sum.
+    inflight: InFlight<u32>,
 }
 
 impl Securing {
@@ -271,6 +279,7 @@ impl Securing {
             dropouts: Vec::new(),
             encoding: settings.encoding,
             privacy,
+            inflight: InFlight::default(),
         };
         Ok((securing, setup))
     }
@@ -301,8 +310,18 @@ impl Securing {
                 machine.on_nonce(from, GraphNonce { from, nonce })
             }
             (Phase::ShareKeys, SecureMessage::Shares(shares)) => machine.on_shares(from, shares),
-            (Phase::CollectMasked, SecureMessage::MaskedInput(values)) => {
-                machine.on_masked_input(MaskedInput { from, values })
+            (Phase::CollectMasked, SecureMessage::MaskedInput(piece)) => {
+                machine.add_masked(from, piece.offset, &piece.values)?;
+                if let Err(error) = self.inflight.keep(id, &piece.values) {
+                    machine.subtract_masked(from, piece.offset, &piece.values)?;
+                    return Err(SecureError::Spill(error));
+                }
+                if !piece.last {
+                    return Ok(());
+                }
+                machine
+                    .complete_masked(from)
+                    .map(|()| self.inflight.complete(id))
             }
             (Phase::ConsistencyCheck, SecureMessage::Signature(signature)) => {
                 machine.on_signature(SurvivorSignature { from, signature })
@@ -373,6 +392,20 @@ impl Securing {
                 .map(|(i, mail)| (id_of(i), SecureOutbound::Shares(mail)))
                 .collect(),
             Phase::CollectMasked => {
+                // Dropped mid-input, cut off by the deadline or refused a piece: out of the sum.
+                for id in self.inflight.incomplete() {
+                    let from = self.index[&id];
+                    let mut result = Ok(());
+                    self.inflight
+                        .take_back(&id, |offset, values| {
+                            if result.is_ok() {
+                                result = machine.subtract_masked(from, offset, values);
+                            }
+                        })
+                        .map_err(SecureError::Spill)?;
+                    result?;
+                    machine.abandon_masked(from);
+                }
                 let survivors = Arc::new(machine.close_masked_inputs()?);
                 survivors
                     .iter()

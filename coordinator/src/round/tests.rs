@@ -32,16 +32,38 @@ fn connect(m: &mut RoundMachine, ids: &[&str]) -> Vec<Command> {
         .collect()
 }
 
-fn update(id: &str, round: u64, delta: [f32; 2], weight: u64) -> Event {
-    Event::UpdateReceived {
+/// A plaintext update as its session hands it over: the header, then one piece per value.
+fn update(id: &str, round: u64, delta: [f32; 2], weight: u64) -> Vec<Event> {
+    let weighted: Vec<f32> = delta.iter().map(|d| d * weight as f32).collect();
+    update_pieces(id, round, &weighted, weight, weighted.len())
+}
+
+/// The events of an update of `weighted` values, cut after the first `sent` of them.
+fn update_pieces(id: &str, round: u64, weighted: &[f32], weight: u64, sent: usize) -> Vec<Event> {
+    let header = Event::UpdateStarted {
         id: id.into(),
         round,
-        update: Update {
-            weighted_delta: delta.iter().map(|d| d * weight as f32).collect(),
-            weight,
-            weighted_train_loss: weight as f64,
-        },
-    }
+        weight,
+        weighted_train_loss: weight as f64,
+    };
+    let pieces = weighted[..sent]
+        .iter()
+        .enumerate()
+        .map(|(offset, &value)| Event::UpdatePiece {
+            id: id.into(),
+            round,
+            piece: Piece {
+                offset,
+                values: vec![value],
+                last: offset + 1 == weighted.len(),
+            },
+        });
+    std::iter::once(header).chain(pieces).collect()
+}
+
+/// Feeds events in order and returns every command they gave.
+fn feed(m: &mut RoundMachine, events: Vec<Event>) -> Vec<Command> {
+    events.into_iter().flat_map(|e| m.handle(e)).collect()
 }
 
 /// An evaluation of 10 examples with the given accuracy and loss `1 - accuracy`.
@@ -92,8 +114,8 @@ fn waits_for_enough_participants_then_runs_a_full_round() {
     )));
     assert_eq!(m.phase(), Some(Phase::Train));
 
-    assert!(m.handle(update("a", 1, [1.0, 1.0], 1)).is_empty());
-    let commands = m.handle(update("b", 1, [3.0, -1.0], 3));
+    assert!(feed(&mut m, update("a", 1, [1.0, 1.0], 1)).is_empty());
+    let commands = feed(&mut m, update("b", 1, [3.0, -1.0], 3));
     let Some(Command::SendEvaluate { model, to, .. }) = commands.first() else {
         panic!("{commands:?}")
     };
@@ -133,7 +155,7 @@ fn complete_round(
 ) -> Vec<Command> {
     let round = m.round();
     for id in selected {
-        m.handle(update(id, round, [0.0, 0.0], 1));
+        feed(m, update(id, round, [0.0, 0.0], 1));
     }
     let mut last = Vec::new();
     for id in evaluators {
@@ -150,8 +172,8 @@ fn a_participant_missing_the_deadline_is_dropped_and_the_round_completes() {
     // c joined after round 1 started; it evaluates round 1's model and is selected in round 2.
     let commands = complete_round(&mut m, &first, &["a", "b", "c"]);
     assert_eq!(selected(&commands), vec!["a", "b", "c"]);
-    m.handle(update("a", 2, [1.0, 1.0], 1));
-    m.handle(update("b", 2, [1.0, 1.0], 1));
+    feed(&mut m, update("a", 2, [1.0, 1.0], 1));
+    feed(&mut m, update("b", 2, [1.0, 1.0], 1));
     let commands = m.handle(Event::DeadlineExpired {
         round: 2,
         attempt: 1,
@@ -196,7 +218,7 @@ fn a_participant_missing_the_deadline_is_dropped_and_the_round_completes() {
 fn too_few_updates_fail_the_round_which_is_retried_with_the_same_model() {
     let mut m = machine(2, 1);
     connect(&mut m, &["a", "b"]);
-    m.handle(update("a", 1, [5.0, 5.0], 1));
+    feed(&mut m, update("a", 1, [5.0, 5.0], 1));
     let commands = m.handle(Event::Disconnected {
         id: "b".into(),
         reason: "killed".into(),
@@ -258,8 +280,8 @@ fn an_update_claiming_more_examples_than_the_cap_counts_as_the_cap() {
         1,
     );
     connect(&mut m, &["a", "b"]);
-    m.handle(update("a", 1, [1.0, 2.0], 1_000_000));
-    m.handle(update("b", 1, [-1.0, -2.0], 100));
+    feed(&mut m, update("a", 1, [1.0, 2.0], 1_000_000));
+    feed(&mut m, update("b", 1, [-1.0, -2.0], 100));
     let commands = m.handle(evaluation("a", 1, 0.5));
     let commands = [commands, m.handle(evaluation("b", 1, 0.5))].concat();
     let (outcome, model) = committed(&commands).expect("committed");
@@ -284,8 +306,8 @@ fn an_update_longer_than_the_clipping_norm_counts_at_that_norm() {
     );
     connect(&mut m, &["a", "b"]);
     // a pulls with norm 500, b with norm 0.5 (within the bound, unchanged).
-    m.handle(update("a", 1, [300.0, 400.0], 10));
-    m.handle(update("b", 1, [0.3, -0.4], 10));
+    feed(&mut m, update("a", 1, [300.0, 400.0], 10));
+    feed(&mut m, update("b", 1, [0.3, -0.4], 10));
     let commands = m.handle(evaluation("a", 1, 0.5));
     let commands = [commands, m.handle(evaluation("b", 1, 0.5))].concat();
     let (_, model) = committed(&commands).expect("committed");
@@ -296,16 +318,21 @@ fn an_update_longer_than_the_clipping_norm_counts_at_that_norm() {
 }
 
 #[test]
-fn a_round_whose_new_model_is_not_finite_fails_and_commits_nothing() {
+fn updates_too_large_to_be_trained_are_refused_and_the_round_commits_nothing() {
     let mut m = RoundMachine::new(settings(2, 1), fedavg(), vec![3.0e38, 0.0], 1);
     connect(&mut m, &["a", "b"]);
-    m.handle(update("a", 1, [3.0e38, 0.0], 1));
-    let commands = m.handle(update("b", 1, [3.0e38, 0.0], 1));
+    let commands = feed(&mut m, update("a", 1, [3.0e38, 0.0], 1));
+    assert!(
+        commands.iter().any(|c| matches!(c, Command::Ignored { reason, .. }
+            if reason.contains("weighted value 300000000000000000000000000000000000000 at position 0 is outside +-2^50"))),
+        "{commands:?}"
+    );
+    let commands = feed(&mut m, update("b", 1, [3.0e38, 0.0], 1));
     assert!(committed(&commands).is_none());
     assert!(
         commands.iter().any(
             |c| matches!(c, Command::RoundFailed { round: 1, reason, .. }
-            if reason.contains("non-finite value at position 0; the round is not committed"))
+            if reason.contains("only 0 of 2 selected participants contributed"))
         ),
         "{commands:?}"
     );
@@ -331,22 +358,56 @@ fn late_duplicate_and_unselected_updates_are_ignored() {
     let chosen = selected(&commands);
     assert_eq!(chosen.len(), 1);
     let other = if chosen[0] == "a" { "b" } else { "a" };
-    let ignored = m.handle(update(other, 1, [1.0, 1.0], 1));
+    let ignored = feed(&mut m, update(other, 1, [1.0, 1.0], 1));
     assert!(
         matches!(&ignored[0], Command::Ignored { reason, .. } if reason.contains("not selected")),
         "{ignored:?}"
     );
-    let ignored = m.handle(update(&chosen[0], 0, [1.0, 1.0], 1));
+    assert_eq!(
+        ignored.len(),
+        2,
+        "the header and the first piece count; the later pieces are dropped quietly: {ignored:?}"
+    );
+    let ignored = feed(&mut m, update(&chosen[0], 0, [1.0, 1.0], 1));
     assert!(
         matches!(&ignored[0], Command::Ignored { reason, .. } if reason.contains("round 0")),
         "{ignored:?}"
     );
-    m.handle(update(&chosen[0], 1, [1.0, 1.0], 1));
-    let ignored = m.handle(update(&chosen[0], 1, [9.0, 9.0], 1));
+    feed(&mut m, update(&chosen[0], 1, [1.0, 1.0], 1));
+    let ignored = feed(&mut m, update(&chosen[0], 1, [9.0, 9.0], 1));
     assert!(
         matches!(&ignored[0], Command::Ignored { reason, .. } if reason.contains("not asked") || reason.contains("outside")),
         "{ignored:?}"
     );
+}
+
+#[test]
+fn an_update_cut_off_halfway_leaves_the_model_as_if_it_had_never_been_sent() {
+    let model = |sent: usize| {
+        let mut m = machine(2, 2);
+        let first = selected(&connect(&mut m, &["a", "b"]));
+        connect(&mut m, &["c"]);
+        complete_round(&mut m, &first, &["a", "b", "c"]);
+        feed(&mut m, update_pieces("a", 2, &[0.1, 1e-8], 1, 2));
+        feed(&mut m, update_pieces("b", 2, &[1e-3, 2.5e-7], 1, 2));
+        let mut commands = feed(
+            &mut m,
+            update_pieces("c", 2, &[12345.678, -9876.5], 1, sent),
+        );
+        commands.extend(m.handle(Event::Disconnected {
+            id: "c".into(),
+            reason: "connection lost".into(),
+        }));
+        let Some(Command::SendEvaluate { model, .. }) = commands
+            .iter()
+            .find(|c| matches!(c, Command::SendEvaluate { .. }))
+        else {
+            panic!("{commands:?}")
+        };
+        model.as_ref().clone()
+    };
+    assert_eq!(model(1), model(0));
+    assert_eq!(model(0), vec![0.0505, 1.3e-7]);
 }
 
 #[test]
@@ -356,21 +417,13 @@ fn an_update_of_the_wrong_size_drops_only_its_sender() {
     connect(&mut m, &["c"]);
     complete_round(&mut m, &first, &["a", "b", "c"]);
     assert_eq!(m.round(), 2);
-    let bad = Event::UpdateReceived {
-        id: "a".into(),
-        round: 2,
-        update: Update {
-            weighted_delta: vec![1.0; 3],
-            weight: 1,
-            weighted_train_loss: 0.0,
-        },
-    };
-    let commands = m.handle(bad);
+    let commands = feed(&mut m, update_pieces("a", 2, &[1.0; 3], 1, 3));
     assert!(
-        matches!(&commands[0], Command::Ignored { reason, .. } if reason.contains("3 values, job expects 2"))
+        commands.iter().any(|c| matches!(c, Command::Ignored { reason, .. } if reason.contains("3 values, job expects 2"))),
+        "{commands:?}"
     );
-    m.handle(update("b", 2, [2.0, 2.0], 1));
-    let commands = m.handle(update("c", 2, [4.0, 4.0], 1));
+    feed(&mut m, update("b", 2, [2.0, 2.0], 1));
+    let commands = feed(&mut m, update("c", 2, [4.0, 4.0], 1));
     assert!(
         matches!(&commands[0], Command::SendEvaluate { model, .. } if model.as_ref() == &vec![3.0, 3.0]),
         "{commands:?}"
@@ -417,8 +470,8 @@ mod server_optimizer {
             connect(m, &["a", "b"]);
         }
         let r = round as f32;
-        m.handle(update("a", round, [0.3 * r, -0.2], 3));
-        m.handle(update("b", round, [-0.1, 0.5 / r], 1));
+        feed(m, update("a", round, [0.3 * r, -0.2], 3));
+        feed(m, update("b", round, [-0.1, 0.5 / r], 1));
         m.handle(evaluation("a", round, 0.5));
         let commands = m.handle(evaluation("b", round, 0.5));
         commands
@@ -470,12 +523,12 @@ mod server_optimizer {
             let mut optimizer = ServerOptimizer::new(&spec, 1);
             let mut global = vec![0.0f32];
             for (delta, want) in [1.0f32, -0.5, 0.25].into_iter().zip(expected) {
-                let mut sum = crate::strategy::UpdateSum::new(1);
-                sum.add(&Update {
-                    weighted_delta: vec![2.0 * delta],
-                    weight: 2,
-                    weighted_train_loss: 0.0,
-                })
+                let sum = crate::strategy::UpdateSum::from_totals(
+                    vec![2.0 * f64::from(delta)],
+                    2,
+                    0.0,
+                    1,
+                )
                 .unwrap();
                 let (next, state) = optimizer.step(&global, &sum).unwrap();
                 optimizer.adopt(state);
@@ -773,13 +826,14 @@ mod secure {
             let (delta, weight) = deltas(id);
             encoding.encode(&delta, weight, 0.5)
         };
-        let last = drive(&mut m, &setup, config, input, silent, silent_from);
+        let last = drive(&mut m, &setup, config, input, silent, silent_from, false);
         (m, last)
     }
 
     /// Drives one secure aggregation of `setup` (protocol configuration `config`) with real
     /// participant machines whose inputs `input` gives, where `silent` stops answering from
-    /// `silent_from` on; returns the commands that ended it.
+    /// `silent_from` on (`halfway`: after sending the first half of its masked input, when
+    /// that phase is `CollectMasked`); returns the commands that ended it.
     fn drive(
         m: &mut RoundMachine,
         setup: &SecureSetup,
@@ -787,6 +841,7 @@ mod secure {
         input: impl Fn(&str) -> Vec<u32>,
         silent: &str,
         silent_from: Phase,
+        halfway: bool,
     ) -> Vec<Command> {
         let (to, attempt) = (&setup.roster, setup.attempt);
         let mut machines = BTreeMap::new();
@@ -835,6 +890,21 @@ mod secure {
             last = Vec::new();
             for (id, message) in messages {
                 if id == silent && phase >= silent_from {
+                    if let (true, SecureOutbound::Shares(shares)) = (halfway, message) {
+                        let machine = machines.get_mut(&id).unwrap();
+                        let mut values = machine.on_shares(shares, &input(&id)).unwrap().values;
+                        values.truncate(values.len() / 2);
+                        let piece = Piece {
+                            offset: 0,
+                            values,
+                            last: false,
+                        };
+                        last.extend(m.handle(secure(
+                            &id,
+                            attempt,
+                            SecureMessage::MaskedInput(piece),
+                        )));
+                    }
                     continue;
                 }
                 let machine = machines.get_mut(&id).unwrap();
@@ -853,9 +923,11 @@ mod secure {
                         assert_eq!(certificates.len(), to.len());
                         SecureMessage::Shares(shares)
                     }
-                    SecureOutbound::Shares(shares) => SecureMessage::MaskedInput(
-                        machine.on_shares(shares, &input(&id)).unwrap().values,
-                    ),
+                    SecureOutbound::Shares(shares) => SecureMessage::MaskedInput(Piece {
+                        offset: 0,
+                        values: machine.on_shares(shares, &input(&id)).unwrap().values,
+                        last: true,
+                    }),
                     SecureOutbound::Survivors(survivors) => SecureMessage::Signature(
                         machine
                             .on_survivors(survivors.to_vec(), &Unchecked)
@@ -891,7 +963,7 @@ mod secure {
             }
             encoded
         };
-        let commands = drive(&mut m, &setup, config, input, "nobody", Phase::Train);
+        let commands = drive(&mut m, &setup, config, input, "nobody", Phase::Train, false);
         assert!(
             commands.iter().any(|c| matches!(c, Command::RoundFailed { attempt: 2, reason, .. }
                 if reason.contains("secure aggregation failed in unmask") && reason.contains("honest inputs give"))),
@@ -933,7 +1005,7 @@ mod secure {
             totals.metrics[1].1[0] = n as f64 - 1.0;
             encoding.encode(&totals)
         };
-        let commands = drive(&mut m, setup, config, input, silent, silent_from);
+        let commands = drive(&mut m, setup, config, input, silent, silent_from, false);
         committed(&commands)
             .unwrap_or_else(|| panic!("{commands:?}"))
             .0
@@ -1009,6 +1081,39 @@ mod secure {
             Some(Phase::AdvertiseKeys),
             "the evaluation's secure aggregation"
         );
+    }
+
+    #[test]
+    fn a_masked_input_cut_off_halfway_leaves_the_sum_as_if_it_had_never_been_sent() {
+        let model = |halfway: bool| {
+            let (mut m, setup, config) = second_attempt();
+            let encoding = UpdateEncoding::new(setup.clip, setup.levels, setup.max_weight).unwrap();
+            let input = |id: &str| {
+                let (delta, weight) = deltas(id);
+                encoding.encode(&delta, weight, 0.5)
+            };
+            let commands = drive(
+                &mut m,
+                &setup,
+                config,
+                input,
+                "c",
+                Phase::CollectMasked,
+                halfway,
+            );
+            let Some(Command::SendEvaluate { model, .. }) = commands.first() else {
+                panic!("{commands:?}")
+            };
+            model.as_ref().clone()
+        };
+        // c's first half went into the sum as it arrived; it is subtracted again when the
+        // deadline closes the phase, and c's masks are removed as a dropped participant's.
+        let cut = model(true);
+        assert_eq!(cut, model(false));
+        // FedAvg of a, b and d: (1*[1,1] + 3*[3,-1] + 4*[0.5,0.5]) / 8.
+        for (got, want) in cut.iter().zip([12.0 / 8.0, 0.0]) {
+            assert!((f64::from(*got) - want).abs() < 1e-4, "{cut:?}");
+        }
     }
 
     #[test]
@@ -1107,7 +1212,7 @@ fn stopping_abandons_the_running_round_and_keeps_the_committed_ones() {
     assert_eq!(reason, "the FederatedJob was deleted");
     assert!(m.is_finished());
     // Late answers and a second stop change nothing.
-    assert!(committed(&m.handle(update("a", 2, [1.0, 1.0], 1))).is_none());
+    assert!(committed(&feed(&mut m, update("a", 2, [1.0, 1.0], 1))).is_none());
     assert!(
         m.handle(Event::Stop {
             reason: "again".into()

@@ -9,53 +9,31 @@ use crate::model::TensorShape;
 use cairn_proto::metrics::{Metric, Totals};
 use std::collections::BTreeMap;
 
-/// One participant's contribution, before it is added to the sum: its model delta already
-/// multiplied by its weight, the weight (example count), and its weight times its mean training
-/// loss.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Update {
-    /// `weight * (local model - global model)`.
-    pub weighted_delta: Vec<f32>,
-    /// Local training examples.
-    pub weight: u64,
-    /// `weight * mean training loss`.
-    pub weighted_train_loss: f64,
+/// How a plaintext update's values are counted when it claims `weight` examples: with at most
+/// `max_weight` of them, its weighted delta and loss scaled down by the returned factor (1 when
+/// the claim is within the cap), so one site's influence on the average is bounded however many
+/// examples it claims.
+pub fn capped_weight(weight: u64, max_weight: u64) -> (u64, f64) {
+    match weight > max_weight {
+        true => (max_weight, max_weight as f64 / weight as f64),
+        false => (weight, 1.0),
+    }
 }
 
-impl Update {
-    /// The update with its weight capped at `max_weight` examples: the weighted delta and loss
-    /// are scaled down with it, so one site's influence on the average is bounded however many
-    /// examples it claims.
-    pub fn capped(mut self, max_weight: u64) -> Update {
-        if self.weight > max_weight {
-            let scale = max_weight as f64 / self.weight as f64;
-            for value in &mut self.weighted_delta {
-                *value = (f64::from(*value) * scale) as f32;
-            }
-            self.weighted_train_loss *= scale;
-            self.weight = max_weight;
-        }
-        self
-    }
+/// The factor that scales an update of weighted L2 norm `weighted_norm` and `weight` examples
+/// down to a delta (`weighted_delta / weight`) of norm `max_norm`, if it is longer, so that one
+/// site's pull on the average is bounded whatever it sends.
+pub fn clip_factor(weighted_norm: f64, weight: u64, max_norm: f32) -> Option<f64> {
+    let most = f64::from(max_norm) * weight.max(1) as f64;
+    (weighted_norm > most).then(|| most / weighted_norm)
+}
 
-    /// The update with its delta (`weighted_delta / weight`) scaled down to L2 norm `max_norm`
-    /// if it is longer, so that one site's pull on the average is bounded whatever it sends.
-    pub fn clipped(mut self, max_norm: f32) -> Update {
-        let weighted_norm = self
-            .weighted_delta
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt();
-        let most = f64::from(max_norm) * self.weight.max(1) as f64;
-        if weighted_norm > most {
-            let scale = most / weighted_norm;
-            for value in &mut self.weighted_delta {
-                *value = (f64::from(*value) * scale) as f32;
-            }
-        }
-        self
-    }
+/// `values` multiplied by `scale`, as capping and clipping apply it (in f64, rounded to f32).
+pub fn scaled(values: &[f32], scale: f64) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&v| (f64::from(v) * scale) as f32)
+        .collect()
 }
 
 /// Checks an update's scalars: a weight of at least one example and a finite, non-negative
@@ -74,12 +52,113 @@ pub fn check_weight_and_loss(weight: u64, weighted_train_loss: f64) -> Result<()
     Ok(())
 }
 
-/// The running sum of the updates of one round. It keeps no individual update: each is added
-/// and dropped.
+/// Bits below the binary point of [`PlainSum`]'s fixed-point values.
+const FRACTION_BITS: i32 = 60;
+
+/// Largest magnitude a weighted value of a plaintext update may have (2^50, about 1.1e15): far
+/// above what `max_weight` examples of any trained delta give, and low enough that the sum of
+/// 2^17 participants' values fits [`PlainSum`]'s 128-bit fixed point.
+pub const MAX_WEIGHTED_VALUE: f64 = (1u64 << 50) as f64;
+
+/// The running sum of a round's plaintext updates, added chunk by chunk as they arrive. Each
+/// value is held in fixed point, an integer number of 2^-60, so that adding is exact: a
+/// participant whose update breaks off halfway is subtracted back out to the bit (see
+/// `round::inflight`), and the sum does not depend on the order in which participants answered.
+/// Values below 2^-60 in magnitude are truncated towards zero, the only rounding before the
+/// average is taken.
+#[derive(Debug, Clone)]
+pub struct PlainSum {
+    values: Vec<i128>,
+    weight: u64,
+    weighted_train_loss: f64,
+    n_contributors: usize,
+}
+
+fn to_fixed(value: f32) -> i128 {
+    // Exact: an f32 is an f64, and a power of two scales it without rounding; `as` truncates.
+    (f64::from(value) * (FRACTION_BITS as f64).exp2()) as i128
+}
+
+impl PlainSum {
+    /// An empty sum for a model of `n_values` parameters.
+    pub fn new(n_values: usize) -> PlainSum {
+        PlainSum {
+            values: vec![0; n_values],
+            weight: 0,
+            weighted_train_loss: 0.0,
+            n_contributors: 0,
+        }
+    }
+
+    /// Adds weighted values at `offset` of the model's vector; nothing is added unless all of
+    /// them fit and are in range ([`MAX_WEIGHTED_VALUE`]).
+    pub fn add(&mut self, offset: usize, values: &[f32]) -> Result<(), Error> {
+        let range = self.range(offset, values.len())?;
+        if let Some(i) = values
+            .iter()
+            .position(|v| v.is_nan() || f64::from(v.abs()) >= MAX_WEIGHTED_VALUE)
+        {
+            return Err(Error::UpdateValue {
+                position: offset + i,
+                value: values[i],
+            });
+        }
+        for (sum, &value) in self.values[range].iter_mut().zip(values) {
+            *sum = sum.wrapping_add(to_fixed(value));
+        }
+        Ok(())
+    }
+
+    /// Subtracts values that [`PlainSum::add`] added at `offset`, exactly.
+    pub fn subtract(&mut self, offset: usize, values: &[f32]) {
+        let range = self
+            .range(offset, values.len())
+            .expect("only what was added is subtracted");
+        for (sum, &value) in self.values[range].iter_mut().zip(values) {
+            *sum = sum.wrapping_sub(to_fixed(value));
+        }
+    }
+
+    fn range(&self, offset: usize, len: usize) -> Result<std::ops::Range<usize>, Error> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.values.len() => Ok(offset..end),
+            _ => Err(Error::UpdateLength {
+                what: "model update",
+                values: offset.saturating_add(len),
+                expected: self.values.len(),
+            }),
+        }
+    }
+
+    /// Counts one participant whose values are all in: its weight and weighted loss.
+    pub fn add_contributor(&mut self, weight: u64, weighted_train_loss: f64) -> Result<(), Error> {
+        check_weight_and_loss(weight, weighted_train_loss)?;
+        self.weight = self
+            .weight
+            .checked_add(weight)
+            .ok_or(Error::WeightOverflow { weight })?;
+        self.weighted_train_loss += weighted_train_loss;
+        self.n_contributors += 1;
+        Ok(())
+    }
+
+    /// The sum as the server optimiser takes it.
+    pub fn finish(&self) -> UpdateSum {
+        let unit = (-FRACTION_BITS as f64).exp2();
+        UpdateSum {
+            weighted_delta: self.values.iter().map(|&v| v as f64 * unit).collect(),
+            weight: self.weight,
+            weighted_train_loss: self.weighted_train_loss,
+            n_contributors: self.n_contributors,
+        }
+    }
+}
+
+/// The sum of a round's weighted updates and of their weights, however it was obtained: added
+/// up from plaintext updates ([`PlainSum::finish`]) or unmasked by secure aggregation
+/// ([`UpdateSum::from_totals`]). No individual update is in it.
 #[derive(Debug, Clone)]
 pub struct UpdateSum {
-    /// Element-wise sum of the weighted deltas. Summed in f64 so that the result does not depend
-    /// on the order in which participants answered beyond the last f32 rounding.
     weighted_delta: Vec<f64>,
     weight: u64,
     weighted_train_loss: f64,
@@ -87,16 +166,6 @@ pub struct UpdateSum {
 }
 
 impl UpdateSum {
-    /// An empty sum for a model of `n_values` parameters.
-    pub fn new(n_values: usize) -> UpdateSum {
-        UpdateSum {
-            weighted_delta: vec![0.0; n_values],
-            weight: 0,
-            weighted_train_loss: 0.0,
-            n_contributors: 0,
-        }
-    }
-
     /// The sum as secure aggregation yields it: already totalled, with no individual update ever
     /// seen. `weighted_delta` must have the model's length.
     pub fn from_totals(
@@ -117,30 +186,9 @@ impl UpdateSum {
         })
     }
 
-    /// Adds one update, which is then dropped by the caller.
-    pub fn add(&mut self, update: &Update) -> Result<(), Error> {
-        if update.weighted_delta.len() != self.weighted_delta.len() {
-            return Err(Error::UpdateLength {
-                what: "model update",
-                values: update.weighted_delta.len(),
-                expected: self.weighted_delta.len(),
-            });
-        }
-        check_weight_and_loss(update.weight, update.weighted_train_loss)?;
-        // `zip` stops at the shorter vector; the lengths are equal (checked above), so every
-        // value is added.
-        for (sum, &value) in self.weighted_delta.iter_mut().zip(&update.weighted_delta) {
-            *sum += f64::from(value);
-        }
-        self.weight = self
-            .weight
-            .checked_add(update.weight)
-            .ok_or(Error::WeightOverflow {
-                weight: update.weight,
-            })?;
-        self.weighted_train_loss += update.weighted_train_loss;
-        self.n_contributors += 1;
-        Ok(())
+    /// The element-wise sum of the weighted deltas.
+    pub fn weighted_delta(&self) -> &[f64] {
+        &self.weighted_delta
     }
 
     /// Sum of the weights (examples) of all contributors.
@@ -367,26 +415,25 @@ impl EvaluationSum {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::{prop_assert, proptest};
+    use proptest::prelude::{prop_assert, prop_assert_eq, proptest};
 
     fn fedavg() -> ServerOptimizer {
         ServerOptimizer::new(&ServerOptimizerSpec::default(), 0)
     }
 
-    fn update(delta: Vec<f32>, weight: u64) -> Update {
-        let weighted_delta = delta.iter().map(|d| d * weight as f32).collect();
-        Update {
-            weighted_delta,
-            weight,
-            weighted_train_loss: weight as f64 * 0.5,
-        }
+    /// Adds an update of `delta` weighted by `weight` (and loss `weight * 0.5`) in one piece.
+    fn add(sum: &mut PlainSum, delta: &[f32], weight: u64) {
+        let weighted: Vec<f32> = delta.iter().map(|d| d * weight as f32).collect();
+        sum.add(0, &weighted).unwrap();
+        sum.add_contributor(weight, weight as f64 * 0.5).unwrap();
     }
 
     #[test]
     fn fedavg_weights_by_examples() {
-        let mut sum = UpdateSum::new(2);
-        sum.add(&update(vec![1.0, 0.0], 1)).unwrap();
-        sum.add(&update(vec![4.0, 3.0], 3)).unwrap();
+        let mut plain = PlainSum::new(2);
+        add(&mut plain, &[1.0, 0.0], 1);
+        add(&mut plain, &[4.0, 3.0], 3);
+        let sum = plain.finish();
         let next = fedavg().step(&[10.0, 10.0], &sum).unwrap().0;
         assert_eq!(next, vec![10.0 + 13.0 / 4.0, 10.0 + 9.0 / 4.0]);
         assert_eq!(sum.mean_train_loss(), 0.5);
@@ -395,15 +442,31 @@ mod tests {
 
     #[test]
     fn bad_updates_are_refused_and_leave_the_sum_alone() {
-        let mut sum = UpdateSum::new(3);
-        let err = sum.add(&update(vec![1.0; 2], 1)).unwrap_err();
+        let mut sum = PlainSum::new(3);
+        let err = sum.add(2, &[1.0; 2]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "invalid update: model update has 2 values, job expects 3"
+            "invalid update: model update has 4 values, job expects 3"
         );
-        assert!(sum.add(&update(vec![1.0; 3], 0)).is_err());
-        assert_eq!(sum.n_contributors(), 0);
-        assert!(fedavg().step(&[0.0; 3], &sum).is_err());
+        let err = sum.add(0, &[1.0, 2.0e15, 1.0]).unwrap_err();
+        assert!(err.to_string().contains("at position 1"), "{err}");
+        assert!(sum.add(0, &[f32::NAN, 0.0, 0.0]).is_err());
+        assert!(sum.add_contributor(0, 0.0).is_err());
+        assert_eq!(sum.finish().weighted_delta, vec![0.0; 3]);
+        assert_eq!(sum.finish().n_contributors(), 0);
+        assert!(fedavg().step(&[0.0; 3], &sum.finish()).is_err());
+    }
+
+    #[test]
+    fn what_was_added_is_subtracted_to_the_bit() {
+        let before = [0.1f32, -3.7e-5, 12345.678, 1.0e-30];
+        let mut sum = PlainSum::new(4);
+        sum.add(0, &before).unwrap();
+        let snapshot = sum.values.clone();
+        let partial = [7.25e-9f32, 1.0e9];
+        sum.add(1, &partial).unwrap();
+        sum.subtract(1, &partial);
+        assert_eq!(sum.values, snapshot);
     }
 
     fn report(n_examples: u64, loss_sum: f64, correct: f64) -> Totals {
@@ -446,11 +509,11 @@ mod tests {
         #[test]
         fn fedavg_of_equal_updates_is_that_update(delta in proptest::collection::vec(-10.0f32..10.0, 1..50), weights in proptest::collection::vec(1u64..1000, 1..8)) {
             let global = vec![0.5f32; delta.len()];
-            let mut sum = UpdateSum::new(delta.len());
+            let mut sum = PlainSum::new(delta.len());
             for &w in &weights {
-                sum.add(&Update { weighted_delta: delta.iter().map(|d| d * w as f32).collect(), weight: w, weighted_train_loss: 0.0 }).unwrap();
+                add(&mut sum, &delta, w);
             }
-            let next = fedavg().step(&global, &sum).unwrap().0;
+            let next = fedavg().step(&global, &sum.finish()).unwrap().0;
             for (n, d) in next.iter().zip(&delta) {
                 prop_assert!((n - (0.5 + d)).abs() <= 1e-4 * (1.0 + d.abs()), "{n} vs {}", 0.5 + d);
             }
@@ -459,19 +522,16 @@ mod tests {
         #[test]
         fn the_result_does_not_depend_on_participant_order(updates in proptest::collection::vec((proptest::collection::vec(-1.0f32..1.0, 8), 1u64..100), 1..10)) {
             let run = |order: &[(Vec<f32>, u64)]| {
-                let mut sum = UpdateSum::new(8);
+                let mut sum = PlainSum::new(8);
                 for (delta, w) in order {
-                    sum.add(&update(delta.clone(), *w)).unwrap();
+                    add(&mut sum, delta, *w);
                 }
-                fedavg().step(&[0.0; 8], &sum).unwrap().0
+                fedavg().step(&[0.0; 8], &sum.finish()).unwrap().0
             };
             let forward = run(&updates);
             let mut reversed = updates.clone();
             reversed.reverse();
-            let backward = run(&reversed);
-            for (a, b) in forward.iter().zip(&backward) {
-                prop_assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
-            }
+            prop_assert_eq!(forward, run(&reversed), "fixed point adds in any order to the same bits");
         }
     }
 }

@@ -9,10 +9,12 @@ mod backend;
 mod model;
 pub mod presets;
 mod site;
+mod synthetic;
 
 pub use self::backend::{Backend, set_threads, threads};
 pub use self::model::{Batch, BatchTargets, DefaultTraining, Model, Training, default_loss};
 pub use self::site::{Site, load_model, save_model};
+pub use self::synthetic::{SYNTHETIC_TENSOR, Synthetic, save_synthetic_model};
 
 use crate::Error;
 use crate::data::FeatureStatistics;

@@ -41,6 +41,8 @@ pub struct CoordinatorMachine {
     /// Who sent shares (U2), and to whom.
     shared: BTreeMap<u32, BTreeSet<u32>>,
     sum: Vec<u32>,
+    /// Masked inputs partly added into `sum`, by sender: how many values are in.
+    arriving: BTreeMap<u32, usize>,
     survivors: BTreeSet<u32>,
     signatures: BTreeMap<u32, SurvivorSignature>,
     /// Revealed shares by owner, each with its revealer.
@@ -62,6 +64,7 @@ impl CoordinatorMachine {
             mailboxes: BTreeMap::new(),
             shared: BTreeMap::new(),
             sum,
+            arriving: BTreeMap::new(),
             survivors: BTreeSet::new(),
             signatures: BTreeMap::new(),
             self_mask_shares: BTreeMap::new(),
@@ -231,30 +234,99 @@ impl CoordinatorMachine {
         Ok(routed)
     }
 
-    /// Adds one masked input to the sum; the vector is dropped.
+    /// Adds one whole masked input to the sum; the vector is dropped.
     pub fn on_masked_input(&mut self, input: MaskedInput) -> Result<(), ProtocolError> {
+        self.add_masked(input.from, 0, &input.values)?;
+        self.complete_masked(input.from)
+    }
+
+    /// Adds the next piece of `from`'s masked input, starting at value `offset`, into the sum
+    /// as it arrives. Whoever feeds pieces keeps them until [`CoordinatorMachine::complete_masked`]
+    /// (a file will do), so that an input that breaks off can be taken back out with
+    /// [`CoordinatorMachine::subtract_masked`]: the survivors' sum must not hold part of a
+    /// dropped participant's input, whose masks would then never cancel.
+    pub fn add_masked(
+        &mut self,
+        from: u32,
+        offset: usize,
+        values: &[u32],
+    ) -> Result<(), ProtocolError> {
         self.require_phase(Phase::AwaitingMaskedInputs, "masked input")?;
-        let from = input.from;
         if !self.shared.contains_key(&from) {
             return Err(ProtocolError::MaskedInputWithoutShares { from });
         }
-        if input.values.len() != self.config.vector_len {
+        if self.survivors.contains(&from) {
+            return Err(ProtocolError::DuplicateMaskedInput { from });
+        }
+        let expected = self.arriving.get(&from).copied().unwrap_or(0);
+        if offset != expected {
+            return Err(ProtocolError::MaskedPieceOutOfOrder {
+                from,
+                offset,
+                expected,
+            });
+        }
+        let end = offset + values.len();
+        if end > self.config.vector_len {
             return Err(ProtocolError::WrongLength {
                 from,
-                actual: input.values.len(),
+                actual: end,
                 expected: self.config.vector_len,
             });
         }
-        if !self.survivors.insert(from) {
-            return Err(ProtocolError::DuplicateMaskedInput { from });
-        }
-        add_parallel(&mut self.sum, &input.values);
+        add_parallel(&mut self.sum[offset..end], values);
+        self.arriving.insert(from, end);
         Ok(())
+    }
+
+    /// Ends `from`'s masked input: all of it is in the sum, and it is a survivor.
+    pub fn complete_masked(&mut self, from: u32) -> Result<(), ProtocolError> {
+        self.require_phase(Phase::AwaitingMaskedInputs, "masked input")?;
+        let added = self.arriving.get(&from).copied().unwrap_or(0);
+        if added != self.config.vector_len {
+            return Err(ProtocolError::WrongLength {
+                from,
+                actual: added,
+                expected: self.config.vector_len,
+            });
+        }
+        self.arriving.remove(&from);
+        self.survivors.insert(from);
+        Ok(())
+    }
+
+    /// Subtracts a piece that [`CoordinatorMachine::add_masked`] added for `from`, whose input
+    /// broke off; once every piece is out, [`CoordinatorMachine::abandon_masked`] forgets it.
+    pub fn subtract_masked(
+        &mut self,
+        from: u32,
+        offset: usize,
+        values: &[u32],
+    ) -> Result<(), ProtocolError> {
+        let added = self.arriving.get(&from).copied().unwrap_or(0);
+        let end = offset + values.len();
+        if end > added {
+            return Err(ProtocolError::WrongLength {
+                from,
+                actual: end,
+                expected: added,
+            });
+        }
+        sub_parallel(&mut self.sum[offset..end], values);
+        Ok(())
+    }
+
+    /// Forgets the broken-off input of `from`, whose pieces were all subtracted.
+    pub fn abandon_masked(&mut self, from: u32) {
+        self.arriving.remove(&from);
     }
 
     /// Ends round 2: the survivor set (U3) to show every survivor.
     pub fn close_masked_inputs(&mut self) -> Result<Vec<u32>, ProtocolError> {
         self.require_phase(Phase::AwaitingMaskedInputs, "end of masked inputs")?;
+        if let Some(&from) = self.arriving.keys().next() {
+            return Err(ProtocolError::PartialMaskedInput { from });
+        }
         self.require_threshold("masked inputs", self.survivors.len())?;
         if self.survivors.len() < self.config.min_survivors {
             return Err(ProtocolError::BelowThreshold {
@@ -561,11 +633,20 @@ const MIN_VALUES_PER_TASK: usize = 1 << 16;
 
 /// `sum += values` modulo 2^32, long vectors in pieces over rayon's thread pool.
 fn add_parallel(sum: &mut [u32], values: &[u32]) {
+    combine_parallel(sum, values, u32::wrapping_add);
+}
+
+/// `sum -= values` modulo 2^32, as [`add_parallel`].
+fn sub_parallel(sum: &mut [u32], values: &[u32]) {
+    combine_parallel(sum, values, u32::wrapping_sub);
+}
+
+fn combine_parallel(sum: &mut [u32], values: &[u32], op: fn(u32, u32) -> u32) {
     sum.par_chunks_mut(MIN_VALUES_PER_TASK)
         .zip(values.par_chunks(MIN_VALUES_PER_TASK))
         .for_each(|(sum, values)| {
             for (sum, value) in sum.iter_mut().zip(values) {
-                *sum = sum.wrapping_add(*value);
+                *sum = op(*sum, *value);
             }
         });
 }
@@ -585,6 +666,17 @@ fn phase_name(phase: Phase) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subtracted_piece_leaves_the_sum_as_it_was() {
+        let start: Vec<u32> = (0..1000u32).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
+        let piece: Vec<u32> = (0..400u32).map(|i| u32::MAX - i * 7).collect();
+        let mut sum = start.clone();
+        add_parallel(&mut sum[100..500], &piece);
+        assert_ne!(sum, start);
+        sub_parallel(&mut sum[100..500], &piece);
+        assert_eq!(sum, start);
+    }
 
     #[test]
     fn parallel_addition_equals_sequential_addition() {

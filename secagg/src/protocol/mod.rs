@@ -509,6 +509,27 @@ pub enum ProtocolError {
         /// Sender.
         from: u32,
     },
+    /// A piece of a masked input that does not start where the sender's previous piece ended.
+    #[error(
+        "piece of participant {from}'s masked input starts at value {offset}, expected {expected}"
+    )]
+    MaskedPieceOutOfOrder {
+        /// Sender.
+        from: u32,
+        /// Where the piece starts.
+        offset: usize,
+        /// Where it must start.
+        expected: usize,
+    },
+    /// Masked inputs were closed while part of one is still in the sum: whoever feeds pieces
+    /// must take a broken-off input back out first.
+    #[error(
+        "participant {from}'s masked input is partly in the sum; it must be completed or taken back out before the survivor set is drawn"
+    )]
+    PartialMaskedInput {
+        /// Sender.
+        from: u32,
+    },
     /// A second masked input from the same sender.
     #[error("duplicate masked input from participant {from}")]
     DuplicateMaskedInput {
