@@ -1,5 +1,5 @@
 //! Benchmark of the plaintext weighted aggregation: n = 100 participants x d = 1M parameters
-//! added into the running sum (fixed point, in the 1 MiB pieces updates arrive in), reported next to a memory-streaming floor measured in the same run
+//! added into the running sum (fixed point, in the chunk-sized pieces updates arrive in), reported next to a memory-streaming floor measured in the same run
 //! (reading the same bytes and summing them in the simplest loop), as a ratio.
 //!
 //! Run with `cargo bench -p cairn-coordinator --bench aggregation`.

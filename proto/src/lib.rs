@@ -38,8 +38,14 @@ pub mod v1 {
 /// so the coordinator adds each chunk into the round's sum as it arrives.
 pub const PROTOCOL_VERSION: u32 = 8;
 
-/// Largest chunk payload in bytes (1 MiB).
-pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+/// Largest chunk payload in bytes (256 KiB). Every session buffers a chunk or two each way, so
+/// the chunk's size, times the sessions, is most of what a round costs the coordinator beyond
+/// the sum itself.
+pub const MAX_CHUNK_BYTES: usize = 256 << 10;
+
+/// Largest message either side accepts (4 MiB, gRPC's default): a chunk and its envelope, or a
+/// transfer header listing every chunk's hash (34 bytes each: a 30 GB model's fit).
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
 /// Metadata (key, value) a coordinator adds to a `PERMISSION_DENIED` refusal whose only cause is
 /// that its current job does not list the participant: a later job may, so a participant that

@@ -45,7 +45,7 @@ pub enum TransferError {
         total_bytes: u64,
         /// `n_chunks` from the header.
         announced: u32,
-        /// Chunks of at most 1 MiB that this size needs.
+        /// Chunks of at most `MAX_CHUNK_BYTES` that this size needs.
         expected: u64,
     },
     /// A header's hash field is not a SHA-256 digest.
@@ -98,7 +98,7 @@ pub enum TransferError {
         /// Index the chunk carries.
         index: u32,
     },
-    /// A chunk is larger than the 1 MiB limit or than what is left of the payload.
+    /// A chunk is larger than `MAX_CHUNK_BYTES` or than what is left of the payload.
     #[error("chunk {index} has {actual} bytes, expected {expected}")]
     WrongChunkSize {
         /// Chunk index.
@@ -483,10 +483,10 @@ mod tests {
     }
 
     #[test]
-    fn a_payload_larger_than_four_mib_round_trips_in_one_mib_chunks() {
+    fn a_payload_larger_than_four_mib_round_trips_in_chunks_of_at_most_256_kib() {
         let values: Vec<f32> = (0..1_500_000).map(|i| i as f32 * 0.5).collect();
         let (header, chunks) = split(7, &specs(&[1_000_000, 500_000]), &values);
-        assert_eq!(chunks.len(), 6);
+        assert_eq!(chunks.len(), 23);
         assert!(chunks.iter().all(|c| c.data.len() <= MAX_CHUNK_BYTES));
         assert_eq!(receive(header, chunks).unwrap(), values);
     }
@@ -540,7 +540,7 @@ mod tests {
 
     #[test]
     fn a_header_must_list_one_hash_per_chunk() {
-        let (mut header, _) = split(1, &specs(&[300_000]), &vec![0.0; 300_000]);
+        let (mut header, _) = split(1, &specs(&[100_000]), &vec![0.0; 100_000]);
         header.chunk_sha256.pop();
         assert_eq!(
             Assembler::new(header.clone(), "x", None).unwrap_err(),

@@ -269,8 +269,8 @@ impl Coordinator {
         let service = FederationServer::new(session::FederationService {
             shared: shared.clone(),
         })
-        .max_decoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES)
-        .max_encoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES);
+        .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
         let service = tonic::service::interceptor::InterceptedService::new(
             service,
             revocation::RevocationCheck {

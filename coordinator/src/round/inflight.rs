@@ -40,7 +40,7 @@ impl Word for u32 {
     }
 }
 
-/// Values read back per piece when a transfer is taken out (1 MiB, a chunk's size).
+/// Values read back per piece when a transfer is taken out (a chunk's worth).
 const PIECE_VALUES: usize = cairn_proto::MAX_CHUNK_BYTES / 4;
 
 /// What has been added of one participant's transfer.

@@ -402,8 +402,8 @@ async fn session(
         Err(error) => return retry_unwelcomed(error_chain(&error)),
     };
     let mut client = FederationClient::new(channel)
-        .max_decoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES)
-        .max_encoding_message_size(2 * cairn_proto::MAX_CHUNK_BYTES);
+        .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
     let (outbox, receiver) = mpsc::channel::<ParticipantMessage>(16);
     #[cfg(feature = "fault-injection")]
     let receiver = match &options.filter {
@@ -1018,28 +1018,47 @@ impl Serving<'_> {
     async fn on_secure(&mut self, body: Inbound) -> Result<(), Interrupt> {
         let label = &self.options.label;
         let (round, attempt) = cairn_proto::secagg::round_of(&body).unwrap_or_default();
-        let Some(current) = self.secure.as_mut().filter(|s| s.is_for(round, attempt)) else {
+        let Some(mut current) = self.secure.take_if(|s| s.is_for(round, attempt)) else {
             tracing::warn!(participant = %label, "{label}: ignored a secure aggregation message for round {round} attempt {attempt}, which this participant is not running");
             return Ok(());
         };
-        match current.on_message(body) {
+        // Masking a large model's input takes seconds of CPU: off the async runtime, like the
+        // training, so that this session (and every other one of a simulation) keeps answering
+        // its heartbeats and pings meanwhile; and one at a time per compute thread, so that a
+        // simulation's sessions do not all hold their masking buffers at once.
+        let _turn = secure_work().acquire().await.map_err(|_| closed())?;
+        let (current, answer) = tokio::task::spawn_blocking(move || {
+            let answer = current.on_message(body);
+            (current, answer)
+        })
+        .await
+        .map_err(|e| Interrupt::retry(format!("secure aggregation's work stopped: {e}")))?;
+        match answer {
             Ok((messages, done)) => {
                 for message in messages {
                     send(&self.outbox, message).await?;
                 }
-                if done {
-                    tracing::info!(participant = %label, "{label}: round {round}: secure aggregation done (shares revealed)");
-                    self.secure = None;
+                match done {
+                    true => {
+                        tracing::info!(participant = %label, "{label}: round {round}: secure aggregation done (shares revealed)")
+                    }
+                    false => self.secure = Some(current),
                 }
             }
             Err(reason) => {
                 let (round, attempt) = current.round();
                 tracing::error!(participant = %label, "{label}: round {round} attempt {attempt}: aborting secure aggregation, nothing more is revealed: {reason}");
-                self.secure = None;
             }
         }
         Ok(())
     }
+}
+
+/// Turns at secure aggregation's CPU-bound steps, shared by every session of this process: one
+/// per compute thread (`--threads`).
+fn secure_work() -> &'static tokio::sync::Semaphore {
+    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    TURNS.get_or_init(|| tokio::sync::Semaphore::new(crate::task::threads().max(1)))
 }
 
 /// Queues `message` for the coordinator. Takes the outbox rather than the session, since a
