@@ -3,8 +3,8 @@
 //! step per parameter), with secure aggregation unless `--plain`. The coordinator runs in a
 //! process of its own (this binary again, as `--serve DIR`), so that its peak resident memory
 //! (`VmHWM`) and CPU time are its own; the sites run here. Prints, per count, the coordinator's
-//! peak RSS beside `d x 8` bytes (the yardstick: the sum and the model), its CPU per
-//! round, and each round's wall time as the sum of its phases.
+//! peak RSS beside `d x 8` bytes, its CPU per round, each round's wall time as the sum of its
+//! phases, and the sites' process's peak RSS (cumulative over the counts run).
 //!
 //! `cargo run --release -p cairn-examples --bin scale -- --parameters 1000000 --participants 10,100`
 
@@ -148,6 +148,10 @@ async fn measure(dir: &Path, n: usize) -> anyhow::Result<()> {
     for line in report {
         println!("  {line}");
     }
+    println!(
+        "  the {n} sites' process (this one) peak RSS {:.1} MB",
+        peak_rss_bytes()? as f64 / 1e6
+    );
     Ok(())
 }
 
