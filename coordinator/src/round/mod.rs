@@ -6,9 +6,9 @@
 //!
 //! A round: select participants (a `fraction` of those connected, at least `min_participants`),
 //! send them the global model, add each answer into the running sum piece by piece as it
-//! arrives ([`plain`]), and once every selected participant answered or the deadline passed, let the server optimiser make the next
-//! global model if at least `min_participants` contributed; otherwise the round is retried with
-//! the same global model. Then every connected participant evaluates the new model on its local
+//! arrives ([`plain`]), and once every selected participant answered or the deadline passed,
+//! let the server optimiser make the next global model if at least `min_participants`
+//! contributed; otherwise the round is retried with the same global model. Then every connected participant evaluates the new model on its local
 //! test data, and the round is committed.
 //!
 //! With secure aggregation ([`secure`]), training is followed by the SecAgg+ phases and the sum
