@@ -348,34 +348,21 @@ impl Assembler {
     /// Takes the next chunk and keeps it. Returns the values once the last chunk has arrived
     /// and every check passed, `None` while more chunks are due.
     pub fn push(&mut self, chunk: Chunk) -> Result<Option<Vec<f32>>, TransferError> {
-        let piece = self.accept_floats(chunk)?;
-        self.keep(piece, f32::to_le_bytes, f32::from_le_bytes)
+        self.push_bytes(chunk)?
+            .map(|payload| self.floats(&payload, 0))
+            .transpose()
     }
 
     /// As [`Assembler::push`], for a payload of unsigned 32-bit values (see [`split_words`]).
     pub fn push_words(&mut self, chunk: Chunk) -> Result<Option<Vec<u32>>, TransferError> {
-        let piece = self.accept_words(chunk)?;
-        self.keep(piece, u32::to_le_bytes, u32::from_le_bytes)
+        Ok(self.push_bytes(chunk)?.map(|payload| words(&payload)))
     }
 
-    fn keep<T>(
-        &mut self,
-        piece: Piece<T>,
-        to_bytes: fn(T) -> [u8; 4],
-        from_bytes: fn([u8; 4]) -> T,
-    ) -> Result<Option<Vec<T>>, TransferError> {
-        self.payload
-            .extend(piece.values.into_iter().flat_map(to_bytes));
-        if !piece.last {
-            return Ok(None);
-        }
-        let payload = std::mem::take(&mut self.payload);
-        Ok(Some(
-            payload
-                .chunks_exact(4)
-                .map(|b| from_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        ))
+    /// Keeps the next chunk's bytes; the whole payload once the last one is in.
+    fn push_bytes(&mut self, chunk: Chunk) -> Result<Option<Vec<u8>>, TransferError> {
+        let (_, data, last) = self.accept(chunk)?;
+        self.payload.extend_from_slice(&data);
+        Ok(last.then(|| std::mem::take(&mut self.payload)))
     }
 
     /// Takes the next chunk of a float payload and hands it back checked, without keeping it:
@@ -383,20 +370,9 @@ impl Assembler {
     /// last chunk, the whole payload matching the header's hash).
     pub fn accept_floats(&mut self, chunk: Chunk) -> Result<Piece<f32>, TransferError> {
         let (offset, data, last) = self.accept(chunk)?;
-        let values: Vec<f32> = data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        if let Some((i, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(TransferError::NonFinite {
-                what: self.what.clone(),
-                position: offset + i,
-                value,
-            });
-        }
         Ok(Piece {
             offset,
-            values,
+            values: self.floats(&data, offset)?,
             last,
         })
     }
@@ -404,15 +380,28 @@ impl Assembler {
     /// As [`Assembler::accept_floats`], for a payload of unsigned 32-bit values.
     pub fn accept_words(&mut self, chunk: Chunk) -> Result<Piece<u32>, TransferError> {
         let (offset, data, last) = self.accept(chunk)?;
-        let values = data
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
         Ok(Piece {
             offset,
-            values,
+            values: words(&data),
             last,
         })
+    }
+
+    /// `data`'s little-endian f32 values, which start at value `offset` of the payload, if all
+    /// are finite.
+    fn floats(&self, data: &[u8], offset: usize) -> Result<Vec<f32>, TransferError> {
+        let values: Vec<f32> = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        match values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            Some((i, &value)) => Err(TransferError::NonFinite {
+                what: self.what.clone(),
+                position: offset + i,
+                value,
+            }),
+            None => Ok(values),
+        }
     }
 
     /// Checks the next chunk: its offset in values, its data, and whether it was the last.
@@ -458,6 +447,13 @@ impl Assembler {
         }
         Ok((offset, chunk.data, last))
     }
+}
+
+/// `data`'s little-endian u32 values.
+fn words(data: &[u8]) -> Vec<u32> {
+    data.chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 #[cfg(test)]
