@@ -1,14 +1,16 @@
 //! Faults injected through the participant transport's filter, against a real coordinator over
 //! loopback mTLS: a partitioned participant and a slow one miss the deadline and are dropped,
 //! the round completes with the others and does not wait for them, and the partitioned one
-//! rejoins once the partition heals.
+//! rejoins once the partition heals; a participant whose connection is cut in the middle of a
+//! transfer resumes it where it broke off, and the job's model is the one an uncut run makes.
 
 use cairn_coordinator::round::Phase;
 use cairn_participant::client::{Filter, Verdict, run_many};
+use cairn_participant::task::{Synthetic, Task, save_synthetic_model};
 use cairn_proto::v1::{
     CoordinatorMessage, ParticipantMessage, coordinator_message, participant_message,
 };
-use cairn_tests::{Federation, digits_job_with_deadline, digits_task, finish};
+use cairn_tests::{Federation, digits_job_with_deadline, digits_task, finish, job_with_model};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -182,4 +184,147 @@ async fn a_slow_participant_does_not_delay_the_round_past_its_deadline() {
         "{dropout:?}"
     );
     assert_eq!(record.outcome.contributors, vec!["alpha", "bravo"]);
+}
+
+/// Cuts the connection the first time chunk `index` of a transfer of `round` goes by, and
+/// records the indices of that round's chunks that went through.
+#[derive(Debug)]
+struct CutOnce {
+    round: u64,
+    index: u32,
+    cut: bool,
+    passed: Vec<u32>,
+}
+
+impl CutOnce {
+    fn at(round: u64, index: u32) -> Mutex<CutOnce> {
+        Mutex::new(CutOnce {
+            round,
+            index,
+            cut: false,
+            passed: Vec::new(),
+        })
+    }
+
+    fn see(&mut self, chunk: &cairn_proto::v1::Chunk) -> Verdict {
+        if chunk.round != self.round {
+            return Verdict::Pass;
+        }
+        if chunk.index == self.index && !self.cut {
+            self.cut = true;
+            return Verdict::Cut;
+        }
+        self.passed.push(chunk.index);
+        Verdict::Pass
+    }
+}
+
+/// Cuts the connection once in each direction in the middle of a transfer: while the
+/// participant sends its round-1 update (before its chunk 2), and while the round-2 global model
+/// arrives (at its chunk 2).
+#[derive(Debug)]
+struct CutMidTransfer {
+    update: Mutex<CutOnce>,
+    model: Mutex<CutOnce>,
+    /// The round whose model to train on is arriving; `None` while a model to evaluate is.
+    training: Mutex<Option<u64>>,
+}
+
+impl Filter for CutMidTransfer {
+    fn outbound(&self, message: &ParticipantMessage) -> Verdict {
+        match &message.body {
+            Some(participant_message::Body::Chunk(chunk)) => {
+                self.update.lock().expect("lock").see(chunk)
+            }
+            _ => Verdict::Pass,
+        }
+    }
+
+    fn inbound(&self, message: &CoordinatorMessage) -> Verdict {
+        let mut training = self.training.lock().expect("lock");
+        match &message.body {
+            Some(coordinator_message::Body::Train(_)) => *training = train_round(message),
+            Some(coordinator_message::Body::Evaluate(_)) => *training = None,
+            // Only the model to train on: the evaluations' models are not resumed.
+            Some(coordinator_message::Body::Chunk(chunk)) if *training == Some(chunk.round) => {
+                return self.model.lock().expect("lock").see(chunk);
+            }
+            _ => {}
+        }
+        Verdict::Pass
+    }
+}
+
+/// A plaintext job of two synthetic sites on a model of five chunks; `filter` in bravo's
+/// transport. Returns the report and the final model.
+async fn synthetic_run(
+    filter: Option<Arc<dyn Filter>>,
+) -> (cairn_coordinator::JobReport, Vec<f32>) {
+    const IDS: [&str; 2] = ["alpha", "bravo"];
+    // Four whole chunks of 256 KiB and a part of one.
+    let n_parameters = 4 * (cairn_proto::MAX_CHUNK_BYTES / 4) + 1000;
+    let federation = Federation::provision(&IDS);
+    let model = tempfile::tempdir().expect("tempdir");
+    let model_path = model.path().join("synthetic.safetensors");
+    save_synthetic_model(n_parameters, &model_path).expect("model");
+    // Deadlines far beyond the test: the rounds can only complete by resuming.
+    let coordinator = federation
+        .start(job_with_model(&model_path, &IDS, 2, 2, 300))
+        .await;
+    let clients = IDS
+        .iter()
+        .enumerate()
+        .map(|(site, id)| {
+            let mut options = federation.client(&coordinator, id);
+            if *id == "bravo" {
+                options.filter = filter.clone();
+            }
+            (
+                options,
+                Box::new(Synthetic::new(site as u64)) as Box<dyn Task>,
+            )
+        })
+        .collect();
+    let results = run_many(clients).await;
+    let report = finish(coordinator).await.expect("report");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(report.succeeded, "{}", report.reason);
+    let layout = cairn_coordinator::model::read_model(&model_path)
+        .expect("layout")
+        .0;
+    let final_model =
+        cairn_coordinator::model::load_safetensors(&report.model_path, &layout).expect("model");
+    (report, final_model)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_cut_midway_resume_where_they_broke_off_and_send_nothing_twice() {
+    let cuts = Arc::new(CutMidTransfer {
+        update: CutOnce::at(1, 2),
+        model: CutOnce::at(2, 2),
+        training: Mutex::new(None),
+    });
+    let (report, cut_model) = synthetic_run(Some(cuts.clone())).await;
+    let (update, model) = (
+        cuts.update.lock().expect("lock"),
+        cuts.model.lock().expect("lock"),
+    );
+    assert!(update.cut && model.cut, "both cuts happened");
+    // Every chunk went through once: the update resumed at chunk 2, the model at chunk 2.
+    let once: Vec<u32> = (0..5).collect();
+    assert_eq!(update.passed, once, "update chunks of round 1");
+    assert_eq!(model.passed, once, "model chunks of round 2");
+    for record in &report.rounds {
+        assert_eq!(
+            record.outcome.contributors,
+            vec!["alpha", "bravo"],
+            "round {}: {:?}",
+            record.outcome.round,
+            record.outcome.dropouts
+        );
+    }
+    // Exactly the model of a run where nothing was cut: every value was counted once.
+    let (_, uncut_model) = synthetic_run(None).await;
+    let bits = |model: &[f32]| model.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&cut_model) == bits(&uncut_model), "the models differ");
 }

@@ -55,6 +55,7 @@ async fn say_hello(
     let hello = Hello {
         protocol_version: cairn_proto::PROTOCOL_VERSION,
         client_version: "test".into(),
+        resume: None,
     };
     outbox
         .send(ParticipantMessage {
@@ -147,6 +148,7 @@ async fn refused_update(
         transfer: Some(transfer),
         weight: 10,
         weighted_train_loss: 1.0,
+        first_chunk: 0,
     };
     tamper(&mut header, &mut chunks);
     let _ = outbox
@@ -383,6 +385,7 @@ async fn a_wrong_protocol_version_and_a_session_without_hello_are_refused() {
             Body::Hello(Hello {
                 protocol_version: 99,
                 client_version: "future".into(),
+                resume: None,
             }),
             format!(
                 "protocol version 99 is not supported; this coordinator speaks version {}",

@@ -235,6 +235,7 @@ impl Session {
                 config: Some(config),
                 model: Some(header),
                 secure_aggregation: setup,
+                first_chunk: 0,
             })
         })
         .await;

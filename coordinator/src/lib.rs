@@ -135,6 +135,19 @@ pub enum Error {
         /// Where it must start.
         expected: usize,
     },
+    /// A resumed update is not the one that started, or does not go on where the sum stopped.
+    #[error(
+        "invalid resumed update: {} it resumes at chunk {first_chunk}, expected chunk {expected}",
+        if *same_update { "the same update as started, but" } else { "another update (payload hash, weight or loss) than the one that started;" }
+    )]
+    UpdateResume {
+        /// The chunk it resumes at.
+        first_chunk: u32,
+        /// The first chunk the sum does not hold.
+        expected: u32,
+        /// Whether its payload hash, weight and loss are those of the update that started.
+        same_update: bool,
+    },
     /// The pieces of an arriving update could not be set aside on disk (or read back), so it
     /// could not be taken back out if it broke off.
     #[error("update pieces could not be kept on disk: {0}")]

@@ -9,7 +9,9 @@
 //! this order, each row-major, on the wire, in checkpoints and in updates.
 
 use crate::Error;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+#[cfg(test)]
+use safetensors::tensor::TensorView;
+use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -95,50 +97,88 @@ fn f32s(data: &[u8]) -> impl Iterator<Item = f32> + '_ {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// Writes `values` laid out as `layout` to a safetensors file, atomically: a temporary file in the
-/// same directory, fsync, rename, fsync of the directory. A crash leaves the old file or the new
-/// one, never a torn one.
-pub fn save_safetensors(path: &Path, layout: &[TensorShape], values: &[f32]) -> Result<(), Error> {
-    let bytes = encode_safetensors(layout, values)?;
-    crate::store::write_atomically(path, &bytes)
+/// Writes `values` laid out as `layout` to a safetensors file, atomically (a temporary file in
+/// the same directory, fsync, rename, fsync of the directory: a crash leaves the old file or the
+/// new one, never a torn one), and returns the file's SHA-256. The values go to the file
+/// straight from `values`, a mebibyte at a time, and are hashed on the way: a checkpoint of a
+/// model of gigabytes costs no copy of it in memory.
+pub fn save_safetensors(
+    path: &Path,
+    layout: &[TensorShape],
+    values: &[f32],
+) -> Result<ring::digest::Digest, Error> {
+    let header = header(layout, values.len())?;
+    crate::store::write_atomically_with(path, |file| {
+        file.write_all(&header)?;
+        values
+            .chunks(1 << 18)
+            .try_for_each(|piece| file.write_all(&little_endian(piece)))
+    })
 }
 
-/// Encodes `values` laid out as `layout` as safetensors bytes; [`read_model`] of them gives back
-/// `layout` and `values`. `layout` must be in the canonical order (sorted by name, no name
-/// twice) and `values` must have its size.
+/// Encodes `values` laid out as `layout` as safetensors bytes, in memory; [`read_model`] of them
+/// gives back `layout` and `values`. `layout` must be in the canonical order (sorted by name, no
+/// name twice) and `values` must have its size.
 pub fn encode_safetensors(layout: &[TensorShape], values: &[f32]) -> Result<Vec<u8>, Error> {
+    let mut bytes = header(layout, values.len())?;
+    bytes.extend_from_slice(&little_endian(values));
+    Ok(bytes)
+}
+
+/// What comes before the values in a safetensors file of `layout`: the header's length (u64,
+/// little-endian), then the header, safetensors' own JSON of the tensors' types, shapes and
+/// offsets (and `format: pt`, as PyTorch writes it), padded with spaces to 8 bytes, as the
+/// format specifies. Tensors follow in name order, which is safetensors' order for one dtype.
+fn header(layout: &[TensorShape], n_given: usize) -> Result<Vec<u8>, Error> {
     if let Some(pair) = layout.windows(2).find(|pair| pair[0].name >= pair[1].name) {
         return Err(Error::LayoutOrder {
             first: pair[0].name.clone(),
             second: pair[1].name.clone(),
         });
     }
-    if values.len() != n_values(layout) {
+    if n_given != n_values(layout) {
         return Err(Error::UpdateLength {
             what: "model to encode",
-            values: values.len(),
+            values: n_given,
             expected: n_values(layout),
         });
     }
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut offset = 0;
-    let mut views = Vec::with_capacity(layout.len());
-    for tensor in layout {
-        let end = offset + 4 * tensor.len();
-        let view = TensorView::new(Dtype::F32, tensor.shape.clone(), &bytes[offset..end]).map_err(
-            |source| Error::ModelEncoding {
-                what: format!("tensor {}", tensor.name),
-                source,
-            },
-        )?;
-        views.push((tensor.name.clone(), view));
-        offset = end;
-    }
+    let tensors = layout
+        .iter()
+        .map(|tensor| {
+            let end = offset + 4 * tensor.len();
+            let info = TensorInfo {
+                dtype: Dtype::F32,
+                shape: tensor.shape.clone(),
+                data_offsets: (offset, end),
+            };
+            offset = end;
+            (tensor.name.clone(), info)
+        })
+        .collect();
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize(views, Some(metadata)).map_err(|source| Error::ModelEncoding {
-        what: "the model".into(),
+    let encoding = |source| Error::ModelEncoding {
+        what: "the model's header".into(),
         source,
-    })
+    };
+    let metadata = Metadata::new(Some(metadata), tensors).map_err(encoding)?;
+    let json = serde_json::to_vec(&metadata)
+        .map_err(|e| encoding(safetensors::SafeTensorError::JsonError(e)))?;
+    let padded = json.len().next_multiple_of(8);
+    let mut bytes = Vec::with_capacity(8 + padded);
+    bytes.extend_from_slice(&(padded as u64).to_le_bytes());
+    bytes.extend_from_slice(&json);
+    bytes.resize(8 + padded, b' ');
+    Ok(bytes)
+}
+
+/// `values` as little-endian bytes: on a little-endian machine their own memory, not a copy.
+fn little_endian(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    match cfg!(target_endian = "little") {
+        true => std::borrow::Cow::Borrowed(bytemuck::cast_slice(values)),
+        false => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
 }
 
 /// Reads a safetensors file and checks that it holds exactly `layout` as f32.
@@ -216,6 +256,42 @@ mod tests {
         assert_eq!(read_model(&path).unwrap(), (layout.clone(), values.clone()));
         assert_eq!(load_safetensors(&path, &layout).unwrap(), values);
         assert_eq!(n_values(&layout), 15);
+    }
+
+    #[test]
+    fn a_model_written_piece_by_piece_is_the_file_safetensors_itself_writes_and_its_hash_is_the_files()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let layout = vec![
+            TensorShape::new("a.bias", &[3]),
+            TensorShape::new("b.weight", &[300_000]),
+        ];
+        let values = values(300_003, -2.0);
+        let digest = save_safetensors(&path, &layout, &values).unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(
+            digest.as_ref(),
+            ring::digest::digest(&ring::digest::SHA256, &written).as_ref()
+        );
+        let data = encode_safetensors(&layout, &values).unwrap();
+        assert_eq!(written, data);
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let views = vec![
+            (
+                "a.bias",
+                TensorView::new(Dtype::F32, vec![3], &bytes[..12]).unwrap(),
+            ),
+            (
+                "b.weight",
+                TensorView::new(Dtype::F32, vec![300_000], &bytes[12..]).unwrap(),
+            ),
+        ];
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        assert_eq!(
+            written,
+            safetensors::serialize(views, Some(metadata)).unwrap()
+        );
     }
 
     #[test]

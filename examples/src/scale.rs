@@ -6,19 +6,35 @@
 //! peak RSS beside `d x 8` bytes, its CPU per round, each round's wall time as the sum of its
 //! phases, and the sites' process's peak RSS (cumulative over the counts run).
 //!
+//! While the job runs, a probe on a thread of its own asks the monitoring API for the job's state
+//! (`GET /api/v1/job`) every 20 ms, and the benchmark prints the API's latency in each phase
+//! beside its latency between rounds: the heavy phases (adding masked inputs, unmasking, the
+//! commit) run off the async runtime, so the API should answer as fast during them.
+//!
+//! With `--cut-at-chunk K` (plaintext updates), the first site's connection is cut once while
+//! the round-1 global model arrives, at its chunk K, and once while its round-1 update leaves,
+//! before its chunk K; both transfers resume, and the benchmark prints the bytes each moved
+//! against the transfer's size: what was sent again.
+//!
 //! `cargo run --release -p cairn-examples --bin scale -- --parameters 1000000 --participants 10,100`
+//! `cargo run --release -p cairn-examples --bin scale -- --plain --parameters 600000000 --participants 1 --rounds 1 --cut-at-chunk 5000`
 
 use anyhow::Context;
+use cairn_coordinator::api::{ApiOptions, ApiTokens};
 use cairn_coordinator::config::JobSpec;
 use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
 use cairn_coordinator::{Coordinator, ServeOptions, ServerTls};
-use cairn_participant::client::{self, ClientOptions, Kit};
+use cairn_participant::client::{self, ClientOptions, Filter, Kit, Verdict};
 use cairn_participant::task::{Synthetic, Task};
+use cairn_proto::v1::{
+    CoordinatorMessage, ParticipantMessage, coordinator_message, participant_message,
+};
 use clap::Parser;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Coordinator memory and CPU against the number of participants, with a synthetic model.
@@ -36,6 +52,10 @@ struct Cli {
     /// Plaintext updates instead of secure aggregation.
     #[arg(long)]
     plain: bool,
+    /// Cut the first site's connection once in each of its round-1 transfers (plaintext only):
+    /// at chunk K of the global model, and before chunk K of its update.
+    #[arg(long, value_name = "K", requires = "plain")]
+    cut_at_chunk: Option<u32>,
     /// Where each federation's certificates and state go (`<dir>/n<N>/`, cleared first).
     #[arg(long, default_value = "scale-run")]
     dir: PathBuf,
@@ -72,11 +92,20 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     println!("  d x 8 bytes = {:.1} MB", (d * 8) as f64 / 1e6);
+    let least = if cli.plain { 1 } else { 3 };
     for &n in &cli.participants {
-        anyhow::ensure!(n >= 3, "--participants {n}: a federation needs at least 3");
+        anyhow::ensure!(
+            n >= least,
+            "--participants {n}: a federation needs at least {least}{}",
+            if cli.plain {
+                ""
+            } else {
+                " with secure aggregation"
+            }
+        );
         let dir = cli.dir.join(format!("n{n}"));
         prepare(&dir, d, n, cli.rounds, cli.plain)?;
-        measure(&dir, n).await?;
+        measure(&dir, n, d, cli.cut_at_chunk).await?;
     }
     Ok(())
 }
@@ -113,8 +142,9 @@ fn prepare(dir: &Path, d: usize, n: usize, rounds: u64, plain: bool) -> anyhow::
 }
 
 /// Starts the coordinator of `dir` in a process of its own, runs its `n` sites here, and prints
-/// what the coordinator measured.
-async fn measure(dir: &Path, n: usize) -> anyhow::Result<()> {
+/// what the coordinator measured; with `cut_at_chunk`, what the cut transfers moved.
+async fn measure(dir: &Path, n: usize, d: usize, cut_at_chunk: Option<u32>) -> anyhow::Result<()> {
+    let cut = cut_at_chunk.map(|at| Arc::new(CutOnce::at(at)));
     let mut child = Command::new(std::env::current_exe()?)
         .arg("--serve")
         .arg(dir)
@@ -136,6 +166,11 @@ async fn measure(dir: &Path, n: usize) -> anyhow::Result<()> {
         let mut options = ClientOptions::new(url.clone(), kit, id);
         options.server_name = Some("localhost".into());
         options.policy.allow_plaintext = true;
+        if i == 0
+            && let Some(cut) = &cut
+        {
+            options.filter = Some(cut.clone());
+        }
         let task: Box<dyn Task> = Box::new(Synthetic::new(i as u64));
         clients.push((options, task));
     }
@@ -152,7 +187,92 @@ async fn measure(dir: &Path, n: usize) -> anyhow::Result<()> {
         "  the {n} sites' process (this one) peak RSS {:.1} MB",
         peak_rss_bytes()? as f64 / 1e6
     );
+    if let Some(cut) = cut {
+        let size = 4 * d as u64;
+        let moved = cut.moved.lock().expect("lock");
+        anyhow::ensure!(
+            moved.cuts == 2,
+            "only {} of the 2 cuts happened: is chunk {} past the model's end?",
+            moved.cuts,
+            cut.at
+        );
+        for (what, bytes) in [("global model", moved.received), ("update", moved.sent)] {
+            println!(
+                "  site-0000's round-1 {what}: {size} bytes, cut at chunk {}, moved {bytes} bytes: {} bytes sent again",
+                cut.at,
+                bytes.saturating_sub(size)
+            );
+        }
+    }
     Ok(())
+}
+
+/// Cuts a site's connection once in each direction of round 1, at chunk `at`, and counts the
+/// bytes of the round-1 model and update that went through.
+#[derive(Debug)]
+struct CutOnce {
+    at: u32,
+    moved: Mutex<Moved>,
+}
+
+/// What a [`CutOnce`] saw.
+#[derive(Debug, Default)]
+struct Moved {
+    /// Whether the model arriving now is the round-1 model to train on.
+    training: bool,
+    /// Bytes of the round-1 model that arrived, and of the update that left.
+    received: u64,
+    sent: u64,
+    /// Cuts made (one per direction).
+    cuts: u32,
+    cut_in: bool,
+    cut_out: bool,
+}
+
+impl CutOnce {
+    fn at(at: u32) -> CutOnce {
+        CutOnce {
+            at,
+            moved: Mutex::default(),
+        }
+    }
+}
+
+impl Filter for CutOnce {
+    fn inbound(&self, message: &CoordinatorMessage) -> Verdict {
+        let mut moved = self.moved.lock().expect("lock");
+        match &message.body {
+            Some(coordinator_message::Body::Train(train)) => {
+                moved.training = train.model.as_ref().is_some_and(|m| m.round == 1);
+            }
+            Some(coordinator_message::Body::Evaluate(_)) => moved.training = false,
+            Some(coordinator_message::Body::Chunk(chunk)) if moved.training => {
+                if chunk.index == self.at && !moved.cut_in {
+                    moved.cut_in = true;
+                    moved.cuts += 1;
+                    return Verdict::Cut;
+                }
+                moved.received += chunk.data.len() as u64;
+            }
+            _ => {}
+        }
+        Verdict::Pass
+    }
+
+    fn outbound(&self, message: &ParticipantMessage) -> Verdict {
+        let mut moved = self.moved.lock().expect("lock");
+        if let Some(participant_message::Body::Chunk(chunk)) = &message.body
+            && chunk.round == 1
+        {
+            if chunk.index == self.at && !moved.cut_out {
+                moved.cut_out = true;
+                moved.cuts += 1;
+                return Verdict::Cut;
+            }
+            moved.sent += chunk.data.len() as u64;
+        }
+        Verdict::Pass
+    }
 }
 
 /// The coordinator's side: serves the job of `dir`, then reports its peak memory, its CPU time
@@ -160,6 +280,7 @@ async fn measure(dir: &Path, n: usize) -> anyhow::Result<()> {
 async fn serve(dir: &Path) -> anyhow::Result<()> {
     let job = JobSpec::load(&dir.join("job.yaml"))?;
     let rounds = job.rounds;
+    let (tokens, token) = ApiTokens::random_admin();
     let options = ServeOptions {
         job,
         tls: ServerTls::from_dir(&dir.join("federation/coordinator"))?,
@@ -167,13 +288,27 @@ async fn serve(dir: &Path) -> anyhow::Result<()> {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         heartbeat_interval: Duration::from_secs(30),
         keep_checkpoints: 1,
-        api: None,
+        api: Some(ApiOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tokens,
+            linger: Duration::ZERO,
+        }),
     };
     let coordinator = Coordinator::start(options).await?;
+    let api = coordinator.api_addr().context("the API's address")?;
     println!("port {}", coordinator.local_addr().port());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = {
+        let stop = stop.clone();
+        std::thread::spawn(move || probe_api(api, &token, &stop))
+    };
     let started = cpu_seconds()?;
     let report = coordinator.wait().await?;
     let cpu = cpu_seconds()? - started;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let latencies = probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("the API probe panicked"))??;
     anyhow::ensure!(report.succeeded, "the job stopped: {}", report.reason);
     println!(
         "coordinator peak RSS {:.1} MB, CPU {:.2} s per round",
@@ -194,7 +329,67 @@ async fn serve(dir: &Path) -> anyhow::Result<()> {
             phases.join(" + ")
         );
     }
+    print_latencies(latencies);
     Ok(())
+}
+
+/// Milliseconds each `GET /api/v1/job` took, by the phase it reported ("idle" between rounds).
+type Latencies = std::collections::BTreeMap<String, Vec<f64>>;
+
+/// Asks the API at `api` for the job's state every 20 ms until `stop`, on a runtime of its own,
+/// so that the probe's own timing does not depend on the coordinator's runtime.
+fn probe_api(
+    api: SocketAddr,
+    token: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<Latencies> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::new();
+    let url = format!("http://{api}/api/v1/job");
+    let mut latencies = Latencies::new();
+    runtime.block_on(async {
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let asked = std::time::Instant::now();
+            let job: serde_json::Value = client
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let took = asked.elapsed().as_secs_f64() * 1e3;
+            let phase = job["current_phase"].as_str().unwrap_or("idle").to_string();
+            latencies.entry(phase).or_default().push(took);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(latencies)
+    })
+}
+
+/// The API's latency per phase: median and largest, and the median as a ratio to the median
+/// between rounds.
+fn print_latencies(latencies: Latencies) {
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    let idle = latencies.get("idle").map(|v| median(v));
+    println!("API latency (GET /api/v1/job every 20 ms), by the phase it reported:");
+    for (phase, values) in &latencies {
+        let ratio = idle.map_or(String::new(), |idle| {
+            format!(", median {:.1}x idle's", median(values) / idle)
+        });
+        println!(
+            "  {phase}: {} requests, median {:.2} ms, max {:.2} ms{ratio}",
+            values.len(),
+            median(values),
+            values.iter().copied().fold(0.0, f64::max)
+        );
+    }
 }
 
 /// This process's peak resident set (`VmHWM` in `/proc/self/status`).

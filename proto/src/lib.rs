@@ -35,8 +35,11 @@ pub mod v1 {
 /// `SecureAggregation.privacy` (distributed differential privacy), which a version-6 participant
 /// would not read, sending its update without noise. Version 8: a transfer's header commits to
 /// every chunk's SHA-256 (`TransferHeader.chunk_sha256`) and chunks no longer carry their own,
-/// so the coordinator adds each chunk into the round's sum as it arrives.
-pub const PROTOCOL_VERSION: u32 = 8;
+/// so the coordinator adds each chunk into the round's sum as it arrives. Version 9: transfers
+/// of a plaintext round resume after a dropped connection (`Hello.resume`, `ResumeUpdate`,
+/// `first_chunk`); a version-8 participant would send its chunks from zero where the
+/// coordinator expects the rest.
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Largest chunk payload in bytes (256 KiB). Every session buffers a chunk or two each way, so
 /// the chunk's size, times the sessions, is most of what a round costs the coordinator beyond

@@ -168,6 +168,38 @@ pub fn split(round: u64, specs: &[TensorSpec], values: &[f32]) -> (TransferHeade
     )
 }
 
+/// As [`split`], without copying `values`: on a little-endian machine, where an f32's bytes in
+/// memory are the wire's, every chunk is a view of `values` itself, which lives as long as a
+/// chunk does. A model of gigabytes is then sent without a second copy of it.
+pub fn split_owned<T>(round: u64, specs: &[TensorSpec], values: T) -> (TransferHeader, Vec<Chunk>)
+where
+    T: AsRef<[f32]> + Send + 'static,
+{
+    let n_given = values.as_ref().len();
+    #[cfg(target_endian = "little")]
+    let payload = bytes::Bytes::from_owner(WireFloats(values));
+    #[cfg(not(target_endian = "little"))]
+    let payload = bytes::Bytes::from(
+        values
+            .as_ref()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    );
+    split_bytes(round, specs, n_given, payload)
+}
+
+/// Floats seen as their in-memory bytes, which on a little-endian machine are the wire's.
+#[cfg(target_endian = "little")]
+struct WireFloats<T>(T);
+
+#[cfg(target_endian = "little")]
+impl<T: AsRef<[f32]>> AsRef<[u8]> for WireFloats<T> {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(self.0.as_ref())
+    }
+}
+
 /// Splits a vector of unsigned 32-bit values (a masked input of secure aggregation, which is
 /// not a float tensor) the same way as [`split`]; [`Assembler::push_words`] takes it back in.
 ///
@@ -192,10 +224,23 @@ fn split_payload(
     n_given: usize,
     bytes: impl Iterator<Item = u8>,
 ) -> (TransferHeader, Vec<Chunk>) {
+    split_bytes(
+        round,
+        specs,
+        n_given,
+        bytes::Bytes::from(bytes.collect::<Vec<u8>>()),
+    )
+}
+
+/// One buffer; every chunk is a view of it, and so is every recipient's copy of a chunk.
+fn split_bytes(
+    round: u64,
+    specs: &[TensorSpec],
+    n_given: usize,
+    payload: bytes::Bytes,
+) -> (TransferHeader, Vec<Chunk>) {
     let n_values: u64 = specs.iter().map(spec_len).sum();
     assert_eq!(n_values, n_given as u64, "tensor specs and values disagree");
-    // One buffer; every chunk is a view of it, and so is every recipient's copy of a chunk.
-    let payload = bytes::Bytes::from(bytes.collect::<Vec<u8>>());
     let chunks: Vec<Chunk> = (0..payload.len())
         .step_by(MAX_CHUNK_BYTES)
         .enumerate()
@@ -234,11 +279,15 @@ pub struct Piece<T> {
 pub struct Assembler {
     header: TransferHeader,
     what: String,
-    payload: Vec<u8>,
+    /// The values kept so far ([`Assembler::push`]), as their bits: each chunk is decoded (and
+    /// checked) as it arrives, so a model is held once, never as bytes and values side by side.
+    values: Vec<u32>,
     /// Bytes accepted so far.
     received: u64,
     next_index: u32,
-    hash: Context,
+    /// SHA-256 of the payload so far; `None` for a transfer resumed by another receiver
+    /// ([`Assembler::resume_at`]), which never saw the chunks before its first.
+    hash: Option<Context>,
 }
 
 impl std::fmt::Debug for Assembler {
@@ -328,11 +377,35 @@ impl Assembler {
         Ok(Self {
             header,
             what,
-            payload: Vec::new(),
+            values: Vec::new(),
             received: 0,
             next_index: 0,
-            hash: Context::new(&SHA256),
+            hash: Some(Context::new(&SHA256)),
         })
+    }
+
+    /// Takes the transfer up at chunk `first_chunk`, its chunks before held elsewhere: the
+    /// coordinator resumes an update whose first chunks reached the sum through the participant's
+    /// previous session. Each chunk from there is checked against the hash the header lists for
+    /// it; the whole payload's hash cannot be, since this receiver never saw its beginning.
+    pub fn resume_at(&mut self, first_chunk: u32) -> Result<(), TransferError> {
+        if self.next_index != 0 || first_chunk > self.header.n_chunks {
+            return Err(TransferError::OutOfOrder {
+                actual: first_chunk,
+                expected: self.next_index,
+            });
+        }
+        self.next_index = first_chunk;
+        self.received =
+            (u64::from(first_chunk) * MAX_CHUNK_BYTES as u64).min(self.header.total_bytes);
+        self.hash = None;
+        Ok(())
+    }
+
+    /// Index of the next chunk due: the number of chunks accepted so far (for a resumed
+    /// transfer, counting those held elsewhere).
+    pub fn next_index(&self) -> u32 {
+        self.next_index
     }
 
     /// The header this transfer started from.
@@ -348,21 +421,23 @@ impl Assembler {
     /// Takes the next chunk and keeps it. Returns the values once the last chunk has arrived
     /// and every check passed, `None` while more chunks are due.
     pub fn push(&mut self, chunk: Chunk) -> Result<Option<Vec<f32>>, TransferError> {
-        self.push_bytes(chunk)?
-            .map(|payload| self.floats(&payload, 0))
-            .transpose()
+        let (offset, data, last) = self.accept(chunk)?;
+        let values = self.floats(&data, offset)?;
+        self.values.extend(values.iter().map(|v| v.to_bits()));
+        // Collected in place: a Vec<u32> becomes a Vec<f32> without a second allocation.
+        Ok(last.then(|| {
+            std::mem::take(&mut self.values)
+                .into_iter()
+                .map(f32::from_bits)
+                .collect()
+        }))
     }
 
     /// As [`Assembler::push`], for a payload of unsigned 32-bit values (see [`split_words`]).
     pub fn push_words(&mut self, chunk: Chunk) -> Result<Option<Vec<u32>>, TransferError> {
-        Ok(self.push_bytes(chunk)?.map(|payload| words(&payload)))
-    }
-
-    /// Keeps the next chunk's bytes; the whole payload once the last one is in.
-    fn push_bytes(&mut self, chunk: Chunk) -> Result<Option<Vec<u8>>, TransferError> {
         let (_, data, last) = self.accept(chunk)?;
-        self.payload.extend_from_slice(&data);
-        Ok(last.then(|| std::mem::take(&mut self.payload)))
+        self.values.extend(words(&data));
+        Ok(last.then(|| std::mem::take(&mut self.values)))
     }
 
     /// Takes the next chunk of a float payload and hands it back checked, without keeping it:
@@ -434,16 +509,18 @@ impl Assembler {
         if digest(&SHA256, &chunk.data).as_ref() != committed.as_slice() {
             return Err(TransferError::ChunkHashMismatch { index: chunk.index });
         }
-        self.hash.update(&chunk.data);
+        if let Some(hash) = &mut self.hash {
+            hash.update(&chunk.data);
+        }
         let offset = (self.received / 4) as usize;
         self.received += chunk.data.len() as u64;
         self.next_index += 1;
         let last = self.next_index == self.header.n_chunks;
-        if last {
-            let payload_hash = std::mem::replace(&mut self.hash, Context::new(&SHA256)).finish();
-            if payload_hash.as_ref() != self.header.sha256.as_slice() {
-                return Err(TransferError::PayloadHashMismatch);
-            }
+        if last
+            && let Some(hash) = self.hash.take()
+            && hash.finish().as_ref() != self.header.sha256.as_slice()
+        {
+            return Err(TransferError::PayloadHashMismatch);
         }
         Ok((offset, chunk.data, last))
     }
@@ -532,6 +609,47 @@ mod tests {
             assembler.accept_floats(chunks[2].clone()),
             Err(TransferError::ChunkHashMismatch { index: 2 })
         );
+    }
+
+    #[test]
+    fn a_model_split_without_a_copy_is_the_same_transfer() {
+        let values: Vec<f32> = (0..150_000).map(|i| (i as f32).sqrt()).collect();
+        let copied = split(5, &specs(&[150_000]), &values);
+        let owned = split_owned(5, &specs(&[150_000]), values.clone());
+        assert_eq!(owned, copied);
+        assert_eq!(receive(owned.0, owned.1).unwrap(), values);
+    }
+
+    #[test]
+    fn a_resumed_transfer_takes_the_chunks_from_where_it_resumed_each_checked() {
+        let values: Vec<f32> = (0..150_000).map(|i| i as f32).collect();
+        let (header, mut chunks) = split(4, &specs(&[150_000]), &values);
+        assert_eq!(chunks.len(), 3);
+        let mut assembler = Assembler::new(header.clone(), "update", Some(150_000)).unwrap();
+        assembler.resume_at(1).unwrap();
+        assert_eq!(assembler.next_index(), 1);
+        assert_eq!(
+            assembler.accept_floats(chunks[0].clone()),
+            Err(TransferError::OutOfOrder {
+                actual: 0,
+                expected: 1
+            })
+        );
+        let second = assembler.accept_floats(chunks[1].clone()).unwrap();
+        assert_eq!((second.offset, second.last), (MAX_CHUNK_BYTES / 4, false));
+        let mut bad = chunks[2].data.to_vec();
+        bad[0] ^= 1;
+        chunks[2].data = bad.into();
+        assert_eq!(
+            assembler.accept_floats(chunks[2].clone()),
+            Err(TransferError::ChunkHashMismatch { index: 2 })
+        );
+
+        // Only a transfer that has taken nothing yet resumes, and within its chunks.
+        let mut assembler = Assembler::new(header.clone(), "update", None).unwrap();
+        assert!(assembler.resume_at(4).is_err());
+        assembler.resume_at(3).unwrap();
+        assert!(assembler.resume_at(1).is_err());
     }
 
     #[test]

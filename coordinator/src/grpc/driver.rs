@@ -226,6 +226,48 @@ impl Driver {
                 model,
                 secure,
             } => self.send_train(round, &to, &model, secure.as_ref()),
+            Command::ResumeTrain {
+                round,
+                to,
+                model,
+                first_chunk,
+            } => {
+                tracing::info!(participant = %to, round, "round {round}: {to} reconnected and resumes receiving the global model at chunk {first_chunk}");
+                let config = self.training_config(round);
+                send_model(&self.shared, &[to], round, &model, first_chunk, |header| {
+                    Body::Train(TrainInstruction {
+                        config: Some(config),
+                        model: Some(header),
+                        secure_aggregation: None,
+                        first_chunk,
+                    })
+                });
+            }
+            Command::ResumeUpdate {
+                round,
+                to,
+                sha256,
+                next_chunk,
+            } => {
+                tracing::info!(participant = %to, round, "round {round}: {to} reconnected and resumes its update at chunk {next_chunk}");
+                let message = CoordinatorMessage {
+                    body: Some(Body::ResumeUpdate(cairn_proto::v1::ResumeUpdate {
+                        round,
+                        sha256,
+                        next_chunk,
+                    })),
+                };
+                let connections = self
+                    .shared
+                    .connections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if let Some(connection) = connections.get(&to).cloned() {
+                    tokio::spawn(async move {
+                        let _ = connection.outbox.send(Ok(message)).await;
+                    });
+                }
+            }
             Command::SendSecure {
                 round,
                 attempt,
@@ -278,17 +320,29 @@ impl Driver {
         Ok(None)
     }
 
+    /// How participants train in `round`.
+    fn training_config(&self, round: u64) -> TrainingConfig {
+        let job = &self.shared.job;
+        TrainingConfig {
+            local_epochs: job.local_epochs,
+            batch_size: job.batch_size,
+            learning_rate: job.learning_rate,
+            seed: job.seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            proximal_mu: job.proximal_mu,
+        }
+    }
+
     /// Starts the round's clock (on its first attempt) and sends the training instruction with
     /// the global model to the selected participants.
     fn send_train(
         &mut self,
         round: u64,
         to: &[ParticipantId],
-        model: &[f32],
+        model: &Arc<Vec<f32>>,
         secure: Option<&SecureSetup>,
     ) {
+        let config = self.training_config(round);
         let shared = &self.shared;
-        let job = &shared.job;
         if self.clock.as_ref().is_none_or(|c| c.round != round) {
             self.clock = Some(RoundClock {
                 round,
@@ -305,18 +359,12 @@ impl Driver {
         tracing::info!(round, participants = ?to, "round {round}: training on {} participants ({how})", to.len());
         let secure_aggregation = secure.map(super::secure::setup);
         shared.monitor.round_started(round, to);
-        let config = TrainingConfig {
-            local_epochs: job.local_epochs,
-            batch_size: job.batch_size,
-            learning_rate: job.learning_rate,
-            seed: job.seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            proximal_mu: job.proximal_mu,
-        };
-        send_model(shared, to, round, model, |header| {
+        send_model(shared, to, round, model, 0, |header| {
             Body::Train(TrainInstruction {
                 config: Some(config),
                 model: Some(header),
                 secure_aggregation: secure_aggregation.clone(),
+                first_chunk: 0,
             })
         });
     }
@@ -327,14 +375,14 @@ impl Driver {
         &self,
         round: u64,
         to: &[ParticipantId],
-        model: &[f32],
+        model: &Arc<Vec<f32>>,
         secure: Option<&SecureSetup>,
     ) {
         if secure.is_some() {
             tracing::info!(round, participants = ?to, "round {round}: evaluating the new model on {} participants (secure aggregation)", to.len());
         }
         let secure_aggregation = secure.map(super::secure::setup);
-        send_model(&self.shared, to, round, model, |header| {
+        send_model(&self.shared, to, round, model, 0, |header| {
             Body::Evaluate(EvaluateInstruction {
                 model: Some(header),
                 secure_aggregation: secure_aggregation.clone(),
@@ -489,17 +537,29 @@ impl Driver {
     }
 }
 
+/// The global model as the floats a transfer views without copying them.
+struct SharedModel(Arc<Vec<f32>>);
+
+impl AsRef<[f32]> for SharedModel {
+    fn as_ref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
 /// Sends `model` to each of `to`: the instruction `make` builds around the transfer header,
-/// then the chunks. Recipients without a live session are skipped; their disconnection event
-/// is already on its way to the machine.
+/// then the chunks from `first_chunk`. Recipients without a live session are skipped; their
+/// disconnection event is already on its way to the machine.
 fn send_model(
     shared: &Arc<Shared>,
     to: &[String],
     round: u64,
-    model: &[f32],
+    model: &Arc<Vec<f32>>,
+    first_chunk: u32,
     make: impl Fn(cairn_proto::v1::TransferHeader) -> Body,
 ) {
-    let (header, chunks) = cairn_proto::transfer::split(round, &shared.wire_layout, model);
+    // The chunks are views of the model the machine holds anyway: no copy of it per round.
+    let (header, chunks) =
+        cairn_proto::transfer::split_owned(round, &shared.wire_layout, SharedModel(model.clone()));
     let chunks = Arc::new(chunks);
     let connections = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
     for id in to {
@@ -515,7 +575,7 @@ fn send_model(
             if connection.outbox.send(Ok(instruction)).await.is_err() {
                 return;
             }
-            for chunk in chunks.iter() {
+            for chunk in chunks.iter().skip(first_chunk as usize) {
                 let size = chunk.data.len() as u64;
                 let message = CoordinatorMessage {
                     body: Some(Body::Chunk(chunk.clone())),

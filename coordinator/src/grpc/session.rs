@@ -5,7 +5,7 @@
 
 use super::secure;
 use super::{Connection, Shared};
-use crate::round::{Event, SecureMessage};
+use crate::round::{Event, Resume, ResumedTransfer, SecureMessage};
 use crate::strategy::check_weight_and_loss;
 use cairn_identity::{PARTICIPANT_UNIT, identity_of};
 use cairn_proto::metrics::{EvaluationEncoding, Metric, Totals};
@@ -159,8 +159,8 @@ async fn run(
     outbox: mpsc::Sender<Result<CoordinatorMessage, Status>>,
 ) {
     let id = peer.id.clone();
-    let client_version = match handshake(&shared, &id, &mut inbound, &outbox).await {
-        Ok(version) => version,
+    let (client_version, resume) = match handshake(&shared, &id, &mut inbound, &outbox).await {
+        Ok(hello) => hello,
         Err(refusal) => {
             tracing::warn!(participant = %id, "refused {id}: {}", refusal.message());
             let _ = outbox.send(Err(refusal.into_status())).await;
@@ -188,18 +188,24 @@ async fn run(
             },
         );
         // Events are sent under the lock so that the machine sees them in connection order.
-        if previous.is_some() {
+        if let Some(previous) = previous {
+            // The old session stops reading, so nothing more of it reaches the round after the
+            // machine has heard that it ended.
+            let _ = previous.expel.try_send("replaced by a new session".into());
             shared.events.send(Event::Disconnected {
                 id: id.clone(),
                 reason: "replaced by a new session".into(),
             });
         }
-        shared.events.send(Event::Connected { id: id.clone() });
+        shared.events.send(Event::Connected {
+            id: id.clone(),
+            resume,
+        });
         shared
             .monitor
             .connected(&id, &peer.organisation, &client_version);
     }
-    tracing::info!(participant = %id, "{id} connected");
+    tracing::info!(participant = %id, "{id} connected ({client_version})");
 
     let heartbeats = tokio::spawn(send_heartbeats(outbox.clone(), shared.heartbeat_interval));
     let ended = read(&shared, &peer, &mut inbound, &mut expelled).await;
@@ -224,12 +230,14 @@ async fn run(
     }
 }
 
+/// Reads `Hello` and answers `Welcome`: the participant's software version and the transfer it
+/// asks to resume.
 async fn handshake(
     shared: &Shared,
     id: &str,
     inbound: &mut Streaming<ParticipantMessage>,
     outbox: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
-) -> Result<String, Refusal> {
+) -> Result<(String, Option<Resume>), Refusal> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
     let hello = match first {
         Ok(Ok(Some(ParticipantMessage {
@@ -259,7 +267,8 @@ async fn handshake(
             cairn_proto::PROTOCOL_VERSION
         )));
     }
-    tracing::debug!(participant = %id, client_version = %hello.client_version, "hello");
+    let resume = hello.resume.map(resume_of).transpose()?;
+    tracing::debug!(participant = %id, client_version = %hello.client_version, ?resume, "hello");
     let welcome = Welcome {
         protocol_version: cairn_proto::PROTOCOL_VERSION,
         job_name: shared.job.name.clone(),
@@ -271,7 +280,35 @@ async fn handshake(
         .send(message(Outbound::Welcome(welcome)))
         .await
         .map_err(|_| Refusal::FailedPrecondition("session closed during the handshake".into()))?;
-    Ok(hello.client_version.chars().take(200).collect())
+    Ok((hello.client_version.chars().take(200).collect(), resume))
+}
+
+/// Reads a `Hello`'s request to resume a transfer.
+fn resume_of(resume: cairn_proto::v1::ResumeTransfer) -> Result<Resume, Refusal> {
+    use cairn_proto::v1::resume_transfer::Kind;
+    if resume.sha256.len() != 32 {
+        return Err(Refusal::InvalidArgument(format!(
+            "Hello.resume.sha256 has {} bytes, expected 32",
+            resume.sha256.len()
+        )));
+    }
+    let transfer = match Kind::try_from(resume.kind) {
+        Ok(Kind::GlobalModel) => ResumedTransfer::GlobalModel {
+            next_chunk: resume.next_chunk,
+        },
+        Ok(Kind::Update) => ResumedTransfer::Update,
+        _ => {
+            return Err(Refusal::InvalidArgument(format!(
+                "Hello.resume.kind is {}, expected GLOBAL_MODEL (1) or UPDATE (2)",
+                resume.kind
+            )));
+        }
+    };
+    Ok(Resume {
+        round: resume.round,
+        sha256: resume.sha256,
+        transfer,
+    })
 }
 
 async fn send_heartbeats(
@@ -390,6 +427,8 @@ fn on_message(
                     round: update.round,
                     weight,
                     weighted_train_loss,
+                    sha256: update.assembler.header().sha256.clone(),
+                    first_chunk: update.assembler.next_index(),
                 };
                 shared.events.send_held(event, permit);
                 *pending = Some(Incoming::Update(update));
@@ -531,8 +570,19 @@ fn start_update(
     let expected = shared.n_values as u64;
     let what = format!("model update for round {round}");
     let tensors = transfer.tensors.clone();
-    let assembler = Assembler::new(transfer, what, Some(expected))
+    let mut assembler = Assembler::new(transfer, what, Some(expected))
         .map_err(|e| Refusal::InvalidArgument(e.to_string()))?;
+    // A resumed update: its chunks before `first_chunk` are in the round's sum already, from
+    // the participant's previous session; the round machine checks that they are.
+    if header.first_chunk > 0 {
+        assembler.resume_at(header.first_chunk).map_err(|_| {
+            Refusal::InvalidArgument(format!(
+                "update for round {round} resumes at chunk {} of {}",
+                header.first_chunk,
+                assembler.header().n_chunks
+            ))
+        })?;
+    }
     if tensors != shared.wire_layout {
         let describe = |t: &[cairn_proto::v1::TensorSpec]| {
             t.iter()

@@ -125,6 +125,8 @@ pub enum Event {
     Connected {
         /// Who.
         id: ParticipantId,
+        /// The transfer its previous session left unfinished, which it asks to resume.
+        resume: Option<Resume>,
     },
     /// A participant's session ended.
     Disconnected {
@@ -143,6 +145,10 @@ pub enum Event {
         weight: u64,
         /// Its weight times its mean training loss.
         weighted_train_loss: f64,
+        /// SHA-256 of its payload, from its header: what a resumed update must be.
+        sha256: Vec<u8>,
+        /// The chunk its pieces start at: 0, or where a resumed update goes on.
+        first_chunk: u32,
     },
     /// The next piece of a participant's plaintext update, `weight * (local - global)`,
     /// checked against its header's hashes; the machine adds it into the sum and drops it.
@@ -189,6 +195,30 @@ pub enum Event {
         /// Why, for the log and the participants.
         reason: String,
     },
+}
+
+/// A transfer of a plaintext round that a reconnecting participant asks to resume: its previous
+/// session broke while the transfer was under way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    /// Round of the transfer.
+    pub round: u64,
+    /// SHA-256 of its payload.
+    pub sha256: Vec<u8>,
+    /// Which transfer.
+    pub transfer: ResumedTransfer,
+}
+
+/// Which of a round's transfers a participant resumes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ResumedTransfer {
+    /// The global model it was receiving, of which it holds the chunks before `next_chunk`.
+    GlobalModel {
+        /// First chunk it does not hold.
+        next_chunk: u32,
+    },
+    /// The update it was sending, or had trained and was about to send.
+    Update,
 }
 
 /// A participant that left a round before answering, and why.
@@ -265,6 +295,30 @@ pub enum Command {
         /// Secure aggregation's setup, when the job has it on.
         secure: Option<SecureSetup>,
     },
+    /// Send the global model to `to` again, from chunk `first_chunk`: its session broke while
+    /// the model arrived, and it holds the chunks before.
+    ResumeTrain {
+        /// Round number.
+        round: u64,
+        /// Who.
+        to: ParticipantId,
+        /// The global model.
+        model: Arc<Vec<f32>>,
+        /// First chunk to send.
+        first_chunk: u32,
+    },
+    /// Ask `to` to send its update again from chunk `next_chunk`, the first the sum does not
+    /// hold.
+    ResumeUpdate {
+        /// Round number.
+        round: u64,
+        /// Who.
+        to: ParticipantId,
+        /// SHA-256 of the update's payload, as the participant named it.
+        sha256: Vec<u8>,
+        /// First chunk to send.
+        next_chunk: u32,
+    },
     /// Send secure-aggregation messages.
     SendSecure {
         /// Round number.
@@ -337,8 +391,8 @@ pub enum Command {
 
 /// What of a plaintext update an event brings.
 enum Arriving {
-    /// Its header: weight and weighted training loss.
-    Header(u64, f64),
+    /// Its header.
+    Header(plain::UpdateHeader),
     /// A piece of its values.
     Piece(Piece<f32>),
 }
@@ -364,6 +418,9 @@ enum State {
 struct Training {
     selected: Vec<ParticipantId>,
     pending: BTreeSet<ParticipantId>,
+    /// Pending participants whose session broke, with why: they stay selected until the
+    /// deadline, and resume their transfer if they reconnect in time.
+    away: BTreeMap<ParticipantId, String>,
     contributors: Vec<ParticipantId>,
     dropouts: Vec<Dropout>,
     updates: plain::PlainUpdates,
@@ -465,22 +522,39 @@ impl RoundMachine {
     pub fn handle(&mut self, event: Event) -> Vec<Command> {
         let mut commands = Vec::new();
         match event {
-            Event::Connected { id } => {
-                self.connected.insert(id);
+            Event::Connected { id, resume } => {
+                self.connected.insert(id.clone());
+                self.on_reconnected(id, resume, &mut commands);
             }
             Event::Disconnected { id, reason } => {
                 self.connected.remove(&id);
-                self.drop_pending(&id, format!("disconnected: {reason}"));
+                match &mut self.state {
+                    // A plaintext round's transfers resume: the participant stays selected
+                    // until the deadline, and what arrives of its update meanwhile (through a
+                    // session already replaced) is left out until it resumes.
+                    State::AwaitingUpdates(training) if training.pending.contains(&id) => {
+                        training.updates.interrupt(&id);
+                        training.away.insert(id, reason);
+                    }
+                    _ => self.drop_pending(&id, format!("disconnected: {reason}")),
+                }
             }
             Event::UpdateStarted {
                 id,
                 round,
                 weight,
                 weighted_train_loss,
+                sha256,
+                first_chunk,
             } => self.on_update(
                 id,
                 round,
-                Arriving::Header(weight, weighted_train_loss),
+                Arriving::Header(plain::UpdateHeader {
+                    weight,
+                    weighted_train_loss,
+                    sha256,
+                    first_chunk,
+                }),
                 &mut commands,
             ),
             Event::UpdatePiece { id, round, piece } => {
@@ -538,8 +612,18 @@ impl RoundMachine {
                             .map(|s| std::mem::take(&mut s.pending))
                             .unwrap_or_default(),
                     };
+                    let away = match &mut self.state {
+                        State::AwaitingUpdates(t) => std::mem::take(&mut t.away),
+                        _ => BTreeMap::new(),
+                    };
                     for id in pending {
-                        self.record_dropout(id, phase, format!("missed the {seconds} s deadline"));
+                        let reason = match away.get(&id) {
+                            Some(why) => format!(
+                                "disconnected ({why}) and did not resume within the {seconds} s deadline"
+                            ),
+                            None => format!("missed the {seconds} s deadline"),
+                        };
+                        self.record_dropout(id, phase, reason);
                     }
                 }
             }
@@ -578,11 +662,22 @@ impl RoundMachine {
             Some(format!(
                 "not selected for round {round}, or dropped from it"
             ))
+        } else if training.away.contains_key(&id) {
+            Some(format!(
+                "update for round {round} through a session that has ended"
+            ))
         } else {
             match (&arriving, started) {
-                (Arriving::Header(..), true) => {
-                    Some(format!("second update header for round {round}"))
+                (Arriving::Header(header), true) if !training.updates.is_interrupted(&id) => {
+                    Some(format!(
+                        "second update header for round {round} (chunk {})",
+                        header.first_chunk
+                    ))
                 }
+                (Arriving::Header(header), false) if header.first_chunk > 0 => Some(format!(
+                    "update for round {round} resumed at chunk {} before any of it arrived",
+                    header.first_chunk
+                )),
                 (Arriving::Piece(_), false) => {
                     Some(format!("update values for round {round} before its header"))
                 }
@@ -595,10 +690,16 @@ impl RoundMachine {
             }
             return;
         }
+        // Pieces sent before the session broke, which arrive after it: the update goes on only
+        // from where it resumes.
+        if matches!(arriving, Arriving::Piece(_)) && training.updates.is_interrupted(&id) {
+            return;
+        }
         let added = match arriving {
-            Arriving::Header(weight, loss) => {
-                training.updates.start(&id, weight, loss).map(|()| false)
-            }
+            Arriving::Header(header) => match started {
+                true => training.updates.resume(&id, &header).map(|()| false),
+                false => training.updates.start(&id, header).map(|()| false),
+            },
             Arriving::Piece(piece) => training.updates.add(&id, piece),
         };
         match added {
@@ -684,6 +785,70 @@ impl RoundMachine {
             State::Securing(s) => Some(s),
             State::SecureEvaluation(e) => Some(&mut e.securing),
             _ => None,
+        }
+    }
+
+    /// A participant opened a session while the round holds its place: in a plaintext round's
+    /// training, one whose session broke resumes the transfer it had under way, or is dropped.
+    fn on_reconnected(
+        &mut self,
+        id: ParticipantId,
+        resume: Option<Resume>,
+        commands: &mut Vec<Command>,
+    ) {
+        let round = self.round;
+        let State::AwaitingUpdates(training) = &mut self.state else {
+            return;
+        };
+        let Some(why) = training.away.remove(&id) else {
+            return;
+        };
+        let resumed = match resume {
+            Some(Resume {
+                round: asked,
+                sha256,
+                transfer: ResumedTransfer::Update,
+            }) if asked == round => match training.updates.resume_point(&id) {
+                None => Ok(Command::ResumeUpdate {
+                    round,
+                    to: id.clone(),
+                    sha256,
+                    next_chunk: 0,
+                }),
+                Some((started, next_chunk)) if started == sha256.as_slice() => {
+                    Ok(Command::ResumeUpdate {
+                        round,
+                        to: id.clone(),
+                        sha256,
+                        next_chunk,
+                    })
+                }
+                Some(_) => Err(format!(
+                    "reconnected asking to resume another update for round {round} than the one it had started"
+                )),
+            },
+            Some(Resume {
+                round: asked,
+                transfer: ResumedTransfer::GlobalModel { next_chunk },
+                ..
+            }) if asked == round && !training.updates.has_started(&id) => {
+                Ok(Command::ResumeTrain {
+                    round,
+                    to: id.clone(),
+                    model: self.global.clone(),
+                    first_chunk: next_chunk,
+                })
+            }
+            Some(Resume { round: asked, .. }) => Err(format!(
+                "reconnected asking to resume a transfer of round {asked}, which round {round} cannot resume"
+            )),
+            None => Err(format!(
+                "reconnected without resuming its transfer (its session had ended: {why})"
+            )),
+        };
+        match resumed {
+            Ok(command) => commands.push(command),
+            Err(reason) => self.drop_pending(&id, reason),
         }
     }
 
@@ -820,6 +985,7 @@ impl RoundMachine {
         commands.push(self.deadline(Phase::Train));
         self.state = State::AwaitingUpdates(Training {
             pending: candidates.iter().cloned().collect(),
+            away: BTreeMap::new(),
             selected: candidates,
             contributors: Vec::new(),
             dropouts: Vec::new(),

@@ -4,7 +4,9 @@
 //! ([`InFlight`]) until the update is complete. Clipping needs the whole update's norm, which is
 //! known only after its last piece: an update longer than `clip_norm` is then read back,
 //! subtracted and added again scaled down. An update that breaks off is taken back out when
-//! training ends, so the sum is exactly that of the complete updates.
+//! training ends, so the sum is exactly that of the complete updates. One whose session broke
+//! is *interrupted*: it keeps what it added and goes on when the participant, reconnected,
+//! sends the same header again from the first chunk the sum does not hold.
 
 use super::ParticipantId;
 use super::inflight::InFlight;
@@ -15,9 +17,29 @@ use crate::strategy::{
 use cairn_proto::transfer::Piece;
 use std::collections::BTreeMap;
 
+/// Values in a whole chunk of a transfer.
+const CHUNK_VALUES: usize = cairn_proto::MAX_CHUNK_BYTES / 4;
+
+/// What an update's header says about it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct UpdateHeader {
+    /// Examples it trained on.
+    pub(super) weight: u64,
+    /// Its weight times its mean training loss.
+    pub(super) weighted_train_loss: f64,
+    /// SHA-256 of its payload.
+    pub(super) sha256: Vec<u8>,
+    /// The chunk its pieces start at.
+    pub(super) first_chunk: u32,
+}
+
 /// How one arriving update is counted, and how long it is so far.
 #[derive(Debug)]
 struct Arriving {
+    /// Its header as first sent, which a resumed one must repeat.
+    header: UpdateHeader,
+    /// Its session broke; pieces are refused until it resumes.
+    interrupted: bool,
     /// Its weight, capped.
     weight: u64,
     /// Its weighted loss, scaled with the cap.
@@ -60,22 +82,72 @@ impl PlainUpdates {
         self.arriving.contains_key(id)
     }
 
-    /// Starts `id`'s update from its header: `weight` examples, `weighted_train_loss`.
-    pub(super) fn start(
-        &mut self,
-        id: &ParticipantId,
-        weight: u64,
-        weighted_train_loss: f64,
-    ) -> Result<(), Error> {
-        check_weight_and_loss(weight, weighted_train_loss)?;
-        let (weight, scale) = capped_weight(weight, self.max_weight);
+    /// Starts `id`'s update from its header.
+    pub(super) fn start(&mut self, id: &ParticipantId, header: UpdateHeader) -> Result<(), Error> {
+        check_weight_and_loss(header.weight, header.weighted_train_loss)?;
+        let (weight, scale) = capped_weight(header.weight, self.max_weight);
         let arriving = Arriving {
+            weighted_train_loss: header.weighted_train_loss * scale,
+            header,
+            interrupted: false,
             weight,
-            weighted_train_loss: weighted_train_loss * scale,
             scale,
             norm_sq: 0.0,
         };
         self.arriving.insert(id.clone(), arriving);
+        Ok(())
+    }
+
+    /// Marks `id`'s update, if it has started, as cut off with its session: nothing more of it
+    /// is taken until it resumes.
+    pub(super) fn interrupt(&mut self, id: &ParticipantId) {
+        if let Some(arriving) = self.arriving.get_mut(id) {
+            arriving.interrupted = true;
+        }
+    }
+
+    /// Whether `id`'s update was cut off with its session and has not resumed.
+    pub(super) fn is_interrupted(&self, id: &ParticipantId) -> bool {
+        self.arriving.get(id).is_some_and(|a| a.interrupted)
+    }
+
+    /// Where `id`'s started update would resume: its payload's SHA-256 and the first chunk the
+    /// sum does not hold. `None` before its header.
+    pub(super) fn resume_point(&self, id: &ParticipantId) -> Option<(&[u8], u32)> {
+        let arriving = self.arriving.get(id)?;
+        Some((arriving.header.sha256.as_slice(), self.next_chunk(id)))
+    }
+
+    /// The first chunk of `id`'s update that the sum does not hold: every piece but the last
+    /// is a whole chunk, so the values held end on a chunk's boundary.
+    fn next_chunk(&self, id: &ParticipantId) -> u32 {
+        (self.inflight.next_offset(id) / CHUNK_VALUES) as u32
+    }
+
+    /// Takes `id`'s interrupted update up again from its header, sent again: the same update
+    /// (payload hash, weight, loss), from the first chunk the sum does not hold.
+    pub(super) fn resume(
+        &mut self,
+        id: &ParticipantId,
+        header: &UpdateHeader,
+    ) -> Result<(), Error> {
+        let next_chunk = self.next_chunk(id);
+        let arriving = self
+            .arriving
+            .get_mut(id)
+            .expect("only a started update resumes");
+        let first = &arriving.header;
+        let same = first.sha256 == header.sha256
+            && first.weight == header.weight
+            && first.weighted_train_loss.to_bits() == header.weighted_train_loss.to_bits();
+        if !same || header.first_chunk != next_chunk {
+            return Err(Error::UpdateResume {
+                first_chunk: header.first_chunk,
+                expected: next_chunk,
+                same_update: same,
+            });
+        }
+        arriving.interrupted = false;
         Ok(())
     }
 
@@ -165,9 +237,18 @@ impl PlainUpdates {
 mod tests {
     use super::*;
 
+    fn header(weighted_train_loss: f64) -> UpdateHeader {
+        UpdateHeader {
+            weight: 1,
+            weighted_train_loss,
+            sha256: vec![0; 32],
+            first_chunk: 0,
+        }
+    }
+
     fn send(updates: &mut PlainUpdates, id: &str, values: &[f32], sent: usize) {
         let id = id.to_string();
-        updates.start(&id, 1, 0.5).unwrap();
+        updates.start(&id, header(0.5)).unwrap();
         for (offset, &value) in values[..sent].iter().enumerate() {
             let piece = Piece {
                 offset,
@@ -216,7 +297,7 @@ mod tests {
     fn a_piece_out_of_place_is_refused() {
         let mut updates = PlainUpdates::new(4, 100, None);
         let id = "a".to_string();
-        updates.start(&id, 1, 0.0).unwrap();
+        updates.start(&id, header(0.0)).unwrap();
         let piece = Piece {
             offset: 2,
             values: vec![1.0],

@@ -28,7 +28,12 @@ fn machine(min: usize, rounds: u64) -> RoundMachine {
 
 fn connect(m: &mut RoundMachine, ids: &[&str]) -> Vec<Command> {
     ids.iter()
-        .flat_map(|id| m.handle(Event::Connected { id: id.to_string() }))
+        .flat_map(|id| {
+            m.handle(Event::Connected {
+                id: id.to_string(),
+                resume: None,
+            })
+        })
         .collect()
 }
 
@@ -45,6 +50,8 @@ fn update_pieces(id: &str, round: u64, weighted: &[f32], weight: u64, sent: usiz
         round,
         weight,
         weighted_train_loss: weight as f64,
+        sha256: vec![0; 32],
+        first_chunk: 0,
     };
     let pieces = weighted[..sent]
         .iter()
@@ -224,6 +231,15 @@ fn too_few_updates_fail_the_round_which_is_retried_with_the_same_model() {
         reason: "killed".into(),
     });
     assert!(
+        commands.is_empty(),
+        "b may resume until the deadline: {commands:?}"
+    );
+    let commands = m.handle(Event::DeadlineExpired {
+        round: 1,
+        attempt: 1,
+        phase: Phase::Train,
+    });
+    assert!(
         matches!(&commands[0], Command::RoundFailed { round: 1, attempt: 1, reason } if reason.contains("only 1 of 2")),
         "{commands:?}"
     );
@@ -398,6 +414,11 @@ fn an_update_cut_off_halfway_leaves_the_model_as_if_it_had_never_been_sent() {
             id: "c".into(),
             reason: "connection lost".into(),
         }));
+        commands.extend(m.handle(Event::DeadlineExpired {
+            round: 2,
+            attempt: 1,
+            phase: Phase::Train,
+        }));
         let Some(Command::SendEvaluate { model, .. }) = commands
             .iter()
             .find(|c| matches!(c, Command::SendEvaluate { .. }))
@@ -445,6 +466,239 @@ fn selection_takes_the_fraction_but_at_least_the_minimum() {
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let commands = connect(&mut m, &refs);
     assert_eq!(selected(&commands).len(), 3);
+}
+
+/// Transfers of a plaintext round that resume after a participant's session broke.
+mod resume {
+    use super::*;
+
+    /// Values in a whole chunk: the pieces of a real transfer.
+    const CHUNK: usize = cairn_proto::MAX_CHUNK_BYTES / 4;
+    /// A model of two whole chunks and a bit.
+    const N: usize = 2 * CHUNK + 3;
+
+    fn machine() -> RoundMachine {
+        RoundMachine::new(
+            settings(2, 1),
+            ServerOptimizer::new(&Default::default(), N),
+            vec![0.0; N],
+            1,
+        )
+    }
+
+    fn weighted(id: &str) -> Vec<f32> {
+        let scale = if id == "a" { 1e-3 } else { -7.5 };
+        (0..N).map(|i| (i as f32 * 0.37).sin() * scale).collect()
+    }
+
+    fn sha(id: &str) -> Vec<u8> {
+        vec![id.as_bytes()[0]; 32]
+    }
+
+    /// `id`'s update as its session hands it over: the header (resumed at `first_chunk` when
+    /// not 0), then one piece per chunk from there up to chunk `until`.
+    fn chunks(id: &str, first_chunk: usize, until: usize) -> Vec<Event> {
+        let values = weighted(id);
+        let header = Event::UpdateStarted {
+            id: id.into(),
+            round: 1,
+            weight: 1,
+            weighted_train_loss: 0.5,
+            sha256: sha(id),
+            first_chunk: first_chunk as u32,
+        };
+        let pieces = (first_chunk..until).map(|index| {
+            let start = index * CHUNK;
+            let end = N.min(start + CHUNK);
+            Event::UpdatePiece {
+                id: id.into(),
+                round: 1,
+                piece: Piece {
+                    offset: start,
+                    values: values[start..end].to_vec(),
+                    last: end == N,
+                },
+            }
+        });
+        std::iter::once(header).chain(pieces).collect()
+    }
+
+    fn disconnect(id: &str) -> Event {
+        Event::Disconnected {
+            id: id.into(),
+            reason: "connection lost".into(),
+        }
+    }
+
+    fn reconnect(id: &str, transfer: Option<ResumedTransfer>) -> Event {
+        Event::Connected {
+            id: id.into(),
+            resume: transfer.map(|transfer| Resume {
+                round: 1,
+                sha256: sha(id),
+                transfer,
+            }),
+        }
+    }
+
+    fn new_model(commands: &[Command]) -> Vec<f32> {
+        commands
+            .iter()
+            .find_map(|c| match c {
+                Command::SendEvaluate { model, .. } => Some(model.as_ref().clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no new model in {commands:?}"))
+    }
+
+    fn started() -> RoundMachine {
+        let mut m = machine();
+        assert_eq!(selected(&connect(&mut m, &["a", "b"])), vec!["a", "b"]);
+        m
+    }
+
+    #[test]
+    fn an_update_resumed_after_its_session_broke_counts_once_and_whole() {
+        let whole = {
+            let mut m = started();
+            feed(&mut m, chunks("b", 0, 3));
+            new_model(&feed(&mut m, chunks("a", 0, 3)))
+        };
+        let mut m = started();
+        feed(&mut m, chunks("b", 0, 3));
+        assert!(feed(&mut m, chunks("a", 0, 1)).is_empty());
+        assert!(
+            m.handle(disconnect("a")).is_empty(),
+            "a may resume until the deadline"
+        );
+        // Chunk 1 was on its way through the broken session: it is left out, not counted.
+        let late = chunks("a", 0, 2).pop().expect("a piece");
+        assert!(
+            m.handle(late)
+                .iter()
+                .all(|c| matches!(c, Command::Ignored { .. }))
+        );
+        let commands = m.handle(reconnect("a", Some(ResumedTransfer::Update)));
+        assert_eq!(
+            commands,
+            vec![Command::ResumeUpdate {
+                round: 1,
+                to: "a".into(),
+                sha256: sha("a"),
+                next_chunk: 1
+            }]
+        );
+        let resumed = feed(&mut m, chunks("a", 1, 3));
+        assert_eq!(new_model(&resumed), whole);
+    }
+
+    #[test]
+    fn a_resumed_update_must_be_the_one_that_started_and_go_on_where_the_sum_stopped() {
+        let mut m = started();
+        feed(&mut m, chunks("a", 0, 1));
+        m.handle(disconnect("a"));
+        m.handle(reconnect("a", Some(ResumedTransfer::Update)));
+        // Resumed one chunk too far: the sum would miss a chunk.
+        let commands = feed(&mut m, chunks("a", 2, 3));
+        assert!(
+            commands
+                .iter()
+                .any(|c| matches!(c, Command::Ignored { reason, .. }
+                if reason.contains("resumes at chunk 2, expected chunk 1"))),
+            "{commands:?}"
+        );
+        let commands = feed(&mut m, chunks("b", 0, 3));
+        assert!(
+            matches!(&commands[0], Command::RoundFailed { reason, .. } if reason.contains("only 1 of 2")),
+            "{commands:?}"
+        );
+
+        // Asking to resume another update than the one that started drops it at once.
+        let mut m = started();
+        feed(&mut m, chunks("a", 0, 1));
+        m.handle(disconnect("a"));
+        let commands = m.handle(Event::Connected {
+            id: "a".into(),
+            resume: Some(Resume {
+                round: 1,
+                sha256: sha("z"),
+                transfer: ResumedTransfer::Update,
+            }),
+        });
+        assert!(
+            !commands
+                .iter()
+                .any(|c| matches!(c, Command::ResumeUpdate { .. }))
+        );
+        let commands = feed(&mut m, chunks("b", 0, 3));
+        assert!(
+            matches!(&commands[0], Command::RoundFailed { reason, .. } if reason.contains("only 1 of 2")),
+            "{commands:?}"
+        );
+    }
+
+    #[test]
+    fn a_participant_back_without_its_transfer_is_dropped_and_one_not_back_misses_the_deadline() {
+        let three = || {
+            let mut m = RoundMachine::new(
+                settings(3, 1),
+                ServerOptimizer::new(&Default::default(), N),
+                vec![0.0; N],
+                1,
+            );
+            assert_eq!(selected(&connect(&mut m, &["a", "b", "c"])).len(), 3);
+            feed(&mut m, chunks("a", 0, 3));
+            feed(&mut m, chunks("c", 0, 3));
+            assert!(m.handle(disconnect("b")).is_empty(), "b may resume");
+            m
+        };
+        // b restarted: it holds nothing of the round, and the round stops waiting for it.
+        let mut m = three();
+        let commands = m.handle(reconnect("b", None));
+        assert!(
+            matches!(&commands[0], Command::RoundFailed { reason, .. } if reason.contains("only 2 of 3")),
+            "{commands:?}"
+        );
+        // b never comes back: the deadline drops it.
+        let mut m = three();
+        let commands = m.handle(Event::DeadlineExpired {
+            round: 1,
+            attempt: 1,
+            phase: Phase::Train,
+        });
+        assert!(
+            matches!(&commands[0], Command::RoundFailed { reason, .. } if reason.contains("only 2 of 3")),
+            "{commands:?}"
+        );
+    }
+
+    #[test]
+    fn a_participant_cut_off_while_the_model_arrived_is_sent_the_rest_then_its_whole_update() {
+        let mut m = started();
+        m.handle(disconnect("a"));
+        let commands = m.handle(reconnect(
+            "a",
+            Some(ResumedTransfer::GlobalModel { next_chunk: 2 }),
+        ));
+        assert!(
+            matches!(&commands[..], [Command::ResumeTrain { round: 1, to, first_chunk: 2, model }]
+                if to == "a" && model.len() == N),
+            "{commands:?}"
+        );
+        // Cut again after training, before any of its update arrived: it sends it all.
+        m.handle(disconnect("a"));
+        let commands = m.handle(reconnect("a", Some(ResumedTransfer::Update)));
+        assert!(
+            matches!(&commands[..], [Command::ResumeUpdate { next_chunk: 0, .. }]),
+            "{commands:?}"
+        );
+        feed(&mut m, chunks("a", 0, 3));
+        let commands = feed(&mut m, chunks("b", 0, 3));
+        assert!(
+            matches!(&commands[0], Command::SendEvaluate { .. }),
+            "{commands:?}"
+        );
+    }
 }
 
 mod server_optimizer {

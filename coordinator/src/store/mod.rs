@@ -22,9 +22,9 @@
 
 use crate::Error;
 use crate::config::JobSpec;
-use crate::model::{TensorShape, encode_safetensors, load_safetensors};
+use crate::model::{TensorShape, load_safetensors, save_safetensors};
 use crate::round::RoundOutcome;
-use ring::digest::{SHA256, digest};
+use ring::digest::{Context, SHA256, digest};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -265,15 +265,13 @@ impl Store {
         let optimizer_state_sha256 = match optimizer.layout.is_empty() {
             true => String::new(),
             false => {
-                let bytes = encode_safetensors(optimizer.layout, optimizer.values)?;
-                write_atomically(&self.optimizer_state_path(round), &bytes)?;
-                hex(digest(&SHA256, &bytes).as_ref())
+                let path = self.optimizer_state_path(round);
+                hex(save_safetensors(&path, optimizer.layout, optimizer.values)?.as_ref())
             }
         };
-        let bytes = encode_safetensors(layout, model)?;
-        write_atomically(&self.checkpoint_path(round), &bytes)?;
+        let checkpoint = save_safetensors(&self.checkpoint_path(round), layout, model)?;
         let record = RoundRecord {
-            checkpoint_sha256: hex(digest(&SHA256, &bytes).as_ref()),
+            checkpoint_sha256: hex(checkpoint.as_ref()),
             optimizer_state_sha256,
             ..record.clone()
         };
@@ -412,6 +410,15 @@ fn hex(bytes: &[u8]) -> String {
 /// Replaces `path` with `bytes` atomically: write a temporary file beside it, fsync it, rename it
 /// over `path`, fsync the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    write_atomically_with(path, |file| file.write_all(bytes)).map(drop)
+}
+
+/// As [`write_atomically`], with what `write` writes (through a buffer), whose SHA-256 it
+/// returns: computed on the way to the file, so the bytes need never be in memory at once.
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<ring::digest::Digest, Error> {
     let io = |what: &str, source| Error::Io {
         what: format!("{what} {}", path.display()),
         source,
@@ -425,13 +432,41 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    std::fs::File::create(&temp)
-        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+    let digest = std::fs::File::create(&temp)
+        .and_then(|file| {
+            let mut hashing = Hashing {
+                inner: std::io::BufWriter::with_capacity(1 << 20, file),
+                hash: Context::new(&SHA256),
+            };
+            write(&mut hashing)?;
+            let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            Ok(hashing.hash.finish())
+        })
         .map_err(|e| io("writing a temporary file for", e))?;
     std::fs::rename(&temp, path).map_err(|e| io("renaming into place", e))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing the directory of", e))
+        .map_err(|e| io("syncing the directory of", e))?;
+    Ok(digest)
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Context,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hash.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 #[cfg(test)]

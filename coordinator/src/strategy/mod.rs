@@ -65,14 +65,20 @@ pub const MAX_WEIGHTED_VALUE: f64 = (1u64 << 50) as f64;
 /// participant whose update breaks off halfway is subtracted back out to the bit (see
 /// `round::inflight`), and the sum does not depend on the order in which participants answered.
 /// Values below 2^-60 in magnitude are truncated towards zero, the only rounding before the
-/// average is taken.
+/// average is taken. The values are kept in blocks of [`SUM_BLOCK`], which
+/// [`PlainSum::finish`] gives back one by one as it converts them: the 16-byte sum and the
+/// 8-byte finished one are never both whole in memory.
 #[derive(Debug, Clone)]
 pub struct PlainSum {
-    values: Vec<i128>,
+    blocks: Vec<Vec<i128>>,
+    n_values: usize,
     weight: u64,
     weighted_train_loss: f64,
     n_contributors: usize,
 }
+
+/// Values in one block of a [`PlainSum`] (1 MiB of them).
+pub const SUM_BLOCK: usize = 1 << 16;
 
 fn to_fixed(value: f32) -> i128 {
     // Exact: an f32 is an f64, and a power of two scales it without rounding; `as` truncates.
@@ -82,8 +88,12 @@ fn to_fixed(value: f32) -> i128 {
 impl PlainSum {
     /// An empty sum for a model of `n_values` parameters.
     pub fn new(n_values: usize) -> PlainSum {
+        let blocks = (0..n_values.div_ceil(SUM_BLOCK))
+            .map(|block| vec![0; SUM_BLOCK.min(n_values - block * SUM_BLOCK)])
+            .collect();
         PlainSum {
-            values: vec![0; n_values],
+            blocks,
+            n_values,
             weight: 0,
             weighted_train_loss: 0.0,
             n_contributors: 0,
@@ -93,7 +103,7 @@ impl PlainSum {
     /// Adds weighted values at `offset` of the model's vector; nothing is added unless all of
     /// them fit and are in range ([`MAX_WEIGHTED_VALUE`]).
     pub fn add(&mut self, offset: usize, values: &[f32]) -> Result<(), Error> {
-        let range = self.range(offset, values.len())?;
+        self.check_range(offset, values.len())?;
         if let Some(i) = values
             .iter()
             .position(|v| v.is_nan() || f64::from(v.abs()) >= MAX_WEIGHTED_VALUE)
@@ -103,29 +113,40 @@ impl PlainSum {
                 value: values[i],
             });
         }
-        for (sum, &value) in self.values[range].iter_mut().zip(values) {
-            *sum = sum.wrapping_add(to_fixed(value));
-        }
+        self.apply(offset, values, i128::wrapping_add);
         Ok(())
     }
 
     /// Subtracts values that [`PlainSum::add`] added at `offset`, exactly.
     pub fn subtract(&mut self, offset: usize, values: &[f32]) {
-        let range = self
-            .range(offset, values.len())
+        self.check_range(offset, values.len())
             .expect("only what was added is subtracted");
-        for (sum, &value) in self.values[range].iter_mut().zip(values) {
-            *sum = sum.wrapping_sub(to_fixed(value));
+        self.apply(offset, values, i128::wrapping_sub);
+    }
+
+    /// Combines `values`, from `offset` on, into the sum's values with `combine`, block by
+    /// block. The range has been checked.
+    fn apply(&mut self, offset: usize, values: &[f32], combine: fn(i128, i128) -> i128) {
+        let (mut at, mut rest) = (offset, values);
+        while !rest.is_empty() {
+            let block = &mut self.blocks[at / SUM_BLOCK];
+            let start = at % SUM_BLOCK;
+            let n = (block.len() - start).min(rest.len());
+            for (sum, &value) in block[start..start + n].iter_mut().zip(&rest[..n]) {
+                *sum = combine(*sum, to_fixed(value));
+            }
+            at += n;
+            rest = &rest[n..];
         }
     }
 
-    fn range(&self, offset: usize, len: usize) -> Result<std::ops::Range<usize>, Error> {
+    fn check_range(&self, offset: usize, len: usize) -> Result<(), Error> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.values.len() => Ok(offset..end),
+            Some(end) if end <= self.n_values => Ok(()),
             _ => Err(Error::UpdateLength {
                 what: "model update",
                 values: offset.saturating_add(len),
-                expected: self.values.len(),
+                expected: self.n_values,
             }),
         }
     }
@@ -143,10 +164,15 @@ impl PlainSum {
     }
 
     /// The sum as the server optimiser takes it.
-    pub fn finish(&self) -> UpdateSum {
+    pub fn finish(self) -> UpdateSum {
         let unit = (-FRACTION_BITS as f64).exp2();
+        let mut weighted_delta = Vec::with_capacity(self.n_values);
+        // Each block is dropped once converted.
+        for block in self.blocks {
+            weighted_delta.extend(block.iter().map(|&v| v as f64 * unit));
+        }
         UpdateSum {
-            weighted_delta: self.values.iter().map(|&v| v as f64 * unit).collect(),
+            weighted_delta,
             weight: self.weight,
             weighted_train_loss: self.weighted_train_loss,
             n_contributors: self.n_contributors,
@@ -452,9 +478,10 @@ mod tests {
         assert!(err.to_string().contains("at position 1"), "{err}");
         assert!(sum.add(0, &[f32::NAN, 0.0, 0.0]).is_err());
         assert!(sum.add_contributor(0, 0.0).is_err());
-        assert_eq!(sum.finish().weighted_delta, vec![0.0; 3]);
-        assert_eq!(sum.finish().n_contributors(), 0);
-        assert!(fedavg().step(&[0.0; 3], &sum.finish()).is_err());
+        let sum = sum.finish();
+        assert_eq!(sum.weighted_delta, vec![0.0; 3]);
+        assert_eq!(sum.n_contributors(), 0);
+        assert!(fedavg().step(&[0.0; 3], &sum).is_err());
     }
 
     #[test]
@@ -462,11 +489,33 @@ mod tests {
         let before = [0.1f32, -3.7e-5, 12345.678, 1.0e-30];
         let mut sum = PlainSum::new(4);
         sum.add(0, &before).unwrap();
-        let snapshot = sum.values.clone();
+        let snapshot = sum.blocks.clone();
         let partial = [7.25e-9f32, 1.0e9];
         sum.add(1, &partial).unwrap();
         sum.subtract(1, &partial);
-        assert_eq!(sum.values, snapshot);
+        assert_eq!(sum.blocks, snapshot);
+    }
+
+    #[test]
+    fn a_sum_of_many_blocks_adds_across_their_boundaries() {
+        let n = 2 * SUM_BLOCK + 5;
+        let values: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 9.0).collect();
+        let mut sum = PlainSum::new(n);
+        assert_eq!(sum.blocks.len(), 3);
+        // In pieces that straddle the blocks' boundaries.
+        sum.add(0, &values[..SUM_BLOCK - 3]).unwrap();
+        sum.add(SUM_BLOCK - 3, &values[SUM_BLOCK - 3..]).unwrap();
+        sum.add(0, &values).unwrap();
+        sum.subtract(SUM_BLOCK + 1, &values[SUM_BLOCK + 1..2 * SUM_BLOCK + 2]);
+        let finished = sum.finish().weighted_delta;
+        for (i, (got, value)) in finished.iter().zip(&values).enumerate() {
+            let times = if (SUM_BLOCK + 1..2 * SUM_BLOCK + 2).contains(&i) {
+                1.0
+            } else {
+                2.0
+            };
+            assert_eq!(*got, times * f64::from(*value), "value {i}");
+        }
     }
 
     fn report(n_examples: u64, loss_sum: f64, correct: f64) -> Totals {

@@ -4,6 +4,7 @@
 //! weighted update, evaluate new models, until the coordinator says the job is finished.
 
 pub mod identity;
+mod resume;
 mod secure;
 
 use crate::Error;
@@ -11,16 +12,17 @@ use crate::data::FeatureStatistics;
 use crate::policy::{Policy, Refusal, Started};
 use crate::task::{EpochProgress, JobTask, Task, TensorShape, TrainingConfig};
 use cairn_proto::metrics::{Metric, Totals};
-use cairn_proto::transfer::{Assembler, split};
+use cairn_proto::transfer::{Assembler, split_owned};
 use cairn_proto::v1::coordinator_message::Body as Inbound;
 use cairn_proto::v1::federation_client::FederationClient;
 use cairn_proto::v1::participant_message::Body as Outbound;
 use cairn_proto::v1::{
-    CoordinatorMessage, EvaluateInstruction, Heartbeat, Hello, ParticipantMessage, TensorSpec,
-    TrainInstruction, TransferHeader, UpdateHeader, Welcome,
+    CoordinatorMessage, EvaluateInstruction, Heartbeat, Hello, ParticipantMessage, ResumeUpdate,
+    TensorSpec, TrainInstruction, TransferHeader, UpdateHeader, Welcome,
 };
 use cairn_secagg::privacy::DistributedDp;
 use rand::Rng;
+use resume::Unfinished;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,10 +258,20 @@ pub async fn run(options: ClientOptions, task: Box<dyn Task>) -> Result<RunSumma
     let mut backoff = options.initial_backoff;
     let mut failures = 0u32;
     let mut started = Started::default();
+    let mut unfinished = None;
     loop {
-        match session(&options, &mut task, &mut summary, &mut started).await? {
+        let ended = session(
+            &options,
+            &mut task,
+            &mut summary,
+            &mut started,
+            &mut unfinished,
+        )
+        .await?;
+        match ended {
             SessionEnd::Finished(reason) => {
                 started = Started::default();
+                unfinished = None;
                 tracing::info!(participant = %label, "{label}: job finished ({reason})");
                 summary.finish_reason = reason;
                 summary.jobs_finished += 1;
@@ -395,6 +407,7 @@ async fn session(
     task: &mut Option<Box<dyn Task>>,
     summary: &mut RunSummary,
     started: &mut Started,
+    unfinished: &mut Option<Unfinished>,
 ) -> Result<SessionEnd, Error> {
     let label = &options.label;
     let channel = match connect(options).await {
@@ -413,6 +426,7 @@ async fn session(
     let hello = Hello {
         protocol_version: cairn_proto::PROTOCOL_VERSION,
         client_version: format!("cairn-participant {}", env!("CARGO_PKG_VERSION")),
+        resume: unfinished.as_ref().map(Unfinished::request),
     };
     // The channel has room: nothing else has been queued yet.
     let _ = outbox.try_send(outbound(Outbound::Hello(hello)));
@@ -464,6 +478,7 @@ async fn session(
         task,
         summary,
         started,
+        unfinished,
         secure: None,
     };
     let interrupt = serving.serve().await;
@@ -574,6 +589,15 @@ impl Inbox {
     ) -> Result<Vec<f32>, Interrupt> {
         let mut assembler = Assembler::new(header, what.clone(), None)
             .map_err(|e| Interrupt::retry(format!("{what}: {e}")))?;
+        self.receive_into(&mut assembler, &what).await
+    }
+
+    /// Reads the chunks still due for `assembler`'s transfer (`what`, for errors).
+    async fn receive_into(
+        &mut self,
+        assembler: &mut Assembler,
+        what: &str,
+    ) -> Result<Vec<f32>, Interrupt> {
         loop {
             match self.next().await? {
                 Some(Inbound::Chunk(chunk)) => match assembler.push(chunk) {
@@ -692,6 +716,8 @@ struct Serving<'a> {
     summary: &'a mut RunSummary,
     /// The rounds this participant started in this job, across sessions.
     started: &'a mut Started,
+    /// A plaintext round's transfer that a broken session left unfinished, across sessions.
+    unfinished: &'a mut Option<Unfinished>,
     /// This round's secure aggregation, from training until this participant's part is over.
     secure: Option<secure::SecureRound>,
 }
@@ -723,6 +749,7 @@ impl Serving<'_> {
                 chunk.index, chunk.round
             ))),
             Inbound::Heartbeat(_) => Ok(()),
+            Inbound::ResumeUpdate(resume) => self.on_resume_update(resume).await,
             body @ (Inbound::Advertisements(_)
             | Inbound::GraphNonces(_)
             | Inbound::Shares(_)
@@ -742,14 +769,26 @@ impl Serving<'_> {
         };
         let round = header.round;
         let setup = instruction.secure_aggregation.as_ref();
+        // A new round's instruction supersedes what the last one left unfinished.
+        let resumed = match instruction.first_chunk {
+            0 => {
+                *self.unfinished = None;
+                None
+            }
+            first_chunk => Some(self.resumed_model(&header, first_chunk, setup.is_some())?),
+        };
+        // A resumed instruction was admitted when it first came; it is not another attempt.
         let admitted = self
             .options
             .policy
             .check_round(&self.welcome.participant_id, setup)
             .and_then(|()| self.started.continues(round, &header.sha256))
-            .and_then(|()| {
-                let max = self.options.policy.max_round_attempts;
-                self.started.admit(round, max)
+            .and_then(|()| match resumed {
+                Some(_) => Ok(()),
+                None => {
+                    let max = self.options.policy.max_round_attempts;
+                    self.started.admit(round, max)
+                }
             });
         if let Err(refusal) = admitted {
             return self.refuse(header, "training", refusal).await;
@@ -759,10 +798,23 @@ impl Serving<'_> {
             task.check_layout(&layout)?;
         }
         let specs = header.tensors.clone();
-        let global = self
-            .inbound
-            .receive(header, format!("global model for round {round}"))
-            .await?;
+        let what = format!("global model for round {round}");
+        let mut assembler = match resumed {
+            Some(assembler) => assembler,
+            None => Assembler::new(header, what.clone(), None)
+                .map_err(|e| Interrupt::retry(format!("{what}: {e}")))?,
+        };
+        let global = match self.inbound.receive_into(&mut assembler, &what).await {
+            Ok(global) => global,
+            Err(interrupt) => {
+                // In the clear, the next session picks the model up where this one broke off.
+                if setup.is_none() && matches!(interrupt, Interrupt::End(SessionEnd::Retry { .. }))
+                {
+                    *self.unfinished = Some(Unfinished::GlobalModel(Box::new(assembler)));
+                }
+                return Err(interrupt);
+            }
+        };
         let privacy = match self.options.policy.check_privacy(
             setup,
             global.len(),
@@ -805,12 +857,13 @@ impl Serving<'_> {
                     );
                 };
                 let outcome = task.train(&training, &mut report)?;
-                let delta: Vec<f32> = task
-                    .parameters(&layout)?
-                    .iter()
-                    .zip(&global)
-                    .map(|(local, global)| local - global)
-                    .collect();
+                // The delta is made in the buffer the local parameters come in, and the global
+                // model dropped: besides the task's own, two copies of the model at most.
+                let mut delta = task.parameters(&layout)?;
+                for (local, global) in delta.iter_mut().zip(&global) {
+                    *local -= global;
+                }
+                drop(global);
                 // Noise is drawn here, off the async runtime, like the training.
                 let noised = privacy
                     .map(|mechanism| {
@@ -839,7 +892,7 @@ impl Serving<'_> {
                     .await?
             }
             None => {
-                self.send_update(round, &specs, &delta, weight, mean_loss)
+                self.send_update(round, &specs, delta, weight, mean_loss)
                     .await?
             }
         }
@@ -909,32 +962,116 @@ impl Serving<'_> {
         }
     }
 
-    /// Sends an update in the clear: its header, then its chunks.
+    /// Sends an update in the clear: its header, then its chunks. It is kept until the round's
+    /// next instruction, so that a session that breaks before the coordinator holds all of it
+    /// is followed by one that resumes it.
     async fn send_update(
         &mut self,
         round: u64,
         specs: &[TensorSpec],
-        delta: &[f32],
+        mut delta: Vec<f32>,
         weight: u64,
         mean_loss: f64,
     ) -> Result<(), Interrupt> {
         let label = &self.options.label;
-        let weighted_delta: Vec<f32> = delta.iter().map(|d| weight as f32 * d).collect();
-        let (transfer, chunks) = split(round, specs, &weighted_delta);
+        let n_values = delta.len();
+        for value in &mut delta {
+            *value *= weight as f32;
+        }
+        let (transfer, chunks) = split_owned(round, specs, delta);
         let header = UpdateHeader {
             transfer: Some(transfer),
             weight,
             weighted_train_loss: weight as f64 * mean_loss,
+            first_chunk: 0,
         };
+        *self.unfinished = Some(Unfinished::Update {
+            header: header.clone(),
+            chunks: chunks.clone(),
+        });
         send(&self.outbox, outbound(Outbound::Update(header))).await?;
         for chunk in chunks {
             send(&self.outbox, outbound(Outbound::Chunk(chunk))).await?;
         }
         tracing::info!(
             participant = %label,
-            "{label}: round {round}: update sent ({} values, weight {weight}, train loss {mean_loss:.4})",
-            weighted_delta.len()
+            "{label}: round {round}: update sent ({n_values} values, weight {weight}, train loss {mean_loss:.4})",
         );
+        Ok(())
+    }
+
+    /// The global model this participant held part of when its last session broke, which the
+    /// coordinator resumes at `first_chunk`.
+    fn resumed_model(
+        &mut self,
+        header: &TransferHeader,
+        first_chunk: u32,
+        secure: bool,
+    ) -> Result<Assembler, Interrupt> {
+        match self.unfinished.take() {
+            Some(Unfinished::GlobalModel(assembler))
+                if !secure
+                    && assembler.header() == header
+                    && assembler.next_index() == first_chunk =>
+            {
+                let label = &self.options.label;
+                tracing::info!(participant = %label, "{label}: round {}: the global model resumes at chunk {first_chunk} of {}", header.round, header.n_chunks);
+                Ok(*assembler)
+            }
+            kept => {
+                let held = match &kept {
+                    Some(Unfinished::GlobalModel(assembler)) => format!(
+                        "it holds {} chunks of a model of round {}",
+                        assembler.next_index(),
+                        assembler.header().round
+                    ),
+                    _ => "it holds none".into(),
+                };
+                *self.unfinished = kept;
+                Err(Interrupt::retry(format!(
+                    "the coordinator resumes the global model of round {} at chunk {first_chunk}{}, but {held}",
+                    header.round,
+                    if secure {
+                        " with secure aggregation"
+                    } else {
+                        ""
+                    }
+                )))
+            }
+        }
+    }
+
+    /// Sends the kept update again from the chunk the coordinator asks for: the first one it
+    /// does not hold.
+    async fn on_resume_update(&mut self, resume: ResumeUpdate) -> Result<(), Interrupt> {
+        let label = &self.options.label;
+        let round = resume.round;
+        let Some(Unfinished::Update { header, chunks }) = self.unfinished.as_ref() else {
+            tracing::warn!(participant = %label, "{label}: the coordinator asks to resume an update for round {round}, and this participant holds none");
+            return Ok(());
+        };
+        let next = resume.next_chunk as usize;
+        let matches = header
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.round == round && t.sha256 == resume.sha256);
+        if !matches || next > chunks.len() {
+            tracing::warn!(participant = %label, "{label}: the coordinator asks to resume an update for round {round} at chunk {next}, which is not the one this participant holds");
+            return Ok(());
+        }
+        let (header, chunks) = (
+            UpdateHeader {
+                first_chunk: resume.next_chunk,
+                ..header.clone()
+            },
+            chunks[next..].to_vec(),
+        );
+        let resent: usize = chunks.iter().map(|c| c.data.len()).sum();
+        tracing::info!(participant = %label, "{label}: round {round}: resuming the update at chunk {next} of {} ({} bytes to send)", next + chunks.len(), resent);
+        send(&self.outbox, outbound(Outbound::Update(header))).await?;
+        for chunk in chunks {
+            send(&self.outbox, outbound(Outbound::Chunk(chunk))).await?;
+        }
         Ok(())
     }
 
@@ -947,6 +1084,8 @@ impl Serving<'_> {
         };
         let round = header.round;
         let setup = instruction.secure_aggregation.as_ref();
+        // Training is over: the coordinator holds every update it will take.
+        *self.unfinished = None;
         let admitted = self
             .options
             .policy
