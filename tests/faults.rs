@@ -305,15 +305,19 @@ async fn transfers_cut_midway_resume_where_they_broke_off_and_send_nothing_twice
         training: Mutex::new(None),
     });
     let (report, cut_model) = synthetic_run(Some(cuts.clone())).await;
-    let (update, model) = (
-        cuts.update.lock().expect("lock"),
-        cuts.model.lock().expect("lock"),
-    );
-    assert!(update.cut && model.cut, "both cuts happened");
-    // Every chunk went through once: the update resumed at chunk 2, the model at chunk 2.
-    let once: Vec<u32> = (0..5).collect();
-    assert_eq!(update.passed, once, "update chunks of round 1");
-    assert_eq!(model.passed, once, "model chunks of round 2");
+    for (what, cut) in [
+        ("update of round 1", &cuts.update),
+        ("model of round 2", &cuts.model),
+    ] {
+        let cut = cut.lock().expect("lock");
+        assert!(cut.cut, "the {what} was not cut");
+        // Every chunk went through once: the transfer resumed at the chunk it was cut at.
+        assert_eq!(
+            cut.passed,
+            (0..5).collect::<Vec<u32>>(),
+            "chunks of the {what}"
+        );
+    }
     for record in &report.rounds {
         assert_eq!(
             record.outcome.contributors,
