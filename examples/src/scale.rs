@@ -8,8 +8,9 @@
 //!
 //! While the job runs, a probe on a thread of its own asks the monitoring API for the job's state
 //! (`GET /api/v1/job`) every 20 ms, and the benchmark prints the API's latency in each phase
-//! beside its latency between rounds: the heavy phases (adding masked inputs, unmasking, the
-//! commit) run off the async runtime, so the API should answer as fast during them.
+//! beside its latency before the job starts (25 requests while no site is connected): the heavy
+//! phases (adding masked inputs, unmasking, the commit) run off the async runtime, so the API
+//! should answer about as fast during them.
 //!
 //! With `--cut-at-chunk K` (plaintext updates), the first site's connection is cut once while
 //! the round-1 global model arrives, at its chunk K, and once while its round-1 update leaves,
@@ -296,12 +297,15 @@ async fn serve(dir: &Path) -> anyhow::Result<()> {
     };
     let coordinator = Coordinator::start(options).await?;
     let api = coordinator.api_addr().context("the API's address")?;
-    println!("port {}", coordinator.local_addr().port());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (baseline_taken, baseline) = std::sync::mpsc::channel();
     let probe = {
         let stop = stop.clone();
-        std::thread::spawn(move || probe_api(api, &token, &stop))
+        std::thread::spawn(move || probe_api(api, &token, &stop, baseline_taken))
     };
+    // The sites start once the parent reads the port: the baseline is taken before that.
+    let _ = baseline.recv();
+    println!("port {}", coordinator.local_addr().port());
     let started = cpu_seconds()?;
     let report = coordinator.wait().await?;
     let cpu = cpu_seconds()? - started;
@@ -333,15 +337,21 @@ async fn serve(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Milliseconds each `GET /api/v1/job` took, by the phase it reported ("idle" between rounds).
+/// Milliseconds each `GET /api/v1/job` took, by the phase it reported ("between rounds" when it
+/// reported none, [`BASELINE`] before the job started).
 type Latencies = std::collections::BTreeMap<String, Vec<f64>>;
 
+/// The probe's label for its requests before any site connected.
+const BASELINE: &str = "before the job";
+
 /// Asks the API at `api` for the job's state every 20 ms until `stop`, on a runtime of its own,
-/// so that the probe's own timing does not depend on the coordinator's runtime.
+/// so that the probe's own timing does not depend on the coordinator's runtime; the first 25
+/// are the [`BASELINE`], after which it says so on `baseline_taken`.
 fn probe_api(
     api: SocketAddr,
     token: &str,
     stop: &std::sync::atomic::AtomicBool,
+    baseline_taken: std::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<Latencies> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -352,36 +362,42 @@ fn probe_api(
     runtime.block_on(async {
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             let asked = std::time::Instant::now();
-            let job: serde_json::Value = client
-                .get(&url)
-                .bearer_auth(token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let answer = client.get(&url).bearer_auth(token).send().await;
+            // The API closes with the job's end, which the probe hears of only afterwards.
+            let Ok(answer) = answer else {
+                break;
+            };
+            let job: serde_json::Value = answer.error_for_status()?.json().await?;
             let took = asked.elapsed().as_secs_f64() * 1e3;
-            let phase = job["current_phase"].as_str().unwrap_or("idle").to_string();
-            latencies.entry(phase).or_default().push(took);
+            let taken = latencies.get(BASELINE).map_or(0, Vec::len);
+            let phase = match job["current_phase"].as_str() {
+                _ if taken < 25 => BASELINE,
+                Some(phase) => phase,
+                None => "between rounds",
+            };
+            latencies.entry(phase.to_string()).or_default().push(took);
+            if taken + 1 == 25 {
+                let _ = baseline_taken.send(());
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(latencies)
     })
 }
 
-/// The API's latency per phase: median and largest, and the median as a ratio to the median
-/// between rounds.
+/// The API's latency per phase: median and largest, and the median as a ratio to the
+/// baseline's.
 fn print_latencies(latencies: Latencies) {
     let median = |values: &[f64]| {
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
         sorted[sorted.len() / 2]
     };
-    let idle = latencies.get("idle").map(|v| median(v));
+    let idle = latencies.get(BASELINE).map(|v| median(v));
     println!("API latency (GET /api/v1/job every 20 ms), by the phase it reported:");
     for (phase, values) in &latencies {
         let ratio = idle.map_or(String::new(), |idle| {
-            format!(", median {:.1}x idle's", median(values) / idle)
+            format!(", median {:.1}x the baseline's", median(values) / idle)
         });
         println!(
             "  {phase}: {} requests, median {:.2} ms, max {:.2} ms{ratio}",

@@ -77,8 +77,11 @@ pub struct PlainSum {
     n_contributors: usize,
 }
 
-/// Values in one block of a [`PlainSum`] (1 MiB of them).
-pub const SUM_BLOCK: usize = 1 << 16;
+/// Values in one block of a [`PlainSum`]: 64 MiB of them, past the largest threshold (32 MiB)
+/// above which glibc's allocator maps a block of its own and unmaps it when freed. A smaller
+/// block would be carved from the allocator's heaps, which keep freed memory, and finishing the
+/// sum would hold both sums whole after all.
+pub const SUM_BLOCK: usize = 1 << 22;
 
 fn to_fixed(value: f32) -> i128 {
     // Exact: an f32 is an f64, and a power of two scales it without rounding; `as` truncates.
