@@ -2,8 +2,10 @@
 //! loopback mTLS: a partitioned participant and a slow one miss the deadline and are dropped,
 //! the round completes with the others and does not wait for them, and the partitioned one
 //! rejoins once the partition heals; a participant whose connection is cut in the middle of a
-//! transfer resumes it where it broke off, and the job's model is the one an uncut run makes.
+//! transfer resumes it where it broke off, and the job's model is the one an uncut run makes;
+//! one cut off halfway through its update for good leaves the model as if it had sent nothing.
 
+use cairn_coordinator::api::ApiEvent;
 use cairn_coordinator::round::Phase;
 use cairn_participant::client::{Filter, Verdict, run_many};
 use cairn_participant::task::{Synthetic, Task, save_synthetic_model};
@@ -255,39 +257,54 @@ impl Filter for CutMidTransfer {
     }
 }
 
-/// A plaintext job of two synthetic sites on a model of five chunks; `filter` in bravo's
-/// transport. Returns the report and the final model.
+/// A plaintext job of synthetic sites `ids`, needing two of them, on a model of five chunks:
+/// `rounds` rounds whose phases last at most `deadline_s`, `filter` in the last site's transport.
+/// With `late`, the last site starts only once round 1 has started without it, so that it is
+/// selected from round 2 on together with all the others. Returns the report and the final
+/// model; a site still trying to reconnect when the job ends is stopped.
 async fn synthetic_run(
-    filter: Option<Arc<dyn Filter>>,
+    ids: &[&str],
+    rounds: u64,
+    deadline_s: u64,
+    filter: Arc<dyn Filter>,
+    late: bool,
 ) -> (cairn_coordinator::JobReport, Vec<f32>) {
-    const IDS: [&str; 2] = ["alpha", "bravo"];
     // Four whole chunks of 256 KiB and a part of one.
     let n_parameters = 4 * (cairn_proto::MAX_CHUNK_BYTES / 4) + 1000;
-    let federation = Federation::provision(&IDS);
+    let federation = Federation::provision(ids);
     let model = tempfile::tempdir().expect("tempdir");
     let model_path = model.path().join("synthetic.safetensors");
     save_synthetic_model(n_parameters, &model_path).expect("model");
-    // Deadlines far beyond the test: the rounds can only complete by resuming.
     let coordinator = federation
-        .start(job_with_model(&model_path, &IDS, 2, 2, 300))
+        .start(job_with_model(&model_path, ids, rounds, 2, deadline_s))
         .await;
-    let clients = IDS
+    let mut events = coordinator.monitor().subscribe();
+    let mut clients: Vec<_> = ids
         .iter()
         .enumerate()
         .map(|(site, id)| {
             let mut options = federation.client(&coordinator, id);
-            if *id == "bravo" {
-                options.filter = filter.clone();
+            if site + 1 == ids.len() {
+                options.filter = Some(filter.clone());
             }
-            (
-                options,
-                Box::new(Synthetic::new(site as u64)) as Box<dyn Task>,
-            )
+            let task = Box::new(Synthetic::new(site as u64)) as Box<dyn Task>;
+            (options, task)
         })
         .collect();
-    let results = run_many(clients).await;
+    let last = clients.split_off(ids.len() - 1);
+    let first = tokio::spawn(run_many(clients));
+    if late {
+        loop {
+            match events.recv().await.expect("the monitor's events") {
+                ApiEvent::RoundStarted { round: 1, .. } => break,
+                _ => continue,
+            }
+        }
+    }
+    let last = tokio::spawn(run_many(last));
     let report = finish(coordinator).await.expect("report");
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    first.abort();
+    last.abort();
     assert!(report.succeeded, "{}", report.reason);
     let layout = cairn_coordinator::model::read_model(&model_path)
         .expect("layout")
@@ -297,6 +314,11 @@ async fn synthetic_run(
     (report, final_model)
 }
 
+/// The bits of a model's values, to compare models exactly.
+fn bits(model: &[f32]) -> Vec<u32> {
+    model.iter().map(|v| v.to_bits()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_cut_midway_resume_where_they_broke_off_and_send_nothing_twice() {
     let cuts = Arc::new(CutMidTransfer {
@@ -304,7 +326,8 @@ async fn transfers_cut_midway_resume_where_they_broke_off_and_send_nothing_twice
         model: CutOnce::at(2, 2),
         training: Mutex::new(None),
     });
-    let (report, cut_model) = synthetic_run(Some(cuts.clone())).await;
+    // Deadlines far beyond the test: the rounds can only complete by resuming.
+    let (report, cut_model) = synthetic_run(&["alpha", "bravo"], 2, 300, cuts.clone(), false).await;
     for (what, cut) in [
         ("update of round 1", &cuts.update),
         ("model of round 2", &cuts.model),
@@ -328,7 +351,85 @@ async fn transfers_cut_midway_resume_where_they_broke_off_and_send_nothing_twice
         );
     }
     // Exactly the model of a run where nothing was cut: every value was counted once.
-    let (_, uncut_model) = synthetic_run(None).await;
-    let bits = |model: &[f32]| model.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let (_, uncut_model) =
+        synthetic_run(&["alpha", "bravo"], 2, 300, Arc::new(PassAll), false).await;
     assert!(bits(&cut_model) == bits(&uncut_model), "the models differ");
+}
+
+/// Lets everything through.
+#[derive(Debug)]
+struct PassAll;
+
+impl Filter for PassAll {}
+
+/// Cuts the connection before chunk 2 of the site's first update, then loses everything it
+/// sends, its next sessions' `Hello` included: it never comes back.
+#[derive(Debug, Default)]
+struct CutForGood {
+    gone: std::sync::atomic::AtomicBool,
+}
+
+impl Filter for CutForGood {
+    fn outbound(&self, message: &ParticipantMessage) -> Verdict {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.gone.load(SeqCst) {
+            return Verdict::Drop;
+        }
+        match &message.body {
+            Some(participant_message::Body::Chunk(chunk)) if chunk.index == 2 => {
+                self.gone.store(true, SeqCst);
+                Verdict::Cut
+            }
+            _ => Verdict::Pass,
+        }
+    }
+}
+
+/// Loses the site's update, header and chunks: it stays connected and sends none of it.
+#[derive(Debug)]
+struct WithholdUpdate;
+
+impl Filter for WithholdUpdate {
+    fn outbound(&self, message: &ParticipantMessage) -> Verdict {
+        match &message.body {
+            Some(participant_message::Body::Update(_) | participant_message::Body::Chunk(_)) => {
+                Verdict::Drop
+            }
+            _ => Verdict::Pass,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_cut_off_halfway_for_good_leaves_the_model_as_if_it_had_never_been_sent() {
+    const IDS: [&str; 3] = ["alpha", "bravo", "charlie"];
+    // charlie joins as round 1 starts, is selected from round 2 on (round 3 if it connected
+    // late), and contributes to no round in either run; the sites' steps depend only on the site and the round, so both runs must make
+    // the same model.
+    let (cut, cut_model) = synthetic_run(&IDS, 3, 2, Arc::new(CutForGood::default()), true).await;
+    let (withheld, withheld_model) =
+        synthetic_run(&IDS, 3, 2, Arc::new(WithholdUpdate), true).await;
+    for (report, why) in [
+        (&cut, "did not resume within the 2 s deadline"),
+        (&withheld, "missed the 2 s deadline"),
+    ] {
+        let outcomes: Vec<_> = report.rounds.iter().map(|r| &r.outcome).collect();
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| o.contributors == ["alpha", "bravo"]),
+            "{outcomes:?}"
+        );
+        let dropped = outcomes
+            .iter()
+            .flat_map(|o| &o.dropouts)
+            .any(|d| d.id == "charlie" && d.phase == Phase::Train && d.reason.contains(why));
+        assert!(dropped, "charlie not dropped ({why}): {outcomes:?}");
+    }
+    // Two of charlie's five chunks were in the sum when it was cut off; taken back out, they
+    // leave exactly the model of the run where it sent none.
+    assert!(
+        bits(&cut_model) == bits(&withheld_model),
+        "the models differ"
+    );
 }
