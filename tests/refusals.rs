@@ -540,3 +540,30 @@ async fn a_participant_that_keeps_sending_what_the_protocol_does_not_allow_is_dr
     );
     honest_job_completes(&federation, coordinator).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_is_answered_with_resource_exhausted() {
+    let (federation, coordinator, outbox, mut inbound) = mallory_in_a_job().await;
+    // A chunk of 5 MiB, past the 4 MiB a message may have.
+    let chunk = cairn_proto::v1::Chunk {
+        round: 1,
+        index: 0,
+        data: vec![0u8; 5 << 20].into(),
+    };
+    outbox
+        .send(ParticipantMessage {
+            body: Some(Body::Chunk(chunk)),
+        })
+        .await
+        .expect("queue the chunk");
+    let status = final_status(&mut inbound).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("message too large")
+            && status
+                .message()
+                .contains(&cairn_proto::MAX_MESSAGE_BYTES.to_string()),
+        "{status:?}"
+    );
+    honest_job_completes(&federation, coordinator).await;
+}

@@ -1,7 +1,9 @@
 //! Prometheus metrics of the coordinator, named and labelled by Prometheus conventions
 //! (`cairn_` prefix, base units, `_total` counters), plus the process metrics of the
-//! `prometheus` crate's process collector.
+//! `prometheus` crate's process collector (its CPU time to the clock tick). Every labelled
+//! series a dashboard or an alert may rate exists from the start, at 0.
 
+use crate::round::Phase;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, Opts, Registry, TextEncoder,
@@ -58,6 +60,11 @@ impl Metrics {
         let seconds = vec![
             0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
         ];
+        // Most phases of a small model's round take milliseconds.
+        let phase_seconds = [0.001, 0.0025, 0.005, 0.01, 0.025]
+            .into_iter()
+            .chain(seconds.iter().copied())
+            .collect();
         let counter = |name: &str, help: &str| {
             registered(
                 &registry,
@@ -88,7 +95,7 @@ impl Metrics {
                     "cairn_phase_duration_seconds",
                     "Wall time of each phase of a round.",
                 )
-                .buckets(seconds),
+                .buckets(phase_seconds),
                 &["phase"],
             )
             .expect("valid histogram"),
@@ -104,6 +111,9 @@ impl Metrics {
             )
             .expect("valid counter"),
         );
+        for phase in Phase::ALL {
+            dropouts.with_label_values(&[phase.name()]);
+        }
         let eval_metric = registered(
             &registry,
             GaugeVec::new(
@@ -117,9 +127,9 @@ impl Metrics {
         );
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(
+            .register(Box::new(ProcessMetrics(
                 prometheus::process_collector::ProcessCollector::for_self(),
-            ))
+            )))
             .expect("registered once");
         Metrics {
             rounds_completed: counter("cairn_rounds_completed_total", "Rounds committed."),
@@ -167,5 +177,92 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The `prometheus` crate's process collector, whose `process_cpu_seconds_total` is an integer
+/// counter of whole seconds, with that value read again to the clock tick.
+#[cfg(target_os = "linux")]
+struct ProcessMetrics(prometheus::process_collector::ProcessCollector);
+
+#[cfg(target_os = "linux")]
+impl prometheus::core::Collector for ProcessMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.0.collect();
+        let cpu = procfs::process::Process::myself()
+            .and_then(|process| process.stat())
+            .map(|stat| (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64);
+        if let Ok(seconds) = cpu {
+            let mut counter = prometheus::proto::Counter::default();
+            counter.set_value(seconds);
+            for family in &mut families {
+                if family.name() == "process_cpu_seconds_total" {
+                    for metric in family.mut_metric() {
+                        metric.set_counter(counter.clone());
+                    }
+                }
+            }
+        }
+        families
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn every_phase_has_a_dropout_series_from_the_start_and_phases_have_millisecond_buckets() {
+        let text = Metrics::new().render();
+        for phase in Phase::ALL {
+            let series = format!("cairn_dropouts_total{{phase=\"{}\"}}", phase.name());
+            assert_eq!(value(&text, &series), Some(0.0), "{series} in\n{text}");
+        }
+        let metrics = Metrics::new();
+        metrics
+            .phase_duration
+            .with_label_values(&["unmask"])
+            .observe(0.003);
+        let text = metrics.render();
+        let bucket = "cairn_phase_duration_seconds_bucket{phase=\"unmask\",le=\"0.001\"}";
+        assert_eq!(value(&text, bucket), Some(0.0), "{text}");
+        let bucket = "cairn_phase_duration_seconds_bucket{phase=\"unmask\",le=\"0.005\"}";
+        assert_eq!(value(&text, bucket), Some(1.0), "{text}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_process_cpu_time_is_exported_to_the_clock_tick() {
+        let cpu = || {
+            let stat = procfs::process::Process::myself()
+                .and_then(|p| p.stat())
+                .expect("/proc/self/stat");
+            (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
+        };
+        // Work until the CPU time is well away from a whole second, where truncating shows.
+        let mut spent = cpu();
+        let mut work = 0u64;
+        while !(0.2..0.8).contains(&spent.fract()) {
+            for i in 0..1_000_000u64 {
+                work = work.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(work);
+            spent = cpu();
+        }
+        let exported = value(&Metrics::new().render(), "process_cpu_seconds_total")
+            .expect("process_cpu_seconds_total");
+        assert!(
+            exported >= spent && exported - spent < 0.2,
+            "exported {exported} s, read {spent} s"
+        );
     }
 }

@@ -42,6 +42,8 @@ enum Refusal {
     InvalidArgument(String),
     /// A message that is well formed but not allowed at this point.
     FailedPrecondition(String),
+    /// A message larger than a message may be.
+    ResourceExhausted(String),
 }
 
 impl Refusal {
@@ -59,6 +61,7 @@ impl Refusal {
             }
             Refusal::InvalidArgument(m) => Status::invalid_argument(m),
             Refusal::FailedPrecondition(m) => Status::failed_precondition(m),
+            Refusal::ResourceExhausted(m) => Status::resource_exhausted(m),
         }
     }
 
@@ -68,7 +71,8 @@ impl Refusal {
             | Refusal::PermissionDenied(m)
             | Refusal::NotInJob(m)
             | Refusal::InvalidArgument(m)
-            | Refusal::FailedPrecondition(m) => m,
+            | Refusal::FailedPrecondition(m)
+            | Refusal::ResourceExhausted(m) => m,
         }
     }
 }
@@ -248,7 +252,12 @@ async fn handshake(
                 "the first message of a session must be Hello".into(),
             ));
         }
-        Ok(Ok(None)) | Ok(Err(_)) => {
+        Ok(Err(status)) => {
+            return Err(unreadable(&status).unwrap_or_else(|| {
+                Refusal::FailedPrecondition("session closed before Hello".into())
+            }));
+        }
+        Ok(Ok(None)) => {
             return Err(Refusal::FailedPrecondition(
                 "session closed before Hello".into(),
             ));
@@ -281,6 +290,29 @@ async fn handshake(
         .await
         .map_err(|_| Refusal::FailedPrecondition("session closed during the handshake".into()))?;
     Ok((hello.client_version.chars().take(200).collect(), resume))
+}
+
+/// A message the transport could not take in, as the refusal the participant is answered with,
+/// so that it learns why instead of seeing its stream end as if all were well; `None` when the
+/// connection itself failed.
+fn unreadable(status: &Status) -> Option<Refusal> {
+    match status.code() {
+        // tonic's decoder refuses a message past the server's limit with OUT_OF_RANGE.
+        tonic::Code::OutOfRange => Some(Refusal::ResourceExhausted(format!(
+            "message too large ({}); a message may have at most {} bytes, and models and updates travel in chunks of {} bytes",
+            status.message(),
+            cairn_proto::MAX_MESSAGE_BYTES,
+            cairn_proto::MAX_CHUNK_BYTES
+        ))),
+        // And bytes that are not protobuf, with INTERNAL and prost's decode error.
+        tonic::Code::Internal if status.message().contains("failed to decode") => {
+            Some(Refusal::InvalidArgument(format!(
+                "message is not a cairn.v1.ParticipantMessage ({}); expected protobuf of the schema in cairn-proto",
+                status.message()
+            )))
+        }
+        _ => None,
+    }
 }
 
 /// Reads a `Hello`'s request to resume a transfer.
@@ -382,7 +414,10 @@ async fn read(
                 return Ended::Gone(format!("silent for {} s (no heartbeat)", silence.as_secs()));
             }
             Ok(Err(status)) => {
-                return Ended::Gone(format!("connection lost: {}", status.message()));
+                return match unreadable(&status) {
+                    Some(refusal) => Ended::Refused(refusal),
+                    None => Ended::Gone(format!("connection lost: {}", status.message())),
+                };
             }
             Ok(Ok(None)) => return Ended::Gone("closed the session".into()),
             Ok(Ok(Some(message))) => message,
@@ -636,6 +671,23 @@ mod tests {
             Err(Refusal::InvalidArgument(message)) => message,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_message_the_transport_cannot_read_is_refused_with_the_reason() {
+        let too_large = Status::out_of_range(
+            "Error, decoded message length too large: found 5242885 bytes, the limit is: 4194304 bytes",
+        );
+        let refusal = unreadable(&too_large).expect("a refusal");
+        assert!(
+            matches!(&refusal, Refusal::ResourceExhausted(m) if m.contains("5242885 bytes")),
+            "{refusal:?}"
+        );
+        let not_protobuf = Status::internal("failed to decode Protobuf message: invalid wire type");
+        let refusal = unreadable(&not_protobuf).expect("a refusal");
+        assert_eq!(refusal.into_status().code(), tonic::Code::InvalidArgument);
+        // A connection that broke is not the participant's fault.
+        assert!(unreadable(&Status::unknown("h2 protocol error: connection reset")).is_none());
     }
 
     #[test]

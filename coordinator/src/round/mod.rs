@@ -77,6 +77,18 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order a round runs through them.
+    pub const ALL: [Phase; 8] = [
+        Phase::Train,
+        Phase::AdvertiseKeys,
+        Phase::DrawGraph,
+        Phase::ShareKeys,
+        Phase::CollectMasked,
+        Phase::ConsistencyCheck,
+        Phase::Unmask,
+        Phase::Evaluate,
+    ];
+
     /// The phase's name in logs and records.
     pub fn name(self) -> &'static str {
         match self {
