@@ -364,6 +364,30 @@ async fn the_api_reports_what_the_federation_did() {
         assert_eq!(status, code, "{path}: {message}");
         assert!(message.contains(expected), "{path}: {message}");
     }
+    // Another method: a JSON error too, and the methods allowed.
+    let response = api
+        .http
+        .post(format!("{}/api/v1/job", api.base))
+        .bearer_auth(VIEWER_TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 405);
+    let allow = response
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    assert!(
+        allow.as_deref().is_some_and(|a| a.contains("GET")),
+        "{allow:?}"
+    );
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("POST is not allowed")),
+        "{body}"
+    );
     let served = api.text("/api/v1/openapi.json").await;
     assert_eq!(served, cairn_coordinator::api::openapi_json());
 

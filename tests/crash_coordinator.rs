@@ -1,7 +1,7 @@
 //! The coordinator as a separate process, killed with SIGKILL in the middle of a job and
 //! restarted on the same state directory: the job completes, every round is committed exactly
 //! once, and every kept checkpoint loads. The participants run in this process and reconnect by
-//! themselves.
+//! themselves. SIGTERM stops a coordinator cleanly, saying how to resume.
 
 use cairn_coordinator::config::JobSpec;
 use cairn_coordinator::model::{load_safetensors, n_values};
@@ -228,5 +228,23 @@ async fn a_coordinator_killed_mid_job_resumes_and_loses_no_round() {
     let third = CoordinatorProcess::start(dir, "the third coordinator").await;
     let (status, log) = third.process.exit(Duration::from_secs(60)).await;
     assert!(status.success() && log.contains("nothing to run"), "{log}");
+    assert!(!log.contains("waiting for"), "{log}");
     assert_eq!(committed_rounds(dir), ROUNDS as usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_the_job_over_and_says_how_to_resume() {
+    coordinator_binary();
+    let federation = Federation::provision(&IDS);
+    let dir = federation.dir.path();
+    std::fs::write(dir.join("job.yaml"), job_yaml()).expect("job file");
+    let coordinator = CoordinatorProcess::start(dir, "the coordinator").await;
+    coordinator.process.terminate();
+    let (status, log) = coordinator.process.exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.contains("received SIGTERM; shutting down")
+            && log.contains("start `serve` again with the same --state-dir to resume"),
+        "{log}"
+    );
 }

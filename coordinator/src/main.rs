@@ -273,25 +273,30 @@ fn host_name() -> String {
         .unwrap_or_else(|| format!("cairn-coordinator-{}", std::process::id()))
 }
 
-/// Completes on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
+/// Completes on SIGTERM (Kubernetes stopping the pod) or Ctrl-C, logging which, and returns its
+/// name.
+async fn shutdown_signal() -> &'static str {
     #[cfg(unix)]
-    {
+    let signal = {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = tokio::signal::ctrl_c() => "Ctrl-C (SIGINT)",
             _ = async {
                 match term.as_mut() {
                     Some(t) => { t.recv().await; }
                     None => std::future::pending::<()>().await,
                 }
-            } => {}
+            } => "SIGTERM",
         }
-    }
+    };
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutting down");
+    let signal = {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    };
+    tracing::info!("received {signal}; shutting down");
+    signal
 }
 
 #[tokio::main]
@@ -447,7 +452,23 @@ async fn serve_job(
         api,
     };
     let coordinator = Coordinator::start(options).await?;
+    // On SIGTERM or Ctrl-C the job is handed over rather than ended: participants are told to
+    // reconnect, and a coordinator started again on the same state directory resumes it.
+    let stopper = coordinator.stopper();
+    let signalled = tokio::spawn(async move {
+        let signal = shutdown_signal().await;
+        stopper.hand_over(&format!("the coordinator received {signal}"));
+    });
     let report = coordinator.wait().await?;
+    if signalled.is_finished() {
+        tracing::info!(
+            "stopped after {} committed rounds ({}); start `serve` again with the same --state-dir to resume",
+            report.rounds.len(),
+            report.reason
+        );
+        return Ok(());
+    }
+    signalled.abort();
     anyhow::ensure!(report.succeeded, "job did not complete: {}", report.reason);
     Ok(())
 }
@@ -473,7 +494,10 @@ async fn serve_operator(
         keep_checkpoints: args.keep_checkpoints,
         api,
     };
-    operator::run(client, options, shutdown_signal()).await?;
+    operator::run(client, options, async {
+        shutdown_signal().await;
+    })
+    .await?;
     Ok(())
 }
 

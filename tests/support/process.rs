@@ -121,6 +121,16 @@ impl Process {
         }
     }
 
+    /// Asks the process to stop, with SIGTERM (as Kubernetes does), without waiting for it.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the process is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(sent, "cannot send SIGTERM to {}", self.name);
+    }
+
     /// Kills the process with SIGKILL and reaps it.
     pub async fn kill(&mut self) {
         self.child

@@ -518,6 +518,12 @@ fn router(app: AppState) -> Router {
                 "no such endpoint; see /api/v1/openapi.json",
             )
         })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {method} is not allowed; every endpoint takes GET"),
+            )
+        })
         .with_state(app)
 }
 

@@ -292,13 +292,20 @@ impl Coordinator {
                 })
                 .await
         });
+        // A job whose rounds are all committed waits for nobody (the driver says it is complete).
+        let waiting = match (resume.rounds.len() as u64) < options.job.rounds {
+            true => format!(
+                "; waiting for {} participants",
+                options.job.min_participants
+            ),
+            false => String::new(),
+        };
         tracing::info!(
             job = %options.job.name,
             address = %local_addr,
             rounds = options.job.rounds,
             participants = options.job.participants.len(),
-            "coordinator listening (mTLS only); waiting for {} participants",
-            options.job.min_participants
+            "coordinator listening (mTLS only){waiting}"
         );
         let stopper = Stopper(shared.clone());
         let driver = tokio::spawn(async move {

@@ -391,8 +391,13 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
+        // Some errors already print their source's message (hyper's "tcp connect error"): it
+        // is said once.
+        let said = inner.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = inner.source();
     }
     text
@@ -1212,4 +1217,38 @@ async fn send(
 /// The coordinator closed the session (or its stream is gone).
 fn closed() -> Interrupt {
     Interrupt::retry("the coordinator closed the session")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with a message and an optional cause.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        // As tonic and hyper nest a refused connection.
+        let refused = Layer("Connection refused (os error 111)", None);
+        let inner = Layer("tcp connect error", Some(Box::new(refused)));
+        let outer = Layer("tcp connect error", Some(Box::new(inner)));
+        let transport = Layer("transport error", Some(Box::new(outer)));
+        assert_eq!(
+            error_chain(&transport),
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        );
+    }
 }
