@@ -518,3 +518,114 @@ async fn external_checks(api: &Api, federation: &Federation, epsilon: f64) {
         let _ = headless(&[&shot]);
     }
 }
+
+/// A real Prometheus scrapes `/metrics` with the state directory's viewer token file as its
+/// `credentials_file`, as it is; the tokens are the same after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_with_the_state_directorys_token_file_as_it_is() {
+    use cairn_coordinator::api::{ApiOptions, ApiTokens, VIEWER_TOKEN_FILE};
+    let federation = Federation::provision(&IDS);
+    let state = federation.dir.path().join("state");
+    let (tokens, admin) = ApiTokens::of_state_dir(&state).expect("tokens");
+    let viewer = std::fs::read_to_string(state.join(VIEWER_TOKEN_FILE)).expect("viewer token");
+    // Made once: a restart reads the same tokens.
+    let (_, again) = ApiTokens::of_state_dir(&state).expect("tokens again");
+    assert_eq!(admin, again);
+    assert_eq!(
+        std::fs::read_to_string(state.join(VIEWER_TOKEN_FILE)).expect("viewer token"),
+        viewer
+    );
+    let Some(prometheus) = tool("prometheus", &["prometheus"]) else {
+        return;
+    };
+    let coordinator = cairn_coordinator::Coordinator::start(cairn_coordinator::ServeOptions {
+        job: digits_job(&IDS, 1, 3),
+        tls: federation.server_tls(),
+        state_dir: state.clone(),
+        listen: "127.0.0.1:0".parse().expect("address"),
+        heartbeat_interval: Duration::from_secs(2),
+        keep_checkpoints: 1,
+        api: Some(ApiOptions {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            tokens,
+            linger: Duration::ZERO,
+        }),
+    })
+    .await
+    .expect("coordinator starts");
+    let target = coordinator.api_addr().expect("API served");
+    let dir = federation.dir.path();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: cairn\n    \
+             static_configs: [{{targets: ['{target}']}}]\n    \
+             authorization: {{credentials_file: '{}'}}\n",
+            state.join(VIEWER_TOKEN_FILE).display()
+        ),
+    )
+    .expect("prometheus.yml");
+    // A port for Prometheus' own web server: bound, released, handed over.
+    let web = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut server = tokio::process::Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus starts");
+    // Waits for Prometheus to have scraped the coordinator: `up` is 1 only after a scrape that
+    // the API answered with metrics, so a refused token would show as 0.
+    let http = reqwest::Client::new();
+    let query = |q: &'static str| {
+        let http = http.clone();
+        async move {
+            let answer: serde_json::Value = http
+                .get(format!("http://{web}/api/v1/query"))
+                .query(&[("query", q)])
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            answer["data"]["result"][0]["value"][1]
+                .as_str()
+                .map(str::to_string)
+        }
+    };
+    let scraped = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            if let Some(up) = query("up{job=\"cairn\"}").await
+                && up == "1"
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    assert!(scraped.is_ok(), "Prometheus never scraped the API");
+    assert_eq!(
+        query("cairn_rounds_completed_total").await.as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        query("cairn_dropouts_total{phase=\"unmask\"}")
+            .await
+            .as_deref(),
+        Some("0"),
+        "every phase's dropout series exists from the start"
+    );
+    let _ = server.kill().await;
+    coordinator.stopper().stop("the test is over");
+    let _ = finish(coordinator).await;
+}

@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use cairn_coordinator::api::client::ApiClient;
-use cairn_coordinator::api::{ApiOptions, ApiTokens};
+use cairn_coordinator::api::{ADMIN_TOKEN_FILE, ApiOptions, ApiTokens, VIEWER_TOKEN_FILE};
 use cairn_coordinator::config::JobSpec;
 use cairn_coordinator::operator::{self, OperatorOptions};
 use cairn_coordinator::pki::{self, ParticipantSpec, ProvisionRequest};
@@ -133,8 +133,9 @@ struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:9464")]
     api_listen: SocketAddr,
     /// The API's bearer tokens: one `<role> <token>` per line, role `admin` or `viewer`
-    /// (at least 16 characters each). Without it, a random admin token is written to
-    /// `<state-dir>/api-token`.
+    /// (at least 16 characters each). Without it, the state directory's tokens are used, made
+    /// at the first start: a bare admin token in `<state-dir>/api-token` and a bare viewer token
+    /// in `<state-dir>/api-token-viewer` (Prometheus' `credentials_file` reads it as it is).
     #[arg(long)]
     api_token_file: Option<PathBuf>,
     /// Seconds the monitoring API keeps serving after the job ended (not with
@@ -226,8 +227,8 @@ fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
         .with_context(|| format!("token file {} holds no token", path.display()))
 }
 
-/// The API options of `serve`: the token file's tokens, or a fresh admin token written to the
-/// state directory (readable by the owner only).
+/// The API options of `serve`: the token file's tokens, or the state directory's
+/// ([`ApiTokens::of_state_dir`]).
 fn api_options(
     listen: SocketAddr,
     token_file: Option<PathBuf>,
@@ -240,21 +241,10 @@ fn api_options(
             linger: Duration::ZERO,
         });
     }
-    let (tokens, token) = ApiTokens::random_admin();
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
-    let path = state_dir.join("api-token");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut file, format!("admin {token}\n").as_bytes())?;
+    let (tokens, token) = ApiTokens::of_state_dir(state_dir)?;
     eprintln!(
-        "monitoring API admin token in {}; dashboard: http://{listen}/#token={token}",
-        path.display()
+        "monitoring API tokens in {dir}/{ADMIN_TOKEN_FILE} (admin) and {dir}/{VIEWER_TOKEN_FILE} (viewer, for scrapers); dashboard: http://{listen}/#token={token}",
+        dir = state_dir.display()
     );
     Ok(ApiOptions {
         listen,

@@ -99,7 +99,8 @@ impl LocalFederation {
                     Ok(_) => listen,
                     Err(_) => SocketAddr::new(listen.ip(), 0),
                 };
-                let (tokens, token) = ApiTokens::random_admin();
+                let (tokens, token) =
+                    ApiTokens::of_state_dir(&run_dir.join("state")).map_err(coordinator_error)?;
                 Some((
                     ApiOptions {
                         listen,

@@ -55,6 +55,55 @@ impl std::fmt::Debug for ApiTokens {
 /// Tokens shorter than this are refused: they could be guessed.
 const MIN_TOKEN_LEN: usize = 16;
 
+/// The state directory's admin token ([`ApiTokens::of_state_dir`]).
+pub const ADMIN_TOKEN_FILE: &str = "api-token";
+/// The state directory's viewer token, for scrapers.
+pub const VIEWER_TOKEN_FILE: &str = "api-token-viewer";
+
+/// 128 random bits as 32 hex digits.
+fn random_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The token kept in `path`, made and written there (owner-only) if the file does not exist. The
+/// token is the file's last word, so a file of the older form `admin <token>` is read as well.
+fn kept_token(path: &FsPath) -> Result<String, Error> {
+    let io = |what: &str, source| Error::Io {
+        what: format!("{what} {}", path.display()),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.split_whitespace().last().unwrap_or_default();
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(Error::TokenFile {
+                    path: path.to_path_buf(),
+                    source: Box::new(Error::TokenTooShort {
+                        line: 1,
+                        length: token.len(),
+                        minimum: MIN_TOKEN_LEN,
+                    }),
+                });
+            }
+            Ok(token.to_string())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let token = random_token();
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(path).map_err(|e| io("creating", e))?;
+            std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io("writing", e))?;
+            Ok(token)
+        }
+        Err(error) => Err(io("reading", error)),
+    }
+}
+
 impl ApiTokens {
     /// One admin token.
     pub fn admin(token: impl Into<String>) -> ApiTokens {
@@ -65,9 +114,27 @@ impl ApiTokens {
 
     /// A fresh random admin token (32 hex digits).
     pub fn random_admin() -> (ApiTokens, String) {
-        let bytes: [u8; 16] = rand::random();
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = random_token();
         (ApiTokens::admin(token.clone()), token)
+    }
+
+    /// The tokens of a state directory that no token file was given for: an admin token in
+    /// `api-token` and a viewer token in `api-token-viewer`, each file holding the bare token
+    /// (what Prometheus' `authorization.credentials_file` and `status --token-file` read), made
+    /// once, readable by the owner only, and read again on every later start, so dashboard
+    /// bookmarks and scrapers keep working across restarts. Returns the tokens and the admin
+    /// token.
+    pub fn of_state_dir(state_dir: &FsPath) -> Result<(ApiTokens, String), Error> {
+        std::fs::create_dir_all(state_dir).map_err(|source| Error::Io {
+            what: format!("creating {}", state_dir.display()),
+            source,
+        })?;
+        let admin = kept_token(&state_dir.join(ADMIN_TOKEN_FILE))?;
+        let viewer = kept_token(&state_dir.join(VIEWER_TOKEN_FILE))?;
+        let tokens = ApiTokens {
+            tokens: vec![(Role::Admin, admin.clone()), (Role::Viewer, viewer)],
+        };
+        Ok((tokens, admin))
     }
 
     /// Parses a token file: one `<role> <token>` per line (`admin` or `viewer`); blank lines and

@@ -110,3 +110,38 @@ fn the_grafana_dashboard_queries_exported_metrics_only() {
     }
     assert!(queried >= 12);
 }
+
+#[test]
+fn a_state_directorys_tokens_are_made_once_and_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file of the older form, `admin <token>`, keeps its token.
+    std::fs::write(
+        dir.path().join(ADMIN_TOKEN_FILE),
+        "admin aaaaaaaaaaaaaaaaaaaa\n",
+    )
+    .unwrap();
+    let (tokens, admin) = ApiTokens::of_state_dir(dir.path()).unwrap();
+    assert_eq!(admin, "aaaaaaaaaaaaaaaaaaaa");
+    let viewer = std::fs::read_to_string(dir.path().join(VIEWER_TOKEN_FILE)).unwrap();
+    let viewer = viewer.trim();
+    assert_eq!(viewer.len(), 32, "a bare token and a newline");
+    assert_eq!(tokens.role_of(viewer), Some(Role::Viewer));
+    assert_eq!(tokens.role_of(&admin), Some(Role::Admin));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(VIEWER_TOKEN_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "readable by the owner only: {mode:o}");
+    }
+    let (again, _) = ApiTokens::of_state_dir(dir.path()).unwrap();
+    assert_eq!(again.role_of(viewer), Some(Role::Viewer));
+    std::fs::write(dir.path().join(VIEWER_TOKEN_FILE), "short\n").unwrap();
+    let err = ApiTokens::of_state_dir(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains(VIEWER_TOKEN_FILE) && err.contains("at least 16"),
+        "{err}"
+    );
+}
