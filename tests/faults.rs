@@ -295,9 +295,9 @@ async fn synthetic_run(
     let first = tokio::spawn(run_many(clients));
     if late {
         loop {
-            match events.recv().await.expect("the monitor's events") {
-                ApiEvent::RoundStarted { round: 1, .. } => break,
-                _ => continue,
+            let change = events.recv().await.expect("the monitor's events");
+            if let ApiEvent::RoundStarted { round: 1, .. } = change.event {
+                break;
             }
         }
     }

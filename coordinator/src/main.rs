@@ -4,7 +4,7 @@
 //! API next to it (or, with `--kubernetes`, the namespace's FederatedJobs); `status` reads that API.
 
 use anyhow::Context;
-use cairn_coordinator::api::client::ApiClient;
+use cairn_coordinator::api::client::{ApiClient, Shown};
 use cairn_coordinator::api::{ADMIN_TOKEN_FILE, ApiOptions, ApiTokens, VIEWER_TOKEN_FILE};
 use cairn_coordinator::config::JobSpec;
 use cairn_coordinator::operator::{self, OperatorOptions};
@@ -213,6 +213,12 @@ struct StatusArgs {
     /// Keep following the live stream, one line per change, until the job ends.
     #[arg(long)]
     watch: bool,
+    /// Show the last this many committed rounds of the round table.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: u64,
+    /// Show every committed round (a long job's table runs to thousands of lines).
+    #[arg(long, conflicts_with = "limit")]
+    all: bool,
 }
 
 /// The token in a token file: the last field of its first line that is not a comment.
@@ -546,10 +552,14 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
 /// `status`: the job and its rounds once, or followed live with `--watch`.
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let client = ApiClient::new(&args.api, &read_token(&args.token_file)?);
+    let shown = match args.all {
+        true => Shown::All,
+        false => Shown::Last(args.limit as usize),
+    };
     if args.watch {
-        client.watch(|line| println!("{line}")).await?;
+        client.watch(shown, |line| println!("{line}")).await?;
     } else {
-        print!("{}", client.status().await?);
+        print!("{}", client.status(shown).await?);
     }
     Ok(())
 }

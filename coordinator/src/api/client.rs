@@ -156,15 +156,33 @@ impl ApiClient {
 
     /// Every committed round, page by page.
     pub async fn rounds(&self) -> Result<Vec<RoundRecord>, Error> {
+        self.rounds_from(0).await
+    }
+
+    /// The committed rounds `shown` asks for, and how many earlier ones were left out.
+    pub async fn rounds_shown(&self, shown: Shown) -> Result<(Vec<RoundRecord>, usize), Error> {
+        let offset = match shown {
+            Shown::All => 0,
+            Shown::Last(last) => {
+                let page: RoundPage = self.get("/api/v1/rounds?offset=0&limit=1").await?;
+                page.total.saturating_sub(last)
+            }
+        };
+        Ok((self.rounds_from(offset).await?, offset))
+    }
+
+    /// The committed rounds from the `offset`-th on, page by page.
+    async fn rounds_from(&self, offset: usize) -> Result<Vec<RoundRecord>, Error> {
         let mut rounds = Vec::new();
         loop {
             let page: RoundPage = self
                 .get(&format!(
                     "/api/v1/rounds?offset={}&limit=1000",
-                    rounds.len()
+                    offset + rounds.len()
                 ))
                 .await?;
-            let done = page.rounds.is_empty() || rounds.len() + page.rounds.len() >= page.total;
+            let done =
+                page.rounds.is_empty() || offset + rounds.len() + page.rounds.len() >= page.total;
             rounds.extend(page.rounds);
             if done {
                 return Ok(rounds);
@@ -177,12 +195,12 @@ impl ApiClient {
         self.get("/api/v1/participants").await
     }
 
-    /// The job, its participants and its round table, as text.
-    pub async fn status(&self) -> Result<String, Error> {
+    /// The job, its participants and the rounds `shown` of its round table, as text.
+    pub async fn status(&self, shown: Shown) -> Result<String, Error> {
         let job = self.job().await?;
-        let rounds = self.rounds().await?;
+        let (rounds, left_out) = self.rounds_shown(shown).await?;
         let participants = self.participants().await?;
-        Ok(render(&job, &rounds, &participants))
+        Ok(render(&job, &rounds, left_out, &participants))
     }
 
     /// Subscribes to the live stream: every change from now on will be delivered by
@@ -203,16 +221,16 @@ impl ApiClient {
         self.subscribe().await?.follow(on_event).await
     }
 
-    /// Prints the status, then one line per change until the job ends; only the status if the job
-    /// has already ended.
-    pub async fn watch(&self, mut print: impl FnMut(&str)) -> Result<(), Error> {
+    /// Prints the status (with the rounds `shown`), then one line per change until the job ends;
+    /// only the status if the job has already ended.
+    pub async fn watch(&self, shown: Shown, mut print: impl FnMut(&str)) -> Result<(), Error> {
         // Subscribing before reading the status means that a change in between is shown (perhaps
         // twice: in the status and as a line), never lost.
         let live = self.subscribe().await?;
         let job = self.job().await?;
-        let rounds = self.rounds().await?;
+        let (rounds, left_out) = self.rounds_shown(shown).await?;
         let participants = self.participants().await?;
-        print(&render(&job, &rounds, &participants));
+        print(&render(&job, &rounds, left_out, &participants));
         if matches!(job.state, JobState::Finished | JobState::Failed) {
             // The stream carries changes from the subscription on, so an ended job's end never
             // comes.
@@ -224,6 +242,15 @@ impl ApiClient {
 
 /// Where the live stream is served.
 const EVENTS_PATH: &str = "/api/v1/events";
+
+/// Which committed rounds the status shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// Every one.
+    All,
+    /// The last ones, this many.
+    Last(usize),
+}
 
 /// The live stream, subscribed to and not yet read.
 #[derive(Debug)]
@@ -304,8 +331,14 @@ fn or_dash(value: Option<f64>) -> String {
     value.map_or("-".into(), |v| format!("{v:.4}"))
 }
 
-/// The status as text.
-pub fn render(job: &JobView, rounds: &[RoundRecord], participants: &[ParticipantView]) -> String {
+/// The status as text: the job, its participants and `rounds`, after `left_out` earlier rounds
+/// that are not shown.
+pub fn render(
+    job: &JobView,
+    rounds: &[RoundRecord],
+    left_out: usize,
+    participants: &[ParticipantView],
+) -> String {
     let mut out = String::new();
     let state = serde_json::to_value(job.state)
         .ok()
@@ -350,6 +383,12 @@ pub fn render(job: &JobView, rounds: &[RoundRecord], participants: &[Participant
         out.push_str(&format!("  {name:>width$}"));
     }
     out.push_str("  duration\n");
+    if left_out > 0 {
+        let rounds = if left_out == 1 { "round" } else { "rounds" };
+        out.push_str(&format!(
+            "  ... {left_out} earlier {rounds} (--limit or --all shows them)\n"
+        ));
+    }
     for r in rounds {
         let o = &r.outcome;
         out.push_str(&format!(
@@ -418,7 +457,7 @@ mod tests {
              secure_aggregation: {enabled: false}\n",
         )
         .unwrap();
-        let monitor = crate::api::Monitor::new(spec, Vec::new());
+        let monitor = crate::api::Monitor::new(spec, Vec::new(), None);
         let record = RoundRecord {
             outcome: crate::round::RoundOutcome {
                 round: 1,
@@ -445,6 +484,7 @@ mod tests {
         let text = render(
             &monitor.job(),
             std::slice::from_ref(&record),
+            0,
             &monitor.participants(),
         );
         assert!(text.contains("(model /models/t.safetensors)"), "{text}");

@@ -10,7 +10,7 @@ pub mod client;
 pub mod metrics;
 pub mod monitor;
 
-pub use monitor::{ApiEvent, JobState, JobView, Monitor, ParticipantView};
+pub use monitor::{ApiEvent, JobState, JobView, Monitor, ParticipantView, Sequenced};
 
 use crate::Error;
 use crate::model::{TensorShape, encode_safetensors};
@@ -477,29 +477,45 @@ async fn model(State(app): State<AppState>, role: axum::Extension<Role>) -> Resp
     responses(
         (status = 200, description = "Server-sent events, one per change; each `data` is an ApiEvent", content_type = "text/event-stream", body = ApiEvent),
         (status = 401, description = "No or unknown token", body = ApiError)))]
-async fn events(State(app): State<AppState>) -> impl IntoResponse {
-    // The stream ends after the job's end, so that a finished coordinator can stop serving.
-    let mut over = false;
-    let stream = BroadcastStream::new(app.monitor.subscribe())
-        .take_while(move |event| {
-            let more = !over;
-            over = matches!(event, Ok(ApiEvent::JobFinished { .. }));
-            std::future::ready(more)
-        })
-        .filter_map(|event| async move {
-            // A client too slow for the stream loses events, not the connection.
-            let event = event.ok()?;
-            let name = match &event {
-                ApiEvent::RoundStarted { .. } => "round_started",
-                ApiEvent::PhaseStarted { .. } => "phase_started",
-                ApiEvent::RoundCommitted { .. } => "round_committed",
-                ApiEvent::RoundFailed { .. } => "round_failed",
-                ApiEvent::ParticipantConnected { .. } => "participant_connected",
-                ApiEvent::ParticipantDisconnected { .. } => "participant_disconnected",
-                ApiEvent::JobFinished { .. } => "job_finished",
-            };
-            Some(Event::default().event(name).json_data(&event))
-        });
+async fn events(State(app): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    // A client that lost the stream says the last change it got, and gets what it missed.
+    let (missed, live) = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(last) => app.monitor.subscribe_after(last),
+        None => (Vec::new(), app.monitor.subscribe()),
+    };
+    let changes = Box::pin(
+        futures_util::stream::iter(missed.into_iter().map(Ok)).chain(BroadcastStream::new(live)),
+    );
+    // The stream ends with the job's end, so that a finished coordinator can stop serving and a
+    // client reading to the end returns.
+    let stream = futures_util::stream::unfold((changes, false), |(mut changes, over)| async move {
+        if over {
+            return None;
+        }
+        let change = changes.next().await?;
+        let finished = matches!(
+            change,
+            Ok(Sequenced {
+                event: ApiEvent::JobFinished { .. },
+                ..
+            })
+        );
+        Some((change, (changes, finished)))
+    })
+    .filter_map(|change| async move {
+        // A client too slow for the stream loses events, not the connection.
+        let Sequenced { id, event, .. } = change.ok()?;
+        let name = match &event {
+            ApiEvent::RoundStarted { .. } => "round_started",
+            ApiEvent::PhaseStarted { .. } => "phase_started",
+            ApiEvent::RoundCommitted { .. } => "round_committed",
+            ApiEvent::RoundFailed { .. } => "round_failed",
+            ApiEvent::ParticipantConnected { .. } => "participant_connected",
+            ApiEvent::ParticipantDisconnected { .. } => "participant_disconnected",
+            ApiEvent::JobFinished { .. } => "job_finished",
+        };
+        Some(Event::default().id(id).event(name).json_data(&event))
+    });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

@@ -9,7 +9,7 @@ use crate::config::JobSpec;
 use crate::round::{ParticipantId, Phase};
 use crate::store::{PhaseTiming, RoundRecord};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::broadcast;
@@ -134,12 +134,35 @@ struct State {
     phases: Vec<PhaseTiming>,
     phase_clock: Option<(Phase, u32, Instant)>,
     model: Option<Arc<Vec<f32>>>,
+    /// Sequence number of the next change.
+    next_change: u64,
+    /// The last [`HISTORY`] changes, which a live stream that broke off resumes from.
+    history: VecDeque<Sequenced>,
+}
+
+/// Changes kept for live streams that resume (`Last-Event-ID`).
+pub const HISTORY: usize = 1024;
+
+/// A change with its place in this monitor's sequence.
+#[derive(Debug, Clone)]
+pub struct Sequenced {
+    /// Its id in the live stream: this monitor's epoch (its start, in milliseconds since the
+    /// Unix epoch) and the change's number, `<epoch>-<number>`, so that an id from an earlier
+    /// coordinator process is told apart from this one's.
+    pub id: String,
+    /// Its number in this monitor's sequence, from 1.
+    pub number: u64,
+    /// The change.
+    pub event: ApiEvent,
 }
 
 /// The observable state of one job.
 pub struct Monitor {
     state: Mutex<State>,
-    events: broadcast::Sender<ApiEvent>,
+    events: broadcast::Sender<Sequenced>,
+    /// Milliseconds since the Unix epoch when this monitor was made: the first part of every
+    /// change's id.
+    epoch: u64,
     /// The Prometheus metrics.
     pub metrics: Metrics,
 }
@@ -158,8 +181,9 @@ pub fn now_rfc3339() -> String {
 }
 
 impl Monitor {
-    /// A monitor for `job`, resuming after the `rounds` already committed.
-    pub fn new(job: JobSpec, rounds: Vec<RoundRecord>) -> Monitor {
+    /// A monitor for `job`, resuming after the `rounds` already committed of a job that started
+    /// at `started_at` (RFC 3339; now when `None`).
+    pub fn new(job: JobSpec, rounds: Vec<RoundRecord>, started_at: Option<String>) -> Monitor {
         let mut participants: BTreeMap<String, ParticipantView> = job
             .participants
             .iter()
@@ -210,7 +234,7 @@ impl Monitor {
                 current_attempt: None,
                 current_phase: None,
                 phase_started_at: None,
-                started_at: now_rfc3339(),
+                started_at: started_at.unwrap_or_else(now_rfc3339),
                 finished_at: None,
                 finish_reason: None,
                 spec: job,
@@ -220,10 +244,16 @@ impl Monitor {
             phases: Vec::new(),
             phase_clock: None,
             model: None,
+            next_change: 1,
+            history: VecDeque::with_capacity(HISTORY),
         };
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         Monitor {
             state: Mutex::new(state),
-            events: broadcast::channel(1024).0,
+            events: broadcast::channel(HISTORY).0,
+            epoch,
             metrics,
         }
     }
@@ -233,14 +263,52 @@ impl Monitor {
         f(&mut state)
     }
 
+    /// Numbers `event`, keeps it in the history and sends it to every subscriber, all under the
+    /// state's lock, so that the history and the live changes are in one order.
     fn emit(&self, event: ApiEvent) {
-        // No subscriber is not an error.
-        let _ = self.events.send(event);
+        self.with(|state| {
+            let number = state.next_change;
+            state.next_change += 1;
+            let sequenced = Sequenced {
+                id: format!("{}-{number}", self.epoch),
+                number,
+                event,
+            };
+            if state.history.len() == HISTORY {
+                state.history.pop_front();
+            }
+            state.history.push_back(sequenced.clone());
+            // No subscriber is not an error.
+            let _ = self.events.send(sequenced);
+        });
     }
 
     /// A receiver of every change from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<ApiEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Sequenced> {
         self.events.subscribe()
+    }
+
+    /// The changes after the one whose id is `last_id` that the history still holds (all of
+    /// them when the id is another monitor's, or unreadable), and a receiver of every change
+    /// after those: a live stream that broke off resumes where it was.
+    pub fn subscribe_after(
+        &self,
+        last_id: &str,
+    ) -> (Vec<Sequenced>, broadcast::Receiver<Sequenced>) {
+        let after = last_id
+            .split_once('-')
+            .filter(|(epoch, _)| *epoch == self.epoch.to_string())
+            .and_then(|(_, number)| number.parse::<u64>().ok())
+            .unwrap_or(0);
+        self.with(|state| {
+            let missed = state
+                .history
+                .iter()
+                .filter(|change| change.number > after)
+                .cloned()
+                .collect();
+            (missed, self.events.subscribe())
+        })
     }
 
     /// The job's view.

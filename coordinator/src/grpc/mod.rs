@@ -224,6 +224,7 @@ impl Coordinator {
         let monitor = Arc::new(crate::api::Monitor::new(
             options.job.clone(),
             resume.rounds.clone(),
+            resume.started_at.clone(),
         ));
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api_addr = match &options.api {

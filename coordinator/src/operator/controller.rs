@@ -332,7 +332,10 @@ async fn follow(
             continue;
         }
         match event.take() {
-            Some(Ok(crate::api::ApiEvent::RoundCommitted { record })) => {
+            Some(Ok(crate::api::Sequenced {
+                event: crate::api::ApiEvent::RoundCommitted { record },
+                ..
+            })) => {
                 let note = format!(
                     "round {} of {} committed: {} contributors, {}",
                     record.outcome.round,
@@ -343,10 +346,14 @@ async fn follow(
                 ctx.publish(&job, EventType::Normal, "RoundCommitted", note)
                     .await;
             }
-            Some(Ok(crate::api::ApiEvent::RoundFailed {
-                round,
-                attempt,
-                reason,
+            Some(Ok(crate::api::Sequenced {
+                event:
+                    crate::api::ApiEvent::RoundFailed {
+                        round,
+                        attempt,
+                        reason,
+                    },
+                ..
             })) => {
                 let note = format!("round {round} attempt {attempt} failed: {reason}");
                 ctx.publish(&job, EventType::Warning, "RoundFailed", note)

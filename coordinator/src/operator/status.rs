@@ -179,7 +179,7 @@ mod tests {
             "name: t\nmodel: {initial: /models/t.safetensors}\nrounds: 3\nmin_participants: 2\nparticipants: [a, b]\nsecure_aggregation: {enabled: false}\n",
         )
         .unwrap();
-        Monitor::new(job, Vec::new())
+        Monitor::new(job, Vec::new(), None)
     }
 
     fn condition<'a>(status: &'a FederatedJobStatus, type_: &str) -> &'a Condition {

@@ -74,6 +74,10 @@ pub struct RoundRecord {
 struct StateHeader {
     schema_version: u32,
     job: JobSpec,
+    /// When the job first started (RFC 3339); a resumed job keeps it. Absent in directories made
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_at: Option<String>,
 }
 
 /// What a state directory already holds.
@@ -85,6 +89,8 @@ pub struct Resume {
     pub global: Option<Vec<f32>>,
     /// The server optimiser's state after the last committed round, when it keeps one.
     pub optimizer_state: Option<Vec<f32>>,
+    /// When the job first started (RFC 3339), if the directory recorded it.
+    pub started_at: Option<String>,
 }
 
 /// A server optimiser's state as checkpointed: its tensors and their values.
@@ -127,7 +133,7 @@ impl Store {
             keep_checkpoints,
         };
         let header_path = dir.join("state.json");
-        match std::fs::read(&header_path) {
+        let started_at = match std::fs::read(&header_path) {
             Ok(bytes) => store.check_header(&bytes, job)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if store.rounds_path().exists() {
@@ -138,6 +144,7 @@ impl Store {
                 let header = StateHeader {
                     schema_version: SCHEMA_VERSION,
                     job: job.clone(),
+                    started_at: Some(crate::api::monitor::now_rfc3339()),
                 };
                 let bytes =
                     serde_json::to_vec_pretty(&header).map_err(|source| Error::StateEncoding {
@@ -146,6 +153,7 @@ impl Store {
                         source,
                     })?;
                 write_atomically(&header_path, &bytes)?;
+                header.started_at
             }
             Err(source) => {
                 return Err(Error::Io {
@@ -153,7 +161,7 @@ impl Store {
                     source,
                 });
             }
-        }
+        };
         let rounds = store.read_rounds()?;
         let global = match rounds.last() {
             None => None,
@@ -187,11 +195,13 @@ impl Store {
                 rounds,
                 global,
                 optimizer_state,
+                started_at,
             },
         ))
     }
 
-    fn check_header(&self, bytes: &[u8], job: &JobSpec) -> Result<(), Error> {
+    /// Checks `state.json` against `job` and returns when the job first started, if recorded.
+    fn check_header(&self, bytes: &[u8], job: &JobSpec) -> Result<Option<String>, Error> {
         let corrupt = |source| Error::StateCorrupt {
             dir: self.dir.clone(),
             file: "state.json".into(),
@@ -220,7 +230,7 @@ impl Store {
                 job: job.name.clone(),
             });
         }
-        Ok(())
+        Ok(header.started_at)
     }
 
     /// The directory.

@@ -99,6 +99,26 @@ fn resume_returns_every_round_and_the_last_model() {
 }
 
 #[test]
+fn a_resumed_job_keeps_the_time_it_first_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, first) = Store::open(dir.path(), &job(), &mlp(), &[], 2).unwrap();
+    let started = first
+        .started_at
+        .expect("recorded when the directory is made");
+    assert!(started.ends_with('Z') && started.contains('T'), "{started}");
+    let (_, resumed) = Store::open(dir.path(), &job(), &mlp(), &[], 2).unwrap();
+    assert_eq!(resumed.started_at, Some(started));
+    // A directory made before the start was recorded resumes without one.
+    let state = dir.path().join("state.json");
+    let mut header: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    header.as_object_mut().unwrap().remove("started_at");
+    std::fs::write(&state, serde_json::to_vec(&header).unwrap()).unwrap();
+    let (_, old) = Store::open(dir.path(), &job(), &mlp(), &[], 2).unwrap();
+    assert_eq!(old.started_at, None);
+}
+
+#[test]
 fn another_job_or_schema_version_is_refused_and_nothing_is_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     committed(dir.path(), 1);
