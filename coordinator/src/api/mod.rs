@@ -474,8 +474,10 @@ async fn model(State(app): State<AppState>, role: axum::Extension<Role>) -> Resp
 }
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "job", security(("bearer" = [])),
+    params(("Last-Event-ID" = Option<String>, Header,
+        description = "The `id` of the last change a stream that broke off received: the changes after it that the coordinator still holds (the last 1024) come first. An id of another coordinator process, or none it can read, gets every change it holds.")),
     responses(
-        (status = 200, description = "Server-sent events, one per change; each `data` is an ApiEvent", content_type = "text/event-stream", body = ApiEvent),
+        (status = 200, description = "Server-sent events, one per change, each with an `id` (`<epoch>-<number>`); each `data` is an ApiEvent; the stream ends with the job's end", content_type = "text/event-stream", body = ApiEvent),
         (status = 401, description = "No or unknown token", body = ApiError)))]
 async fn events(State(app): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     // A client that lost the stream says the last change it got, and gets what it missed.
