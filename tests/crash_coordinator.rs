@@ -233,12 +233,27 @@ async fn a_coordinator_killed_mid_job_resumes_and_loses_no_round() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_hands_the_job_over_and_says_how_to_resume() {
+async fn sigterm_hands_the_job_over_and_says_how_to_resume_and_a_refused_handshake_is_logged() {
     coordinator_binary();
     let federation = Federation::provision(&IDS);
     let dir = federation.dir.path();
     std::fs::write(dir.join("job.yaml"), job_yaml()).expect("job file");
-    let coordinator = CoordinatorProcess::start(dir, "the coordinator").await;
+    let mut coordinator = CoordinatorProcess::start(dir, "the coordinator").await;
+    // A partner that cannot connect leaves a line naming it and what was wrong.
+    let mut plaintext = tokio::net::TcpStream::connect(coordinator.address)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut plaintext, b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let refused = coordinator
+        .process
+        .line_containing(
+            "refused a connection from 127.0.0.1",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(refused.contains("does not speak TLS"), "{refused}");
     coordinator.process.terminate();
     let (status, log) = coordinator.process.exit(Duration::from_secs(60)).await;
     assert!(status.success(), "{status}: {log}");

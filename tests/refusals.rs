@@ -312,6 +312,24 @@ fn assert_no_session(coordinator: &Coordinator) {
     );
 }
 
+/// Waits until the coordinator has counted `n` refused TLS handshakes
+/// (`cairn_tls_handshakes_refused_total`): the server may finish counting after the client has
+/// already seen the connection go.
+async fn refused_handshakes(coordinator: &Coordinator, n: u64) {
+    let counted = || coordinator.monitor().metrics.tls_refused.get();
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while counted() < n {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "{} refused handshakes counted, expected {n}",
+        counted()
+    );
+}
+
 fn read(path: std::path::PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -331,6 +349,7 @@ async fn a_client_without_a_certificate_cannot_connect() {
     // connection is gone), and the coordinator admitted no one.
     assert_torn_down(&refused);
     assert_no_session(&coordinator);
+    refused_handshakes(&coordinator, 1).await;
     honest_job_completes(&federation, coordinator).await;
 }
 
@@ -356,6 +375,7 @@ async fn a_certificate_from_another_ca_cannot_connect() {
         .expect_err("a certificate from another CA got a session");
     assert_torn_down(&refused);
     assert_no_session(&coordinator);
+    refused_handshakes(&coordinator, 1).await;
     // And a participant that trusts another CA refuses the coordinator's certificate.
     let mut wrong_trust = ClientOptions::new(
         url(&coordinator),
@@ -372,6 +392,63 @@ async fn a_certificate_from_another_ca_cannot_connect() {
         err.contains("cannot connect") && err.contains("invalid peer certificate"),
         "{err}"
     );
+    honest_job_completes(&federation, coordinator).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_1_2_client_and_a_plaintext_client_are_refused_in_the_handshake() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let federation = Federation::provision(&HONEST);
+    let coordinator = federation.start(digits_job(&HONEST, 1, 2)).await;
+    let kit = federation.kit_dir("alpha");
+    // A member of the federation with a valid certificate, offering only TLS 1.2.
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(kit.join("ca.pem")).expect("ca.pem") {
+        roots.add(ca.expect("ca")).expect("root");
+    }
+    let chain = CertificateDer::pem_file_iter(kit.join("cert.pem"))
+        .expect("cert.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = PrivateKeyDer::from_pem_file(kit.join("key.pem")).expect("key.pem");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("TLS 1.2")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client certificate");
+    let tcp = tokio::net::TcpStream::connect(coordinator.local_addr())
+        .await
+        .expect("connect");
+    let refused = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect_err("a TLS 1.2 handshake succeeded");
+    assert!(
+        refused.to_string().contains("ProtocolVersion"),
+        "expected a protocol_version alert: {refused}"
+    );
+    refused_handshakes(&coordinator, 1).await;
+    // HTTP/2 in plaintext: the connection is closed without an answer.
+    let mut tcp = tokio::net::TcpStream::connect(coordinator.local_addr())
+        .await
+        .expect("connect");
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer).await;
+    assert!(
+        !answer.windows(4).any(|w| w == b"HTTP"),
+        "plaintext got an HTTP answer: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    refused_handshakes(&coordinator, 2).await;
+    assert_no_session(&coordinator);
     honest_job_completes(&federation, coordinator).await;
 }
 

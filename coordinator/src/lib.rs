@@ -287,11 +287,13 @@ pub enum Error {
         /// The PEM header line expected in it.
         marker: &'static str,
     },
-    /// The server's certificate or key is refused by the TLS layer.
-    #[error("TLS: server certificate or key unusable: {source}")]
-    ServerTls {
-        /// The TLS layer's error.
-        source: tonic::transport::Error,
+    /// The server's certificate, key or CA is refused by the TLS layer.
+    #[error("TLS: the coordinator's {what} is unusable: {reason}")]
+    ServerTlsConfig {
+        /// Which file (`cert.pem`, `key.pem`, `ca.pem`).
+        what: String,
+        /// What the TLS layer said.
+        reason: String,
     },
     /// A certificate, key or signing request cannot be made or used.
     #[error(transparent)]

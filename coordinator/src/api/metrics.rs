@@ -37,6 +37,8 @@ pub struct Metrics {
     pub current_round: IntGauge,
     /// Under differential privacy, the job's epsilon after the last committed round.
     pub privacy_epsilon: Gauge,
+    /// Connections to the federation port refused in the TLS handshake.
+    pub tls_refused: IntCounter,
 }
 
 /// `metric`, registered into `registry`.
@@ -158,6 +160,10 @@ impl Metrics {
             privacy_epsilon: gauge(
                 "cairn_privacy_epsilon",
                 "Differential privacy: the job's epsilon (at its delta) after the last committed round; 0 without it.",
+            ),
+            tls_refused: counter(
+                "cairn_tls_handshakes_refused_total",
+                "Connections to the federation port refused in the TLS handshake (no client certificate, another CA, not TLS 1.3); the coordinator's log names each peer.",
             ),
             registry,
         }

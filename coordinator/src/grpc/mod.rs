@@ -14,6 +14,7 @@ mod events;
 mod revocation;
 mod secure;
 mod session;
+mod tls;
 
 use crate::Error;
 use crate::config::JobSpec;
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Status;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 /// The coordinator's TLS material: its certificate and key, and the federation CA that every
 /// client certificate must chain to.
@@ -260,12 +261,7 @@ impl Coordinator {
             finished: AtomicBool::new(false),
             hand_over: AtomicBool::new(false),
         });
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(
-                &options.tls.cert_pem,
-                &options.tls.key_pem,
-            ))
-            .client_ca_root(Certificate::from_pem(&options.tls.ca_pem));
+        let tls = tls::server_config(&options.tls)?;
         let (listener, local_addr) = crate::bind(options.listen, "the gRPC server").await?;
         let service = FederationServer::new(session::FederationService {
             shared: shared.clone(),
@@ -279,13 +275,11 @@ impl Coordinator {
             },
         );
         let router = Server::builder()
-            .tls_config(tls)
-            .map_err(|source| Error::ServerTls { source })?
             .http2_keepalive_interval(Some(options.heartbeat_interval))
             .tcp_nodelay(true)
             .add_service(service);
         let (stop_server, stop_signal) = tokio::sync::oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = tls::incoming(listener, tls, monitor.clone());
         let server = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async {
