@@ -9,7 +9,7 @@ use cairn_proto::v1::{
     CoordinatorMessage, Hello, ParticipantMessage, TensorSpec, UpdateHeader, coordinator_message,
     participant_message::Body,
 };
-use cairn_tests::{Federation, digits_job, digits_task, url};
+use cairn_tests::{Federation, digits_job, digits_task, logs, url};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -233,6 +233,7 @@ async fn a_chunk_whose_hash_does_not_match_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_not_in_the_job_is_permission_denied() {
+    logs::capture();
     let ids = ["alpha", "bravo", "eve"];
     let federation = Federation::provision(&ids);
     let coordinator = federation.start(digits_job(&HONEST, 1, 2)).await;
@@ -252,6 +253,13 @@ async fn a_participant_not_in_the_job_is_permission_denied() {
     for secret in ["test-job", "alpha", "bravo"] {
         assert!(!status.message().contains(secret), "{}", status.message());
     }
+    // The operator's log names the address, the participant and the job.
+    logs::line(&[
+        "refused a session from 127.0.0.1:",
+        "participant \"eve\" is not in the job",
+        "(job \"test-job\")",
+    ])
+    .await;
     // The participant client gives up at once on a refusal instead of retrying.
     let err = client::run(federation.client(&coordinator, "eve"), digits_task(0, 2))
         .await

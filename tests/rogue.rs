@@ -19,9 +19,7 @@ use cairn_secagg::protocol::{
     survivors_message,
 };
 use cairn_secagg::quantize::UpdateEncoding;
-use cairn_tests::{Federation, digits_layout, digits_model, digits_task};
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use cairn_tests::{Federation, digits_layout, digits_model, digits_task, logs};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,52 +28,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 const IDS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 const JOB: &str = "rogue-job";
-
-/// Every log line of this test binary, for the tests to wait on.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = Buffer(buffer.clone());
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        buffer
-    })
-}
-
-#[derive(Clone)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(bytes);
-        std::io::stderr().write(bytes)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Waits (up to a minute) for a log line that contains every one of `parts`, and returns it.
-async fn log_line(parts: &[&str]) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = String::from_utf8_lossy(&logs().lock().expect("log buffer")).into_owned();
-        if let Some(line) = text
-            .lines()
-            .find(|line| parts.iter().all(|part| line.contains(part)))
-        {
-            return line.to_string();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no log line with {parts:?} within a minute"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 type Outbox = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
@@ -109,7 +61,7 @@ struct Session {
 /// `policy`, past `Hello` and `Welcome`.
 async fn connect(federation: &Federation, me: &str, policy: Policy) -> Session {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    logs();
+    cairn_tests::logs::capture();
     let dir = federation.dir.path().join("coordinator");
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("coordinator kit");
     let tls = ServerTlsConfig::new()
@@ -299,7 +251,7 @@ async fn refused(me: &str, policy: Policy, setup: Option<SecureAggregation>, rul
     session.train(1, setup).await;
     let mut parts = vec![me, "round 1: training refused, nothing is sent for it"];
     parts.extend_from_slice(rule);
-    log_line(&parts).await;
+    logs::line(&parts).await;
     let sent = session.finish().await;
     assert!(
         sent.is_empty(),
@@ -378,7 +330,7 @@ async fn replayed_messages_and_an_earlier_round_get_nothing() {
     for (round, attempt) in [(2, 1), (1, 2)] {
         let replayed = Forged::new(&federation, &roster, round, attempt, real.clone());
         session.send(Outbound::Advertisements(replayed.ads)).await;
-        log_line(&[
+        logs::line(&[
             &format!(
                 "alpha: ignored a secure aggregation message for round {round} attempt {attempt}"
             ),
@@ -388,7 +340,7 @@ async fn replayed_messages_and_an_earlier_round_get_nothing() {
     }
     // An earlier round's instruction: this site already trained past it.
     session.train(1, Some(setup(&roster, 5))).await;
-    log_line(&[
+    logs::line(&[
         "alpha: round 1: training refused",
         "round 1 comes after round 2 was started; expected round 2 or a later one",
     ])
@@ -407,7 +359,7 @@ async fn an_evaluation_in_the_clear_is_refused_by_default() {
     let federation = Federation::provision(&IDS);
     let session = connect(&federation, "alpha", Policy::default()).await;
     session.evaluate(1, 0.0, None).await;
-    log_line(&[
+    logs::line(&[
         "alpha: round 1: evaluation refused, nothing is sent for it",
         "asks for an evaluation in the clear",
         "--allow-plaintext",
@@ -431,7 +383,7 @@ async fn a_model_evaluated_that_the_federation_does_not_go_on_with_is_caught() {
         other => panic!("expected an advertisement, got {other:?}"),
     }
     session.train(2, Some(setup(&roster, 1))).await;
-    log_line(&[
+    logs::line(&[
         "alpha: round 2: training refused, nothing is sent for it",
         "not the one this site evaluated as round 1's new model",
     ])
@@ -452,7 +404,7 @@ async fn ends_the_session(message: CoordinatorMessage, rule: &str) {
 /// Checks that alpha ends `session` with a log line naming `rule` and reconnects, having sent
 /// nothing in it.
 async fn ended_with_nothing_sent(mut session: Session, rule: &str) {
-    log_line(&["alpha: ", rule, "reconnecting in"]).await;
+    logs::line(&["alpha: ", rule, "reconnecting in"]).await;
     let mut sent = Vec::new();
     while let Some(body) = next(&mut session.inbound).await {
         sent.push(body);
@@ -523,7 +475,7 @@ async fn a_round_failed_on_purpose_is_drawn_again_only_as_often_as_the_site_allo
     }
     // A third attempt, numbered as a first one after a "restart": counted all the same.
     session.train(3, Some(setup(&roster, 1))).await;
-    log_line(&[
+    logs::line(&[
         "alpha: round 3: training refused, nothing is sent for it",
         "at most 2 attempts of a round (--max-round-attempts)",
     ])
@@ -537,7 +489,7 @@ async fn a_round_failed_on_purpose_is_drawn_again_only_as_often_as_the_site_allo
 async fn aborted_with_nothing_more_sent(session: Session, rule: &[&str]) -> String {
     let mut parts = vec!["alpha: round 1 attempt 1: aborting secure aggregation"];
     parts.extend_from_slice(rule);
-    let line = log_line(&parts).await;
+    let line = logs::line(&parts).await;
     let sent = session.finish().await;
     assert!(
         sent.is_empty(),

@@ -3,6 +3,7 @@
 //! training on the digits data committed under `examples/data/digits`.
 
 pub mod kube_fake;
+pub mod logs;
 pub mod process;
 
 use cairn_coordinator::api::{ApiOptions, ApiTokens};

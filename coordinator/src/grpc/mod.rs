@@ -265,6 +265,7 @@ impl Coordinator {
         let (listener, local_addr) = crate::bind(options.listen, "the gRPC server").await?;
         let service = FederationServer::new(session::FederationService {
             shared: shared.clone(),
+            refusals: tls::Refusals::new("session"),
         })
         .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);

@@ -29,7 +29,10 @@ impl tonic::service::Interceptor for RevocationCheck {
         };
         match list.check(&leaf) {
             Err(revoked @ cairn_identity::Error::Revoked { .. }) => {
-                tracing::warn!("refused a session: {revoked}");
+                match request.remote_addr() {
+                    Some(peer) => tracing::warn!(%peer, "refused a session from {peer}: {revoked}"),
+                    None => tracing::warn!("refused a session: {revoked}"),
+                }
                 Err(Status::unauthenticated(format!(
                     "{revoked}; the federation's host must issue a new one (cairn-participant request, cairn-coordinator sign)"
                 )))

@@ -85,6 +85,8 @@ enum Ended {
 
 pub(super) struct FederationService {
     pub(super) shared: Arc<Shared>,
+    /// Sessions refused before their stream starts, logged by peer address.
+    pub(super) refusals: super::tls::Refusals,
 }
 
 #[tonic::async_trait]
@@ -95,7 +97,16 @@ impl Federation for FederationService {
         &self,
         request: Request<Streaming<ParticipantMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let peer = self.identify(&request).map_err(Refusal::into_status)?;
+        let peer = self.identify(&request).map_err(|refusal| {
+            // The operator's log names the address and the job; the caller learns nothing about
+            // the job (its name, who else takes part) beyond its own refusal.
+            if let Some(address) = request.remote_addr() {
+                let job = &self.shared.job.name;
+                let reason = format!("{} (job {job:?})", refusal.message());
+                self.refusals.warn(address, &reason);
+            }
+            refusal.into_status()
+        })?;
         let inbound = request.into_inner();
         let (outbox, receiver) = mpsc::channel(OUTBOX_CAPACITY);
         tokio::spawn(run(self.shared.clone(), peer, inbound, outbox));
@@ -120,14 +131,6 @@ impl FederationService {
             )));
         }
         if !self.shared.job.participants.contains(&identity.id) {
-            // The operator's log says which job it was; the caller learns nothing about the job
-            // (its name, who else takes part) beyond its own refusal.
-            tracing::warn!(
-                participant = %identity.id,
-                "refused {:?}: job {:?} does not list it",
-                identity.id,
-                self.shared.job.name
-            );
             return Err(Refusal::NotInJob(format!(
                 "participant {:?} is not in the job this coordinator runs; the federation's host adds participants to a job",
                 identity.id

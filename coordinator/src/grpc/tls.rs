@@ -6,6 +6,9 @@
 //! Connections that complete are handed to tonic, which reads the client certificate from them
 //! as from its own (`Request::peer_certs`).
 //!
+//! Sessions refused for their certificate (not a participant's, not in the job) are logged the
+//! same way ([`Refusals`]).
+//!
 //! Hand-written because tonic's TLS server neither reports a refused handshake nor takes a
 //! protocol version; rustls and tokio-rustls do the TLS itself.
 
@@ -72,7 +75,7 @@ pub(super) fn incoming(
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (accepted, incoming) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
-    let refusals = Arc::new(Refusals::default());
+    let refusals = Arc::new(Refusals::new("connection"));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -131,16 +134,26 @@ fn describe(error: &std::io::Error) -> String {
     format!("{what}: {detail}")
 }
 
-/// When each peer address's refusals were last logged, and how many were not since.
-#[derive(Debug, Default)]
-struct Refusals {
+/// When each peer address's refusals were last logged, and how many were not since: the
+/// warnings of one kind of refusal (a TLS connection, a gRPC session).
+#[derive(Debug)]
+pub(super) struct Refusals {
+    /// What is refused, for the log line: "connection", "session".
+    what: &'static str,
     peers: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
 impl Refusals {
+    pub(super) fn new(what: &'static str) -> Refusals {
+        Refusals {
+            what,
+            peers: Mutex::default(),
+        }
+    }
+
     /// Logs the refusal of `peer`, unless its address was logged less than [`WARN_EVERY`] ago;
     /// then it is counted and its number given with the next line.
-    fn warn(&self, peer: SocketAddr, reason: &str) {
+    pub(super) fn warn(&self, peer: SocketAddr, reason: &str) {
         let now = Instant::now();
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if peers.len() >= REMEMBERED_PEERS {
@@ -154,7 +167,7 @@ impl Refusals {
                     0 => String::new(),
                     n => format!(" ({n} more from this address since the last warning)"),
                 };
-                tracing::warn!(%peer, "refused a connection from {peer}: {reason}{more}");
+                tracing::warn!(%peer, "refused a {} from {peer}: {reason}{more}", self.what);
                 peers.insert(peer.ip(), (now, 0));
             }
         }
@@ -167,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_peer_refused_again_within_the_minute_is_counted_not_logged() {
-        let refusals = Refusals::default();
+        let refusals = Refusals::new("connection");
         let peer: SocketAddr = "192.0.2.7:50000".parse().expect("address");
         let other: SocketAddr = "192.0.2.8:50000".parse().expect("address");
         for _ in 0..3 {
