@@ -8,26 +8,19 @@ use cairn_participant::data::{LocalData, Partition};
 use cairn_participant::simulation::{JobReport, LocalFederation};
 use cairn_participant::task::presets::Preset;
 use cairn_participant::task::{Backend, Task};
-use std::net::SocketAddr;
 use std::path::Path;
 
-/// Runs `job` as a local federation in `run_dir` (certificates, coordinator on loopback over
-/// mTLS, its state): one simulated participant per job participant, each training `preset` on
-/// its own share (cut by `scheme`) of the IDX data in `data_dir`, on `backend`. The monitoring
-/// API listens on `api_listen` (an ephemeral port if that one is taken), with a fresh admin
-/// token; its dashboard URL is printed.
+/// Runs `federation` (its job, run directory and monitoring API): one simulated participant per
+/// job participant, each training `preset` on its own share (cut by `scheme`) of the IDX data in
+/// `data_dir`, on `backend`.
 pub async fn run_local_federation(
-    job: JobSpec,
+    federation: LocalFederation,
     preset: Preset,
     backend: Backend,
     data_dir: &Path,
     scheme: Scheme,
-    run_dir: &Path,
-    api_listen: SocketAddr,
 ) -> anyhow::Result<JobReport> {
-    let tasks = site_tasks(&job, preset, data_dir, scheme, backend)?;
-    let mut federation = LocalFederation::new(job, run_dir);
-    federation.api_listen = Some(api_listen);
+    let tasks = site_tasks(&federation.job, preset, data_dir, scheme, backend)?;
     Ok(federation.run(tasks).await?)
 }
 

@@ -14,6 +14,7 @@ use cairn_coordinator::config::{JobSpec, PrivacySpec, ServerAlgorithm};
 use cairn_examples::{init_logging, print_round_table, run_local_federation};
 use cairn_participant::data::Partition;
 use cairn_participant::data::partition::Scheme;
+use cairn_participant::simulation::LocalFederation;
 use cairn_participant::task::Backend;
 use cairn_participant::task::presets::Preset;
 use clap::Parser;
@@ -159,14 +160,14 @@ async fn main() -> anyhow::Result<()> {
         job.proximal_mu
     );
     let started = Instant::now();
+    let mut federation = LocalFederation::new(job, &cli.dir);
+    federation.api_listen = Some(cli.api_listen);
     let report = run_local_federation(
-        job,
+        federation,
         cli.model,
         cli.backend,
         &cli.data_dir,
         cli.partition,
-        &cli.dir,
-        cli.api_listen,
     )
     .await?;
     let elapsed = started.elapsed().as_secs_f64();

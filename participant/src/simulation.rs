@@ -36,6 +36,9 @@ pub struct LocalFederation {
     /// Where the monitoring API and dashboard listen (another port if that one is busy), with a
     /// fresh admin token whose URL is printed; `None`: no API.
     pub api_listen: Option<SocketAddr>,
+    /// How long the API keeps serving after the job ended (`Duration::MAX`: as long as the
+    /// process runs).
+    pub api_linger: Duration,
 }
 
 impl LocalFederation {
@@ -45,6 +48,7 @@ impl LocalFederation {
             job,
             run_dir: run_dir.into(),
             api_listen: None,
+            api_linger: Duration::ZERO,
         }
     }
 
@@ -55,6 +59,7 @@ impl LocalFederation {
             job,
             run_dir,
             api_listen,
+            api_linger,
         } = self;
         if tasks.len() != job.participants.len() {
             return Err(Error::Simulation(format!(
@@ -105,7 +110,7 @@ impl LocalFederation {
                     ApiOptions {
                         listen,
                         tokens,
-                        linger: Duration::ZERO,
+                        linger: api_linger,
                     },
                     token,
                 ))

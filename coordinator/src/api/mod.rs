@@ -215,7 +215,8 @@ pub struct ApiOptions {
     pub listen: SocketAddr,
     /// Who may call it.
     pub tokens: ApiTokens,
-    /// How long it keeps serving after the job ended, for a last scrape or look.
+    /// How long it keeps serving after the job ended, for a last scrape or look
+    /// (`Duration::MAX`: as long as the process runs).
     pub linger: std::time::Duration,
 }
 
