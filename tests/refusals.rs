@@ -2,6 +2,7 @@
 //! clear error, and the honest participants' job still completes.
 
 use cairn_coordinator::Coordinator;
+use cairn_coordinator::round::Phase;
 use cairn_participant::client::{self, ClientOptions, Kit, run_many};
 use cairn_proto::transfer::split;
 use cairn_proto::v1::federation_client::FederationClient;
@@ -9,7 +10,7 @@ use cairn_proto::v1::{
     CoordinatorMessage, Hello, ParticipantMessage, TensorSpec, UpdateHeader, coordinator_message,
     participant_message::Body,
 };
-use cairn_tests::{Federation, digits_job, digits_task, logs, url};
+use cairn_tests::{Federation, digits_job, digits_job_with_deadline, digits_task, logs, url};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -266,6 +267,81 @@ async fn a_participant_not_in_the_job_is_permission_denied() {
         .expect_err("refused");
     assert!(err.to_string().contains("not in the job"), "{err}");
     honest_job_completes(&federation, coordinator).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_but_silent_participant_costs_one_deadline_not_one_per_round() {
+    let ids = ["alpha", "bravo", "charlie"];
+    let federation = Federation::provision(&ids);
+    let coordinator = federation
+        .start(digits_job_with_deadline(&ids, 3, 2, 3))
+        .await;
+    let clients = HONEST
+        .iter()
+        .enumerate()
+        .map(|(index, id)| {
+            (
+                federation.client(&coordinator, id),
+                digits_task(index, HONEST.len()),
+            )
+        })
+        .collect();
+    let honest = tokio::spawn(run_many(clients));
+    // charlie says Hello, reads everything it is sent, sends heartbeats and nothing else.
+    let (heartbeats, mut inbound) = raw_session(&federation, &coordinator, "charlie")
+        .await
+        .expect("charlie's session");
+    let reader = tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+    let beating = tokio::spawn(async move {
+        loop {
+            let beat = Body::Heartbeat(cairn_proto::v1::Heartbeat { sent_at_unix_ms: 0 });
+            if heartbeats
+                .send(ParticipantMessage { body: Some(beat) })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    });
+    for result in honest.await.expect("honest participants") {
+        // Three rounds, and a failed attempt if charlie was picked before bravo connected.
+        let trained = result.expect("honest participant finishes").rounds_trained;
+        assert!((3..=4).contains(&trained), "{trained}");
+    }
+    let report = cairn_tests::finish(coordinator).await.expect("report");
+    reader.abort();
+    beating.abort();
+    assert!(report.succeeded, "{}", report.reason);
+    let charlie = |round: usize| -> Vec<(Phase, String)> {
+        report.rounds[round]
+            .outcome
+            .dropouts
+            .iter()
+            .filter(|d| d.id == "charlie")
+            .map(|d| (d.phase, d.reason.clone()))
+            .collect()
+    };
+    // charlie is waited for until its first deadline passes (in the round it joined, or in a
+    // failed attempt), and never again: the last round closes each phase without it.
+    let missed = (0..3)
+        .flat_map(charlie)
+        .filter(|(_, reason)| reason.contains("missed the 3 s deadline"))
+        .count();
+    assert!(missed <= 1, "{:?}", report.rounds);
+    let last = charlie(2);
+    assert_eq!(
+        last.iter().map(|(phase, _)| *phase).collect::<Vec<_>>(),
+        [Phase::Train, Phase::Evaluate],
+        "{last:?}"
+    );
+    assert!(
+        last.iter()
+            .all(|(_, reason)| reason.starts_with("not waited for")),
+        "{last:?}"
+    );
+    assert_eq!(report.rounds[2].outcome.contributors, HONEST);
 }
 
 /// Connects with `tls`, sends Hello and waits for the first answer: `Ok` only if the coordinator

@@ -209,6 +209,23 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The participant whose message this event is, if it is one (not a session opening or
+    /// ending, a deadline or a stop).
+    fn sender(&self) -> Option<&ParticipantId> {
+        match self {
+            Event::UpdateStarted { id, .. }
+            | Event::UpdatePiece { id, .. }
+            | Event::Secure { id, .. }
+            | Event::EvaluationReceived { id, .. } => Some(id),
+            Event::Connected { .. }
+            | Event::Disconnected { .. }
+            | Event::Stop { .. }
+            | Event::DeadlineExpired { .. } => None,
+        }
+    }
+}
+
 /// A transfer of a plaintext round that a reconnecting participant asks to resume: its previous
 /// session broke while the transfer was under way.
 #[derive(Debug, Clone, PartialEq)]
@@ -462,6 +479,12 @@ pub struct RoundMachine {
     pending_state: Option<Vec<f32>>,
     global: Arc<Vec<f32>>,
     connected: BTreeSet<ParticipantId>,
+    /// Participants not waited for: each missed a phase's deadline and has sent nothing since.
+    /// They are still selected and sent work, and what they send is taken while its phase is
+    /// open, but a phase in which only they are left to answer, and enough others did, closes
+    /// at once instead of at its deadline. Anything they send (even too late to count) puts
+    /// them back among those waited for, so an honest site that was slow once is not left out.
+    unproven: BTreeSet<ParticipantId>,
     /// Round being run (1-based); rounds before it are committed.
     round: u64,
     attempt: u32,
@@ -482,6 +505,7 @@ impl RoundMachine {
             pending_state: None,
             global: Arc::new(global),
             connected: BTreeSet::new(),
+            unproven: BTreeSet::new(),
             round: first_round,
             attempt: 1,
             state: State::AwaitingParticipants,
@@ -533,6 +557,9 @@ impl RoundMachine {
     /// Feeds one event and returns what to do about it, in order.
     pub fn handle(&mut self, event: Event) -> Vec<Command> {
         let mut commands = Vec::new();
+        if let Some(id) = event.sender() {
+            self.unproven.remove(id);
+        }
         match event {
             Event::Connected { id, resume } => {
                 self.connected.insert(id.clone());
@@ -633,8 +660,11 @@ impl RoundMachine {
                             Some(why) => format!(
                                 "disconnected ({why}) and did not resume within the {seconds} s deadline"
                             ),
-                            None => format!("missed the {seconds} s deadline"),
+                            None => format!(
+                                "missed the {seconds} s deadline (not waited for again until it answers)"
+                            ),
                         };
+                        self.unproven.insert(id.clone());
                         self.record_dropout(id, phase, reason);
                     }
                 }
@@ -906,9 +936,44 @@ impl RoundMachine {
         }
     }
 
+    /// Ends the wait for the participants left in the current phase when every one of them is
+    /// [unproven](RoundMachine::unproven) and enough others answered for the round to go on
+    /// (`min_participants`; one evaluation): they are dropped from the phase as at its deadline.
+    fn stop_waiting_for_the_unproven(&mut self) {
+        let min = self.settings.min_participants;
+        let (pending, answered, enough, phase) = match &mut self.state {
+            State::AwaitingUpdates(t) => (&mut t.pending, t.contributors.len(), min, Phase::Train),
+            State::Securing(s) => {
+                let (answered, phase) = (s.answered(), s.phase);
+                (&mut s.pending, answered, min, phase)
+            }
+            State::SecureEvaluation(e) => {
+                let (answered, phase) = (e.securing.answered(), e.securing.phase);
+                (&mut e.securing.pending, answered, min, phase)
+            }
+            State::AwaitingEvaluations(e) => {
+                (&mut e.pending, e.sum.n_reports(), 1, Phase::Evaluate)
+            }
+            State::AwaitingParticipants | State::Finished => return,
+        };
+        if pending.is_empty() || answered < enough || !pending.is_subset(&self.unproven) {
+            return;
+        }
+        let left = std::mem::take(pending);
+        if let State::AwaitingUpdates(t) = &mut self.state {
+            t.away.clear();
+        }
+        for id in left {
+            let reason = "not waited for: it missed an earlier deadline and has sent nothing since"
+                .to_string();
+            self.record_dropout(id, phase, reason);
+        }
+    }
+
     /// Moves to the next state as long as the current one is complete.
     fn advance(&mut self, commands: &mut Vec<Command>) {
         loop {
+            self.stop_waiting_for_the_unproven();
             let progressed = match &self.state {
                 State::Finished => false,
                 State::AwaitingParticipants => self.try_start_round(commands),

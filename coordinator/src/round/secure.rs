@@ -351,6 +351,11 @@ impl Securing {
         Ok(())
     }
 
+    /// How many answered in this phase.
+    pub(super) fn answered(&self) -> usize {
+        self.answered.len()
+    }
+
     /// Ends the current phase (everyone answered or the deadline passed) and moves to the next.
     /// `connected` are the participants with a live session. An error fails the round.
     pub(super) fn close(

@@ -222,6 +222,91 @@ fn a_participant_missing_the_deadline_is_dropped_and_the_round_completes() {
 }
 
 #[test]
+fn a_participant_that_missed_a_deadline_is_not_waited_for_until_it_sends_something() {
+    let mut m = machine(2, 3);
+    let first = selected(&connect(&mut m, &["a", "b"]));
+    // c connects mid-round, is asked to evaluate and stays silent: the round waits for it once.
+    connect(&mut m, &["c"]);
+    complete_round(&mut m, &first, &["a", "b"]);
+    let commands = m.handle(Event::DeadlineExpired {
+        round: 1,
+        attempt: 1,
+        phase: Phase::Evaluate,
+    });
+    let (outcome, _) = committed(&commands).expect("round 1 commits at its deadline");
+    assert!(
+        outcome.dropouts[0]
+            .reason
+            .contains("not waited for again until it answers"),
+        "{:?}",
+        outcome.dropouts
+    );
+    // Round 2 selects c again, but closes each phase as soon as a and b have answered.
+    assert_eq!(selected(&commands), vec!["a", "b", "c"]);
+    feed(&mut m, update("a", 2, [1.0, 1.0], 1));
+    let commands = feed(&mut m, update("b", 2, [1.0, 1.0], 1));
+    assert!(
+        commands
+            .iter()
+            .any(|c| matches!(c, Command::SendEvaluate { .. })),
+        "training waited for c: {commands:?}"
+    );
+    m.handle(evaluation("a", 2, 0.5));
+    let commands = m.handle(evaluation("b", 2, 0.5));
+    let (outcome, _) = committed(&commands).expect("evaluation did not wait for c");
+    assert_eq!(outcome.contributors, vec!["a", "b"]);
+    let dropped: Vec<(&str, Phase)> = outcome
+        .dropouts
+        .iter()
+        .map(|d| (d.id.as_str(), d.phase))
+        .collect();
+    assert_eq!(dropped, [("c", Phase::Train), ("c", Phase::Evaluate)]);
+    assert!(outcome.dropouts[0].reason.starts_with("not waited for"));
+    // c's late answer to round 1 (refused as too late) shows it is alive: round 3 waits for it.
+    let late = m.handle(evaluation("c", 1, 0.5));
+    assert!(matches!(late[..], [Command::Ignored { .. }]), "{late:?}");
+    feed(&mut m, update("a", 3, [1.0, 1.0], 1));
+    let commands = feed(&mut m, update("b", 3, [1.0, 1.0], 1));
+    assert!(
+        !commands
+            .iter()
+            .any(|c| matches!(c, Command::SendEvaluate { .. })),
+        "training did not wait for c: {commands:?}"
+    );
+    let commands = feed(&mut m, update("c", 3, [1.0, 1.0], 1));
+    assert!(
+        commands
+            .iter()
+            .any(|c| matches!(c, Command::SendEvaluate { .. })),
+        "{commands:?}"
+    );
+}
+
+#[test]
+fn a_phase_waits_for_unproven_participants_when_too_few_others_answered() {
+    let mut m = machine(2, 2);
+    let first = selected(&connect(&mut m, &["a", "b"]));
+    feed(&mut m, update("a", 1, [1.0, 1.0], 1));
+    // b misses the training deadline: the round has too few updates and is tried again.
+    let commands = m.handle(Event::DeadlineExpired {
+        round: 1,
+        attempt: 1,
+        phase: Phase::Train,
+    });
+    assert_eq!(first, selected(&commands));
+    // The second attempt needs b: it is waited for although it missed the last deadline.
+    let commands = feed(&mut m, update("a", 1, [1.0, 1.0], 1));
+    assert!(
+        !commands.iter().any(|c| matches!(
+            c,
+            Command::SendEvaluate { .. } | Command::RoundFailed { .. }
+        )),
+        "{commands:?}"
+    );
+    assert_eq!(m.phase(), Some(Phase::Train));
+}
+
+#[test]
 fn too_few_updates_fail_the_round_which_is_retried_with_the_same_model() {
     let mut m = machine(2, 1);
     connect(&mut m, &["a", "b"]);
