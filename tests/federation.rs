@@ -8,21 +8,12 @@ use cairn_coordinator::config::{JobSpec, PrivacySpec, ServerAlgorithm, ServerOpt
 use cairn_coordinator::grpc::JobReport;
 use cairn_coordinator::model::load_safetensors;
 use cairn_participant::client::run_many;
-use cairn_tests::{Federation, digits_job, digits_task};
+use cairn_tests::{Federation, digits_job};
 
 /// Runs `job` with `ids` on their shares of the digits; every participant must finish.
 async fn run(federation: &Federation, ids: &[&str], job: JobSpec) -> JobReport {
     let coordinator = federation.start(job).await;
-    let clients = ids
-        .iter()
-        .enumerate()
-        .map(|(index, id)| {
-            (
-                federation.client(&coordinator, id),
-                digits_task(index, ids.len()),
-            )
-        })
-        .collect();
+    let clients = federation.clients(&coordinator, ids);
     let results = run_many(clients).await;
     let report = cairn_tests::finish(coordinator).await.expect("job report");
     for result in &results {

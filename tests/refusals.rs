@@ -20,16 +20,7 @@ const HONEST: [&str; 2] = ["alpha", "bravo"];
 
 /// Runs the honest participants to the end of a one-round job and checks that it completed.
 async fn honest_job_completes(federation: &Federation, coordinator: Coordinator) {
-    let clients = HONEST
-        .iter()
-        .enumerate()
-        .map(|(index, id)| {
-            (
-                federation.client(&coordinator, id),
-                digits_task(index, HONEST.len()),
-            )
-        })
-        .collect();
+    let clients = federation.clients(&coordinator, &HONEST);
     for result in run_many(clients).await {
         assert_eq!(
             result.expect("honest participant finishes").rounds_trained,
@@ -276,16 +267,7 @@ async fn a_connected_but_silent_participant_costs_one_deadline_not_one_per_round
     let coordinator = federation
         .start(digits_job_with_deadline(&ids, 3, 2, 3))
         .await;
-    let clients = HONEST
-        .iter()
-        .enumerate()
-        .map(|(index, id)| {
-            (
-                federation.client(&coordinator, id),
-                digits_task(index, HONEST.len()),
-            )
-        })
-        .collect();
+    let clients = federation.clients(&coordinator, &HONEST);
     let honest = tokio::spawn(run_many(clients));
     // charlie says Hello, reads everything it is sent, sends heartbeats and nothing else.
     let (heartbeats, mut inbound) = raw_session(&federation, &coordinator, "charlie")
@@ -660,11 +642,7 @@ async fn malformed_secure_aggregation_messages_are_refused_by_name() {
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains(expected), "{}", status.message());
     }
-    let clients = ["alpha", "bravo"]
-        .iter()
-        .enumerate()
-        .map(|(index, id)| (federation.client(&coordinator, id), digits_task(index, 2)))
-        .collect();
+    let clients = federation.clients(&coordinator, &HONEST);
     for result in run_many(clients).await {
         result.expect("honest participant finishes");
     }
