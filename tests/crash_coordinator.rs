@@ -48,6 +48,8 @@ impl CoordinatorProcess {
         let mut command = tokio::process::Command::new(coordinator_binary());
         command
             .args(["serve", "--heartbeat-s", "1", "--listen", "127.0.0.1:0"])
+            // Tests run side by side: no fixed port for the API either.
+            .args(["--api-listen", "127.0.0.1:0"])
             .arg("--job")
             .arg(dir.join("job.yaml"))
             .arg("--state-dir")

@@ -463,6 +463,14 @@ pub enum Error {
         /// The state directory.
         dir: PathBuf,
     },
+    /// The audit of a state directory found a broken link.
+    #[error("audit of {}: {link}", dir.display())]
+    AuditFailed {
+        /// The state directory.
+        dir: PathBuf,
+        /// The first link that does not hold, and what that means.
+        link: String,
+    },
     /// A line of `rounds.jsonl` holds another round than its position says.
     #[error(
         "state dir: {}: rounds.jsonl line {line} holds round {round}, expected round {expected}",

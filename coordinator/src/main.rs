@@ -51,6 +51,19 @@ enum Command {
     Crd,
     /// Print a running coordinator's job and round table from its monitoring API.
     Status(StatusArgs),
+    /// Check a state directory's history: the hash chain of its round records (each names the
+    /// previous record's hash, the job definition's and the model it started from), every kept
+    /// checkpoint against its record, and the final model against its provenance file. Prints
+    /// each round's contributors; exits non-zero naming the first broken link. Needs no key.
+    Audit(AuditArgs),
+}
+
+// The options of `audit`; its help text is on the `Command` variant.
+#[derive(Debug, Args)]
+struct AuditArgs {
+    /// The state directory to check (as given to `serve --state-dir`).
+    #[arg(long)]
+    state_dir: PathBuf,
 }
 
 // The options of `provision`; its help text is on the `Command` variant.
@@ -315,7 +328,45 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(args) => status(args).await,
+        Command::Audit(args) => audit(&args.state_dir),
     }
+}
+
+/// `audit`: the chain's verdict and each round's contributors and checkpoint.
+fn audit(dir: &std::path::Path) -> anyhow::Result<()> {
+    use cairn_coordinator::store::audit::{Kept, audit};
+    let audit = audit(dir)?;
+    println!(
+        "job {} (definition sha256 {}): {} rounds, chain intact, head {}",
+        audit.job,
+        audit.job_sha256,
+        audit.rounds.len(),
+        match audit.chain_head_sha256.as_str() {
+            "" => "(no round yet)",
+            head => head,
+        }
+    );
+    println!("initial model: {}", audit.initial_model.describe());
+    println!("\nround  checkpoint  dropouts  contributors");
+    for round in &audit.rounds {
+        let outcome = &round.record.outcome;
+        println!(
+            "{:>5}  {:<10}  {:>8}  {}",
+            outcome.round,
+            round.checkpoint.describe(),
+            outcome.dropouts.len(),
+            outcome.contributors.join(", ")
+        );
+    }
+    println!(
+        "\nfinal model: {}",
+        match audit.final_model {
+            Kept::Verified =>
+                "verified: model.safetensors and model.provenance.json are the chain's last round",
+            Kept::Absent => "not written yet",
+        }
+    );
+    Ok(())
 }
 
 /// `provision`: the CA (made or reused), the server certificate, and either the missing kits

@@ -480,6 +480,9 @@ mod tests {
             checkpoint_sha256: String::new(),
             optimizer_state_sha256: String::new(),
             phase_durations: Vec::new(),
+            previous_record_sha256: String::new(),
+            job_sha256: String::new(),
+            model_before_sha256: String::new(),
         };
         let text = render(
             &monitor.job(),

@@ -8,7 +8,6 @@
 use super::{Connection, Shared};
 use crate::Error;
 use crate::config::JobSpec;
-use crate::model::save_safetensors;
 use crate::round::{
     Command, Event, ParticipantId, Phase, PrivacySettings, RoundMachine, RoundOutcome,
     RoundSettings, SecureOutbound, SecureSettings, SecureSetup,
@@ -184,7 +183,7 @@ impl Driver {
         if let Some(finished) = machine.finished_because() {
             shared.finished.store(true, Ordering::SeqCst);
             let model_path = store.final_model_path();
-            save_safetensors(&model_path, &shared.layout, machine.global())?;
+            store.write_final_model(&shared.layout, machine.global())?;
             let reason = format!(
                 "{finished} with the {committed} rounds committed in {}",
                 store.dir().display()
@@ -471,6 +470,9 @@ impl Driver {
             checkpoint_sha256: String::new(),
             optimizer_state_sha256: String::new(),
             phase_durations: shared.monitor.take_phase_timings(),
+            previous_record_sha256: String::new(),
+            job_sha256: String::new(),
+            model_before_sha256: String::new(),
         };
         let optimizer = OptimizerState {
             layout: &shared.optimizer_layout,
@@ -497,7 +499,8 @@ impl Driver {
         let job = &shared.job;
         shared.finished.store(true, Ordering::SeqCst);
         let model_path = self.store.final_model_path();
-        save_safetensors(&model_path, &shared.layout, self.machine.global())?;
+        self.store
+            .write_final_model(&shared.layout, self.machine.global())?;
         shared.monitor.job_finished(succeeded, &reason);
         let connections: Vec<Connection> = {
             let mut map = shared.connections.lock().unwrap_or_else(|p| p.into_inner());

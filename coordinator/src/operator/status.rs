@@ -230,6 +230,9 @@ mod tests {
             checkpoint_sha256: String::new(),
             optimizer_state_sha256: String::new(),
             phase_durations: Vec::new(),
+            previous_record_sha256: String::new(),
+            job_sha256: String::new(),
+            model_before_sha256: String::new(),
         };
         monitor.round_committed(&record, std::sync::Arc::new(vec![0.0; 15]));
         let status = observe(&monitor);

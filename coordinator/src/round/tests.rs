@@ -931,6 +931,9 @@ mod server_optimizer {
                     checkpoint_sha256: String::new(),
                     optimizer_state_sha256: String::new(),
                     phase_durations: vec![],
+                    previous_record_sha256: String::new(),
+                    job_sha256: String::new(),
+                    model_before_sha256: String::new(),
                 };
                 let state = OptimizerState {
                     layout: &optimizer_layout,

@@ -8,7 +8,13 @@
 //! - `checkpoints/round-NNNNNN.optimizer.safetensors`: beside it, the server optimiser's
 //!   moments after that round (`m`, `v`), for the optimisers that keep any, so that a resumed
 //!   job steps exactly as one that never stopped;
-//! - `model.safetensors`: the final model.
+//! - `model.safetensors`: the final model, and `model.provenance.json` beside it (the job's
+//!   digest, the rounds and the head of the chain below), so a model handed on can be traced.
+//!
+//! The records form a hash chain: each names the SHA-256 of the previous record's line, of the
+//! job definition and of the model the round started from, so that [`audit`] finds any record
+//! edited, dropped or reordered and any checkpoint swapped (see `audit`'s documentation for what
+//! that proves, and against whom).
 //!
 //! Files are replaced atomically (temporary file, fsync, rename, fsync of the directory). A
 //! round is committed once its checkpoint and then its record are on disk; a crash between the
@@ -20,6 +26,8 @@
 //! detects a corrupt record or checkpoint, and hands back the committed rounds and the global
 //! model of the last one.
 
+pub mod audit;
+
 use crate::Error;
 use crate::config::JobSpec;
 use crate::model::{TensorShape, load_safetensors, save_safetensors};
@@ -28,6 +36,7 @@ use ring::digest::{Context, SHA256, digest};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Version of the state directory's layout; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -67,6 +76,46 @@ pub struct RoundRecord {
     /// The phases the round went through, in order (failed attempts included).
     #[serde(default)]
     pub phase_durations: Vec<PhaseTiming>,
+    /// SHA-256 (hex) of the previous round's line in `rounds.jsonl`, without its newline; empty
+    /// for round 1. A record edited, dropped or moved breaks the link of the one after it.
+    #[serde(default)]
+    pub previous_record_sha256: String,
+    /// SHA-256 (hex) of the job definition in force (`state.json`'s job as compact JSON): the
+    /// model, the metrics, secure aggregation's and differential privacy's parameters.
+    #[serde(default)]
+    pub job_sha256: String,
+    /// SHA-256 (hex) of the global model the round started from: the previous round's
+    /// checkpoint, for round 1 the job's initial model file.
+    #[serde(default)]
+    pub model_before_sha256: String,
+}
+
+/// What travels with the final model: enough to find the rounds it came from and check them
+/// (`model.provenance.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The job's name.
+    pub job: String,
+    /// SHA-256 (hex) of its definition, as in every round record.
+    pub job_sha256: String,
+    /// Rounds committed.
+    pub rounds: u64,
+    /// SHA-256 (hex) of the last round's line in `rounds.jsonl`: the head of the chain.
+    pub chain_head_sha256: String,
+    /// SHA-256 (hex) of `model.safetensors`.
+    pub model_sha256: String,
+}
+
+/// The end of the chain that the next record links to.
+#[derive(Debug, Clone, Default)]
+struct ChainHead {
+    /// SHA-256 (hex) of the last record's line; empty before round 1.
+    record_sha256: String,
+    /// SHA-256 (hex) of the global model after the last round (before round 1: the initial
+    /// model file).
+    model_sha256: String,
+    /// Rounds committed.
+    rounds: u64,
 }
 
 /// The first line of defence against running a state directory with the wrong job or code.
@@ -107,6 +156,9 @@ pub struct OptimizerState<'a> {
 pub struct Store {
     dir: PathBuf,
     keep_checkpoints: usize,
+    /// SHA-256 (hex) of the job definition.
+    job_sha256: String,
+    head: Mutex<ChainHead>,
 }
 
 impl Store {
@@ -128,9 +180,11 @@ impl Store {
             what: format!("creating state dir {}", dir.display()),
             source,
         })?;
-        let store = Store {
+        let mut store = Store {
             dir: dir.to_path_buf(),
             keep_checkpoints,
+            job_sha256: job_sha256(job)?,
+            head: Mutex::default(),
         };
         let header_path = dir.join("state.json");
         let started_at = match std::fs::read(&header_path) {
@@ -162,7 +216,24 @@ impl Store {
                 });
             }
         };
-        let rounds = store.read_rounds()?;
+        let lines = store.read_lines()?;
+        let head = match lines.last() {
+            Some((line, last)) => ChainHead {
+                record_sha256: sha256_hex(line.as_bytes()),
+                model_sha256: last.checkpoint_sha256.clone(),
+                rounds: last.outcome.round,
+            },
+            // The initial model file was read before; only a test's job names none.
+            None => ChainHead {
+                model_sha256: match job.model.initial.exists() {
+                    true => file_sha256(&job.model.initial)?,
+                    false => String::new(),
+                },
+                ..ChainHead::default()
+            },
+        };
+        *store.head.get_mut().unwrap_or_else(|p| p.into_inner()) = head;
+        let rounds: Vec<RoundRecord> = lines.into_iter().map(|(_, record)| record).collect();
         let global = match rounds.last() {
             None => None,
             Some(last) => Some(store.load_checkpoint(last, layout).map_err(|e| match e {
@@ -261,6 +332,43 @@ impl Store {
         self.dir.join("model.safetensors")
     }
 
+    /// Writes the final model and its provenance beside it (`model.provenance.json`).
+    pub fn write_final_model(&self, layout: &[TensorShape], model: &[f32]) -> Result<(), Error> {
+        let path = self.final_model_path();
+        let model_sha256 = hex(save_safetensors(&path, layout, model)?.as_ref());
+        let head = self.head.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let provenance = Provenance {
+            job: self.job_name()?,
+            job_sha256: self.job_sha256.clone(),
+            rounds: head.rounds,
+            chain_head_sha256: head.record_sha256,
+            model_sha256,
+        };
+        let bytes =
+            serde_json::to_vec_pretty(&provenance).map_err(|source| Error::StateEncoding {
+                dir: self.dir.clone(),
+                what: PROVENANCE_FILE.into(),
+                source,
+            })?;
+        write_atomically(&self.dir.join(PROVENANCE_FILE), &bytes)
+    }
+
+    /// The job's name, from `state.json`.
+    fn job_name(&self) -> Result<String, Error> {
+        let path = self.dir.join("state.json");
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })?;
+        let header: StateHeader =
+            serde_json::from_slice(&bytes).map_err(|source| Error::StateCorrupt {
+                dir: self.dir.clone(),
+                file: "state.json".into(),
+                source,
+            })?;
+        Ok(header.job.name)
+    }
+
     /// Makes a round durable: its checkpoint first, then its record (which carries the
     /// checkpoint's hash, and is returned); older checkpoints beyond the configured number are
     /// removed afterwards.
@@ -280,9 +388,13 @@ impl Store {
             }
         };
         let checkpoint = save_safetensors(&self.checkpoint_path(round), layout, model)?;
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         let record = RoundRecord {
             checkpoint_sha256: hex(checkpoint.as_ref()),
             optimizer_state_sha256,
+            previous_record_sha256: head.record_sha256.clone(),
+            job_sha256: self.job_sha256.clone(),
+            model_before_sha256: head.model_sha256.clone(),
             ..record.clone()
         };
         let mut line = serde_json::to_vec(&record).map_err(|source| Error::StateEncoding {
@@ -290,6 +402,7 @@ impl Store {
             what: format!("the record of round {round}"),
             source,
         })?;
+        let record_sha256 = sha256_hex(&line);
         line.push(b'\n');
         let path = self.rounds_path();
         std::fs::OpenOptions::new()
@@ -301,6 +414,12 @@ impl Store {
                 what: format!("appending to {}", path.display()),
                 source,
             })?;
+        *head = ChainHead {
+            record_sha256,
+            model_sha256: record.checkpoint_sha256.clone(),
+            rounds: round,
+        };
+        drop(head);
         if round > self.keep_checkpoints as u64 {
             let old = round - self.keep_checkpoints as u64;
             // A checkpoint that is already gone is fine: pruning is best effort.
@@ -314,6 +433,15 @@ impl Store {
     /// or duplicate. A last line cut short by a crash during its append is a round that was not
     /// committed: it is removed, and the round runs again.
     pub fn read_rounds(&self) -> Result<Vec<RoundRecord>, Error> {
+        Ok(self
+            .read_lines()?
+            .into_iter()
+            .map(|(_, record)| record)
+            .collect())
+    }
+
+    /// [`Store::read_rounds`], with each record's line as written (which the chain hashes).
+    fn read_lines(&self) -> Result<Vec<(String, RoundRecord)>, Error> {
         let path = self.rounds_path();
         let text = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -365,7 +493,7 @@ impl Store {
                     expected,
                 });
             }
-            rounds.push(record);
+            rounds.push((line.to_string(), record));
         }
         Ok(rounds)
     }
@@ -415,6 +543,41 @@ impl Store {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The provenance file beside the final model.
+pub const PROVENANCE_FILE: &str = "model.provenance.json";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(digest(&SHA256, bytes).as_ref())
+}
+
+/// SHA-256 (hex) of `job`'s definition: its compact JSON, as `state.json` holds it.
+pub fn job_sha256(job: &JobSpec) -> Result<String, Error> {
+    let bytes = serde_json::to_vec(job).map_err(|source| Error::StateEncoding {
+        dir: PathBuf::new(),
+        what: format!("job {:?}", job.name),
+        source,
+    })?;
+    Ok(sha256_hex(&bytes))
+}
+
+/// SHA-256 (hex) of a file, read in pieces (an initial model may be gigabytes).
+fn file_sha256(path: &Path) -> Result<String, Error> {
+    let io = |source| Error::Io {
+        what: format!("reading {}", path.display()),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut context = Context::new(&SHA256);
+    let mut buffer = vec![0; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buffer).map_err(io)?;
+        if n == 0 {
+            return Ok(hex(context.finish().as_ref()));
+        }
+        context.update(&buffer[..n]);
+    }
 }
 
 /// Replaces `path` with `bytes` atomically: write a temporary file beside it, fsync it, rename it

@@ -42,6 +42,9 @@ fn record(round: u64) -> RoundRecord {
         checkpoint_sha256: String::new(),
         optimizer_state_sha256: String::new(),
         phase_durations: Vec::new(),
+        previous_record_sha256: String::new(),
+        job_sha256: String::new(),
+        model_before_sha256: String::new(),
     }
 }
 
@@ -239,4 +242,161 @@ fn a_record_written_before_metrics_were_named_still_loads() {
     let (_, resume) = Store::open(dir.path(), &job(), &mlp(), &[], 2).unwrap();
     assert_eq!(resume.rounds[0].outcome.round, 1);
     assert!(resume.rounds[0].outcome.eval_metrics.is_empty());
+}
+
+/// Committed rounds and the final model of [`committed`], audited.
+fn audited(dir: &Path, rounds: u64) -> Store {
+    let store = committed(dir, rounds);
+    store
+        .write_final_model(&mlp(), &initialize(&mlp(), rounds))
+        .unwrap();
+    let audit = audit::audit(dir).unwrap();
+    assert_eq!(audit.rounds.len() as u64, rounds);
+    assert_eq!(audit.final_model, audit::Kept::Verified);
+    store
+}
+
+fn audit_error(dir: &Path) -> String {
+    audit::audit(dir).unwrap_err().to_string()
+}
+
+/// Rewrites `rounds.jsonl` with `change` applied to its lines.
+fn rewrite_rounds(dir: &Path, change: impl FnOnce(&mut Vec<String>)) {
+    let path = dir.join("rounds.jsonl");
+    let mut lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    change(&mut lines);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn the_records_form_a_chain_that_a_restart_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    committed(dir.path(), 2);
+    let (store, _) = Store::open(dir.path(), &job(), &mlp(), &[], 2).unwrap();
+    store
+        .commit(&record(3), &mlp(), &initialize(&mlp(), 3), NO_STATE)
+        .unwrap();
+    store
+        .write_final_model(&mlp(), &initialize(&mlp(), 3))
+        .unwrap();
+    let audit = audit::audit(dir.path()).unwrap();
+    let records: Vec<&RoundRecord> = audit.rounds.iter().map(|r| &r.record).collect();
+    assert_eq!(records[0].previous_record_sha256, "");
+    assert_eq!(records[2].model_before_sha256, records[1].checkpoint_sha256);
+    assert!(records.iter().all(|r| r.job_sha256 == audit.job_sha256));
+    let kept: Vec<audit::Kept> = audit.rounds.iter().map(|r| r.checkpoint).collect();
+    assert_eq!(
+        kept,
+        [
+            audit::Kept::Absent,
+            audit::Kept::Verified,
+            audit::Kept::Verified
+        ]
+    );
+}
+
+#[test]
+fn the_audit_names_an_edited_record() {
+    let dir = tempfile::tempdir().unwrap();
+    audited(dir.path(), 3);
+    rewrite_rounds(dir.path(), |lines| {
+        lines[1] = lines[1].replace("\"train_examples\":10", "\"train_examples\":99");
+    });
+    let err = audit_error(dir.path());
+    assert!(
+        err.contains("round 3 follows a record that hashes to")
+            && err.contains("round 2 was edited"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_audit_names_an_edited_last_record_by_the_provenance_file() {
+    let dir = tempfile::tempdir().unwrap();
+    audited(dir.path(), 3);
+    rewrite_rounds(dir.path(), |lines| {
+        lines[2] = lines[2].replace("\"contributors\":[\"a\"]", "\"contributors\":[\"z\"]");
+    });
+    let err = audit_error(dir.path());
+    assert!(
+        err.contains("model.provenance.json does not describe this directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_audit_names_a_dropped_or_reordered_round() {
+    let dir = tempfile::tempdir().unwrap();
+    audited(dir.path(), 3);
+    rewrite_rounds(dir.path(), |lines| lines.swap(1, 2));
+    let err = audit_error(dir.path());
+    assert!(
+        err.contains("line 2 holds round 3, expected round 2"),
+        "{err}"
+    );
+    rewrite_rounds(dir.path(), |lines| {
+        lines.swap(1, 2);
+        lines.remove(1);
+    });
+    let err = audit_error(dir.path());
+    assert!(
+        err.contains("line 2 holds round 3, expected round 2"),
+        "{err}"
+    );
+    // Dropped and renumbered: the link to the missing record is broken.
+    rewrite_rounds(dir.path(), |lines| {
+        lines[1] = lines[1].replace("\"round\":3", "\"round\":2");
+    });
+    let err = audit_error(dir.path());
+    assert!(
+        err.contains("round 2 follows a record that hashes to"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_audit_names_a_swapped_checkpoint_or_final_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = audited(dir.path(), 3);
+    let (second, third) = (store.checkpoint_path(2), store.checkpoint_path(3));
+    let kept = std::fs::read(&second).unwrap();
+    std::fs::copy(&third, &second).unwrap();
+    let err = audit_error(dir.path());
+    assert!(
+        err.contains("round 2's checkpoint") && err.contains("the file was replaced or altered"),
+        "{err}"
+    );
+    std::fs::write(&second, kept).unwrap();
+    std::fs::copy(&second, store.final_model_path()).unwrap();
+    let err = audit_error(dir.path());
+    assert!(
+        err.contains("model.provenance.json does not describe"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_audit_names_a_record_of_another_job_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    audited(dir.path(), 2);
+    let other = tempfile::tempdir().unwrap();
+    let mut changed = job();
+    changed.rounds = 9;
+    let (store, _) = Store::open(other.path(), &changed, &mlp(), &[], 2).unwrap();
+    store
+        .commit(&record(1), &mlp(), &initialize(&mlp(), 1), NO_STATE)
+        .unwrap();
+    let foreign = std::fs::read_to_string(other.path().join("rounds.jsonl")).unwrap();
+    rewrite_rounds(dir.path(), |lines| {
+        lines[0] = foreign.trim_end().to_string()
+    });
+    let err = audit_error(dir.path());
+    assert!(
+        err.contains("round 1 was recorded under job definition"),
+        "{err}"
+    );
 }
