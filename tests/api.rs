@@ -445,7 +445,7 @@ async fn the_api_reports_what_the_federation_did() {
     let resumed = api.changes_after(&ids[4]).await;
     assert_eq!(resumed, replayed[5..], "the changes after the fifth");
 
-    external_checks(&api, &federation, epsilon[1]).await;
+    external_checks(&api, &federation, &report.rounds, epsilon[1]).await;
 }
 
 /// The first of `candidates` that runs, if any: a missing tool fails the test in CI and skips
@@ -463,8 +463,9 @@ fn tool(name: &str, candidates: &[&str]) -> Option<String> {
     found.map(|path| path.to_string())
 }
 
-/// The live server checked by other people's tools; `epsilon` is what the job spent.
-async fn external_checks(api: &Api, federation: &Federation, epsilon: f64) {
+/// The live server checked by other people's tools; `rounds` are the job's records and
+/// `epsilon` is what it spent.
+async fn external_checks(api: &Api, federation: &Federation, rounds: &[RoundRecord], epsilon: f64) {
     let dir = federation.dir.path();
     if let Some(promtool) = tool("promtool", &["promtool"]) {
         let metrics = api.text("/metrics").await;
@@ -533,44 +534,230 @@ async fn external_checks(api: &Api, federation: &Federation, epsilon: f64) {
         &["chromium", "chromium-browser", "google-chrome"],
     ) {
         let url = format!("{}/#token={VIEWER_TOKEN}", api.base);
-        let headless = |extra: &[&str]| {
+        let artifacts = std::env::var("CAIRN_ARTIFACTS").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/test-artifacts").into()
+        });
+        let _ = std::fs::create_dir_all(&artifacts);
+        let headless = |size: &str, extra: &[&str]| {
             Command::new(&chromium)
                 .args([
                     "--headless",
                     "--no-sandbox",
                     "--disable-gpu",
+                    "--hide-scrollbars",
                     "--virtual-time-budget=5000",
-                    "--window-size=900,1000",
                 ])
+                .arg(format!("--window-size={size}"))
                 .args(extra)
                 .arg(&url)
                 .output()
                 .expect("chromium runs")
         };
-        let dom = String::from_utf8_lossy(&headless(&["--dump-dom"]).stdout).into_owned();
-        // Accuracy and evaluation loss; no training loss is reported under differential privacy.
-        assert_eq!(
-            dom.matches("class=\"series\"").count(),
-            2,
-            "chart series missing:\n{dom}"
-        );
-        let spent = format!("<b>{epsilon:.3} of 10000</b>");
-        assert!(dom.contains(&spent), "{spent} missing:\n{dom}");
-        for id in IDS {
+        // A desktop's window and a phone's: the same page, its charts drawn to each width.
+        // Headless Chromium lays a page out at least 500 pixels wide and narrows it to the
+        // window's size for a screenshot only, so the phone's DOM is that of a 500-pixel window
+        // and its screenshot is 390 pixels wide (the page draws its charts again on the resize).
+        let mut chart_widths = Vec::new();
+        for (name, size) in [("desktop", "1440,900"), ("phone", "390,844")] {
+            let run = headless(size, &["--dump-dom", "--enable-logging=stderr", "--v=0"]);
+            let dom = String::from_utf8_lossy(&run.stdout).into_owned();
+            // Chromium logs every refusal of the page's Content-Security-Policy (its script or
+            // style not allowed, a Trusted Types sink) and every uncaught error: a policy that
+            // blocks the page's own script fails here, not only by what is missing below.
+            let log = String::from_utf8_lossy(&run.stderr);
+            let refused: Vec<&str> = log
+                .lines()
+                .filter(|line| {
+                    [
+                        "Content Security Policy",
+                        "Refused to",
+                        "Trusted Type",
+                        "TrustedHTML",
+                        "Uncaught",
+                    ]
+                    .iter()
+                    .any(|what| line.contains(what))
+                })
+                .collect();
+            assert!(refused.is_empty(), "{name}: {refused:#?}");
+            check_dashboard(&dom, rounds, epsilon, name);
+            chart_widths.push(view_box_width(&dom, "metrics-chart"));
+            let screenshot = std::path::Path::new(&artifacts).join(format!("dashboard-{name}.png"));
+            let shot = format!("--screenshot={}", screenshot.display());
+            let taken = headless(size, &[&shot]);
             assert!(
-                dom.contains(&format!("<td>{id}</td>")),
-                "{id} missing from the table:\n{dom}"
+                taken.status.success() && screenshot.exists(),
+                "{name} screenshot: {}",
+                String::from_utf8_lossy(&taken.stderr)
             );
         }
-        assert!(dom.contains("2 / 2"), "round count missing:\n{dom}");
-        let artifacts = std::env::var("CAIRN_ARTIFACTS").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/test-artifacts").into()
-        });
-        let _ = std::fs::create_dir_all(&artifacts);
-        let screenshot = std::path::Path::new(&artifacts).join("dashboard.png");
-        let shot = format!("--screenshot={}", screenshot.display());
-        let _ = headless(&[&shot]);
+        // Charts follow their container: wide on the desktop, within the narrow window.
+        assert!(
+            chart_widths[0] > 600 && chart_widths[1] < 500,
+            "chart widths (desktop, phone): {chart_widths:?}"
+        );
     }
+}
+
+/// What the dashboard shows of the finished job, in Chromium's DOM (`name`: the window): the
+/// rounds by number on every chart's x axis, each round's phases, dropouts by phase and bytes as
+/// recorded, the privacy budget spent, every participant's health, and times for people to read.
+fn check_dashboard(dom: &str, rounds: &[RoundRecord], epsilon: f64, name: &str) {
+    let context = format!("{name} window:\n{dom}");
+    // Accuracy and evaluation loss; no training loss is reported under differential privacy.
+    assert_eq!(
+        dom.matches("data-series=").count(),
+        2,
+        "chart series missing, {context}"
+    );
+    assert!(
+        dom.contains("<b>2 / 2</b>"),
+        "round count missing, {context}"
+    );
+    let privacy = element(dom, "card-privacy");
+    let spent = format!("<b>{epsilon:.3}</b>");
+    assert!(
+        privacy.contains(&spent) && privacy.contains("of 10000"),
+        "{spent} of 10000 missing, {context}"
+    );
+    assert!(
+        dom.contains("class=\"badge finished\""),
+        "job state missing, {context}"
+    );
+    let numbers: Vec<String> = rounds.iter().map(|r| r.outcome.round.to_string()).collect();
+    for chart in [
+        "metrics-chart",
+        "duration-chart",
+        "dropout-chart",
+        "bytes-chart",
+    ] {
+        let svg = element(dom, chart);
+        let labels: Vec<&str> = svg
+            .split("class=\"tick x-tick\"")
+            .skip(1)
+            .filter_map(|rest| rest.split_once('>')?.1.split('<').next())
+            .collect();
+        assert_eq!(labels, numbers, "{chart}'s x axis, {context}");
+    }
+    let durations = element(dom, "duration-chart");
+    let dropouts = element(dom, "dropout-chart");
+    let traffic = element(dom, "bytes-chart");
+    let mut dropout_bars = 0;
+    for record in rounds {
+        let round = record.outcome.round;
+        // One bar per round, a segment per phase it went through.
+        let bar = durations
+            .split_once(&format!("data-round=\"{round}\""))
+            .and_then(|(_, rest)| rest.split("</g>").next())
+            .unwrap_or_else(|| panic!("round {round}'s duration bar missing, {context}"));
+        for timing in &record.phase_durations {
+            let phase = format!("data-phase=\"{}\"", timing.phase.name());
+            assert!(
+                bar.contains(&phase),
+                "round {round}: {phase} missing, {context}"
+            );
+        }
+        for phase in Phase::ALL {
+            let count = record
+                .outcome
+                .dropouts
+                .iter()
+                .filter(|d| d.phase == phase)
+                .count();
+            if count > 0 {
+                dropout_bars += 1;
+                let segment = format!("data-phase=\"{}\" data-count=\"{count}\"", phase.name());
+                assert!(
+                    dropouts.contains(&segment),
+                    "round {round}: {segment} missing, {context}"
+                );
+            }
+        }
+        for value in [record.bytes_in, record.bytes_out] {
+            let bar = format!("data-bytes=\"{value}\"");
+            assert!(
+                traffic.contains(&bar),
+                "round {round}: {bar} missing, {context}"
+            );
+        }
+    }
+    // Delta dropped out of round 2 in its first phase.
+    assert!(dropout_bars >= 1, "no dropout recorded");
+    assert_eq!(
+        dropouts.matches("class=\"bar dropout").count(),
+        dropout_bars,
+        "dropout segments, {context}"
+    );
+    let participants = element(dom, "participants");
+    for id in IDS {
+        let row = participants
+            .split_once(&format!("data-participant=\"{id}\""))
+            .and_then(|(_, rest)| rest.split("</tr>").next())
+            .unwrap_or_else(|| panic!("{id} missing from the table, {context}"));
+        assert!(
+            row.contains(&format!(">{id}</span>")),
+            "{id}'s id, {context}"
+        );
+        // Every participant connected at some time; the job is over, so its session may be too.
+        assert!(
+            row.contains(">connected</td>") || row.contains(">disconnected</td>"),
+            "{id}'s health, {context}"
+        );
+        // Last seen as a relative time, with the local time as its title.
+        let seen = row
+            .split_once("class=\"ago\"")
+            .and_then(|(_, rest)| rest.split_once('>'))
+            .and_then(|(_, rest)| rest.split('<').next())
+            .unwrap_or_else(|| panic!("{id}'s last seen missing, {context}"));
+        assert!(
+            seen.ends_with(" ago") || seen == "just now",
+            "{id} last seen {seen:?}"
+        );
+        let last_round = if id == "delta" {
+            ">dropped in advertise_keys</td>"
+        } else {
+            ">contributed</td>"
+        };
+        assert!(row.contains(last_round), "{id}: {last_round}, {context}");
+    }
+    // Times as people read them: no RFC 3339 with its nanoseconds anywhere.
+    if let Some(raw) = raw_timestamp(dom) {
+        panic!("raw timestamp {raw:?}, {context}");
+    }
+}
+
+/// The element of `dom` with `id`, from its id to its closing tag (the elements asked for hold
+/// no element of the same name).
+fn element<'a>(dom: &'a str, id: &str) -> &'a str {
+    let (_, rest) = dom
+        .split_once(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in\n{dom}"));
+    let close = if id.ends_with("chart") {
+        "</svg>"
+    } else if id.starts_with("card") {
+        "</div>"
+    } else {
+        "</table>"
+    };
+    rest.split(close).next().unwrap_or_default()
+}
+
+/// The width of the `viewBox` of the element with `id`.
+fn view_box_width(dom: &str, id: &str) -> u32 {
+    let svg = element(dom, id);
+    svg.split_once("viewBox=\"0 0 ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|width| width.parse().ok())
+        .unwrap_or_else(|| panic!("#{id} has no viewBox: {svg}"))
+}
+
+/// The first time in `text` that is written as the API writes it: `HH:MM:SS` followed by six or
+/// more fractional digits, or a date with RFC 3339's `T`.
+fn raw_timestamp(text: &str) -> Option<&str> {
+    static RAW: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\d{2}:\d{2}:\d{2}\.\d{6}|\d{4}-\d{2}-\d{2}T\d{2}").expect("pattern")
+    });
+    RAW.find(text).map(|found| found.as_str())
 }
 
 /// A real Prometheus scrapes `/metrics` with the state directory's viewer token file as its

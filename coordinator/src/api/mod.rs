@@ -3,7 +3,9 @@
 //! live stream of changes (server-sent events), Prometheus metrics (`/metrics`), the current global
 //! model, the OpenAPI document, health checks and the dashboard page. Everything except the health
 //! checks and the dashboard's static page needs a bearer token; the model needs an admin's. The
-//! API shows aggregates only: no individual update exists in the coordinator to show.
+//! API shows aggregates only: no individual update exists in the coordinator to show. Every
+//! response carries security headers; the dashboard's a strict Content-Security-Policy made from
+//! the hashes of its own inline script and style.
 
 #[cfg(feature = "api-client")]
 pub mod client;
@@ -27,7 +29,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path as FsPath;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use tokio_stream::wrappers::BroadcastStream;
 use utoipa::{OpenApi, ToSchema};
 
@@ -545,10 +547,102 @@ async fn openapi_document() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
-/// The dashboard's page: static HTML and script with no data in it; the script asks for a token
-/// and reads everything through the authenticated API.
-async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("dashboard.html"))
+/// The dashboard's page: static HTML, style and script with no data in it; the script asks for a
+/// token and reads everything through the authenticated API.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The dashboard's Content-Security-Policy, made once from the page itself.
+static DASHBOARD_POLICY: LazyLock<HeaderValue> = LazyLock::new(|| {
+    // The policy holds keywords and base64 hashes only, always a valid header value; were it not,
+    // the page would be refused everything rather than allowed anything.
+    HeaderValue::from_str(&dashboard_policy(DASHBOARD))
+        .unwrap_or_else(|_| HeaderValue::from_static(RESTRICTIVE_POLICY))
+});
+
+/// The policy of every response but the dashboard's: nothing may load or run, nobody may frame it.
+const RESTRICTIVE_POLICY: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// The strict Content-Security-Policy of a page whose script and style are inline: exactly the
+/// page's own `<script>` and `<style>` blocks may run, by their SHA-256 hashes (CSP Level 3,
+/// "hash-source"; computed here from the page, so an edit of the page cannot leave the policy
+/// behind), no other script, no `eval`, no style attribute; the script may only call this origin
+/// (the API); DOM sinks that parse markup need Trusted Types, which the page does not use; the
+/// page cannot be framed, change its base URL or post a form.
+fn dashboard_policy(page: &str) -> String {
+    let hashes = |tag: &str| {
+        let sources: Vec<String> = inline_blocks(page, tag)
+            .into_iter()
+            .map(|block| {
+                let digest = ring::digest::digest(&ring::digest::SHA256, block.as_bytes());
+                format!("'sha256-{}'", base64(digest.as_ref()))
+            })
+            .collect();
+        if sources.is_empty() {
+            "'none'".to_string()
+        } else {
+            sources.join(" ")
+        }
+    };
+    format!(
+        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src data:; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'; \
+         require-trusted-types-for 'script'",
+        hashes("script"),
+        hashes("style")
+    )
+}
+
+/// The contents of every `<tag>...</tag>` block of `page`, exactly as a browser hashes them. Only
+/// bare opening tags count: the page gives its inline blocks no attributes.
+fn inline_blocks<'a>(page: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut blocks = Vec::new();
+    let mut rest = page;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else {
+            break;
+        };
+        blocks.push(&after[..end]);
+        rest = &after[end + close.len()..];
+    }
+    blocks
+}
+
+/// Standard base64 with padding (RFC 4648, section 4), the encoding of a CSP hash-source.
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The dashboard's page with its policy.
+async fn dashboard() -> Response {
+    (
+        [(header::CONTENT_SECURITY_POLICY, DASHBOARD_POLICY.clone())],
+        Html(DASHBOARD),
+    )
+        .into_response()
+}
+
+/// Headers every response carries: the body is what its type says (no sniffing), no page may
+/// frame it (clickjacking), and the dashboard's requests and links name no `Referer`. A response
+/// without its own policy gets one that lets nothing load or run, so that a JSON body opened in a
+/// browser stays inert.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(RESTRICTIVE_POLICY));
+    response
 }
 
 struct BearerScheme;
@@ -610,6 +704,7 @@ fn router(app: AppState) -> Router {
                 format!("method {method} is not allowed; every endpoint takes GET"),
             )
         })
+        .layer(middleware::map_response(security_headers))
         .with_state(app)
 }
 
