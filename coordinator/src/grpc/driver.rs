@@ -76,6 +76,8 @@ struct Driver {
     ignored: HashMap<ParticipantId, u32>,
     /// The secure evaluation running, if one is.
     secure_evaluation: Option<SecureEvaluation>,
+    /// When the current phase started (its deadline was set), which a grace is measured from.
+    phase_started: Instant,
 }
 
 /// A secure evaluation: operators see it as the `evaluate` phase of the attempt that trained
@@ -213,6 +215,7 @@ impl Driver {
             clock: None,
             ignored: HashMap::new(),
             secure_evaluation: None,
+            phase_started: Instant::now(),
         })))
     }
 
@@ -292,6 +295,11 @@ impl Driver {
                 phase,
                 after,
             } => self.start_deadline(round, attempt, phase, after),
+            Command::StartGrace {
+                round,
+                attempt,
+                phase,
+            } => self.start_grace(round, attempt, phase),
             Command::Commit {
                 outcome,
                 model,
@@ -390,7 +398,7 @@ impl Driver {
     }
 
     /// Starts a phase's deadline: its expiry arrives at the machine as an event.
-    fn start_deadline(&self, round: u64, attempt: u32, phase: Phase, after: Duration) {
+    fn start_deadline(&mut self, round: u64, attempt: u32, phase: Phase, after: Duration) {
         match self.secure_evaluation {
             Some(running) if (running.round, running.attempt) == (round, attempt) => {
                 if phase == Phase::AdvertiseKeys {
@@ -401,14 +409,31 @@ impl Driver {
             }
             _ => self.shared.monitor.phase_started(round, attempt, phase),
         }
+        self.phase_started = Instant::now();
+        let expired = Event::DeadlineExpired {
+            round,
+            attempt,
+            phase,
+        };
+        self.feed_back_after(after, expired);
+    }
+
+    /// Feeds back the end of a phase's grace after as long again as the phase has run.
+    fn start_grace(&self, round: u64, attempt: u32, phase: Phase) {
+        let expired = Event::GraceExpired {
+            round,
+            attempt,
+            phase,
+        };
+        self.feed_back_after(self.phase_started.elapsed(), expired);
+    }
+
+    /// Hands `event` to the round machine after `after`.
+    fn feed_back_after(&self, after: Duration, event: Event) {
         let events = self.shared.events.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            events.send(Event::DeadlineExpired {
-                round,
-                attempt,
-                phase,
-            });
+            events.send(event);
         });
     }
 

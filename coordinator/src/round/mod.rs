@@ -201,6 +201,15 @@ pub enum Event {
         /// Phase the deadline was for.
         phase: Phase,
     },
+    /// The grace the machine gave a phase's unproven participants has passed.
+    GraceExpired {
+        /// Round the grace was for.
+        round: u64,
+        /// Attempt of that round.
+        attempt: u32,
+        /// Phase the grace was for.
+        phase: Phase,
+    },
     /// The job is to end now (its resource was deleted, or this coordinator lost leadership):
     /// the running round is abandoned, committed rounds stay.
     Stop {
@@ -221,7 +230,8 @@ impl Event {
             Event::Connected { .. }
             | Event::Disconnected { .. }
             | Event::Stop { .. }
-            | Event::DeadlineExpired { .. } => None,
+            | Event::DeadlineExpired { .. }
+            | Event::GraceExpired { .. } => None,
         }
     }
 }
@@ -381,6 +391,16 @@ pub enum Command {
         /// Delay.
         after: Duration,
     },
+    /// Feed back [`Event::GraceExpired`] with these values after as long again as the phase
+    /// has run so far: the time left to its [unproven](RoundMachine::unproven) participants.
+    StartGrace {
+        /// Round.
+        round: u64,
+        /// Attempt.
+        attempt: u32,
+        /// Phase.
+        phase: Phase,
+    },
     /// Persist the round and its model; the machine moves on without waiting.
     Commit {
         /// The round's record.
@@ -479,12 +499,14 @@ pub struct RoundMachine {
     pending_state: Option<Vec<f32>>,
     global: Arc<Vec<f32>>,
     connected: BTreeSet<ParticipantId>,
-    /// Participants not waited for: each missed a phase's deadline and has sent nothing since.
-    /// They are still selected and sent work, and what they send is taken while its phase is
-    /// open, but a phase in which only they are left to answer, and enough others did, closes
-    /// at once instead of at its deadline. Anything they send (even too late to count) puts
-    /// them back among those waited for, so an honest site that was slow once is not left out.
+    /// Participants not waited for to the deadline: each missed a phase's deadline and has sent
+    /// nothing since. They are still selected and sent work, and what they send is taken while
+    /// its phase is open, but once only they are left to answer in a phase, and enough others
+    /// did, they get as long again as the phase has taken (the grace), not the whole deadline.
+    /// Anything they send (even too late to count) puts them back among those waited for.
     unproven: BTreeSet<ParticipantId>,
+    /// The phase whose unproven participants were given their grace, once per phase.
+    grace: Option<(u64, u32, Phase)>,
     /// Round being run (1-based); rounds before it are committed.
     round: u64,
     attempt: u32,
@@ -506,6 +528,7 @@ impl RoundMachine {
             global: Arc::new(global),
             connected: BTreeSet::new(),
             unproven: BTreeSet::new(),
+            grace: None,
             round: first_round,
             attempt: 1,
             state: State::AwaitingParticipants,
@@ -634,6 +657,15 @@ impl RoundMachine {
                         succeeded: false,
                         reason,
                     });
+                }
+            }
+            Event::GraceExpired {
+                round,
+                attempt,
+                phase,
+            } => {
+                if (round, attempt) == (self.round, self.attempt) && self.phase() == Some(phase) {
+                    self.stop_waiting_for_the_unproven();
                 }
             }
             Event::DeadlineExpired {
@@ -936,10 +968,11 @@ impl RoundMachine {
         }
     }
 
-    /// Ends the wait for the participants left in the current phase when every one of them is
+    /// The participants left in the current phase, when every one of them is
     /// [unproven](RoundMachine::unproven) and enough others answered for the round to go on
-    /// (`min_participants`; one evaluation): they are dropped from the phase as at its deadline.
-    fn stop_waiting_for_the_unproven(&mut self) {
+    /// (`min_participants`; one evaluation), with the phase; `None` while the phase waits for
+    /// anyone else.
+    fn only_unproven_left(&mut self) -> Option<(&mut BTreeSet<ParticipantId>, Phase)> {
         let min = self.settings.min_participants;
         let (pending, answered, enough, phase) = match &mut self.state {
             State::AwaitingUpdates(t) => (&mut t.pending, t.contributors.len(), min, Phase::Train),
@@ -954,17 +987,40 @@ impl RoundMachine {
             State::AwaitingEvaluations(e) => {
                 (&mut e.pending, e.sum.n_reports(), 1, Phase::Evaluate)
             }
-            State::AwaitingParticipants | State::Finished => return,
+            State::AwaitingParticipants | State::Finished => return None,
         };
-        if pending.is_empty() || answered < enough || !pending.is_subset(&self.unproven) {
+        let waiting = !pending.is_empty() && answered >= enough;
+        (waiting && pending.is_subset(&self.unproven)).then_some((pending, phase))
+    }
+
+    /// Gives the unproven participants left in the current phase their grace, once per phase.
+    fn start_grace(&mut self, commands: &mut Vec<Command>) {
+        let (round, attempt) = (self.round, self.attempt);
+        let Some((_, phase)) = self.only_unproven_left() else {
             return;
+        };
+        if self.grace != Some((round, attempt, phase)) {
+            self.grace = Some((round, attempt, phase));
+            commands.push(Command::StartGrace {
+                round,
+                attempt,
+                phase,
+            });
         }
+    }
+
+    /// At the end of their grace, drops the unproven participants still left in the phase, as
+    /// at its deadline.
+    fn stop_waiting_for_the_unproven(&mut self) {
+        let Some((pending, phase)) = self.only_unproven_left() else {
+            return;
+        };
         let left = std::mem::take(pending);
         if let State::AwaitingUpdates(t) = &mut self.state {
             t.away.clear();
         }
         for id in left {
-            let reason = "not waited for: it missed an earlier deadline and has sent nothing since"
+            let reason = "not waited for past its grace: it missed an earlier deadline and has sent nothing since"
                 .to_string();
             self.record_dropout(id, phase, reason);
         }
@@ -973,7 +1029,7 @@ impl RoundMachine {
     /// Moves to the next state as long as the current one is complete.
     fn advance(&mut self, commands: &mut Vec<Command>) {
         loop {
-            self.stop_waiting_for_the_unproven();
+            self.start_grace(commands);
             let progressed = match &self.state {
                 State::Finished => false,
                 State::AwaitingParticipants => self.try_start_round(commands),
