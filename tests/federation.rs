@@ -13,9 +13,18 @@ use cairn_tests::{Federation, digits_job};
 /// Runs `job` with `ids` on their shares of the digits; every participant must finish.
 async fn run(federation: &Federation, ids: &[&str], job: JobSpec) -> JobReport {
     let coordinator = federation.start(job).await;
+    let address = coordinator.local_addr();
     let clients = federation.clients(&coordinator, ids);
     let results = run_many(clients).await;
     let report = cairn_tests::finish(coordinator).await.expect("job report");
+    // The federation port is free once the job ended: the next job (under `--kubernetes`, the
+    // next FederatedJob) listens on it.
+    let released = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while std::net::TcpListener::bind(address).is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    released.await.expect("the federation port is released");
     for result in &results {
         let summary = result.as_ref().expect("participant finished");
         assert_eq!(summary.rounds_trained, report.rounds.len() as u64);

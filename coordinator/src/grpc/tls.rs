@@ -78,7 +78,13 @@ pub(super) fn incoming(
     let refusals = Arc::new(Refusals::new("connection"));
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            // When the server stops it drops its end: the listener goes with this task, so the
+            // port is free for the next job at once.
+            let accepted_or_closed = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = accepted.closed() => return,
+            };
+            let (tcp, peer) = match accepted_or_closed {
                 Ok(connection) => connection,
                 // Out of file descriptors, say: the next accept may work; a pause spares the log.
                 Err(error) => {
@@ -87,9 +93,6 @@ pub(super) fn incoming(
                     continue;
                 }
             };
-            if accepted.is_closed() {
-                return;
-            }
             let _ = tcp.set_nodelay(true);
             let (acceptor, accepted) = (acceptor.clone(), accepted.clone());
             let (refusals, monitor) = (refusals.clone(), monitor.clone());
