@@ -693,7 +693,7 @@ impl RoundMachine {
                                 "disconnected ({why}) and did not resume within the {seconds} s deadline"
                             ),
                             None => format!(
-                                "missed the {seconds} s deadline (not waited for again until it answers)"
+                                "missed the {seconds} s deadline (until it answers, later phases wait for it only briefly)"
                             ),
                         };
                         self.unproven.insert(id.clone());

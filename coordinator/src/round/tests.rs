@@ -237,7 +237,7 @@ fn a_participant_that_missed_a_deadline_gets_only_a_grace_until_it_sends_somethi
     assert!(
         outcome.dropouts[0]
             .reason
-            .contains("not waited for again until it answers"),
+            .contains("until it answers, later phases wait for it only briefly"),
         "{:?}",
         outcome.dropouts
     );
