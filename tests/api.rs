@@ -123,6 +123,7 @@ async fn the_api_reports_what_the_federation_did() {
     let waiting: JobView = api.json("/api/v1/job").await;
     assert_eq!(waiting.state, JobState::Waiting);
     assert_eq!(waiting.current_round, Some(1));
+    assert_eq!(waiting.chain_head_sha256, "", "no round, no chain yet");
 
     // Subscribed before anything happens: every change from here on is delivered.
     let live = ApiClient::new(&api.base, VIEWER_TOKEN)
@@ -203,6 +204,11 @@ async fn the_api_reports_what_the_federation_did() {
     assert_eq!(job_view.spec, job);
     assert!(job_view.finished_at.is_some());
     assert_eq!(api.get("/readyz", None).await.status(), 503);
+    // The chain head is the one the audit of the state directory finds.
+    let audit = cairn_coordinator::store::audit::audit(&federation.dir.path().join("state"))
+        .expect("the state directory audits clean");
+    assert_eq!(job_view.chain_head_sha256, audit.chain_head_sha256);
+    assert_eq!(audit.chain_head_sha256.len(), 64);
 
     // The rounds, as recorded, with delta dropped in round 2's first phase.
     let page: RoundPage = api.json("/api/v1/rounds").await;

@@ -52,6 +52,10 @@ pub struct JobView {
     pub finished_at: Option<String>,
     /// Why the job ended.
     pub finish_reason: Option<String>,
+    /// SHA-256 (hex) of the last committed round's record in `rounds.jsonl`: the head of the
+    /// state directory's hash chain, which `cairn-coordinator audit` prints too (empty before
+    /// round 1).
+    pub chain_head_sha256: String,
 }
 
 /// A participant as the API shows it.
@@ -237,6 +241,7 @@ impl Monitor {
                 started_at: started_at.unwrap_or_else(now_rfc3339),
                 finished_at: None,
                 finish_reason: None,
+                chain_head_sha256: String::new(),
                 spec: job,
             },
             participants,
@@ -399,6 +404,11 @@ impl Monitor {
             self.close_phase(s);
             std::mem::take(&mut s.phases)
         })
+    }
+
+    /// The head of the round records' hash chain is now `sha256` (hex).
+    pub fn set_chain_head(&self, sha256: String) {
+        self.with(|s| s.job.chain_head_sha256 = sha256);
     }
 
     /// A round was committed with `model` as the new global model.

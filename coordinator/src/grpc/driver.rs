@@ -507,6 +507,9 @@ impl Driver {
             .store
             .commit(&record, &shared.layout, &model, optimizer)?;
         log_round(&record, shared.job.rounds);
+        shared
+            .monitor
+            .set_chain_head(self.store.chain_head_sha256());
         shared.monitor.round_committed(&record, model);
         self.rounds.push(record);
         Ok(())

@@ -227,6 +227,7 @@ impl Coordinator {
             resume.rounds.clone(),
             resume.started_at.clone(),
         ));
+        monitor.set_chain_head(store.chain_head_sha256());
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api_addr = match &options.api {
             None => None,

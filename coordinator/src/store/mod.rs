@@ -327,6 +327,13 @@ impl Store {
             .join(format!("round-{round:06}.optimizer.safetensors"))
     }
 
+    /// SHA-256 (hex) of the last committed record's line: the head of the chain (empty before
+    /// round 1).
+    pub fn chain_head_sha256(&self) -> String {
+        let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        head.record_sha256.clone()
+    }
+
     /// Path of the final model.
     pub fn final_model_path(&self) -> PathBuf {
         self.dir.join("model.safetensors")
