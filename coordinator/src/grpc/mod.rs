@@ -264,9 +264,12 @@ impl Coordinator {
         });
         let tls = tls::server_config(&options.tls)?;
         let (listener, local_addr) = crate::bind(options.listen, "the gRPC server").await?;
+        // Sessions refused at the door (revoked) or by the service (not in the job) share one
+        // rate-limited log.
+        let refused_sessions = Arc::new(tls::Refusals::new("session"));
         let service = FederationServer::new(session::FederationService {
             shared: shared.clone(),
-            refusals: tls::Refusals::new("session"),
+            refusals: refused_sessions.clone(),
         })
         .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
@@ -274,6 +277,7 @@ impl Coordinator {
             service,
             revocation::RevocationCheck {
                 list: options.tls.revocations.clone(),
+                refusals: refused_sessions,
             },
         );
         let router = Server::builder()

@@ -1,8 +1,9 @@
 //! Revocation at the door: with a revocation list (`serve --crl`), a session whose client
 //! certificate the federation CA revoked is refused before it starts, with `UNAUTHENTICATED`
-//! and a message saying the certificate is revoked. tonic's TLS configuration takes no
-//! revocation list, so the check runs on the verified peer certificate right after the
-//! handshake; the list itself was verified against the CA when it was loaded.
+//! and a message saying the certificate is revoked and how to get a new one. The check runs on
+//! the verified peer certificate right after the handshake rather than in it (`grpc/tls`), where
+//! the participant would only read a TLS alert without the remedy; the list itself was verified
+//! against the CA when it was loaded.
 
 use cairn_identity::RevocationList;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use tonic::{Request, Status};
 pub(super) struct RevocationCheck {
     /// The federation CA's list; `None`: nothing is revoked.
     pub(super) list: Option<Arc<RevocationList>>,
+    /// Where refused sessions are logged.
+    pub(super) refusals: Arc<super::tls::Refusals>,
 }
 
 impl tonic::service::Interceptor for RevocationCheck {
@@ -30,7 +33,7 @@ impl tonic::service::Interceptor for RevocationCheck {
         match list.check(&leaf) {
             Err(revoked @ cairn_identity::Error::Revoked { .. }) => {
                 match request.remote_addr() {
-                    Some(peer) => tracing::warn!(%peer, "refused a session from {peer}: {revoked}"),
+                    Some(peer) => self.refusals.warn(peer, &revoked.to_string()),
                     None => tracing::warn!("refused a session: {revoked}"),
                 }
                 Err(Status::unauthenticated(format!(

@@ -86,7 +86,7 @@ enum Ended {
 pub(super) struct FederationService {
     pub(super) shared: Arc<Shared>,
     /// Sessions refused before their stream starts, logged by peer address.
-    pub(super) refusals: super::tls::Refusals,
+    pub(super) refusals: Arc<super::tls::Refusals>,
 }
 
 #[tonic::async_trait]

@@ -161,6 +161,12 @@ impl Refusals {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if peers.len() >= REMEMBERED_PEERS {
             peers.retain(|_, (logged, _)| now.duration_since(*logged) < WARN_EVERY);
+            // More addresses refused within a minute than are remembered (a scan, a flood):
+            // the others are only counted in the metric, so that the log and this map stay
+            // bounded.
+            if peers.len() >= REMEMBERED_PEERS && !peers.contains_key(&peer.ip()) {
+                return;
+            }
         }
         match peers.get_mut(&peer.ip()) {
             Some((logged, quiet)) if now.duration_since(*logged) < WARN_EVERY => *quiet += 1,
@@ -197,5 +203,15 @@ mod tests {
             0,
             "another address is logged on its own"
         );
+    }
+
+    #[test]
+    fn a_flood_from_many_addresses_keeps_the_memory_of_them_bounded() {
+        let refusals = Refusals::new("connection");
+        for n in 0..(REMEMBERED_PEERS as u32 + 100) {
+            let peer = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + n), 50000));
+            refusals.warn(peer, "no certificate");
+        }
+        assert_eq!(refusals.peers.lock().expect("lock").len(), REMEMBERED_PEERS);
     }
 }

@@ -96,6 +96,13 @@ fn selected(commands: &[Command]) -> Vec<ParticipantId> {
         .expect("a SendTrain command")
 }
 
+/// Whether `commands` send the new model out for evaluation: training is over.
+fn asks_to_evaluate(commands: &[Command]) -> bool {
+    commands
+        .iter()
+        .any(|c| matches!(c, Command::SendEvaluate { .. }))
+}
+
 fn committed(commands: &[Command]) -> Option<(RoundOutcome, Vec<f32>)> {
     commands.iter().find_map(|c| match c {
         Command::Commit { outcome, model, .. } => Some((outcome.clone(), model.as_ref().clone())),
@@ -186,12 +193,7 @@ fn a_participant_missing_the_deadline_is_dropped_and_the_round_completes() {
         attempt: 1,
         phase: Phase::Train,
     });
-    assert!(
-        commands
-            .iter()
-            .any(|c| matches!(c, Command::SendEvaluate { .. })),
-        "{commands:?}"
-    );
+    assert!(asks_to_evaluate(&commands), "{commands:?}");
     // c is still connected, so it is asked to evaluate; it misses that deadline too.
     let commands = m.handle(Event::DeadlineExpired {
         round: 2,
@@ -258,9 +260,7 @@ fn a_participant_that_missed_a_deadline_gets_only_a_grace_until_it_sends_somethi
         phase: Phase::Train,
     });
     assert!(
-        commands
-            .iter()
-            .any(|c| matches!(c, Command::SendEvaluate { .. })),
+        asks_to_evaluate(&commands),
         "training waited for c past its grace: {commands:?}"
     );
     m.handle(evaluation("a", 2, 0.5));
@@ -289,12 +289,7 @@ fn a_participant_that_missed_a_deadline_gets_only_a_grace_until_it_sends_somethi
         "training did not wait for c: {commands:?}"
     );
     let commands = feed(&mut m, update("c", 3, [1.0, 1.0], 1));
-    assert!(
-        commands
-            .iter()
-            .any(|c| matches!(c, Command::SendEvaluate { .. })),
-        "{commands:?}"
-    );
+    assert!(asks_to_evaluate(&commands), "{commands:?}");
 }
 
 #[test]
@@ -1321,10 +1316,7 @@ mod secure {
             "{commands:?}"
         );
         assert!(
-            committed(&commands).is_none()
-                && !commands
-                    .iter()
-                    .any(|c| matches!(c, Command::SendEvaluate { .. })),
+            committed(&commands).is_none() && !asks_to_evaluate(&commands),
             "{commands:?}"
         );
     }

@@ -10,8 +10,7 @@
 //! new, consistent history. The participants' countersignatures are what would bind the host.
 
 use super::{
-    PROVENANCE_FILE, Provenance, RoundRecord, StateHeader, Store, file_sha256, job_sha256,
-    sha256_hex,
+    PROVENANCE_FILE, Provenance, RoundRecord, Store, file_sha256, parse_header, sha256_hex,
 };
 use crate::Error;
 use std::path::Path;
@@ -73,19 +72,9 @@ pub fn audit(dir: &Path) -> Result<Audit, Error> {
         what: format!("reading {}", header_path.display()),
         source,
     })?;
-    let header: StateHeader =
-        serde_json::from_slice(&bytes).map_err(|source| Error::StateCorrupt {
-            dir: dir.to_path_buf(),
-            file: "state.json".into(),
-            source,
-        })?;
-    let job_digest = job_sha256(&header.job)?;
-    let store = Store {
-        dir: dir.to_path_buf(),
-        keep_checkpoints: usize::MAX,
-        job_sha256: job_digest.clone(),
-        head: Default::default(),
-    };
+    let header = parse_header(dir, &bytes)?;
+    let store = Store::of(dir, &header.job, usize::MAX)?;
+    let job_digest = store.job_sha256.clone();
     let lines = store.read_lines()?;
     let initial_model = present(&header.job.model.initial)?;
     let mut previous_record = String::new();

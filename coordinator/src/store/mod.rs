@@ -156,6 +156,8 @@ pub struct OptimizerState<'a> {
 pub struct Store {
     dir: PathBuf,
     keep_checkpoints: usize,
+    /// The job's name.
+    job: String,
     /// SHA-256 (hex) of the job definition.
     job_sha256: String,
     head: Mutex<ChainHead>,
@@ -180,12 +182,7 @@ impl Store {
             what: format!("creating state dir {}", dir.display()),
             source,
         })?;
-        let mut store = Store {
-            dir: dir.to_path_buf(),
-            keep_checkpoints,
-            job_sha256: job_sha256(job)?,
-            head: Mutex::default(),
-        };
+        let mut store = Store::of(dir, job, keep_checkpoints)?;
         let header_path = dir.join("state.json");
         let started_at = match std::fs::read(&header_path) {
             Ok(bytes) => store.check_header(&bytes, job)?,
@@ -271,23 +268,20 @@ impl Store {
         ))
     }
 
+    /// The store of `job` in `dir`, before its chain's head is known.
+    fn of(dir: &Path, job: &JobSpec, keep_checkpoints: usize) -> Result<Store, Error> {
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            keep_checkpoints,
+            job: job.name.clone(),
+            job_sha256: job_sha256(job)?,
+            head: Mutex::default(),
+        })
+    }
+
     /// Checks `state.json` against `job` and returns when the job first started, if recorded.
     fn check_header(&self, bytes: &[u8], job: &JobSpec) -> Result<Option<String>, Error> {
-        let corrupt = |source| Error::StateCorrupt {
-            dir: self.dir.clone(),
-            file: "state.json".into(),
-            source,
-        };
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(corrupt)?;
-        let version = value.get("schema_version").and_then(|v| v.as_u64());
-        if version != Some(u64::from(SCHEMA_VERSION)) {
-            return Err(Error::StateSchema {
-                dir: self.dir.clone(),
-                found: version,
-                expected: SCHEMA_VERSION,
-            });
-        }
-        let header: StateHeader = serde_json::from_value(value).map_err(corrupt)?;
+        let header = parse_header(&self.dir, bytes)?;
         if header.job.name != job.name {
             return Err(Error::StateOfOtherJob {
                 dir: self.dir.clone(),
@@ -345,7 +339,7 @@ impl Store {
         let model_sha256 = hex(save_safetensors(&path, layout, model)?.as_ref());
         let head = self.head.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let provenance = Provenance {
-            job: self.job_name()?,
+            job: self.job.clone(),
             job_sha256: self.job_sha256.clone(),
             rounds: head.rounds,
             chain_head_sha256: head.record_sha256,
@@ -358,22 +352,6 @@ impl Store {
                 source,
             })?;
         write_atomically(&self.dir.join(PROVENANCE_FILE), &bytes)
-    }
-
-    /// The job's name, from `state.json`.
-    fn job_name(&self) -> Result<String, Error> {
-        let path = self.dir.join("state.json");
-        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
-            what: format!("reading {}", path.display()),
-            source,
-        })?;
-        let header: StateHeader =
-            serde_json::from_slice(&bytes).map_err(|source| Error::StateCorrupt {
-                dir: self.dir.clone(),
-                file: "state.json".into(),
-                source,
-            })?;
-        Ok(header.job.name)
     }
 
     /// Makes a round durable: its checkpoint first, then its record (which carries the
@@ -534,7 +512,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         })?;
-        let actual = hex(digest(&SHA256, &bytes).as_ref());
+        let actual = sha256_hex(&bytes);
         if actual != expected {
             return Err(Error::CheckpointCorrupt {
                 dir: self.dir.clone(),
@@ -550,6 +528,25 @@ impl Store {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `state.json` of the state directory `dir`, in this coordinator's schema version.
+fn parse_header(dir: &Path, bytes: &[u8]) -> Result<StateHeader, Error> {
+    let corrupt = |source| Error::StateCorrupt {
+        dir: dir.to_path_buf(),
+        file: "state.json".into(),
+        source,
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(corrupt)?;
+    let version = value.get("schema_version").and_then(|v| v.as_u64());
+    if version != Some(u64::from(SCHEMA_VERSION)) {
+        return Err(Error::StateSchema {
+            dir: dir.to_path_buf(),
+            found: version,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    serde_json::from_value(value).map_err(corrupt)
 }
 
 /// The provenance file beside the final model.
