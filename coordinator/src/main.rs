@@ -53,8 +53,10 @@ enum Command {
     Status(StatusArgs),
     /// Check a state directory's history: the hash chain of its round records (each names the
     /// previous record's hash, the job definition's and the model it started from), every kept
-    /// checkpoint against its record, and the final model against its provenance file. Prints
-    /// each round's contributors; exits non-zero naming the first broken link. Needs no key.
+    /// checkpoint against its record, the participants' countersignatures (with --ca, each
+    /// against the federation CA), and the final model against its provenance file. Prints
+    /// each round's contributors and signers; exits non-zero naming the first broken link.
+    /// Needs no key.
     Audit(AuditArgs),
 }
 
@@ -64,6 +66,11 @@ struct AuditArgs {
     /// The state directory to check (as given to `serve --state-dir`).
     #[arg(long)]
     state_dir: PathBuf,
+    /// The federation CA's certificate (ca.pem in any kit): every countersignature is then
+    /// checked to come from a participant certificate of this CA and to cover its record.
+    /// Without it, countersignatures are only matched to the records they name.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 // The options of `provision`; its help text is on the `Command` variant.
@@ -328,14 +335,21 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(args) => status(args).await,
-        Command::Audit(args) => audit(&args.state_dir),
+        Command::Audit(args) => audit(&args),
     }
 }
 
-/// `audit`: the chain's verdict and each round's contributors and checkpoint.
-fn audit(dir: &std::path::Path) -> anyhow::Result<()> {
+/// `audit`: the chain's verdict and each round's contributors, signers and checkpoint.
+fn audit(args: &AuditArgs) -> anyhow::Result<()> {
     use cairn_coordinator::store::audit::{Kept, audit};
-    let audit = audit(dir)?;
+    let ca = match &args.ca {
+        None => None,
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the federation CA {}", path.display()))?,
+        ),
+    };
+    let audit = audit(&args.state_dir, ca.as_deref())?;
     println!(
         "job {} (definition sha256 {}): {} rounds, chain intact, head {}",
         audit.job,
@@ -347,15 +361,26 @@ fn audit(dir: &std::path::Path) -> anyhow::Result<()> {
         }
     );
     println!("initial model: {}", audit.initial_model.describe());
-    println!("\nround  checkpoint  dropouts  contributors");
+    println!(
+        "countersignatures: {}",
+        match audit.signatures_verified {
+            true => "each verified against the federation CA",
+            false => "matched to their records only (pass --ca to verify them)",
+        }
+    );
+    println!("\nround  checkpoint  dropouts  contributors  countersigned by");
     for round in &audit.rounds {
         let outcome = &round.record.outcome;
+        let signers = match round.signers.is_empty() {
+            true => "(nobody)".to_string(),
+            false => round.signers.join(", "),
+        };
         println!(
-            "{:>5}  {:<10}  {:>8}  {}",
+            "{:>5}  {:<10}  {:>8}  {:<12}  {signers}",
             outcome.round,
             round.checkpoint.describe(),
             outcome.dropouts.len(),
-            outcome.contributors.join(", ")
+            outcome.contributors.join(", "),
         );
     }
     println!(

@@ -429,6 +429,59 @@ pub fn verify_signature(certificate: &[u8], message: &[u8], signature: &[u8]) ->
         .is_ok()
 }
 
+/// What a participant signs to countersign the record of `round` in the job named `job`, whose
+/// line in `rounds.jsonl` has the SHA-256 `record_sha256`: a domain-separated statement that
+/// names the job and the round, so that a signature is valid for that record of that job only.
+/// The record itself names the job definition's digest and links to every record before it.
+pub fn countersigned_message(job: &str, round: u64, record_sha256: &[u8]) -> Vec<u8> {
+    let mut message = b"cairn round record countersignature v1\0".to_vec();
+    message.extend_from_slice(&(job.len() as u64).to_be_bytes());
+    message.extend_from_slice(job.as_bytes());
+    message.extend_from_slice(&round.to_be_bytes());
+    message.extend_from_slice(record_sha256);
+    message
+}
+
+/// Checks a participant's certificate (DER) against the federation CA (`ca_pem`) as of `at`
+/// (seconds since the Unix epoch): it chains to the CA, is valid then, is meant for client
+/// authentication and is marked as a participant's. Returns the identity it names.
+pub fn verify_participant_certificate(
+    ca_pem: &str,
+    der: &[u8],
+    at: std::time::Duration,
+) -> Result<CertificateIdentity, Error> {
+    let unusable = |reason: String| Error::UnusableCertificate { reason };
+    let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|source| {
+        Error::NotACertificate {
+            what: "the CA certificate".into(),
+            source,
+        }
+    })?;
+    let anchor = webpki::anchor_from_trusted_cert(&ca)
+        .map_err(|e| unusable(format!("of the CA is unusable: {e}")))?;
+    let der = CertificateDer::from(der);
+    let cert = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| unusable(format!("cannot be parsed: {e}")))?;
+    cert.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        std::slice::from_ref(&anchor),
+        &[],
+        rustls_pki_types::UnixTime::since_unix_epoch(at),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| unusable(format!("is not from the federation CA: {e}")))?;
+    let identity = identity_of(&der)?;
+    if !identity.is_participant() {
+        return Err(unusable(format!(
+            "of {:?} is marked OU={:?}, expected OU={PARTICIPANT_UNIT:?}: the CA issued it to something other than a participant",
+            identity.id, identity.unit
+        )));
+    }
+    Ok(identity)
+}
+
 /// A certificate's fingerprint: `sha256:` and the lowercase hex SHA-256 of its DER, the form in
 /// which sites exchange and pin each other's certificates (a participant's `--partners` file).
 pub fn fingerprint(der: &[u8]) -> String {

@@ -38,8 +38,10 @@ pub mod v1 {
 /// so the coordinator adds each chunk into the round's sum as it arrives. Version 9: transfers
 /// of a plaintext round resume after a dropped connection (`Hello.resume`, `ResumeUpdate`,
 /// `first_chunk`); a version-8 participant would send its chunks from zero where the
-/// coordinator expects the rest.
-pub const PROTOCOL_VERSION: u32 = 9;
+/// coordinator expects the rest. Version 10: participants countersign the round log
+/// (`Welcome.chain`, `SignedThrough`, `RoundRecord`, `Countersignature`), messages a version-9
+/// participant would take for ones without a body.
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Largest chunk payload in bytes (256 KiB). Every session buffers a chunk or two each way, so
 /// the chunk's size, times the sessions, is most of what a round costs the coordinator beyond

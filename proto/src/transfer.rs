@@ -189,6 +189,21 @@ where
     split_bytes(round, specs, n_given, payload)
 }
 
+/// SHA-256 of `values` as a transfer carries them (little-endian f32, in order): the `sha256` of
+/// the header [`split`] makes of them, which the round log names for each global model.
+pub fn payload_sha256(values: &[f32]) -> [u8; 32] {
+    let mut context = Context::new(&SHA256);
+    #[cfg(target_endian = "little")]
+    context.update(bytemuck::cast_slice(values));
+    #[cfg(not(target_endian = "little"))]
+    for value in values {
+        context.update(&value.to_le_bytes());
+    }
+    let mut hash = [0; 32];
+    hash.copy_from_slice(context.finish().as_ref());
+    hash
+}
+
 /// Floats seen as their in-memory bytes, which on a little-endian machine are the wire's.
 #[cfg(target_endian = "little")]
 struct WireFloats<T>(T);
@@ -575,6 +590,15 @@ mod tests {
             receive(header, chunks),
             Err(TransferError::ChunkHashMismatch { index: 0 })
         );
+    }
+
+    #[test]
+    fn the_payload_hash_is_the_headers() {
+        let values = [1.5f32, -2.0, 0.0, f32::MAX];
+        let specs = [TensorSpec::new("w", &[4])];
+        let (header, _) = split(3, &specs, &values);
+        assert_eq!(payload_sha256(&values).as_slice(), header.sha256.as_slice());
+        assert_ne!(payload_sha256(&values[..3]), payload_sha256(&values));
     }
 
     #[test]

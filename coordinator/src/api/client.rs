@@ -1,9 +1,8 @@
 //! The client side of the monitoring API, for `cairn-coordinator status`: the job and its round
 //! table as text, and a follower of the live stream that prints each change as it happens.
 
-use super::{ApiEvent, JobState, JobView, ParticipantView, RoundPage};
+use super::{ApiEvent, JobState, JobView, ParticipantView, RoundPage, RoundView};
 use crate::Error;
-use crate::store::RoundRecord;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
@@ -155,12 +154,12 @@ impl ApiClient {
     }
 
     /// Every committed round, page by page.
-    pub async fn rounds(&self) -> Result<Vec<RoundRecord>, Error> {
+    pub async fn rounds(&self) -> Result<Vec<RoundView>, Error> {
         self.rounds_from(0).await
     }
 
     /// The committed rounds `shown` asks for, and how many earlier ones were left out.
-    pub async fn rounds_shown(&self, shown: Shown) -> Result<(Vec<RoundRecord>, usize), Error> {
+    pub async fn rounds_shown(&self, shown: Shown) -> Result<(Vec<RoundView>, usize), Error> {
         let offset = match shown {
             Shown::All => 0,
             Shown::Last(last) => {
@@ -172,7 +171,7 @@ impl ApiClient {
     }
 
     /// The committed rounds from the `offset`-th on, page by page.
-    async fn rounds_from(&self, offset: usize) -> Result<Vec<RoundRecord>, Error> {
+    async fn rounds_from(&self, offset: usize) -> Result<Vec<RoundView>, Error> {
         let mut rounds = Vec::new();
         loop {
             let page: RoundPage = self
@@ -335,7 +334,7 @@ fn or_dash(value: Option<f64>) -> String {
 /// that are not shown.
 pub fn render(
     job: &JobView,
-    rounds: &[RoundRecord],
+    rounds: &[RoundView],
     left_out: usize,
     participants: &[ParticipantView],
 ) -> String {
@@ -382,14 +381,15 @@ pub fn render(
     for (name, width) in &metrics {
         out.push_str(&format!("  {name:>width$}"));
     }
-    out.push_str("  duration\n");
+    out.push_str("  duration  signed\n");
     if left_out > 0 {
         let rounds = if left_out == 1 { "round" } else { "rounds" };
         out.push_str(&format!(
             "  ... {left_out} earlier {rounds} (--limit or --all shows them)\n"
         ));
     }
-    for r in rounds {
+    for view in rounds {
+        let r = &view.record;
         let o = &r.outcome;
         out.push_str(&format!(
             "{:>5}  {:>7}  {:>12}  {:>7}  {:>10.4}",
@@ -403,7 +403,11 @@ pub fn render(
             let value = or_dash(o.eval_metrics.get(*name).copied());
             out.push_str(&format!("  {value:>width$}"));
         }
-        out.push_str(&format!("  {:>7.2}s\n", r.duration_s));
+        out.push_str(&format!(
+            "  {:>7.2}s  {:>6}\n",
+            r.duration_s,
+            view.countersigned_by.len()
+        ));
     }
     out
 }
@@ -432,6 +436,9 @@ pub fn describe(event: &ApiEvent) -> String {
             attempt,
             reason,
         } => format!("round {round} attempt {attempt} failed: {reason}"),
+        ApiEvent::Countersigned { round, participant } => {
+            format!("{participant} countersigned round {round}")
+        }
         ApiEvent::ParticipantConnected { id } => format!("{id} connected"),
         ApiEvent::ParticipantDisconnected { id, reason } => format!("{id} left: {reason}"),
         ApiEvent::JobFinished { succeeded, reason } => {
@@ -458,7 +465,7 @@ mod tests {
         )
         .unwrap();
         let monitor = crate::api::Monitor::new(spec, Vec::new(), None);
-        let record = RoundRecord {
+        let record = crate::store::RoundRecord {
             outcome: crate::round::RoundOutcome {
                 round: 1,
                 attempt: 1,
@@ -483,10 +490,15 @@ mod tests {
             previous_record_sha256: String::new(),
             job_sha256: String::new(),
             model_before_sha256: String::new(),
+            model_sha256: String::new(),
+        };
+        let view = RoundView {
+            record: record.clone(),
+            countersigned_by: vec!["a".into()],
         };
         let text = render(
             &monitor.job(),
-            std::slice::from_ref(&record),
+            std::slice::from_ref(&view),
             0,
             &monitor.participants(),
         );
@@ -501,11 +513,11 @@ mod tests {
         let header = lines.iter().position(|l| l.starts_with("round ")).unwrap();
         assert_eq!(
             lines[header],
-            "round  attempt  participants  dropped  train loss   roc_auc      loss  duration"
+            "round  attempt  participants  dropped  train loss   roc_auc      loss  duration  signed"
         );
         assert_eq!(
             lines[header + 1],
-            "    1        1           1/1        0      0.5000         -    0.2500     1.50s"
+            "    1        1           1/1        0      0.5000         -    0.2500     1.50s       1"
         );
         let event = describe(&ApiEvent::RoundCommitted {
             record: Box::new(record),

@@ -12,11 +12,12 @@ pub mod client;
 pub mod metrics;
 pub mod monitor;
 
-pub use monitor::{ApiEvent, JobState, JobView, Monitor, ParticipantView, Sequenced};
+pub use monitor::{
+    ApiEvent, JobState, JobView, Monitor, ParticipantView, RoundView, Sequenced,
+};
 
 use crate::Error;
 use crate::model::{TensorShape, encode_safetensors};
-use crate::store::RoundRecord;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -309,7 +310,7 @@ pub struct RoundPage {
     /// Page size asked for.
     pub limit: usize,
     /// The rounds.
-    pub rounds: Vec<RoundRecord>,
+    pub rounds: Vec<RoundView>,
 }
 
 /// Liveness and readiness.
@@ -403,7 +404,7 @@ async fn rounds(
 #[utoipa::path(get, path = "/api/v1/rounds/{round}", tag = "job", security(("bearer" = [])),
     params(("round" = u64, Path, description = "Round number, from 1")),
     responses(
-        (status = 200, description = "The committed round", body = RoundRecord),
+        (status = 200, description = "The committed round", body = RoundView),
         (status = 400, description = "Not a round number", body = ApiError),
         (status = 401, description = "No or unknown token", body = ApiError),
         (status = 404, description = "No such committed round", body = ApiError)))]
@@ -515,6 +516,7 @@ async fn events(State(app): State<AppState>, headers: HeaderMap) -> impl IntoRes
             ApiEvent::PhaseStarted { .. } => "phase_started",
             ApiEvent::RoundCommitted { .. } => "round_committed",
             ApiEvent::RoundFailed { .. } => "round_failed",
+            ApiEvent::Countersigned { .. } => "countersigned",
             ApiEvent::ParticipantConnected { .. } => "participant_connected",
             ApiEvent::ParticipantDisconnected { .. } => "participant_disconnected",
             ApiEvent::JobFinished { .. } => "job_finished",

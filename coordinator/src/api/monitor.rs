@@ -58,6 +58,17 @@ pub struct JobView {
     pub chain_head_sha256: String,
 }
 
+/// A committed round as the API shows it: its record and who countersigned it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RoundView {
+    /// The record, as in `rounds.jsonl`.
+    #[serde(flatten)]
+    pub record: RoundRecord,
+    /// Participants that countersigned the record, in name order.
+    #[serde(default)]
+    pub countersigned_by: Vec<String>,
+}
+
 /// A participant as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ParticipantView {
@@ -109,6 +120,13 @@ pub enum ApiEvent {
         /// Why.
         reason: String,
     },
+    /// A participant countersigned a committed round's record.
+    Countersigned {
+        /// Round.
+        round: u64,
+        /// Who.
+        participant: String,
+    },
     /// A participant opened a session.
     ParticipantConnected {
         /// Who.
@@ -134,6 +152,8 @@ struct State {
     job: JobView,
     participants: BTreeMap<String, ParticipantView>,
     rounds: Vec<RoundRecord>,
+    /// Who countersigned each round's record, in name order.
+    signers: BTreeMap<u64, Vec<String>>,
     /// Phases of the running round so far, with when the current one started.
     phases: Vec<PhaseTiming>,
     phase_clock: Option<(Phase, u32, Instant)>,
@@ -142,6 +162,20 @@ struct State {
     next_change: u64,
     /// The last [`HISTORY`] changes, which a live stream that broke off resumes from.
     history: VecDeque<Sequenced>,
+}
+
+impl State {
+    /// `record` with who countersigned it.
+    fn view(&self, record: &RoundRecord) -> RoundView {
+        RoundView {
+            record: record.clone(),
+            countersigned_by: self
+                .signers
+                .get(&record.outcome.round)
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// Changes kept for live streams that resume (`Last-Event-ID`).
@@ -246,6 +280,7 @@ impl Monitor {
             },
             participants,
             rounds,
+            signers: BTreeMap::new(),
             phases: Vec::new(),
             phase_clock: None,
             model: None,
@@ -322,16 +357,41 @@ impl Monitor {
     }
 
     /// Committed rounds `offset..offset + limit`, and how many there are.
-    pub fn rounds(&self, offset: usize, limit: usize) -> (Vec<RoundRecord>, usize) {
+    pub fn rounds(&self, offset: usize, limit: usize) -> (Vec<RoundView>, usize) {
         self.with(|s| {
-            let page = s.rounds.iter().skip(offset).take(limit).cloned().collect();
+            let page = s
+                .rounds
+                .iter()
+                .skip(offset)
+                .take(limit)
+                .map(|r| s.view(r))
+                .collect();
             (page, s.rounds.len())
         })
     }
 
     /// One committed round.
-    pub fn round(&self, round: u64) -> Option<RoundRecord> {
-        self.with(|s| s.rounds.iter().find(|r| r.outcome.round == round).cloned())
+    pub fn round(&self, round: u64) -> Option<RoundView> {
+        self.with(|s| {
+            s.rounds
+                .iter()
+                .find(|r| r.outcome.round == round)
+                .map(|r| s.view(r))
+        })
+    }
+
+    /// `participant` countersigned the record of `round`.
+    pub fn countersigned(&self, round: u64, participant: &str) {
+        self.with(|s| {
+            let signers = s.signers.entry(round).or_default();
+            if let Err(at) = signers.binary_search_by(|id| id.as_str().cmp(participant)) {
+                signers.insert(at, participant.to_string());
+            }
+        });
+        self.emit(ApiEvent::Countersigned {
+            round,
+            participant: participant.to_string(),
+        });
     }
 
     /// Every participant of the job.

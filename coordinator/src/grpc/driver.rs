@@ -132,6 +132,10 @@ fn privacy_settings(job: &JobSpec, dim: usize) -> Result<Option<PrivacySettings>
     Ok(Some(privacy))
 }
 
+/// How long the end of a job waits for the last record's countersignatures: a participant
+/// signs as soon as its session has read what came before, so this is for a slow link.
+const COUNTERSIGN_WAIT: Duration = Duration::from_secs(10);
+
 /// Ignored messages of one participant logged per round; the rest are counted.
 const LOGGED_IGNORED: u32 = 3;
 /// Ignored messages after which a participant's session is ended: a participant that keeps
@@ -185,7 +189,8 @@ impl Driver {
         if let Some(finished) = machine.finished_because() {
             shared.finished.store(true, Ordering::SeqCst);
             let model_path = store.final_model_path();
-            store.write_final_model(&shared.layout, machine.global())?;
+            let signatures = shared.ledger.signatures.of_round(committed);
+            store.write_final_model(&shared.layout, machine.global(), signatures)?;
             let reason = format!(
                 "{finished} with the {committed} rounds committed in {}",
                 store.dir().display()
@@ -498,21 +503,42 @@ impl Driver {
             previous_record_sha256: String::new(),
             job_sha256: String::new(),
             model_before_sha256: String::new(),
+            model_sha256: String::new(),
         };
         let optimizer = OptimizerState {
             layout: &shared.optimizer_layout,
             values: optimizer_state,
         };
-        let record = self
+        let (record, line) = self
             .store
             .commit(&record, &shared.layout, &model, optimizer)?;
         log_round(&record, shared.job.rounds);
         shared
             .monitor
             .set_chain_head(self.store.chain_head_sha256());
+        shared.ledger.committed(line);
         shared.monitor.round_committed(&record, model);
         self.rounds.push(record);
         Ok(())
+    }
+
+    /// Waits, before the job's end is announced, for the participants that countersign to
+    /// sign the last record, so that the final model's provenance carries their signatures; a
+    /// participant that takes longer than [`COUNTERSIGN_WAIT`] is logged and not waited for.
+    fn await_countersignatures(&self, head: u64) {
+        let signing = self.shared.ledger.signing();
+        let missing = self
+            .shared
+            .ledger
+            .signatures
+            .wait_for(head, &signing, COUNTERSIGN_WAIT);
+        if !missing.is_empty() {
+            tracing::warn!(
+                "round {head}'s record was not countersigned by {} within {} s; the final model's provenance goes without their signatures",
+                missing.join(", "),
+                COUNTERSIGN_WAIT.as_secs()
+            );
+        }
     }
 
     /// Writes the final model and tells every connected participant that the job is over (or,
@@ -527,14 +553,19 @@ impl Driver {
         let job = &shared.job;
         shared.finished.store(true, Ordering::SeqCst);
         let model_path = self.store.final_model_path();
+        let hand_over = shared.hand_over.load(Ordering::SeqCst);
+        let head = self.rounds.last().map_or(0, |r| r.outcome.round);
+        if !hand_over && head > 0 {
+            self.await_countersignatures(head);
+        }
+        let signatures = shared.ledger.signatures.of_round(head);
         self.store
-            .write_final_model(&shared.layout, self.machine.global())?;
+            .write_final_model(&shared.layout, self.machine.global(), signatures)?;
         shared.monitor.job_finished(succeeded, &reason);
         let connections: Vec<Connection> = {
             let mut map = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
             map.drain().map(|(_, c)| c).collect()
         };
-        let hand_over = shared.hand_over.load(Ordering::SeqCst);
         for connection in connections {
             let message = match hand_over {
                 // The job goes on under another coordinator: participants reconnect.

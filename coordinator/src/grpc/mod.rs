@@ -7,8 +7,11 @@
 //!   the `Hello` handshake, heartbeats, reassembling and checking updates.
 //! - `driver`: one task that owns the round machine and executes its commands.
 //! - `secure`: secure-aggregation messages between the wire and the round machine.
+//! - `countersign`: sends the round records to the participants and keeps their
+//!   countersignatures.
 //! - `revocation`: refuses a session whose certificate the federation CA revoked.
 
+mod countersign;
 mod driver;
 mod events;
 mod revocation;
@@ -146,6 +149,8 @@ struct Shared {
     finished: AtomicBool,
     /// Set by [`Stopper::hand_over`]: the job ends here but not for the participants.
     hand_over: AtomicBool,
+    /// The round records and their countersignatures.
+    ledger: countersign::Ledger,
 }
 
 /// A live session's way back to its participant.
@@ -215,7 +220,7 @@ impl Coordinator {
             .collect();
         let optimizer_layout =
             ServerOptimizer::state_layout(&options.job.server_optimizer, model::n_values(&layout));
-        let (store, resume) = Store::open(
+        let (store, mut resume) = Store::open(
             &options.state_dir,
             &options.job,
             &layout,
@@ -228,6 +233,13 @@ impl Coordinator {
             resume.started_at.clone(),
         ));
         monitor.set_chain_head(store.chain_head_sha256());
+        let signatures = crate::store::signatures::Countersignatures::open(&options.state_dir)?;
+        for round in 1..=resume.rounds.len() as u64 {
+            for id in signatures.signers(round) {
+                monitor.countersigned(round, &id);
+            }
+        }
+        let ledger = countersign::Ledger::new(std::mem::take(&mut resume.lines), signatures);
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api_addr = match &options.api {
             None => None,
@@ -261,6 +273,7 @@ impl Coordinator {
             monitor: monitor.clone(),
             finished: AtomicBool::new(false),
             hand_over: AtomicBool::new(false),
+            ledger,
         });
         let tls = tls::server_config(&options.tls)?;
         let (listener, local_addr) = crate::bind(options.listen, "the gRPC server").await?;

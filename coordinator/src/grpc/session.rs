@@ -3,8 +3,8 @@
 //! becomes a round event. A participant that breaks the protocol is refused with a clear status
 //! and dropped; nobody else's round is affected.
 
-use super::secure;
 use super::{Connection, Shared};
+use super::{countersign, secure};
 use crate::round::{Event, Resume, ResumedTransfer, SecureMessage};
 use crate::strategy::check_weight_and_loss;
 use cairn_identity::{PARTICIPANT_UNIT, identity_of};
@@ -13,8 +13,8 @@ use cairn_proto::transfer::Assembler;
 use cairn_proto::v1::federation_server::Federation;
 use cairn_proto::v1::participant_message::Body as Inbound;
 use cairn_proto::v1::{
-    CoordinatorMessage, EvaluationReport, JobFinished, ParticipantMessage, UpdateHeader, Welcome,
-    coordinator_message::Body as Outbound,
+    CoordinatorMessage, EvaluationReport, JobFinished, ParticipantMessage, SignedThrough,
+    UpdateHeader, Welcome, coordinator_message::Body as Outbound,
 };
 use prost::Message;
 use std::sync::Arc;
@@ -215,8 +215,19 @@ async fn run(
     tracing::info!(participant = %id, "{id} connected ({client_version})");
 
     let heartbeats = tokio::spawn(send_heartbeats(outbox.clone(), shared.heartbeat_interval));
-    let ended = read(&shared, &peer, &mut inbound, &mut expelled).await;
+    let mut session = Session {
+        shared: &shared,
+        peer: &peer,
+        serial,
+        outbox: &outbox,
+        records: None,
+    };
+    let ended = session.read(&mut inbound, &mut expelled).await;
     heartbeats.abort();
+    if let Some(records) = session.records.take() {
+        records.abort();
+        shared.ledger.session_ended(&id, serial);
+    }
     let reason = match ended {
         Ended::Refused(refusal) => {
             tracing::warn!(participant = %id, "dropped {id}: {}", refusal.message());
@@ -287,6 +298,7 @@ async fn handshake(
         participant_id: id.to_string(),
         heartbeat_interval_s: shared.heartbeat_interval.as_secs().max(1) as u32,
         task: Some(shared.job.task_spec()),
+        chain: Some(shared.ledger.head()),
     };
     outbox
         .send(message(Outbound::Welcome(welcome)))
@@ -394,50 +406,111 @@ struct PendingUpdate {
     assembler: Assembler,
 }
 
-async fn read(
-    shared: &Shared,
-    peer: &Peer,
-    inbound: &mut Streaming<ParticipantMessage>,
-    expelled: &mut mpsc::Receiver<String>,
-) -> Ended {
-    let id = peer.id.as_str();
-    let silence = shared.heartbeat_interval * 3;
-    let mut pending: Option<Incoming> = None;
-    let budget = super::events::session_budget();
-    loop {
-        let received = tokio::select! {
-            biased;
-            Some(reason) = expelled.recv() => {
-                return Ended::Refused(Refusal::FailedPrecondition(reason));
+/// A live session past its handshake.
+struct Session<'a> {
+    shared: &'a Arc<Shared>,
+    peer: &'a Peer,
+    serial: u64,
+    outbox: &'a mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    /// Sends the round records once the participant said where its countersigning stands.
+    records: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Session<'_> {
+    /// Reads the session's messages until it ends.
+    async fn read(
+        &mut self,
+        inbound: &mut Streaming<ParticipantMessage>,
+        expelled: &mut mpsc::Receiver<String>,
+    ) -> Ended {
+        let (shared, peer) = (self.shared, self.peer);
+        let id = peer.id.as_str();
+        let silence = shared.heartbeat_interval * 3;
+        let mut pending: Option<Incoming> = None;
+        let budget = super::events::session_budget();
+        loop {
+            let received = tokio::select! {
+                biased;
+                Some(reason) = expelled.recv() => {
+                    return Ended::Refused(Refusal::FailedPrecondition(reason));
+                }
+                received = tokio::time::timeout(silence, inbound.message()) => received,
+            };
+            let next = match received {
+                Err(_) => {
+                    return Ended::Gone(format!("silent for {} s (no heartbeat)", silence.as_secs()));
+                }
+                Ok(Err(status)) => {
+                    return match unreadable(&status) {
+                        Some(refusal) => Ended::Refused(refusal),
+                        None => Ended::Gone(format!("connection lost: {}", status.message())),
+                    };
+                }
+                Ok(Ok(None)) => return Ended::Gone("closed the session".into()),
+                Ok(Ok(Some(message))) => message,
+            };
+            shared
+                .monitor
+                .metrics
+                .bytes_received
+                .inc_by(next.encoded_len() as u64);
+            shared.monitor.seen(id);
+            let body = match next.body {
+                // The round log's messages are the session's own; the round machine never
+                // sees them.
+                Some(Inbound::SignedThrough(position)) => {
+                    if let Err(refusal) = self.signed_through(position) {
+                        return Ended::Refused(refusal);
+                    }
+                    continue;
+                }
+                Some(Inbound::Countersignature(signature)) => {
+                    if let Err(reason) =
+                        countersign::accept(shared, id, &peer.certificate, signature)
+                    {
+                        return Ended::Refused(Refusal::InvalidArgument(reason));
+                    }
+                    continue;
+                }
+                body => body,
+            };
+            // Waits while this session's earlier events fill its share of the machine's queue.
+            let Ok(permit) = budget.clone().acquire_owned().await else {
+                return Ended::Gone("the job is over".into());
+            };
+            if let Err(refusal) = on_message(shared, peer, &mut pending, body, permit) {
+                return Ended::Refused(refusal);
             }
-            received = tokio::time::timeout(silence, inbound.message()) => received,
-        };
-        let next = match received {
-            Err(_) => {
-                return Ended::Gone(format!("silent for {} s (no heartbeat)", silence.as_secs()));
-            }
-            Ok(Err(status)) => {
-                return match unreadable(&status) {
-                    Some(refusal) => Ended::Refused(refusal),
-                    None => Ended::Gone(format!("connection lost: {}", status.message())),
-                };
-            }
-            Ok(Ok(None)) => return Ended::Gone("closed the session".into()),
-            Ok(Ok(Some(message))) => message,
-        };
-        shared
-            .monitor
-            .metrics
-            .bytes_received
-            .inc_by(next.encoded_len() as u64);
-        shared.monitor.seen(id);
-        // Waits while this session's earlier events fill its share of the machine's queue.
-        let Ok(permit) = budget.clone().acquire_owned().await else {
-            return Ended::Gone("the job is over".into());
-        };
-        if let Err(refusal) = on_message(shared, peer, &mut pending, next.body, permit) {
-            return Ended::Refused(refusal);
         }
+    }
+
+    /// The participant says which record it countersigned last: the records after it are
+    /// sent from now on. Said once per session.
+    fn signed_through(&mut self, position: SignedThrough) -> Result<(), Refusal> {
+        if self.records.is_some() {
+            return Err(Refusal::FailedPrecondition(
+                "SignedThrough sent twice; it is said once per session".into(),
+            ));
+        }
+        let expected = match position.round {
+            0 => 0,
+            _ => 32,
+        };
+        if position.record_sha256.len() != expected {
+            return Err(Refusal::InvalidArgument(format!(
+                "SignedThrough of round {} carries a record hash of {} bytes, expected {expected}",
+                position.round,
+                position.record_sha256.len()
+            )));
+        }
+        self.records = Some(countersign::start(
+            self.shared,
+            &self.peer.id,
+            self.serial,
+            position.round,
+            self.outbox.clone(),
+        ));
+        Ok(())
     }
 }
 
@@ -454,6 +527,8 @@ fn on_message(
     match body {
         None => Err(Refusal::InvalidArgument("message has no body".into())),
         Some(Inbound::Heartbeat(_)) => Ok(()),
+        // Handled by the session before it comes here.
+        Some(Inbound::SignedThrough(_) | Inbound::Countersignature(_)) => Ok(()),
         Some(Inbound::Hello(_)) => Err(Refusal::FailedPrecondition(
             "Hello sent twice; it is only the first message".into(),
         )),

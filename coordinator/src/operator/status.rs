@@ -55,7 +55,7 @@ pub fn observe(monitor: &Monitor) -> FederatedJobStatus {
         .iter()
         .filter(|p| p.connected)
         .count() as u32;
-    let last = monitor.round(view.rounds_completed);
+    let last = monitor.round(view.rounds_completed).map(|view| view.record);
     let last_metrics = last
         .as_ref()
         .map(|record| {
@@ -233,6 +233,7 @@ mod tests {
             previous_record_sha256: String::new(),
             job_sha256: String::new(),
             model_before_sha256: String::new(),
+            model_sha256: String::new(),
         };
         monitor.round_committed(&record, std::sync::Arc::new(vec![0.0; 15]));
         let status = observe(&monitor);

@@ -938,6 +938,7 @@ mod server_optimizer {
                     previous_record_sha256: String::new(),
                     job_sha256: String::new(),
                     model_before_sha256: String::new(),
+                    model_sha256: String::new(),
                 };
                 let state = OptimizerState {
                     layout: &optimizer_layout,

@@ -7,8 +7,15 @@
 //! a final model that did not come from these rounds is found and named by anyone who reads the
 //! directory, with no key. It protects the history against accidents and against anyone who
 //! changes part of it; it does not stop whoever controls the directory from writing a whole
-//! new, consistent history. The participants' countersignatures are what would bind the host.
+//! new, consistent history: that is what the participants' countersignatures add. With the
+//! federation CA (`--ca`), every countersignature is checked: its certificate chains to the CA
+//! and names the participant, and its signature covers this job, this round and the record's
+//! hash as written. A participant signs a record only when it extends the chain it signed
+//! before and names the model it received, so a history rewritten after the fact lacks the
+//! signatures of every participant that saw the original, and cannot be given new ones
+//! without their keys.
 
+use super::signatures::{self, Countersignature};
 use super::{
     PROVENANCE_FILE, Provenance, RoundRecord, Store, file_sha256, parse_header, sha256_hex,
 };
@@ -30,6 +37,9 @@ pub struct Audit {
     pub initial_model: Kept,
     /// How the final model and its provenance were checked.
     pub final_model: Kept,
+    /// Whether the countersignatures were verified against the federation CA (given `--ca`);
+    /// otherwise only their record hashes were compared with the chain.
+    pub signatures_verified: bool,
 }
 
 /// One round as audited.
@@ -39,6 +49,8 @@ pub struct AuditedRound {
     pub record: RoundRecord,
     /// Whether its checkpoint is still there (and then matched its hash).
     pub checkpoint: Kept,
+    /// The participants that countersigned its record, in name order.
+    pub signers: Vec<String>,
 }
 
 /// Whether a file the chain names could be checked.
@@ -61,8 +73,9 @@ impl Kept {
     }
 }
 
-/// Checks the state directory `dir`; the error names the first broken link.
-pub fn audit(dir: &Path) -> Result<Audit, Error> {
+/// Checks the state directory `dir`, and with `ca_pem` (the federation CA) every
+/// countersignature; the error names the first broken link.
+pub fn audit(dir: &Path, ca_pem: Option<&str>) -> Result<Audit, Error> {
     let broken = |link: String| Error::AuditFailed {
         dir: dir.to_path_buf(),
         link,
@@ -80,6 +93,7 @@ pub fn audit(dir: &Path) -> Result<Audit, Error> {
     let mut previous_record = String::new();
     let mut previous_model = initial_model.clone();
     let mut rounds = Vec::new();
+    let mut record_hashes = Vec::new();
     for (line, record) in lines {
         let round = record.outcome.round;
         if record.job_sha256 != job_digest {
@@ -128,7 +142,27 @@ pub fn audit(dir: &Path) -> Result<Audit, Error> {
         };
         previous_record = sha256_hex(line.as_bytes());
         previous_model = Some(record.checkpoint_sha256.clone());
-        rounds.push(AuditedRound { record, checkpoint });
+        rounds.push(AuditedRound {
+            record,
+            checkpoint,
+            signers: Vec::new(),
+        });
+        record_hashes.push(previous_record.clone());
+    }
+    let countersignatures = signatures::read(dir, false)?;
+    for signature in &countersignatures {
+        check_signature(&header.job.name, &record_hashes, signature, ca_pem).map_err(&broken)?;
+        let signers = &mut rounds[signature.round as usize - 1].signers;
+        if signers.contains(&signature.participant) {
+            return Err(broken(format!(
+                "{} countersigned round {} twice",
+                signature.participant, signature.round
+            )));
+        }
+        signers.push(signature.participant.clone());
+    }
+    for round in &mut rounds {
+        round.signers.sort();
     }
     let final_model = audit_final_model(
         &store,
@@ -136,6 +170,7 @@ pub fn audit(dir: &Path) -> Result<Audit, Error> {
         &job_digest,
         &previous_record,
         &rounds,
+        &countersignatures,
     )
     .map_err(broken)?;
     Ok(Audit {
@@ -148,7 +183,59 @@ pub fn audit(dir: &Path) -> Result<Audit, Error> {
             None => Kept::Absent,
         },
         final_model,
+        signatures_verified: ca_pem.is_some(),
     })
+}
+
+/// Checks one countersignature against the chain (`record_hashes[r - 1]`: round r's record's
+/// hash) and, given the federation CA, its certificate and signature.
+fn check_signature(
+    job: &str,
+    record_hashes: &[String],
+    signature: &Countersignature,
+    ca_pem: Option<&str>,
+) -> Result<(), String> {
+    let (round, who) = (signature.round, &signature.participant);
+    let Some(record) = round
+        .checked_sub(1)
+        .and_then(|i| record_hashes.get(i as usize))
+    else {
+        return Err(format!(
+            "{who} countersigned round {round}, which has no record (rounds 1..={})",
+            record_hashes.len()
+        ));
+    };
+    if signature.record_sha256 != *record {
+        return Err(format!(
+            "{who} countersigned a record of round {round} that hashes to {}, but round {round}'s record as written hashes to {record}: the record was changed after it was signed",
+            or_none(&signature.record_sha256)
+        ));
+    }
+    let Some(ca_pem) = ca_pem else {
+        return Ok(());
+    };
+    let Some((certificate, bytes)) = signature.decoded() else {
+        return Err(format!(
+            "the countersignature of {who} on round {round} is not base64"
+        ));
+    };
+    let at = std::time::Duration::from_secs(signature.received_at_unix_s);
+    let identity = cairn_identity::verify_participant_certificate(ca_pem, &certificate, at)
+        .map_err(|e| format!("the certificate with {who}'s countersignature of round {round}: {e}"))?;
+    if identity.id != *who {
+        return Err(format!(
+            "the countersignature of round {round} said to be {who}'s comes with the certificate of {:?}",
+            identity.id
+        ));
+    }
+    let hash = super::unhex(record).unwrap_or_default();
+    let message = cairn_identity::countersigned_message(job, round, &hash);
+    if !cairn_identity::verify_signature(&certificate, &message, &bytes) {
+        return Err(format!(
+            "{who}'s countersignature of round {round} does not verify: it is forged, or was made for another job or record"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks `model.safetensors` and its provenance against the chain's head.
@@ -158,6 +245,7 @@ fn audit_final_model(
     job_digest: &str,
     head: &str,
     rounds: &[AuditedRound],
+    countersignatures: &[Countersignature],
 ) -> Result<Kept, String> {
     let model = present(&store.final_model_path()).map_err(|e| e.to_string())?;
     let provenance_path = store.dir.join(PROVENANCE_FILE);
@@ -174,7 +262,20 @@ fn audit_final_model(
         rounds: rounds.len() as u64,
         chain_head_sha256: head.to_string(),
         model_sha256: model.clone(),
+        signatures: provenance.signatures.clone(),
     };
+    if let Some(stray) = provenance
+        .signatures
+        .iter()
+        .find(|s| !countersignatures.contains(s) || s.record_sha256 != head)
+    {
+        return Err(format!(
+            "{PROVENANCE_FILE} carries a countersignature of {} on round {} that is not one of the head record's in {}",
+            stray.participant,
+            stray.round,
+            signatures::SIGNATURES_FILE
+        ));
+    }
     if provenance != expected {
         return Err(format!(
             "{PROVENANCE_FILE} does not describe this directory: it says {provenance:?}, the directory has {expected:?}"

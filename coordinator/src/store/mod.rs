@@ -8,8 +8,11 @@
 //! - `checkpoints/round-NNNNNN.optimizer.safetensors`: beside it, the server optimiser's
 //!   moments after that round (`m`, `v`), for the optimisers that keep any, so that a resumed
 //!   job steps exactly as one that never stopped;
+//! - `signatures.jsonl`: the participants' countersignatures of the round records
+//!   ([`signatures`]);
 //! - `model.safetensors`: the final model, and `model.provenance.json` beside it (the job's
-//!   digest, the rounds and the head of the chain below), so a model handed on can be traced.
+//!   digest, the rounds, the head of the chain below and its countersignatures), so a model
+//!   handed on can be traced.
 //!
 //! The records form a hash chain: each names the SHA-256 of the previous record's line, of the
 //! job definition and of the model the round started from, so that [`audit`] finds any record
@@ -27,6 +30,7 @@
 //! model of the last one.
 
 pub mod audit;
+pub mod signatures;
 
 use crate::Error;
 use crate::config::JobSpec;
@@ -88,6 +92,11 @@ pub struct RoundRecord {
     /// checkpoint, for round 1 the job's initial model file.
     #[serde(default)]
     pub model_before_sha256: String,
+    /// SHA-256 (hex) of the global model's values after the round, as a transfer carries them
+    /// (little-endian f32; the `sha256` of the header the next round sends it with): what a
+    /// participant compares with the model it received before it countersigns the record.
+    #[serde(default)]
+    pub model_sha256: String,
 }
 
 /// What travels with the final model: enough to find the rounds it came from and check them
@@ -104,6 +113,8 @@ pub struct Provenance {
     pub chain_head_sha256: String,
     /// SHA-256 (hex) of `model.safetensors`.
     pub model_sha256: String,
+    /// The participants' countersignatures of the head record.
+    pub signatures: Vec<signatures::Countersignature>,
 }
 
 /// The end of the chain that the next record links to.
@@ -134,6 +145,8 @@ struct StateHeader {
 pub struct Resume {
     /// Committed rounds, in order (1, 2, ...).
     pub rounds: Vec<RoundRecord>,
+    /// Their lines in `rounds.jsonl`, as the chain hashes them.
+    pub lines: Vec<String>,
     /// The global model after the last committed round, if any round was committed.
     pub global: Option<Vec<f32>>,
     /// The server optimiser's state after the last committed round, when it keeps one.
@@ -230,7 +243,7 @@ impl Store {
             },
         };
         *store.head.get_mut().unwrap_or_else(|p| p.into_inner()) = head;
-        let rounds: Vec<RoundRecord> = lines.into_iter().map(|(_, record)| record).collect();
+        let (lines, rounds): (Vec<String>, Vec<RoundRecord>) = lines.into_iter().unzip();
         let global = match rounds.last() {
             None => None,
             Some(last) => Some(store.load_checkpoint(last, layout).map_err(|e| match e {
@@ -261,6 +274,7 @@ impl Store {
             store,
             Resume {
                 rounds,
+                lines,
                 global,
                 optimizer_state,
                 started_at,
@@ -333,8 +347,14 @@ impl Store {
         self.dir.join("model.safetensors")
     }
 
-    /// Writes the final model and its provenance beside it (`model.provenance.json`).
-    pub fn write_final_model(&self, layout: &[TensorShape], model: &[f32]) -> Result<(), Error> {
+    /// Writes the final model and its provenance beside it (`model.provenance.json`), with
+    /// `signatures`, the countersignatures of the head record.
+    pub fn write_final_model(
+        &self,
+        layout: &[TensorShape],
+        model: &[f32],
+        signatures: Vec<signatures::Countersignature>,
+    ) -> Result<(), Error> {
         let path = self.final_model_path();
         let model_sha256 = hex(save_safetensors(&path, layout, model)?.as_ref());
         let head = self.head.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -344,6 +364,7 @@ impl Store {
             rounds: head.rounds,
             chain_head_sha256: head.record_sha256,
             model_sha256,
+            signatures,
         };
         let bytes =
             serde_json::to_vec_pretty(&provenance).map_err(|source| Error::StateEncoding {
@@ -355,15 +376,15 @@ impl Store {
     }
 
     /// Makes a round durable: its checkpoint first, then its record (which carries the
-    /// checkpoint's hash, and is returned); older checkpoints beyond the configured number are
-    /// removed afterwards.
+    /// checkpoint's hash, and is returned with its line); older checkpoints beyond the
+    /// configured number are removed afterwards.
     pub fn commit(
         &self,
         record: &RoundRecord,
         layout: &[TensorShape],
         model: &[f32],
         optimizer: OptimizerState<'_>,
-    ) -> Result<RoundRecord, Error> {
+    ) -> Result<(RoundRecord, String), Error> {
         let round = record.outcome.round;
         let optimizer_state_sha256 = match optimizer.layout.is_empty() {
             true => String::new(),
@@ -380,6 +401,7 @@ impl Store {
             previous_record_sha256: head.record_sha256.clone(),
             job_sha256: self.job_sha256.clone(),
             model_before_sha256: head.model_sha256.clone(),
+            model_sha256: hex(&cairn_proto::transfer::payload_sha256(model)),
             ..record.clone()
         };
         let mut line = serde_json::to_vec(&record).map_err(|source| Error::StateEncoding {
@@ -388,6 +410,7 @@ impl Store {
             source,
         })?;
         let record_sha256 = sha256_hex(&line);
+        let text = String::from_utf8_lossy(&line).into_owned();
         line.push(b'\n');
         let path = self.rounds_path();
         std::fs::OpenOptions::new()
@@ -411,7 +434,7 @@ impl Store {
             let _ = std::fs::remove_file(self.checkpoint_path(old));
             let _ = std::fs::remove_file(self.optimizer_state_path(old));
         }
-        Ok(record)
+        Ok((record, text))
     }
 
     /// Reads every committed round record, checking that they are rounds 1, 2, ... without gap
@@ -526,8 +549,20 @@ impl Store {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of lowercase or uppercase hex; `None` when `text` is not hex.
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// `state.json` of the state directory `dir`, in this coordinator's schema version.

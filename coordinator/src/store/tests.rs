@@ -45,6 +45,7 @@ fn record(round: u64) -> RoundRecord {
         previous_record_sha256: String::new(),
         job_sha256: String::new(),
         model_before_sha256: String::new(),
+        model_sha256: String::new(),
     }
 }
 
@@ -248,16 +249,16 @@ fn a_record_written_before_metrics_were_named_still_loads() {
 fn audited(dir: &Path, rounds: u64) -> Store {
     let store = committed(dir, rounds);
     store
-        .write_final_model(&mlp(), &initialize(&mlp(), rounds))
+        .write_final_model(&mlp(), &initialize(&mlp(), rounds), Vec::new())
         .unwrap();
-    let audit = audit::audit(dir).unwrap();
+    let audit = audit::audit(dir, None).unwrap();
     assert_eq!(audit.rounds.len() as u64, rounds);
     assert_eq!(audit.final_model, audit::Kept::Verified);
     store
 }
 
 fn audit_error(dir: &Path) -> String {
-    audit::audit(dir).unwrap_err().to_string()
+    audit::audit(dir, None).unwrap_err().to_string()
 }
 
 /// Rewrites `rounds.jsonl` with `change` applied to its lines.
@@ -281,9 +282,9 @@ fn the_records_form_a_chain_that_a_restart_continues() {
         .commit(&record(3), &mlp(), &initialize(&mlp(), 3), NO_STATE)
         .unwrap();
     store
-        .write_final_model(&mlp(), &initialize(&mlp(), 3))
+        .write_final_model(&mlp(), &initialize(&mlp(), 3), Vec::new())
         .unwrap();
-    let audit = audit::audit(dir.path()).unwrap();
+    let audit = audit::audit(dir.path(), None).unwrap();
     let records: Vec<&RoundRecord> = audit.rounds.iter().map(|r| &r.record).collect();
     assert_eq!(records[0].previous_record_sha256, "");
     assert_eq!(records[2].model_before_sha256, records[1].checkpoint_sha256);
@@ -397,6 +398,158 @@ fn the_audit_names_a_record_of_another_job_definition() {
     let err = audit_error(dir.path());
     assert!(
         err.contains("round 1 was recorded under job definition"),
+        "{err}"
+    );
+}
+
+/// A federation CA and the kits of participants `a` and `b`: (CA PEM, [(id, cert DER, key)]).
+fn federation() -> (String, Vec<(String, Vec<u8>, ring::signature::EcdsaKeyPair)>) {
+    use rustls::pki_types::pem::PemObject;
+    let ca = cairn_identity::Authority::generate("audit", 1).unwrap();
+    let kits = ["a", "b"]
+        .iter()
+        .map(|id| {
+            let issued = ca.issue_participant(id, "org", 1).unwrap();
+            let der = cairn_identity::certificate_der(&issued.cert_pem, "cert").unwrap();
+            let key =
+                rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(issued.key_pem.as_bytes())
+                    .unwrap();
+            let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+                &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                key.secret_pkcs8_der(),
+                &ring::rand::SystemRandom::new(),
+            )
+            .unwrap();
+            (id.to_string(), der, key)
+        })
+        .collect();
+    (ca.cert_pem().to_string(), kits)
+}
+
+/// `kit`'s countersignature of round `round` of `job` whose record hashes to `record` (hex).
+fn countersign(
+    job: &str,
+    round: u64,
+    record: &str,
+    kit: &(String, Vec<u8>, ring::signature::EcdsaKeyPair),
+) -> signatures::Countersignature {
+    let message = cairn_identity::countersigned_message(job, round, &unhex(record).unwrap());
+    let signature = kit
+        .2
+        .sign(&ring::rand::SystemRandom::new(), &message)
+        .unwrap();
+    signatures::Countersignature::new(round, &kit.0, record, &kit.1, signature.as_ref())
+}
+
+/// Three rounds countersigned by both kits, audited with the CA; the CA and the kits.
+fn countersigned(dir: &Path) -> (String, Vec<(String, Vec<u8>, ring::signature::EcdsaKeyPair)>) {
+    let (ca, kits) = federation();
+    let store = committed(dir, 3);
+    let lines = store.read_lines().unwrap();
+    let kept = signatures::Countersignatures::open(dir).unwrap();
+    for (line, record) in &lines {
+        for kit in &kits {
+            let hash = sha256_hex(line.as_bytes());
+            kept.add(countersign("t", record.outcome.round, &hash, kit))
+                .unwrap();
+        }
+    }
+    store
+        .write_final_model(&mlp(), &initialize(&mlp(), 3), kept.of_round(3))
+        .unwrap();
+    let audit = audit::audit(dir, Some(&ca)).unwrap();
+    assert!(audit.signatures_verified);
+    assert!(audit.rounds.iter().all(|r| r.signers == ["a", "b"]));
+    (ca, kits)
+}
+
+/// Rewrites `signatures.jsonl` with `change` applied to its entries.
+fn rewrite_signatures(dir: &Path, change: impl FnOnce(&mut Vec<signatures::Countersignature>)) {
+    let mut kept = signatures::read(dir, false).unwrap();
+    change(&mut kept);
+    let text: String = kept
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap() + "\n")
+        .collect();
+    std::fs::write(dir.join(signatures::SIGNATURES_FILE), text).unwrap();
+}
+
+#[test]
+fn the_audit_checks_every_countersignature_against_the_federation_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = countersigned(dir.path());
+    let provenance: Provenance =
+        serde_json::from_slice(&std::fs::read(dir.path().join(PROVENANCE_FILE)).unwrap()).unwrap();
+    let signers: Vec<&str> = provenance.signatures.iter().map(|s| s.participant.as_str()).collect();
+    assert_eq!(signers, ["a", "b"], "the provenance carries the head's signatures");
+    // Another federation's CA: no certificate chains to it.
+    let (other_ca, _) = federation();
+    let err = audit::audit(dir.path(), Some(&other_ca)).unwrap_err().to_string();
+    assert!(err.contains("is not from the federation CA"), "{err}");
+    assert!(audit::audit(dir.path(), Some(&ca)).is_ok());
+}
+
+#[test]
+fn the_audit_names_a_forged_countersignature() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, kits) = countersigned(dir.path());
+    // b's signature of round 2 made with a's key, under b's certificate.
+    rewrite_signatures(dir.path(), |kept| {
+        let forged = kept.iter().position(|s| s.round == 2 && s.participant == "b").unwrap();
+        let by_a = countersign("t", 2, &kept[forged].record_sha256, &kits[0]);
+        kept[forged].signature = by_a.signature;
+    });
+    let err = audit::audit(dir.path(), Some(&ca)).unwrap_err().to_string();
+    assert!(
+        err.contains("b's countersignature of round 2 does not verify: it is forged"),
+        "{err}"
+    );
+    // Without the CA the forgery goes unseen, and the audit says the signatures were not verified.
+    assert!(!audit::audit(dir.path(), None).unwrap().signatures_verified);
+}
+
+#[test]
+fn the_audit_names_a_countersignature_replayed_from_another_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, kits) = countersigned(dir.path());
+    // a's signature over the same record hash, made for a job of another name.
+    rewrite_signatures(dir.path(), |kept| {
+        let replayed = kept.iter().position(|s| s.round == 1 && s.participant == "a").unwrap();
+        kept[replayed] = countersign("other-job", 1, &kept[replayed].record_sha256, &kits[0]);
+    });
+    let err = audit::audit(dir.path(), Some(&ca)).unwrap_err().to_string();
+    assert!(
+        err.contains("a's countersignature of round 1 does not verify")
+            && err.contains("made for another job or record"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_audit_names_a_countersigned_record_that_was_edited_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = countersigned(dir.path());
+    // The host rewrites round 1 and the whole chain after it consistently: the links hold, the
+    // participants' signatures do not.
+    let store = Store::of(dir.path(), &job(), 2).unwrap();
+    let lines = store.read_lines().unwrap();
+    let mut previous = String::new();
+    let mut rewritten = Vec::new();
+    for (index, (_, record)) in lines.into_iter().enumerate() {
+        let mut record = record;
+        if index == 0 {
+            record.outcome.contributors = vec!["z".into()];
+        }
+        record.previous_record_sha256 = previous;
+        let line = serde_json::to_string(&record).unwrap();
+        previous = sha256_hex(line.as_bytes());
+        rewritten.push(line);
+    }
+    std::fs::write(dir.path().join("rounds.jsonl"), rewritten.join("\n") + "\n").unwrap();
+    let err = audit::audit(dir.path(), Some(&ca)).unwrap_err().to_string();
+    assert!(
+        err.contains("countersigned a record of round 1 that hashes to")
+            && err.contains("the record was changed after it was signed"),
         "{err}"
     );
 }

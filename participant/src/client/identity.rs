@@ -9,7 +9,7 @@ use cairn_secagg::protocol::{Signer, Verifier};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use std::collections::BTreeMap;
 
 fn identity_error(subject: impl Into<String>, reason: String) -> Error {
@@ -72,54 +72,26 @@ impl FederationVerifier {
         ca_pem: &str,
         peers: Vec<(u32, String, Vec<u8>)>,
     ) -> Result<FederationVerifier, Error> {
-        let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
-            .map_err(|e| identity_error("CA certificate", format!("is not PEM: {e}")))?;
-        let anchor = webpki::anchor_from_trusted_cert(&ca)
-            .map_err(|e| identity_error("CA certificate", format!("is unusable: {e}")))?
-            .to_owned();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let mut certificates = BTreeMap::new();
         for (index, expected_id, der) in peers {
-            let der = CertificateDer::from(der);
-            let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| {
-                identity_error(
-                    format!("certificate of participant {index}"),
-                    format!("cannot be parsed: {e}"),
-                )
-            })?;
-            cert.verify_for_usage(
-                webpki::ALL_VERIFICATION_ALGS,
-                std::slice::from_ref(&anchor),
-                &[],
-                UnixTime::now(),
-                webpki::KeyUsage::client_auth(),
-                None,
-                None,
-            )
-            .map_err(|e| {
-                identity_error(
-                    format!("certificate of participant {index}"),
-                    format!("is not from the federation CA: {e}"),
-                )
-            })?;
-            let identity = cairn_identity::identity_of(&der).map_err(|e| {
-                identity_error(format!("certificate of participant {index}"), e.to_string())
-            })?;
+            let subject = || format!("certificate of participant {index}");
+            let identity = cairn_identity::verify_participant_certificate(ca_pem, &der, now)
+                .map_err(|e| match e {
+                    cairn_identity::Error::UnusableCertificate { reason } => {
+                        identity_error(subject(), reason)
+                    }
+                    other => identity_error(subject(), other.to_string()),
+                })?;
             if identity.id != expected_id {
                 return Err(identity_error(
-                    format!("certificate of participant {index}"),
+                    subject(),
                     format!("names {:?}, expected {expected_id:?}", identity.id),
                 ));
             }
-            if !identity.is_participant() {
-                return Err(identity_error(
-                    format!("certificate of participant {index}"),
-                    format!(
-                        "is marked OU={:?}, expected OU={:?}: the CA issued it to something other than a participant",
-                        identity.unit,
-                        cairn_identity::PARTICIPANT_UNIT
-                    ),
-                ));
-            }
+            let der = CertificateDer::from(der);
             certificates.insert(index, der.into_owned());
         }
         Ok(FederationVerifier { certificates })
