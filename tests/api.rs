@@ -204,16 +204,48 @@ async fn the_api_reports_what_the_federation_did() {
     assert_eq!(job_view.spec, job);
     assert!(job_view.finished_at.is_some());
     assert_eq!(api.get("/readyz", None).await.status(), 503);
-    // The chain head is the one the audit of the state directory finds.
-    let audit = cairn_coordinator::store::audit::audit(&federation.dir.path().join("state"))
-        .expect("the state directory audits clean");
+    // The chain head is the one the audit of the state directory finds, and every
+    // countersignature verifies against the federation CA.
+    let ca = std::fs::read_to_string(federation.kit_dir("alpha").join("ca.pem")).expect("CA");
+    let audit =
+        cairn_coordinator::store::audit::audit(&federation.dir.path().join("state"), Some(&ca))
+            .expect("the state directory audits clean");
     assert_eq!(job_view.chain_head_sha256, audit.chain_head_sha256);
     assert_eq!(audit.chain_head_sha256.len(), 64);
 
-    // The rounds, as recorded, with delta dropped in round 2's first phase.
+    // The rounds, as recorded, with delta dropped in round 2's first phase; every contributor
+    // countersigned the record of its round, as the audit found.
     let page: RoundPage = api.json("/api/v1/rounds").await;
     assert_eq!(page.total, 2);
-    assert_eq!(page.rounds, report.rounds);
+    let records: Vec<RoundRecord> = page.rounds.iter().map(|r| r.record.clone()).collect();
+    assert_eq!(records, report.rounds);
+    for (view, audited) in page.rounds.iter().zip(&audit.rounds) {
+        assert_eq!(view.countersigned_by, audited.signers);
+        for id in &view.record.outcome.contributors {
+            assert!(
+                view.countersigned_by.contains(id),
+                "{id} contributed to round {} but did not countersign it: {:?}",
+                view.record.outcome.round,
+                view.countersigned_by
+            );
+        }
+    }
+    let provenance: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(federation.dir.path().join("state/model.provenance.json"))
+            .expect("provenance"),
+    )
+    .expect("JSON");
+    let signed: Vec<&str> = provenance["signatures"]
+        .as_array()
+        .expect("signatures")
+        .iter()
+        .map(|s| s["participant"].as_str().expect("participant"))
+        .collect();
+    assert_eq!(
+        signed,
+        ["alpha", "bravo", "charlie"],
+        "the final model's provenance"
+    );
     let second: RoundRecord = api.json("/api/v1/rounds/2").await;
     assert_eq!(second.outcome.contributors, ["alpha", "bravo", "charlie"]);
     assert!(
@@ -231,7 +263,7 @@ async fn the_api_reports_what_the_federation_did() {
     assert_eq!(phases, Phase::ALL[1..]);
     let page: RoundPage = api.json("/api/v1/rounds?offset=1&limit=1").await;
     assert_eq!((page.total, page.rounds.len()), (2, 1));
-    assert_eq!(page.rounds[0].outcome.round, 2);
+    assert_eq!(page.rounds[0].record.outcome.round, 2);
 
     // The participants.
     let participants: Vec<ParticipantView> = api.json("/api/v1/participants").await;

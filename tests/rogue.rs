@@ -55,6 +55,8 @@ struct Session {
     inbound: Streaming<ParticipantMessage>,
     outbox: Outbox,
     participant: tokio::task::JoinHandle<Result<client::RunSummary, cairn_participant::Error>>,
+    /// The sessions the participant opens after this one.
+    accepted: mpsc::Receiver<(Streaming<ParticipantMessage>, Outbox)>,
 }
 
 /// A provisioned federation, a rogue coordinator on loopback and `me` connected to it with
@@ -86,7 +88,25 @@ async fn connect(federation: &Federation, me: &str, policy: Policy) -> Session {
     options.policy = policy;
     let participant = tokio::spawn(client::run(options, digits_task(0, 4)));
     let (mut inbound, outbox) = accepted.recv().await.expect("a session");
-    match next(&mut inbound).await {
+    let through = greet(&mut inbound, &outbox, me, None).await;
+    assert_eq!(through.round, 0, "nothing countersigned yet");
+    Session {
+        inbound,
+        outbox,
+        participant,
+        accepted,
+    }
+}
+
+/// Takes `me`'s `Hello`, answers `Welcome` with the head of the round log `chain`, and returns
+/// where `me` says its countersigning stands.
+async fn greet(
+    inbound: &mut Streaming<ParticipantMessage>,
+    outbox: &Outbox,
+    me: &str,
+    chain: Option<v1::ChainHead>,
+) -> v1::SignedThrough {
+    match next(inbound).await {
         Some(Inbound::Hello(_)) => {}
         other => panic!("expected Hello first, got {other:?}"),
     }
@@ -99,14 +119,16 @@ async fn connect(federation: &Federation, me: &str, policy: Policy) -> Session {
             metrics: vec!["loss".into(), "accuracy".into()],
             standardize: vec![],
         }),
+        chain,
     };
-    let session = Session {
-        inbound,
-        outbox,
-        participant,
+    let welcome = CoordinatorMessage {
+        body: Some(Outbound::Welcome(welcome)),
     };
-    session.send(Outbound::Welcome(welcome)).await;
-    session
+    outbox.send(Ok(welcome)).await.expect("the session is open");
+    match next(inbound).await {
+        Some(Inbound::SignedThrough(through)) => through,
+        other => panic!("expected SignedThrough after Welcome, got {other:?}"),
+    }
 }
 
 /// The participant's next message that is not a heartbeat; `None` once its stream ended.
@@ -239,6 +261,8 @@ fn kinds(sent: &[Inbound]) -> Vec<&'static str> {
             Inbound::MaskedInput(_) => "masked input",
             Inbound::SurvivorSignature(_) => "survivor signature",
             Inbound::Reveal(_) => "reveal",
+            Inbound::SignedThrough(_) => "signed through",
+            Inbound::Countersignature(_) => "countersignature",
         })
         .collect()
 }
@@ -791,4 +815,114 @@ async fn a_forged_survivor_signature_gets_no_reveal() {
         &["survivor set signature of participant 2 does not match the set shown here"],
     )
     .await;
+}
+
+/// A round record of `round` in the coordinator's format, after the record `previous` (hex
+/// SHA-256), with `contributors`.
+fn round_record(round: u64, previous: &str, contributors: &[&str]) -> v1::RoundRecord {
+    let json = serde_json::json!({
+        "round": round,
+        "contributors": contributors,
+        "previous_record_sha256": previous,
+        "job_sha256": "a1".repeat(32),
+        "model_sha256": "b2".repeat(32),
+    });
+    v1::RoundRecord {
+        round,
+        record: serde_json::to_vec(&json).expect("JSON"),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_participant_shown_a_rewritten_history_refuses_to_go_on_and_says_why() {
+    let federation = Federation::provision(&IDS);
+    let mut session = connect(&federation, "alpha", Policy::default()).await;
+    let certificate = cairn_identity::certificate_der(
+        &std::fs::read_to_string(federation.kit_dir("alpha").join("cert.pem")).expect("cert"),
+        "cert.pem",
+    )
+    .expect("certificate");
+    // Rounds 1 and 2 as they happened: alpha countersigns each with its certificate's key.
+    let first = round_record(1, "", &["alpha", "bravo", "charlie"]);
+    let second = round_record(
+        2,
+        &sha256_hex(&first.record),
+        &["alpha", "bravo", "charlie"],
+    );
+    for record in [&first, &second] {
+        session.send(Outbound::Record(record.clone())).await;
+        let Some(Inbound::Countersignature(signature)) = next(&mut session.inbound).await else {
+            panic!("alpha countersigns round {}", record.round);
+        };
+        let hash = ring::digest::digest(&ring::digest::SHA256, &record.record);
+        assert_eq!(signature.record_sha256, hash.as_ref());
+        let message = cairn_identity::countersigned_message(JOB, record.round, hash.as_ref());
+        assert!(
+            cairn_identity::verify_signature(&certificate, &message, &signature.signature),
+            "the countersignature verifies with alpha's certificate"
+        );
+    }
+    // The host restarts with round 2 rewritten (alpha left out of it): alpha reconnects, says
+    // where it stands, and refuses the head it is shown.
+    session
+        .outbox
+        .send(Err(Status::unavailable("restarting")))
+        .await
+        .expect("open");
+    let (mut inbound, outbox) = session.accepted.recv().await.expect("alpha reconnects");
+    let rewritten = round_record(2, &sha256_hex(&first.record), &["bravo", "charlie"]);
+    let head = v1::ChainHead {
+        rounds: 2,
+        record_sha256: ring::digest::digest(&ring::digest::SHA256, &rewritten.record)
+            .as_ref()
+            .to_vec(),
+    };
+    let Some(Inbound::Hello(_)) = next(&mut inbound).await else {
+        panic!("expected Hello");
+    };
+    let welcome = Welcome {
+        protocol_version: cairn_proto::PROTOCOL_VERSION,
+        job_name: JOB.into(),
+        participant_id: "alpha".into(),
+        heartbeat_interval_s: 60,
+        task: Some(TaskSpec {
+            metrics: vec!["loss".into()],
+            standardize: vec![],
+        }),
+        chain: Some(head),
+    };
+    outbox
+        .send(Ok(CoordinatorMessage {
+            body: Some(Outbound::Welcome(welcome)),
+        }))
+        .await
+        .expect("open");
+    let err = session
+        .participant
+        .await
+        .expect("participant task")
+        .expect_err("alpha refuses the rewritten history");
+    let message = err.to_string();
+    assert!(
+        message.contains("the coordinator's round log forks from the one this site countersigned")
+            && message.contains(&format!(
+                "its record of round 2 hashes to {}",
+                sha256_hex(&rewritten.record)
+            ))
+            && message.contains(&sha256_hex(&second.record)),
+        "{message}"
+    );
+    let mut sent = Vec::new();
+    while let Some(body) = next(&mut inbound).await {
+        sent.push(body);
+    }
+    assert!(sent.is_empty(), "alpha sent {:?}", kinds(&sent));
 }

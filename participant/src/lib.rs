@@ -216,6 +216,28 @@ pub enum Error {
     /// The coordinator sent something this participant cannot accept.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The coordinator shows a history of the job that forks from the one this site
+    /// countersigned: this participant does not go on with it.
+    #[error(
+        "job {job:?}: the coordinator's round log forks from the one this site countersigned (kept in {}): {reason}; this site takes no further part in the job",
+        file.display()
+    )]
+    HistoryForked {
+        /// The job.
+        job: String,
+        /// The site's history file.
+        file: PathBuf,
+        /// Where the histories part.
+        reason: String,
+    },
+    /// The site's history file (what it countersigned) cannot be read or written.
+    #[error("history file {}: {reason}", path.display())]
+    HistoryFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A local federation (the `simulation` feature) could not be set up or run.
     #[error("local federation: {0}")]
     Simulation(String),

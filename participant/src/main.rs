@@ -41,6 +41,12 @@ enum Command {
         /// list this participant is waited out too.
         #[arg(long)]
         keep_going: bool,
+        /// File where this site keeps the last round record it countersigned in each job: a
+        /// coordinator that later shows a history forking from it (rounds rewritten, dropped
+        /// or reordered) is refused. Keep it on storage that outlives the process (default:
+        /// history.json in the kit directory).
+        #[arg(long, value_name = "FILE")]
+        history: Option<PathBuf>,
         // Last, because its site policy opens its own heading in --help.
         #[command(flatten)]
         common: Common,
@@ -407,6 +413,7 @@ async fn main() -> anyhow::Result<()> {
             partition_index,
             partitions,
             keep_going,
+            history,
         } => {
             set_threads(&common)?;
             let data = LocalData::load_idx(data_dir(&common)?)?;
@@ -414,9 +421,11 @@ async fn main() -> anyhow::Result<()> {
                 .file_name()
                 .map_or("participant".into(), |n| n.to_string_lossy().into_owned());
             let task = task(&common, &data, partition_index, partitions)?;
+            let defaults = options(&common, &kit, label)?;
             let options = client::ClientOptions {
                 keep_going,
-                ..options(&common, &kit, label)?
+                history: history.unwrap_or(defaults.history.clone()),
+                ..defaults
             };
             let summary = client::run(options, task).await?;
             print_summary(&summary);

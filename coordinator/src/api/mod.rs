@@ -12,9 +12,7 @@ pub mod client;
 pub mod metrics;
 pub mod monitor;
 
-pub use monitor::{
-    ApiEvent, JobState, JobView, Monitor, ParticipantView, RoundView, Sequenced,
-};
+pub use monitor::{ApiEvent, JobState, JobView, Monitor, ParticipantView, RoundView, Sequenced};
 
 use crate::Error;
 use crate::model::{TensorShape, encode_safetensors};

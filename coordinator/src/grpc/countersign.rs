@@ -27,7 +27,8 @@ struct Entry {
 impl Entry {
     fn new(line: String) -> Entry {
         let mut sha256 = [0; 32];
-        sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, line.as_bytes()).as_ref());
+        sha256
+            .copy_from_slice(ring::digest::digest(&ring::digest::SHA256, line.as_bytes()).as_ref());
         Entry {
             line: line.into(),
             sha256,
@@ -182,7 +183,9 @@ pub(super) fn accept(
         }
         Ok(false) => {}
         // The participant did its part; the operator learns that the disk did not.
-        Err(e) => tracing::error!(participant = %id, round, "keeping {id}'s countersignature of round {round}: {e}"),
+        Err(e) => {
+            tracing::error!(participant = %id, round, "keeping {id}'s countersignature of round {round}: {e}")
+        }
     }
     Ok(())
 }

@@ -438,7 +438,10 @@ impl Session<'_> {
             };
             let next = match received {
                 Err(_) => {
-                    return Ended::Gone(format!("silent for {} s (no heartbeat)", silence.as_secs()));
+                    return Ended::Gone(format!(
+                        "silent for {} s (no heartbeat)",
+                        silence.as_secs()
+                    ));
                 }
                 Ok(Err(status)) => {
                     return match unreadable(&status) {

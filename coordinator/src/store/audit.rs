@@ -221,7 +221,9 @@ fn check_signature(
     };
     let at = std::time::Duration::from_secs(signature.received_at_unix_s);
     let identity = cairn_identity::verify_participant_certificate(ca_pem, &certificate, at)
-        .map_err(|e| format!("the certificate with {who}'s countersignature of round {round}: {e}"))?;
+        .map_err(|e| {
+            format!("the certificate with {who}'s countersignature of round {round}: {e}")
+        })?;
     if identity.id != *who {
         return Err(format!(
             "the countersignature of round {round} said to be {who}'s comes with the certificate of {:?}",

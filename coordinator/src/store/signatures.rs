@@ -222,7 +222,10 @@ mod tests {
         let kept = Countersignatures::open(dir.path()).unwrap();
         assert!(kept.add(signature(1, "bravo")).unwrap());
         assert!(kept.add(signature(1, "alpha")).unwrap());
-        assert!(!kept.add(signature(1, "alpha")).unwrap(), "a second one is not kept");
+        assert!(
+            !kept.add(signature(1, "alpha")).unwrap(),
+            "a second one is not kept"
+        );
         assert!(kept.add(signature(2, "alpha")).unwrap());
         let reopened = Countersignatures::open(dir.path()).unwrap();
         assert_eq!(reopened.signers(1), ["alpha", "bravo"]);
@@ -239,7 +242,10 @@ mod tests {
             .add(signature(1, "alpha"))
             .unwrap();
         let path = dir.path().join(SIGNATURES_FILE);
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         file.write_all(b"{\"round\":1,\"partic").unwrap();
         assert!(matches!(
             read(dir.path(), false),

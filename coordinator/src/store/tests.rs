@@ -403,7 +403,10 @@ fn the_audit_names_a_record_of_another_job_definition() {
 }
 
 /// A federation CA and the kits of participants `a` and `b`: (CA PEM, [(id, cert DER, key)]).
-fn federation() -> (String, Vec<(String, Vec<u8>, ring::signature::EcdsaKeyPair)>) {
+fn federation() -> (
+    String,
+    Vec<(String, Vec<u8>, ring::signature::EcdsaKeyPair)>,
+) {
     use rustls::pki_types::pem::PemObject;
     let ca = cairn_identity::Authority::generate("audit", 1).unwrap();
     let kits = ["a", "b"]
@@ -442,7 +445,12 @@ fn countersign(
 }
 
 /// Three rounds countersigned by both kits, audited with the CA; the CA and the kits.
-fn countersigned(dir: &Path) -> (String, Vec<(String, Vec<u8>, ring::signature::EcdsaKeyPair)>) {
+fn countersigned(
+    dir: &Path,
+) -> (
+    String,
+    Vec<(String, Vec<u8>, ring::signature::EcdsaKeyPair)>,
+) {
     let (ca, kits) = federation();
     let store = committed(dir, 3);
     let lines = store.read_lines().unwrap();
@@ -480,11 +488,21 @@ fn the_audit_checks_every_countersignature_against_the_federation_ca() {
     let (ca, _) = countersigned(dir.path());
     let provenance: Provenance =
         serde_json::from_slice(&std::fs::read(dir.path().join(PROVENANCE_FILE)).unwrap()).unwrap();
-    let signers: Vec<&str> = provenance.signatures.iter().map(|s| s.participant.as_str()).collect();
-    assert_eq!(signers, ["a", "b"], "the provenance carries the head's signatures");
+    let signers: Vec<&str> = provenance
+        .signatures
+        .iter()
+        .map(|s| s.participant.as_str())
+        .collect();
+    assert_eq!(
+        signers,
+        ["a", "b"],
+        "the provenance carries the head's signatures"
+    );
     // Another federation's CA: no certificate chains to it.
     let (other_ca, _) = federation();
-    let err = audit::audit(dir.path(), Some(&other_ca)).unwrap_err().to_string();
+    let err = audit::audit(dir.path(), Some(&other_ca))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("is not from the federation CA"), "{err}");
     assert!(audit::audit(dir.path(), Some(&ca)).is_ok());
 }
@@ -495,7 +513,10 @@ fn the_audit_names_a_forged_countersignature() {
     let (ca, kits) = countersigned(dir.path());
     // b's signature of round 2 made with a's key, under b's certificate.
     rewrite_signatures(dir.path(), |kept| {
-        let forged = kept.iter().position(|s| s.round == 2 && s.participant == "b").unwrap();
+        let forged = kept
+            .iter()
+            .position(|s| s.round == 2 && s.participant == "b")
+            .unwrap();
         let by_a = countersign("t", 2, &kept[forged].record_sha256, &kits[0]);
         kept[forged].signature = by_a.signature;
     });
@@ -514,7 +535,10 @@ fn the_audit_names_a_countersignature_replayed_from_another_job() {
     let (ca, kits) = countersigned(dir.path());
     // a's signature over the same record hash, made for a job of another name.
     rewrite_signatures(dir.path(), |kept| {
-        let replayed = kept.iter().position(|s| s.round == 1 && s.participant == "a").unwrap();
+        let replayed = kept
+            .iter()
+            .position(|s| s.round == 1 && s.participant == "a")
+            .unwrap();
         kept[replayed] = countersign("other-job", 1, &kept[replayed].record_sha256, &kits[0]);
     });
     let err = audit::audit(dir.path(), Some(&ca)).unwrap_err().to_string();

@@ -3,6 +3,7 @@
 //! the coordinator is away. It drives a [`Task`]: receive the global model, train, send back the
 //! weighted update, evaluate new models, until the coordinator says the job is finished.
 
+mod history;
 pub mod identity;
 mod resume;
 mod secure;
@@ -138,6 +139,8 @@ pub struct ClientOptions {
     /// What this site accepts from the coordinator (secure aggregation required, the least
     /// roster, its partners); nothing the coordinator sends changes it.
     pub policy: Policy,
+    /// The file where this site keeps the last round record it countersigned in each job.
+    pub history: PathBuf,
 }
 
 /// What a [`Filter`] does with one message.
@@ -170,7 +173,8 @@ pub trait Filter: Send + Sync + std::fmt::Debug {
 }
 
 impl ClientOptions {
-    /// Options with default backoff (0.5 s doubling to 30 s, retrying forever).
+    /// Options with default backoff (0.5 s doubling to 30 s, retrying forever) and the
+    /// history file in the kit's directory.
     pub fn new(
         coordinator: impl Into<String>,
         kit: Kit,
@@ -179,6 +183,7 @@ impl ClientOptions {
         ClientOptions {
             coordinator: coordinator.into(),
             server_name: None,
+            history: kit.dir.join(HISTORY_FILE),
             kit,
             label: label.into(),
             initial_backoff: Duration::from_millis(500),
@@ -191,6 +196,9 @@ impl ClientOptions {
         }
     }
 }
+
+/// The history file's name in the kit directory, unless `--history` says otherwise.
+pub const HISTORY_FILE: &str = "history.json";
 
 /// What a participant did over a whole job.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -473,6 +481,17 @@ async fn session(
     if let Some(task) = task.as_mut() {
         task.prepare(&job)?;
     }
+    let history = history::History::open(&options.history, &welcome.job_name)?;
+    history.check_head(welcome.chain.as_ref())?;
+    if send(
+        &outbox,
+        outbound(Outbound::SignedThrough(history.signed_through())),
+    )
+    .await
+    .is_err()
+    {
+        return retry_unwelcomed("the session closed after Welcome".into());
+    }
     let interval = Duration::from_secs(u64::from(welcome.heartbeat_interval_s.max(1)));
     let heartbeats = tokio::spawn(send_heartbeats(outbox.clone(), interval));
     let mut serving = Serving {
@@ -485,6 +504,7 @@ async fn session(
         started,
         unfinished,
         secure: None,
+        history,
     };
     let interrupt = serving.serve().await;
     heartbeats.abort();
@@ -725,6 +745,8 @@ struct Serving<'a> {
     unfinished: &'a mut Option<Unfinished>,
     /// This round's secure aggregation, from training until this participant's part is over.
     secure: Option<secure::SecureRound>,
+    /// What this site countersigned in the job.
+    history: history::History,
 }
 
 impl Serving<'_> {
@@ -755,11 +777,31 @@ impl Serving<'_> {
             ))),
             Inbound::Heartbeat(_) => Ok(()),
             Inbound::ResumeUpdate(resume) => self.on_resume_update(resume).await,
+            Inbound::Record(record) => self.on_record(record).await,
             body @ (Inbound::Advertisements(_)
             | Inbound::GraphNonces(_)
             | Inbound::Shares(_)
             | Inbound::Survivors(_)
             | Inbound::SurvivorSignatures(_)) => self.on_secure(body).await,
+        }
+    }
+
+    /// Countersigns a committed round's record when it extends the history this site signed;
+    /// a history that forks from it ends this participant's part in the job.
+    async fn on_record(&mut self, record: cairn_proto::v1::RoundRecord) -> Result<(), Interrupt> {
+        let label = &self.options.label;
+        match self.history.countersign(&record, &*self.options.kit.signer) {
+            Ok(Some(signature)) => {
+                tracing::debug!(participant = %label, "{label}: countersigned round {}'s record", record.round);
+                send(
+                    &self.outbox,
+                    outbound(Outbound::Countersignature(signature)),
+                )
+                .await
+            }
+            Ok(None) => Ok(()),
+            Err(history::Unsigned::Forked(error)) => Err(Interrupt::Failed(error)),
+            Err(history::Unsigned::Unusable(reason)) => Err(Interrupt::retry(reason)),
         }
     }
 
@@ -803,6 +845,7 @@ impl Serving<'_> {
             task.check_layout(&layout)?;
         }
         let specs = header.tensors.clone();
+        let model_sha256 = header.sha256.clone();
         let what = format!("global model for round {round}");
         let mut assembler = match resumed {
             Some(assembler) => assembler,
@@ -820,6 +863,10 @@ impl Serving<'_> {
                 return Err(interrupt);
             }
         };
+        // The model a round trains on is the one the last round ended with.
+        if round > 1 {
+            self.history.received_model(round - 1, &model_sha256)?;
+        }
         let privacy = match self.options.policy.check_privacy(
             setup,
             global.len(),
@@ -1112,6 +1159,7 @@ impl Serving<'_> {
             .inbound
             .receive(header, format!("model to evaluate for round {round}"))
             .await?;
+        self.history.received_model(round, &digest)?;
         let evaluation = with_task(self.task, move |task| {
             task.set_parameters(&layout, &model)?;
             task.evaluate()

@@ -1,0 +1,479 @@
+//! This site's side of the countersigned round log. The coordinator sends each committed
+//! round's record; the site signs it with its certificate's key only when it extends the
+//! history it signed before (same job definition, linked to the last record it signed) and
+//! names the global model that the site received after that round. What it signed last, per
+//! job, is kept in a small file (`--history`), so that a coordinator restarted with a
+//! rewritten or shortened log is caught on the first record or `Welcome` that shows it: the
+//! site then refuses to go on, and says where the histories part.
+//!
+//! A record of a round whose model the site never received (it was away) is signed for its
+//! link to the chain alone; the model it names is checked against the next model the site
+//! receives.
+
+use crate::Error;
+use cairn_proto::v1::{ChainHead, Countersignature, RoundRecord, SignedThrough};
+use cairn_secagg::protocol::Signer;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What the site signed last in one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Signed {
+    round: u64,
+    /// SHA-256 (hex) of the record signed.
+    record_sha256: String,
+    /// The job definition's digest that the record names.
+    job_sha256: String,
+    /// The model after the round that the record names.
+    model_sha256: String,
+}
+
+/// The history file: the last record signed, by job name.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct HistoryFile {
+    jobs: BTreeMap<String, Signed>,
+}
+
+/// The fields of a record the site checks (the record has more; they are signed as written).
+#[derive(Debug, Deserialize)]
+struct Fields {
+    round: u64,
+    previous_record_sha256: String,
+    job_sha256: String,
+    model_sha256: String,
+}
+
+/// Why a record is not signed.
+#[derive(Debug)]
+pub(super) enum Unsigned {
+    /// The coordinator's history forks from the site's.
+    Forked(Error),
+    /// The record is not one the site can check now (malformed, or out of order): the session
+    /// is worth starting again, which sends the records from the last one signed.
+    Unusable(String),
+}
+
+/// Models received this many rounds back are remembered, to be checked against their records.
+const MODELS_KEPT: usize = 8;
+
+/// The site's history in one job.
+#[derive(Debug)]
+pub(super) struct History {
+    path: PathBuf,
+    job: String,
+    signed: Option<Signed>,
+    /// SHA-256 (hex) of the global model the site received after each recent round.
+    models: BTreeMap<u64, String>,
+}
+
+impl History {
+    /// The history of `job` in the file at `path` (none yet: nothing signed).
+    pub(super) fn open(path: &Path, job: &str) -> Result<History, Error> {
+        let signed = read(path)?.jobs.remove(job);
+        Ok(History {
+            path: path.to_path_buf(),
+            job: job.to_string(),
+            signed,
+            models: BTreeMap::new(),
+        })
+    }
+
+    /// Where the site's signing stands, for the coordinator.
+    pub(super) fn signed_through(&self) -> SignedThrough {
+        match &self.signed {
+            None => SignedThrough::default(),
+            Some(signed) => SignedThrough {
+                round: signed.round,
+                record_sha256: unhex(&signed.record_sha256),
+            },
+        }
+    }
+
+    /// Checks the head of the coordinator's log (from `Welcome`) against what the site signed.
+    pub(super) fn check_head(&self, head: Option<&ChainHead>) -> Result<(), Error> {
+        let Some(signed) = &self.signed else {
+            return Ok(());
+        };
+        let rounds = head.map_or(0, |h| h.rounds);
+        if rounds < signed.round {
+            return Err(self.forked(format!(
+                "its log ends at round {rounds}, but this site countersigned round {}: rounds were lost or removed",
+                signed.round
+            )));
+        }
+        let head_sha256 = head.map(|h| hex(&h.record_sha256)).unwrap_or_default();
+        if rounds == signed.round && head_sha256 != signed.record_sha256 {
+            return Err(self.forked(format!(
+                "its record of round {rounds} hashes to {head_sha256}, but the one this site countersigned hashes to {}",
+                signed.record_sha256
+            )));
+        }
+        Ok(())
+    }
+
+    /// The site received `sha256` as the global model after round `round`: checked against
+    /// the record of that round if the site signed it, and remembered for when it comes.
+    pub(super) fn received_model(&mut self, round: u64, sha256: &[u8]) -> Result<(), Error> {
+        let sha256 = hex(sha256);
+        if let Some(signed) = &self.signed
+            && signed.round == round
+            && signed.model_sha256 != sha256
+        {
+            return Err(self.forked(format!(
+                "it sends {sha256} as the model after round {round}, but the record of round {round} this site countersigned names {}",
+                signed.model_sha256
+            )));
+        }
+        self.models.insert(round, sha256);
+        while self.models.len() > MODELS_KEPT {
+            self.models.pop_first();
+        }
+        Ok(())
+    }
+
+    /// Checks `record` and, when it extends the history, signs it, keeps it as the last signed,
+    /// and returns the countersignature; `None` for the record last signed, sent again.
+    pub(super) fn countersign(
+        &mut self,
+        record: &RoundRecord,
+        signer: &dyn Signer,
+    ) -> Result<Option<Countersignature>, Unsigned> {
+        let fields: Fields = serde_json::from_slice(&record.record).map_err(|e| {
+            Unsigned::Unusable(format!(
+                "the record of round {} is not a round record: {e}",
+                record.round
+            ))
+        })?;
+        let round = record.round;
+        if fields.round != round {
+            return Err(Unsigned::Unusable(format!(
+                "a record of round {} was sent as round {round}",
+                fields.round
+            )));
+        }
+        let sha256 = hex(ring::digest::digest(&ring::digest::SHA256, &record.record).as_ref());
+        let (last_round, last_sha256) = match &self.signed {
+            None => (0, ""),
+            Some(signed) => (signed.round, signed.record_sha256.as_str()),
+        };
+        if round == last_round && sha256 == last_sha256 {
+            return Ok(None);
+        }
+        if round <= last_round {
+            return Err(Unsigned::Forked(self.forked(format!(
+                "it sends a record of round {round} that hashes to {sha256}, but this site countersigned round {last_round} already{}",
+                match round == last_round {
+                    true => format!(" with a record that hashes to {last_sha256}"),
+                    false => String::new(),
+                }
+            ))));
+        }
+        if round != last_round + 1 {
+            return Err(Unsigned::Unusable(format!(
+                "the record of round {round} came after round {last_round}'s; records come in order"
+            )));
+        }
+        if fields.previous_record_sha256 != last_sha256 {
+            return Err(Unsigned::Forked(self.forked(format!(
+                "its record of round {round} follows a record that hashes to {}, but the record of round {last_round} this site countersigned hashes to {}",
+                or_none(&fields.previous_record_sha256),
+                or_none(last_sha256)
+            ))));
+        }
+        if let Some(signed) = &self.signed
+            && signed.job_sha256 != fields.job_sha256
+        {
+            return Err(Unsigned::Forked(self.forked(format!(
+                "its record of round {round} names job definition {}, the rounds this site countersigned name {}",
+                fields.job_sha256, signed.job_sha256
+            ))));
+        }
+        if let Some(received) = self.models.get(&round)
+            && *received != fields.model_sha256
+        {
+            return Err(Unsigned::Forked(self.forked(format!(
+                "its record of round {round} names model {}, but the model this site received after round {round} is {received}",
+                fields.model_sha256
+            ))));
+        }
+        let hash = unhex(&sha256);
+        let signature = signer.sign(&cairn_identity::countersigned_message(
+            &self.job, round, &hash,
+        ));
+        self.signed = Some(Signed {
+            round,
+            record_sha256: sha256,
+            job_sha256: fields.job_sha256,
+            model_sha256: fields.model_sha256,
+        });
+        self.save().map_err(Unsigned::Forked)?;
+        Ok(Some(Countersignature {
+            round,
+            record_sha256: hash,
+            signature,
+        }))
+    }
+
+    /// Writes the last record signed into the file, beside the other jobs' (atomically: a
+    /// temporary file renamed over it).
+    fn save(&self) -> Result<(), Error> {
+        let mut file = read(&self.path)?;
+        match &self.signed {
+            Some(signed) => file.jobs.insert(self.job.clone(), signed.clone()),
+            None => file.jobs.remove(&self.job),
+        };
+        let failed = |reason: String| Error::HistoryFile {
+            path: self.path.clone(),
+            reason,
+        };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| failed(e.to_string()))?;
+        let temp = self.path.with_extension("json.tmp");
+        std::fs::write(&temp, bytes)
+            .and_then(|()| std::fs::rename(&temp, &self.path))
+            .map_err(|e| failed(format!("cannot be written: {e}")))
+    }
+
+    fn forked(&self, reason: String) -> Error {
+        Error::HistoryForked {
+            job: self.job.clone(),
+            file: self.path.clone(),
+            reason,
+        }
+    }
+}
+
+/// The history file at `path`; none yet is an empty one.
+fn read(path: &Path) -> Result<HistoryFile, Error> {
+    let failed = |reason: String| Error::HistoryFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            failed(format!(
+                "is not a history file ({e}); expected what this participant writes there"
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HistoryFile::default()),
+        Err(e) => Err(failed(format!("cannot be read: {e}"))),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .filter_map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+fn or_none(hash: &str) -> &str {
+    match hash {
+        "" => "(none)",
+        hash => hash,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Signs with a fixed tag, for tests that check what is signed, not the key.
+    struct Plain;
+
+    impl Signer for Plain {
+        fn sign(&self, message: &[u8]) -> Vec<u8> {
+            message.to_vec()
+        }
+    }
+
+    fn model(round: u64) -> Vec<u8> {
+        vec![round as u8; 32]
+    }
+
+    /// The record of `round` after the one that hashes to `previous`.
+    fn record(round: u64, previous: &str, job: &str) -> RoundRecord {
+        let json = serde_json::json!({
+            "round": round,
+            "contributors": ["a"],
+            "previous_record_sha256": previous,
+            "job_sha256": job,
+            "model_sha256": hex(&model(round)),
+        });
+        RoundRecord {
+            round,
+            record: serde_json::to_vec(&json).unwrap(),
+        }
+    }
+
+    fn sha256(record: &RoundRecord) -> String {
+        hex(ring::digest::digest(&ring::digest::SHA256, &record.record).as_ref())
+    }
+
+    /// Rounds 1..=n of job `j1`, signed in a history at `path`; the records.
+    fn signed(path: &Path, n: u64) -> Vec<RoundRecord> {
+        let mut history = History::open(path, "job").unwrap();
+        let mut records = Vec::new();
+        let mut previous = String::new();
+        for round in 1..=n {
+            let record = record(round, &previous, "j1");
+            history.received_model(round, &model(round)).unwrap();
+            let signature = history.countersign(&record, &Plain).unwrap().unwrap();
+            assert_eq!(
+                signature.signature,
+                cairn_identity::countersigned_message("job", round, &signature.record_sha256)
+            );
+            previous = sha256(&record);
+            records.push(record);
+        }
+        records
+    }
+
+    fn forked(result: Result<Option<Countersignature>, Unsigned>) -> String {
+        match result {
+            Err(Unsigned::Forked(e)) => e.to_string(),
+            other => panic!("not refused as a fork: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_site_signs_the_records_that_extend_its_history_and_remembers_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.json");
+        let records = signed(&path, 3);
+        let mut history = History::open(&path, "job").unwrap();
+        let through = history.signed_through();
+        assert_eq!(through.round, 3);
+        assert_eq!(hex(&through.record_sha256), sha256(&records[2]));
+        // The last record again (a reconnection that crossed it) is not signed twice.
+        assert!(history.countersign(&records[2], &Plain).unwrap().is_none());
+        // Another job in the same file starts from nothing.
+        assert_eq!(
+            History::open(&path, "other")
+                .unwrap()
+                .signed_through()
+                .round,
+            0
+        );
+        let head = ChainHead {
+            rounds: 3,
+            record_sha256: through.record_sha256.clone(),
+        };
+        history.check_head(Some(&head)).unwrap();
+    }
+
+    #[test]
+    fn a_rewritten_history_is_refused_and_the_refusal_says_where_it_forks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.json");
+        let records = signed(&path, 2);
+        let mut history = History::open(&path, "job").unwrap();
+        // Round 2 rewritten.
+        let rewritten = record(2, &sha256(&records[0]), "j1-edited");
+        let err = forked(history.countersign(&rewritten, &Plain));
+        assert!(
+            err.contains("this site countersigned round 2 already with a record that hashes to"),
+            "{err}"
+        );
+        // Round 3 linked to something else than the round 2 the site signed.
+        let err = forked(history.countersign(&record(3, &sha256(&rewritten), "j1"), &Plain));
+        assert!(
+            err.contains("its record of round 3 follows a record that hashes to"),
+            "{err}"
+        );
+        // Another job definition.
+        let err = forked(history.countersign(&record(3, &sha256(&records[1]), "j2"), &Plain));
+        assert!(err.contains("names job definition j2"), "{err}");
+        // A head shorter than what the site signed, or another record at its round.
+        let err = history
+            .check_head(Some(&ChainHead {
+                rounds: 1,
+                record_sha256: vec![0; 32],
+            }))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("its log ends at round 1, but this site countersigned round 2"),
+            "{err}"
+        );
+        let err = history
+            .check_head(Some(&ChainHead {
+                rounds: 2,
+                record_sha256: vec![0; 32],
+            }))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("its record of round 2 hashes to 0000"),
+            "{err}"
+        );
+        // Nothing was kept from the refused records.
+        assert_eq!(
+            History::open(&path, "job").unwrap().signed_through().round,
+            2
+        );
+    }
+
+    #[test]
+    fn a_record_naming_another_model_than_the_one_received_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.json");
+        let records = signed(&path, 1);
+        let mut history = History::open(&path, "job").unwrap();
+        // The model for round 2's training (the model after round 1) is not round 1's.
+        let err = history
+            .received_model(1, &model(9))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("as the model after round 1, but the record of round 1 this site countersigned names"),
+            "{err}"
+        );
+        // A record of round 2 naming another model than the one the site evaluated.
+        history.received_model(2, &model(7)).unwrap();
+        let err = forked(history.countersign(&record(2, &sha256(&records[0]), "j1"), &Plain));
+        assert!(
+            err.contains("but the model this site received after round 2 is"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn records_out_of_order_or_malformed_are_not_signed_and_not_taken_for_a_fork() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.json");
+        let mut history = History::open(&path, "job").unwrap();
+        for bad in [
+            record(2, "", "j1"),
+            RoundRecord {
+                round: 1,
+                record: b"not json".to_vec(),
+            },
+            RoundRecord {
+                round: 2,
+                ..record(1, "", "j1")
+            },
+        ] {
+            assert!(matches!(
+                history.countersign(&bad, &Plain),
+                Err(Unsigned::Unusable(_))
+            ));
+        }
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn an_unreadable_history_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.json");
+        std::fs::write(&path, "{").unwrap();
+        let err = History::open(&path, "job").unwrap_err().to_string();
+        assert!(
+            err.contains("history.json") && err.contains("is not a history file"),
+            "{err}"
+        );
+    }
+}
