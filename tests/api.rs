@@ -12,6 +12,7 @@ use cairn_coordinator::config::PrivacySpec;
 use cairn_coordinator::model::load_safetensors;
 use cairn_coordinator::round::Phase;
 use cairn_coordinator::store::RoundRecord;
+use cairn_coordinator::store::signatures::Countersignature;
 use cairn_participant::client::{Filter, run_many};
 use cairn_tests::{ADMIN_TOKEN, CutIn, Federation, VIEWER_TOKEN, digits_job, digits_task, finish};
 use std::process::Command;
@@ -230,6 +231,21 @@ async fn the_api_reports_what_the_federation_did() {
             );
         }
     }
+    // Each round's countersignatures, with the certificates they verify with.
+    let signatures: Vec<Countersignature> = api.json("/api/v1/rounds/2/countersignatures").await;
+    let signers: Vec<&str> = signatures.iter().map(|s| s.participant.as_str()).collect();
+    assert_eq!(signers, page.rounds[1].countersigned_by);
+    assert!(
+        signatures
+            .iter()
+            .all(|s| s.record_sha256 == audit.chain_head_sha256)
+    );
+    assert_eq!(
+        api.get("/api/v1/rounds/3/countersignatures", Some(VIEWER_TOKEN))
+            .await
+            .status(),
+        404
+    );
     let provenance: serde_json::Value = serde_json::from_slice(
         &std::fs::read(federation.dir.path().join("state/model.provenance.json"))
             .expect("provenance"),
@@ -662,6 +678,20 @@ fn check_dashboard(dom: &str, rounds: &[RoundRecord], epsilon: f64, name: &str) 
         dom.contains("class=\"badge finished\""),
         "job state missing, {context}"
     );
+    // The rounds table, newest first: every contributor countersigned its round.
+    let signed: Vec<usize> = element(dom, "rounds")
+        .split("data-countersigned=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next()?.parse().ok())
+        .collect();
+    assert_eq!(signed.len(), rounds.len(), "countersignatures, {context}");
+    for (count, record) in signed.iter().zip(rounds.iter().rev()) {
+        assert!(
+            *count >= record.outcome.contributors.len(),
+            "round {}: {count} countersignatures, {context}",
+            record.outcome.round
+        );
+    }
     let numbers: Vec<String> = rounds.iter().map(|r| r.outcome.round.to_string()).collect();
     for chart in [
         "metrics-chart",

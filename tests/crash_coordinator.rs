@@ -232,6 +232,22 @@ async fn a_coordinator_killed_mid_job_resumes_and_loses_no_round() {
     assert!(status.success() && log.contains("nothing to run"), "{log}");
     assert!(!log.contains("waiting for"), "{log}");
     assert_eq!(committed_rounds(dir), ROUNDS as usize);
+
+    // The restarted coordinator continued the same chain, and the sites countersigned every
+    // record, those committed before the kill included (a site reconnecting is sent the records
+    // after the last one it signed).
+    let ca = std::fs::read_to_string(federation.kit_dir(IDS[0]).join("ca.pem")).expect("CA");
+    let audit = cairn_coordinator::store::audit::audit(&dir.join("state"), Some(&ca))
+        .expect("the state directory audits clean");
+    let mut everyone: Vec<&str> = IDS.to_vec();
+    everyone.sort();
+    for round in &audit.rounds {
+        assert_eq!(
+            round.signers, everyone,
+            "signers of round {}",
+            round.record.outcome.round
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,7 +74,13 @@ impl Cluster {
         (cluster, participants)
     }
 
+    /// Creates FederatedJob `name` running `job` under the same name: each run of a job is a
+    /// history of its own, which the sites countersign by the job's name.
     fn create_job(&self, name: &str, job: &JobSpec) {
+        let job = JobSpec {
+            name: name.to_string(),
+            ..job.clone()
+        };
         self.api.create(
             &kube_fake::jobs(NAMESPACE),
             json!({

@@ -219,7 +219,7 @@ pub enum Error {
     /// The coordinator shows a history of the job that forks from the one this site
     /// countersigned: this participant does not go on with it.
     #[error(
-        "job {job:?}: the coordinator's round log forks from the one this site countersigned (kept in {}): {reason}; this site takes no further part in the job",
+        "job {job:?}: the coordinator's round log forks from the one this site countersigned (kept in {}): {reason}; this site takes no further part in the job (if the job was started again from the beginning on purpose, run it under a new name, or remove its entry from that file)",
         file.display()
     )]
     HistoryForked {

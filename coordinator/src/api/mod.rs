@@ -16,6 +16,7 @@ pub use monitor::{ApiEvent, JobState, JobView, Monitor, ParticipantView, RoundVi
 
 use crate::Error;
 use crate::model::{TensorShape, encode_safetensors};
+use crate::store::signatures::Countersignature;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -407,28 +408,57 @@ async fn rounds(
         (status = 401, description = "No or unknown token", body = ApiError),
         (status = 404, description = "No such committed round", body = ApiError)))]
 async fn round(State(app): State<AppState>, round: Result<Path<u64>, PathRejection>) -> Response {
-    let Path(round) = match round {
+    let round = match round_number(round) {
         Ok(round) => round,
-        Err(rejection) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("{}; expected a round number >= 1", rejection.body_text()),
-            );
-        }
+        Err(refused) => return refused,
     };
     match app.monitor.round(round) {
         Some(record) => Json(record).into_response(),
-        None => {
-            let job = app.monitor.job();
-            error(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "round {round} is not committed; committed rounds are 1..={} of {}",
-                    job.rounds_completed, job.spec.rounds
-                ),
-            )
-        }
+        None => not_committed(&app, round),
     }
+}
+
+#[utoipa::path(get, path = "/api/v1/rounds/{round}/countersignatures", tag = "job", security(("bearer" = [])),
+    params(("round" = u64, Path, description = "Round number, from 1")),
+    responses(
+        (status = 200, description = "The participants' countersignatures of the round's record, each with the certificate it verifies with (what `cairn-coordinator audit --ca` checks)", body = [Countersignature]),
+        (status = 400, description = "Not a round number", body = ApiError),
+        (status = 401, description = "No or unknown token", body = ApiError),
+        (status = 404, description = "No such committed round", body = ApiError)))]
+async fn countersignatures(
+    State(app): State<AppState>,
+    round: Result<Path<u64>, PathRejection>,
+) -> Response {
+    let round = match round_number(round) {
+        Ok(round) => round,
+        Err(refused) => return refused,
+    };
+    match app.monitor.countersignatures(round) {
+        Some(signatures) => Json(signatures).into_response(),
+        None => not_committed(&app, round),
+    }
+}
+
+/// The round number of a path, or the 400 that says what was expected.
+fn round_number(round: Result<Path<u64>, PathRejection>) -> Result<u64, Response> {
+    round.map(|Path(round)| round).map_err(|rejection| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("{}; expected a round number >= 1", rejection.body_text()),
+        )
+    })
+}
+
+/// The 404 for a round that is not committed.
+fn not_committed(app: &AppState, round: u64) -> Response {
+    let job = app.monitor.job();
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "round {round} is not committed; committed rounds are 1..={} of {}",
+            job.rounds_completed, job.spec.rounds
+        ),
+    )
 }
 
 #[utoipa::path(get, path = "/api/v1/participants", tag = "job", security(("bearer" = [])),
@@ -663,7 +693,7 @@ impl utoipa::Modify for BearerScheme {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Cairn coordinator API", description = "Round monitoring of a Cairn federated-learning job."),
-    paths(healthz, readyz, job, rounds, round, participants, model, events, metrics, openapi_document),
+    paths(healthz, readyz, job, rounds, round, countersignatures, participants, model, events, metrics, openapi_document),
     modifiers(&BearerScheme)
 )]
 pub struct ApiDoc;
@@ -681,6 +711,10 @@ fn router(app: AppState) -> Router {
         .route("/api/v1/job", get(job))
         .route("/api/v1/rounds", get(rounds))
         .route("/api/v1/rounds/{round}", get(round))
+        .route(
+            "/api/v1/rounds/{round}/countersignatures",
+            get(countersignatures),
+        )
         .route("/api/v1/participants", get(participants))
         .route("/api/v1/model", get(model))
         .route("/api/v1/events", get(events))

@@ -7,6 +7,7 @@
 use super::metrics::Metrics;
 use crate::config::JobSpec;
 use crate::round::{ParticipantId, Phase};
+use crate::store::signatures::Countersignature;
 use crate::store::{PhaseTiming, RoundRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -152,8 +153,8 @@ struct State {
     job: JobView,
     participants: BTreeMap<String, ParticipantView>,
     rounds: Vec<RoundRecord>,
-    /// Who countersigned each round's record, in name order.
-    signers: BTreeMap<u64, Vec<String>>,
+    /// Each round's countersignatures, in signer order.
+    signers: BTreeMap<u64, Vec<Countersignature>>,
     /// Phases of the running round so far, with when the current one started.
     phases: Vec<PhaseTiming>,
     phase_clock: Option<(Phase, u32, Instant)>,
@@ -172,7 +173,7 @@ impl State {
             countersigned_by: self
                 .signers
                 .get(&record.outcome.round)
-                .cloned()
+                .map(|kept| kept.iter().map(|s| s.participant.clone()).collect())
                 .unwrap_or_default(),
         }
     }
@@ -380,17 +381,27 @@ impl Monitor {
         })
     }
 
-    /// `participant` countersigned the record of `round`.
-    pub fn countersigned(&self, round: u64, participant: &str) {
+    /// The countersignatures of a committed round, in signer order.
+    pub fn countersignatures(&self, round: u64) -> Option<Vec<Countersignature>> {
         self.with(|s| {
-            let signers = s.signers.entry(round).or_default();
-            if let Err(at) = signers.binary_search_by(|id| id.as_str().cmp(participant)) {
-                signers.insert(at, participant.to_string());
+            let committed = s.rounds.iter().any(|r| r.outcome.round == round);
+            committed.then(|| s.signers.get(&round).cloned().unwrap_or_default())
+        })
+    }
+
+    /// A participant countersigned a round's record with `signature`.
+    pub fn countersigned(&self, signature: &Countersignature) {
+        self.with(|s| {
+            let signers = s.signers.entry(signature.round).or_default();
+            if let Err(at) =
+                signers.binary_search_by(|kept| kept.participant.cmp(&signature.participant))
+            {
+                signers.insert(at, signature.clone());
             }
         });
         self.emit(ApiEvent::Countersigned {
-            round,
-            participant: participant.to_string(),
+            round: signature.round,
+            participant: signature.participant.clone(),
         });
     }
 

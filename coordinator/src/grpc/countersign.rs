@@ -176,10 +176,10 @@ pub(super) fn accept(
         certificate,
         &signature.signature,
     );
-    match shared.ledger.signatures.add(kept) {
+    match shared.ledger.signatures.add(kept.clone()) {
         Ok(true) => {
             tracing::debug!(participant = %id, round, "{id} countersigned round {round}");
-            shared.monitor.countersigned(round, id);
+            shared.monitor.countersigned(&kept);
         }
         Ok(false) => {}
         // The participant did its part; the operator learns that the disk did not.

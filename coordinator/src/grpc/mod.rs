@@ -235,8 +235,8 @@ impl Coordinator {
         monitor.set_chain_head(store.chain_head_sha256());
         let signatures = crate::store::signatures::Countersignatures::open(&options.state_dir)?;
         for round in 1..=resume.rounds.len() as u64 {
-            for id in signatures.signers(round) {
-                monitor.countersigned(round, &id);
+            for signature in signatures.of_round(round) {
+                monitor.countersigned(&signature);
             }
         }
         let ledger = countersign::Ledger::new(std::mem::take(&mut resume.lines), signatures);

@@ -268,14 +268,27 @@ pub async fn run(options: ClientOptions, task: Box<dyn Task>) -> Result<RunSumma
     let mut started = Started::default();
     let mut unfinished = None;
     loop {
-        let ended = session(
+        let ended = match session(
             &options,
             &mut task,
             &mut summary,
             &mut started,
             &mut unfinished,
         )
-        .await?;
+        .await
+        {
+            // A site that follows job after job refuses this one and waits for the next.
+            Err(error @ Error::HistoryForked { .. }) if options.keep_going => {
+                tracing::error!(participant = %label, "{label}: {error}");
+                SessionEnd::Retry {
+                    reason:
+                        "waiting for a job whose history does not fork from what this site signed"
+                            .into(),
+                    welcomed: false,
+                }
+            }
+            ended => ended?,
+        };
         match ended {
             SessionEnd::Finished(reason) => {
                 started = Started::default();
