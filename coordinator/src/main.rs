@@ -290,29 +290,42 @@ fn host_name() -> String {
 }
 
 /// Completes on SIGTERM (Kubernetes stopping the pod) or Ctrl-C, logging which, and returns its
-/// name.
-async fn shutdown_signal() -> &'static str {
+/// name. The handlers are installed when this is called, not when the future is first polled,
+/// so a signal that arrives while the caller is still starting is not lost (nor fatal).
+fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
     #[cfg(unix)]
-    let signal = {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => "Ctrl-C (SIGINT)",
-            _ = async {
-                match term.as_mut() {
-                    Some(t) => { t.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => "SIGTERM",
+    let (mut term, mut interrupt) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        let signal = tokio::select! {
+            _ = received(interrupt.as_mut()) => "Ctrl-C (SIGINT)",
+            _ = received(term.as_mut()) => "SIGTERM",
+        };
+        #[cfg(not(unix))]
+        let signal = {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        };
+        tracing::info!("received {signal}; shutting down");
+        signal
+    }
+}
+
+/// Completes when `signal` is received; never without a handler.
+#[cfg(unix)]
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
         }
-    };
-    #[cfg(not(unix))]
-    let signal = {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
-    };
-    tracing::info!("received {signal}; shutting down");
-    signal
+        None => std::future::pending::<()>().await,
+    }
 }
 
 #[tokio::main]
@@ -523,12 +536,14 @@ async fn serve_job(
         keep_checkpoints: args.keep_checkpoints,
         api,
     };
+    // Installed before the server starts, so that a SIGTERM during the start hands over too.
+    let signal = shutdown_signal();
     let coordinator = Coordinator::start(options).await?;
     // On SIGTERM or Ctrl-C the job is handed over rather than ended: participants are told to
     // reconnect, and a coordinator started again on the same state directory resumes it.
     let stopper = coordinator.stopper();
     let signalled = tokio::spawn(async move {
-        let signal = shutdown_signal().await;
+        let signal = signal.await;
         stopper.hand_over(&format!("the coordinator received {signal}"));
     });
     let report = coordinator.wait().await?;
@@ -566,8 +581,9 @@ async fn serve_operator(
         keep_checkpoints: args.keep_checkpoints,
         api,
     };
+    let signal = shutdown_signal();
     operator::run(client, options, async {
-        shutdown_signal().await;
+        signal.await;
     })
     .await?;
     Ok(())

@@ -89,6 +89,11 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(f64::NAN);
     println!("\nfinal model: {}", report.model_path.display());
     println!("test accuracy: {accuracy:.4}");
+    println!(
+        "check its history, countersigned by the sites: cargo run -q -p cairn-coordinator -- audit --state-dir {} --ca {}",
+        cli.dir.join("state").display(),
+        cli.dir.join("federation/ca/ca.pem").display()
+    );
     if stay {
         println!("\nthe job is done; the dashboard and API (URL above) keep serving until Ctrl-C");
         tokio::signal::ctrl_c().await?;

@@ -89,7 +89,10 @@ impl Ledger {
 }
 
 /// Starts sending the records after round `signed_through` to session `serial` of `id`, now and
-/// as rounds are committed; the task ends with the session's outbox.
+/// as rounds are committed; the task ends with the session's outbox. A countersignature of
+/// those rounds that never arrived (lost with a broken connection, or with the file it was
+/// kept in) is asked for again: the records are sent from the first round that lacks `id`'s,
+/// which the participant signs again once they lead to the last one it signed.
 pub(super) fn start(
     shared: &Arc<Shared>,
     id: &str,
@@ -104,9 +107,13 @@ pub(super) fn start(
         .unwrap_or_else(|p| p.into_inner())
         .insert(id.to_string(), serial);
     let mut chain = ledger.chain.subscribe();
+    let through = signed_through.min(chain.borrow().len() as u64);
+    let mut next = match ledger.signatures.first_unsigned(id, through) {
+        Some(round) => round,
+        None => signed_through.saturating_add(1),
+    };
     let shared = shared.clone();
     tokio::spawn(async move {
-        let mut next = signed_through.saturating_add(1);
         loop {
             // Copied out, so that no lock is held while the outbox waits.
             let due: Vec<Entry> = chain

@@ -130,6 +130,16 @@ impl Countersignatures {
             .unwrap_or_default()
     }
 
+    /// The first of rounds `1..=through` that `participant` has no countersignature of here.
+    pub fn first_unsigned(&self, participant: &str, through: u64) -> Option<u64> {
+        let by_round = self.by_round.lock().unwrap_or_else(|p| p.into_inner());
+        (1..=through).find(|round| {
+            !by_round
+                .get(round)
+                .is_some_and(|signers| signers.contains_key(participant))
+        })
+    }
+
     /// The countersignatures of `round`, in signer order.
     pub fn of_round(&self, round: u64) -> Vec<Countersignature> {
         let by_round = self.by_round.lock().unwrap_or_else(|p| p.into_inner());
@@ -230,6 +240,9 @@ mod tests {
         let reopened = Countersignatures::open(dir.path()).unwrap();
         assert_eq!(reopened.signers(1), ["alpha", "bravo"]);
         assert_eq!(reopened.signers(2), ["alpha"]);
+        assert_eq!(reopened.first_unsigned("alpha", 2), None);
+        assert_eq!(reopened.first_unsigned("bravo", 2), Some(2));
+        assert_eq!(reopened.first_unsigned("charlie", 2), Some(1));
         assert_eq!(reopened.of_round(1)[0].decoded().unwrap().1, b"sig");
         assert_eq!(read(dir.path(), false).unwrap().len(), 3);
     }

@@ -9,6 +9,11 @@
 //! A record of a round whose model the site never received (it was away) is signed for its
 //! link to the chain alone; the model it names is checked against the next model the site
 //! receives.
+//!
+//! A countersignature can be lost on its way (the connection breaks while it is in flight), so
+//! the coordinator may send records the site signed already, from the first whose signature it
+//! lacks: the site signs them again once they have led, record by record, to the one it signed
+//! last, which proves them to be its ancestors.
 
 use crate::Error;
 use cairn_proto::v1::{ChainHead, Countersignature, RoundRecord, SignedThrough};
@@ -65,6 +70,9 @@ pub(super) struct History {
     signed: Option<Signed>,
     /// SHA-256 (hex) of the global model the site received after each recent round.
     models: BTreeMap<u64, String>,
+    /// Records the site signed before, sent again, each linked to the one before it: signed
+    /// again once they reach the last record signed. Round and SHA-256 (hex).
+    again: Vec<(u64, String)>,
 }
 
 impl History {
@@ -76,6 +84,7 @@ impl History {
             job: job.to_string(),
             signed,
             models: BTreeMap::new(),
+            again: Vec::new(),
         })
     }
 
@@ -132,13 +141,14 @@ impl History {
         Ok(())
     }
 
-    /// Checks `record` and, when it extends the history, signs it, keeps it as the last signed,
-    /// and returns the countersignature; `None` for the record last signed, sent again.
+    /// Checks `record` and returns the countersignatures it calls for: of itself when it
+    /// extends the history, or of the records sent again that it proves to be the history's
+    /// (see the module's documentation); none while those are still on their way.
     pub(super) fn countersign(
         &mut self,
         record: &RoundRecord,
         signer: &dyn Signer,
-    ) -> Result<Option<Countersignature>, Unsigned> {
+    ) -> Result<Vec<Countersignature>, Unsigned> {
         let fields: Fields = serde_json::from_slice(&record.record).map_err(|e| {
             Unsigned::Unusable(format!(
                 "the record of round {} is not a round record: {e}",
@@ -154,20 +164,17 @@ impl History {
         }
         let sha256 = hex(ring::digest::digest(&ring::digest::SHA256, &record.record).as_ref());
         let (last_round, last_sha256) = match &self.signed {
-            None => (0, ""),
-            Some(signed) => (signed.round, signed.record_sha256.as_str()),
+            None => (0, String::new()),
+            Some(signed) => (signed.round, signed.record_sha256.clone()),
         };
-        if round == last_round && sha256 == last_sha256 {
-            return Ok(None);
-        }
         if round <= last_round {
-            return Err(Unsigned::Forked(self.forked(format!(
-                "it sends a record of round {round} that hashes to {sha256}, but this site countersigned round {last_round} already{}",
-                match round == last_round {
-                    true => format!(" with a record that hashes to {last_sha256}"),
-                    false => String::new(),
-                }
-            ))));
+            return self.signed_again(round, sha256, &fields, &last_sha256, signer);
+        }
+        if !self.again.is_empty() {
+            self.again.clear();
+            return Err(Unsigned::Unusable(format!(
+                "the records sent again stopped before round {last_round}, the last this site signed"
+            )));
         }
         if round != last_round + 1 {
             return Err(Unsigned::Unusable(format!(
@@ -178,7 +185,7 @@ impl History {
             return Err(Unsigned::Forked(self.forked(format!(
                 "its record of round {round} follows a record that hashes to {}, but the record of round {last_round} this site countersigned hashes to {}",
                 or_none(&fields.previous_record_sha256),
-                or_none(last_sha256)
+                or_none(&last_sha256)
             ))));
         }
         if let Some(signed) = &self.signed
@@ -197,10 +204,7 @@ impl History {
                 fields.model_sha256
             ))));
         }
-        let hash = unhex(&sha256);
-        let signature = signer.sign(&cairn_identity::countersigned_message(
-            &self.job, round, &hash,
-        ));
+        let signature = self.sign(round, &sha256, signer);
         self.signed = Some(Signed {
             round,
             record_sha256: sha256,
@@ -208,11 +212,64 @@ impl History {
             model_sha256: fields.model_sha256,
         });
         self.save().map_err(Unsigned::Forked)?;
-        Ok(Some(Countersignature {
+        Ok(vec![signature])
+    }
+
+    /// A record of a round the site signed already (`round` at most the last one's, whose hash
+    /// is `last_sha256`), sent again: kept while the records sent again link up, and all of them
+    /// signed once they reach the last one signed.
+    fn signed_again(
+        &mut self,
+        round: u64,
+        sha256: String,
+        fields: &Fields,
+        last_sha256: &str,
+        signer: &dyn Signer,
+    ) -> Result<Vec<Countersignature>, Unsigned> {
+        if let Some((previous_round, previous_sha256)) = self.again.last()
+            && (round != previous_round + 1 || fields.previous_record_sha256 != *previous_sha256)
+        {
+            let expected = previous_round + 1;
+            self.again.clear();
+            return Err(match round == expected {
+                true => Unsigned::Forked(self.forked(format!(
+                    "its record of round {round}, sent again, does not follow its record of round {expected} before it"
+                ))),
+                false => Unsigned::Unusable(format!(
+                    "the record of round {round} came after round {expected}'s, both sent again; records come in order"
+                )),
+            });
+        }
+        let last_round = round_of(&self.signed);
+        if round < last_round {
+            self.again.push((round, sha256));
+            return Ok(Vec::new());
+        }
+        if sha256 != last_sha256 {
+            self.again.clear();
+            return Err(Unsigned::Forked(self.forked(format!(
+                "it sends a record of round {round} that hashes to {sha256}, but this site countersigned round {round} already with a record that hashes to {last_sha256}"
+            ))));
+        }
+        self.again.push((round, sha256));
+        let again = std::mem::take(&mut self.again);
+        Ok(again
+            .iter()
+            .map(|(round, sha256)| self.sign(*round, sha256, signer))
+            .collect())
+    }
+
+    /// The countersignature of the record of `round` whose SHA-256 is `sha256` (hex).
+    fn sign(&self, round: u64, sha256: &str, signer: &dyn Signer) -> Countersignature {
+        let hash = unhex(sha256);
+        let signature = signer.sign(&cairn_identity::countersigned_message(
+            &self.job, round, &hash,
+        ));
+        Countersignature {
             round,
             record_sha256: hash,
             signature,
-        }))
+        }
     }
 
     /// Writes the last record signed into the file, beside the other jobs' (atomically: a
@@ -258,6 +315,10 @@ fn read(path: &Path) -> Result<HistoryFile, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HistoryFile::default()),
         Err(e) => Err(failed(format!("cannot be read: {e}"))),
     }
+}
+
+fn round_of(signed: &Option<Signed>) -> u64 {
+    signed.as_ref().map_or(0, |s| s.round)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -321,7 +382,9 @@ mod tests {
         for round in 1..=n {
             let record = record(round, &previous, "j1");
             history.received_model(round, &model(round)).unwrap();
-            let signature = history.countersign(&record, &Plain).unwrap().unwrap();
+            let mut signatures = history.countersign(&record, &Plain).unwrap();
+            assert_eq!(signatures.len(), 1, "round {round} is signed once");
+            let signature = signatures.remove(0);
             assert_eq!(
                 signature.signature,
                 cairn_identity::countersigned_message("job", round, &signature.record_sha256)
@@ -332,7 +395,7 @@ mod tests {
         records
     }
 
-    fn forked(result: Result<Option<Countersignature>, Unsigned>) -> String {
+    fn forked(result: Result<Vec<Countersignature>, Unsigned>) -> String {
         match result {
             Err(Unsigned::Forked(e)) => e.to_string(),
             other => panic!("not refused as a fork: {other:?}"),
@@ -348,8 +411,13 @@ mod tests {
         let through = history.signed_through();
         assert_eq!(through.round, 3);
         assert_eq!(hex(&through.record_sha256), sha256(&records[2]));
-        // The last record again (a reconnection that crossed it) is not signed twice.
-        assert!(history.countersign(&records[2], &Plain).unwrap().is_none());
+        // Records signed before, sent again from the first whose signature the coordinator
+        // lacks: signed again once they lead to the last one signed.
+        assert!(history.countersign(&records[1], &Plain).unwrap().is_empty());
+        let again = history.countersign(&records[2], &Plain).unwrap();
+        let rounds: Vec<u64> = again.iter().map(|s| s.round).collect();
+        assert_eq!(rounds, [2, 3]);
+        assert_eq!(hex(&again[0].record_sha256), sha256(&records[1]));
         // Another job in the same file starts from nothing.
         assert_eq!(
             History::open(&path, "other")
@@ -415,6 +483,28 @@ mod tests {
             History::open(&path, "job").unwrap().signed_through().round,
             2
         );
+    }
+
+    #[test]
+    fn records_sent_again_that_do_not_lead_to_the_last_one_signed_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.json");
+        let records = signed(&path, 3);
+        let mut history = History::open(&path, "job").unwrap();
+        // Round 2 sent again as it was, then a round 3 other than the one the site signed.
+        assert!(history.countersign(&records[1], &Plain).unwrap().is_empty());
+        let other = record(3, &sha256(&records[1]), "j1-edited");
+        let err = forked(history.countersign(&other, &Plain));
+        assert!(
+            err.contains("this site countersigned round 3 already"),
+            "{err}"
+        );
+        // Round 1 sent again, then round 3: not in order, nothing signed.
+        assert!(history.countersign(&records[0], &Plain).unwrap().is_empty());
+        assert!(matches!(
+            history.countersign(&records[2], &Plain),
+            Err(Unsigned::Unusable(_))
+        ));
     }
 
     #[test]

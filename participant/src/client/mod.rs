@@ -804,15 +804,17 @@ impl Serving<'_> {
     async fn on_record(&mut self, record: cairn_proto::v1::RoundRecord) -> Result<(), Interrupt> {
         let label = &self.options.label;
         match self.history.countersign(&record, &*self.options.kit.signer) {
-            Ok(Some(signature)) => {
-                tracing::debug!(participant = %label, "{label}: countersigned round {}'s record", record.round);
-                send(
-                    &self.outbox,
-                    outbound(Outbound::Countersignature(signature)),
-                )
-                .await
+            Ok(signatures) => {
+                for signature in signatures {
+                    tracing::debug!(participant = %label, "{label}: countersigned round {}'s record", signature.round);
+                    send(
+                        &self.outbox,
+                        outbound(Outbound::Countersignature(signature)),
+                    )
+                    .await?;
+                }
+                Ok(())
             }
-            Ok(None) => Ok(()),
             Err(history::Unsigned::Forked(error)) => Err(Interrupt::Failed(error)),
             Err(history::Unsigned::Unusable(reason)) => Err(Interrupt::retry(reason)),
         }
