@@ -408,14 +408,10 @@ async fn rounds(
         (status = 401, description = "No or unknown token", body = ApiError),
         (status = 404, description = "No such committed round", body = ApiError)))]
 async fn round(State(app): State<AppState>, round: Result<Path<u64>, PathRejection>) -> Response {
-    let round = match round_number(round) {
-        Ok(round) => round,
-        Err(refused) => return refused,
-    };
-    match app.monitor.round(round) {
+    with_round(round, |round| match app.monitor.round(round) {
         Some(record) => Json(record).into_response(),
         None => not_committed(&app, round),
-    }
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/rounds/{round}/countersignatures", tag = "job", security(("bearer" = [])),
@@ -429,24 +425,24 @@ async fn countersignatures(
     State(app): State<AppState>,
     round: Result<Path<u64>, PathRejection>,
 ) -> Response {
-    let round = match round_number(round) {
-        Ok(round) => round,
-        Err(refused) => return refused,
-    };
-    match app.monitor.countersignatures(round) {
+    with_round(round, |round| match app.monitor.countersignatures(round) {
         Some(signatures) => Json(signatures).into_response(),
         None => not_committed(&app, round),
-    }
+    })
 }
 
-/// The round number of a path, or the 400 that says what was expected.
-fn round_number(round: Result<Path<u64>, PathRejection>) -> Result<u64, Response> {
-    round.map(|Path(round)| round).map_err(|rejection| {
-        error(
+/// `answer` for the round number of a path, or the 400 that says what was expected.
+fn with_round(
+    round: Result<Path<u64>, PathRejection>,
+    answer: impl FnOnce(u64) -> Response,
+) -> Response {
+    match round {
+        Ok(Path(round)) => answer(round),
+        Err(rejection) => error(
             StatusCode::BAD_REQUEST,
             format!("{}; expected a round number >= 1", rejection.body_text()),
-        )
-    })
+        ),
+    }
 }
 
 /// The 404 for a round that is not committed.
