@@ -686,6 +686,11 @@ fn check_dashboard(dom: &str, rounds: &[RoundRecord], epsilon: f64, name: &str) 
         dom.contains("class=\"badge finished\""),
         "job state missing, {context}"
     );
+    let countersigned = element(dom, "card-countersigned");
+    assert!(
+        countersigned.contains("by every contributor"),
+        "countersignatures card, {context}"
+    );
     // The rounds table, newest first: every contributor countersigned its round.
     let signed: Vec<usize> = element(dom, "rounds")
         .split("data-countersigned=\"")
