@@ -146,3 +146,25 @@ async fn differential_privacy_records_epsilon_and_stops_the_job_at_its_budget() 
         "the noised rounds still train: {accuracies:?}"
     );
 }
+
+#[tokio::test]
+async fn a_coordinator_dropped_before_its_job_ends_stops_the_job() {
+    // Nobody connects, so the job would wait for its participants forever; dropping the
+    // coordinator (a test that fails, a caller that gives up) stops it, and the runtime can
+    // shut down instead of waiting for the driver's thread.
+    let federation = Federation::provision(&["alpha", "bravo"]);
+    let coordinator = federation
+        .start(digits_job(&["alpha", "bravo"], 1, 2))
+        .await;
+    let monitor = coordinator.monitor().clone();
+    drop(coordinator);
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while monitor.job().finish_reason.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(stopped.is_ok(), "the job did not stop");
+    let reason = monitor.job().finish_reason.unwrap_or_default();
+    assert!(reason.contains("the coordinator was dropped"), "{reason}");
+}

@@ -333,13 +333,20 @@ async fn session_with(coordinator: &Coordinator, tls: ClientTlsConfig) -> Result
         .expect("url")
         .tls_config(tls)
         .expect("tls");
-    let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
-    let (_outbox, mut inbound) = say_hello(channel).await.map_err(|s| error_chain(&s))?;
-    inbound
-        .message()
+    let session = async {
+        let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+        let (_outbox, mut inbound) = say_hello(channel).await.map_err(|s| error_chain(&s))?;
+        inbound
+            .message()
+            .await
+            .map(|_| ())
+            .map_err(|s| error_chain(&s))
+    };
+    // The server ends a handshake it refuses within seconds; a client left waiting is a failure
+    // to report, not a test to hang.
+    tokio::time::timeout(std::time::Duration::from_secs(60), session)
         .await
-        .map(|_| ())
-        .map_err(|s| error_chain(&s))
+        .unwrap_or_else(|_| Err("no answer from the coordinator within 60 s".into()))
 }
 
 /// `error` and its causes, outermost first.

@@ -168,7 +168,18 @@ pub struct Coordinator {
     api_addr: Option<SocketAddr>,
     monitor: Arc<crate::api::Monitor>,
     stopper: Stopper,
-    driver: tokio::task::JoinHandle<Result<JobReport, Error>>,
+    /// The round driver; taken by [`Coordinator::wait`].
+    driver: Option<tokio::task::JoinHandle<Result<JobReport, Error>>>,
+}
+
+/// A coordinator dropped before its job was waited for stops the job: its driver thread would
+/// otherwise wait for events forever, and a runtime shutting down waits for it.
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if self.driver.is_some() {
+            self.stopper.stop("the coordinator was dropped");
+        }
+    }
 }
 
 /// Ends a running job early; see [`Coordinator::stopper`].
@@ -346,7 +357,7 @@ impl Coordinator {
             api_addr,
             monitor,
             stopper,
-            driver,
+            driver: Some(driver),
         })
     }
 
@@ -371,10 +382,15 @@ impl Coordinator {
     }
 
     /// Waits for the job to end.
-    pub async fn wait(self) -> Result<JobReport, Error> {
-        self.driver
-            .await
-            .map_err(|source| Error::DriverStopped { source })?
+    pub async fn wait(mut self) -> Result<JobReport, Error> {
+        let Some(driver) = self.driver.as_mut() else {
+            return Err(Error::EventsClosed);
+        };
+        // Taken only once it has ended: a wait given up on (a timeout) drops a coordinator
+        // whose job then stops.
+        let ended = driver.await;
+        self.driver = None;
+        ended.map_err(|source| Error::DriverStopped { source })?
     }
 }
 
