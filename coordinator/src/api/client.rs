@@ -464,7 +464,12 @@ mod tests {
              secure_aggregation: {enabled: false}\n",
         )
         .unwrap();
-        let monitor = crate::api::Monitor::new(spec, Vec::new(), None);
+        let monitor = crate::api::Monitor::new(
+            spec,
+            Vec::new(),
+            None,
+            crate::store::signatures::Countersignatures::none(),
+        );
         let record = crate::store::RoundRecord {
             outcome: crate::round::RoundOutcome {
                 round: 1,

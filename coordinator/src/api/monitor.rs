@@ -7,7 +7,7 @@
 use super::metrics::Metrics;
 use crate::config::JobSpec;
 use crate::round::{ParticipantId, Phase};
-use crate::store::signatures::Countersignature;
+use crate::store::signatures::{Countersignature, Countersignatures};
 use crate::store::{PhaseTiming, RoundRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -153,8 +153,6 @@ struct State {
     job: JobView,
     participants: BTreeMap<String, ParticipantView>,
     rounds: Vec<RoundRecord>,
-    /// Each round's countersignatures, in signer order.
-    signers: BTreeMap<u64, Vec<Countersignature>>,
     /// Phases of the running round so far, with when the current one started.
     phases: Vec<PhaseTiming>,
     phase_clock: Option<(Phase, u32, Instant)>,
@@ -163,20 +161,6 @@ struct State {
     next_change: u64,
     /// The last [`HISTORY`] changes, which a live stream that broke off resumes from.
     history: VecDeque<Sequenced>,
-}
-
-impl State {
-    /// `record` with who countersigned it.
-    fn view(&self, record: &RoundRecord) -> RoundView {
-        RoundView {
-            record: record.clone(),
-            countersigned_by: self
-                .signers
-                .get(&record.outcome.round)
-                .map(|kept| kept.iter().map(|s| s.participant.clone()).collect())
-                .unwrap_or_default(),
-        }
-    }
 }
 
 /// Changes kept for live streams that resume (`Last-Event-ID`).
@@ -204,6 +188,8 @@ pub struct Monitor {
     epoch: u64,
     /// The Prometheus metrics.
     pub metrics: Metrics,
+    /// The participants' countersignatures of the round records (the state directory's).
+    countersignatures: Arc<Countersignatures>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -221,8 +207,14 @@ pub fn now_rfc3339() -> String {
 
 impl Monitor {
     /// A monitor for `job`, resuming after the `rounds` already committed of a job that started
-    /// at `started_at` (RFC 3339; now when `None`).
-    pub fn new(job: JobSpec, rounds: Vec<RoundRecord>, started_at: Option<String>) -> Monitor {
+    /// at `started_at` (RFC 3339; now when `None`), whose countersignatures are kept in
+    /// `countersignatures`.
+    pub fn new(
+        job: JobSpec,
+        rounds: Vec<RoundRecord>,
+        started_at: Option<String>,
+        countersignatures: Arc<Countersignatures>,
+    ) -> Monitor {
         let mut participants: BTreeMap<String, ParticipantView> = job
             .participants
             .iter()
@@ -281,7 +273,6 @@ impl Monitor {
             },
             participants,
             rounds,
-            signers: BTreeMap::new(),
             phases: Vec::new(),
             phase_clock: None,
             model: None,
@@ -296,6 +287,7 @@ impl Monitor {
             events: broadcast::channel(HISTORY).0,
             epoch,
             metrics,
+            countersignatures,
         }
     }
 
@@ -365,7 +357,7 @@ impl Monitor {
                 .iter()
                 .skip(offset)
                 .take(limit)
-                .map(|r| s.view(r))
+                .map(|r| self.view(r))
                 .collect();
             (page, s.rounds.len())
         })
@@ -377,32 +369,31 @@ impl Monitor {
             s.rounds
                 .iter()
                 .find(|r| r.outcome.round == round)
-                .map(|r| s.view(r))
+                .map(|r| self.view(r))
         })
     }
 
     /// The countersignatures of a committed round, in signer order.
     pub fn countersignatures(&self, round: u64) -> Option<Vec<Countersignature>> {
-        self.with(|s| {
-            let committed = s.rounds.iter().any(|r| r.outcome.round == round);
-            committed.then(|| s.signers.get(&round).cloned().unwrap_or_default())
-        })
+        let committed = self.with(|s| s.rounds.iter().any(|r| r.outcome.round == round));
+        committed.then(|| self.countersignatures.of_round(round))
     }
 
-    /// A participant countersigned a round's record with `signature`.
-    pub fn countersigned(&self, signature: &Countersignature) {
-        self.with(|s| {
-            let signers = s.signers.entry(signature.round).or_default();
-            if let Err(at) =
-                signers.binary_search_by(|kept| kept.participant.cmp(&signature.participant))
-            {
-                signers.insert(at, signature.clone());
-            }
-        });
+    /// `participant` countersigned the record of `round` (kept in the monitor's
+    /// countersignatures already).
+    pub fn countersigned(&self, round: u64, participant: &str) {
         self.emit(ApiEvent::Countersigned {
-            round: signature.round,
-            participant: signature.participant.clone(),
+            round,
+            participant: participant.to_string(),
         });
+    }
+
+    /// `record` with who countersigned it.
+    fn view(&self, record: &RoundRecord) -> RoundView {
+        RoundView {
+            record: record.clone(),
+            countersigned_by: self.countersignatures.signers(record.outcome.round),
+        }
     }
 
     /// Every participant of the job.

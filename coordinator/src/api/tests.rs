@@ -4,6 +4,7 @@
 //! under its policy.
 
 use super::*;
+use crate::store::signatures::Countersignatures;
 
 #[test]
 fn token_files_are_parsed_and_bad_lines_named() {
@@ -282,7 +283,12 @@ async fn the_dashboard_and_the_api_send_security_headers() {
         tokens: ApiTokens::admin("aaaaaaaaaaaaaaaaaaaa"),
         linger: std::time::Duration::ZERO,
     };
-    let monitor = Arc::new(Monitor::new(job, Vec::new(), None));
+    let monitor = Arc::new(Monitor::new(
+        job,
+        Vec::new(),
+        None,
+        Countersignatures::none(),
+    ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let address = serve(&options, monitor, Vec::new(), async {
         let _ = stopped.await;

@@ -49,10 +49,10 @@ pub(super) struct Ledger {
 
 impl Ledger {
     /// The ledger of a job whose state directory holds `lines` and `signatures`.
-    pub(super) fn new(lines: Vec<String>, signatures: Countersignatures) -> Ledger {
+    pub(super) fn new(lines: Vec<String>, signatures: Arc<Countersignatures>) -> Ledger {
         Ledger {
             chain: watch::Sender::new(lines.into_iter().map(Entry::new).collect()),
-            signatures: Arc::new(signatures),
+            signatures,
             signing: Mutex::default(),
         }
     }
@@ -179,14 +179,14 @@ pub(super) fn accept(
     let kept = Countersignature::new(
         round,
         id,
-        &crate::store::hex(&record),
+        &hex::encode(record),
         certificate,
         &signature.signature,
     );
-    match shared.ledger.signatures.add(kept.clone()) {
+    match shared.ledger.signatures.add(kept) {
         Ok(true) => {
             tracing::debug!(participant = %id, round, "{id} countersigned round {round}");
-            shared.monitor.countersigned(&kept);
+            shared.monitor.countersigned(round, id);
         }
         Ok(false) => {}
         // The participant did its part; the operator learns that the disk did not.

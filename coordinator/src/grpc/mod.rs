@@ -238,18 +238,16 @@ impl Coordinator {
             &optimizer_layout,
             options.keep_checkpoints,
         )?;
+        let signatures = Arc::new(crate::store::signatures::Countersignatures::open(
+            &options.state_dir,
+        )?);
         let monitor = Arc::new(crate::api::Monitor::new(
             options.job.clone(),
             resume.rounds.clone(),
             resume.started_at.clone(),
+            signatures.clone(),
         ));
         monitor.set_chain_head(store.chain_head_sha256());
-        let signatures = crate::store::signatures::Countersignatures::open(&options.state_dir)?;
-        for round in 1..=resume.rounds.len() as u64 {
-            for signature in signatures.of_round(round) {
-                monitor.countersigned(&signature);
-            }
-        }
         let ledger = countersign::Ledger::new(std::mem::take(&mut resume.lines), signatures);
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api_addr = match &options.api {

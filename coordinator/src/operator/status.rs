@@ -173,13 +173,14 @@ pub fn carry_transitions(
 mod tests {
     use super::*;
     use crate::config::JobSpec;
+    use crate::store::signatures::Countersignatures;
 
     fn monitor() -> Monitor {
         let job = JobSpec::parse(
             "name: t\nmodel: {initial: /models/t.safetensors}\nrounds: 3\nmin_participants: 2\nparticipants: [a, b]\nsecure_aggregation: {enabled: false}\n",
         )
         .unwrap();
-        Monitor::new(job, Vec::new(), None)
+        Monitor::new(job, Vec::new(), None, Countersignatures::none())
     }
 
     fn condition<'a>(status: &'a FederatedJobStatus, type_: &str) -> &'a Condition {

@@ -230,7 +230,7 @@ fn check_signature(
             identity.id
         ));
     }
-    let hash = super::unhex(record).unwrap_or_default();
+    let hash = hex::decode(record).unwrap_or_default();
     let message = cairn_identity::countersigned_message(job, round, &hash);
     if !cairn_identity::verify_signature(&certificate, &message, &bytes) {
         return Err(format!(

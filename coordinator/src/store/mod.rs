@@ -356,7 +356,7 @@ impl Store {
         signatures: Vec<signatures::Countersignature>,
     ) -> Result<(), Error> {
         let path = self.final_model_path();
-        let model_sha256 = hex(save_safetensors(&path, layout, model)?.as_ref());
+        let model_sha256 = hex::encode(save_safetensors(&path, layout, model)?.as_ref());
         let head = self.head.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let provenance = Provenance {
             job: self.job.clone(),
@@ -390,18 +390,18 @@ impl Store {
             true => String::new(),
             false => {
                 let path = self.optimizer_state_path(round);
-                hex(save_safetensors(&path, optimizer.layout, optimizer.values)?.as_ref())
+                hex::encode(save_safetensors(&path, optimizer.layout, optimizer.values)?.as_ref())
             }
         };
         let checkpoint = save_safetensors(&self.checkpoint_path(round), layout, model)?;
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         let record = RoundRecord {
-            checkpoint_sha256: hex(checkpoint.as_ref()),
+            checkpoint_sha256: hex::encode(checkpoint.as_ref()),
             optimizer_state_sha256,
             previous_record_sha256: head.record_sha256.clone(),
             job_sha256: self.job_sha256.clone(),
             model_before_sha256: head.model_sha256.clone(),
-            model_sha256: hex(&cairn_proto::transfer::payload_sha256(model)),
+            model_sha256: hex::encode(cairn_proto::transfer::payload_sha256(model)),
             ..record.clone()
         };
         let mut line = serde_json::to_vec(&record).map_err(|source| Error::StateEncoding {
@@ -412,16 +412,7 @@ impl Store {
         let record_sha256 = sha256_hex(&line);
         let text = String::from_utf8_lossy(&line).into_owned();
         line.push(b'\n');
-        let path = self.rounds_path();
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| file.write_all(&line).and_then(|()| file.sync_all()))
-            .map_err(|source| Error::Io {
-                what: format!("appending to {}", path.display()),
-                source,
-            })?;
+        append_line(&self.rounds_path(), &line)?;
         *head = ChainHead {
             record_sha256,
             model_sha256: record.checkpoint_sha256.clone(),
@@ -451,39 +442,15 @@ impl Store {
     /// [`Store::read_rounds`], with each record's line as written (which the chain hashes).
     fn read_lines(&self) -> Result<Vec<(String, RoundRecord)>, Error> {
         let path = self.rounds_path();
-        let text = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(Error::Io {
-                    what: format!("reading {}", path.display()),
-                    source,
-                });
-            }
-        };
-        let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        if complete < text.len() {
-            let torn = String::from_utf8_lossy(&text[complete..]);
-            if serde_json::from_str::<RoundRecord>(&torn).is_ok() {
+        let (text, torn) = read_appended(&path)?;
+        if !torn.is_empty() {
+            if serde_json::from_slice::<RoundRecord>(&torn).is_ok() {
                 return Err(Error::RoundsEdited {
                     dir: self.dir.clone(),
                 });
             }
-            tracing::warn!(
-                "{}: removing a round record cut short by a crash ({} bytes); that round runs again",
-                path.display(),
-                text.len() - complete
-            );
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|file| file.set_len(complete as u64).and_then(|()| file.sync_all()))
-                .map_err(|source| Error::Io {
-                    what: format!("truncating {}", path.display()),
-                    source,
-                })?;
+            remove_torn_line(&path, text.len(), "a round record; that round runs again")?;
         }
-        let text = String::from_utf8_lossy(&text[..complete]);
         let mut rounds = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let record: RoundRecord =
@@ -549,20 +516,54 @@ impl Store {
     }
 }
 
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The complete lines of the append-only file `path` (no file yet: none), and the bytes of a
+/// last line that a crash cut short (empty when there is none).
+fn read_appended(path: &Path) -> Result<(String, Vec<u8>), Error> {
+    let mut bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(Error::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            });
+        }
+    };
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let torn = bytes.split_off(complete);
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), torn))
 }
 
-/// The bytes of lowercase or uppercase hex; `None` when `text` is not hex.
-pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+/// Appends `line` (newline included) to the append-only file `path` and makes it durable.
+fn append_line(path: &Path, line: &[u8]) -> Result<(), Error> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(line).and_then(|()| file.sync_all()))
+        .map_err(|source| Error::Io {
+            what: format!("appending to {}", path.display()),
+            source,
+        })
+}
+
+/// Cuts the append-only file `path` back to its first `complete` bytes, removing `what` that a
+/// crash cut short, before anything is appended after it.
+fn remove_torn_line(path: &Path, complete: usize, what: &str) -> Result<(), Error> {
+    let len = std::fs::metadata(path).map_or(0, |m| m.len());
+    tracing::warn!(
+        "{}: removing {what} cut short by a crash ({} bytes)",
+        path.display(),
+        len.saturating_sub(complete as u64)
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|file| file.set_len(complete as u64).and_then(|()| file.sync_all()))
+        .map_err(|source| Error::Io {
+            what: format!("truncating {}", path.display()),
+            source,
+        })
 }
 
 /// `state.json` of the state directory `dir`, in this coordinator's schema version.
@@ -588,7 +589,7 @@ fn parse_header(dir: &Path, bytes: &[u8]) -> Result<StateHeader, Error> {
 pub const PROVENANCE_FILE: &str = "model.provenance.json";
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    hex(digest(&SHA256, bytes).as_ref())
+    hex::encode(digest(&SHA256, bytes).as_ref())
 }
 
 /// SHA-256 (hex) of `job`'s definition: its compact JSON, as `state.json` holds it.
@@ -613,7 +614,7 @@ fn file_sha256(path: &Path) -> Result<String, Error> {
     loop {
         let n = std::io::Read::read(&mut file, &mut buffer).map_err(io)?;
         if n == 0 {
-            return Ok(hex(context.finish().as_ref()));
+            return Ok(hex::encode(context.finish().as_ref()));
         }
         context.update(&buffer[..n]);
     }

@@ -8,7 +8,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -93,6 +92,16 @@ impl Countersignatures {
         })
     }
 
+    /// None, and nowhere to keep any: for tests of what shows them.
+    #[cfg(test)]
+    pub fn none() -> std::sync::Arc<Countersignatures> {
+        std::sync::Arc::new(Countersignatures {
+            path: PathBuf::new(),
+            by_round: Mutex::default(),
+            added: Condvar::new(),
+        })
+    }
+
     /// Keeps `signature` (checked by the caller) unless its participant already signed that
     /// round; whether it was new.
     pub fn add(&self, signature: Countersignature) -> Result<bool, Error> {
@@ -107,15 +116,7 @@ impl Countersignatures {
             source,
         })?;
         line.push(b'\n');
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .and_then(|mut file| file.write_all(&line).and_then(|()| file.sync_data()))
-            .map_err(|source| Error::Io {
-                what: format!("appending to {}", self.path.display()),
-                source,
-            })?;
+        super::append_line(&self.path, &line)?;
         signers.insert(signature.participant.clone(), signature);
         self.added.notify_all();
         Ok(true)
@@ -178,35 +179,14 @@ impl Countersignatures {
 /// which changes nothing).
 pub fn read(dir: &Path, repair: bool) -> Result<Vec<Countersignature>, Error> {
     let path = dir.join(SIGNATURES_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(Error::Io {
-                what: format!("reading {}", path.display()),
-                source,
-            });
+    let (mut text, torn) = super::read_appended(&path)?;
+    if !torn.is_empty() {
+        match repair {
+            true => super::remove_torn_line(&path, text.len(), "a countersignature")?,
+            false => text.push_str(&String::from_utf8_lossy(&torn)),
         }
-    };
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if complete < bytes.len() && repair {
-        tracing::warn!(
-            "{}: removing a countersignature cut short by a crash ({} bytes)",
-            path.display(),
-            bytes.len() - complete
-        );
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|file| file.set_len(complete as u64).and_then(|()| file.sync_all()))
-            .map_err(|source| Error::Io {
-                what: format!("truncating {}", path.display()),
-                source,
-            })?;
     }
-    let end = if repair { complete } else { bytes.len() };
-    String::from_utf8_lossy(&bytes[..end])
-        .lines()
+    text.lines()
         .enumerate()
         .map(|(index, line)| {
             serde_json::from_str(line).map_err(|source| Error::StateCorrupt {
@@ -221,6 +201,7 @@ pub fn read(dir: &Path, repair: bool) -> Result<Vec<Countersignature>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn signature(round: u64, participant: &str) -> Countersignature {
         Countersignature::new(round, participant, "ab", b"cert", b"sig")

@@ -436,7 +436,7 @@ fn countersign(
     record: &str,
     kit: &(String, Vec<u8>, ring::signature::EcdsaKeyPair),
 ) -> signatures::Countersignature {
-    let message = cairn_identity::countersigned_message(job, round, &unhex(record).unwrap());
+    let message = cairn_identity::countersigned_message(job, round, &hex::decode(record).unwrap());
     let signature = kit
         .2
         .sign(&ring::rand::SystemRandom::new(), &message)

@@ -79,6 +79,17 @@ impl History {
     /// The history of `job` in the file at `path` (none yet: nothing signed).
     pub(super) fn open(path: &Path, job: &str) -> Result<History, Error> {
         let signed = read(path)?.jobs.remove(job);
+        if let Some(signed) = &signed
+            && hex::decode(&signed.record_sha256).map_or(true, |hash| hash.len() != 32)
+        {
+            return Err(Error::HistoryFile {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "names {:?} as the last record signed in job {job:?}; expected a SHA-256 in 64 hex digits",
+                    signed.record_sha256
+                ),
+            });
+        }
         Ok(History {
             path: path.to_path_buf(),
             job: job.to_string(),
@@ -94,7 +105,7 @@ impl History {
             None => SignedThrough::default(),
             Some(signed) => SignedThrough {
                 round: signed.round,
-                record_sha256: unhex(&signed.record_sha256),
+                record_sha256: hex::decode(&signed.record_sha256).unwrap_or_default(),
             },
         }
     }
@@ -111,7 +122,9 @@ impl History {
                 signed.round
             )));
         }
-        let head_sha256 = head.map(|h| hex(&h.record_sha256)).unwrap_or_default();
+        let head_sha256 = head
+            .map(|h| hex::encode(&h.record_sha256))
+            .unwrap_or_default();
         if rounds == signed.round && head_sha256 != signed.record_sha256 {
             return Err(self.forked(format!(
                 "its record of round {rounds} hashes to {head_sha256}, but the one this site countersigned hashes to {}",
@@ -124,7 +137,7 @@ impl History {
     /// The site received `sha256` as the global model after round `round`: checked against
     /// the record of that round if the site signed it, and remembered for when it comes.
     pub(super) fn received_model(&mut self, round: u64, sha256: &[u8]) -> Result<(), Error> {
-        let sha256 = hex(sha256);
+        let sha256 = hex::encode(sha256);
         if let Some(signed) = &self.signed
             && signed.round == round
             && signed.model_sha256 != sha256
@@ -162,7 +175,8 @@ impl History {
                 fields.round
             )));
         }
-        let sha256 = hex(ring::digest::digest(&ring::digest::SHA256, &record.record).as_ref());
+        let sha256 =
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, &record.record).as_ref());
         let (last_round, last_sha256) = match &self.signed {
             None => (0, String::new()),
             Some(signed) => (signed.round, signed.record_sha256.clone()),
@@ -261,7 +275,7 @@ impl History {
 
     /// The countersignature of the record of `round` whose SHA-256 is `sha256` (hex).
     fn sign(&self, round: u64, sha256: &str, signer: &dyn Signer) -> Countersignature {
-        let hash = unhex(sha256);
+        let hash = hex::decode(sha256).unwrap_or_default();
         let signature = signer.sign(&cairn_identity::countersigned_message(
             &self.job, round, &hash,
         ));
@@ -321,16 +335,6 @@ fn round_of(signed: &Option<Signed>) -> u64 {
     signed.as_ref().map_or(0, |s| s.round)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len() / 2)
-        .filter_map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
-}
-
 fn or_none(hash: &str) -> &str {
     match hash {
         "" => "(none)",
@@ -362,7 +366,7 @@ mod tests {
             "contributors": ["a"],
             "previous_record_sha256": previous,
             "job_sha256": job,
-            "model_sha256": hex(&model(round)),
+            "model_sha256": hex::encode(model(round)),
         });
         RoundRecord {
             round,
@@ -371,7 +375,7 @@ mod tests {
     }
 
     fn sha256(record: &RoundRecord) -> String {
-        hex(ring::digest::digest(&ring::digest::SHA256, &record.record).as_ref())
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, &record.record).as_ref())
     }
 
     /// Rounds 1..=n of job `j1`, signed in a history at `path`; the records.
@@ -410,14 +414,14 @@ mod tests {
         let mut history = History::open(&path, "job").unwrap();
         let through = history.signed_through();
         assert_eq!(through.round, 3);
-        assert_eq!(hex(&through.record_sha256), sha256(&records[2]));
+        assert_eq!(hex::encode(&through.record_sha256), sha256(&records[2]));
         // Records signed before, sent again from the first whose signature the coordinator
         // lacks: signed again once they lead to the last one signed.
         assert!(history.countersign(&records[1], &Plain).unwrap().is_empty());
         let again = history.countersign(&records[2], &Plain).unwrap();
         let rounds: Vec<u64> = again.iter().map(|s| s.round).collect();
         assert_eq!(rounds, [2, 3]);
-        assert_eq!(hex(&again[0].record_sha256), sha256(&records[1]));
+        assert_eq!(hex::encode(&again[0].record_sha256), sha256(&records[1]));
         // Another job in the same file starts from nothing.
         assert_eq!(
             History::open(&path, "other")
@@ -456,24 +460,19 @@ mod tests {
         let err = forked(history.countersign(&record(3, &sha256(&records[1]), "j2"), &Plain));
         assert!(err.contains("names job definition j2"), "{err}");
         // A head shorter than what the site signed, or another record at its round.
-        let err = history
-            .check_head(Some(&ChainHead {
-                rounds: 1,
+        let refused = |rounds| {
+            let head = ChainHead {
+                rounds,
                 record_sha256: vec![0; 32],
-            }))
-            .unwrap_err()
-            .to_string();
+            };
+            history.check_head(Some(&head)).unwrap_err().to_string()
+        };
+        let err = refused(1);
         assert!(
             err.contains("its log ends at round 1, but this site countersigned round 2"),
             "{err}"
         );
-        let err = history
-            .check_head(Some(&ChainHead {
-                rounds: 2,
-                record_sha256: vec![0; 32],
-            }))
-            .unwrap_err()
-            .to_string();
+        let err = refused(2);
         assert!(
             err.contains("its record of round 2 hashes to 0000"),
             "{err}"
